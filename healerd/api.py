@@ -1,0 +1,183 @@
+"""The HTTP API, status page, health endpoints and /metrics (aiohttp)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import html
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_error(status: int, error: str, detail: Any = None) -> web.Response:
+    return web.json_response({"error": error, "detail": detail}, status=status)
+
+
+@web.middleware
+async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    daemon = request.app[DAEMON]
+    if request.method not in ("GET", "HEAD", "OPTIONS") and daemon.api_token is not None:
+        header = request.headers.get("Authorization", "")
+        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        if not token or not hmac.compare_digest(token, daemon.api_token):
+            return json_error(401, "unauthorized", "send Authorization: Bearer <token> (the api_token_file's content)")
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_error(exc.status, exc.reason, exc.text if exc.text != f"{exc.status}: {exc.reason}" else None)
+    except Exception as exc:  # an API bug answers 500 in JSON; the daemon keeps running
+        request.app.logger.exception("API handler failed")
+        return json_error(500, "internal error", f"{type(exc).__name__}: {exc}")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    if daemon.monitor.ready:
+        return web.json_response({"status": "ready"})
+    pending = len(daemon.monitor._pending_first)
+    return web.json_response({"status": "starting", "checks_without_result": pending}, status=503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[DAEMON].metrics.registry
+    # Rendering a large fleet's exposition takes a while: keep it off the event loop.
+    body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def services(request: web.Request) -> web.Response:
+    monitor = request.app[DAEMON].monitor
+    return web.json_response({"services": [monitor.service_view(n) for n in sorted(monitor.book.services)]})
+
+
+async def service(request: web.Request) -> web.Response:
+    monitor = request.app[DAEMON].monitor
+    name = request.match_info["name"]
+    if name not in monitor.book.services:
+        return json_error(404, "unknown service", f"no service named {name!r}; see GET /api/v1/services")
+    view = monitor.service_view(name)
+    view["machine_list"] = [monitor.machine_view(name, m) for m in sorted(monitor.book.services[name].machines)]
+    return web.json_response(view)
+
+
+async def machines(request: web.Request) -> web.Response:
+    monitor = request.app[DAEMON].monitor
+    wanted = request.query.get("service")
+    condition = request.query.get("condition")
+    if wanted is not None and wanted not in monitor.book.services:
+        return json_error(404, "unknown service", f"no service named {wanted!r}")
+    out = []
+    for name in sorted(monitor.book.services):
+        if wanted is not None and name != wanted:
+            continue
+        for mid in sorted(monitor.book.services[name].machines):
+            view = monitor.machine_view(name, mid)
+            if condition is None or view["condition"] == condition:
+                out.append(view)
+    return web.json_response({"machines": out})
+
+
+async def machine(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    monitor = daemon.monitor
+    service_name, mid = request.match_info["service"], request.match_info["machine"]
+    if monitor.book.machine(service_name, mid) is None:
+        return json_error(404, "unknown machine", f"no machine {mid!r} in service {service_name!r}")
+    view = monitor.machine_view(service_name, mid)
+    view["events"] = await daemon.store.events(service=service_name, machine=mid, limit=50)
+    return web.json_response(view)
+
+
+async def events(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    try:
+        limit = min(int(request.query.get("limit", "100")), 1000)
+    except ValueError:
+        return json_error(400, "bad limit", "limit must be a whole number (at most 1000)")
+    types = [t for t in request.query.get("type", "").split(",") if t] or None
+    rows = await daemon.store.events(request.query.get("service"), request.query.get("machine"), limit, types)
+    return web.json_response({"events": rows})
+
+
+async def scheduler(request: web.Request) -> web.Response:
+    monitor = request.app[DAEMON].monitor
+    return web.json_response({"checks": len(monitor.checks), **monitor.scheduler.stats.as_dict()})
+
+
+_STATE_COLOURS = {
+    "optimal": "#1a7f37",
+    "degraded": "#9a6700",
+    "down": "#cf222e",
+    "up": "#1a7f37",
+    "impaired": "#9a6700",
+    "flapping": "#8250df",
+    "pending": "#57606a",
+}
+
+
+async def status_page(request: web.Request) -> web.Response:
+    monitor = request.app[DAEMON].monitor
+    esc = html.escape
+    rows = []
+    for name in sorted(monitor.book.services):
+        sv = monitor.service_view(name)
+        colour = _STATE_COLOURS.get(sv["state"], "#000")
+        rows.append(
+            f"<h2>{esc(name)} <span style='color:{colour}'>{esc(sv['state'])}</span></h2>"
+            f"<p>{esc(sv['reason'])}</p><table><tr><th>machine</th><th>address</th><th>lifecycle</th>"
+            "<th>condition</th><th>checks</th></tr>"
+        )
+        for mid in sorted(monitor.book.services[name].machines):
+            mv = monitor.machine_view(name, mid)
+            checks = "<br>".join(
+                f"{esc(c)}: {esc(str(v['hard_state']))} ({esc(v['state_type'])}) {esc(v['message'] or '')}"
+                for c, v in mv["checks"].items()
+            )
+            colour = _STATE_COLOURS.get(mv["condition"], "#000")
+            rows.append(
+                f"<tr><td>{esc(mid)}</td><td>{esc(mv['address'])}</td><td>{esc(mv['lifecycle'])}</td>"
+                f"<td style='color:{colour}'>{esc(mv['condition'])}</td><td>{checks}</td></tr>"
+            )
+        rows.append("</table>")
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='5'>"
+        "<title>healerd</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}</style></head>"
+        f"<body><h1>healerd</h1><p>updated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} · "
+        "<a href='/api/v1/services'>services</a> · <a href='/api/v1/machines'>machines</a> · "
+        "<a href='/api/v1/events'>events</a> · <a href='/metrics'>metrics</a></p>" + "".join(rows) + "</body></html>"
+    )
+    return web.Response(text=page, content_type="text/html")
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return json_error(404, "not found", f"no endpoint {request.method} {request.path}")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", status_page)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/services", services)
+    app.router.add_get("/api/v1/services/{name}", service)
+    app.router.add_get("/api/v1/machines", machines)
+    app.router.add_get("/api/v1/machines/{service}/{machine}", machine)
+    app.router.add_get("/api/v1/events", events)
+    app.router.add_get("/api/v1/scheduler", scheduler)

@@ -1,0 +1,84 @@
+"""The check plugin API: one class per kind, a typed config model and one `async def run()`.
+
+The framework (runner.py) owns timeouts, exception capture, timing and metrics; a check only does the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict
+
+from ..results import CheckResult
+from ..targets import Target
+
+
+class CheckOptions(BaseModel):
+    """Base of every check kind's config model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+ConfigT = TypeVar("ConfigT", bound=CheckOptions)
+
+
+class CheckEnv:
+    """Resources shared by every check: HTTP client sessions, where drop-in scripts live."""
+
+    def __init__(self, check_paths: tuple[Path, ...] = (), base_dir: Path | None = None) -> None:
+        self.check_paths = check_paths
+        self.base_dir = base_dir or Path.cwd()
+        self._sessions: dict[bool, aiohttp.ClientSession] = {}
+        self.subprocess_slots = asyncio.Semaphore(64)
+
+    def http_session(self, reuse_connections: bool) -> aiohttp.ClientSession:
+        session = self._sessions.get(reuse_connections)
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=0,
+                force_close=not reuse_connections,
+                ttl_dns_cache=60,
+                enable_cleanup_closed=False,
+            )
+            session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None),
+                auto_decompress=True,
+                skip_auto_headers=("User-Agent",),
+                headers={"User-Agent": "healerd"},
+            )
+            self._sessions[reuse_connections] = session
+        return session
+
+    async def close(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
+
+
+class Check(Generic[ConfigT]):
+    """Base class of check kinds. Subclasses set `kind` and `Config`, and implement `run`.
+
+    An instance is bound to one target with its config already rendered (templates filled in), so `run`
+    does only the work. Raising, or never returning, yields an UNKNOWN result with the reason.
+    """
+
+    kind: ClassVar[str] = ""
+    Config: ClassVar[type[CheckOptions]] = CheckOptions
+    #: Set to False for checks that make sense only once per service (no machine templates).
+    per_machine: ClassVar[bool] = True
+
+    def __init__(self, config: ConfigT, target: Target, env: CheckEnv) -> None:
+        self.config = config
+        self.target = target
+        self.env = env
+
+    async def run(self) -> CheckResult:
+        raise NotImplementedError
+
+    @classmethod
+    def validate_options(cls, options: dict[str, Any]) -> CheckOptions:
+        return cls.Config.model_validate(options)

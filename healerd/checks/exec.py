@@ -1,0 +1,125 @@
+"""`exec` check: runs any Nagios-protocol plugin unmodified (argv, no shell) and reads its verdict."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from ..nagios import parse_output, status_from_exit
+from ..results import CheckResult
+from .base import Check, CheckEnv, CheckOptions
+
+#: Where distributions install the standard plugins (Debian: monitoring-plugins-*).
+PLUGIN_DIRS = (
+    Path("/usr/lib/nagios/plugins"),
+    Path("/usr/lib/monitoring-plugins"),
+    Path("/usr/local/nagios/libexec"),
+)
+OUTPUT_CAP = 8192
+
+
+class ExecConfig(CheckOptions):
+    command: list[str]
+    env: dict[str, str] = Field(default_factory=dict)
+    output_cap: int = Field(default=OUTPUT_CAP, ge=256, le=1 << 20)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: list[str]) -> list[str]:
+        if not v or not v[0]:
+            raise ValueError("command needs at least the plugin name, e.g. [check_tcp, -H, '{host}']")
+        return v
+
+
+def resolve_plugin(name: str, env: CheckEnv) -> str | None:
+    """A bare name is searched in check_paths, the plugin folders and PATH; a relative path is taken
+    against the config file's folder."""
+    if "/" in name:
+        path = Path(name)
+        return str(path if path.is_absolute() else env.base_dir / path)
+    for folder in (*env.check_paths, *PLUGIN_DIRS):
+        candidate = folder / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which(name)
+
+
+class ExecCheck(Check[ExecConfig]):
+    kind = "exec"
+    Config = ExecConfig
+
+    async def run(self) -> CheckResult:
+        cfg = self.config
+        program = resolve_plugin(cfg.command[0], self.env)
+        if program is None:
+            return CheckResult.unknown(
+                f"plugin {cfg.command[0]!r} not found in check_paths, {', '.join(map(str, PLUGIN_DIRS))} or PATH"
+            )
+        env = {**os.environ, **cfg.env, "LC_ALL": "C", "LC_NUMERIC": "C"}
+        async with self.env.subprocess_slots:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    program,
+                    *cfg.command[1:],
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,  # own process group: a timeout kills the plugin and its children
+                )
+            except OSError as exc:
+                return CheckResult.unknown(f"cannot start {program}: {exc.strerror or exc}")
+            try:
+                output, truncated = await _read_capped(proc, cfg.output_cap)
+                code = await proc.wait()
+            finally:
+                if proc.returncode is None or _group_alive(proc.pid):
+                    _kill_group(proc.pid)
+                    with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                        await asyncio.shield(proc.wait())
+        text = output.decode("utf-8", "replace")
+        parsed = parse_output(text)
+        status = status_from_exit(code)
+        message = parsed.message or f"plugin exited {code} with no output"
+        if code < 0:
+            message = f"plugin killed by signal {-code}: {message}"
+        elif code > 3:
+            message = f"plugin exited {code} (not a Nagios status): {message}"
+        if truncated:
+            message += f" (output over {cfg.output_cap} bytes was cut)"
+        return CheckResult(status, message, parsed.metrics)
+
+
+async def _read_capped(proc: asyncio.subprocess.Process, cap: int) -> tuple[bytes, bool]:
+    """Read stdout to EOF, keeping at most `cap` bytes: memory stays flat however much the plugin prints."""
+    assert proc.stdout is not None
+    kept = bytearray()
+    truncated = False
+    while True:
+        chunk = await proc.stdout.read(65536)
+        if not chunk:
+            return bytes(kept), truncated
+        room = cap - len(kept)
+        if room > 0:
+            kept += chunk[:room]
+        if len(chunk) > room:
+            truncated = True
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)

@@ -1,0 +1,105 @@
+"""`http` check: one request, status/latency/body expectations."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Literal
+
+import aiohttp
+from pydantic import Field, field_validator
+
+from ..durations import format_duration, parse_duration
+from ..results import CheckResult, PerfDatum
+from .base import Check, CheckOptions
+
+
+class HttpExpect(CheckOptions):
+    status: list[int] = Field(default_factory=lambda: [200])
+    max_latency: float | None = None
+    body_contains: str | None = None
+    body_regex: str | None = None
+
+    @field_validator("max_latency", mode="before")
+    @classmethod
+    def _latency(cls, v: object) -> float | None:
+        return None if v is None else parse_duration(v)
+
+    @field_validator("body_regex")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {v!r}: {exc}") from None
+        return v
+
+    @field_validator("status")
+    @classmethod
+    def _statuses(cls, v: list[int]) -> list[int]:
+        bad = [s for s in v if not 100 <= s <= 599]
+        if bad or not v:
+            raise ValueError(f"expected HTTP status codes between 100 and 599, got {v}")
+        return v
+
+
+class HttpConfig(CheckOptions):
+    url: str
+    method: Literal["GET", "HEAD", "POST", "PUT", "OPTIONS"] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str | None = None
+    expect: HttpExpect = Field(default_factory=HttpExpect)
+    tls_verify: bool = True
+    reuse_connections: bool = True
+    max_body: int = 65536
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {v!r}")
+        return v
+
+
+class HttpCheck(Check[HttpConfig]):
+    kind = "http"
+    Config = HttpConfig
+
+    async def run(self) -> CheckResult:
+        cfg = self.config
+        expect = cfg.expect
+        session = self.env.http_session(cfg.reuse_connections)
+        started = time.perf_counter()
+        try:
+            async with session.request(
+                cfg.method,
+                cfg.url,
+                headers=cfg.headers or None,
+                data=cfg.body,
+                ssl=True if cfg.tls_verify else False,
+                allow_redirects=False,
+            ) as resp:
+                need_body = expect.body_contains is not None or expect.body_regex is not None
+                body = (await resp.content.read(cfg.max_body)).decode("utf-8", "replace") if need_body else ""
+                if not need_body:
+                    await resp.release()
+                status = resp.status
+        except aiohttp.ClientError as exc:
+            return CheckResult.critical(f"{cfg.method} {cfg.url}: {type(exc).__name__}: {exc}")
+        except OSError as exc:
+            return CheckResult.critical(f"{cfg.method} {cfg.url}: {exc.strerror or exc}")
+        elapsed = time.perf_counter() - started
+        perf = (PerfDatum("time", round(elapsed, 6), "s"),)
+        took = format_duration(elapsed)
+        if status not in expect.status:
+            return CheckResult.critical(f"HTTP {status} in {took} (expected {expect.status})", perf)
+        if expect.body_contains is not None and expect.body_contains not in body:
+            return CheckResult.critical(f"HTTP {status}: body lacks {expect.body_contains!r}", perf)
+        if expect.body_regex is not None and not re.search(expect.body_regex, body):
+            return CheckResult.critical(f"HTTP {status}: body does not match /{expect.body_regex}/", perf)
+        if expect.max_latency is not None and elapsed > expect.max_latency:
+            return CheckResult.warning(
+                f"HTTP {status} in {took}, slower than {format_duration(expect.max_latency)}", perf
+            )
+        return CheckResult.ok(f"HTTP {status} in {took}", perf)

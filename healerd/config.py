@@ -1,0 +1,534 @@
+"""Configuration: YAML -> validated, typed models. Every problem is reported at once, with path and line."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from . import _yaml
+from .checks import CHECK_KINDS, Check, CheckOptions
+from .durations import parse_count_or_percent, parse_duration
+from .providers import PROVIDER_KINDS
+from .targets import SERVICE_TEMPLATE_FIELDS, TEMPLATE_FIELDS, did_you_mean, find_template_problems
+
+Loc = tuple[str | int, ...]
+
+
+class Mode(enum.StrEnum):
+    OBSERVE = "observe"
+    DRY_RUN = "dry-run"
+    AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Loc
+    message: str
+    line: int | None = None
+
+    def render(self, filename: str) -> str:
+        where = f"{filename}:{self.line}" if self.line else filename
+        return f"{where}: {format_path(self.path) or '(top level)'}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used, with every problem found."""
+
+    def __init__(self, filename: str, problems: list[Problem]) -> None:
+        self.filename = filename
+        self.problems = problems
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        n = len(self.problems)
+        head = f"{self.filename}: {n} problem{'s' if n != 1 else ''} found"
+        return "\n".join([head, *("  " + p.render(self.filename) for p in self.problems)])
+
+
+def format_path(path: Loc) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Models. Durations are stored as float seconds; paths are resolved against the config file's folder.
+
+
+def _duration(v: object) -> float:
+    return parse_duration(v)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DaemonConfig(Strict):
+    listen: str = "127.0.0.1:9464"
+    state_dir: Path = Path("./.healerd")
+    log_format: Literal["console", "json"] = "console"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    api_token_file: Path | None = None
+    mode: Mode = Mode.AUTO
+    check_paths: list[Path] = Field(default_factory=lambda: [Path("./checks")])
+    playbook_paths: list[Path] = Field(default_factory=lambda: [Path("./playbooks")])
+    #: How many checks may run at once across the whole fleet.
+    max_concurrent_checks: int = Field(default=5000, ge=1)
+    #: Recent results kept per machine and check (in memory and in the store); flap detection needs 21.
+    history: int = Field(default=30, ge=21, le=1000)
+    #: Events kept in the store's event log.
+    event_log_size: int = Field(default=100_000, ge=100)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+            raise ValueError(f"expected host:port like 127.0.0.1:9464, got {v!r}")
+        return v
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class CheckCommon(BaseModel):
+    """Fields every check has whatever its kind; the kind's own fields are validated by the kind."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    kind: str
+    interval: float = 10.0
+    timeout: float | None = None
+    retry_interval: float | None = None
+    fall: int = Field(default=3, ge=1, le=100)
+    rise: int = Field(default=2, ge=1, le=100)
+    flap_low: float = Field(default=20.0, ge=0, le=100)
+    flap_high: float = Field(default=30.0, ge=0, le=100)
+
+    @field_validator("interval", "timeout", "retry_interval", mode="before")
+    @classmethod
+    def _durations(cls, v: object) -> float | None:
+        return None if v is None else _duration(v)
+
+    @field_validator("interval")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v < 0.05:
+            raise ValueError("interval must be at least 50ms")
+        return v
+
+    @model_validator(mode="after")
+    def _relations(self) -> CheckCommon:
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError("timeout must be greater than 0")
+        if self.timeout is not None and self.timeout > self.interval:
+            raise ValueError(
+                f"timeout ({self.timeout:g}s) is longer than interval ({self.interval:g}s); "
+                "shorten the timeout or lengthen the interval"
+            )
+        if self.flap_low > self.flap_high:
+            raise ValueError("flap_low must not exceed flap_high")
+        return self
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """A validated check: common scheduling/classification fields plus the kind's typed options."""
+
+    name: str
+    kind: str
+    interval: float
+    timeout: float
+    retry_interval: float | None
+    fall: int
+    rise: int
+    flap_low: float
+    flap_high: float
+    options: CheckOptions
+    check_class: type[Check[Any]]
+    fingerprint: str  # changes whenever anything about the check changes (for reload diffs)
+
+
+class MachineSpec(Strict):
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    address: str
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"expected host:port like 10.0.0.5:8080, got {v!r}")
+        return v
+
+
+class ServiceModel(Strict):
+    provider: str
+    desired: int | None = Field(default=None, ge=0)
+    min_healthy: int | str = 1
+    machines: list[MachineSpec] = Field(default_factory=list)
+    checks: list[dict[str, Any]] = Field(default_factory=list)
+    service_checks: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("min_healthy")
+    @classmethod
+    def _min_healthy(cls, v: int | str) -> int | str:
+        parse_count_or_percent(v)
+        return v
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    provider: str
+    desired: int
+    min_healthy: int
+    machines: tuple[MachineSpec, ...]
+    checks: tuple[CheckSpec, ...]
+    service_checks: tuple[CheckSpec, ...]
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    name: str
+    kind: str
+    options: BaseModel
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    daemon: DaemonConfig
+    providers: dict[str, ProviderConfig]
+    services: dict[str, ServiceConfig]
+    check_kinds: dict[str, type[Check[Any]]] = field(default_factory=dict)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def summary(self) -> str:
+        n_machines = sum(len(s.machines) for s in self.services.values())
+        n_checks = sum(len(s.checks) * max(len(s.machines), 1) + len(s.service_checks) for s in self.services.values())
+        lines = [
+            f"{self.path}: OK",
+            f"  {len(self.services)} service(s), {n_machines} machine(s), {n_checks} scheduled check(s), "
+            f"mode {self.daemon.mode.value}, listening on {self.daemon.listen}",
+        ]
+        for svc in self.services.values():
+            checks = ", ".join(f"{c.name} ({c.kind} every {c.interval:g}s)" for c in svc.checks) or "none"
+            lines.append(
+                f"  service {svc.name}: provider {svc.provider}, desired {svc.desired}, "
+                f"min_healthy {svc.min_healthy}, checks: {checks}"
+            )
+        return "\n".join(lines)
+
+
+TOP_LEVEL_KEYS = ("daemon", "providers", "services")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+
+
+class _Collector:
+    def __init__(self, index: _yaml.LineIndex) -> None:
+        self.index = index
+        self.problems: list[Problem] = []
+
+    def add(self, path: Loc, message: str) -> None:
+        self.problems.append(Problem(path, message, self.index.line(path)))
+
+    def pydantic(self, prefix: Loc, exc: ValidationError, vocabulary: set[str]) -> None:
+        for err in exc.errors(include_url=False):
+            loc = (*prefix, *err["loc"])
+            typ = err["type"]
+            if typ == "extra_forbidden":
+                key = str(err["loc"][-1]) if err["loc"] else "?"
+                msg = f"unknown key {key!r}{did_you_mean(key, sorted(vocabulary))}; remove it or fix its spelling"
+            elif typ == "missing":
+                key = str(err["loc"][-1]) if err["loc"] else "?"
+                msg = f"missing required key {key!r}"
+                loc = loc[:-1] if err["loc"] else loc
+                self.problems.append(Problem((*loc, key), msg, self.index.line(loc)))
+                continue
+            else:
+                msg = err["msg"].removeprefix("Value error, ")
+                if typ not in ("value_error", "assertion_error") and "input" in err:
+                    msg += f" (got {err['input']!r})"
+            self.add(loc, msg)
+
+
+def _vocabulary(*models: type[BaseModel]) -> set[str]:
+    words: set[str] = set()
+    for model in models:
+        words.update(model.model_fields)
+    return words
+
+
+def _resolve(base: Path, p: Path) -> Path:
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def load_config(path: str | Path, text: str | None = None) -> Config:
+    """Read and validate a config file; raises ConfigError listing every problem."""
+    path = Path(path).resolve() if text is None else Path(path).absolute()
+    filename = str(path)
+    if text is None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(filename, [Problem((), f"cannot read the config file: {exc.strerror or exc}")]) from None
+    try:
+        data, index = _yaml.load(text)
+    except _yaml.YamlSyntaxError as exc:
+        raise ConfigError(filename, [Problem((), f"invalid YAML: {exc}", exc.line)]) from None
+    if data is None:
+        data = {}
+    out = _Collector(index)
+    if not isinstance(data, dict):
+        out.add((), "the config must be a mapping with keys like daemon, providers, services")
+        raise ConfigError(filename, out.problems)
+    base = path.parent
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            out.add((str(key),), f"unknown key {key!r}{did_you_mean(str(key), list(TOP_LEVEL_KEYS))}")
+
+    # daemon
+    daemon = DaemonConfig()
+    try:
+        daemon = DaemonConfig.model_validate(_mapping(data.get("daemon"), ("daemon",), out))
+    except ValidationError as exc:
+        out.pydantic(("daemon",), exc, _vocabulary(DaemonConfig))
+    daemon = daemon.model_copy(
+        update={
+            "state_dir": _resolve(base, daemon.state_dir),
+            "api_token_file": _resolve(base, daemon.api_token_file) if daemon.api_token_file else None,
+            "check_paths": [_resolve(base, p) for p in daemon.check_paths],
+            "playbook_paths": [_resolve(base, p) for p in daemon.playbook_paths],
+        }
+    )
+
+    if daemon.api_token_file is not None:
+        try:
+            if not daemon.api_token_file.read_text().strip():
+                out.add(
+                    ("daemon", "api_token_file"),
+                    f"{daemon.api_token_file} is empty; put the bearer token in it",
+                )
+        except OSError as exc:
+            out.add(("daemon", "api_token_file"), f"cannot read {daemon.api_token_file}: {exc.strerror or exc}")
+
+    # plugins: built-ins, entry points and drop-ins from check_paths
+    kinds = CHECK_KINDS.copy()
+    for problem in kinds.load_dropins(daemon.check_paths):
+        out.add(("daemon", "check_paths"), problem)
+
+    providers: dict[str, ProviderConfig] = {}
+    for name, raw in _mapping(data.get("providers"), ("providers",), out).items():
+        prov = _provider(str(name), raw, out)
+        if prov is not None:
+            providers[str(name)] = prov
+
+    services: dict[str, ServiceConfig] = {}
+    raw_services = _mapping(data.get("services"), ("services",), out)
+    if not raw_services and "services" in data:
+        out.add(("services",), "no services defined; add at least one under services:")
+    for name, raw in raw_services.items():
+        svc = _service(str(name), raw, providers, kinds, out)
+        if svc is not None:
+            services[str(name)] = svc
+
+    if out.problems:
+        raise ConfigError(filename, out.problems)
+    return Config(
+        path=path,
+        daemon=daemon,
+        providers=providers,
+        services=services,
+        check_kinds={k: kinds.get(k) for k in kinds.kinds()},  # type: ignore[misc]
+    )
+
+
+def _mapping(value: object, path: Loc, out: _Collector) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        out.add(path, f"expected a mapping (key: value), got {type(value).__name__}")
+        return {}
+    return value
+
+
+def _provider(name: str, raw: object, out: _Collector) -> ProviderConfig | None:
+    path: Loc = ("providers", name)
+    if not isinstance(raw, dict):
+        out.add(path, "expected a mapping like {kind: static}")
+        return None
+    kind = raw.get("kind")
+    if not isinstance(kind, str):
+        out.add(path, f"missing 'kind'; one of: {', '.join(PROVIDER_KINDS.kinds())}")
+        return None
+    cls = PROVIDER_KINDS.get(kind)
+    if cls is None:
+        out.add(
+            (*path, "kind"),
+            f"unknown provider kind {kind!r}{did_you_mean(kind, PROVIDER_KINDS.kinds())}; "
+            f"known kinds: {', '.join(PROVIDER_KINDS.kinds())}",
+        )
+        return None
+    options_model: type[BaseModel] = cls.Config
+    try:
+        options = options_model.model_validate({k: v for k, v in raw.items() if k != "kind"})
+    except ValidationError as exc:
+        out.pydantic(path, exc, _vocabulary(options_model) | {"kind"})
+        return None
+    return ProviderConfig(name, kind, options)
+
+
+def _service(
+    name: str, raw: object, providers: dict[str, ProviderConfig], kinds: Any, out: _Collector
+) -> ServiceConfig | None:
+    path: Loc = ("services", name)
+    if not isinstance(raw, dict):
+        out.add(path, "expected a mapping with provider, checks, ...")
+        return None
+    try:
+        model = ServiceModel.model_validate(raw)
+    except ValidationError as exc:
+        out.pydantic(path, exc, _vocabulary(ServiceModel, MachineSpec))
+        # still look at the checks so that every problem is listed at once
+        for group in ("checks", "service_checks"):
+            items = raw.get(group)
+            if isinstance(items, list):
+                _checks(items, (*path, group), kinds, out)
+        return None
+    ok = True
+    provider = providers.get(model.provider)
+    if provider is None:
+        known = ", ".join(providers) or "none defined"
+        out.add(
+            (*path, "provider"),
+            f"unknown provider {model.provider!r}{did_you_mean(model.provider, list(providers))}; providers: {known}",
+        )
+        ok = False
+    elif provider.kind == "static" and not model.machines:
+        out.add(
+            path,
+            f"provider {model.provider!r} is static: list the machines under machines: [{{id, address}}]",
+        )
+        ok = False
+    seen: set[str] = set()
+    for i, m in enumerate(model.machines):
+        if m.id in seen:
+            out.add((*path, "machines", i, "id"), f"machine id {m.id!r} appears twice; ids must be unique")
+            ok = False
+        seen.add(m.id)
+    checks = _checks(model.checks, (*path, "checks"), kinds, out)
+    service_checks = _checks(model.service_checks, (*path, "service_checks"), kinds, out, per_machine=False)
+    if checks is None or service_checks is None:
+        ok = False
+    desired = model.desired if model.desired is not None else len(model.machines)
+    count, is_pct = parse_count_or_percent(model.min_healthy)
+    min_healthy = math.ceil(desired * count / 100) if is_pct else count
+    if min_healthy > desired:
+        out.add((*path, "min_healthy"), f"min_healthy ({min_healthy}) is more than desired ({desired})")
+        ok = False
+    if not ok or checks is None or service_checks is None:
+        return None
+    return ServiceConfig(
+        name=name,
+        provider=model.provider,
+        desired=desired,
+        min_healthy=min_healthy,
+        machines=tuple(model.machines),
+        checks=checks,
+        service_checks=service_checks,
+    )
+
+
+def _checks(
+    items: list[Any], path: Loc, kinds: Any, out: _Collector, per_machine: bool = True
+) -> tuple[CheckSpec, ...] | None:
+    specs: list[CheckSpec] = []
+    names: set[str] = set()
+    failed = False
+    for i, raw in enumerate(items):
+        spec = _check(raw, (*path, i), kinds, out, per_machine)
+        if spec is None:
+            failed = True
+            continue
+        if spec.name in names:
+            out.add(
+                (*path, i, "name"),
+                f"check name {spec.name!r} appears twice; names must be unique per service",
+            )
+            failed = True
+        names.add(spec.name)
+        specs.append(spec)
+    return None if failed else tuple(specs)
+
+
+def _check(raw: object, path: Loc, kinds: Any, out: _Collector, per_machine: bool) -> CheckSpec | None:
+    if not isinstance(raw, dict):
+        out.add(path, "expected a mapping with name, kind, interval, ...")
+        return None
+    before = len(out.problems)
+    common_fields = set(CheckCommon.model_fields)
+    kind = raw.get("kind")
+    cls = kinds.get(kind) if isinstance(kind, str) else None
+    if isinstance(kind, str) and cls is None:
+        out.add(
+            (*path, "kind"),
+            f"unknown check kind {kind!r}{did_you_mean(kind, kinds.kinds())}; "
+            f"known kinds: {', '.join(kinds.kinds())} (drop-ins go in daemon.check_paths)",
+        )
+    common: CheckCommon | None = None
+    try:
+        common = CheckCommon.model_validate(raw)
+    except ValidationError as exc:
+        out.pydantic(path, exc, common_fields)
+    kind_raw = {k: v for k, v in raw.items() if k not in common_fields}
+    allowed = TEMPLATE_FIELDS if per_machine else SERVICE_TEMPLATE_FIELDS
+    for rel, message in find_template_problems(kind_raw, allowed):
+        out.add((*path, *rel), message)
+    options: CheckOptions | None = None
+    if cls is not None:
+        try:
+            options = cls.validate_options(kind_raw)
+        except ValidationError as exc:
+            out.pydantic(path, exc, _vocabulary(cls.Config) | common_fields)
+    if len(out.problems) > before or common is None or options is None or cls is None:
+        return None
+    timeout = common.timeout if common.timeout is not None else min(common.interval, 10.0)
+    fingerprint = hashlib.sha1(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()
+    return CheckSpec(
+        name=common.name,
+        kind=common.kind,
+        interval=common.interval,
+        timeout=timeout,
+        retry_interval=common.retry_interval,
+        fall=common.fall,
+        rise=common.rise,
+        flap_low=common.flap_low,
+        flap_high=common.flap_high,
+        options=options,
+        check_class=cls,
+        fingerprint=fingerprint,
+    )

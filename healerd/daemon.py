@@ -1,0 +1,201 @@
+"""The composition root: builds every component from the config, owns the lifecycle and the signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from . import api
+from .checks import CheckEnv
+from .config import Config, ConfigError, Mode, load_config
+from .events import Event, EventBus
+from .health import HealthBook
+from .log import configure as configure_logging
+from .log import log_event
+from .metrics import Metrics
+from .monitor import Monitor
+from .store import Store
+
+log = structlog.get_logger("healerd.daemon")
+
+FLUSH_INTERVAL = 1.0
+PRUNE_INTERVAL = 600.0
+
+
+class Daemon:
+    def __init__(self, config: Config, mode: Mode | None = None) -> None:
+        self.config = config
+        self.mode = mode or config.daemon.mode
+        self.started_at = time.time()
+        self.metrics = Metrics()
+        self.bus = EventBus()
+        self.book = HealthBook()
+        self.store = Store(config.daemon.state_dir, config.daemon.history, config.daemon.event_log_size)
+        self.env = CheckEnv(tuple(config.daemon.check_paths), config.base_dir)
+        self.monitor = Monitor(
+            self.book, self.bus, self.metrics, self.store, self.env, config.daemon.max_concurrent_checks
+        )
+        self.api_token = _read_token(config)
+        self.stopping = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self.last_reload_error: str | None = None
+        events_total = self.metrics.counter("events")
+        self.bus.subscribe(self.store.add_event)
+        self.bus.subscribe(log_event)
+        self.bus.subscribe(lambda e: events_total.labels(e.type.value).inc())
+
+    # -- lifecycle (aiohttp cleanup contexts, started in order and stopped in reverse) ---------------------
+    async def _store_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        await self.store.open()
+        flusher = asyncio.create_task(self._flush_loop(), name="healerd-store-flush")
+        yield
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        await self.store.close()
+
+    async def _checks_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        yield
+        await self.env.close()
+
+    async def _monitor_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        report = await self.monitor.apply(self.config)
+        restored = await self.monitor.restore()
+        self.monitor.scheduler.start()
+        log.info(
+            "monitoring started",
+            checks=report.added,
+            restored=restored,
+            mode=self.mode.value,
+            services=len(self.config.services),
+        )
+        yield
+        await self.monitor.scheduler.stop()
+
+    async def _flush_loop(self) -> None:
+        last_prune = time.monotonic()
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                await self.store.flush()
+                if time.monotonic() - last_prune > PRUNE_INTERVAL:
+                    last_prune = time.monotonic()
+                    await self.store.prune()
+            except Exception:  # a full disk must not stop monitoring; it is retried next second
+                log.exception("writing to the state store failed; will retry", path=str(self.store.path))
+
+    def build_app(self) -> web.Application:
+        app = web.Application(middlewares=[api.errors_and_auth])
+        app[api.DAEMON] = self
+        app.cleanup_ctx.extend([self._store_ctx, self._checks_ctx, self._monitor_ctx])
+        api.add_routes(app)
+        return app
+
+    # -- reload -------------------------------------------------------------------------------------------
+    async def reload(self) -> bool:
+        """Load the config file again; apply it if valid, keep the running one if not."""
+        async with self._reload_lock:
+            reloads = self.metrics.counter("config_reloads")
+            try:
+                new = await asyncio.get_running_loop().run_in_executor(None, load_config, self.config.path)
+            except ConfigError as exc:
+                reloads.labels("failure").inc()
+                self.last_reload_error = f"{len(exc.problems)} problem(s)"
+                log.error(
+                    "config reload refused; the running config stays in force",
+                    path=str(self.config.path),
+                    problems=[p.render(exc.filename) for p in exc.problems],
+                )
+                return False
+            if new.daemon.listen != self.config.daemon.listen or new.daemon.state_dir != self.config.daemon.state_dir:
+                log.warning("daemon.listen and daemon.state_dir changes take effect at the next restart")
+            report = await self.monitor.apply(new)
+            self.env.check_paths = tuple(new.daemon.check_paths)
+            self.config = new
+            self.api_token = _read_token(new)
+            self.last_reload_error = None
+            reloads.labels("success").inc()
+            log.info(
+                "config reloaded",
+                path=str(new.path),
+                added=report.added,
+                removed=report.removed,
+                kept=report.kept,
+            )
+            return True
+
+    def publish(self, event: Event) -> None:
+        self.bus.publish(event)
+
+
+def _read_token(config: Config) -> str | None:
+    path = config.daemon.api_token_file
+    if path is None:
+        return None
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise RuntimeError(f"cannot read daemon.api_token_file {path}: {exc.strerror or exc}") from None
+    if not token:
+        raise RuntimeError(f"daemon.api_token_file {path} is empty; put the bearer token in it")
+    return token
+
+
+async def serve(config: Config, mode: Mode | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads the config. Returns the exit status."""
+    daemon = Daemon(config, mode)
+    app = daemon.build_app()
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(daemon.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, config.daemon.listen_host, config.daemon.listen_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            log.error(
+                "cannot listen",
+                listen=config.daemon.listen,
+                error=exc.strerror or str(exc),
+                hint="another process uses the port; change daemon.listen",
+            )
+            return 1
+        log.info("healerd running", listen=f"http://{config.daemon.listen}", config=str(config.path))
+        await daemon.stopping.wait()
+        log.info("stopping")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        for task in reloads:
+            task.cancel()
+        await runner.cleanup()
+    log.info("stopped")
+    return 0
+
+
+def run(config_path: str | Path, mode: Mode | None = None) -> int:
+    config = load_config(config_path)
+    configure_logging(config.daemon.log_format, config.daemon.log_level)
+    try:
+        import uvloop
+
+        return uvloop.run(serve(config, mode))
+    except ImportError:
+        return asyncio.run(serve(config, mode))

@@ -1,0 +1,122 @@
+"""Event types (one table), the event value, and the in-process event bus."""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("healerd.events")
+
+
+class Severity(enum.StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class EventType(enum.StrEnum):
+    MACHINE_UNHEALTHY = "machine.unhealthy"
+    MACHINE_RECOVERED = "machine.recovered"
+    MACHINE_FLAPPING = "machine.flapping"
+    MACHINE_QUARANTINED = "machine.quarantined"
+    MACHINE_REPLACED = "machine.replaced"
+    SERVICE_STATE_CHANGED = "service.state_changed"
+    REMEDIATION_STARTED = "remediation.started"
+    REMEDIATION_SUCCEEDED = "remediation.succeeded"
+    REMEDIATION_FAILED = "remediation.failed"
+    REMEDIATION_SUPPRESSED = "remediation.suppressed"
+    INCIDENT_OPENED = "incident.opened"
+    INCIDENT_RESOLVED = "incident.resolved"
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id(now: float | None = None) -> str:
+    """A short, sortable, unique id: 48 bits of milliseconds and 40 random bits, Crockford base32 (18 chars)."""
+    ms = int((time.time() if now is None else now) * 1000)
+    value = (ms << 40) | int.from_bytes(os.urandom(5), "big")
+    chars = []
+    for _ in range(18):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: EventType
+    service: str
+    summary: str
+    timestamp: float
+    machine: str | None = None
+    check: str | None = None
+    incident: str | None = None
+    severity: Severity = Severity.INFO
+    firing: bool = True  # False for the 'resolved' side of a condition (recovered, stopped flapping)
+    details: dict[str, Any] = field(default_factory=dict)
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", new_id(self.timestamp))
+
+    @property
+    def status(self) -> str:
+        return "firing" if self.firing else "resolved"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type.value,
+            "status": self.status,
+            "severity": self.severity.value,
+            "service": self.service,
+            "machine": self.machine,
+            "check": self.check,
+            "incident": self.incident,
+            "summary": self.summary,
+            "details": self.details,
+            "timestamp": self.timestamp,
+        }
+
+
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    """Synchronous fan-out: subscribers must be quick (queue the event, update a gauge).
+
+    A subscriber that raises is logged and the others still receive the event.
+    """
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, fn: Subscriber) -> None:
+        self._subscribers.append(fn)
+
+    def unsubscribe(self, fn: Subscriber) -> None:
+        if fn in self._subscribers:
+            self._subscribers.remove(fn)
+
+    def publish(self, event: Event) -> None:
+        for fn in self._subscribers:
+            try:
+                fn(event)
+            except Exception:  # one broken consumer must not starve the others
+                log.exception(
+                    "event subscriber failed",
+                    subscriber=getattr(fn, "__qualname__", repr(fn)),
+                    event_type=event.type.value,
+                )
+
+    def publish_all(self, events: list[Event]) -> None:
+        for event in events:
+            self.publish(event)

@@ -1,0 +1,114 @@
+"""Prometheus metrics: every metric of the contract declared once, in one table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.metrics import MetricWrapperBase
+
+from ._version import __version__
+
+Kind = Literal["counter", "gauge", "histogram"]
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    name: str  # without the healerd_ prefix; counters without _total (the client adds it)
+    kind: Kind
+    doc: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] | None = None
+
+
+CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+REMEDIATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0)
+
+METRICS: tuple[MetricDef, ...] = (
+    MetricDef("check_runs", "counter", "Check runs by outcome status.", ("service", "check", "status")),
+    MetricDef(
+        "check_duration_seconds",
+        "histogram",
+        "How long check runs take.",
+        ("service", "check"),
+        CHECK_BUCKETS,
+    ),
+    MetricDef("machine_up", "gauge", "1 when the machine is not hard down, else 0.", ("service", "machine")),
+    MetricDef(
+        "service_state",
+        "gauge",
+        "1 for the service's current state (optimal, degraded, down).",
+        ("service", "state"),
+    ),
+    MetricDef("service_machines", "gauge", "Machines of the service by lifecycle.", ("service", "lifecycle")),
+    MetricDef("remediations", "counter", "Remediations run, by outcome.", ("service", "playbook", "outcome")),
+    MetricDef(
+        "remediation_duration_seconds",
+        "histogram",
+        "How long remediations take.",
+        ("service", "playbook"),
+        REMEDIATION_BUCKETS,
+    ),
+    MetricDef("remediations_in_progress", "gauge", "Remediations running now.", ("service",)),
+    MetricDef("remediation_suppressed", "counter", "Remediations held back by a safety gate.", ("service", "reason")),
+    MetricDef("quarantined_machines", "gauge", "Machines in quarantine.", ("service",)),
+    MetricDef("notifications", "counter", "Notification deliveries by outcome.", ("notifier", "outcome")),
+    MetricDef("notification_queue_depth", "gauge", "Notifications waiting in the outbox.", ("notifier",)),
+    MetricDef(
+        "scheduler_lag_seconds",
+        "histogram",
+        "How late checks start compared with when they were due.",
+        (),
+        (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    ),
+    MetricDef(
+        "scheduler_missed_runs",
+        "counter",
+        "Check runs skipped because the previous run of the same check was still going.",
+        ("service", "check"),
+    ),
+    MetricDef("events", "counter", "Events published, by type.", ("type",)),
+    MetricDef("config_reloads", "counter", "Config reloads by outcome (success, failure).", ("outcome",)),
+)
+
+
+class Metrics:
+    """The collectors of one daemon, registered in `registry` (tests pass a fresh CollectorRegistry)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._by_name: dict[str, MetricWrapperBase] = {}
+        for d in METRICS:
+            full = f"healerd_{d.name}"
+            metric: MetricWrapperBase
+            if d.kind == "counter":
+                metric = Counter(full, d.doc, d.labels, registry=self.registry)
+            elif d.kind == "gauge":
+                metric = Gauge(full, d.doc, d.labels, registry=self.registry)
+            else:
+                metric = Histogram(
+                    full,
+                    d.doc,
+                    d.labels,
+                    registry=self.registry,
+                    buckets=d.buckets or Histogram.DEFAULT_BUCKETS,
+                )
+            self._by_name[d.name] = metric
+        self.build_info = Info("healerd_build", "healerd version.", registry=self.registry)
+        self.build_info.info({"version": __version__})
+
+    def counter(self, name: str) -> Counter:
+        m = self._by_name[name]
+        assert isinstance(m, Counter)
+        return m
+
+    def gauge(self, name: str) -> Gauge:
+        m = self._by_name[name]
+        assert isinstance(m, Gauge)
+        return m
+
+    def histogram(self, name: str) -> Histogram:
+        m = self._by_name[name]
+        assert isinstance(m, Histogram)
+        return m

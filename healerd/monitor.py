@@ -1,0 +1,262 @@
+"""The monitoring loop's state: which checks run against which machines, and what happens to a result.
+
+`apply(config)` turns a config into bound checks (initially and on reload, keeping the state of what did
+not change); `handle` takes each result through classification, the store, metrics and the event bus.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from .checks import CheckEnv
+from .config import CheckSpec, Config, ServiceConfig
+from .events import Event, EventBus
+from .health import CheckKey, Condition, HealthBook, ServiceState, Thresholds
+from .machines import Lifecycle, Machine
+from .metrics import Metrics
+from .providers import PROVIDER_KINDS, Provider
+from .results import CheckResult, Status
+from .runner import BoundCheck, run_check
+from .scheduler import WheelScheduler
+from .store import Store
+from .targets import Target, render_model
+
+log = structlog.get_logger("healerd.monitor")
+
+
+@dataclass
+class ApplyReport:
+    added: int = 0
+    removed: int = 0
+    kept: int = 0
+
+
+def thresholds(spec: CheckSpec) -> Thresholds:
+    return Thresholds(spec.fall, spec.rise, spec.flap_low, spec.flap_high)
+
+
+class Monitor:
+    def __init__(
+        self,
+        book: HealthBook,
+        bus: EventBus,
+        metrics: Metrics,
+        store: Store,
+        env: CheckEnv,
+        max_concurrent: int,
+    ) -> None:
+        self.book = book
+        self.bus = bus
+        self.metrics = metrics
+        self.store = store
+        self.env = env
+        self.scheduler = WheelScheduler(
+            self.run,
+            max_concurrent,
+            on_lag=metrics.histogram("scheduler_lag_seconds").observe,
+            on_missed=self._missed,
+        )
+        self.checks: dict[CheckKey, BoundCheck] = {}
+        self.machines: dict[str, dict[str, Machine]] = {}
+        self.providers: dict[str, Provider] = {}
+        self.services: dict[str, ServiceConfig] = {}
+        self._pending_first: set[CheckKey] = set()
+        self._runs = metrics.counter("check_runs")
+        self._durations = metrics.histogram("check_duration_seconds")
+        self._machine_up = metrics.gauge("machine_up")
+        self._missed_runs = metrics.counter("scheduler_missed_runs")
+        bus.subscribe(self._on_event)
+
+    # -- readiness ----------------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """True once every check has completed at least one run (the first round is done)."""
+        return self.scheduler.running and not self._pending_first
+
+    # -- config -------------------------------------------------------------------------------------------
+    async def apply(self, config: Config, now: float | None = None) -> ApplyReport:
+        now = time.time() if now is None else now
+        report = ApplyReport()
+        self.providers = {
+            name: PROVIDER_KINDS.get(p.kind)(name, p.options)  # type: ignore[misc]
+            for name, p in config.providers.items()
+        }
+        wanted: dict[CheckKey, tuple[CheckSpec, Target]] = {}
+        for svc in config.services.values():
+            events = self.book.set_service(svc.name, svc.desired, svc.min_healthy, now)
+            self.bus.publish_all(events)
+            machines = await self.providers[svc.provider].list_machines(svc)
+            await self.store.save_machines(machines, svc.provider, now)
+            await self.store.forget_machines(svc.name, {m.id for m in machines})
+            old = self.machines.get(svc.name, {})
+            for gone in set(old) - {m.id for m in machines}:
+                self.bus.publish_all(self.book.remove_machine(svc.name, gone, now))
+                self._machine_up.remove(svc.name, gone)
+            self.machines[svc.name] = {m.id: m for m in machines}
+            for m in machines:
+                self.book.set_machine(svc.name, m.id, m.lifecycle, now, refresh=False)
+                if m.id not in old:
+                    self._machine_up.labels(svc.name, m.id).set(1)
+                for spec in svc.checks:
+                    wanted[CheckKey(svc.name, m.id, spec.name)] = (spec, m.target)
+            for spec in svc.service_checks:
+                wanted[CheckKey(svc.name, "", spec.name)] = (spec, Target(svc.name, ""))
+        for name in set(self.services) - set(config.services):
+            self.book.remove_service(name)
+            self.machines.pop(name, None)
+        # Remove what is gone or changed; keep what is identical (its schedule and state continue).
+        for key, bc in list(self.checks.items()):
+            want = wanted.get(key)
+            if want is not None and want[0].fingerprint == bc.spec.fingerprint and want[1].address == bc.address:
+                report.kept += 1
+                continue
+            self.scheduler.remove(bc)
+            del self.checks[key]
+            self._pending_first.discard(key)
+            if want is None:
+                report.removed += 1
+                self.bus.publish_all(self.book.remove_check(key, now))
+        for key, (spec, target) in wanted.items():
+            if key in self.checks:
+                continue
+            report.added += 1
+            self.book.set_check(key, thresholds(spec))
+            bc = self.bind(key, spec, target)
+            self.checks[key] = bc
+            self._pending_first.add(key)
+            self.scheduler.add(bc)
+        self.services = dict(config.services)
+        for svc in config.services.values():
+            self.bus.publish_all(self.book.refresh(svc.name, now))
+        self.update_service_gauges()
+        return report
+
+    def bind(self, key: CheckKey, spec: CheckSpec, target: Target) -> BoundCheck:
+        options = render_model(spec.options, target.fields())
+        check = spec.check_class(options, target, self.env)
+        bc = BoundCheck(key=key, spec=spec, check=check, address=target.address)
+        bc.metric_children = {s: self._runs.labels(key.service, key.check, s.name) for s in Status}
+        bc.duration_child = self._durations.labels(key.service, key.check)
+        return bc
+
+    async def restore(self) -> int:
+        """Replay stored recent results so hard states and flap history survive a restart (no events)."""
+        history = await self.store.load_history()
+        restored = 0
+        for key, entries in history.items():
+            ch = self.book.check(key)
+            if ch is None:
+                continue
+            for ts, result in entries:
+                self.book.observe(key, result, ts)
+            restored += 1
+            self._pending_first.discard(key)
+        now = time.time()
+        for name in self.services:
+            svc = self.book.services[name]
+            for m in svc.machines.values():
+                m.condition = m.compute()
+                m.reported = m.condition if m.condition not in (Condition.PENDING, Condition.FLAPPING) else m.reported
+                self._machine_up.labels(name, m.id).set(0 if m.condition is Condition.DOWN else 1)
+            self.book.refresh(name, now)
+        self.update_service_gauges()
+        return restored
+
+    # -- results ------------------------------------------------------------------------------------------
+    async def run(self, bc: BoundCheck) -> None:
+        result = await run_check(bc.check, bc.spec.timeout)
+        if bc.active:
+            self.handle(bc, result, time.time())
+
+    def handle(self, bc: BoundCheck, result: CheckResult, now: float) -> None:
+        key = bc.key
+        bc.runs += 1
+        bc.metric_children[result.status].inc()
+        bc.duration_child.observe(result.duration)
+        self.store.add_result(key, result, now)
+        if bc.runs == 1:
+            self._pending_first.discard(key)
+        events = self.book.observe(key, result, now)
+        ch = self.book.check(key)
+        if ch is not None and ch.soft_failing:
+            self.scheduler.retry_soon(bc)
+        if events:
+            self.bus.publish_all(events)
+
+    def _missed(self, bc: BoundCheck) -> None:
+        self._missed_runs.labels(bc.key.service, bc.key.check).inc()
+
+    def _on_event(self, event: Event) -> None:
+        if event.machine and event.type.value in (
+            "machine.unhealthy",
+            "machine.recovered",
+            "machine.flapping",
+        ):
+            m = self.book.machine(event.service, event.machine)
+            if m is not None:
+                self._machine_up.labels(event.service, event.machine).set(0 if m.condition is Condition.DOWN else 1)
+        if event.type.value == "service.state_changed":
+            self.update_service_gauges()
+
+    def update_service_gauges(self) -> None:
+        state_g = self.metrics.gauge("service_state")
+        machines_g = self.metrics.gauge("service_machines")
+        for name, svc in self.book.services.items():
+            for st in ServiceState:
+                state_g.labels(name, st.value).set(1 if svc.state is st else 0)
+            tally = Tally(m.lifecycle for m in svc.machines.values())
+            for lc in Lifecycle:
+                machines_g.labels(name, lc.value).set(tally.get(lc, 0))
+
+    # -- views for the API and CLI ------------------------------------------------------------------------
+    def service_view(self, name: str) -> dict[str, Any]:
+        svc = self.book.services[name]
+        return {
+            "name": name,
+            "state": svc.state.value,
+            "reason": svc.reason,
+            "since": svc.since,
+            "desired": svc.desired,
+            "min_healthy": svc.min_healthy,
+            "machines": svc.counts() | {"total": len(svc.machines)},
+            "service_checks": {k: self._check_view(c) for k, c in svc.service_checks.items()},
+        }
+
+    def machine_view(self, service: str, machine_id: str) -> dict[str, Any]:
+        m = self.book.services[service].machines[machine_id]
+        machine = self.machines.get(service, {}).get(machine_id)
+        return {
+            "service": service,
+            "id": machine_id,
+            "address": machine.address if machine else "",
+            "lifecycle": m.lifecycle.value,
+            "condition": m.condition.value,
+            "up": m.condition is not Condition.DOWN,
+            "flapping": m.condition is Condition.FLAPPING,
+            "since": m.since,
+            "checks": {k: self._check_view(c) for k, c in m.checks.items()},
+        }
+
+    def _check_view(self, c: Any) -> dict[str, Any]:
+        last = c.last
+        bc = self.checks.get(c.key)
+        return {
+            "status": last.status.name if last else None,
+            "message": last.message if last else None,
+            "duration": round(last.duration, 6) if last else None,
+            "metrics": [m.as_dict() for m in last.metrics] if last else [],
+            "last_run": c.last_at,
+            "hard_state": c.hard.name,
+            "state_type": c.state_type,
+            "since": c.since,
+            "ok_streak": c.ok_streak,
+            "fail_streak": c.bad_streak,
+            "flapping": c.flapping,
+            "flap_percent": round(c.flap_pct, 1),
+            "interval": bc.spec.interval if bc else None,
+        }

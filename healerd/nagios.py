@@ -1,0 +1,113 @@
+"""The Nagios plugin output protocol: `TEXT | perfdata` on the first line, more lines, more perfdata."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .results import PerfDatum, Status
+
+_VALUE = re.compile(r"^([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)([a-zA-Z%]*)$")
+_UOMS = {"", "s", "ms", "us", "%", "b", "kb", "mb", "gb", "tb", "c"}
+
+
+@dataclass(frozen=True, slots=True)
+class PluginOutput:
+    message: str
+    long_text: str
+    metrics: tuple[PerfDatum, ...]
+
+
+def status_from_exit(code: int | None) -> Status:
+    """Exit 0..3 map to the statuses; anything else (a signal, 127 'not found') is UNKNOWN."""
+    if code in (0, 1, 2, 3):
+        return Status(code)
+    return Status.UNKNOWN
+
+
+def parse_output(text: str) -> PluginOutput:
+    """Split plugin stdout into its first line (message), the long text, and all perfdata."""
+    lines = text.splitlines()
+    if not lines:
+        return PluginOutput("", "", ())
+    first, _, perf = lines[0].partition("|")
+    perf_parts = [perf] if perf else []
+    long_lines: list[str] = []
+    in_perf = False
+    for line in lines[1:]:
+        if in_perf:
+            perf_parts.append(line)
+            continue
+        text_part, sep, more = line.partition("|")
+        long_lines.append(text_part)
+        if sep:
+            in_perf = True
+            perf_parts.append(more)
+    return PluginOutput(first.strip(), "\n".join(long_lines).strip(), parse_perfdata(" ".join(perf_parts)))
+
+
+def _tokens(perf: str) -> list[str]:
+    """Split on spaces, keeping quoted labels (with '' as a literal quote) together."""
+    out: list[str] = []
+    i, n = 0, len(perf)
+    while i < n:
+        while i < n and perf[i].isspace():
+            i += 1
+        if i >= n:
+            break
+        start = i
+        if perf[i] == "'":
+            i += 1
+            while i < n:
+                if perf[i] == "'":
+                    if i + 1 < n and perf[i + 1] == "'":
+                        i += 2
+                        continue
+                    i += 1
+                    break
+                i += 1
+        while i < n and not perf[i].isspace():
+            i += 1
+        out.append(perf[start:i])
+    return out
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text) if text not in ("", "U") else None
+    except ValueError:
+        return None
+
+
+def parse_perfdata(perf: str) -> tuple[PerfDatum, ...]:
+    """Parse `'label'=value[UOM];[warn];[crit];[min];[max]` items; malformed items are skipped."""
+    items: list[PerfDatum] = []
+    for token in _tokens(perf):
+        label, sep, rest = token.rpartition("=")
+        if not sep or not label:
+            continue
+        if label.startswith("'") and label.endswith("'") and len(label) >= 2:
+            label = label[1:-1].replace("''", "'")
+        fields = rest.split(";")
+        raw_value = fields[0]
+        value: float | None
+        if raw_value == "U":
+            value, uom = None, ""
+        else:
+            m = _VALUE.match(raw_value.replace(",", "."))
+            if not m or m.group(2).lower() not in _UOMS:
+                continue
+            value, uom = float(m.group(1)), m.group(2)
+        fields += [""] * (5 - len(fields))
+        items.append(
+            PerfDatum(
+                label=label,
+                value=value,
+                uom=uom,
+                warn=fields[1] or None,
+                crit=fields[2] or None,
+                min=_float(fields[3]),
+                max=_float(fields[4]),
+            )
+        )
+    return tuple(items)

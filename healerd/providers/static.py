@@ -1,0 +1,21 @@
+"""`static` provider: the machines are the ones listed under the service; healerd monitors and alerts."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..machines import Lifecycle, Machine
+from .base import Provider
+
+if TYPE_CHECKING:
+    from ..config import ServiceConfig
+
+
+class StaticProvider(Provider):
+    kind = "static"
+
+    async def list_machines(self, service: ServiceConfig) -> list[Machine]:
+        return [
+            Machine(service=service.name, id=m.id, address=m.address, lifecycle=Lifecycle.IN_SERVICE)
+            for m in service.machines
+        ]

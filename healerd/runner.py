@@ -1,0 +1,73 @@
+"""Runs one check on one target: the framework side of the plugin API (timeout, errors, timing)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from .checks import Check
+from .config import CheckSpec
+from .health import CheckKey
+from .results import CheckResult, Status
+
+log = structlog.get_logger("healerd.runner")
+
+
+@dataclass(eq=False, slots=True)
+class BoundCheck:
+    """One check bound to one target, with its config rendered; what the scheduler schedules."""
+
+    key: CheckKey
+    spec: CheckSpec
+    check: Check[Any]
+    address: str = ""
+    running: bool = False
+    active: bool = True
+    slot: int = -1  # the scheduler's wheel slot this check is due in
+    interval_slots: int = 1
+    retry_slots: int = 0
+    runs: int = 0
+    metric_children: dict[Status, Any] = field(default_factory=dict)
+    duration_child: Any = None
+
+
+def _consume(task: asyncio.Task[CheckResult]) -> None:
+    """Collect the outcome of a check abandoned at its timeout so nothing is left unretrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def run_check(check: Check[Any], timeout: float) -> CheckResult:
+    """Run `check` with a hard timeout. A raise or a hang becomes UNKNOWN with the reason; never raises."""
+    started = time.perf_counter()
+    task = asyncio.ensure_future(check.run())
+    try:
+        done, _ = await asyncio.wait((task,), timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    duration = time.perf_counter() - started
+    if not done:
+        # Cancel and move on: even a check that swallows the cancellation cannot stall the scheduler.
+        task.cancel()
+        task.add_done_callback(_consume)
+        return CheckResult(Status.UNKNOWN, f"check timed out after {timeout:g}s", (), duration)
+    try:
+        result = task.result()
+    except asyncio.CancelledError:
+        return CheckResult(Status.UNKNOWN, "check was cancelled", (), duration)
+    except Exception as exc:  # a plugin's bug is reported as its result, not raised
+        log.debug("check raised", exc_info=True)
+        return CheckResult(Status.UNKNOWN, f"check raised {type(exc).__name__}: {exc}", (), duration)
+    if not isinstance(result, CheckResult):
+        return CheckResult(
+            Status.UNKNOWN,
+            f"check returned {type(result).__name__}, not a CheckResult; return CheckResult.ok(...) and friends",
+            (),
+            duration,
+        )
+    return CheckResult(result.status, result.message, result.metrics, duration)

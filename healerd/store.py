@@ -1,0 +1,340 @@
+"""The state store: SQLite in `state_dir` (WAL), on its own thread so the event loop never blocks.
+
+Results and events are batched: the hot path appends to a list; a flush writes them in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from .events import Event
+from .health import CheckKey
+from .machines import Lifecycle, Machine
+from .results import CheckResult, PerfDatum, Status
+
+log = structlog.get_logger("healerd.store")
+T = TypeVar("T")
+
+# Each entry migrates from version i to i+1; never edit a shipped one, append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE machines (
+        service TEXT NOT NULL, id TEXT NOT NULL, address TEXT NOT NULL, lifecycle TEXT NOT NULL,
+        provider TEXT NOT NULL DEFAULT '', attributes TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL, updated_at REAL NOT NULL,
+        PRIMARY KEY (service, id)
+    );
+    CREATE TABLE results (
+        service TEXT NOT NULL, machine TEXT NOT NULL, check_name TEXT NOT NULL, slot INTEGER NOT NULL,
+        seq INTEGER NOT NULL, ts REAL NOT NULL, status INTEGER NOT NULL, message TEXT NOT NULL,
+        duration REAL NOT NULL, metrics TEXT NOT NULL DEFAULT '[]',
+        PRIMARY KEY (service, machine, check_name, slot)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, ts REAL NOT NULL, type TEXT NOT NULL,
+        service TEXT NOT NULL, machine TEXT, check_name TEXT, incident TEXT, severity TEXT NOT NULL,
+        status TEXT NOT NULL, summary TEXT NOT NULL, details TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX events_machine ON events (service, machine, seq);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+)
+
+ResultRow = tuple[str, str, str, int, int, float, int, str, float, str]
+
+
+class Store:
+    def __init__(self, state_dir: Path, history: int = 30, event_log_size: int = 100_000) -> None:
+        self.path = state_dir / "state.db"
+        self.history = history
+        self.event_log_size = event_log_size
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="healerd-store")
+        self._conn: sqlite3.Connection | None = None
+        self._seq: dict[CheckKey, int] = {}
+        self._pending_results: list[ResultRow] = []
+        self._pending_events: list[Event] = []
+        self._lock = threading.Lock()
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    async def open(self) -> None:
+        await self.call(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"{self.path} was written by a newer healerd (schema {version}, this one knows "
+                f"{len(MIGRATIONS)}); upgrade healerd or restore a backup of the state directory"
+            )
+        for i in range(version, len(MIGRATIONS)):
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _statements(MIGRATIONS[i]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {i + 1}")
+            conn.execute("COMMIT")
+            log.info("state store migrated", schema=i + 1, path=str(self.path))
+        self._conn = conn
+        for service, machine, check, seq in conn.execute(
+            "SELECT service, machine, check_name, MAX(seq) FROM results GROUP BY service, machine, check_name"
+        ):
+            self._seq[CheckKey(service, machine, check)] = seq
+
+    async def close(self) -> None:
+        await self.flush()
+        await self.call(self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("the state store is not open")
+        return self._conn
+
+    # -- hot path: buffered ---------------------------------------------------------------------------
+    def add_result(self, key: CheckKey, result: CheckResult, ts: float) -> None:
+        seq = self._seq.get(key, 0) + 1
+        self._seq[key] = seq
+        metrics = json.dumps([m.as_dict() for m in result.metrics]) if result.metrics else "[]"
+        self._pending_results.append(
+            (
+                key.service,
+                key.machine,
+                key.check,
+                seq % self.history,
+                seq,
+                ts,
+                int(result.status),
+                result.message,
+                result.duration,
+                metrics,
+            )
+        )
+
+    def add_event(self, event: Event) -> None:
+        self._pending_events.append(event)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending_results) + len(self._pending_events)
+
+    async def flush(self) -> None:
+        if not self._pending_results and not self._pending_events:
+            return
+        results, self._pending_results = self._pending_results, []
+        events, self._pending_events = self._pending_events, []
+        try:
+            await self.call(self._write_batch, results, events)
+        except Exception:
+            # Keep the events for the next flush (results are superseded by newer ones anyway).
+            self._pending_events[:0] = events
+            raise
+
+    def _write_batch(self, results: list[ResultRow], events: list[Event]) -> None:
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            if results:
+                conn.executemany("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?)", results)
+            if events:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO events (id, ts, type, service, machine, check_name, incident, severity,"
+                    " status, summary, details) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    [
+                        (
+                            e.id,
+                            e.timestamp,
+                            e.type.value,
+                            e.service,
+                            e.machine,
+                            e.check,
+                            e.incident,
+                            e.severity.value,
+                            e.status,
+                            e.summary,
+                            json.dumps(e.details, default=str),
+                        )
+                        for e in events
+                    ],
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # -- machines ------------------------------------------------------------------------------------------
+    async def save_machines(self, machines: list[Machine], provider: str, now: float) -> None:
+        await self.call(self._save_machines, machines, provider, now)
+
+    def _save_machines(self, machines: list[Machine], provider: str, now: float) -> None:
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(
+                "INSERT INTO machines VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (service, id) DO UPDATE SET"
+                " address=excluded.address, lifecycle=excluded.lifecycle, provider=excluded.provider,"
+                " attributes=excluded.attributes, updated_at=excluded.updated_at",
+                [
+                    (
+                        m.service,
+                        m.id,
+                        m.address,
+                        m.lifecycle.value,
+                        provider,
+                        json.dumps(m.attributes),
+                        now,
+                        now,
+                    )
+                    for m in machines
+                ],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def load_machines(self, service: str | None = None) -> list[Machine]:
+        def q() -> list[Machine]:
+            sql = "SELECT service, id, address, lifecycle, attributes FROM machines"
+            args: tuple[str, ...] = ()
+            if service is not None:
+                sql += " WHERE service = ?"
+                args = (service,)
+            return [
+                Machine(s, i, a, Lifecycle(lc), json.loads(attrs))
+                for s, i, a, lc, attrs in self.conn.execute(sql, args)
+            ]
+
+        return await self.call(q)
+
+    async def forget_machines(self, service: str, keep: set[str]) -> None:
+        """Drop machines (and their results) of a service that are no longer configured."""
+
+        def q() -> None:
+            conn = self.conn
+            rows = conn.execute("SELECT id FROM machines WHERE service = ?", (service,)).fetchall()
+            gone = [(service, r[0]) for r in rows if r[0] not in keep]
+            if gone:
+                conn.execute("BEGIN")
+                conn.executemany("DELETE FROM machines WHERE service = ? AND id = ?", gone)
+                conn.executemany("DELETE FROM results WHERE service = ? AND machine = ?", gone)
+                conn.execute("COMMIT")
+
+        await self.call(q)
+
+    # -- history -------------------------------------------------------------------------------------------
+    async def load_history(self) -> dict[CheckKey, list[tuple[float, CheckResult]]]:
+        def q() -> dict[CheckKey, list[tuple[float, CheckResult]]]:
+            out: dict[CheckKey, list[tuple[float, CheckResult]]] = {}
+            for service, machine, check, ts, status, message, duration, metrics in self.conn.execute(
+                "SELECT service, machine, check_name, ts, status, message, duration, metrics FROM results"
+                " ORDER BY service, machine, check_name, seq"
+            ):
+                perf = tuple(PerfDatum(**m) for m in json.loads(metrics)) if metrics != "[]" else ()
+                out.setdefault(CheckKey(service, machine, check), []).append(
+                    (ts, CheckResult(Status(status), message, perf, duration))
+                )
+            return out
+
+        return await self.call(q)
+
+    async def recent_results(self, key: CheckKey, limit: int = 30) -> list[dict[str, Any]]:
+        await self.flush()
+
+        def q() -> list[dict[str, Any]]:
+            rows = self.conn.execute(
+                "SELECT ts, status, message, duration, metrics FROM results WHERE service=? AND machine=? AND"
+                " check_name=? ORDER BY seq DESC LIMIT ?",
+                (key.service, key.machine, key.check, limit),
+            ).fetchall()
+            return [
+                {
+                    "timestamp": ts,
+                    "status": Status(st).name,
+                    "message": msg,
+                    "duration": dur,
+                    "metrics": json.loads(m),
+                }
+                for ts, st, msg, dur, m in rows
+            ]
+
+        return await self.call(q)
+
+    # -- events -------------------------------------------------------------------------------------------
+    async def events(
+        self,
+        service: str | None = None,
+        machine: str | None = None,
+        limit: int = 100,
+        types: list[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        await self.flush()
+
+        def q() -> list[dict[str, Any]]:
+            sql = (
+                "SELECT id, ts, type, service, machine, check_name, incident, severity, status, summary, details"
+                " FROM events WHERE 1=1"
+            )
+            args: list[Any] = []
+            if service:
+                sql += " AND service = ?"
+                args.append(service)
+            if machine:
+                sql += " AND machine = ?"
+                args.append(machine)
+            if types:
+                sql += f" AND type IN ({','.join('?' * len(types))})"
+                args.extend(types)
+            sql += " ORDER BY seq DESC LIMIT ?"
+            args.append(limit)
+            return [
+                {
+                    "id": r[0],
+                    "timestamp": r[1],
+                    "type": r[2],
+                    "service": r[3],
+                    "machine": r[4],
+                    "check": r[5],
+                    "incident": r[6],
+                    "severity": r[7],
+                    "status": r[8],
+                    "summary": r[9],
+                    "details": json.loads(r[10]),
+                }
+                for r in self.conn.execute(sql, args)
+            ]
+
+        return await self.call(q)
+
+    async def prune(self) -> None:
+        def q() -> None:
+            row = self.conn.execute("SELECT MAX(seq) FROM events").fetchone()
+            if row and row[0]:
+                self.conn.execute("DELETE FROM events WHERE seq <= ?", (row[0] - self.event_log_size,))
+
+        await self.call(q)
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
