@@ -130,10 +130,7 @@ class CheckHealth:
         states.append(status)
 
     def _update_flapping(self) -> bool:
-        if self._changes == 0:
-            pct = 0.0
-        else:
-            pct = flap_percent(self._states)
+        pct = 0.0 if self._changes == 0 else flap_percent(self._states)
         self.flap_pct = pct
         if not self.flapping and pct >= self.thresholds.flap_high:
             self.flapping = True

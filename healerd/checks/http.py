@@ -77,7 +77,7 @@ class HttpCheck(Check[HttpConfig]):
                 cfg.url,
                 headers=cfg.headers or None,
                 data=cfg.body,
-                ssl=True if cfg.tls_verify else False,
+                ssl=bool(cfg.tls_verify),
                 allow_redirects=False,
             ) as resp:
                 need_body = expect.body_contains is not None or expect.body_regex is not None

@@ -1,0 +1,137 @@
+"""Shared fixtures: real aiohttp servers on loopback that stand in for fleet machines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+PLUGIN_DIR = Path("/usr/lib/nagios/plugins")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require_binary(path: str | Path) -> str:
+    """A Debian binary a test drives: missing is a failure under CI=true, a skip on a laptop."""
+    found = shutil.which(str(path)) if not Path(path).is_absolute() else (str(path) if Path(path).exists() else None)
+    if found is None:
+        message = f"{path} is missing; install it with `make debs` (apt-get install -y monitoring-plugins-basic)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+@dataclass
+class FakeMachine:
+    """A loopback HTTP server answering /health according to `mode`: ok | fail | slow | hang."""
+
+    port: int
+    mode: str = "ok"
+    slow_seconds: float = 0.3
+    hits: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def health(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        if self.mode == "fail":
+            return web.Response(status=500, text="broken")
+        if self.mode == "slow":
+            await asyncio.sleep(self.slow_seconds)
+        if self.mode == "hang":
+            await asyncio.sleep(3600)
+        return web.Response(text="ok")
+
+
+@dataclass
+class Fleet:
+    machines: list[FakeMachine] = field(default_factory=list)
+
+    def __getitem__(self, i: int) -> FakeMachine:
+        return self.machines[i]
+
+
+class _ThreadedServers:
+    """Runs FakeMachines on their own loop in a thread, so a daemon under test (or a subprocess) and the
+    test body can both talk to them regardless of which loop the test uses."""
+
+    def __init__(self, n: int) -> None:
+        self.fleet = Fleet([FakeMachine(free_port()) for _ in range(n)])
+        self._loop = asyncio.new_event_loop()
+        self._runners: list[web.AppRunner] = []
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+
+    async def _start(self) -> None:
+        for m in self.fleet.machines:
+            app = web.Application()
+            app.router.add_get("/health", m.health)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", m.port).start()
+            self._runners.append(runner)
+
+    def stop(self) -> None:
+        async def _stop() -> None:
+            for r in self._runners:
+                await r.cleanup()
+
+        asyncio.run_coroutine_threadsafe(_stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+@pytest.fixture
+def fleet_factory() -> Iterator[object]:
+    started: list[_ThreadedServers] = []
+
+    def make(n: int) -> Fleet:
+        servers = _ThreadedServers(n)
+        servers.start()
+        started.append(servers)
+        return servers.fleet
+
+    yield make
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def fleet3(fleet_factory: object) -> Fleet:
+    return fleet_factory(3)  # type: ignore[operator, no-any-return]
+
+
+@pytest.fixture
+async def aiohttp_server_factory() -> AsyncIterator[object]:
+    """Start aiohttp apps on loopback inside the test's own loop; yields `start(app) -> base_url`."""
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> str:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runners.append(runner)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for r in runners:
+        await r.cleanup()
