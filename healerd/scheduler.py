@@ -184,7 +184,8 @@ class WheelScheduler:
     async def _run(self, bc: BoundCheck) -> None:
         try:
             async with self._sem:
-                await self._dispatch(bc)
+                if bc.active:  # it may have been removed while it waited for a slot
+                    await self._dispatch(bc)
         except asyncio.CancelledError:
             raise
         except Exception:  # the dispatch pipeline must never kill the scheduler

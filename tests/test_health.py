@@ -1,0 +1,206 @@
+"""Health classification with a fake clock: rise/fall, flapping, machine condition, service state."""
+
+from __future__ import annotations
+
+import pytest
+
+from healerd.events import EventType
+from healerd.health import CheckKey, Condition, HealthBook, ServiceState, Thresholds, flap_percent
+from healerd.machines import Lifecycle
+from healerd.results import CheckResult, Status
+
+OK = CheckResult(Status.OK, "fine")
+CRIT = CheckResult(Status.CRITICAL, "broken")
+WARN = CheckResult(Status.WARNING, "slow")
+UNK = CheckResult(Status.UNKNOWN, "could not tell")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def tick(self, seconds: float = 1.0) -> float:
+        self.now += seconds
+        return self.now
+
+
+def make_book(n: int = 3, desired: int = 3, min_healthy: int = 2, fall: int = 3, rise: int = 2) -> HealthBook:
+    book = HealthBook()
+    book.set_service("web", desired, min_healthy, 0.0)
+    for i in range(n):
+        book.set_machine("web", f"m{i}", Lifecycle.IN_SERVICE, 0.0, refresh=False)
+        book.set_check(CheckKey("web", f"m{i}", "health"), Thresholds(fall=fall, rise=rise))
+    book.refresh("web", 0.0)
+    return book
+
+
+def feed(book: HealthBook, machine: str, result: CheckResult, clock: Clock, times: int = 1) -> list[EventType]:
+    types: list[EventType] = []
+    for _ in range(times):
+        types += [e.type for e in book.observe(CheckKey("web", machine, "health"), result, clock.tick())]
+    return types
+
+
+@pytest.mark.parametrize(("fall", "rise"), [(1, 1), (3, 2), (5, 4)])
+def test_hard_critical_after_exactly_fall_and_back_after_exactly_rise(fall: int, rise: int) -> None:
+    book, clock = make_book(fall=fall, rise=rise), Clock()
+    key = CheckKey("web", "m0", "health")
+    feed(book, "m0", OK, clock)
+    for i in range(1, fall):
+        assert feed(book, "m0", CRIT, clock) == []
+        ch = book.check(key)
+        assert ch is not None and ch.hard is Status.OK and ch.state_type == "soft" and ch.bad_streak == i
+    events = feed(book, "m0", CRIT, clock)
+    assert EventType.MACHINE_UNHEALTHY in events
+    assert book.check(key).hard is Status.CRITICAL  # type: ignore[union-attr]
+    assert book.machine("web", "m0").condition is Condition.DOWN  # type: ignore[union-attr]
+    for _ in range(rise - 1):
+        assert feed(book, "m0", OK, clock) == []
+        assert book.check(key).hard is Status.CRITICAL  # type: ignore[union-attr]
+    events = feed(book, "m0", OK, clock)
+    assert EventType.MACHINE_RECOVERED in events
+    assert book.machine("web", "m0").condition is Condition.UP  # type: ignore[union-attr]
+
+
+def test_an_ok_between_failures_restarts_the_count() -> None:
+    book, clock = make_book(fall=3), Clock()
+    feed(book, "m0", CRIT, clock, 2)
+    feed(book, "m0", OK, clock)
+    feed(book, "m0", CRIT, clock, 2)
+    assert book.check(CheckKey("web", "m0", "health")).hard is Status.OK  # type: ignore[union-attr]
+    assert EventType.MACHINE_UNHEALTHY in feed(book, "m0", CRIT, clock)
+
+
+def test_unknown_neither_confirms_nor_refutes() -> None:
+    book, clock = make_book(fall=3), Clock()
+    feed(book, "m0", CRIT, clock, 2)
+    assert feed(book, "m0", UNK, clock, 5) == []
+    ch = book.check(CheckKey("web", "m0", "health"))
+    assert ch is not None and ch.hard is Status.OK and ch.bad_streak == 2
+    assert EventType.MACHINE_UNHEALTHY in feed(book, "m0", CRIT, clock)
+
+
+def test_hard_warning_makes_machine_impaired_and_critical_follows_immediately() -> None:
+    book, clock = make_book(fall=2), Clock()
+    events = feed(book, "m0", WARN, clock, 2)
+    assert EventType.MACHINE_UNHEALTHY in events
+    assert book.machine("web", "m0").condition is Condition.IMPAIRED  # type: ignore[union-attr]
+    assert book.services["web"].state is ServiceState.DEGRADED
+    feed(book, "m0", CRIT, clock)  # between problem states the change is immediate
+    assert book.machine("web", "m0").condition is Condition.DOWN  # type: ignore[union-attr]
+
+
+def test_service_state_optimal_degraded_down_optimal() -> None:
+    book, clock = make_book(fall=1, rise=1), Clock()
+    for m in ("m0", "m1", "m2"):
+        feed(book, m, OK, clock)
+    assert book.services["web"].state is ServiceState.OPTIMAL
+    feed(book, "m0", CRIT, clock)
+    assert book.services["web"].state is ServiceState.DEGRADED
+    events = feed(book, "m1", CRIT, clock)
+    assert book.services["web"].state is ServiceState.DOWN
+    assert EventType.SERVICE_STATE_CHANGED in events
+    feed(book, "m0", OK, clock)
+    assert book.services["web"].state is ServiceState.DEGRADED
+    feed(book, "m1", OK, clock)
+    assert book.services["web"].state is ServiceState.OPTIMAL
+
+
+def test_service_state_counts_only_machines_in_service() -> None:
+    book, clock = make_book(fall=1), Clock()
+    for m in ("m0", "m1", "m2"):
+        feed(book, m, OK, clock)
+    book.set_machine("web", "m2", Lifecycle.PROBATION, clock.tick())
+    assert book.services["web"].state is ServiceState.DEGRADED
+    assert book.services["web"].counts() == {"healthy": 2, "impaired": 0, "down": 0}
+
+
+def test_service_check_critical_means_down_and_warning_degraded() -> None:
+    book, clock = make_book(fall=1, rise=1), Clock()
+    skey = CheckKey("web", "", "through-lb")
+    book.set_check(skey, Thresholds(fall=1, rise=1))
+    book.observe(skey, WARN, clock.tick())
+    assert book.services["web"].state is ServiceState.DEGRADED
+    book.observe(skey, CRIT, clock.tick())
+    assert book.services["web"].state is ServiceState.DOWN
+    assert "through-lb" in book.services["web"].reason
+    book.observe(skey, OK, clock.tick())
+    assert book.services["web"].state is ServiceState.OPTIMAL
+
+
+def test_flap_percent_matches_nagios_weights() -> None:
+    alternating = [Status.OK if i % 2 else Status.CRITICAL for i in range(21)]
+    assert flap_percent(alternating) == pytest.approx(100.0)
+    steady = [Status.OK] * 21
+    assert flap_percent(steady) == 0.0
+    one_old_change = [Status.CRITICAL] + [Status.OK] * 20  # the oldest transition weighs 0.75
+    assert flap_percent(one_old_change) == pytest.approx(0.75 / 20 * 100)
+    one_new_change = [Status.OK] * 20 + [Status.CRITICAL]  # the newest weighs 1.25
+    assert flap_percent(one_new_change) == pytest.approx(1.25 / 20 * 100)
+
+
+def test_alternating_machine_is_flapping_not_bouncing() -> None:
+    book, clock = make_book(fall=3, rise=2), Clock()
+    seen: list[EventType] = []
+    for _ in range(15):
+        seen += feed(book, "m0", CRIT, clock)
+        seen += feed(book, "m0", OK, clock)
+    assert seen.count(EventType.MACHINE_FLAPPING) == 1
+    assert EventType.MACHINE_UNHEALTHY not in seen and EventType.MACHINE_RECOVERED not in seen
+    m = book.machine("web", "m0")
+    assert m is not None and m.condition is Condition.FLAPPING
+    assert book.services["web"].state is ServiceState.DEGRADED  # reported as impaired, not down
+
+
+def test_slow_bouncing_stops_being_announced_once_flapping() -> None:
+    book, clock = make_book(fall=2, rise=2), Clock()
+    seen: list[EventType] = []
+    # Two failures, two successes: hard down and up every 4 runs until flap detection catches it.
+    for _ in range(10):
+        seen += feed(book, "m0", CRIT, clock, 2)
+        seen += feed(book, "m0", OK, clock, 2)
+    assert EventType.MACHINE_FLAPPING in seen
+    after = seen[seen.index(EventType.MACHINE_FLAPPING) :]
+    assert EventType.MACHINE_UNHEALTHY not in after and EventType.MACHINE_RECOVERED not in after
+    before = seen[: seen.index(EventType.MACHINE_FLAPPING)]
+    bounces = [t for t in before if t in (EventType.MACHINE_UNHEALTHY, EventType.MACHINE_RECOVERED)]
+    assert len(bounces) <= 6  # caught within three cycles (5 weighted transitions), then quiet
+
+
+def test_flapping_stops_below_low_threshold_and_settled_state_is_reported() -> None:
+    book, clock = make_book(fall=2, rise=2), Clock()
+    for _ in range(6):
+        feed(book, "m0", CRIT, clock, 2)
+        feed(book, "m0", OK, clock, 2)
+    assert book.check(CheckKey("web", "m0", "health")).flapping  # type: ignore[union-attr]
+    seen: list[EventType] = []
+    for _ in range(25):
+        seen += feed(book, "m0", OK, clock)
+    assert EventType.MACHINE_FLAPPING in seen
+    m = book.machine("web", "m0")
+    assert m is not None and m.condition is Condition.UP
+
+
+def test_steady_failure_is_not_flapping() -> None:
+    book, clock = make_book(fall=3), Clock()
+    feed(book, "m0", OK, clock, 10)
+    seen = feed(book, "m0", CRIT, clock, 30)
+    assert EventType.MACHINE_FLAPPING not in seen
+    assert seen.count(EventType.MACHINE_UNHEALTHY) == 1
+
+
+def test_state_changes_are_reported_once() -> None:
+    book, clock = make_book(fall=1), Clock()
+    seen = feed(book, "m0", CRIT, clock, 20)
+    assert seen.count(EventType.MACHINE_UNHEALTHY) == 1
+    assert seen.count(EventType.SERVICE_STATE_CHANGED) == 1
+
+
+def test_removing_a_machine_updates_the_service() -> None:
+    book, clock = make_book(n=3, desired=3, min_healthy=3, fall=1), Clock()
+    for m in ("m0", "m1", "m2"):
+        feed(book, m, OK, clock)
+    events = book.remove_machine("web", "m2", clock.tick())
+    assert [e.type for e in events] == [EventType.SERVICE_STATE_CHANGED]
+    assert book.services["web"].state is ServiceState.DOWN
+    assert book.check(CheckKey("web", "m2", "health")) is None
