@@ -50,7 +50,7 @@ async def readyz(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     if daemon.monitor.ready:
         return web.json_response({"status": "ready"})
-    pending = len(daemon.monitor._pending_first)
+    pending = daemon.monitor.checks_without_result
     return web.json_response({"status": "starting", "checks_without_result": pending}, status=503)
 
 

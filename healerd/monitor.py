@@ -66,6 +66,7 @@ class Monitor:
         self.providers: dict[str, Provider] = {}
         self.services: dict[str, ServiceConfig] = {}
         self._pending_first: set[CheckKey] = set()
+        self._ready_latched = False
         self._runs = metrics.counter("check_runs")
         self._durations = metrics.histogram("check_duration_seconds")
         self._machine_up = metrics.gauge("machine_up")
@@ -74,9 +75,15 @@ class Monitor:
 
     # -- readiness ----------------------------------------------------------------------------------------
     @property
+    def checks_without_result(self) -> int:
+        return len(self._pending_first)
+
+    @property
     def ready(self) -> bool:
         """True once every check has completed at least one run (the first round is done)."""
-        return self.scheduler.running and not self._pending_first
+        if not self._ready_latched and self.scheduler.running and not self._pending_first:
+            self._ready_latched = True  # once ready, a reload that adds checks does not make it unready
+        return self._ready_latched
 
     # -- config -------------------------------------------------------------------------------------------
     async def apply(self, config: Config, now: float | None = None) -> ApplyReport:
@@ -155,7 +162,6 @@ class Monitor:
             for ts, result in entries:
                 self.book.observe(key, result, ts)
             restored += 1
-            self._pending_first.discard(key)
         now = time.time()
         for name in self.services:
             svc = self.book.services[name]

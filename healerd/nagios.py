@@ -57,15 +57,19 @@ def _tokens(perf: str) -> list[str]:
             break
         start = i
         if perf[i] == "'":
-            i += 1
-            while i < n:
-                if perf[i] == "'":
-                    if i + 1 < n and perf[i + 1] == "'":
-                        i += 2
+            j = i + 1
+            closed = False
+            while j < n:
+                if perf[j] == "'":
+                    if j + 1 < n and perf[j + 1] == "'":
+                        j += 2
                         continue
-                    i += 1
+                    j += 1
+                    closed = True
                     break
-                i += 1
+                j += 1
+            if closed:  # an unclosed quote is malformed: fall back to splitting on spaces
+                i = j
         while i < n and not perf[i].isspace():
             i += 1
         out.append(perf[start:i])
@@ -86,8 +90,14 @@ def parse_perfdata(perf: str) -> tuple[PerfDatum, ...]:
         label, sep, rest = token.rpartition("=")
         if not sep or not label:
             continue
-        if label.startswith("'") and label.endswith("'") and len(label) >= 2:
+        if label.startswith("'"):
+            if not label.endswith("'") or len(label) < 2:
+                continue  # unbalanced quotes
             label = label[1:-1].replace("''", "'")
+        elif "'" in label:
+            continue
+        if not label:
+            continue
         fields = rest.split(";")
         raw_value = fields[0]
         value: float | None

@@ -41,10 +41,22 @@ def _consume(task: asyncio.Task[CheckResult]) -> None:
         task.exception()
 
 
+class CheckExited(Exception):
+    """A check called sys.exit() or raised KeyboardInterrupt: reported as its result, never let through."""
+
+
+async def _guarded(check: Check[Any]) -> CheckResult:
+    try:
+        return await check.run()
+    except (SystemExit, KeyboardInterrupt) as exc:
+        # asyncio would re-raise these out of the event loop and stop the daemon
+        raise CheckExited(f"{type(exc).__name__}: {exc}") from None
+
+
 async def run_check(check: Check[Any], timeout: float) -> CheckResult:
     """Run `check` with a hard timeout. A raise or a hang becomes UNKNOWN with the reason; never raises."""
     started = time.perf_counter()
-    task = asyncio.ensure_future(check.run())
+    task = asyncio.ensure_future(_guarded(check))
     try:
         done, _ = await asyncio.wait((task,), timeout=timeout)
     except asyncio.CancelledError:
@@ -60,6 +72,8 @@ async def run_check(check: Check[Any], timeout: float) -> CheckResult:
         result = task.result()
     except asyncio.CancelledError:
         return CheckResult(Status.UNKNOWN, "check was cancelled", (), duration)
+    except CheckExited as exc:
+        return CheckResult(Status.UNKNOWN, f"check raised {exc}", (), duration)
     except Exception as exc:  # a plugin's bug is reported as its result, not raised
         log.debug("check raised", exc_info=True)
         return CheckResult(Status.UNKNOWN, f"check raised {type(exc).__name__}: {exc}", (), duration)

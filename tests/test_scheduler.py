@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
@@ -41,7 +42,7 @@ async def test_each_check_runs_once_per_interval_spread_over_it() -> None:
     assert len(starts) == 50
     assert min(counts) >= 3 and max(counts) <= 4  # 1.3 s / 0.4 s
     for times in starts.values():
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         assert all(0.3 < g < 0.5 for g in gaps), gaps
     first = sorted(v[0] for v in starts.values())
     # first runs are spread over the interval, not all in one burst
@@ -85,7 +86,7 @@ async def test_retry_interval_brings_the_next_run_forward() -> None:
     await asyncio.sleep(1.6)
     await sched.stop()
     assert len(times) >= 5  # about one run per 0.1 s once the first one happened
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert max(gaps) < 0.2
 
 

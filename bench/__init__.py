@@ -1,0 +1,1 @@
+"""healerd benchmarks (not part of the test suite): `python -m bench` or `make bench`."""

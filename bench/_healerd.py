@@ -1,0 +1,153 @@
+"""Start healerd on a generated fleet of N machines (all served by one nginx) and read its figures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from ._system import cpu_seconds, free_port, rss_bytes, taskset, wait_port
+
+
+def fleet_config(
+    n: int, nginx_port: int, interval: str, timeout: str, fall: int, state_dir: Path, listen: int, reuse: bool = True
+) -> str:
+    lines = [
+        "daemon:",
+        f"  listen: 127.0.0.1:{listen}",
+        f"  state_dir: {state_dir}",
+        "  log_level: warning",
+        "  check_paths: []",
+        "providers:",
+        "  lab: {kind: static}",
+        "services:",
+        "  fleet:",
+        "    provider: lab",
+        "    min_healthy: 1",
+        "    checks:",
+        "      - name: health",
+        "        kind: http",
+        f'        url: "http://127.0.0.1:{nginx_port}/health/{{id}}"',
+        f"        interval: {interval}",
+        f"        timeout: {timeout}",
+        f"        fall: {fall}",
+        f"        reuse_connections: {'true' if reuse else 'false'}",
+        "    machines:",
+    ]
+    lines += [f"      - {{id: m{i}, address: '127.0.0.1:{nginx_port}'}}" for i in range(n)]
+    return "\n".join(lines) + "\n"
+
+
+class Healerd:
+    def __init__(
+        self,
+        n: int,
+        nginx_port: int,
+        interval: str = "5s",
+        timeout: str = "2s",
+        fall: int = 3,
+        core: int | None = 0,
+        reuse: bool = True,
+    ) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="healerd-bench-"))
+        self.port = free_port()
+        cfg = self.dir / "healerd.yaml"
+        cfg.write_text(fleet_config(n, nginx_port, interval, timeout, fall, self.dir / "state", self.port, reuse))
+        self.log = (self.dir / "healerd.log").open("w")
+        self.proc = subprocess.Popen(
+            [*taskset(core), sys.executable, "-m", "healerd", "run", "-c", str(cfg)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_port(self.port, 120)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.base + path, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.base + "/readyz", timeout=10) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("healerd not ready")
+
+    def metrics(self) -> tuple[dict[str, Any], float, int]:
+        """Parsed /metrics samples of interest, plus the response time and size."""
+        started = time.perf_counter()
+        with urllib.request.urlopen(self.base + "/metrics", timeout=30) as resp:
+            body = resp.read()
+        took = time.perf_counter() - started
+        out: dict[str, Any] = {"runs": 0.0, "lag_buckets": {}, "lag_count": 0.0}
+        for fam in text_string_to_metric_families(body.decode()):
+            for s in fam.samples:
+                if s.name == "healerd_check_runs_total":
+                    out["runs"] += s.value
+                elif s.name == "healerd_scheduler_lag_seconds_bucket":
+                    out["lag_buckets"][float(s.labels["le"])] = s.value
+                elif s.name == "healerd_scheduler_lag_seconds_count":
+                    out["lag_count"] = s.value
+        return out, took, len(body)
+
+    def snapshot(self) -> dict[str, Any]:
+        m, took, size = self.metrics()
+        return {
+            "t": time.monotonic(),
+            "cpu": cpu_seconds(self.proc.pid),
+            "rss": rss_bytes(self.proc.pid),
+            "sched": self.get("/api/v1/scheduler"),
+            "metrics": m,
+            "metrics_seconds": took,
+            "metrics_bytes": size,
+        }
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        try:
+            code = self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = -9
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return code
+
+
+def bucket_quantile(buckets_a: dict[float, float], buckets_b: dict[float, float], q: float) -> float:
+    """Quantile of the observations between two cumulative-bucket snapshots (linear inside a bucket)."""
+    edges = sorted(buckets_b)
+    counts = [buckets_b[e] - buckets_a.get(e, 0.0) for e in edges]
+    total = counts[-1] if counts else 0.0
+    if total <= 0:
+        return 0.0
+    rank = q * total
+    prev_edge, prev_count = 0.0, 0.0
+    for edge, count in zip(edges, counts, strict=True):
+        if count >= rank:
+            if edge == float("inf"):
+                return prev_edge
+            span = count - prev_count
+            frac = (rank - prev_count) / span if span else 1.0
+            return prev_edge + (edge - prev_edge) * frac
+        prev_edge, prev_count = edge, count
+    return prev_edge
+
+
+def fraction_within(buckets_a: dict[float, float], buckets_b: dict[float, float], bound: float) -> float:
+    total = buckets_b.get(float("inf"), 0.0) - buckets_a.get(float("inf"), 0.0)
+    within = buckets_b.get(bound, 0.0) - buckets_a.get(bound, 0.0)
+    return within / total if total else 0.0
