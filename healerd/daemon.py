@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -177,6 +178,7 @@ async def serve(config: Config, mode: Mode | None = None) -> int:
                 hint="another process uses the port; change daemon.listen",
             )
             return 1
+        _settle_memory()
         log.info("healerd running", listen=f"http://{config.daemon.listen}", config=str(config.path))
         await daemon.stopping.wait()
         log.info("stopping")
@@ -188,6 +190,17 @@ async def serve(config: Config, mode: Mode | None = None) -> int:
         await runner.cleanup()
     log.info("stopped")
     return 0
+
+
+def _settle_memory() -> None:
+    """Move what start-up built (config, machines, checks) out of the collector's sight.
+
+    With a large fleet a full collection otherwise re-scans millions of long-lived objects every few
+    seconds and stalls the loop for ~100 ms; frozen objects are never scanned again.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
 
 
 def run(config_path: str | Path, mode: Mode | None = None) -> int:

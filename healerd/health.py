@@ -173,6 +173,17 @@ class MachineHealth:
         return "; ".join(parts)
 
 
+def category(m: MachineHealth) -> str | None:
+    """How a machine counts toward its service's state (None: not in service)."""
+    if m.lifecycle is not Lifecycle.IN_SERVICE:
+        return None
+    if m.condition is Condition.UP or m.condition is Condition.PENDING:
+        return "healthy"
+    if m.condition is Condition.DOWN:
+        return "down"
+    return "impaired"
+
+
 @dataclass(slots=True)
 class ServiceHealth:
     name: str
@@ -183,19 +194,23 @@ class ServiceHealth:
     state: ServiceState = ServiceState.OPTIMAL
     since: float | None = None
     reason: str = ""
+    #: in-service machines by category, kept incrementally: a result never costs O(fleet)
+    tally: dict[str, int] = field(default_factory=lambda: {"healthy": 0, "impaired": 0, "down": 0})
 
     def counts(self) -> dict[str, int]:
-        healthy = impaired = down = 0
+        return dict(self.tally)
+
+    def move(self, old: str | None, new: str | None) -> None:
+        if old != new:
+            if old is not None:
+                self.tally[old] -= 1
+            if new is not None:
+                self.tally[new] += 1
+
+    def recount(self) -> None:
+        self.tally = {"healthy": 0, "impaired": 0, "down": 0}
         for m in self.machines.values():
-            if m.lifecycle is not Lifecycle.IN_SERVICE:
-                continue
-            if m.condition in (Condition.UP, Condition.PENDING):
-                healthy += 1
-            elif m.condition is Condition.DOWN:
-                down += 1
-            else:
-                impaired += 1
-        return {"healthy": healthy, "impaired": impaired, "down": down}
+            self.move(None, category(m))
 
     def compute(self) -> tuple[ServiceState, str]:
         c = self.counts()
@@ -251,10 +266,27 @@ class HealthBook:
         m = svc.machines.get(machine)
         if m is None:
             m = svc.machines[machine] = MachineHealth(service, machine, lifecycle, since=now)
+            svc.move(None, category(m))
         elif m.lifecycle is lifecycle:
             return []
-        m.lifecycle = lifecycle
+        else:
+            old = category(m)
+            m.lifecycle = lifecycle
+            svc.move(old, category(m))
         return self._service_changed(svc, now) if refresh else []
+
+    def resync(self, service: str, now: float) -> list[Event]:
+        """After results were replayed silently (restore): recompute conditions and counts, no events."""
+        svc = self.services.get(service)
+        if svc is None:
+            return []
+        for m in svc.machines.values():
+            m.condition = m.compute()
+            if m.condition not in (Condition.PENDING, Condition.FLAPPING):
+                m.reported = m.condition
+        svc.recount()
+        svc.state, svc.reason = svc.compute()
+        return []
 
     def refresh(self, service: str, now: float) -> list[Event]:
         """Recompute a service's state after bulk changes."""
@@ -263,8 +295,10 @@ class HealthBook:
 
     def remove_machine(self, service: str, machine: str, now: float) -> list[Event]:
         svc = self.services.get(service)
-        if svc is None or svc.machines.pop(machine, None) is None:
+        m = svc.machines.pop(machine, None) if svc is not None else None
+        if svc is None or m is None:
             return []
+        svc.move(category(m), None)
         for key in [k for k in self._checks if k.service == service and k.machine == machine]:
             del self._checks[key]
         return self._service_changed(svc, now)
@@ -344,7 +378,9 @@ class HealthBook:
         new = m.compute()
         if new is m.condition:
             return []
+        before = category(m)
         old, m.condition, m.since = m.condition, new, now
+        svc.move(before, category(m))
         events: list[Event] = []
         # Flapping and pending hide the ups and downs; announce only settled changes.
         if new not in (Condition.FLAPPING, Condition.PENDING) and new is not m.reported:

@@ -164,12 +164,9 @@ class Monitor:
             restored += 1
         now = time.time()
         for name in self.services:
-            svc = self.book.services[name]
-            for m in svc.machines.values():
-                m.condition = m.compute()
-                m.reported = m.condition if m.condition not in (Condition.PENDING, Condition.FLAPPING) else m.reported
+            self.book.resync(name, now)
+            for m in self.book.services[name].machines.values():
                 self._machine_up.labels(name, m.id).set(0 if m.condition is Condition.DOWN else 1)
-            self.book.refresh(name, now)
         self.update_service_gauges()
         return restored
 
