@@ -84,6 +84,7 @@ class Nginx:
         if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
             raise SystemExit("nginx is missing: apt-get install -y nginx-light (make bench does it as root)")
         self.prefix = Path(tempfile.mkdtemp(prefix="healerd-bench-nginx-"))
+        self.prefix.chmod(0o755)  # nginx workers run as an unprivileged user: they must see the markers
         (self.prefix / "markers").mkdir()
         (self.prefix / "tmp").mkdir()
         self.port = free_port()

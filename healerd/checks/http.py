@@ -8,10 +8,12 @@ from typing import Literal
 
 import aiohttp
 from pydantic import Field, field_validator
+from yarl import URL
 
 from ..durations import format_duration, parse_duration
 from ..results import CheckResult, PerfDatum
-from .base import Check, CheckOptions
+from ..targets import Target
+from .base import Check, CheckEnv, CheckOptions
 
 
 class HttpExpect(CheckOptions):
@@ -66,6 +68,10 @@ class HttpCheck(Check[HttpConfig]):
     kind = "http"
     Config = HttpConfig
 
+    def __init__(self, config: HttpConfig, target: Target, env: CheckEnv) -> None:
+        super().__init__(config, target, env)
+        self._url = URL(config.url)  # parsed once, not on every run
+
     async def run(self) -> CheckResult:
         cfg = self.config
         expect = cfg.expect
@@ -74,7 +80,7 @@ class HttpCheck(Check[HttpConfig]):
         try:
             async with session.request(
                 cfg.method,
-                cfg.url,
+                self._url,
                 headers=cfg.headers or None,
                 data=cfg.body,
                 ssl=bool(cfg.tls_verify),
