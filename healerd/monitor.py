@@ -184,8 +184,15 @@ class Monitor:
         self.store.add_result(key, result, now)
         if bc.runs == 1:
             self._pending_first.discard(key)
-        log.debug("check result", service=key.service, machine=key.machine, check=key.check,
-                  status=result.status.name, message=result.message, duration=round(result.duration, 6))
+        log.debug(
+            "check result",
+            service=key.service,
+            machine=key.machine,
+            check=key.check,
+            status=result.status.name,
+            message=result.message,
+            duration=round(result.duration, 6),
+        )
         events = self.book.observe(key, result, now)
         ch = self.book.check(key)
         if ch is not None and ch.soft_failing:
