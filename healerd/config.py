@@ -43,7 +43,7 @@ class ConfigError(Exception):
 
     def __init__(self, filename: str, problems: list[Problem]) -> None:
         self.filename = filename
-        self.problems = problems
+        self.problems = sorted(problems, key=lambda p: p.line or 0)
         super().__init__(self.render())
 
     def render(self) -> str:
