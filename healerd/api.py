@@ -170,6 +170,131 @@ async def not_found(request: web.Request) -> web.Response:
     return json_error(404, "not found", f"no endpoint {request.method} {request.path}")
 
 
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text="the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="the body must be a JSON object")
+    return body
+
+
+async def incidents(request: web.Request) -> web.Response:
+    engine = request.app[DAEMON].remediation
+    state = request.query.get("state")
+    return web.json_response({"incidents": await engine.incident_list(state=state)})
+
+
+async def incident(request: web.Request) -> web.Response:
+    engine = request.app[DAEMON].remediation
+    view = await engine.incident_view(request.match_info["id"])
+    if view is None:
+        return json_error(
+            404, "unknown incident", f"no incident {request.match_info['id']!r}; see GET /api/v1/incidents"
+        )
+    return web.json_response(view)
+
+
+async def incident_resolve(request: web.Request) -> web.Response:
+    engine = request.app[DAEMON].remediation
+    body = await _json_body(request)
+    try:
+        return web.json_response(await engine.resolve_by_hand(request.match_info["id"], str(body.get("by", ""))))
+    except LookupError as exc:
+        return json_error(404, "unknown incident", str(exc))
+    except RuntimeError as exc:
+        return json_error(409, "cannot resolve now", str(exc))
+
+
+async def quarantine(request: web.Request) -> web.Response:
+    return web.json_response({"quarantined": await request.app[DAEMON].remediation.quarantined()})
+
+
+async def quarantine_release(request: web.Request) -> web.Response:
+    engine = request.app[DAEMON].remediation
+    body = await _json_body(request)
+    to_rotation = bool(body.get("to_rotation", request.query.get("to_rotation") in ("1", "true")))
+    timeout = float(body.get("timeout", 60))
+    try:
+        return web.json_response(await engine.release(request.match_info["machine"], to_rotation, timeout))
+    except LookupError as exc:
+        return json_error(404, "not quarantined", str(exc))
+    except RuntimeError as exc:
+        return json_error(409, "checks failed", str(exc))
+
+
+async def quarantine_terminate(request: web.Request) -> web.Response:
+    engine = request.app[DAEMON].remediation
+    try:
+        return web.json_response(await engine.terminate(request.match_info["machine"]))
+    except LookupError as exc:
+        return json_error(404, "not quarantined", str(exc))
+
+
+async def get_mode(request: web.Request) -> web.Response:
+    return web.json_response(request.app[DAEMON].remediation.status())
+
+
+async def set_mode(request: web.Request) -> web.Response:
+    from .config import Mode
+
+    daemon = request.app[DAEMON]
+    engine = daemon.remediation
+    body = await _json_body(request)
+    service = body.get("service")
+    if service is not None and service not in daemon.config.services:
+        return json_error(404, "unknown service", f"no service named {service!r}")
+    if "mode" in body:
+        raw = body["mode"]
+        try:
+            mode = None if raw in (None, "config") else Mode(raw)
+        except ValueError:
+            return json_error(400, "bad mode", f"mode must be one of observe, dry-run, auto (or null), got {raw!r}")
+        await engine.set_mode(mode, service)
+    if "paused" in body:
+        if not isinstance(body["paused"], bool):
+            return json_error(400, "bad paused", "paused must be true or false")
+        await engine.set_paused(body["paused"])
+    if "mode" not in body and "paused" not in body:
+        return json_error(400, "nothing to change", 'send {"mode": "observe|dry-run|auto"} and/or {"paused": true}')
+    return web.json_response(engine.status())
+
+
+async def silences(request: web.Request) -> web.Response:
+    return web.json_response({"silences": await request.app[DAEMON].remediation.silences()})
+
+
+async def add_silence(request: web.Request) -> web.Response:
+    from .durations import parse_duration
+
+    daemon = request.app[DAEMON]
+    body = await _json_body(request)
+    service, machine = body.get("service"), body.get("machine")
+    if service is None and machine is None:
+        return json_error(400, "silence needs a target", 'send {"service": "web"} and/or {"machine": "web-1"}')
+    if service is not None and service not in daemon.config.services:
+        return json_error(404, "unknown service", f"no service named {service!r}")
+    try:
+        duration = parse_duration(body.get("duration", "1h"))
+    except ValueError as exc:
+        return json_error(400, "bad duration", str(exc))
+    if duration <= 0:
+        return json_error(400, "bad duration", "duration must be greater than 0")
+    silence = await daemon.remediation.add_silence(
+        service, machine, duration, str(body.get("comment", "")), str(body.get("created_by", ""))
+    )
+    return web.json_response(silence, status=201)
+
+
+async def delete_silence(request: web.Request) -> web.Response:
+    if not await request.app[DAEMON].remediation.delete_silence(request.match_info["id"]):
+        return json_error(404, "unknown silence", f"no silence {request.match_info['id']!r}")
+    return web.json_response({"deleted": request.match_info["id"]})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", status_page)
     app.router.add_get("/healthz", healthz)
@@ -181,3 +306,14 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/machines/{service}/{machine}", machine)
     app.router.add_get("/api/v1/events", events)
     app.router.add_get("/api/v1/scheduler", scheduler)
+    app.router.add_get("/api/v1/incidents", incidents)
+    app.router.add_get("/api/v1/incidents/{id}", incident)
+    app.router.add_post("/api/v1/incidents/{id}/resolve", incident_resolve)
+    app.router.add_get("/api/v1/quarantine", quarantine)
+    app.router.add_post("/api/v1/quarantine/{machine}/release", quarantine_release)
+    app.router.add_post("/api/v1/quarantine/{machine}/terminate", quarantine_terminate)
+    app.router.add_get("/api/v1/mode", get_mode)
+    app.router.add_post("/api/v1/mode", set_mode)
+    app.router.add_get("/api/v1/silences", silences)
+    app.router.add_post("/api/v1/silences", add_silence)
+    app.router.add_delete("/api/v1/silences/{id}", delete_silence)

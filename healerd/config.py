@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import hashlib
 import json
@@ -16,9 +17,17 @@ from . import _yaml
 from .checks import CHECK_KINDS, Check, CheckOptions
 from .durations import parse_count_or_percent, parse_duration
 from .providers import PROVIDER_KINDS
+from .rotation import ROTATION_KINDS
 from .targets import SERVICE_TEMPLATE_FIELDS, TEMPLATE_FIELDS, did_you_mean, find_template_problems
 
 Loc = tuple[str | int, ...]
+#: the folder of the config file being loaded, for plugin options holding relative paths
+_BASE: contextvars.ContextVar[Path] = contextvars.ContextVar("healerd_config_base")
+
+
+def resolve_path(p: Path) -> Path:
+    """A path from the config, resolved against the config file's folder."""
+    return p if p.is_absolute() else (_BASE.get(Path.cwd()) / p).resolve()
 
 
 class Mode(enum.StrEnum):
@@ -179,13 +188,68 @@ class MachineSpec(Strict):
         return v
 
 
+class RemediationConfig(Strict):
+    """Per-service remediation policy and its safety gates (DESIGN §4)."""
+
+    playbook: str = "replace-machine"
+    mode: Mode | None = None  # overrides daemon.mode for this service
+    max_concurrent: int = Field(default=1, ge=1)
+    max_unhealthy: int | str = "50%"
+    max_per_hour: int = Field(default=6, ge=0)
+    storm_cooldown: float = 300.0
+    backoff: float = 60.0  # first wait after a failed remediation of a machine; doubles each time
+    max_retries: int = Field(default=3, ge=0)  # failed attempts on one machine before a human is paged
+    probation_timeout: float = 600.0  # for machines launched to fill the fleet (playbooks set their own)
+
+    @field_validator("storm_cooldown", "backoff", "probation_timeout", mode="before")
+    @classmethod
+    def _durations(cls, v: object) -> float:
+        return _duration(v)
+
+    @field_validator("max_unhealthy")
+    @classmethod
+    def _max_unhealthy(cls, v: int | str) -> int | str:
+        parse_count_or_percent(v)
+        return v
+
+
+class RotationModel(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    kind: str = "none"
+
+
+class ImageModel(Strict):
+    provider: str
+    versions: dict[str, dict[str, Any]]
+    known_good: str
+
+    @model_validator(mode="after")
+    def _known(self) -> ImageModel:
+        if not self.versions:
+            raise ValueError("an image needs at least one version under versions:")
+        if self.known_good not in self.versions:
+            raise ValueError(f"known_good {self.known_good!r} is not one of the versions ({', '.join(self.versions)})")
+        return self
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    name: str
+    provider: str
+    versions: dict[str, BaseModel]
+    known_good: str
+
+
 class ServiceModel(Strict):
     provider: str
+    image: str | None = None
     desired: int | None = Field(default=None, ge=0)
     min_healthy: int | str = 1
     machines: list[MachineSpec] = Field(default_factory=list)
     checks: list[dict[str, Any]] = Field(default_factory=list)
     service_checks: list[dict[str, Any]] = Field(default_factory=list)
+    rotation: RotationModel = Field(default_factory=RotationModel)
+    remediation: RemediationConfig = Field(default_factory=RemediationConfig)
 
     @field_validator("min_healthy")
     @classmethod
@@ -203,6 +267,16 @@ class ServiceConfig:
     machines: tuple[MachineSpec, ...]
     checks: tuple[CheckSpec, ...]
     service_checks: tuple[CheckSpec, ...]
+    image: str | None = None
+    rotation_kind: str = "none"
+    rotation: BaseModel | None = None
+    remediation: RemediationConfig = field(default_factory=RemediationConfig)
+    max_unhealthy: int = 1  # machines, resolved from the percentage against desired
+
+    @property
+    def managed(self) -> bool:
+        """True when healerd launches this service's machines (it has an image)."""
+        return self.image is not None
 
 
 @dataclass(frozen=True)
@@ -218,6 +292,7 @@ class Config:
     daemon: DaemonConfig
     providers: dict[str, ProviderConfig]
     services: dict[str, ServiceConfig]
+    images: dict[str, ImageConfig] = field(default_factory=dict)
     check_kinds: dict[str, type[Check[Any]]] = field(default_factory=dict)
 
     @property
@@ -241,7 +316,7 @@ class Config:
         return "\n".join(lines)
 
 
-TOP_LEVEL_KEYS = ("daemon", "providers", "services")
+TOP_LEVEL_KEYS = ("daemon", "providers", "images", "services")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -307,6 +382,7 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
         out.add((), "the config must be a mapping with keys like daemon, providers, services")
         raise ConfigError(filename, out.problems)
     base = path.parent
+    _BASE.set(base)
     for key in data:
         if key not in TOP_LEVEL_KEYS:
             out.add((str(key),), f"unknown key {key!r}{did_you_mean(str(key), list(TOP_LEVEL_KEYS))}")
@@ -347,14 +423,34 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
         if prov is not None:
             providers[str(name)] = prov
 
+    images: dict[str, ImageConfig] = {}
+    for name, raw in _mapping(data.get("images"), ("images",), out).items():
+        image = _image(str(name), raw, providers, out)
+        if image is not None:
+            images[str(name)] = image
+
     services: dict[str, ServiceConfig] = {}
     raw_services = _mapping(data.get("services"), ("services",), out)
     if not raw_services and "services" in data:
         out.add(("services",), "no services defined; add at least one under services:")
     for name, raw in raw_services.items():
-        svc = _service(str(name), raw, providers, kinds, out)
+        svc = _service(str(name), raw, providers, images, kinds, out)
         if svc is not None:
             services[str(name)] = svc
+
+    if any(s.managed for s in services.values()):
+        from .playbooks import load_playbooks
+
+        books, book_problems = load_playbooks(list(daemon.playbook_paths))
+        for bp in book_problems:
+            out.add(("daemon", "playbook_paths"), f"playbook {bp.render()}")
+        for svc in services.values():
+            if svc.managed and svc.remediation.playbook not in books and not book_problems:
+                out.add(
+                    ("services", svc.name, "remediation", "playbook"),
+                    f"playbook {svc.remediation.playbook!r} not found in "
+                    f"{', '.join(map(str, daemon.playbook_paths))}; playbooks: {', '.join(books) or 'none'}",
+                )
 
     if out.problems:
         raise ConfigError(filename, out.problems)
@@ -363,6 +459,7 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
         daemon=daemon,
         providers=providers,
         services=services,
+        images=images,
         check_kinds={k: kinds.get(k) for k in kinds.kinds()},  # type: ignore[misc]
     )
 
@@ -402,8 +499,47 @@ def _provider(name: str, raw: object, out: _Collector) -> ProviderConfig | None:
     return ProviderConfig(name, kind, options)
 
 
+def _image(name: str, raw: object, providers: dict[str, ProviderConfig], out: _Collector) -> ImageConfig | None:
+    path: Loc = ("images", name)
+    if not isinstance(raw, dict):
+        out.add(path, "expected a mapping with provider, versions, known_good")
+        return None
+    try:
+        model = ImageModel.model_validate(raw)
+    except ValidationError as exc:
+        out.pydantic(path, exc, _vocabulary(ImageModel))
+        return None
+    provider = providers.get(model.provider)
+    if provider is None:
+        out.add(
+            (*path, "provider"), f"unknown provider {model.provider!r}{did_you_mean(model.provider, list(providers))}"
+        )
+        return None
+    cls = PROVIDER_KINDS.get(provider.kind)
+    image_model = getattr(cls, "ImageVersion", None)
+    if image_model is None:
+        out.add(
+            (*path, "provider"), f"provider {model.provider!r} ({provider.kind}) cannot launch machines from images"
+        )
+        return None
+    versions: dict[str, BaseModel] = {}
+    for version, spec in model.versions.items():
+        try:
+            versions[version] = image_model.model_validate(spec)
+        except ValidationError as exc:
+            out.pydantic((*path, "versions", version), exc, _vocabulary(image_model))
+    if len(versions) != len(model.versions):
+        return None
+    return ImageConfig(name, model.provider, versions, model.known_good)
+
+
 def _service(
-    name: str, raw: object, providers: dict[str, ProviderConfig], kinds: Any, out: _Collector
+    name: str,
+    raw: object,
+    providers: dict[str, ProviderConfig],
+    images: dict[str, ImageConfig],
+    kinds: Any,
+    out: _Collector,
 ) -> ServiceConfig | None:
     path: Loc = ("services", name)
     if not isinstance(raw, dict):
@@ -412,7 +548,7 @@ def _service(
     try:
         model = ServiceModel.model_validate(raw)
     except ValidationError as exc:
-        out.pydantic(path, exc, _vocabulary(ServiceModel, MachineSpec))
+        out.pydantic(path, exc, _vocabulary(ServiceModel, MachineSpec, RemediationConfig))
         # still look at the checks so that every problem is listed at once
         for group in ("checks", "service_checks"):
             items = raw.get(group)
@@ -434,6 +570,44 @@ def _service(
             f"provider {model.provider!r} is static: list the machines under machines: [{{id, address}}]",
         )
         ok = False
+    elif model.image is None and provider.kind != "static":
+        out.add(path, f"provider {model.provider!r} ({provider.kind}) launches machines: name an image under image:")
+        ok = False
+    if model.image is not None:
+        image = images.get(model.image)
+        if image is None:
+            out.add(
+                (*path, "image"),
+                f"unknown image {model.image!r}{did_you_mean(model.image, list(images))}; "
+                f"images: {', '.join(images) or 'none defined'}",
+            )
+            ok = False
+        elif image.provider != model.provider:
+            out.add(
+                (*path, "image"),
+                f"image {model.image!r} belongs to provider {image.provider!r}, "
+                f"not this service's provider {model.provider!r}",
+            )
+            ok = False
+        if model.desired is None:
+            out.add(path, "a service with an image needs desired: (how many machines to keep)")
+            ok = False
+    rotation_kind = model.rotation.kind
+    rotation_opts: BaseModel | None = None
+    rot_cls = ROTATION_KINDS.get(rotation_kind)
+    if rot_cls is None:
+        out.add(
+            (*path, "rotation", "kind"),
+            f"unknown rotation kind {rotation_kind!r}{did_you_mean(rotation_kind, ROTATION_KINDS.kinds())}; "
+            f"known kinds: {', '.join(ROTATION_KINDS.kinds())}",
+        )
+        ok = False
+    else:
+        try:
+            rotation_opts = rot_cls.Config.model_validate(dict(model.rotation.model_extra or {}))
+        except ValidationError as exc:
+            out.pydantic((*path, "rotation"), exc, _vocabulary(rot_cls.Config) | {"kind"})
+            ok = False
     seen: set[str] = set()
     for i, m in enumerate(model.machines):
         if m.id in seen:
@@ -452,6 +626,8 @@ def _service(
         ok = False
     if not ok or checks is None or service_checks is None:
         return None
+    mu_count, mu_pct = parse_count_or_percent(model.remediation.max_unhealthy)
+    max_unhealthy = math.floor(desired * mu_count / 100) if mu_pct else mu_count
     return ServiceConfig(
         name=name,
         provider=model.provider,
@@ -460,6 +636,11 @@ def _service(
         machines=tuple(model.machines),
         checks=checks,
         service_checks=service_checks,
+        image=model.image,
+        rotation_kind=rotation_kind,
+        rotation=rotation_opts,
+        remediation=model.remediation,
+        max_unhealthy=max_unhealthy,
     )
 
 

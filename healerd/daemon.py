@@ -22,6 +22,7 @@ from .log import configure as configure_logging
 from .log import log_event
 from .metrics import Metrics
 from .monitor import Monitor
+from .remediation import RemediationEngine
 from .store import Store
 
 log = structlog.get_logger("healerd.daemon")
@@ -43,6 +44,7 @@ class Daemon:
         self.monitor = Monitor(
             self.book, self.bus, self.metrics, self.store, self.env, config.daemon.max_concurrent_checks
         )
+        self.remediation = RemediationEngine(config, self.monitor, self.store, self.bus, self.metrics, mode)
         self.api_token = _read_token(config)
         self.stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -68,6 +70,8 @@ class Daemon:
 
     async def _monitor_ctx(self, app: web.Application) -> AsyncIterator[None]:
         report = await self.monitor.apply(self.config)
+        for provider in self.monitor.providers.values():
+            await provider.start()
         restored = await self.monitor.restore()
         self.monitor.scheduler.start()
         log.info(
@@ -79,6 +83,17 @@ class Daemon:
         )
         yield
         await self.monitor.scheduler.stop()
+        for provider in self.monitor.providers.values():
+            await provider.close()
+
+    async def _remediation_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        problems = self.remediation.load_playbooks(self.config)
+        if problems:
+            raise RuntimeError("playbooks: " + "; ".join(problems))
+        await self.remediation.apply(self.config)
+        await self.remediation.start()
+        yield
+        await self.remediation.stop()
 
     async def _flush_loop(self) -> None:
         last_prune = time.monotonic()
@@ -95,7 +110,7 @@ class Daemon:
     def build_app(self) -> web.Application:
         app = web.Application(middlewares=[api.errors_and_auth])
         app[api.DAEMON] = self
-        app.cleanup_ctx.extend([self._store_ctx, self._checks_ctx, self._monitor_ctx])
+        app.cleanup_ctx.extend([self._store_ctx, self._checks_ctx, self._monitor_ctx, self._remediation_ctx])
         api.add_routes(app)
         return app
 
@@ -117,7 +132,14 @@ class Daemon:
                 return False
             if new.daemon.listen != self.config.daemon.listen or new.daemon.state_dir != self.config.daemon.state_dir:
                 log.warning("daemon.listen and daemon.state_dir changes take effect at the next restart")
+            problems = self.remediation.load_playbooks(new)
+            if problems:
+                reloads.labels("failure").inc()
+                self.last_reload_error = "; ".join(problems)
+                log.error("config reload refused; the running config stays in force", problems=problems)
+                return False
             report = await self.monitor.apply(new)
+            await self.remediation.apply(new)
             self.env.check_paths = tuple(new.daemon.check_paths)
             self.config = new
             self.api_token = _read_token(new)

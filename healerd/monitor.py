@@ -6,6 +6,7 @@ not change); `handle` takes each result through classification, the store, metri
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter as Tally
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from .health import CheckKey, Condition, HealthBook, ServiceState, Thresholds
 from .machines import Lifecycle, Machine
 from .metrics import Metrics
 from .providers import PROVIDER_KINDS, Provider
+from .providers.base import ProviderEnv
 from .results import CheckResult, Status
 from .runner import BoundCheck, run_check
 from .scheduler import WheelScheduler
@@ -27,6 +29,9 @@ from .store import Store
 from .targets import Target, render_model
 
 log = structlog.get_logger("healerd.monitor")
+
+#: lifecycles whose machines are checked (probation: checked, not in rotation)
+MONITORED = frozenset({Lifecycle.PROBATION, Lifecycle.IN_SERVICE})
 
 
 @dataclass
@@ -89,28 +94,31 @@ class Monitor:
     async def apply(self, config: Config, now: float | None = None) -> ApplyReport:
         now = time.time() if now is None else now
         report = ApplyReport()
-        self.providers = {
-            name: PROVIDER_KINDS.get(p.kind)(name, p.options)  # type: ignore[misc]
-            for name, p in config.providers.items()
-        }
+        for name, p in config.providers.items():
+            current = self.providers.get(name)
+            if current is None or current.kind != p.kind or current.options != p.options:
+                cls = PROVIDER_KINDS.get(p.kind)
+                assert cls is not None
+                self.providers[name] = cls(name, p.options, ProviderEnv(config.daemon.state_dir, self.store))
         wanted: dict[CheckKey, tuple[CheckSpec, Target]] = {}
         for svc in config.services.values():
-            events = self.book.set_service(svc.name, svc.desired, svc.min_healthy, now)
-            self.bus.publish_all(events)
+            self.bus.publish_all(self.book.set_service(svc.name, svc.desired, svc.min_healthy, now))
             machines = await self.providers[svc.provider].list_machines(svc)
-            await self.store.save_machines(machines, svc.provider, now)
-            await self.store.forget_machines(svc.name, {m.id for m in machines})
+            if not svc.managed:  # static: the config is the truth; managed: the store is
+                await self.store.save_machines(machines, svc.provider, now)
+                await self.store.forget_machines(svc.name, {m.id for m in machines})
             old = self.machines.get(svc.name, {})
             for gone in set(old) - {m.id for m in machines}:
                 self.bus.publish_all(self.book.remove_machine(svc.name, gone, now))
-                self._machine_up.remove(svc.name, gone)
+                self._forget_up(svc.name, gone)
             self.machines[svc.name] = {m.id: m for m in machines}
             for m in machines:
                 self.book.set_machine(svc.name, m.id, m.lifecycle, now, refresh=False)
                 if m.id not in old:
                     self._machine_up.labels(svc.name, m.id).set(1)
-                for spec in svc.checks:
-                    wanted[CheckKey(svc.name, m.id, spec.name)] = (spec, m.target)
+                if m.lifecycle in MONITORED:
+                    for spec in svc.checks:
+                        wanted[CheckKey(svc.name, m.id, spec.name)] = (spec, m.target)
             for spec in svc.service_checks:
                 wanted[CheckKey(svc.name, "", spec.name)] = (spec, Target(svc.name, ""))
         for name in set(self.services) - set(config.services):
@@ -122,26 +130,72 @@ class Monitor:
             if want is not None and want[0].fingerprint == bc.spec.fingerprint and want[1].address == bc.address:
                 report.kept += 1
                 continue
-            self.scheduler.remove(bc)
-            del self.checks[key]
-            self._pending_first.discard(key)
+            self._unbind(key)
             if want is None:
                 report.removed += 1
                 self.bus.publish_all(self.book.remove_check(key, now))
         for key, (spec, target) in wanted.items():
-            if key in self.checks:
-                continue
-            report.added += 1
-            self.book.set_check(key, thresholds(spec))
-            bc = self.bind(key, spec, target)
-            self.checks[key] = bc
-            self._pending_first.add(key)
-            self.scheduler.add(bc)
+            if key not in self.checks:
+                report.added += 1
+                self._bind(key, spec, target)
         self.services = dict(config.services)
         for svc in config.services.values():
             self.bus.publish_all(self.book.refresh(svc.name, now))
         self.update_service_gauges()
         return report
+
+    def _bind(self, key: CheckKey, spec: CheckSpec, target: Target) -> None:
+        self.book.set_check(key, thresholds(spec))
+        bc = self.bind(key, spec, target)
+        self.checks[key] = bc
+        self._pending_first.add(key)
+        self.scheduler.add(bc)
+
+    def _unbind(self, key: CheckKey) -> None:
+        bc = self.checks.pop(key, None)
+        if bc is not None:
+            self.scheduler.remove(bc)
+        self._pending_first.discard(key)
+
+    # -- machines changing at run time (remediation) ----------------------------------------------------
+    def machine(self, service: str, machine_id: str) -> Machine | None:
+        return self.machines.get(service, {}).get(machine_id)
+
+    async def put_machine(self, machine: Machine, now: float | None = None) -> None:
+        """Record a machine (new, or with a new lifecycle/attributes) and start or stop its checks."""
+        now = time.time() if now is None else now
+        svc = self.services.get(machine.service)
+        provider = svc.provider if svc else ""
+        await self.store.upsert_machine(machine, provider, now)
+        if svc is None:
+            return
+        machines = self.machines.setdefault(machine.service, {})
+        if machine.lifecycle in (Lifecycle.RELEASED, Lifecycle.TERMINATED):
+            machines.pop(machine.id, None)
+            for spec in svc.checks:
+                key = CheckKey(machine.service, machine.id, spec.name)
+                self._unbind(key)
+            self.bus.publish_all(self.book.remove_machine(machine.service, machine.id, now))
+            self._forget_up(machine.service, machine.id)
+            self.update_service_gauges()
+            return
+        is_new = machine.id not in machines
+        machines[machine.id] = machine
+        self.bus.publish_all(self.book.set_machine(machine.service, machine.id, machine.lifecycle, now))
+        if is_new:
+            self._machine_up.labels(machine.service, machine.id).set(1)
+        for spec in svc.checks:
+            key = CheckKey(machine.service, machine.id, spec.name)
+            if machine.lifecycle in MONITORED and key not in self.checks:
+                self._bind(key, spec, machine.target)
+            elif machine.lifecycle not in MONITORED and key in self.checks:
+                self._unbind(key)
+                self.book.remove_check(key, now)
+        self.update_service_gauges()
+
+    def _forget_up(self, service: str, machine_id: str) -> None:
+        with contextlib.suppress(KeyError):
+            self._machine_up.remove(service, machine_id)
 
     def bind(self, key: CheckKey, spec: CheckSpec, target: Target) -> BoundCheck:
         options = render_model(spec.options, target.fields())

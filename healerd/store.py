@@ -47,6 +47,28 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX events_machine ON events (service, machine, seq);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    """
+    CREATE TABLE incidents (
+        id TEXT PRIMARY KEY, service TEXT NOT NULL, machine TEXT NOT NULL, state TEXT NOT NULL,
+        playbook TEXT NOT NULL, opened_at REAL NOT NULL, updated_at REAL NOT NULL, resolved_at REAL,
+        summary TEXT NOT NULL, replacement TEXT, error TEXT, details TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX incidents_open ON incidents (state, service);
+    CREATE TABLE steps (
+        incident TEXT NOT NULL, idx INTEGER NOT NULL, action TEXT NOT NULL, state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0, started_at REAL, ended_at REAL, outputs TEXT NOT NULL DEFAULT '{}',
+        error TEXT, PRIMARY KEY (incident, idx)
+    );
+    CREATE TABLE images (family TEXT PRIMARY KEY, known_good TEXT NOT NULL, seeded TEXT NOT NULL,
+                         updated_at REAL NOT NULL);
+    CREATE TABLE silences (
+        id TEXT PRIMARY KEY, service TEXT, machine TEXT, starts_at REAL NOT NULL, ends_at REAL NOT NULL,
+        comment TEXT NOT NULL DEFAULT '', created_by TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE remediation_log (service TEXT NOT NULL, machine TEXT NOT NULL, ts REAL NOT NULL,
+                                  kind TEXT NOT NULL, incident TEXT);
+    CREATE INDEX remediation_log_service ON remediation_log (service, ts);
+    """,
 )
 
 ResultRow = tuple[str, str, str, int, int, float, int, str, float, str]
@@ -213,6 +235,55 @@ class Store:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    async def upsert_machine(self, machine: Machine, provider: str, now: float) -> None:
+        await self.save_machines([machine], provider, now)
+
+    async def get_machine(self, service: str, machine_id: str) -> Machine | None:
+        def q() -> Machine | None:
+            row = self.conn.execute(
+                "SELECT service, id, address, lifecycle, attributes FROM machines WHERE service=? AND id=?",
+                (service, machine_id),
+            ).fetchone()
+            return Machine(row[0], row[1], row[2], Lifecycle(row[3]), json.loads(row[4])) if row else None
+
+        return await self.call(q)
+
+    async def find_machine(self, machine_id: str) -> Machine | None:
+        def q() -> Machine | None:
+            row = self.conn.execute(
+                "SELECT service, id, address, lifecycle, attributes FROM machines WHERE id=?", (machine_id,)
+            ).fetchone()
+            return Machine(row[0], row[1], row[2], Lifecycle(row[3]), json.loads(row[4])) if row else None
+
+        return await self.call(q)
+
+    async def machines_for_incident(self, incident: str) -> list[Machine]:
+        def q() -> list[Machine]:
+            return [
+                Machine(r[0], r[1], r[2], Lifecycle(r[3]), json.loads(r[4]))
+                for r in self.conn.execute(
+                    "SELECT service, id, address, lifecycle, attributes FROM machines"
+                    " WHERE json_extract(attributes, '$.launched_for') = ?",
+                    (incident,),
+                )
+            ]
+
+        return await self.call(q)
+
+    # -- small durable records: meta, images, silences, incidents, steps ---------------------------------
+    async def execute(self, sql: str, args: tuple[Any, ...] = ()) -> None:
+        await self.call(lambda: self.conn.execute(sql, args))
+
+    async def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return await self.call(lambda: self.conn.execute(sql, args).fetchall())
+
+    async def get_meta(self, key: str) -> str | None:
+        rows = await self.query("SELECT value FROM meta WHERE key=?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, value))
 
     async def load_machines(self, service: str | None = None) -> list[Machine]:
         def q() -> list[Machine]:

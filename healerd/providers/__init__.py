@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from ..registry import Registry
 from .base import Provider
+from .local import LocalProvider
 from .static import StaticProvider
 
 PROVIDER_KINDS: Registry[type[Provider]] = Registry("healerd.providers", Provider)
-PROVIDER_KINDS.register(StaticProvider)
+for _cls in (StaticProvider, LocalProvider):
+    PROVIDER_KINDS.register(_cls)
 
-__all__ = ["PROVIDER_KINDS", "Provider", "StaticProvider"]
+__all__ = ["PROVIDER_KINDS", "LocalProvider", "Provider", "StaticProvider"]

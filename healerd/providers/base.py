@@ -1,8 +1,15 @@
-"""The provider interface: lists the machines of a service."""
+"""The provider interface: where machines come from, and what can be done to them.
+
+A static provider only lists machines. A provider that can launch machines declares an `ImageVersion`
+model (what one image version is for it: a command, an AMI, a launch template) and implements the
+lifecycle calls. Every call is idempotent and checks the world before acting.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -10,10 +17,31 @@ from ..machines import Machine
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
+    from ..store import Store
 
 
 class ProviderOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderError(Exception):
+    """A provider call failed; the message names the call and the resource."""
+
+
+@dataclass
+class ProviderEnv:
+    state_dir: Path
+    store: Store | None = None
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    service: str
+    machine_id: str  # chosen by healerd, recorded before the launch so a crash cannot orphan it
+    image: str
+    version: str
+    spec: BaseModel  # the provider's ImageVersion
+    incident: str | None = None
 
 
 class Provider:
@@ -21,10 +49,44 @@ class Provider:
 
     kind: ClassVar[str] = ""
     Config: ClassVar[type[ProviderOptions]] = ProviderOptions
+    #: set by providers that launch machines from images
+    ImageVersion: ClassVar[type[BaseModel] | None] = None
 
-    def __init__(self, name: str, options: BaseModel) -> None:
+    def __init__(self, name: str, options: BaseModel, env: ProviderEnv | None = None) -> None:
         self.name = name
         self.options = options
+        self.env = env
+
+    async def start(self) -> None:
+        """Called once the daemon is up (open clients, adopt machines)."""
+
+    async def close(self) -> None:
+        """Called at shutdown."""
 
     async def list_machines(self, service: ServiceConfig) -> list[Machine]:
         raise NotImplementedError
+
+    # -- lifecycle: only providers with an ImageVersion implement these --------------------------------
+    async def launch(self, request: LaunchRequest) -> Machine:
+        raise ProviderError(f"provider {self.name} ({self.kind}) cannot launch machines")
+
+    async def quarantine(self, machine: Machine, incident: str | None, freeze: bool = False) -> dict[str, Any]:
+        """Isolate the machine but keep it; returns evidence (e.g. snapshot ids)."""
+        return {}
+
+    async def release(self, machine: Machine) -> None:
+        """Undo the isolation (the machine keeps running)."""
+
+    async def terminate(self, machine: Machine) -> None:
+        raise ProviderError(f"provider {self.name} ({self.kind}) cannot terminate machines")
+
+    async def alive(self, machine: Machine) -> bool:
+        return True
+
+    async def describe(self, machine: Machine) -> dict[str, Any]:
+        """Metadata for the forensics bundle."""
+        return {"id": machine.id, "address": machine.address, "attributes": machine.attributes}
+
+    async def console(self, machine: Machine, limit: int = 1 << 20) -> str:
+        """Recent console / process output for the forensics bundle."""
+        return ""

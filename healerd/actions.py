@@ -1,0 +1,135 @@
+"""Playbook actions: one table (the registry), one small class per action. Each checks the world first
+and is idempotent, so a step re-run after a crash does the right thing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from .registry import Registry
+
+if TYPE_CHECKING:
+    from .config import ServiceConfig
+    from .playbooks import Step
+    from .remediation import Incident, RemediationEngine
+
+
+class StepFailed(Exception):
+    """A step could not do its work; `terminal` failures are not retried (the outcome would not change)."""
+
+    def __init__(self, message: str, terminal: bool = False) -> None:
+        super().__init__(message)
+        self.terminal = terminal
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class StepContext:
+    engine: RemediationEngine
+    incident: Incident
+    service: ServiceConfig
+    step: Step
+    outputs: dict[str, Any] = field(default_factory=dict)  # what earlier steps produced
+
+
+class Action:
+    kind: ClassVar[str] = ""
+    Params: ClassVar[type[BaseModel]] = NoParams
+    default_timeout: ClassVar[float] = 120.0
+    description: ClassVar[str] = ""
+
+    async def run(self, ctx: StepContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class RotationRemove(Action):
+    kind = "rotation.remove"
+    description = "take the sick machine out of rotation"
+
+    async def run(self, ctx: StepContext) -> dict[str, Any]:
+        await ctx.engine.rotation_remove(ctx.service, ctx.incident.machine)
+        return {}
+
+
+class QuarantineParams(NoParams):
+    freeze: bool = False  # also stop the machine's processes (local: SIGSTOP)
+
+
+class MachineQuarantine(Action):
+    kind = "machine.quarantine"
+    Params = QuarantineParams
+    description = "isolate the sick machine and keep it for forensics"
+
+    async def run(self, ctx: StepContext) -> dict[str, Any]:
+        params = ctx.step.params
+        assert isinstance(params, QuarantineParams)
+        evidence = await ctx.engine.quarantine(ctx.service, ctx.incident.machine, ctx.incident.id, params.freeze)
+        return {"quarantine": evidence}
+
+
+class ForensicsCollect(Action):
+    kind = "forensics.collect"
+    description = "write the evidence bundle (timeline, check history, metadata, console output, manifest)"
+
+    async def run(self, ctx: StepContext) -> dict[str, Any]:
+        path = await ctx.engine.collect_forensics(ctx.incident, ctx.outputs.get("quarantine", {}))
+        return {"bundle": str(path)}
+
+
+class LaunchReplacement(Action):
+    kind = "machine.launch_replacement"
+    default_timeout = 300.0
+    description = "launch a replacement from the known-good image (once per incident)"
+
+    async def run(self, ctx: StepContext) -> dict[str, Any]:
+        machine = await ctx.engine.launch_replacement(ctx.service, ctx.incident.id)
+        return {
+            "replacement": machine.id,
+            "replacement_address": machine.address,
+            "image_version": machine.attributes.get("image_version"),
+        }
+
+
+class AwaitHealthy(Action):
+    kind = "checks.await_healthy"
+    default_timeout = 600.0
+    description = "run the service's checks on the replacement until they pass rise times in a row"
+
+    async def run(self, ctx: StepContext) -> dict[str, Any]:
+        replacement = ctx.outputs.get("replacement")
+        if not replacement:
+            raise StepFailed("no replacement to check: machine.launch_replacement must come first", terminal=True)
+        await ctx.engine.await_healthy(ctx.service, replacement, ctx.step.timeout, ctx.incident.id)
+        return {"healthy": replacement}
+
+
+class RotationAdd(Action):
+    kind = "rotation.add"
+    description = "put the replacement in service and in rotation"
+
+    async def run(self, ctx: StepContext) -> dict[str, Any]:
+        replacement = ctx.outputs.get("replacement")
+        if not replacement:
+            raise StepFailed("no replacement to add: machine.launch_replacement must come first", terminal=True)
+        await ctx.engine.put_in_service(ctx.service, replacement)
+        return {"in_service": replacement}
+
+
+class Notify(Action):
+    kind = "notify"
+    default_timeout = 30.0
+    description = "tell on-call what was done (machine.replaced event)"
+
+    async def run(self, ctx: StepContext) -> dict[str, Any]:
+        ctx.engine.announce_replaced(ctx.incident, ctx.outputs)
+        return {}
+
+
+ACTIONS: Registry[type[Action]] = Registry("healerd.actions", Action)
+for _cls in (RotationRemove, MachineQuarantine, ForensicsCollect, LaunchReplacement, AwaitHealthy, RotationAdd, Notify):
+    ACTIONS.register(_cls)

@@ -1,0 +1,265 @@
+"""`local` provider: machines are processes on this host, launched from an image version's command.
+
+Each machine runs in its own session and process group with its output captured to a log file. The
+process carries HEALERD_MACHINE_ID in its environment, so a machine whose launch was interrupted by a
+crash is found again (never orphaned); machines outlive a healerd restart and are re-adopted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from ..machines import Lifecycle, Machine
+from .base import LaunchRequest, Provider, ProviderError, ProviderOptions
+
+if TYPE_CHECKING:
+    from ..config import ServiceConfig
+
+MARKER = "HEALERD_MACHINE_ID"
+
+
+class LocalOptions(ProviderOptions):
+    host: str = "127.0.0.1"
+    port_range: tuple[int, int] = (20000, 29999)
+    freeze_on_quarantine: bool = False  # SIGSTOP the process group while quarantined
+    start_timeout: float = 10.0
+
+    @model_validator(mode="after")
+    def _range(self) -> LocalOptions:
+        lo, hi = self.port_range
+        if not 1024 <= lo <= hi <= 65535:
+            raise ValueError(f"port_range must be two ports between 1024 and 65535, low first; got {self.port_range}")
+        return self
+
+
+class LocalImage(BaseModel):
+    """An image version of the local provider: the command that starts a machine. Templates: {port} (given
+    to the machine), {host}, {id}, {service}, {python} (the interpreter healerd runs on)."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+    command: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("command")
+    @classmethod
+    def _port(cls, v: list[str]) -> list[str]:
+        if not any("{port}" in a for a in v):
+            raise ValueError("the command must take the port it is given: put {port} in an argument")
+        return v
+
+
+def _start_time(pid: int) -> str | None:
+    """The process start time (clock ticks since boot): tells a live machine from a reused pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _environ_has(pid: int, marker: bytes) -> bool:
+    try:
+        return marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _proc_info(pid: int) -> dict[str, str]:
+    info: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        info["cmdline"] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        info["status"] = Path(f"/proc/{pid}/status").read_text()
+    return info
+
+
+def find_by_marker(machine_id: str) -> int | None:
+    """The pid of the process launched for `machine_id`, found by its environment marker."""
+    marker = f"{MARKER}={machine_id}".encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _environ_has(int(entry.name), marker):
+            pid = int(entry.name)
+            with contextlib.suppress(OSError):
+                if os.getpgid(pid) == pid:
+                    return pid
+    return None
+
+
+class LocalProvider(Provider):
+    kind = "local"
+    Config = LocalOptions
+    ImageVersion = LocalImage
+
+    @property
+    def opts(self) -> LocalOptions:
+        assert isinstance(self.options, LocalOptions)
+        return self.options
+
+    def log_path(self, machine_id: str) -> Path:
+        assert self.env is not None
+        return self.env.state_dir / "machines" / f"{machine_id}.log"
+
+    async def list_machines(self, service: ServiceConfig) -> list[Machine]:
+        """Machines of the service known to the store and not yet released or terminated."""
+        assert self.env is not None and self.env.store is not None
+        return [
+            m
+            for m in await self.env.store.load_machines(service.name)
+            if m.lifecycle not in (Lifecycle.RELEASED, Lifecycle.TERMINATED)
+        ]
+
+    def _pick_port(self, taken: set[int]) -> int:
+        lo, hi = self.opts.port_range
+        span = hi - lo + 1
+        start = int(time.time() * 1000) % span
+        for i in range(span):
+            port = lo + (start + i) % span
+            if port in taken:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind((self.opts.host, port))
+                except OSError:
+                    continue
+            return port
+        raise ProviderError(f"local: no free port in {lo}-{hi}; widen providers.<name>.port_range")
+
+    def allocate(self, taken: set[int]) -> tuple[str, dict[str, str]]:
+        """The address and attributes a new machine will have (recorded before it starts)."""
+        port = self._pick_port(taken)
+        return f"{self.opts.host}:{port}", {"port": str(port)}
+
+    async def launch(self, request: LaunchRequest) -> Machine:
+        """Start the machine's process; if one is already running for this machine id, adopt it."""
+        assert self.env is not None and self.env.store is not None
+        machine = await self.env.store.get_machine(request.service, request.machine_id)
+        if machine is None:
+            raise ProviderError(f"local: machine {request.machine_id} was not recorded before launch")
+        pid = await asyncio.to_thread(find_by_marker, request.machine_id)
+        if pid is not None and not _is_zombie(pid):
+            return self._with_pid(machine, pid)
+        spec = request.spec
+        assert isinstance(spec, LocalImage)
+        port = machine.attributes.get("port", "")
+        fields = {
+            "port": port,
+            "host": self.opts.host,
+            "id": machine.id,
+            "service": machine.service,
+            "python": sys.executable,
+        }
+        argv = [a.format_map(fields) for a in spec.command]
+        log_path = self.log_path(machine.id)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **spec.env, MARKER: machine.id, "HEALERD_SERVICE": machine.service}
+        with log_path.open("ab") as log:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    env=env,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise ProviderError(f"local: cannot start {argv[0]} for {machine.id}: {exc.strerror or exc}") from None
+        # The process outlives healerd; reap it if it exits while we run so it does not linger as a zombie.
+        asyncio.get_running_loop().create_task(proc.wait())
+        return self._with_pid(machine, proc.pid)
+
+    def _with_pid(self, machine: Machine, pid: int) -> Machine:
+        attrs = {
+            **machine.attributes,
+            "pid": str(pid),
+            "start_time": _start_time(pid) or "",
+            "log": str(self.log_path(machine.id)),
+        }
+        return Machine(machine.service, machine.id, machine.address, machine.lifecycle, attrs)
+
+    def _pid(self, machine: Machine) -> int | None:
+        """The live process of the machine, or None (never a pid reused by another process)."""
+        pid_text = machine.attributes.get("pid")
+        if not pid_text:
+            return None
+        pid = int(pid_text)
+        st = _start_time(pid)
+        if st is None or st != machine.attributes.get("start_time") or _is_zombie(pid):
+            return None
+        return pid
+
+    async def alive(self, machine: Machine) -> bool:
+        return self._pid(machine) is not None
+
+    async def quarantine(self, machine: Machine, incident: str | None, freeze: bool = False) -> dict[str, Any]:
+        pid = self._pid(machine)
+        frozen = False
+        if pid is not None and (freeze or self.opts.freeze_on_quarantine):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGSTOP)
+                frozen = True
+        return {"pid": pid, "alive": pid is not None, "frozen": frozen}
+
+    async def release(self, machine: Machine) -> None:
+        pid = self._pid(machine)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGCONT)
+
+    async def terminate(self, machine: Machine) -> None:
+        pid = self._pid(machine)
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGCONT)
+            os.killpg(pid, signal.SIGTERM)
+        for _ in range(50):
+            if self._pid(machine) is None:
+                return
+            await asyncio.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+    async def describe(self, machine: Machine) -> dict[str, Any]:
+        pid = self._pid(machine)
+        info: dict[str, Any] = {
+            "id": machine.id,
+            "service": machine.service,
+            "address": machine.address,
+            "lifecycle": machine.lifecycle.value,
+            "attributes": machine.attributes,
+            "alive": pid is not None,
+        }
+        if pid is not None:
+            info.update(await asyncio.to_thread(_proc_info, pid))
+        return info
+
+    async def console(self, machine: Machine, limit: int = 1 << 20) -> str:
+        path = self.log_path(machine.id)
+
+        def tail() -> str:
+            try:
+                with path.open("rb") as f:
+                    f.seek(0, os.SEEK_END)
+                    size = f.tell()
+                    f.seek(max(0, size - limit))
+                    return f.read().decode("utf-8", "replace")
+            except FileNotFoundError:
+                return ""
+
+        return await asyncio.to_thread(tail)

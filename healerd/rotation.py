@@ -1,0 +1,152 @@
+"""Rotations: which machines take traffic. `file` writes the in-service set for a load balancer or a
+file-based service discovery; `none` when traffic is routed elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from .machines import Machine
+from .registry import Registry
+
+
+class RotationOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Rotation:
+    """Adds and removes machines from the traffic path. Every call is idempotent."""
+
+    kind: ClassVar[str] = ""
+    Config: ClassVar[type[RotationOptions]] = RotationOptions
+
+    def __init__(self, service: str, options: BaseModel, state_dir: Path) -> None:
+        self.service = service
+        self.options = options
+        self.state_dir = state_dir
+
+    async def add(self, machine: Machine) -> None:
+        raise NotImplementedError
+
+    async def remove(self, machine: Machine) -> None:
+        raise NotImplementedError
+
+    async def addresses(self) -> list[str]:
+        """Addresses in rotation now."""
+        raise NotImplementedError
+
+    async def sync(self, machines: list[Machine]) -> None:
+        """Make the rotation exactly these machines (at start, after a crash)."""
+        raise NotImplementedError
+
+
+class NoRotation(Rotation):
+    kind = "none"
+
+    async def add(self, machine: Machine) -> None:
+        return None
+
+    async def remove(self, machine: Machine) -> None:
+        return None
+
+    async def addresses(self) -> list[str]:
+        return []
+
+    async def sync(self, machines: list[Machine]) -> None:
+        return None
+
+
+class FileRotationOptions(RotationOptions):
+    path: Path | None = None  # default: <state_dir>/rotation-<service>.json
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: Path | None) -> Path | None:
+        from .config import resolve_path
+
+        return None if v is None else resolve_path(v)
+
+
+class FileRotation(Rotation):
+    """A JSON file in Prometheus file_sd format, one target group per machine, replaced atomically:
+
+    [{"targets": ["127.0.0.1:20001"], "labels": {"service": "web", "machine": "web-1a2b"}}, ...]
+    """
+
+    kind = "file"
+    Config = FileRotationOptions
+
+    def __init__(self, service: str, options: BaseModel, state_dir: Path) -> None:
+        super().__init__(service, options, state_dir)
+        assert isinstance(options, FileRotationOptions)
+        self.path = options.path or state_dir / f"rotation-{service}.json"
+        self._lock = asyncio.Lock()
+
+    def _read(self) -> dict[str, str]:
+        try:
+            groups = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"rotation file {self.path} is unreadable ({exc}); fix or delete it") from None
+        return {g["labels"]["machine"]: g["targets"][0] for g in groups if g.get("targets")}
+
+    def _write(self, members: dict[str, str]) -> None:
+        groups = [
+            {"targets": [address], "labels": {"service": self.service, "machine": mid}}
+            for mid, address in sorted(members.items())
+        ]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(groups, f, indent=2)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.path)  # readers see the old file or the new one, never half of one
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    async def _update(self, change: dict[str, str | None]) -> None:
+        async with self._lock:
+            members = await asyncio.to_thread(self._read)
+            new = dict(members)
+            for mid, address in change.items():
+                if address is None:
+                    new.pop(mid, None)
+                else:
+                    new[mid] = address
+            if new != members or not self.path.exists():
+                await asyncio.to_thread(self._write, new)
+
+    async def add(self, machine: Machine) -> None:
+        await self._update({machine.id: machine.address})
+
+    async def remove(self, machine: Machine) -> None:
+        await self._update({machine.id: None})
+
+    async def addresses(self) -> list[str]:
+        return sorted((await asyncio.to_thread(self._read)).values())
+
+    async def members(self) -> dict[str, str]:
+        return await asyncio.to_thread(self._read)
+
+    async def sync(self, machines: list[Machine]) -> None:
+        async with self._lock:
+            want = {m.id: m.address for m in machines}
+            if want != await asyncio.to_thread(self._read) or not self.path.exists():
+                await asyncio.to_thread(self._write, want)
+
+
+ROTATION_KINDS: Registry[type[Rotation]] = Registry("healerd.rotations", Rotation)
+for _cls in (NoRotation, FileRotation):
+    ROTATION_KINDS.register(_cls)

@@ -1,0 +1,113 @@
+"""The remediation safety decision, pure: may healerd act on this machine now, and if not, why.
+
+Healerd must never make an outage worse; every gate has a safe default and names itself when it holds.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .config import Mode
+
+
+class Reason(enum.StrEnum):
+    PAUSED = "paused"
+    SILENCED = "silenced"
+    OBSERVE = "observe"
+    FLAPPING = "flapping"
+    MAX_UNHEALTHY = "max_unhealthy"
+    STORM_COOLDOWN = "storm_cooldown"
+    MAX_CONCURRENT = "max_concurrent"
+    MAX_PER_HOUR = "max_per_hour"
+    RETRY_LIMIT = "retry_limit"
+    BACKOFF = "backoff"
+    DRY_RUN = "dry_run"
+
+
+@dataclass(frozen=True)
+class GateInput:
+    now: float
+    mode: Mode
+    paused: bool = False
+    silenced: bool = False
+    flapping: bool = False
+    unhealthy: int = 0  # in-service machines hard down now
+    max_unhealthy: int = 1
+    storm_until: float = 0.0  # the short-circuit tripped recently: wait for statuses to settle
+    running: int = 0  # remediations in progress for the service
+    max_concurrent: int = 1
+    launches_last_hour: int = 0
+    max_per_hour: int = 6
+    failures: int = 0  # failed remediation attempts on this machine
+    last_failure: float = 0.0
+    backoff: float = 60.0
+    max_retries: int = 3
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: Reason | None = None
+    detail: str = ""
+    retry_at: float | None = None  # when the gate may open by itself
+
+    @classmethod
+    def go(cls) -> Decision:
+        return cls(True)
+
+
+def decide(g: GateInput) -> Decision:
+    """The first gate that holds wins; `dry-run` comes last so it shows exactly what would have run."""
+    if g.paused:
+        return Decision(False, Reason.PAUSED, 'remediation is paused (POST /api/v1/mode {"paused": false})')
+    if g.silenced:
+        return Decision(False, Reason.SILENCED, "a silence (maintenance window) covers this machine")
+    if g.mode is Mode.OBSERVE:
+        return Decision(False, Reason.OBSERVE, "mode is observe: classify and alert only")
+    if g.flapping:
+        return Decision(False, Reason.FLAPPING, "the machine is flapping: reported, not replaced")
+    if g.unhealthy > g.max_unhealthy:
+        return Decision(
+            False,
+            Reason.MAX_UNHEALTHY,
+            f"{g.unhealthy} machines unhealthy at once, more than max_unhealthy ({g.max_unhealthy}): "
+            "the monitor or its network is more likely at fault; nothing is remediated",
+        )
+    if g.now < g.storm_until:
+        return Decision(
+            False,
+            Reason.STORM_COOLDOWN,
+            f"storm cooldown after a max_unhealthy short-circuit, {g.storm_until - g.now:.0f}s left",
+            g.storm_until,
+        )
+    if g.running >= g.max_concurrent:
+        return Decision(
+            False,
+            Reason.MAX_CONCURRENT,
+            f"{g.running} remediation(s) already running (max_concurrent {g.max_concurrent})",
+        )
+    if g.launches_last_hour >= g.max_per_hour:
+        return Decision(
+            False,
+            Reason.MAX_PER_HOUR,
+            f"{g.launches_last_hour} replacements in the last hour (max_per_hour {g.max_per_hour})",
+        )
+    if g.failures >= g.max_retries > 0 or (g.max_retries == 0 and g.failures > 0):
+        return Decision(
+            False,
+            Reason.RETRY_LIMIT,
+            f"{g.failures} failed attempt(s) on this machine (max_retries {g.max_retries}): a human decides",
+        )
+    if g.failures:
+        wait = g.backoff * 2 ** (g.failures - 1)
+        if g.now < g.last_failure + wait:
+            return Decision(
+                False,
+                Reason.BACKOFF,
+                f"backing off {wait:.0f}s after {g.failures} failed attempt(s)",
+                g.last_failure + wait,
+            )
+    if g.mode is Mode.DRY_RUN:
+        return Decision(False, Reason.DRY_RUN, "mode is dry-run: the playbook is logged, not run")
+    return Decision.go()
