@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -37,9 +38,38 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     st = sub.add_parser("status", help="services, machines and incidents from a running daemon")
-    st.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's API (default {DEFAULT_URL})")
-    st.add_argument("--json", action="store_true")
+    _api_args(st)
+
+    inc = sub.add_parser("incidents", help="list incidents, or show one with its timeline")
+    inc.add_argument("id", nargs="?", help="an incident id")
+    inc.add_argument("--resolve", action="store_true", help="mark the incident resolved by hand")
+    _api_args(inc)
+
+    q = sub.add_parser("quarantine", help="quarantined machines: list, release, terminate")
+    qsub = q.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _api_args(qsub.add_parser("list", help="list quarantined machines"))
+    rel = qsub.add_parser("release", help="release a machine from quarantine")
+    rel.add_argument("machine")
+    rel.add_argument(
+        "--to-rotation", action="store_true", help="re-run its checks and put it back in rotation only if they pass"
+    )
+    rel.add_argument("--timeout", default="60s", help="how long its checks may take to pass (default 60s)")
+    _api_args(rel)
+    term = qsub.add_parser("terminate", help="terminate a quarantined machine (its evidence bundle is kept)")
+    term.add_argument("machine")
+    _api_args(term)
+
+    mode = sub.add_parser("mode", help="show or switch the remediation mode of a running daemon")
+    mode.add_argument("mode", nargs="?", choices=[m.value for m in Mode] + ["pause", "resume", "config"])
+    mode.add_argument("--service", help="only this service")
+    _api_args(mode)
     return p
+
+
+def _api_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's API (default {DEFAULT_URL})")
+    p.add_argument("--token-file", help="file holding the API bearer token (daemon.api_token_file)")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_check(args)
         if args.command == "status":
             return cmd_status(args)
+        if args.command == "incidents":
+            return cmd_incidents(args)
+        if args.command == "quarantine":
+            return cmd_quarantine(args)
+        if args.command == "mode":
+            return cmd_mode(args)
+    except ApiError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 2
@@ -167,23 +206,144 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())
+class ApiError(Exception):
+    pass
+
+
+def _api(args: argparse.Namespace, path: str, body: dict[str, Any] | None = None, timeout: float = 30) -> Any:
+    """Call the daemon's API; errors become one clear line (ApiError)."""
+    base = args.url.rstrip("/")
+    headers = {"Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    if getattr(args, "token_file", None):
+        try:
+            headers["Authorization"] = "Bearer " + Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise ApiError(f"cannot read the token file {args.token_file}: {exc.strerror or exc}") from None
+    method = "POST" if body is not None else "GET"
+    req = urllib.request.Request(base + path, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            err = json.loads(exc.read())
+            message = f"{err.get('error')}: {err.get('detail')}" if err.get("detail") else str(err.get("error"))
+        except ValueError:
+            message = str(exc.reason)
+        raise ApiError(f"healerd refused ({exc.code}): {message}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ApiError(
+            f"cannot reach healerd at {base}: {reason}; is it running? (healerd run -c FILE, or --url)"
+        ) from None
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def cmd_incidents(args: argparse.Namespace) -> int:
+    if args.id and args.resolve:
+        view = _api(args, f"/api/v1/incidents/{args.id}/resolve", {"by": "cli"})
+        print(f"{view['id']} resolved")
+        return 0
+    if args.id:
+        view = _api(args, f"/api/v1/incidents/{args.id}")
+        if args.json:
+            print(json.dumps(view, indent=2))
+            return 0
+        print(f"incident {view['id']}  {view['state']}  service {view['service']}  machine {view['machine']}")
+        print(f"  {view['summary']}")
+        if view.get("replacement"):
+            print(f"  replacement: {view['replacement']}")
+        if view.get("error"):
+            print(f"  error: {view['error']}")
+        print()
+        _print_table(["TIME", "WHAT"], [[_when(t["timestamp"]), t["summary"]] for t in view["timeline"]])
+        return 0
+    rows = _api(args, "/api/v1/incidents")["incidents"]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    _print_table(
+        ["ID", "STATE", "SERVICE", "MACHINE", "OPENED", "REPLACEMENT", "SUMMARY"],
+        [
+            [
+                r["id"],
+                r["state"],
+                r["service"],
+                r["machine"],
+                _when(r["opened_at"]),
+                r["replacement"] or "-",
+                r["summary"],
+            ]
+            for r in rows
+        ],
+    )
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from .durations import parse_duration
+
+    if args.action == "list":
+        rows = _api(args, "/api/v1/quarantine")["quarantined"]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        _print_table(
+            ["MACHINE", "SERVICE", "ADDRESS", "INCIDENT", "SINCE", "BUNDLE"],
+            [
+                [
+                    r["id"],
+                    r["service"],
+                    r["address"],
+                    r["incident"] or "-",
+                    _when(r["quarantined_at"]),
+                    r["bundle"] or "-",
+                ]
+                for r in rows
+            ],
+        )
+        return 0
+    if args.action == "release":
+        timeout = parse_duration(args.timeout)
+        out = _api(
+            args,
+            f"/api/v1/quarantine/{args.machine}/release",
+            {"to_rotation": args.to_rotation, "timeout": timeout},
+            timeout=timeout + 30,
+        )
+    else:
+        out = _api(args, f"/api/v1/quarantine/{args.machine}/terminate", {})
+    print(json.dumps(out, indent=2) if args.json else f"{out['machine']}: {out['lifecycle']} ({out['detail']})")
+    return 0
+
+
+def cmd_mode(args: argparse.Namespace) -> int:
+    if args.mode is None:
+        out = _api(args, "/api/v1/mode")
+    elif args.mode in ("pause", "resume"):
+        out = _api(args, "/api/v1/mode", {"paused": args.mode == "pause"})
+    else:
+        body = {"mode": None if args.mode == "config" else args.mode, "service": args.service}
+        out = _api(args, "/api/v1/mode", body)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        modes = ", ".join(f"{k}={v}" for k, v in out["service_modes"].items())
+        paused = " (paused)" if out["paused"] else ""
+        print(f"mode {out['mode']}{paused}; services: {modes}; open incidents: {out['incidents_open']}")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    base = args.url.rstrip("/")
-    try:
-        services = _get(f"{base}/api/v1/services")["services"]
-        machines = _get(f"{base}/api/v1/machines")["machines"]
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        print(
-            f"cannot reach healerd at {base}: {reason}; is it running? (healerd run -c FILE, or --url)",
-            file=sys.stderr,
-        )
-        return 1
+    services = _api(args, "/api/v1/services")["services"]
+    machines = _api(args, "/api/v1/machines")["machines"]
     if args.json:
         print(json.dumps({"services": services, "machines": machines}, indent=2))
         return 0
