@@ -295,6 +295,14 @@ async def delete_silence(request: web.Request) -> web.Response:
     return web.json_response({"deleted": request.match_info["id"]})
 
 
+async def notifications(request: web.Request) -> web.Response:
+    try:
+        limit = min(int(request.query.get("limit", "50")), 500)
+    except ValueError:
+        return json_error(400, "bad limit", "limit must be a whole number (at most 500)")
+    return web.json_response(await request.app[DAEMON].alerting.view(limit))
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", status_page)
     app.router.add_get("/healthz", healthz)
@@ -317,3 +325,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/silences", silences)
     app.router.add_post("/api/v1/silences", add_silence)
     app.router.add_delete("/api/v1/silences/{id}", delete_silence)
+    app.router.add_get("/api/v1/notifications", notifications)

@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     term.add_argument("machine")
     _api_args(term)
 
+    notify = sub.add_parser("notify", help="notifiers: send a test message")
+    nsub = notify.add_subparsers(dest="action", required=True, metavar="ACTION")
+    nt = nsub.add_parser("test", help="send a test message through one notifier and print the receiver's answer")
+    nt.add_argument("-c", "--config", required=True)
+    nt.add_argument("--notifier", required=True)
+
     mode = sub.add_parser("mode", help="show or switch the remediation mode of a running daemon")
     mode.add_argument("mode", nargs="?", choices=[m.value for m in Mode] + ["pause", "resume", "config"])
     mode.add_argument("--service", help="only this service")
@@ -89,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_quarantine(args)
         if args.command == "mode":
             return cmd_mode(args)
+        if args.command == "notify":
+            return cmd_notify(args)
     except ApiError as exc:
         print(str(exc), file=sys.stderr)
         return 1
@@ -322,6 +330,31 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         out = _api(args, f"/api/v1/quarantine/{args.machine}/terminate", {})
     print(json.dumps(out, indent=2) if args.json else f"{out['machine']}: {out['lifecycle']} ({out['detail']})")
     return 0
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    from .alerting import Alerting
+    from .metrics import Metrics
+    from .store import Store
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    if args.notifier not in config.notifiers:
+        print(
+            f"no notifier {args.notifier!r} in {config.path}; notifiers: {', '.join(config.notifiers) or 'none'}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    alerting = Alerting(Store(config.daemon.state_dir), Metrics(), f"http://{config.daemon.listen}")
+    alerting.configure(config)
+    answer = asyncio.run(alerting.send_test(args.notifier))
+    if answer.ok:
+        print(f"{args.notifier}: delivered (HTTP {answer.status}) {answer.body.strip()[:500]}")
+        return 0
+    what = f"HTTP {answer.status}: {answer.body.strip()[:500]}" if answer.status else answer.error
+    print(f"{args.notifier}: NOT delivered ({what})", file=sys.stderr)
+    return 1
 
 
 def cmd_mode(args: argparse.Namespace) -> int:

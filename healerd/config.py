@@ -250,6 +250,7 @@ class ServiceModel(Strict):
     service_checks: list[dict[str, Any]] = Field(default_factory=list)
     rotation: RotationModel = Field(default_factory=RotationModel)
     remediation: RemediationConfig = Field(default_factory=RemediationConfig)
+    notify: list[str] = Field(default_factory=list)
 
     @field_validator("min_healthy")
     @classmethod
@@ -272,11 +273,19 @@ class ServiceConfig:
     rotation: BaseModel | None = None
     remediation: RemediationConfig = field(default_factory=RemediationConfig)
     max_unhealthy: int = 1  # machines, resolved from the percentage against desired
+    notify: tuple[str, ...] = ()
 
     @property
     def managed(self) -> bool:
         """True when healerd launches this service's machines (it has an image)."""
         return self.image is not None
+
+
+@dataclass(frozen=True)
+class NotifierConfig:
+    name: str
+    kind: str
+    options: Any  # the notifier kind's options model
 
 
 @dataclass(frozen=True)
@@ -293,6 +302,7 @@ class Config:
     providers: dict[str, ProviderConfig]
     services: dict[str, ServiceConfig]
     images: dict[str, ImageConfig] = field(default_factory=dict)
+    notifiers: dict[str, NotifierConfig] = field(default_factory=dict)
     check_kinds: dict[str, type[Check[Any]]] = field(default_factory=dict)
 
     @property
@@ -316,7 +326,7 @@ class Config:
         return "\n".join(lines)
 
 
-TOP_LEVEL_KEYS = ("daemon", "providers", "images", "services")
+TOP_LEVEL_KEYS = ("daemon", "providers", "images", "notifiers", "services")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -429,6 +439,12 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
         if image is not None:
             images[str(name)] = image
 
+    notifiers: dict[str, NotifierConfig] = {}
+    for name, raw in _mapping(data.get("notifiers"), ("notifiers",), out).items():
+        notifier = _notifier(str(name), raw, out)
+        if notifier is not None:
+            notifiers[str(name)] = notifier
+
     services: dict[str, ServiceConfig] = {}
     raw_services = _mapping(data.get("services"), ("services",), out)
     if not raw_services and "services" in data:
@@ -436,6 +452,13 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
     for name, raw in raw_services.items():
         svc = _service(str(name), raw, providers, images, kinds, out)
         if svc is not None:
+            for i, n in enumerate(svc.notify):
+                if n not in notifiers and "notifiers" not in {p.path[0] for p in out.problems if p.path}:
+                    out.add(
+                        ("services", str(name), "notify", i),
+                        f"unknown notifier {n!r}{did_you_mean(n, list(notifiers))}; notifiers: "
+                        f"{', '.join(notifiers) or 'none defined'}",
+                    )
             services[str(name)] = svc
 
     if any(s.managed for s in services.values()):
@@ -460,6 +483,7 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
         providers=providers,
         services=services,
         images=images,
+        notifiers=notifiers,
         check_kinds={k: kinds.get(k) for k in kinds.kinds()},  # type: ignore[misc]
     )
 
@@ -497,6 +521,41 @@ def _provider(name: str, raw: object, out: _Collector) -> ProviderConfig | None:
         out.pydantic(path, exc, _vocabulary(options_model) | {"kind"})
         return None
     return ProviderConfig(name, kind, options)
+
+
+def _notifier(name: str, raw: object, out: _Collector) -> NotifierConfig | None:
+    from .notifiers import NOTIFIER_KINDS
+    from .notifiers.base import read_secret
+
+    path: Loc = ("notifiers", name)
+    if not isinstance(raw, dict):
+        out.add(path, "expected a mapping like {kind: webhook, url: ...}")
+        return None
+    kind = raw.get("kind")
+    cls = NOTIFIER_KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        out.add(
+            (*path, "kind"),
+            f"unknown notifier kind {kind!r}{did_you_mean(str(kind), NOTIFIER_KINDS.kinds())}; "
+            f"known kinds: {', '.join(NOTIFIER_KINDS.kinds())}",
+        )
+        return None
+    try:
+        options = cls.Config.model_validate({k: v for k, v in raw.items() if k != "kind"})
+    except ValidationError as exc:
+        out.pydantic(path, exc, _vocabulary(cls.Config) | {"kind"})
+        return None
+    for file_key, env_key, what in (
+        ("secret_file", "secret_env", "secret"),
+        ("webhook_url_file", "webhook_url_env", "webhook URL"),
+    ):
+        if hasattr(options, file_key):
+            try:
+                read_secret(getattr(options, file_key), getattr(options, env_key), what)
+            except ValueError as exc:
+                out.add((*path, file_key if getattr(options, file_key) else env_key), str(exc))
+                return None
+    return NotifierConfig(name, str(kind), options)
 
 
 def _image(name: str, raw: object, providers: dict[str, ProviderConfig], out: _Collector) -> ImageConfig | None:
@@ -641,6 +700,7 @@ def _service(
         rotation=rotation_opts,
         remediation=model.remediation,
         max_unhealthy=max_unhealthy,
+        notify=tuple(model.notify),
     )
 
 

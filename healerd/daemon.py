@@ -14,6 +14,7 @@ import structlog
 from aiohttp import web
 
 from . import api
+from .alerting import Alerting
 from .checks import CheckEnv
 from .config import Config, ConfigError, Mode, load_config
 from .events import Event, EventBus
@@ -29,6 +30,7 @@ log = structlog.get_logger("healerd.daemon")
 
 FLUSH_INTERVAL = 1.0
 PRUNE_INTERVAL = 600.0
+ALERT_FLUSH_SECONDS = 2.0  # at shutdown, pending notifications get this long; the rest go out after restart
 
 
 class Daemon:
@@ -44,6 +46,8 @@ class Daemon:
         self.monitor = Monitor(
             self.book, self.bus, self.metrics, self.store, self.env, config.daemon.max_concurrent_checks
         )
+        self.alerting = Alerting(self.store, self.metrics, f"http://{config.daemon.listen}")
+        self.alerting.configure(config)
         self.remediation = RemediationEngine(config, self.monitor, self.store, self.bus, self.metrics, mode)
         self.api_token = _read_token(config)
         self.stopping = asyncio.Event()
@@ -53,6 +57,7 @@ class Daemon:
         self.bus.subscribe(self.store.add_event)
         self.bus.subscribe(log_event)
         self.bus.subscribe(lambda e: events_total.labels(e.type.value).inc())
+        self.bus.subscribe(self.alerting.on_event)
 
     # -- lifecycle (aiohttp cleanup contexts, started in order and stopped in reverse) ---------------------
     async def _store_ctx(self, app: web.Application) -> AsyncIterator[None]:
@@ -63,6 +68,11 @@ class Daemon:
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
         await self.store.close()
+
+    async def _alerting_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        await self.alerting.start()
+        yield
+        await self.alerting.stop(flush_for=ALERT_FLUSH_SECONDS)
 
     async def _checks_ctx(self, app: web.Application) -> AsyncIterator[None]:
         yield
@@ -110,7 +120,9 @@ class Daemon:
     def build_app(self) -> web.Application:
         app = web.Application(middlewares=[api.errors_and_auth])
         app[api.DAEMON] = self
-        app.cleanup_ctx.extend([self._store_ctx, self._checks_ctx, self._monitor_ctx, self._remediation_ctx])
+        app.cleanup_ctx.extend(
+            [self._store_ctx, self._checks_ctx, self._alerting_ctx, self._monitor_ctx, self._remediation_ctx]
+        )
         api.add_routes(app)
         return app
 
@@ -140,6 +152,7 @@ class Daemon:
                 return False
             report = await self.monitor.apply(new)
             await self.remediation.apply(new)
+            self.alerting.configure(new)
             self.env.check_paths = tuple(new.daemon.check_paths)
             self.config = new
             self.api_token = _read_token(new)

@@ -212,6 +212,12 @@ class ServiceHealth:
         for m in self.machines.values():
             self.move(None, category(m))
 
+    def settled(self) -> bool:
+        """True once something about the service has been observed (a machine or service check result)."""
+        return any(m.condition is not Condition.PENDING for m in self.machines.values()) or any(
+            c.last is not None for c in self.service_checks.values()
+        )
+
     def compute(self) -> tuple[ServiceState, str]:
         c = self.counts()
         serving = c["healthy"] + c["impaired"]
@@ -424,6 +430,8 @@ class HealthBook:
         if state is svc.state:
             return []
         old, svc.state, svc.since = svc.state, state, now
+        if not svc.settled():
+            return []  # nothing observed yet (start-up, machines still launching): no alarm about nothing
         sev = {
             ServiceState.OPTIMAL: Severity.INFO,
             ServiceState.DEGRADED: Severity.WARNING,

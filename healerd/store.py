@@ -69,6 +69,19 @@ MIGRATIONS: tuple[str, ...] = (
                                   kind TEXT NOT NULL, incident TEXT);
     CREATE INDEX remediation_log_service ON remediation_log (service, ts);
     """,
+    """
+    CREATE TABLE outbox_items (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, notifier TEXT NOT NULL, service TEXT NOT NULL, event TEXT NOT NULL,
+        created_at REAL NOT NULL, message TEXT
+    );
+    CREATE INDEX outbox_items_waiting ON outbox_items (message, notifier, service);
+    CREATE TABLE outbox (
+        id TEXT PRIMARY KEY, notifier TEXT NOT NULL, service TEXT NOT NULL, state TEXT NOT NULL,
+        attempts INTEGER NOT NULL, next_attempt_at REAL NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+        delivered_at REAL, payload TEXT NOT NULL, last_status INTEGER, last_error TEXT, events INTEGER NOT NULL
+    );
+    CREATE INDEX outbox_pending ON outbox (notifier, state, created_at);
+    """,
 )
 
 ResultRow = tuple[str, str, str, int, int, float, int, str, float, str]

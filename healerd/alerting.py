@@ -1,0 +1,393 @@
+"""Alerting on-call through a durable outbox: route events to notifiers, group them, deliver at least
+once with backoff, honour Retry-After, pace per notifier, and dead-letter what a receiver refuses.
+
+An event is committed to the outbox (store) before any delivery attempt; pending messages survive a crash.
+Per notifier, messages go out in order: a message being retried holds the ones after it, except that a
+message the receiver refuses for good (a 4xx) ends in the dead letter after `max_attempts` and no longer
+blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import structlog
+
+from .events import Event, new_id
+from .notifiers import NOTIFIER_KINDS, Delivery, Notifier
+from .notifiers.alertmanager import AlertmanagerNotifier
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .metrics import Metrics
+    from .store import Store
+
+log = structlog.get_logger("healerd.alerting")
+GROUP_TICK = 0.25
+
+
+class Alerting:
+    def __init__(self, store: Store, metrics: Metrics, base_url: str) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.base_url = base_url
+        self.notifiers: dict[str, Notifier] = {}
+        self.routes: dict[str, tuple[str, ...]] = {}
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._last_sent: dict[str, float] = {}
+
+    # -- configuration ----------------------------------------------------------------------------------
+    def configure(self, config: Config) -> None:
+        old = self.notifiers
+        self.notifiers = {}
+        for name, nc in config.notifiers.items():
+            current = old.get(name)
+            if current is not None and current.kind == nc.kind and current.options == nc.options:
+                self.notifiers[name] = current
+            else:
+                cls = NOTIFIER_KINDS.get(nc.kind)
+                assert cls is not None
+                self.notifiers[name] = cls(name, nc.options, self.base_url)
+        self.routes = {s.name: s.notify for s in config.services.values()}
+        if self._session is not None:
+            self._start_workers()
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        for n in self.notifiers.values():
+            if isinstance(n, AlertmanagerNotifier):
+                n.load_state(await self.store.get_meta(f"alertmanager:{n.name}"))
+        self._session = aiohttp.ClientSession(headers={"User-Agent": "healerd"})
+        self._tasks = [
+            asyncio.create_task(self._writer(), name="healerd-outbox-writer"),
+            asyncio.create_task(self._grouper(), name="healerd-outbox-grouper"),
+            asyncio.create_task(self._reposter(), name="healerd-alertmanager-repost"),
+        ]
+        self._start_workers()
+        await self.update_depth()
+
+    def _start_workers(self) -> None:
+        for name in self.notifiers:
+            if name not in self._workers or self._workers[name].done():
+                self._wake[name] = asyncio.Event()
+                self._workers[name] = asyncio.create_task(self._deliver_loop(name), name=f"healerd-notify-{name}")
+        for name in list(self._workers):
+            if name not in self.notifiers:
+                self._workers.pop(name).cancel()
+
+    async def stop(self, flush_for: float = 5.0) -> None:
+        """Write what is queued, give pending deliveries `flush_for` seconds, then stop."""
+        deadline = time.monotonic() + flush_for
+        await self._drain_queue()
+        with contextlib.suppress(Exception):
+            await self._group_once(time.time(), force=True)
+        while time.monotonic() < deadline and await self._pending_due():  # noqa: ASYNC110 (polls the store)
+            await asyncio.sleep(0.1)
+        for t in [*self._tasks, *self._workers.values()]:
+            t.cancel()
+        await asyncio.gather(*self._tasks, *self._workers.values(), return_exceptions=True)
+        self._tasks, self._workers = [], {}
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _drain_queue(self) -> None:
+        """Write the events still queued in memory to the outbox."""
+        batch: list[Event] = []
+        while not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        if batch:
+            await self._write(batch)
+
+    async def _pending_due(self) -> int:
+        rows = await self.store.query(
+            "SELECT COUNT(*) FROM outbox WHERE state='pending' AND next_attempt_at <= ?", (time.time() + 1,)
+        )
+        return int(rows[0][0])
+
+    # -- routing: bus subscriber --------------------------------------------------------------------------
+    def on_event(self, event: Event) -> None:
+        if self.routes.get(event.service):
+            self._queue.put_nowait(event)
+
+    async def _writer(self) -> None:
+        while True:
+            event = await self._queue.get()
+            batch = [event]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._write(batch)
+
+    async def _write(self, batch: list[Event]) -> None:
+        rows = []
+        for e in batch:
+            data = e.as_dict()
+            for name in self.routes.get(e.service, ()):
+                n = self.notifiers.get(name)
+                if n is not None and n.wants(data):
+                    rows.append((name, e.service, json.dumps(data, default=str), e.timestamp))
+        if rows:
+            await self.store.call(self._insert_items, rows)
+
+    def _insert_items(self, rows: list[tuple[str, str, str, float]]) -> None:
+        conn = self.store.conn
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO outbox_items (notifier, service, event, created_at) VALUES (?,?,?,?)", rows)
+        conn.execute("COMMIT")
+
+    # -- grouping -----------------------------------------------------------------------------------------
+    async def _grouper(self) -> None:
+        while True:
+            await asyncio.sleep(GROUP_TICK)
+            try:
+                await self._group_once(time.time())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep going; the items stay in the outbox and are grouped next time
+                log.exception("grouping notifications failed")
+
+    async def _group_once(self, now: float, force: bool = False) -> None:
+        rows = await self.store.query(
+            "SELECT notifier, service, MIN(created_at) FROM outbox_items WHERE message IS NULL"
+            " GROUP BY notifier, service"
+        )
+        made = set()
+        for notifier_name, service, first in rows:
+            n = self.notifiers.get(notifier_name)
+            if n is None:
+                continue
+            if not force and first > now - n.options.group_wait:
+                continue
+            await self.store.call(self._make_message, n, service, now)
+            made.add(notifier_name)
+        for name in made:
+            self._wake[name].set()
+        if made:
+            await self.update_depth()
+
+    def _make_message(self, n: Notifier, service: str, now: float) -> None:
+        """Turn the waiting items of (notifier, service) into one message, in one transaction."""
+        conn = self.store.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            items = conn.execute(
+                "SELECT seq, event FROM outbox_items WHERE notifier=? AND service=? AND message IS NULL ORDER BY seq",
+                (n.name, service),
+            ).fetchall()
+            if not items:
+                conn.execute("ROLLBACK")
+                return
+            message_id = new_id(now)
+            events = [json.loads(e) for _, e in items]
+            body = n.build(events, message_id)
+            conn.execute(
+                "INSERT INTO outbox (id, notifier, service, state, attempts, next_attempt_at, created_at, updated_at,"
+                " payload, events) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (message_id, n.name, service, "pending", 0, now, now, now, json.dumps(body), len(events)),
+            )
+            conn.executemany("UPDATE outbox_items SET message=? WHERE seq=?", [(message_id, s) for s, _ in items])
+            if isinstance(n, AlertmanagerNotifier):
+                conn.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (f"alertmanager:{n.name}", n.state()))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def _reposter(self) -> None:
+        last: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            for n in self.notifiers.values():
+                if not isinstance(n, AlertmanagerNotifier):
+                    continue
+                if now - last.get(n.name, now) < n.opts.repost_interval:
+                    last.setdefault(n.name, now)
+                    continue
+                last[n.name] = now
+                body = n.repost()
+                if body is not None:
+                    message_id = new_id(now)
+                    await self.store.execute(
+                        "INSERT INTO outbox (id, notifier, service, state, attempts, next_attempt_at, created_at,"
+                        " updated_at, payload, events) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        (message_id, n.name, "", "pending", 0, now, now, now, json.dumps(body), 0),
+                    )
+                    self._wake[n.name].set()
+
+    # -- delivery -----------------------------------------------------------------------------------------
+    async def _deliver_loop(self, name: str) -> None:
+        wake = self._wake[name]
+        while True:
+            try:
+                wait = await self._deliver_next(name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # e.g. the store is briefly unavailable; try again shortly
+                log.exception("notification delivery failed", notifier=name)
+                wait = 1.0
+            if wait > 0:
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), wait)
+
+    async def _deliver_next(self, name: str) -> float:
+        """Try the oldest pending message of the notifier; returns how long to wait before the next try."""
+        n = self.notifiers.get(name)
+        if n is None or self._session is None:
+            return 1.0
+        rows = await self.store.query(
+            "SELECT id, attempts, next_attempt_at, payload FROM outbox WHERE notifier=? AND state='pending'"
+            " ORDER BY created_at, id LIMIT 1",
+            (name,),
+        )
+        if not rows:
+            return 5.0
+        message_id, attempts, next_at, payload = rows[0]
+        now = time.time()
+        if next_at > now:
+            return float(min(next_at - now, 5.0))
+        if n.options.rate_limit > 0:
+            gap = 1.0 / n.options.rate_limit - (time.monotonic() - self._last_sent.get(name, 0.0))
+            if gap > 0:
+                return float(gap)
+        self._last_sent[name] = time.monotonic()
+        try:
+            delivery = await n.send(self._session, json.loads(payload), message_id)
+        except ValueError as exc:  # a secret file went missing: a configuration problem, retried
+            delivery = Delivery(None, error=str(exc))
+        await self._record(n, message_id, attempts + 1, delivery)
+        return 0.0
+
+    def _backoff(self, n: Notifier, attempts: int) -> float:
+        base: float = min(n.options.max_backoff, 2.0 ** (attempts - 1))
+        return base * random.uniform(0.8, 1.2)  # jitter: receivers coming back are not hit all at once
+
+    async def _record(self, n: Notifier, message_id: str, attempts: int, d: Delivery) -> None:
+        now = time.time()
+        outcome: str
+        state = "pending"
+        next_at = now
+        if d.ok:
+            state, outcome = "delivered", "delivered"
+        elif d.status == 429:
+            outcome = "rate_limited"
+            next_at = now + (d.retry_after if d.retry_after is not None else self._backoff(n, attempts))
+        elif d.permanent:
+            if attempts >= n.options.max_attempts:
+                state, outcome = "dead", "dead"
+            else:
+                outcome = "retry"
+                next_at = now + self._backoff(n, attempts)
+        else:
+            outcome = "retry"
+            next_at = now + max(self._backoff(n, attempts), d.retry_after or 0.0)
+        error = d.error or (None if d.ok else f"HTTP {d.status}: {d.body[:300]}")
+        await self.store.execute(
+            "UPDATE outbox SET state=?, attempts=?, next_attempt_at=?, updated_at=?, last_status=?, last_error=?,"
+            " delivered_at=? WHERE id=?",
+            (state, attempts, next_at, now, d.status, error, now if state == "delivered" else None, message_id),
+        )
+        self.metrics.counter("notifications").labels(n.name, outcome).inc()
+        if state == "dead":
+            log.error(
+                "notification dead-lettered: the receiver refused it",
+                notifier=n.name,
+                message=message_id,
+                status=d.status,
+                attempts=attempts,
+                answer=d.body[:200],
+            )
+        elif state == "pending":
+            log.warning(
+                "notification not delivered; will retry",
+                notifier=n.name,
+                message=message_id,
+                status=d.status,
+                error=error,
+                retry_in=round(next_at - now, 2),
+                attempts=attempts,
+            )
+        await self.update_depth()
+
+    async def update_depth(self) -> None:
+        rows = dict(
+            await self.store.query("SELECT notifier, COUNT(*) FROM outbox WHERE state='pending' GROUP BY notifier")
+        )
+        waiting = dict(
+            await self.store.query(
+                "SELECT notifier, COUNT(*) FROM outbox_items WHERE message IS NULL GROUP BY notifier"
+            )
+        )
+        gauge = self.metrics.gauge("notification_queue_depth")
+        for name in self.notifiers:
+            gauge.labels(name).set(int(rows.get(name, 0)) + int(waiting.get(name, 0)))
+
+    # -- views --------------------------------------------------------------------------------------------
+    async def view(self, limit: int = 50) -> dict[str, Any]:
+        rows = await self.store.query(
+            "SELECT id, notifier, service, state, attempts, created_at, updated_at, delivered_at, last_status,"
+            " last_error, events FROM outbox ORDER BY created_at DESC LIMIT ?",
+            (limit,),
+        )
+        messages = [
+            {
+                "id": r[0],
+                "notifier": r[1],
+                "service": r[2],
+                "state": r[3],
+                "attempts": r[4],
+                "created_at": r[5],
+                "updated_at": r[6],
+                "delivered_at": r[7],
+                "last_status": r[8],
+                "last_error": r[9],
+                "events": r[10],
+            }
+            for r in rows
+        ]
+        counts = await self.store.query("SELECT notifier, state, COUNT(*) FROM outbox GROUP BY notifier, state")
+        per: dict[str, dict[str, int]] = {name: {"pending": 0, "delivered": 0, "dead": 0} for name in self.notifiers}
+        for name, state, count in counts:
+            per.setdefault(name, {"pending": 0, "delivered": 0, "dead": 0})[state] = int(count)
+        dead = [m for m in messages if m["state"] == "dead"]
+        return {
+            "notifiers": {name: {"kind": n.kind, **per.get(name, {})} for name, n in self.notifiers.items()},
+            "messages": messages,
+            "dead_letters": dead,
+        }
+
+    async def send_test(self, name: str) -> Delivery:
+        """Send one test message right now (not through the outbox) and return the receiver's answer."""
+        n = self.notifiers[name]
+        now = time.time()
+        test_id = new_id(now)
+        event: dict[str, Any] = {
+            "id": test_id,
+            "type": "service.state_changed",
+            "status": "firing",
+            "severity": "info",
+            "service": "healerd-test",
+            "machine": None,
+            "incident": None,
+            "check": None,
+            "summary": "test notification from healerd: if you read this, delivery works",
+            "details": {"test": True},
+            "timestamp": now,
+        }
+        async with aiohttp.ClientSession(headers={"User-Agent": "healerd"}) as session:
+            if isinstance(n, AlertmanagerNotifier):
+                body = {"alerts": [n.test_alert(event, now + 300)]}
+            else:
+                body = n.build([event], test_id)
+            return await n.send(session, body, test_id)

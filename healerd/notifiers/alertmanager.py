@@ -1,0 +1,147 @@
+"""`alertmanager` notifier: alerts through Alertmanager's API v2, re-posted while firing so they do not
+time out, resolved by posting them again with `endsAt`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+from pydantic import field_validator
+
+from ..durations import parse_duration
+from .base import Delivery, Notifier, NotifierOptions
+from .webhook import event_link, rfc3339
+
+#: event type -> (alertname, firing?) ; service states and flapping map by their details
+_INCIDENT = "HealerdIncident"
+_FAILED = "HealerdRemediationFailed"
+_HELD = "HealerdRemediationHeldBack"
+_FLAPPING = "HealerdMachineFlapping"
+_SERVICE = {"down": "HealerdServiceDown", "degraded": "HealerdServiceDegraded"}
+
+
+class AlertmanagerOptions(NotifierOptions):
+    url: str
+    repost_interval: float = 60.0  # well inside Alertmanager's resolve_timeout (5m)
+    group_wait: float = 0.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("repost_interval", mode="before")
+    @classmethod
+    def _repost(cls, v: object) -> float:
+        return parse_duration(v)
+
+
+def _key(labels: dict[str, str]) -> str:
+    return json.dumps(labels, sort_keys=True)
+
+
+class AlertmanagerNotifier(Notifier):
+    kind = "alertmanager"
+    Config = AlertmanagerOptions
+
+    def __init__(self, name: str, options: NotifierOptions, base_url: str = "") -> None:
+        super().__init__(name, options, base_url)
+        self.firing: dict[str, dict[str, Any]] = {}  # persisted by the alerting engine (state())
+
+    @property
+    def opts(self) -> AlertmanagerOptions:
+        assert isinstance(self.options, AlertmanagerOptions)
+        return self.options
+
+    def wants(self, event: dict[str, Any]) -> bool:
+        return event["type"] in (
+            "incident.opened",
+            "incident.resolved",
+            "remediation.failed",
+            "remediation.suppressed",
+            "machine.flapping",
+            "service.state_changed",
+        ) and super().wants(event)
+
+    def state(self) -> str:
+        return json.dumps(self.firing)
+
+    def load_state(self, text: str | None) -> None:
+        self.firing = json.loads(text) if text else {}
+
+    def _alert(
+        self, name: str, e: dict[str, Any], severity: str, machine: bool = True, incident: bool = True
+    ) -> dict[str, Any]:
+        labels = {"alertname": name, "service": e["service"], "severity": severity}
+        if machine and e.get("machine"):
+            labels["machine"] = e["machine"]
+        if incident and e.get("incident"):
+            labels["incident"] = e["incident"]
+        return {
+            "labels": labels,
+            "annotations": {"summary": e["summary"][:1000], "healerd_event": e["type"]},
+            "startsAt": rfc3339(e["timestamp"]),
+            "generatorURL": event_link(self.base_url, e) or "http://healerd.invalid/",
+        }
+
+    def _fire(self, alert: dict[str, Any]) -> dict[str, Any]:
+        key = _key(alert["labels"])
+        if key in self.firing:
+            alert["startsAt"] = self.firing[key]["startsAt"]
+        self.firing[key] = alert
+        return alert
+
+    def _resolve(self, labels_match: dict[str, str], ts: float) -> list[dict[str, Any]]:
+        out = []
+        for key, alert in list(self.firing.items()):
+            if all(alert["labels"].get(k) == v for k, v in labels_match.items()):
+                del self.firing[key]
+                out.append({**alert, "endsAt": rfc3339(ts)})
+        return out
+
+    def build(self, events: list[dict[str, Any]], message_id: str) -> dict[str, Any]:
+        alerts: list[dict[str, Any]] = []
+        for e in events:
+            t = e["type"]
+            if t == "incident.opened":
+                alerts.append(self._fire(self._alert(_INCIDENT, e, e["severity"])))
+            elif t in ("remediation.failed", "remediation.suppressed"):
+                alerts.append(
+                    self._fire(self._alert(_FAILED if t == "remediation.failed" else _HELD, e, e["severity"]))
+                )
+            elif t == "incident.resolved":
+                alerts += self._resolve({"service": e["service"], "incident": e.get("incident") or "-"}, e["timestamp"])
+            elif t == "machine.flapping":
+                if e["status"] == "firing":
+                    alerts.append(self._fire(self._alert(_FLAPPING, e, "warning", incident=False)))
+                else:
+                    alerts += self._resolve(
+                        {"alertname": _FLAPPING, "service": e["service"], "machine": e.get("machine") or "-"},
+                        e["timestamp"],
+                    )
+            elif t == "service.state_changed":
+                details = e.get("details", {})
+                old, new = details.get("from"), details.get("to")
+                if old in _SERVICE:
+                    alerts += self._resolve({"alertname": _SERVICE[old], "service": e["service"]}, e["timestamp"])
+                if new in _SERVICE:
+                    alerts.append(
+                        self._fire(self._alert(_SERVICE[new], e, e["severity"], machine=False, incident=False))
+                    )
+        return {"alerts": alerts}
+
+    def test_alert(self, event: dict[str, Any], ends_at: float) -> dict[str, Any]:
+        """A short-lived alert that does not touch the firing set."""
+        return {**self._alert("HealerdTest", event, "info"), "endsAt": rfc3339(ends_at)}
+
+    def repost(self) -> dict[str, Any] | None:
+        """The firing alerts again, so Alertmanager does not resolve them by timeout."""
+        return {"alerts": list(self.firing.values())} if self.firing else None
+
+    async def send(self, session: aiohttp.ClientSession, body: dict[str, Any], message_id: str) -> Delivery:
+        if not body.get("alerts"):
+            return Delivery(200, "nothing to post")
+        return await self.post_json(session, f"{self.opts.url}/api/v2/alerts", json.dumps(body["alerts"]).encode(), {})

@@ -1,0 +1,131 @@
+"""The notifier interface: turn a group of events into one message, and deliver it over HTTP."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..durations import parse_duration
+from ..events import EventType, Severity
+
+SEVERITY_ORDER = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
+
+
+class NotifierOptions(BaseModel):
+    """Options every notifier has: routing filters, grouping, pacing and retries."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_severity: Severity = Severity.INFO
+    events: list[EventType] | None = None  # only these types (default: all)
+    send_resolved: bool = True
+    group_wait: float = 3.0
+    rate_limit: float = 0.0  # messages per second, 0 = unlimited
+    timeout: float = 10.0
+    max_attempts: int = Field(default=3, ge=1)  # for permanent (4xx) errors before the dead letter
+    max_backoff: float = 300.0
+
+    @field_validator("group_wait", "timeout", "max_backoff", mode="before")
+    @classmethod
+    def _durations(cls, v: object) -> float:
+        return parse_duration(v)
+
+
+def read_secret(file: Path | None, env: str | None, what: str) -> str | None:
+    """A secret from a file or an environment variable; never from the config itself."""
+    if file is not None:
+        try:
+            value = Path(file).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read {what} file {file}: {exc.strerror or exc}") from None
+        if not value:
+            raise ValueError(f"{what} file {file} is empty")
+        return value
+    if env is not None:
+        value = os.environ.get(env, "").strip()
+        if not value:
+            raise ValueError(f"environment variable {env} (for {what}) is not set")
+        return value
+    return None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The receiver's answer to one attempt."""
+
+    status: int | None  # None: no HTTP answer (network error, timeout)
+    body: str = ""
+    retry_after: float | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def permanent(self) -> bool:
+        """A 4xx other than 408/429: retrying the same message will not help."""
+        return self.status is not None and 400 <= self.status < 500 and self.status not in (408, 425, 429)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            import time
+
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+class Notifier:
+    kind: ClassVar[str] = ""
+    Config: ClassVar[type[NotifierOptions]] = NotifierOptions
+
+    def __init__(self, name: str, options: NotifierOptions, base_url: str = "") -> None:
+        self.name = name
+        self.options = options
+        self.base_url = base_url  # healerd's own API, for links
+
+    def build(self, events: list[dict[str, Any]], message_id: str) -> dict[str, Any]:
+        """The message body for a group of events (JSON-serialisable)."""
+        raise NotImplementedError
+
+    async def send(self, session: aiohttp.ClientSession, body: dict[str, Any], message_id: str) -> Delivery:
+        raise NotImplementedError
+
+    def wants(self, event: dict[str, Any]) -> bool:
+        opts = self.options
+        if opts.events is not None and event["type"] not in {e.value for e in opts.events}:
+            return False
+        if event["status"] == "resolved":
+            return opts.send_resolved
+        return SEVERITY_ORDER[Severity(event["severity"])] >= SEVERITY_ORDER[opts.min_severity]
+
+    async def post_json(
+        self, session: aiohttp.ClientSession, url: str, payload: bytes, headers: dict[str, str]
+    ) -> Delivery:
+        try:
+            async with session.post(
+                url,
+                data=payload,
+                headers={"Content-Type": "application/json", **headers},
+                timeout=aiohttp.ClientTimeout(total=self.options.timeout),
+            ) as resp:
+                text = (await resp.content.read(4096)).decode("utf-8", "replace")
+                return Delivery(resp.status, text, parse_retry_after(resp.headers.get("Retry-After")))
+        except TimeoutError:
+            return Delivery(None, error=f"no answer within {self.options.timeout:g}s")
+        except (aiohttp.ClientError, OSError) as exc:
+            return Delivery(None, error=f"{type(exc).__name__}: {exc}")

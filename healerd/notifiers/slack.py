@@ -1,0 +1,121 @@
+"""`slack` notifier: an incoming webhook with Block Kit, always within Slack's limits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from pydantic import field_validator, model_validator
+
+from .base import Delivery, Notifier, NotifierOptions, read_secret
+from .webhook import event_link, headline
+
+HEADER_MAX = 150
+SECTION_MAX = 3000
+FIELD_MAX = 2000
+MAX_FIELDS = 10
+MAX_BLOCKS = 50
+MAX_LINES = 20  # events listed before "… and N more"
+
+_DID = {
+    "machine.quarantined": "quarantined",
+    "machine.replaced": "replaced",
+    "remediation.started": "remediation started",
+    "remediation.succeeded": "remediated",
+    "remediation.failed": "remediation FAILED, needs a human",
+    "remediation.suppressed": "held back",
+}
+_ICON = {"critical": ":red_circle:", "warning": ":large_orange_circle:", "info": ":large_blue_circle:"}
+
+
+class SlackOptions(NotifierOptions):
+    webhook_url_file: Path | None = None
+    webhook_url_env: str | None = None
+    rate_limit: float = 1.0  # Slack accepts about one message per second per webhook
+    send_resolved: bool = True
+
+    @field_validator("webhook_url_file")
+    @classmethod
+    def _path(cls, v: Path | None) -> Path | None:
+        from ..config import resolve_path
+
+        return None if v is None else resolve_path(v)
+
+    @model_validator(mode="after")
+    def _source(self) -> SlackOptions:
+        if self.webhook_url_file is None and self.webhook_url_env is None:
+            raise ValueError("set webhook_url_file (a file holding the Slack webhook URL) or webhook_url_env")
+        return self
+
+
+def cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class SlackNotifier(Notifier):
+    kind = "slack"
+    Config = SlackOptions
+
+    @property
+    def opts(self) -> SlackOptions:
+        assert isinstance(self.options, SlackOptions)
+        return self.options
+
+    def build(self, events: list[dict[str, Any]], message_id: str) -> dict[str, Any]:
+        head = headline(events)
+        firing = head["status"] == "firing"
+        state = head["severity"].upper() if firing else "RESOLVED"
+        icon = _ICON.get(head["severity"], "") if firing else ":large_green_circle:"
+        header = cut(f"{state} · {head['service']}: {head['summary']}", HEADER_MAX)
+        machines = sorted({e["machine"] for e in events if e.get("machine")})
+        incidents = sorted({e["incident"] for e in events if e.get("incident")})
+        did = [f"{e.get('machine') or e['service']}: {_DID[e['type']]}" for e in events if e["type"] in _DID]
+        fields = [
+            ("Service", head["service"]),
+            ("Machine", self._list(machines, 10)),
+            ("Incident", self._list(incidents, 5)),
+            ("What healerd did", self._list(did, 10) if did else "watching"),
+        ]
+        blocks: list[dict[str, Any]] = [
+            {"type": "header", "text": {"type": "plain_text", "text": header, "emoji": True}},
+            {
+                "type": "section",
+                "fields": [{"type": "mrkdwn", "text": cut(f"*{k}*\n{v}", FIELD_MAX)} for k, v in fields[:MAX_FIELDS]],
+            },
+        ]
+        lines = [f"{icon} `{e['type']}` {e['summary']}" for e in events[:MAX_LINES]]
+        if len(events) > MAX_LINES:
+            lines.append(f"… and {len(events) - MAX_LINES} more")
+        text = "\n".join(lines)
+        if len(text) > SECTION_MAX:
+            shown: list[str] = []
+            for line in lines:
+                if len("\n".join([*shown, line])) > SECTION_MAX - 40:
+                    break
+                shown.append(cut(line, SECTION_MAX - 40))
+            text = "\n".join([*shown, f"… and {len(events) - len(shown)} more"])
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+        link = event_link(self.base_url, head)
+        if link:
+            blocks.append(
+                {"type": "context", "elements": [{"type": "mrkdwn", "text": cut(f"<{link}|open in healerd>", 3000)}]}
+            )
+        return {
+            "text": cut(f"{state} {head['service']}: {head['summary']}", SECTION_MAX),
+            "blocks": blocks[:MAX_BLOCKS],
+        }
+
+    @staticmethod
+    def _list(items: list[str], limit: int) -> str:
+        if not items:
+            return "-"
+        shown = [cut(i, 180) for i in items[:limit]]
+        more = f"\n… and {len(items) - limit} more" if len(items) > limit else ""
+        return "\n".join(shown) + more
+
+    async def send(self, session: aiohttp.ClientSession, body: dict[str, Any], message_id: str) -> Delivery:
+        url = read_secret(self.opts.webhook_url_file, self.opts.webhook_url_env, "Slack webhook URL")
+        assert url is not None
+        return await self.post_json(session, url, json.dumps(body).encode(), {})

@@ -1,0 +1,105 @@
+"""`webhook` notifier: the JSON body of the contract (version "1"), HMAC-signed when a secret is set."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from pydantic import Field, field_validator
+
+from ..events import Severity
+from .base import SEVERITY_ORDER, Delivery, Notifier, NotifierOptions, read_secret
+
+
+class WebhookOptions(NotifierOptions):
+    url: str
+    secret_file: Path | None = None
+    secret_env: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    group_wait: float = 0.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {v!r}")
+        return v
+
+    @field_validator("secret_file")
+    @classmethod
+    def _secret_path(cls, v: Path | None) -> Path | None:
+        from ..config import resolve_path
+
+        return None if v is None else resolve_path(v)
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def headline(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The event that best describes a group: the most severe firing one, else the latest."""
+    firing = [e for e in events if e["status"] == "firing"]
+    if firing:
+        return max(firing, key=lambda e: (SEVERITY_ORDER[Severity(e["severity"])], e["timestamp"]))
+    return events[-1]
+
+
+def event_link(base_url: str, event: dict[str, Any]) -> str:
+    if not base_url:
+        return ""
+    if event.get("incident"):
+        return f"{base_url}/api/v1/incidents/{event['incident']}"
+    return f"{base_url}/api/v1/services/{event['service']}"
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class WebhookNotifier(Notifier):
+    kind = "webhook"
+    Config = WebhookOptions
+
+    @property
+    def opts(self) -> WebhookOptions:
+        assert isinstance(self.options, WebhookOptions)
+        return self.options
+
+    def build(self, events: list[dict[str, Any]], message_id: str) -> dict[str, Any]:
+        head = headline(events)
+        summary = (
+            head["summary"] if len(events) == 1 else f"{len(events)} events on {head['service']}: {head['summary']}"
+        )
+        return {
+            "version": "1",
+            "id": message_id,
+            "type": head["type"],
+            "status": head["status"],
+            "severity": head["severity"],
+            "service": head["service"],
+            "machine": head.get("machine"),
+            "incident": head.get("incident"),
+            "summary": summary,
+            "details": head.get("details", {}),
+            "timestamp": rfc3339(head["timestamp"]),
+            "url": event_link(self.base_url, head),
+            "events": [
+                {k: e.get(k) for k in ("id", "type", "status", "severity", "machine", "incident", "summary")}
+                | {"timestamp": rfc3339(e["timestamp"])}
+                for e in events
+            ],
+        }
+
+    async def send(self, session: aiohttp.ClientSession, body: dict[str, Any], message_id: str) -> Delivery:
+        payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+        headers = {"Idempotency-Key": message_id, "User-Agent": "healerd", **self.opts.headers}
+        secret = read_secret(self.opts.secret_file, self.opts.secret_env, "webhook secret")
+        if secret:
+            headers["X-Healerd-Signature"] = sign(secret, payload)
+        return await self.post_json(session, self.opts.url, payload, headers)
