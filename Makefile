@@ -4,12 +4,19 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.example.yaml
 # Debian packages the test suite drives for real (exec checks run Debian's monitoring plugins).
-DEB_PACKAGES := monitoring-plugins-basic
+DEB_PACKAGES := monitoring-plugins-basic prometheus-alertmanager systemd
 
 BENCH_PACKAGES := nginx-light prometheus-blackbox-exporter monitoring-plugins-basic
 PACKAGES = $(DEB_PACKAGES)
 
-.PHONY: run test lint typecheck unit deps debs bench clean
+.PHONY: run test lint typecheck unit deps debs bench install uninstall clean
+
+# `make install` (as root): the package in its own venv under $(PREFIX), the unit, the config in /etc/healerd.
+PREFIX     ?= /opt/healerd
+DESTDIR    ?=
+UNIT_DIR   ?= /etc/systemd/system
+SYSUSERS   ?= /usr/lib/sysusers.d
+ETC        ?= /etc/healerd
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +57,28 @@ unit: deps debs
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+install:
+	$(PYTHON) -m venv $(DESTDIR)$(PREFIX)
+	$(DESTDIR)$(PREFIX)/bin/pip install --quiet '.[fast]'
+	install -D -m 0644 systemd/healerd.service $(DESTDIR)$(UNIT_DIR)/healerd.service
+	install -D -m 0644 systemd/healerd.sysusers $(DESTDIR)$(SYSUSERS)/healerd.conf
+	install -d -m 0750 $(DESTDIR)$(ETC) $(DESTDIR)$(ETC)/playbooks $(DESTDIR)$(ETC)/checks
+	install -m 0644 playbooks/*.yaml $(DESTDIR)$(ETC)/playbooks/
+	install -m 0755 checks/* $(DESTDIR)$(ETC)/checks/
+	test -e $(DESTDIR)$(ETC)/healerd.yaml || sed -e 's#state_dir: ./.healerd#state_dir: /var/lib/healerd#' \
+	  -e 's#path: ./.healerd/#path: /var/lib/healerd/#' config.example.yaml > $(DESTDIR)$(ETC)/healerd.yaml
+	install -D -m 0644 docs/operations.md $(DESTDIR)/usr/share/doc/healerd/operations.md
+	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
+	  systemd-sysusers && chgrp -R healerd $(ETC) && systemctl daemon-reload && \
+	  echo "installed: systemctl enable --now healerd"; \
+	else echo "installed under $(DESTDIR)/ (systemd not running: run systemd-sysusers and systemctl daemon-reload on the target)"; fi
+
+uninstall:
+	-systemctl disable --now healerd 2>/dev/null
+	rm -f $(DESTDIR)$(UNIT_DIR)/healerd.service $(DESTDIR)$(SYSUSERS)/healerd.conf
+	rm -rf $(DESTDIR)$(PREFIX) $(DESTDIR)/usr/share/doc/healerd
+	@echo "kept $(ETC) and /var/lib/healerd (config, state, evidence bundles): remove them by hand if you mean it"
 
 clean:
 	rm -rf $(VENV) .healerd .pytest_cache .mypy_cache .ruff_cache

@@ -7,8 +7,9 @@ import contextlib
 import gc
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -25,6 +26,7 @@ from .metrics import Metrics
 from .monitor import Monitor
 from .remediation import RemediationEngine
 from .store import Store
+from .systemd import Notifier as SystemdNotifier
 
 log = structlog.get_logger("healerd.daemon")
 
@@ -170,6 +172,20 @@ class Daemon:
     def publish(self, event: Event) -> None:
         self.bus.publish(event)
 
+    def summary(self) -> str:
+        """One line for systemd's STATUS=: service states, open incidents, mode."""
+        states: dict[str, list[str]] = {}
+        for name, svc in sorted(self.book.services.items()):
+            states.setdefault(svc.state.value, []).append(name)
+        parts = [f"{state}: {', '.join(names)}" for state, names in sorted(states.items())]
+        engine = self.remediation.status()
+        text = f"{'; '.join(parts) or 'no services'}; incidents open: {engine['incidents_open']}; mode {engine['mode']}"
+        if engine["paused"]:
+            text += " (paused)"
+        if self.last_reload_error:
+            text = f"reload refused ({self.last_reload_error}), previous config running; " + text
+        return text
+
 
 def _read_token(config: Config) -> str | None:
     path = config.daemon.api_token_file
@@ -190,16 +206,32 @@ async def serve(config: Config, mode: Mode | None = None) -> int:
     app = daemon.build_app()
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     loop = asyncio.get_running_loop()
-    reloads: set[asyncio.Task[bool]] = set()
+    sd = SystemdNotifier()
+    background: set[asyncio.Task[Any]] = set()
 
-    def on_hup() -> None:
-        task = loop.create_task(daemon.reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
+    def spawn(coro: Coroutine[Any, Any, Any]) -> None:
+        task = loop.create_task(coro)
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    async def reload() -> None:
+        sd.reloading()
+        await daemon.reload()
+        sd.ready(daemon.summary())
+
+    async def announce_ready() -> None:
+        while not daemon.monitor.ready:  # noqa: ASYNC110 (readiness is computed, not signalled)
+            await asyncio.sleep(0.05)
+        sd.ready(daemon.summary())
+        log.info("ready", checks=len(daemon.monitor.checks))
+
+    def on_term() -> None:
+        sd.stopping()
+        daemon.stopping.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, daemon.stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
+        loop.add_signal_handler(sig, on_term)
+    loop.add_signal_handler(signal.SIGHUP, lambda: spawn(reload()))
     try:
         await runner.setup()
         site = web.TCPSite(runner, config.daemon.listen_host, config.daemon.listen_port)
@@ -215,14 +247,17 @@ async def serve(config: Config, mode: Mode | None = None) -> int:
             return 1
         _settle_memory()
         log.info("healerd running", listen=f"http://{config.daemon.listen}", config=str(config.path))
+        spawn(sd.watchdog(daemon.summary))
+        spawn(announce_ready())
         await daemon.stopping.wait()
         log.info("stopping")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        for task in reloads:
+        for task in background:
             task.cancel()
         await runner.cleanup()
+        sd.close()
     log.info("stopped")
     return 0
 
