@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -15,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import Fleet, free_port, require_binary
+
 from .helpers import http_check, http_get, make_config, wait_until, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,7 +138,7 @@ def test_ready_only_after_readyz_watchdog_reload_and_stop(
     unit.notify.pump(3.0)
     pings = [t for t, m in unit.notify.with_key("WATCHDOG") if t > ready_at]
     assert len(pings) >= 5, pings
-    gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
     assert max(gaps) <= 0.75, gaps
 
     # SIGHUP: RELOADING=1 then READY=1
@@ -193,7 +194,7 @@ def test_a_blocked_event_loop_stops_the_watchdog_pings(tmp_path: Path, fleet_fac
     marked = time.monotonic()
     unit.notify.pump(4.0)
     pings = [t for t, _ in unit.notify.with_key("WATCHDOG") if t > marked]
-    gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
     # the loop is blocked 2.5 s at a time: longer than WatchdogSec (1 s), so systemd would restart healerd
     assert gaps and max(gaps) > 1.0, gaps
 
