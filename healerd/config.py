@@ -200,17 +200,37 @@ class RemediationConfig(Strict):
     backoff: float = 60.0  # first wait after a failed remediation of a machine; doubles each time
     max_retries: int = Field(default=3, ge=0)  # failed attempts on one machine before a human is paged
     probation_timeout: float = 600.0  # for machines launched to fill the fleet (playbooks set their own)
+    keep_for: float | None = None  # quarantined machines are terminated after this (default: kept)
+    keep_warning: float = 3600.0  # warn this long before keep_for ends a quarantine
 
-    @field_validator("storm_cooldown", "backoff", "probation_timeout", mode="before")
+    @field_validator("storm_cooldown", "backoff", "probation_timeout", "keep_warning", mode="before")
     @classmethod
     def _durations(cls, v: object) -> float:
         return _duration(v)
+
+    @field_validator("keep_for", mode="before")
+    @classmethod
+    def _keep(cls, v: object) -> float | None:
+        return None if v is None else _duration(v)
 
     @field_validator("max_unhealthy")
     @classmethod
     def _max_unhealthy(cls, v: int | str) -> int | str:
         parse_count_or_percent(v)
         return v
+
+
+class DiscoveryModel(Strict):
+    """How a cloud provider finds the service's machines: an Auto Scaling group, or tags."""
+
+    asg: str | None = None
+    tags: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> DiscoveryModel:
+        if self.asg is None and not self.tags:
+            raise ValueError("discovery needs asg: <group name> or tags: {Key: value}")
+        return self
 
 
 class RotationModel(BaseModel):
@@ -251,6 +271,7 @@ class ServiceModel(Strict):
     rotation: RotationModel = Field(default_factory=RotationModel)
     remediation: RemediationConfig = Field(default_factory=RemediationConfig)
     notify: list[str] = Field(default_factory=list)
+    discovery: DiscoveryModel | None = None
 
     @field_validator("min_healthy")
     @classmethod
@@ -274,6 +295,7 @@ class ServiceConfig:
     remediation: RemediationConfig = field(default_factory=RemediationConfig)
     max_unhealthy: int = 1  # machines, resolved from the percentage against desired
     notify: tuple[str, ...] = ()
+    discovery: dict[str, Any] | None = None
 
     @property
     def managed(self) -> bool:
@@ -607,7 +629,7 @@ def _service(
     try:
         model = ServiceModel.model_validate(raw)
     except ValidationError as exc:
-        out.pydantic(path, exc, _vocabulary(ServiceModel, MachineSpec, RemediationConfig))
+        out.pydantic(path, exc, _vocabulary(ServiceModel, MachineSpec, RemediationConfig, DiscoveryModel))
         # still look at the checks so that every problem is listed at once
         for group in ("checks", "service_checks"):
             items = raw.get(group)
@@ -701,6 +723,7 @@ def _service(
         remediation=model.remediation,
         max_unhealthy=max_unhealthy,
         notify=tuple(model.notify),
+        discovery=model.discovery.model_dump(exclude_none=True) if model.discovery else None,
     )
 
 

@@ -157,7 +157,12 @@ class RemediationEngine:
             cls = ROTATION_KINDS.get(svc.rotation_kind)
             assert cls is not None
             if current is None or current.kind != svc.rotation_kind or current.options != svc.rotation:
-                self.rotations[svc.name] = cls(svc.name, svc.rotation or cls.Config(), config.daemon.state_dir)
+                self.rotations[svc.name] = cls(
+                    svc.name,
+                    svc.rotation or cls.Config(),
+                    config.daemon.state_dir,
+                    self.monitor.providers.get(svc.provider),
+                )
         for name, image in config.images.items():
             rows = await self.store.query("SELECT known_good, seeded FROM images WHERE family=?", (name,))
             if not rows or rows[0][1] != image.known_good:
@@ -761,7 +766,11 @@ class RemediationEngine:
             "evidence.json": evidence,
         }
         root = self.config.daemon.state_dir / "forensics"
-        return await asyncio.to_thread(write_bundle, root, inc.id, files)
+        bundle = await asyncio.to_thread(write_bundle, root, inc.id, files)
+        keys = await provider.store_evidence(bundle, inc.id)
+        if keys:
+            log.info("evidence bundle mirrored", incident=inc.id, objects=len(keys))
+        return bundle
 
     async def launch_replacement(self, svc: ServiceConfig, incident: str | None) -> Machine:
         """Launch from the known-good image; for an incident, at most one replacement, ever."""
@@ -787,7 +796,7 @@ class RemediationEngine:
             for m in await self.store.load_machines()
             if m.attributes.get("port", "").isdigit() and m.lifecycle not in (Lifecycle.TERMINATED, Lifecycle.RELEASED)
         }
-        address, attrs = provider.allocate(taken) if hasattr(provider, "allocate") else ("", {})
+        address, attrs = provider.allocate(taken)
         machine = Machine(
             svc.name,
             machine_id,
@@ -871,6 +880,7 @@ class RemediationEngine:
                 )
             m = Machine(m.service, m.id, m.address, Lifecycle.IN_SERVICE, m.attributes)
             await self.monitor.put_machine(m)
+        await self._provider(svc).on_in_service(m, svc)
         await self.rotations[svc.name].add(m)
 
     def announce_replaced(self, inc: Incident, outputs: dict[str, Any]) -> None:

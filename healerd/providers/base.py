@@ -67,6 +67,10 @@ class Provider:
         raise NotImplementedError
 
     # -- lifecycle: only providers with an ImageVersion implement these --------------------------------
+    def allocate(self, taken: set[int]) -> tuple[str, dict[str, str]]:
+        """The address and attributes a new machine will have, known before it starts (if any)."""
+        return "", {}
+
     async def launch(self, request: LaunchRequest) -> Machine:
         raise ProviderError(f"provider {self.name} ({self.kind}) cannot launch machines")
 
@@ -76,6 +80,9 @@ class Provider:
 
     async def release(self, machine: Machine) -> None:
         """Undo the isolation (the machine keeps running)."""
+
+    async def on_in_service(self, machine: Machine, service: ServiceConfig) -> None:
+        """Called when a machine enters service (e.g. join a cloud scaling group)."""
 
     async def terminate(self, machine: Machine) -> None:
         raise ProviderError(f"provider {self.name} ({self.kind}) cannot terminate machines")
@@ -90,3 +97,7 @@ class Provider:
     async def console(self, machine: Machine, limit: int = 1 << 20) -> str:
         """Recent console / process output for the forensics bundle."""
         return ""
+
+    async def store_evidence(self, bundle: Path, incident: str) -> list[str]:
+        """Mirror a forensics bundle somewhere durable (e.g. S3); returns where it went."""
+        return []
