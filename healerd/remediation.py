@@ -341,6 +341,8 @@ class RemediationEngine:
             if svc.managed:
                 await self._promote_probation(svc, now)
                 await self._fill(svc, now, silences)
+                if svc.remediation.keep_for is not None:
+                    await self._retention(svc, now)
 
     def _condition(self, service: str, machine: str) -> Condition | None:
         m = self.monitor.book.machine(service, machine)
@@ -956,6 +958,53 @@ class RemediationEngine:
             except ProviderError as exc:
                 log.error("launch failed", service=svc.name, error=str(exc))
                 return
+
+    async def _retention(self, svc: ServiceConfig, now: float) -> None:
+        """Quarantines older than keep_for end: a warning first (keep_warning before), then termination."""
+        keep = svc.remediation.keep_for
+        assert keep is not None
+        for m in list(self.monitor.machines.get(svc.name, {}).values()):
+            if m.lifecycle is not Lifecycle.QUARANTINED:
+                continue
+            since = float(m.attributes.get("quarantined_at") or now)
+            ends = since + keep
+            if now >= ends:
+                await self.terminate(m.id)
+                self.bus.publish(
+                    Event(
+                        EventType.MACHINE_QUARANTINED,
+                        svc.name,
+                        f"{m.id} terminated: its quarantine reached keep_for ({keep:g}s); snapshots "
+                        "and the evidence bundle are kept",
+                        now,
+                        machine=m.id,
+                        incident=m.attributes.get("incident"),
+                        severity=Severity.WARNING,
+                        firing=False,
+                        details={"retention": "terminated"},
+                    )
+                )
+                log.warning("quarantine retention ended; machine terminated", service=svc.name, machine=m.id)
+            elif now >= ends - svc.remediation.keep_warning and not m.attributes.get("retention_warned"):
+                await self.monitor.put_machine(
+                    Machine(m.service, m.id, m.address, m.lifecycle, {**m.attributes, "retention_warned": str(now)})
+                )
+                self.bus.publish(
+                    Event(
+                        EventType.MACHINE_QUARANTINED,
+                        svc.name,
+                        f"{m.id} will be terminated in {ends - now:.0f}s (quarantine keep_for); "
+                        "release it or copy what you need",
+                        now,
+                        machine=m.id,
+                        incident=m.attributes.get("incident"),
+                        severity=Severity.WARNING,
+                        details={"retention": "expiring", "terminate_at": ends},
+                    )
+                )
+                log.warning(
+                    "quarantine retention ending soon", service=svc.name, machine=m.id, seconds_left=round(ends - now)
+                )
 
     # -- quarantine operations (API, CLI) ------------------------------------------------------------------
     async def quarantined(self) -> list[dict[str, Any]]:
