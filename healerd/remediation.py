@@ -827,7 +827,14 @@ class RemediationEngine:
         launched = await self._provider(svc).launch(
             LaunchRequest(svc.name, machine.id, svc.image, version, spec, incident)
         )
-        ready = Machine(launched.service, launched.id, launched.address, Lifecycle.PROBATION, launched.attributes)
+        attrs = {**machine.attributes, **launched.attributes}
+        ready = Machine(launched.service, launched.id, launched.address, Lifecycle.PROBATION, attrs)
+        if launched.id != machine.id:
+            # the provider names its machines itself (an EC2 instance id): the placeholder record is retired
+            retired = {**machine.attributes, "became": launched.id, "launched_for": ""}
+            await self.monitor.put_machine(
+                Machine(machine.service, machine.id, machine.address, Lifecycle.TERMINATED, retired)
+            )
         await self.monitor.put_machine(ready)
         log.info(
             "machine launched",
