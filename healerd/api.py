@@ -155,13 +155,32 @@ async def status_page(request: web.Request) -> web.Response:
                 f"<td style='color:{colour}'>{esc(mv['condition'])}</td><td>{checks}</td></tr>"
             )
         rows.append("</table>")
+    engine = request.app[DAEMON].remediation
+    incidents_open = sorted(engine.incidents.values(), key=lambda i: i.opened_at, reverse=True)
+    if incidents_open:
+        rows.append(
+            "<h2>Open incidents</h2><table><tr><th>incident</th><th>state</th><th>service</th>"
+            "<th>machine</th><th>summary</th></tr>"
+        )
+        for inc in incidents_open:
+            rows.append(
+                f"<tr><td><a href='/api/v1/incidents/{esc(inc.id)}'>{esc(inc.id)}</a></td>"
+                f"<td>{esc(inc.state.value)}</td><td>{esc(inc.service)}</td><td>{esc(inc.machine)}</td>"
+                f"<td>{esc(inc.summary)}</td></tr>"
+            )
+        rows.append("</table>")
+    mode = engine.status()
+    rows.insert(0, f"<p>mode <b>{esc(mode['mode'])}</b>{' (paused)' if mode['paused'] else ''}</p>")
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='5'>"
         "<title>healerd</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}</style></head>"
         f"<body><h1>healerd</h1><p>updated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} · "
         "<a href='/api/v1/services'>services</a> · <a href='/api/v1/machines'>machines</a> · "
-        "<a href='/api/v1/events'>events</a> · <a href='/metrics'>metrics</a></p>" + "".join(rows) + "</body></html>"
+        "<a href='/api/v1/events'>events</a> · <a href='/api/v1/incidents'>incidents</a> · "
+        "<a href='/api/v1/quarantine'>quarantine</a> · <a href='/metrics'>metrics</a></p>"
+        + "".join(rows)
+        + "</body></html>"
     )
     return web.Response(text=page, content_type="text/html")
 
