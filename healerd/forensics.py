@@ -27,6 +27,9 @@ def verify(bundle: Path) -> list[str]:
     except (OSError, ValueError) as exc:
         return [f"manifest.json unreadable: {exc}"]
     problems = []
+    listed = set(manifest.get("files", {}))
+    for extra in sorted(p.name for p in bundle.iterdir() if p.name != "manifest.json" and p.name not in listed):
+        problems.append(f"{extra} is not in the manifest (added after collection)")
     for name, digest in manifest.get("files", {}).items():
         p = bundle / name
         if not p.is_file():
@@ -62,8 +65,21 @@ def write_bundle(root: Path, incident: str, files: dict[str, Any]) -> Path:
             os.fsync(f.fileno())
         hashes[name] = hashlib.sha256(data).hexdigest()
     manifest = {"incident": incident, "created_at": time.time(), "algorithm": "sha256", "files": hashes}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    with (tmp / "manifest.json").open("w") as f:
+        json.dump(manifest, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)  # an incomplete bundle from an interrupted attempt
     os.replace(tmp, final)
+    _fsync_dir(root)  # the rename itself survives a power cut
     return final
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

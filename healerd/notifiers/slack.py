@@ -85,17 +85,18 @@ class SlackNotifier(Notifier):
                 "fields": [{"type": "mrkdwn", "text": cut(f"*{k}*\n{v}", FIELD_MAX)} for k, v in fields[:MAX_FIELDS]],
             },
         ]
-        lines = [f"{icon} `{e['type']}` {e['summary']}" for e in events[:MAX_LINES]]
-        if len(events) > MAX_LINES:
-            lines.append(f"… and {len(events) - MAX_LINES} more")
-        text = "\n".join(lines)
-        if len(text) > SECTION_MAX:
-            shown: list[str] = []
-            for line in lines:
-                if len("\n".join([*shown, line])) > SECTION_MAX - 40:
+        budget = SECTION_MAX - 40  # room kept for the "… and N more" line
+        shown: list[str] = []
+        for e in events[:MAX_LINES]:
+            line = f"{icon} `{e['type']}` {e['summary']}"
+            room = budget - sum(len(x) + 1 for x in shown)
+            if len(line) > room:
+                if shown:
                     break
-                shown.append(cut(line, SECTION_MAX - 40))
-            text = "\n".join([*shown, f"… and {len(events) - len(shown)} more"])
+                line = cut(line, room)  # a single huge event is cut, never hidden
+            shown.append(line)
+        hidden = len(events) - len(shown)
+        text = "\n".join([*shown, f"… and {hidden} more"] if hidden else shown)
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
         link = event_link(self.base_url, head)
         if link:
