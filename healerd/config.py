@@ -200,10 +200,11 @@ class RemediationConfig(Strict):
     backoff: float = 60.0  # first wait after a failed remediation of a machine; doubles each time
     max_retries: int = Field(default=3, ge=0)  # failed attempts on one machine before a human is paged
     probation_timeout: float = 600.0  # for machines launched to fill the fleet (playbooks set their own)
+    boot_timeout: float = 300.0  # a new machine's failures count only after it passed once or this elapsed
     keep_for: float | None = None  # quarantined machines are terminated after this (default: kept)
     keep_warning: float = 3600.0  # warn this long before keep_for ends a quarantine
 
-    @field_validator("storm_cooldown", "backoff", "probation_timeout", "keep_warning", mode="before")
+    @field_validator("storm_cooldown", "backoff", "probation_timeout", "keep_warning", "boot_timeout", mode="before")
     @classmethod
     def _durations(cls, v: object) -> float:
         return _duration(v)

@@ -48,6 +48,8 @@ def write_bundle(root: Path, incident: str, files: dict[str, Any]) -> Path:
     if final.is_dir() and not verify(final):
         return final  # already collected (a step re-run after a crash)
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(f".{incident}.*.tmp"):  # left by a writer that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".{incident}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

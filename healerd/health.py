@@ -74,6 +74,7 @@ class CheckHealth:
     bad_streak: int = 0
     flapping: bool = False
     flap_pct: float = 0.0
+    ever_ok: bool = False  # one OK result seen (a machine that has booted)
     _states: deque[Status] = field(default_factory=lambda: deque(maxlen=FLAP_WINDOW))
     _changes: int = 0  # transitions inside _states, kept incrementally so the common case is O(1)
 
@@ -103,6 +104,7 @@ class CheckHealth:
         self._push(status)
         hard_changed = False
         if status is Status.OK:
+            self.ever_ok = True
             self.ok_streak += 1
             self.bad_streak = 0
             if self.hard is not Status.OK and self.ok_streak >= self.thresholds.rise:
@@ -388,6 +390,11 @@ class HealthBook:
         old, m.condition, m.since = m.condition, new, now
         svc.move(before, category(m))
         events: list[Event] = []
+        if m.lifecycle is not Lifecycle.IN_SERVICE:
+            # a machine on probation or in quarantine takes no traffic: its ups and downs are not news
+            if new not in (Condition.FLAPPING, Condition.PENDING):
+                m.reported = new
+            return self._service_changed(svc, now)
         # Flapping and pending hide the ups and downs; announce only settled changes.
         if new not in (Condition.FLAPPING, Condition.PENDING) and new is not m.reported:
             if new is Condition.UP:

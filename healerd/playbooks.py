@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from . import _yaml
 from .durations import parse_duration
+from .targets import did_you_mean
 
 DEFAULT_PLAYBOOK = "replace-machine"
 
@@ -93,11 +94,21 @@ def load_playbooks(folders: list[Path]) -> tuple[dict[str, Playbook], list[Playb
             def add(loc: tuple[str | int, ...], message: str, path: Path = path, index: Any = index) -> None:
                 problems.append(PlaybookProblem(path, index.line(loc), format_path(loc), message))
 
+            def add_errors(
+                prefix: tuple[str | int, ...], exc: ValidationError, fields: list[str], add: Any = add
+            ) -> None:
+                for err in exc.errors(include_url=False):
+                    loc = (*prefix, *err["loc"])
+                    if err["type"] == "extra_forbidden" and err["loc"]:
+                        key = str(err["loc"][-1])
+                        add(loc, f"unknown key {key!r}{did_you_mean(key, fields)}; remove it or fix its spelling")
+                    else:
+                        add(loc, err["msg"].removeprefix("Value error, "))
+
             try:
                 model = PlaybookModel.model_validate(data)
             except ValidationError as exc:
-                for err in exc.errors(include_url=False):
-                    add(tuple(err["loc"]), err["msg"].removeprefix("Value error, "))
+                add_errors((), exc, list(PlaybookModel.model_fields))
                 continue
             steps: list[Step] = []
             for i, raw in enumerate(model.steps):
@@ -105,13 +116,10 @@ def load_playbooks(folders: list[Path]) -> tuple[dict[str, Playbook], list[Playb
                 try:
                     sm = StepModel.model_validate(raw)
                 except ValidationError as exc:
-                    for err in exc.errors(include_url=False):
-                        add((*loc, *err["loc"]), err["msg"].removeprefix("Value error, "))
+                    add_errors(loc, exc, ["action", "with", "timeout", "retries", "on_failure"])
                     continue
                 action = ACTIONS.get(sm.action)
                 if action is None:
-                    from .targets import did_you_mean
-
                     add(
                         (*loc, "action"),
                         f"unknown action {sm.action!r}{did_you_mean(sm.action, ACTIONS.kinds())}; "
@@ -121,8 +129,7 @@ def load_playbooks(folders: list[Path]) -> tuple[dict[str, Playbook], list[Playb
                 try:
                     params = action.Params.model_validate(sm.with_)
                 except ValidationError as exc:
-                    for err in exc.errors(include_url=False):
-                        add((*loc, "with", *err["loc"]), err["msg"].removeprefix("Value error, "))
+                    add_errors((*loc, "with"), exc, list(action.Params.model_fields))
                     continue
                 steps.append(
                     Step(i, sm.action, params, sm.timeout or action.default_timeout, sm.retries, sm.on_failure)

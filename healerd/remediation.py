@@ -847,17 +847,24 @@ class RemediationEngine:
         )
         return ready
 
-    def probation_state(self, svc: ServiceConfig, machine_id: str) -> str:
-        """'passed' when every check has `rise` OK results in a row, 'failed' when one is hard failing."""
+    def probation_state(self, svc: ServiceConfig, machine_id: str, now: float | None = None) -> str:
+        """'passed' when every check has `rise` OK results in a row; 'failed' when one is hard failing after
+        the machine has booted (it passed once, or `boot_timeout` elapsed since it was launched)."""
+        now = time.time() if now is None else now
+        m = self.monitor.machine(svc.name, machine_id)
+        launched = float((m.attributes.get("launched_at") if m else None) or now)
+        booting = now - launched < svc.remediation.boot_timeout
         passed = True
         for spec in svc.checks:
             ch = self.monitor.book.check(CheckKey(svc.name, machine_id, spec.name))
             if ch is None:
                 return "pending"
-            if ch.hard is not Status.OK or ch.bad_streak >= spec.fall:
-                return "failed"
-            if ch.ok_streak < spec.rise:
+            if ch.ok_streak < spec.rise or ch.hard is not Status.OK:
                 passed = False
+            # `fall` failures in a row now (a hard state left over from booting is recovering, not failing)
+            failing = ch.bad_streak >= spec.fall
+            if failing and not (booting and not ch.ever_ok):
+                return "failed"
         return "passed" if passed else "pending"
 
     async def await_healthy(self, svc: ServiceConfig, machine_id: str, timeout: float, incident: str | None) -> None:

@@ -32,7 +32,6 @@ class LocalOptions(ProviderOptions):
     host: str = "127.0.0.1"
     port_range: tuple[int, int] = (20000, 29999)
     freeze_on_quarantine: bool = False  # SIGSTOP the process group while quarantined
-    start_timeout: float = 10.0
 
     @model_validator(mode="after")
     def _range(self) -> LocalOptions:
