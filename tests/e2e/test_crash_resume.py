@@ -450,3 +450,42 @@ def test_a_machine_slower_to_boot_than_fall_checks_still_enters_service(demo_fle
     quarantined = [mid for mid, m in demo_fleet.machines().items() if m["lifecycle"] == "quarantined"]
     assert outcome == "optimal", f"machines quarantined while they were booting: {quarantined}"
     assert demo_fleet.rotation() == demo_fleet.in_service()
+
+
+def test_sigterm_during_a_step_is_journaled_and_the_remediation_completes_after_restart(
+    demo_fleet: DemoFleet,
+) -> None:
+    # a replacement that takes ~2 s to boot keeps checks.await_healthy running long enough to stop healerd in it
+    demo_fleet.command = ["sh", "-c", 'sleep 2 && exec "$0" -m healerd.demo --port {port}', "{python}"]
+    first = demo_fleet.start("first")
+    members = wait_optimal(demo_fleet, first, 25)
+    victim = sorted(members)[0]
+    break_machine(members[victim])
+
+    def awaiting() -> str | None:
+        for incident, idx, action, state, _ in demo_fleet.steps():
+            if action == "checks.await_healthy" and state == "running":
+                return str(incident)
+        return None
+
+    incident = wait_until(
+        awaiting, 15, "checks.await_healthy to be running", interval=0.05, describe=demo_fleet.describe
+    )
+    started = time.monotonic()
+    first.signal(signal.SIGTERM)
+    assert first.proc is not None and first.proc.wait(5) == 0, first.describe()
+    assert time.monotonic() - started < 5
+    states = {action: state for _, _, action, state, _ in demo_fleet.steps(incident)}
+    assert states["checks.await_healthy"] == "interrupted", states
+    assert demo_fleet.incidents()[incident]["state"] == "remediating"
+
+    second = demo_fleet.start("second")
+    wait_until(
+        lambda: demo_fleet.incidents()[incident]["state"] == "resolved",
+        RESOLVE_BOUND,
+        f"incident {incident} to be resolved after the restart",
+        interval=0.1,
+        describe=demo_fleet.describe,
+    )
+    wait_optimal(demo_fleet, second, 10)
+    assert_healed(demo_fleet, incident)
