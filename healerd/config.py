@@ -333,18 +333,28 @@ class Config:
         return self.path.parent
 
     def summary(self) -> str:
-        n_machines = sum(len(s.machines) for s in self.services.values())
-        n_checks = sum(len(s.checks) * max(len(s.machines), 1) + len(s.service_checks) for s in self.services.values())
+        def machines(s: ServiceConfig) -> int:
+            return s.desired if s.managed else len(s.machines)
+
+        n_machines = sum(machines(s) for s in self.services.values())
+        n_checks = sum(len(s.checks) * max(machines(s), 1) + len(s.service_checks) for s in self.services.values())
         lines = [
             f"{self.path}: OK",
-            f"  {len(self.services)} service(s), {n_machines} machine(s), {n_checks} scheduled check(s), "
-            f"mode {self.daemon.mode.value}, listening on {self.daemon.listen}",
+            f"  {len(self.services)} service(s), {n_machines} machine(s), {n_checks} check(s) per round, "
+            f"{len(self.notifiers)} notifier(s), mode {self.daemon.mode.value}, listening on {self.daemon.listen}",
         ]
         for svc in self.services.values():
             checks = ", ".join(f"{c.name} ({c.kind} every {c.interval:g}s)" for c in svc.checks) or "none"
+            healing = (
+                f"heals from image {svc.image} (known good {self.images[svc.image].known_good}) with playbook "
+                f"{svc.remediation.playbook}"
+                if svc.image
+                else "monitored and alerted only"
+            )
             lines.append(
                 f"  service {svc.name}: provider {svc.provider}, desired {svc.desired}, "
-                f"min_healthy {svc.min_healthy}, checks: {checks}"
+                f"min_healthy {svc.min_healthy}, checks: {checks}; {healing}"
+                + (f"; notifies {', '.join(svc.notify)}" if svc.notify else "")
             )
         return "\n".join(lines)
 
