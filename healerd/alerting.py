@@ -57,7 +57,10 @@ class Alerting:
             else:
                 cls = NOTIFIER_KINDS.get(nc.kind)
                 assert cls is not None
-                self.notifiers[name] = cls(name, nc.options, self.base_url)
+                fresh = cls(name, nc.options, self.base_url)
+                if isinstance(fresh, AlertmanagerNotifier) and isinstance(current, AlertmanagerNotifier):
+                    fresh.firing = current.firing  # alerts still firing must still end, whatever changed
+                self.notifiers[name] = fresh
         self.routes = {s.name: s.notify for s in config.services.values()}
         if self._session is not None:
             self._start_workers()
@@ -282,7 +285,9 @@ class Alerting:
             state, outcome = "delivered", "delivered"
         elif d.status == 429:
             outcome = "rate_limited"
-            next_at = now + (d.retry_after if d.retry_after is not None else self._backoff(n, attempts))
+            # honour Retry-After, but never let one receiver hold the ordered queue beyond max_backoff
+            wait = d.retry_after if d.retry_after is not None else self._backoff(n, attempts)
+            next_at = now + min(wait, n.options.max_backoff)
         elif d.permanent:
             if attempts >= n.options.max_attempts:
                 state, outcome = "dead", "dead"

@@ -10,7 +10,7 @@ import aiohttp
 from pydantic import field_validator, model_validator
 
 from .base import Delivery, Notifier, NotifierOptions, read_secret
-from .webhook import event_link, headline
+from .webhook import event_link, group_summary, headline
 
 HEADER_MAX = 150
 SECTION_MAX = 3000
@@ -68,7 +68,8 @@ class SlackNotifier(Notifier):
         firing = head["status"] == "firing"
         state = head["severity"].upper() if firing else "RESOLVED"
         icon = _ICON.get(head["severity"], "") if firing else ":large_green_circle:"
-        header = cut(f"{state} · {head['service']}: {head['summary']}", HEADER_MAX)
+        summary = group_summary(events, head)
+        header = cut(f"{state} · {head['service']}: {summary}", HEADER_MAX)
         machines = sorted({e["machine"] for e in events if e.get("machine")})
         incidents = sorted({e["incident"] for e in events if e.get("incident")})
         did = [f"{e.get('machine') or e['service']}: {_DID[e['type']]}" for e in events if e["type"] in _DID]
@@ -104,7 +105,7 @@ class SlackNotifier(Notifier):
                 {"type": "context", "elements": [{"type": "mrkdwn", "text": cut(f"<{link}|open in healerd>", 3000)}]}
             )
         return {
-            "text": cut(f"{state} {head['service']}: {head['summary']}", SECTION_MAX),
+            "text": cut(f"{state} {head['service']}: {summary}", SECTION_MAX),
             "blocks": blocks[:MAX_BLOCKS],
         }
 

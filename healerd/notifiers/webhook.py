@@ -43,11 +43,32 @@ def rfc3339(ts: float) -> str:
 
 
 def headline(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """The event that best describes a group: the most severe firing one, else the latest."""
+    """The event that best describes a group: a resolution when the group ends resolved (nothing went wrong
+    after it), else the most severe firing event, else the latest."""
+    problems = [i for i, e in enumerate(events) if e["status"] == "firing" and e["severity"] != "info"]
+    resolved = [i for i, e in enumerate(events) if e["status"] == "resolved"]
+    if resolved and (not problems or resolved[-1] > problems[-1]):
+        return events[resolved[-1]]
     firing = [e for e in events if e["status"] == "firing"]
     if firing:
         return max(firing, key=lambda e: (SEVERITY_ORDER[Severity(e["severity"])], e["timestamp"]))
     return events[-1]
+
+
+def group_summary(events: list[dict[str, Any]], head: dict[str, Any]) -> str:
+    """One line for a group: the headline, or how many machines a storm hit."""
+    if len(events) == 1:
+        return str(head["summary"])
+    machines = affected_machines(events)
+    if len(machines) > 1 and head["status"] == "firing":
+        return f"{len(machines)} machines of {head['service']} affected ({len(events)} events): {head['summary']}"
+    return f"{len(events)} events on {head['service']}: {head['summary']}"
+
+
+def affected_machines(events: list[dict[str, Any]]) -> list[str]:
+    return sorted(
+        {e["machine"] for e in events if e.get("machine") and e["status"] == "firing" and e["severity"] != "info"}
+    )
 
 
 def event_link(base_url: str, event: dict[str, Any]) -> str:
@@ -73,9 +94,7 @@ class WebhookNotifier(Notifier):
 
     def build(self, events: list[dict[str, Any]], message_id: str) -> dict[str, Any]:
         head = headline(events)
-        summary = (
-            head["summary"] if len(events) == 1 else f"{len(events)} events on {head['service']}: {head['summary']}"
-        )
+        summary = group_summary(events, head)
         return {
             "version": "1",
             "id": message_id,
