@@ -104,8 +104,9 @@ class Monitor:
         for svc in config.services.values():
             self.bus.publish_all(self.book.set_service(svc.name, svc.desired, svc.min_healthy, now))
             machines = await self.providers[svc.provider].list_machines(svc)
-            if not svc.managed:  # static: the config is the truth; managed: the store is
-                await self.store.save_machines(machines, svc.provider, now)
+            # static: the config is the truth; managed: the store is, and what discovery found joins it
+            await self.store.save_machines(machines, svc.provider, now)
+            if not svc.managed:
                 await self.store.forget_machines(svc.name, {m.id for m in machines})
             old = self.machines.get(svc.name, {})
             for gone in set(old) - {m.id for m in machines}:

@@ -28,6 +28,7 @@ TAG_INCIDENT = "healerd:incident"
 TAG_SERVICE = "healerd:service"
 TAG_MACHINE = "healerd:machine"
 ISOLATION_TAG = "healerd:isolation"
+TAG_ORIGINAL_GROUPS = "healerd:original-groups"  # eni=sg,sg;eni=sg - recorded before isolating
 
 
 class QuarantineOptions(BaseModel):
@@ -360,7 +361,7 @@ class AwsProvider(Provider):
                         f"{iid} in {asg}",
                         InstanceIds=[iid],
                         AutoScalingGroupName=asg,
-                        ShouldDecrementDesiredCapacity=False,
+                        ShouldDecrementDesiredCapacity=q.asg_decrement,
                     )
                 else:
                     await self.call(
@@ -369,15 +370,29 @@ class AwsProvider(Provider):
                         f"{iid} from {asg}",
                         InstanceIds=[iid],
                         AutoScalingGroupName=asg,
-                        ShouldDecrementDesiredCapacity=False,
+                        ShouldDecrementDesiredCapacity=q.asg_decrement,
                     )
             evidence["asg"] = {"name": asg, "action": q.asg_action}
         vpc = inst.get("VpcId", "")
         isolation = q.isolation_security_group or await self._isolation_group(vpc)
+        ours = {isolation, *([await self._open_group(vpc)] if q.two_step else [])}
         enis = inst.get("NetworkInterfaces", [])
+        current = {e["NetworkInterfaceId"]: [g["GroupId"] for g in e.get("Groups", [])] for e in enis}
+        recorded = _tags(inst.get("Tags")).get(TAG_ORIGINAL_GROUPS)
+        if recorded:  # a re-run after a crash: the groups were recorded before anything changed
+            originals = _decode_groups(recorded)
+        else:
+            originals = {eid: groups for eid, groups in current.items() if not set(groups) <= ours}
+            encoded = _encode_groups(originals)
+            if len(encoded) <= 256:  # an EC2 tag value holds 256 characters
+                await self.call(
+                    "ec2", "create_tags", iid, Resources=[iid], Tags=[{"Key": TAG_ORIGINAL_GROUPS, "Value": encoded}]
+                )
+        evidence["original_security_groups"] = originals
         for eni in enis:
             eid = eni["NetworkInterfaceId"]
-            evidence["original_security_groups"][eid] = [g["GroupId"] for g in eni.get("Groups", [])]
+            if current[eid] == [isolation]:
+                continue  # already isolated
             if q.two_step:
                 open_group = await self._open_group(vpc)
                 await self.call(
@@ -484,7 +499,7 @@ class AwsProvider(Provider):
             InstanceId=machine.id,
             DisableApiTermination={"Value": False},
         )
-        await self.call("ec2", "delete_tags", machine.id, Resources=[machine.id], Tags=[{"Key": TAG_QUARANTINED}])
+        await self.call("ec2", "delete_tags", machine.id, Resources=[machine.id], Tags=[{"Key": TAG_QUARANTINED}, {"Key": TAG_ORIGINAL_GROUPS}])
         asg = evidence.get("asg", {})
         if asg.get("name"):
             if asg.get("action") == "standby":
@@ -590,6 +605,19 @@ class AwsProvider(Provider):
             )
             keys.append(key)
         return keys
+
+
+def _encode_groups(groups: dict[str, list[str]]) -> str:
+    return ";".join(f"{eni}={','.join(sgs)}" for eni, sgs in sorted(groups.items()))
+
+
+def _decode_groups(text: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for part in text.split(";"):
+        eni, _, sgs = part.partition("=")
+        if eni:
+            out[eni] = [g for g in sgs.split(",") if g]
+    return out
 
 
 def _camel(operation: str) -> str:

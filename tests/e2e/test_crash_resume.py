@@ -463,7 +463,7 @@ def test_sigterm_during_a_step_is_journaled_and_the_remediation_completes_after_
     break_machine(members[victim])
 
     def awaiting() -> str | None:
-        for incident, idx, action, state, _ in demo_fleet.steps():
+        for incident, _idx, action, state, _ in demo_fleet.steps():
             if action == "checks.await_healthy" and state == "running":
                 return str(incident)
         return None
