@@ -325,7 +325,8 @@ class RemediationEngine:
                 for m in machines.values()
                 if m.lifecycle is Lifecycle.IN_SERVICE and self._condition(svc.name, m.id) is Condition.DOWN
             ]
-            if len(down) > svc.max_unhealthy:
+            unhealthy = self._unhealthy(svc, machines)
+            if unhealthy > svc.max_unhealthy:
                 self.storm_until[svc.name] = now + svc.remediation.storm_cooldown
             active_machines = {i.machine for i in self.incidents.values() if i.service == svc.name}
             for m in down:
@@ -335,7 +336,7 @@ class RemediationEngine:
                 if inc.service != svc.name:
                     continue
                 if inc.state is IncidentState.OPEN:
-                    await self._consider(svc, inc, now, len(down), silences)
+                    await self._consider(svc, inc, now, unhealthy, silences)
                 if inc.state is not IncidentState.REMEDIATING and health.state is ServiceState.OPTIMAL:
                     await self.resolve(inc, "the service is optimal again")
             if svc.managed:
@@ -343,6 +344,23 @@ class RemediationEngine:
                 await self._fill(svc, now, silences)
                 if svc.remediation.keep_for is not None:
                     await self._retention(svc, now)
+
+    def _unhealthy(self, svc: ServiceConfig, machines: dict[str, Machine]) -> int:
+        """Machines of the service in trouble now, for the max_unhealthy short-circuit: in service and down or
+        failing (even unconfirmed: machines breaking together are confirmed one check apart), plus the machines
+        of incidents still open (already out of rotation, still part of the same storm)."""
+        ids = {i.machine for i in self.incidents.values() if i.service == svc.name}
+        for m in machines.values():
+            if m.lifecycle is not Lifecycle.IN_SERVICE:
+                continue
+            mh = self.monitor.book.machine(svc.name, m.id)
+            if mh is None:
+                continue
+            if mh.condition is Condition.DOWN or any(
+                c.bad_streak > 0 and c.last is not None and c.last.status is Status.CRITICAL for c in mh.checks.values()
+            ):
+                ids.add(m.id)
+        return len(ids)
 
     def _condition(self, service: str, machine: str) -> Condition | None:
         m = self.monitor.book.machine(service, machine)
@@ -463,7 +481,8 @@ class RemediationEngine:
         )
         launches = (
             await self.store.query(
-                "SELECT COUNT(*) FROM remediation_log WHERE service=? AND kind='launch' AND ts > ?",
+                "SELECT COUNT(*) FROM remediation_log WHERE service=? AND kind='launch' AND incident IS NOT NULL"
+                " AND ts > ?",
                 (svc.name, now - 3600),
             )
         )[0][0]
@@ -853,7 +872,10 @@ class RemediationEngine:
         now = time.time() if now is None else now
         m = self.monitor.machine(svc.name, machine_id)
         launched = float((m.attributes.get("launched_at") if m else None) or now)
-        booting = now - launched < svc.remediation.boot_timeout
+        # a machine released from quarantine has booted long ago: no grace for it
+        booting = now - launched < svc.remediation.boot_timeout and (
+            m is None or m.attributes.get("launched_for") != "release"
+        )
         passed = True
         for spec in svc.checks:
             ch = self.monitor.book.check(CheckKey(svc.name, machine_id, spec.name))
@@ -882,7 +904,7 @@ class RemediationEngine:
                 why = "its checks failed" if state == "failed" else f"its checks did not pass within {timeout:g}s"
                 await self.quarantine(svc, machine_id, incident or "probation", False)
                 raise StepFailed(
-                    f"replacement {machine_id} failed probation ({why}); it is quarantined and does not enter rotation",
+                    f"{machine_id} failed probation ({why}); it is quarantined and does not enter rotation",
                     terminal=True,
                 )
             await asyncio.sleep(0.2)
@@ -1021,6 +1043,23 @@ class RemediationEngine:
                 )
 
     # -- quarantine operations (API, CLI) ------------------------------------------------------------------
+    def _announce_quarantine_end(self, m: Machine, what: str) -> None:
+        self.bus.publish(
+            Event(
+                EventType.MACHINE_QUARANTINED,
+                m.service,
+                f"{m.id} {what}",
+                time.time(),
+                machine=m.id,
+                incident=m.attributes.get("incident"),
+                firing=False,
+                details={"ended": what},
+            )
+        )
+        log.info(
+            "quarantine ended", service=m.service, machine=m.id, incident=m.attributes.get("incident"), outcome=what
+        )
+
     async def quarantined(self) -> list[dict[str, Any]]:
         out = []
         for m in await self.store.load_machines():
@@ -1051,6 +1090,7 @@ class RemediationEngine:
         await provider.release(m)
         if not to_rotation:
             await self.monitor.put_machine(Machine(m.service, m.id, m.address, Lifecycle.RELEASED, m.attributes))
+            self._announce_quarantine_end(m, "released from quarantine (no longer managed)")
             return {"machine": m.id, "lifecycle": "released", "detail": "released from quarantine; no longer managed"}
         # back on probation: its checks run again from scratch, and it returns only if they pass
         for spec in svc.checks:
@@ -1063,6 +1103,7 @@ class RemediationEngine:
         except StepFailed as exc:
             raise RuntimeError(f"{m.id} was not returned to rotation: {exc}") from None
         await self.put_in_service(svc, m.id)
+        self._announce_quarantine_end(m, "released from quarantine: its checks passed, back in rotation")
         return {"machine": m.id, "lifecycle": "in_service", "detail": "its checks passed; back in rotation"}
 
     async def terminate(self, machine_id: str) -> dict[str, Any]:
@@ -1075,6 +1116,7 @@ class RemediationEngine:
         await self._provider(svc).terminate(m)
         await self.monitor.put_machine(Machine(m.service, m.id, m.address, Lifecycle.TERMINATED, m.attributes))
         self._update_gauges()
+        self._announce_quarantine_end(m, "terminated (its evidence bundle is kept)")
         return {"machine": m.id, "lifecycle": "terminated", "detail": "terminated; its evidence bundle is kept"}
 
     # -- views ------------------------------------------------------------------------------------------------

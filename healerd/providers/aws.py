@@ -499,7 +499,13 @@ class AwsProvider(Provider):
             InstanceId=machine.id,
             DisableApiTermination={"Value": False},
         )
-        await self.call("ec2", "delete_tags", machine.id, Resources=[machine.id], Tags=[{"Key": TAG_QUARANTINED}, {"Key": TAG_ORIGINAL_GROUPS}])
+        await self.call(
+            "ec2",
+            "delete_tags",
+            machine.id,
+            Resources=[machine.id],
+            Tags=[{"Key": TAG_QUARANTINED}, {"Key": TAG_ORIGINAL_GROUPS}],
+        )
         asg = evidence.get("asg", {})
         if asg.get("name"):
             if asg.get("action") == "standby":
