@@ -53,8 +53,10 @@ lint: deps
 typecheck: deps
 	$(BIN)/mypy healerd
 
+# The end-to-end tests mostly wait on real daemons and timers: three workers keep two cores busy.
+PYTEST_WORKERS ?= 3
 unit: deps debs
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
 
 test: lint typecheck unit
 
