@@ -611,20 +611,15 @@ class RemediationEngine:
                 attempts = row["attempts"] if row else 0
                 error: str | None = None
                 terminal = False
+                slog = log.bind(
+                    service=inc.service, machine=inc.machine, incident=inc.id, step=step.index + 1, action=step.action
+                )
                 for _ in range(step.retries + 1):
                     attempts += 1
                     await self._journal(inc.id, step.index, step.action, "running", attempts, start=True)
                     self._crash_point(step.action, "before")
                     ctx = StepContext(self, inc, svc, step, dict(outputs))
-                    log.info(
-                        "step started",
-                        service=inc.service,
-                        machine=inc.machine,
-                        incident=inc.id,
-                        step=step.index + 1,
-                        action=step.action,
-                        attempt=attempts,
-                    )
+                    slog.info("step started", attempt=attempts)
                     try:
                         out = await asyncio.wait_for(action().run(ctx), step.timeout)
                     except StepFailed as exc:
@@ -637,36 +632,20 @@ class RemediationEngine:
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:  # a bug in an action fails the step with its message
-                        log.exception("step raised", incident=inc.id, action=step.action)
+                        slog.exception("step raised")
                         error = f"{step.action} raised {type(exc).__name__}: {exc}"
                     else:
                         self._crash_point(step.action, "after")
                         outputs.update(out)
                         await self._journal(inc.id, step.index, step.action, "succeeded", attempts, out)
-                        log.info(
-                            "step succeeded",
-                            service=inc.service,
-                            machine=inc.machine,
-                            incident=inc.id,
-                            step=step.index + 1,
-                            action=step.action,
-                            outputs=out,
-                        )
+                        slog.info("step succeeded", outputs=out)
                         error = None
                         if "replacement" in out and inc.replacement != out["replacement"]:
                             inc.replacement = out["replacement"]
                             await self._save(inc)
                         break
                     await self._journal(inc.id, step.index, step.action, "failed", attempts, error=error)
-                    log.warning(
-                        "step failed",
-                        service=inc.service,
-                        machine=inc.machine,
-                        incident=inc.id,
-                        step=step.index + 1,
-                        action=step.action,
-                        error=error,
-                    )
+                    slog.warning("step failed", error=error)
                     if terminal:
                         break
                     await asyncio.sleep(min(30.0, 2.0 ** min(attempts, 5)))
