@@ -984,57 +984,44 @@ class RemediationEngine:
             since = float(m.attributes.get("quarantined_at") or now)
             ends = since + keep
             if now >= ends:
-                await self.terminate(m.id)
-                self.bus.publish(
-                    Event(
-                        EventType.MACHINE_QUARANTINED,
-                        svc.name,
-                        f"{m.id} terminated: its quarantine reached keep_for ({keep:g}s); snapshots "
-                        "and the evidence bundle are kept",
-                        now,
-                        machine=m.id,
-                        incident=m.attributes.get("incident"),
-                        severity=Severity.WARNING,
-                        firing=False,
-                        details={"retention": "terminated"},
-                    )
+                await self.terminate(
+                    m.id, f"terminated: its quarantine reached keep_for ({keep:g}s); evidence and snapshots are kept"
                 )
                 log.warning("quarantine retention ended; machine terminated", service=svc.name, machine=m.id)
             elif now >= ends - svc.remediation.keep_warning and not m.attributes.get("retention_warned"):
                 await self.monitor.put_machine(
                     Machine(m.service, m.id, m.address, m.lifecycle, {**m.attributes, "retention_warned": str(now)})
                 )
-                self.bus.publish(
-                    Event(
-                        EventType.MACHINE_QUARANTINED,
-                        svc.name,
-                        f"{m.id} will be terminated in {ends - now:.0f}s (quarantine keep_for); "
-                        "release it or copy what you need",
-                        now,
-                        machine=m.id,
-                        incident=m.attributes.get("incident"),
-                        severity=Severity.WARNING,
-                        details={"retention": "expiring", "terminate_at": ends},
-                    )
+                self._quarantine_event(
+                    m,
+                    f"{m.id} will be terminated in {ends - now:.0f}s (quarantine keep_for); "
+                    "release it or copy what you need",
+                    now,
+                    True,
+                    {"retention": "expiring", "terminate_at": ends},
                 )
                 log.warning(
                     "quarantine retention ending soon", service=svc.name, machine=m.id, seconds_left=round(ends - now)
                 )
 
     # -- quarantine operations (API, CLI) ------------------------------------------------------------------
-    def _announce_quarantine_end(self, m: Machine, what: str) -> None:
+    def _quarantine_event(self, m: Machine, summary: str, now: float, firing: bool, details: dict[str, Any]) -> None:
         self.bus.publish(
             Event(
                 EventType.MACHINE_QUARANTINED,
                 m.service,
-                f"{m.id} {what}",
-                time.time(),
+                summary,
+                now,
                 machine=m.id,
                 incident=m.attributes.get("incident"),
-                firing=False,
-                details={"ended": what},
+                severity=Severity.WARNING if firing or "retention" in details else Severity.INFO,
+                firing=firing,
+                details=details,
             )
         )
+
+    def _announce_quarantine_end(self, m: Machine, what: str) -> None:
+        self._quarantine_event(m, f"{m.id} {what}", time.time(), False, {"ended": what})
         log.info(
             "quarantine ended", service=m.service, machine=m.id, incident=m.attributes.get("incident"), outcome=what
         )
@@ -1085,7 +1072,7 @@ class RemediationEngine:
         self._announce_quarantine_end(m, "released from quarantine: its checks passed, back in rotation")
         return {"machine": m.id, "lifecycle": "in_service", "detail": "its checks passed; back in rotation"}
 
-    async def terminate(self, machine_id: str) -> dict[str, Any]:
+    async def terminate(self, machine_id: str, why: str = "terminated (its evidence bundle is kept)") -> dict[str, Any]:
         m = await self.store.find_machine(machine_id)
         if m is None or m.lifecycle is not Lifecycle.QUARANTINED:
             raise LookupError(f"{machine_id} is not a quarantined machine (see GET /api/v1/quarantine)")
@@ -1095,7 +1082,7 @@ class RemediationEngine:
         await self._provider(svc).terminate(m)
         await self.monitor.put_machine(Machine(m.service, m.id, m.address, Lifecycle.TERMINATED, m.attributes))
         self._update_gauges()
-        self._announce_quarantine_end(m, "terminated (its evidence bundle is kept)")
+        self._announce_quarantine_end(m, why)
         return {"machine": m.id, "lifecycle": "terminated", "detail": "terminated; its evidence bundle is kept"}
 
     # -- views ------------------------------------------------------------------------------------------------

@@ -17,8 +17,6 @@ import logging
 import os
 import re
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -496,12 +494,10 @@ class AwsDaemon(DaemonProcess):
         super().__init__(config_path, port, log_path)
         self.env = env
 
-    def start(self) -> AwsDaemon:
+    def environment(self) -> dict[str, str]:
         drop = {CRASH_ENV, "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"}
-        env = {k: v for k, v in os.environ.items() if k not in drop and "proxy" not in k.lower()}
+        env = {k: v for k, v in super().environment().items() if k not in drop and "proxy" not in k.lower()}
         env.update(
-            PYTHONUNBUFFERED="1",
-            NO_COLOR="1",
             AWS_ACCESS_KEY_ID="testing",
             AWS_SECRET_ACCESS_KEY="testing",
             AWS_DEFAULT_REGION=REGION,
@@ -511,16 +507,7 @@ class AwsDaemon(DaemonProcess):
             NO_PROXY="127.0.0.1,localhost",
             **self.env,
         )
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "healerd", "run", "-c", str(self.config_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=self.log_path.parent,
-            )
-        return self
+        return env
 
     def post(self, path: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> tuple[int, Any]:
         import urllib.error

@@ -156,6 +156,10 @@ class DaemonProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def environment(self) -> dict[str, str]:
+        """The daemon's environment; subclasses add to it (credentials, fault injection) or take from it."""
+        return dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1")
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -166,7 +170,7 @@ class DaemonProcess:
         return self.proc.pid
 
     def start(self) -> DaemonProcess:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1")
+        env = self.environment()
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "healerd", "run", "-c", str(self.config_path)],

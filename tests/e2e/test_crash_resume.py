@@ -20,8 +20,6 @@ import os
 import random
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -70,19 +68,9 @@ class CrashableDaemon(DaemonProcess):
         super().__init__(config_path, port, log_path)
         self.env = env
 
-    def start(self) -> CrashableDaemon:
-        env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
-        env.update(PYTHONUNBUFFERED="1", NO_COLOR="1", **self.env)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "healerd", "run", "-c", str(self.config_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=self.log_path.parent,
-            )
-        return self
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in super().environment().items() if k != CRASH_ENV}
+        return {**env, **self.env}
 
 
 @dataclass

@@ -554,3 +554,36 @@ def test_flapping_machine_is_reported_not_replaced(start_fleet: StartFleet, tmp_
     assert healer.events("remediation.started", "machine.quarantined", "machine.replaced") == []
     assert [e for e in healer.events("machine.unhealthy") if e["machine"] == flapper] == []
     assert healer.service_state() == "degraded"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 9. quarantine retention: a warning first, then the machine is terminated (its bundle kept)
+
+
+def test_quarantine_retention_warns_then_terminates(start_fleet: StartFleet) -> None:
+    healer = start_fleet(remediation={"keep_for": "6s", "keep_warning": "4s"})
+    members = healer.wait_fleet_up()
+    victim = sorted(members)[0]
+    pid = _demo_info(members[victim])["pid"]
+    set_fault(members[victim], "down")
+    healer.wait(lambda: victim in healer.quarantined(), DETECT, f"{victim} to be quarantined")
+    incident = healer.quarantined()[victim]["incident"]
+    quarantined_at = time.time()
+
+    def retention(kind: str) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in healer.events("machine.quarantined")
+            if e["machine"] == victim and e["details"].get("retention" if kind != "ended" else "ended")
+        ]
+
+    warned = healer.wait(lambda: retention("expiring"), 8, "the retention warning")
+    assert warned[0]["severity"] == "warning" and warned[0]["status"] == "firing"
+    assert warned[0]["details"]["terminate_at"] - quarantined_at < 7
+    assert pid_alive(pid), "warned, not yet terminated"
+    healer.wait(
+        lambda: victim not in healer.quarantined() and not pid_alive(pid), 10, f"{victim} to be terminated at keep_for"
+    )
+    ended = retention("ended")
+    assert ended and "keep_for" in ended[-1]["summary"]
+    assert (healer.state_dir / "forensics" / incident / "manifest.json").is_file()  # the evidence stays
