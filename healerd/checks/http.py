@@ -10,6 +10,7 @@ import aiohttp
 from pydantic import Field, field_validator
 from yarl import URL
 
+from .._urls import HttpUrl
 from ..durations import format_duration, parse_duration
 from ..results import CheckResult, PerfDatum
 from ..targets import Target
@@ -47,7 +48,7 @@ class HttpExpect(CheckOptions):
 
 
 class HttpConfig(CheckOptions):
-    url: str
+    url: HttpUrl
     method: Literal["GET", "HEAD", "POST", "PUT", "OPTIONS"] = "GET"
     headers: dict[str, str] = Field(default_factory=dict)
     body: str | None = None
@@ -55,13 +56,6 @@ class HttpConfig(CheckOptions):
     tls_verify: bool = True
     reuse_connections: bool = True
     max_body: int = 65536
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError(f"url must start with http:// or https://, got {v!r}")
-        return v
 
 
 class HttpCheck(Check[HttpConfig]):

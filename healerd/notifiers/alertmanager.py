@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 from pydantic import field_validator
 
+from .._urls import HttpUrl
 from ..durations import parse_duration
 from .base import Delivery, Notifier, NotifierOptions
 from .webhook import event_link, rfc3339
@@ -22,15 +23,13 @@ _SERVICE = {"down": "HealerdServiceDown", "degraded": "HealerdServiceDegraded"}
 
 
 class AlertmanagerOptions(NotifierOptions):
-    url: str
+    url: HttpUrl
     repost_interval: float = 60.0  # well inside Alertmanager's resolve_timeout (5m)
     group_wait: float = 0.0
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError(f"url must start with http:// or https://, got {v!r}")
         return v.rstrip("/")
 
     @field_validator("repost_interval", mode="before")

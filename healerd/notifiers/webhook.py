@@ -12,23 +12,17 @@ from typing import Any
 import aiohttp
 from pydantic import Field, field_validator
 
+from .._urls import HttpUrl
 from ..events import Severity
 from .base import SEVERITY_ORDER, Delivery, Notifier, NotifierOptions, read_secret
 
 
 class WebhookOptions(NotifierOptions):
-    url: str
+    url: HttpUrl
     secret_file: Path | None = None
     secret_env: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     group_wait: float = 0.0
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError(f"url must start with http:// or https://, got {v!r}")
-        return v
 
     @field_validator("secret_file")
     @classmethod
