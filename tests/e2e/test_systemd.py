@@ -139,7 +139,7 @@ def test_ready_only_after_readyz_watchdog_reload_and_stop(
     pings = [t for t, m in unit.notify.with_key("WATCHDOG") if t > ready_at]
     assert len(pings) >= 5, pings
     gaps = [b - a for a, b in itertools.pairwise(pings)]
-    assert max(gaps) <= 0.75, gaps
+    assert max(gaps) < 1.0, gaps  # systemd would restart healerd after 1 s without a ping
 
     # SIGHUP: RELOADING=1 then READY=1
     before = len(unit.notify.messages)
