@@ -423,6 +423,8 @@ def test_quarantine_cli_release_refuse_list_terminate(start_fleet: StartFleet, t
         set_fault(members[mid], "down")
         q: dict[str, Any] = healer.wait(lambda: healer.quarantined().get(mid), DETECT, f"{mid} to be quarantined")
         healer.wait(lambda: (i := healer.incident_for(mid)) and i["state"] == "resolved", 20, f"{mid} to be replaced")
+        q = healer.quarantined()[mid]  # read again: the bundle is written after the quarantine step
+        assert q["bundle"], q
         return q
 
     # --- a repaired machine goes back to service and rotation -----------------------------------------------
