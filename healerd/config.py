@@ -530,47 +530,24 @@ def _mapping(value: object, path: Loc, out: _Collector) -> dict[str, Any]:
     return value
 
 
-def _provider(name: str, raw: object, out: _Collector) -> ProviderConfig | None:
-    path: Loc = ("providers", name)
+def _kind_and_options(
+    path: Loc, raw: object, registry: Any, what: str, example: str, out: _Collector
+) -> tuple[str, Any] | None:
+    """`{kind: ..., **options}` for any extension point: the kind from the registry, its options validated by
+    the kind's own `Config` model. Every problem is reported with its path; None when there was one."""
     if not isinstance(raw, dict):
-        out.add(path, "expected a mapping like {kind: static}")
+        out.add(path, f"expected a mapping like {example}")
         return None
     kind = raw.get("kind")
+    kinds = registry.kinds()
+    cls = registry.get(kind) if isinstance(kind, str) else None
     if not isinstance(kind, str):
-        out.add(path, f"missing 'kind'; one of: {', '.join(PROVIDER_KINDS.kinds())}")
+        out.add(path, f"missing 'kind'; one of: {', '.join(kinds)}")
         return None
-    cls = PROVIDER_KINDS.get(kind)
     if cls is None:
         out.add(
             (*path, "kind"),
-            f"unknown provider kind {kind!r}{did_you_mean(kind, PROVIDER_KINDS.kinds())}; "
-            f"known kinds: {', '.join(PROVIDER_KINDS.kinds())}",
-        )
-        return None
-    options_model: type[BaseModel] = cls.Config
-    try:
-        options = options_model.model_validate({k: v for k, v in raw.items() if k != "kind"})
-    except ValidationError as exc:
-        out.pydantic(path, exc, _vocabulary(options_model) | {"kind"})
-        return None
-    return ProviderConfig(name, kind, options)
-
-
-def _notifier(name: str, raw: object, out: _Collector) -> NotifierConfig | None:
-    from .notifiers import NOTIFIER_KINDS
-    from .notifiers.base import read_secret
-
-    path: Loc = ("notifiers", name)
-    if not isinstance(raw, dict):
-        out.add(path, "expected a mapping like {kind: webhook, url: ...}")
-        return None
-    kind = raw.get("kind")
-    cls = NOTIFIER_KINDS.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        out.add(
-            (*path, "kind"),
-            f"unknown notifier kind {kind!r}{did_you_mean(str(kind), NOTIFIER_KINDS.kinds())}; "
-            f"known kinds: {', '.join(NOTIFIER_KINDS.kinds())}",
+            f"unknown {what} kind {kind!r}{did_you_mean(kind, kinds)}; known kinds: {', '.join(kinds)}",
         )
         return None
     try:
@@ -578,6 +555,23 @@ def _notifier(name: str, raw: object, out: _Collector) -> NotifierConfig | None:
     except ValidationError as exc:
         out.pydantic(path, exc, _vocabulary(cls.Config) | {"kind"})
         return None
+    return kind, options
+
+
+def _provider(name: str, raw: object, out: _Collector) -> ProviderConfig | None:
+    found = _kind_and_options(("providers", name), raw, PROVIDER_KINDS, "provider", "{kind: static}", out)
+    return None if found is None else ProviderConfig(name, *found)
+
+
+def _notifier(name: str, raw: object, out: _Collector) -> NotifierConfig | None:
+    from .notifiers import NOTIFIER_KINDS
+    from .notifiers.base import read_secret
+
+    path: Loc = ("notifiers", name)
+    found = _kind_and_options(path, raw, NOTIFIER_KINDS, "notifier", "{kind: webhook, url: ...}", out)
+    if found is None:
+        return None
+    kind, options = found
     for file_key, env_key, what in (
         ("secret_file", "secret_env", "secret"),
         ("webhook_url_file", "webhook_url_env", "webhook URL"),
@@ -588,7 +582,7 @@ def _notifier(name: str, raw: object, out: _Collector) -> NotifierConfig | None:
             except ValueError as exc:
                 out.add((*path, file_key if getattr(options, file_key) else env_key), str(exc))
                 return None
-    return NotifierConfig(name, str(kind), options)
+    return NotifierConfig(name, kind, options)
 
 
 def _image(name: str, raw: object, providers: dict[str, ProviderConfig], out: _Collector) -> ImageConfig | None:
