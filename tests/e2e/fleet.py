@@ -18,6 +18,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from healerd.playbooks import load_playbooks
+
 from .helpers import DaemonProcess, wait_until, write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,15 +37,8 @@ DETECT = FALL * INTERVAL + 5
 #: HEALERD_E2E_LOG_LEVEL=debug logs every check result into the daemon's output (for a failure's post-mortem)
 LOG_LEVEL = os.environ.get("HEALERD_E2E_LOG_LEVEL", "info")
 
-STEPS = [
-    "rotation.remove",
-    "machine.quarantine",
-    "forensics.collect",
-    "machine.launch_replacement",
-    "checks.await_healthy",
-    "rotation.add",
-    "notify",
-]
+#: the actions of the shipped default playbook, in order (the tests follow what it says)
+STEPS = [step.action for step in load_playbooks([PLAYBOOKS])[0]["replace-machine"].steps]
 
 
 def port_window() -> list[int]:

@@ -35,20 +35,13 @@ from .aws_fixtures import (
     allowing_statements,
     unique,
 )
+from .fleet import STEPS
 from .helpers import run_cli, wait_until, write_config
 
 pytestmark = pytest.mark.e2e
 
 POLICY = Path(__file__).resolve().parents[2] / "docs" / "aws-iam-policy.json"
-ACTIONS = (
-    "rotation.remove",
-    "machine.quarantine",
-    "forensics.collect",
-    "machine.launch_replacement",
-    "checks.await_healthy",
-    "rotation.add",
-    "notify",
-)
+ACTIONS = tuple(STEPS)
 #: from the health endpoint failing to the incident resolved (fall 3 x 300 ms, 7 steps against moto)
 HEAL_BOUND = 45.0
 

@@ -33,6 +33,7 @@ from conftest import free_port
 from healerd.forensics import verify
 from healerd.remediation import CRASH_ENV
 
+from .fleet import STEPS
 from .helpers import DaemonProcess, wait_until, write_config
 
 pytestmark = pytest.mark.e2e
@@ -42,15 +43,7 @@ SERVICE = "web"
 DESIRED = 3
 #: `python -m healerd.demo` takes 0.4-0.9 s to listen on 2 busy cores; new machines get boot_timeout anyway
 INTERVAL = "400ms"
-ACTIONS = (
-    "rotation.remove",
-    "machine.quarantine",
-    "forensics.collect",
-    "machine.launch_replacement",
-    "checks.await_healthy",
-    "rotation.add",
-    "notify",
-)
+ACTIONS = tuple(STEPS)
 #: from the fleet breaking to the daemon killing itself at the step (fall 3 x 300 ms, then the steps before)
 CRASH_BOUND = 20.0
 #: from the restart to the incident resolved (a launch, `rise` checks, the service optimal again)
