@@ -171,26 +171,41 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 async def _run_all_once(config: Config, only: str | None) -> list[tuple[str, str, str, CheckResult]]:
     from .checks import CheckEnv
+    from .machines import Lifecycle
     from .providers import PROVIDER_KINDS
+    from .providers.base import ProviderEnv
     from .runner import run_check
+    from .store import Store
     from .targets import Target, render_model
 
     env = CheckEnv(tuple(config.daemon.check_paths), config.base_dir)
     jobs: list[tuple[str, str, str, Any]] = []
+    # Machines a provider launched are known from the state store: read it, never write it (the daemon may
+    # be running) and never launch anything.
+    store = Store(config.daemon.state_dir)
+    has_store = await store.open_readonly()
     try:
         for svc in config.services.values():
             if only and svc.name != only:
                 continue
             prov = config.providers[svc.provider]
-            provider = PROVIDER_KINDS.get(prov.kind)(prov.name, prov.options)  # type: ignore[misc]
-            for machine in await provider.list_machines(svc):
+            provider = PROVIDER_KINDS.get(prov.kind)(  # type: ignore[misc]
+                prov.name, prov.options, ProviderEnv(config.daemon.state_dir, store if has_store else None)
+            )
+            machines = await provider.list_machines(svc)
+            if not machines and svc.managed:
+                where = "" if has_store else f" (no state in {config.daemon.state_dir} yet)"
+                print(f"service {svc.name}: no machines{where}; `healerd run` launches them", file=sys.stderr)
+            for machine in machines:
+                if machine.lifecycle not in (Lifecycle.PROBATION, Lifecycle.IN_SERVICE):
+                    continue
                 for spec in svc.checks:
                     check = spec.check_class(render_model(spec.options, machine.target.fields()), machine.target, env)
-                    jobs.append((svc.name, machine.id, spec.name, run_check(check, spec.timeout)))
+                    jobs.append((svc.name, machine.id, spec.name, run_check(check, spec.timeout, spec.timeout_status)))
             for spec in svc.service_checks:
                 target = Target(svc.name, "")
                 check = spec.check_class(render_model(spec.options, target.fields()), target, env)
-                jobs.append((svc.name, "", spec.name, run_check(check, spec.timeout)))
+                jobs.append((svc.name, "", spec.name, run_check(check, spec.timeout, spec.timeout_status)))
         sem = asyncio.Semaphore(256)
 
         async def bounded(coro: Any) -> CheckResult:
@@ -201,6 +216,7 @@ async def _run_all_once(config: Config, only: str | None) -> list[tuple[str, str
         results = await asyncio.gather(*(bounded(j[3]) for j in jobs))
     finally:
         await env.close()
+        await store.close()
     return [(s, m, c, r) for (s, m, c, _), r in zip(jobs, results, strict=True)]
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from . import _yaml
 from .checks import CHECK_KINDS, Check, CheckOptions
 from .durations import parse_count_or_percent, parse_duration
+from .results import Status
 from .providers import PROVIDER_KINDS
 from .rotation import ROTATION_KINDS
 from .targets import SERVICE_TEMPLATE_FIELDS, TEMPLATE_FIELDS, did_you_mean, find_template_problems
@@ -130,8 +131,12 @@ class CheckCommon(BaseModel):
     rise: int = Field(default=2, ge=1, le=100)
     flap_low: float = Field(default=20.0, ge=0, le=100)
     flap_high: float = Field(default=30.0, ge=0, le=100)
+    #: what a run that does not finish within `timeout` means; default: the kind's (critical for http/tcp)
+    timeout_status: Literal["critical", "unknown"] | None = None
+    #: a check UNKNOWN this long raises a `check.unknown` alert (it cannot decide: on-call must see it)
+    unknown_alert_after: float = 300.0
 
-    @field_validator("interval", "timeout", "retry_interval", mode="before")
+    @field_validator("interval", "timeout", "retry_interval", "unknown_alert_after", mode="before")
     @classmethod
     def _durations(cls, v: object) -> float | None:
         return None if v is None else _duration(v)
@@ -172,6 +177,8 @@ class CheckSpec:
     flap_high: float
     options: CheckOptions
     check_class: type[Check[Any]]
+    timeout_status: Status
+    unknown_alert_after: float
     fingerprint: str  # changes whenever anything about the check changes (for reload diffs)
 
 
@@ -799,5 +806,9 @@ def _check(raw: object, path: Loc, kinds: Any, out: _Collector, per_machine: boo
         flap_high=common.flap_high,
         options=options,
         check_class=cls,
+        timeout_status=(
+            cls.timeout_status if common.timeout_status is None else Status[common.timeout_status.upper()]
+        ),
+        unknown_alert_after=common.unknown_alert_after,
         fingerprint=fingerprint,
     )

@@ -33,6 +33,8 @@ class EventType(enum.StrEnum):
     REMEDIATION_SUPPRESSED = "remediation.suppressed"
     INCIDENT_OPENED = "incident.opened"
     INCIDENT_RESOLVED = "incident.resolved"
+    CHECK_UNKNOWN = "check.unknown"
+    MACHINE_RETIRED = "machine.retired"
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

@@ -13,8 +13,10 @@ from typing import NamedTuple
 
 from .events import Event, EventType, Severity
 from .machines import Lifecycle
+from .durations import format_duration
 from .results import CheckResult, Status
 
+_BOOTING = frozenset({Lifecycle.LAUNCHING, Lifecycle.PROBATION})
 FLAP_WINDOW = 21  # states; 20 transitions, as Nagios
 _WEIGHTS = tuple(0.75 + 0.5 * i / (FLAP_WINDOW - 2) for i in range(FLAP_WINDOW - 1))  # oldest -> newest
 
@@ -47,6 +49,8 @@ class Thresholds:
     rise: int = 2
     flap_low: float = 20.0
     flap_high: float = 30.0
+    #: a check that stays UNKNOWN this long is itself a problem on-call must see (`check.unknown`)
+    unknown_alert_after: float = 300.0
 
 
 def flap_percent(states: deque[Status] | list[Status]) -> float:
@@ -75,6 +79,9 @@ class CheckHealth:
     flapping: bool = False
     flap_pct: float = 0.0
     ever_ok: bool = False  # one OK result seen (a machine that has booted)
+    live: bool = False  # a result of this process' own run seen (not only replayed history)
+    unknown_since: float | None = None  # first UNKNOWN of the current unbroken run of UNKNOWNs
+    unknown_alerted: bool = False  # `check.unknown` announced for that run
     _states: deque[Status] = field(default_factory=lambda: deque(maxlen=FLAP_WINDOW))
     _changes: int = 0  # transitions inside _states, kept incrementally so the common case is O(1)
 
@@ -100,7 +107,10 @@ class CheckHealth:
         self.last_at = now
         status = result.status
         if status is Status.UNKNOWN:  # the check could not decide: it neither confirms nor refutes
+            if self.unknown_since is None:
+                self.unknown_since = now
             return False, False
+        self.unknown_since = None
         self._push(status)
         hard_changed = False
         if status is Status.OK:
@@ -121,6 +131,19 @@ class CheckHealth:
             self.since = now
         flap_changed = self._update_flapping()
         return hard_changed, flap_changed
+
+    def unknown_changed(self) -> bool:
+        """True when the check just crossed `unknown_alert_after` of UNKNOWNs, or decided again after that."""
+        if self.unknown_since is not None:
+            if not self.unknown_alerted and self.last_at is not None:
+                if self.last_at - self.unknown_since >= self.thresholds.unknown_alert_after:
+                    self.unknown_alerted = True
+                    return True
+            return False
+        if self.unknown_alerted:
+            self.unknown_alerted = False
+            return True
+        return False
 
     def _push(self, status: Status) -> None:
         states = self._states
@@ -198,6 +221,14 @@ class ServiceHealth:
     reason: str = ""
     #: in-service machines by category, kept incrementally: a result never costs O(fleet)
     tally: dict[str, int] = field(default_factory=lambda: {"healthy": 0, "impaired": 0, "down": 0})
+    #: the state last announced by an event; alarms start only once the service `settled`
+    announced: ServiceState = ServiceState.OPTIMAL
+    #: latched once the first full round after start-up is done and the fleet stopped booting (or
+    #: `settle_by` passed): no alarm about a state nobody has observed yet
+    settled: bool = False
+    settle_by: float = 0.0
+    pending: int = 0  # checks bound without a live result yet (the first round is not done)
+    booting: int = 0  # machines launching or on probation
 
     def counts(self) -> dict[str, int]:
         return dict(self.tally)
@@ -214,11 +245,16 @@ class ServiceHealth:
         for m in self.machines.values():
             self.move(None, category(m))
 
-    def settled(self) -> bool:
+    def observed(self) -> bool:
         """True once something about the service has been observed (a machine or service check result)."""
         return any(m.condition is not Condition.PENDING for m in self.machines.values()) or any(
             c.last is not None for c in self.service_checks.values()
         )
+
+    def try_settle(self, now: float) -> bool:
+        if not self.settled and self.pending == 0 and (self.booting == 0 or now >= self.settle_by):
+            self.settled = self.observed()
+        return self.settled
 
     def compute(self) -> tuple[ServiceState, str]:
         c = self.counts()
@@ -232,11 +268,13 @@ class ServiceHealth:
                 ServiceState.DOWN,
                 f"{serving} serving machine(s), fewer than min_healthy {self.min_healthy}",
             )
-        if c["healthy"] >= self.desired and c["impaired"] == 0 and not failing:
+        if c["healthy"] >= self.desired and c["impaired"] == 0 and c["down"] == 0 and not failing:
             return ServiceState.OPTIMAL, f"{c['healthy']}/{self.desired} machines healthy"
         reasons = []
         if c["healthy"] < self.desired:
             reasons.append(f"{c['healthy']}/{self.desired} machines healthy")
+        if c["down"]:
+            reasons.append(f"{c['down']} down in rotation")
         if c["impaired"]:
             reasons.append(f"{c['impaired']} impaired")
         if failing:
@@ -252,10 +290,14 @@ class HealthBook:
         self._checks: dict[CheckKey, CheckHealth] = {}
 
     # -- topology -------------------------------------------------------------------------------------
-    def set_service(self, name: str, desired: int, min_healthy: int, now: float) -> list[Event]:
+    def set_service(
+        self, name: str, desired: int, min_healthy: int, now: float, settle_grace: float = 0.0
+    ) -> list[Event]:
+        """Add a service or change its sizes. `settle_grace`: how long machines booting at start-up may keep
+        its alarms quiet (the first full round always does)."""
         svc = self.services.get(name)
         if svc is None:
-            svc = self.services[name] = ServiceHealth(name, desired, min_healthy, since=now)
+            svc = self.services[name] = ServiceHealth(name, desired, min_healthy, since=now, settle_by=now + settle_grace)
         svc.desired, svc.min_healthy = desired, min_healthy
         return self._service_changed(svc, now) if svc.machines or svc.service_checks else []
 
@@ -275,10 +317,12 @@ class HealthBook:
         if m is None:
             m = svc.machines[machine] = MachineHealth(service, machine, lifecycle, since=now)
             svc.move(None, category(m))
+            svc.booting += lifecycle in _BOOTING
         elif m.lifecycle is lifecycle:
             return []
         else:
             old = category(m)
+            svc.booting += (lifecycle in _BOOTING) - (m.lifecycle in _BOOTING)
             m.lifecycle = lifecycle
             svc.move(old, category(m))
         return self._service_changed(svc, now) if refresh else []
@@ -294,6 +338,8 @@ class HealthBook:
                 m.reported = m.condition
         svc.recount()
         svc.state, svc.reason = svc.compute()
+        if svc.observed():
+            svc.announced = svc.state  # what was true before the restart was announced then
         return []
 
     def refresh(self, service: str, now: float) -> list[Event]:
@@ -307,8 +353,11 @@ class HealthBook:
         if svc is None or m is None:
             return []
         svc.move(category(m), None)
-        for key in [k for k in self._checks if k.service == service and k.machine == machine]:
-            del self._checks[key]
+        svc.booting -= m.lifecycle in _BOOTING
+        for name in m.checks:
+            ch = self._checks.pop(CheckKey(service, machine, name), None)
+            if ch is not None and not ch.live:
+                svc.pending -= 1
         return self._service_changed(svc, now)
 
     def set_check(self, key: CheckKey, thresholds: Thresholds) -> CheckHealth:
@@ -317,6 +366,7 @@ class HealthBook:
         if ch is None:
             ch = self._checks[key] = CheckHealth(key, thresholds)
             svc = self.services[key.service]
+            svc.pending += 1
             if key.machine:
                 svc.machines[key.machine].checks[key.check] = ch
             else:
@@ -330,6 +380,8 @@ class HealthBook:
         svc = self.services.get(key.service)
         if ch is None or svc is None:
             return []
+        if not ch.live:
+            svc.pending -= 1
         if key.machine:
             m = svc.machines.get(key.machine)
             if m is not None:
@@ -347,22 +399,57 @@ class HealthBook:
         return svc.machines.get(machine) if svc else None
 
     # -- results --------------------------------------------------------------------------------------
-    def observe(self, key: CheckKey, result: CheckResult, now: float) -> list[Event]:
+    def observe(self, key: CheckKey, result: CheckResult, now: float, replay: bool = False) -> list[Event]:
+        """Take one result. `replay`: history restored at start-up (it does not count as this run's round)."""
         ch = self._checks.get(key)
         if ch is None:  # a result for a check removed meanwhile (reload): dropped
             return []
         first = ch.last is None
+        first_live = not ch.live and not replay
         hard_changed, flap_changed = ch.observe(result, now)
-        if not (hard_changed or flap_changed or first):
-            return []
-        svc = self.services[key.service]
-        if not key.machine:
-            return self._service_changed(svc, now) if (hard_changed or flap_changed) else []
-        m = svc.machines[key.machine]
         events: list[Event] = []
+        svc = self.services[key.service]
+        if first_live:
+            ch.live = True
+            svc.pending -= 1
+        if ch.unknown_changed() and not replay:
+            events.append(self._unknown_event(ch, now))
+        if not (hard_changed or flap_changed or first or first_live):
+            return events
+        if not key.machine:
+            if hard_changed or flap_changed or (first_live and svc.pending == 0):
+                events += self._service_changed(svc, now)
+            return events
+        m = svc.machines[key.machine]
         if flap_changed:
             events.append(self._flap_event(m, ch, now))
-        return events + self._machine_changed(svc, m, now)
+        events += self._machine_changed(svc, m, now)
+        if first_live and svc.pending == 0 and not svc.settled:
+            events += self._service_changed(svc, now)
+        return events
+
+    def _unknown_event(self, ch: CheckHealth, now: float) -> Event:
+        key = ch.key
+        where = f"{key.machine} " if key.machine else f"service {key.service} "
+        if ch.unknown_alerted:
+            assert ch.unknown_since is not None and ch.last is not None
+            summary = (
+                f"{where}check {key.check} cannot decide: UNKNOWN for {format_duration(now - ch.unknown_since)} "
+                f"({ch.last.message})"
+            )
+        else:
+            summary = f"{where}check {key.check} decides again: {ch.last.status.name if ch.last else 'OK'}"
+        return Event(
+            EventType.CHECK_UNKNOWN,
+            key.service,
+            summary,
+            now,
+            machine=key.machine or None,
+            check=key.check,
+            severity=Severity.WARNING,
+            firing=ch.unknown_alerted,
+            details={"unknown_since": ch.unknown_since, "message": ch.last.message if ch.last else ""},
+        )
 
     def _flap_event(self, m: MachineHealth, ch: CheckHealth, now: float) -> Event:
         pct = round(ch.flap_pct, 1)
@@ -434,11 +521,13 @@ class HealthBook:
     def _service_changed(self, svc: ServiceHealth, now: float) -> list[Event]:
         state, reason = svc.compute()
         svc.reason = reason
-        if state is svc.state:
+        if state is not svc.state:
+            svc.state, svc.since = state, now
+        if not svc.try_settle(now) or state is svc.announced:
+            # before the first full round (machines booting, checks without a result): no alarm about a
+            # state nobody has observed yet
             return []
-        old, svc.state, svc.since = svc.state, state, now
-        if not svc.settled():
-            return []  # nothing observed yet (start-up, machines still launching): no alarm about nothing
+        old, svc.announced = svc.announced, state
         sev = {
             ServiceState.OPTIMAL: Severity.INFO,
             ServiceState.DEGRADED: Severity.WARNING,

@@ -42,7 +42,7 @@ class ApplyReport:
 
 
 def thresholds(spec: CheckSpec) -> Thresholds:
-    return Thresholds(spec.fall, spec.rise, spec.flap_low, spec.flap_high)
+    return Thresholds(spec.fall, spec.rise, spec.flap_low, spec.flap_high, spec.unknown_alert_after)
 
 
 class Monitor:
@@ -102,7 +102,8 @@ class Monitor:
                 self.providers[name] = cls(name, p.options, ProviderEnv(config.daemon.state_dir, self.store))
         wanted: dict[CheckKey, tuple[CheckSpec, Target]] = {}
         for svc in config.services.values():
-            self.bus.publish_all(self.book.set_service(svc.name, svc.desired, svc.min_healthy, now))
+            grace = svc.remediation.boot_timeout if svc.managed else 0.0
+            self.bus.publish_all(self.book.set_service(svc.name, svc.desired, svc.min_healthy, now, grace))
             machines = await self.providers[svc.provider].list_machines(svc)
             # static: the config is the truth; managed: the store is, and what discovery found joins it
             await self.store.save_machines(machines, svc.provider, now)
@@ -215,7 +216,7 @@ class Monitor:
             if ch is None:
                 continue
             for ts, result in entries:
-                self.book.observe(key, result, ts)
+                self.book.observe(key, result, ts, replay=True)
             restored += 1
         now = time.time()
         for name in self.services:
@@ -227,7 +228,7 @@ class Monitor:
 
     # -- results ------------------------------------------------------------------------------------------
     async def run(self, bc: BoundCheck) -> None:
-        result = await run_check(bc.check, bc.spec.timeout)
+        result = await run_check(bc.check, bc.spec.timeout, bc.spec.timeout_status)
         if bc.active:
             self.handle(bc, result, time.time())
 

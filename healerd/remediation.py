@@ -134,6 +134,7 @@ class RemediationEngine:
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._fill_pending: set[str] = set()
+        self._retire_pending: set[str] = set()
         bus.subscribe(self._on_event)
 
     # -- configuration --------------------------------------------------------------------------------------
@@ -319,6 +320,8 @@ class RemediationEngine:
             health = self.monitor.book.services.get(svc.name)
             if health is None:
                 continue
+            if not health.settled:  # its start-up grace may have ended with nothing else happening
+                self.bus.publish_all(self.monitor.book.refresh(svc.name, now))
             machines = self.monitor.machines.get(svc.name, {})
             down = [
                 m
@@ -336,12 +339,18 @@ class RemediationEngine:
                 if inc.service != svc.name:
                     continue
                 if inc.state is IncidentState.OPEN:
+                    # Not remediated (held back, observing, or alert-only): it lasts as long as the failure.
+                    over = self._failure_over(svc.name, inc.machine)
+                    if over:
+                        await self.resolve(inc, over)
+                        continue
                     await self._consider(svc, inc, now, unhealthy, silences)
-                if inc.state is not IncidentState.REMEDIATING and health.state is ServiceState.OPTIMAL:
+                elif inc.state is not IncidentState.REMEDIATING and health.state is ServiceState.OPTIMAL:
                     await self.resolve(inc, "the service is optimal again")
             if svc.managed:
                 await self._promote_probation(svc, now)
                 await self._fill(svc, now, silences)
+                await self._retire_surplus(svc, now, silences)
                 if svc.remediation.keep_for is not None:
                     await self._retention(svc, now)
 
@@ -361,6 +370,18 @@ class RemediationEngine:
             ):
                 ids.add(m.id)
         return len(ids)
+
+    def _failure_over(self, service: str, machine_id: str) -> str:
+        """Why the failure an open incident is about has ended ('' while it lasts)."""
+        m = self.monitor.machine(service, machine_id)
+        if m is None:
+            return f"{machine_id} is no longer part of the fleet"
+        if m.lifecycle is not Lifecycle.IN_SERVICE:
+            return f"{machine_id} is out of rotation ({m.lifecycle.value})"
+        condition = self._condition(service, machine_id)
+        if condition in (Condition.UP, Condition.IMPAIRED):
+            return f"{machine_id} recovered ({condition.value})"
+        return ""
 
     def _condition(self, service: str, machine: str) -> Condition | None:
         m = self.monitor.book.machine(service, machine)
@@ -973,6 +994,67 @@ class RemediationEngine:
             except ProviderError as exc:
                 log.error("launch failed", service=svc.name, error=str(exc))
                 return
+
+    async def _retire_surplus(self, svc: ServiceConfig, now: float, silences: list[dict[str, Any]]) -> None:
+        """More machines in service than `desired` (a machine released back to rotation, a lowered desired):
+        the newest surplus machine leaves rotation and is retired, never quarantined, and only while the
+        healthy machines left still reach `desired` (so never below min_healthy)."""
+        in_service = [
+            m for m in self.monitor.machines.get(svc.name, {}).values() if m.lifecycle is Lifecycle.IN_SERVICE
+        ]
+        if len(in_service) <= svc.desired:
+            return
+        if any(i.service == svc.name and i.state is IncidentState.REMEDIATING for i in self.incidents.values()):
+            return  # a playbook is moving machines: look again once it is done
+        healthy = [m for m in in_service if self._condition(svc.name, m.id) is Condition.UP]
+        if len(healthy) <= svc.desired:
+            return  # the surplus is a sick machine: its incident handles it
+        gate = GateInput(
+            now=now,
+            mode=self.mode_for(svc.name),
+            paused=self.paused,
+            silenced=self._silenced(silences, svc.name, ""),
+            max_per_hour=1 << 30,
+            max_concurrent=1 << 30,
+        )
+        decision = decide(gate)
+        victim = max(healthy, key=lambda m: (float(m.attributes.get("launched_at") or 0.0), m.id))
+        if not decision.allowed:
+            if svc.name not in self._retire_pending:
+                self._retire_pending.add(svc.name)
+                log.warning(
+                    "fleet above desired, not retiring",
+                    service=svc.name,
+                    surplus=len(in_service) - svc.desired,
+                    would_retire=victim.id,
+                    reason=decision.reason.value if decision.reason else "",
+                    detail=decision.detail,
+                )
+            return
+        self._retire_pending.discard(svc.name)
+        await self.retire(svc, victim, f"{len(in_service)} in service for desired {svc.desired}")
+
+    async def retire(self, svc: ServiceConfig, m: Machine, why: str) -> None:
+        """Scale in one machine: out of rotation, then released or terminated as its provider does it."""
+        await self.rotations[svc.name].remove(m)
+        outcome = await self._provider(svc).retire(m)
+        lifecycle = Lifecycle.TERMINATED if outcome == "terminated" else Lifecycle.RELEASED
+        await self.monitor.put_machine(
+            Machine(m.service, m.id, m.address, lifecycle, {**m.attributes, "retired_at": str(time.time())})
+        )
+        self.bus.publish(
+            Event(
+                EventType.MACHINE_RETIRED,
+                svc.name,
+                f"{m.id} retired ({outcome}): {why}",
+                time.time(),
+                machine=m.id,
+                severity=Severity.INFO,
+                firing=False,
+                details={"outcome": outcome, "reason": why, "desired": svc.desired},
+            )
+        )
+        log.info("surplus machine retired", service=svc.name, machine=m.id, outcome=outcome, reason=why)
 
     async def _retention(self, svc: ServiceConfig, now: float) -> None:
         """Quarantines older than keep_for end: a warning first (keep_warning before), then termination."""

@@ -11,6 +11,7 @@ import structlog
 
 from .checks import Check
 from .config import CheckSpec
+from .durations import format_duration
 from .health import CheckKey
 from .results import CheckResult, Status
 
@@ -53,8 +54,10 @@ async def _guarded(check: Check[Any]) -> CheckResult:
         raise CheckExited(f"{type(exc).__name__}: {exc}") from None
 
 
-async def run_check(check: Check[Any], timeout: float) -> CheckResult:
-    """Run `check` with a hard timeout. A raise or a hang becomes UNKNOWN with the reason; never raises."""
+async def run_check(check: Check[Any], timeout: float, timeout_status: Status | None = None) -> CheckResult:
+    """Run `check` with a hard timeout; never raises. A raise becomes UNKNOWN with the reason. A run that does
+    not finish in time is `timeout_status` (default: the kind's): CRITICAL for a network check whose target
+    did not answer, UNKNOWN for a check that could not decide."""
     started = time.perf_counter()
     task = asyncio.ensure_future(_guarded(check))
     try:
@@ -67,7 +70,10 @@ async def run_check(check: Check[Any], timeout: float) -> CheckResult:
         # Cancel and move on: even a check that swallows the cancellation cannot stall the scheduler.
         task.cancel()
         task.add_done_callback(_consume)
-        return CheckResult(Status.UNKNOWN, f"check timed out after {timeout:g}s", (), duration)
+        status = check.timeout_status if timeout_status is None else timeout_status
+        if status is Status.UNKNOWN:
+            return CheckResult(Status.UNKNOWN, f"check timed out after {timeout:g}s", (), duration)
+        return CheckResult(status, f"no answer within {format_duration(timeout)}", (), duration)
     try:
         result = task.result()
     except asyncio.CancelledError:

@@ -103,6 +103,22 @@ class Store:
     async def open(self) -> None:
         await self.call(self._open)
 
+    async def open_readonly(self) -> bool:
+        """Open an existing store for reading only (never creates, migrates or writes; a running daemon may
+        hold it). False when there is no store yet."""
+        return await self.call(self._open_readonly)
+
+    def _open_readonly(self) -> bool:
+        if not self.path.is_file():
+            return False
+        conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False, timeout=5)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)

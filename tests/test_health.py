@@ -191,6 +191,8 @@ def test_steady_failure_is_not_flapping() -> None:
 
 def test_state_changes_are_reported_once() -> None:
     book, clock = make_book(fall=1), Clock()
+    feed(book, "m1", OK, clock)
+    feed(book, "m2", OK, clock)
     seen = feed(book, "m0", CRIT, clock, 20)
     assert seen.count(EventType.MACHINE_UNHEALTHY) == 1
     assert seen.count(EventType.SERVICE_STATE_CHANGED) == 1
@@ -204,3 +206,78 @@ def test_removing_a_machine_updates_the_service() -> None:
     assert [e.type for e in events] == [EventType.SERVICE_STATE_CHANGED]
     assert book.services["web"].state is ServiceState.DOWN
     assert book.check(CheckKey("web", "m2", "health")) is None
+
+
+def test_no_service_alarm_before_the_first_full_round() -> None:
+    """At start-up the service is only known once every check ran: a state seen half-way is no news."""
+    book, clock = make_book(n=3, desired=3, min_healthy=2, fall=1), Clock()
+    assert feed(book, "m0", OK, clock) == []
+    assert feed(book, "m1", CRIT, clock) == [EventType.MACHINE_UNHEALTHY]  # no service alarm yet
+    events = feed(book, "m2", OK, clock)  # the round is complete: now the degraded service is news
+    assert events == [EventType.SERVICE_STATE_CHANGED]
+    assert book.services["web"].state is ServiceState.DEGRADED
+
+
+def test_a_healthy_fleet_completing_its_first_round_sends_nothing() -> None:
+    book, clock = make_book(n=3), Clock()
+    seen = [t for m in ("m0", "m1", "m2") for t in feed(book, m, OK, clock)]
+    assert seen == []
+    assert book.services["web"].settled and book.services["web"].state is ServiceState.OPTIMAL
+
+
+def test_replayed_history_does_not_count_as_the_first_round() -> None:
+    book, clock = make_book(n=2, desired=2, min_healthy=1, fall=1), Clock()
+    for m in ("m0", "m1"):
+        book.observe(CheckKey("web", m, "health"), OK, clock.tick(), replay=True)
+    book.resync("web", clock.now)
+    assert not book.services["web"].settled
+    assert feed(book, "m0", CRIT, clock) == [EventType.MACHINE_UNHEALTHY]
+    assert feed(book, "m1", OK, clock) == [EventType.SERVICE_STATE_CHANGED]
+
+
+def test_machines_booting_at_start_keep_alarms_quiet_until_the_grace_ends() -> None:
+    book, clock = HealthBook(), Clock()
+    book.set_service("web", 2, 1, clock.now, settle_grace=30.0)
+    for m in ("m0", "m1"):
+        book.set_machine("web", m, Lifecycle.PROBATION, clock.now)
+        book.set_check(CheckKey("web", m, "health"), Thresholds(fall=1, rise=1))
+    assert feed(book, "m0", OK, clock) == []  # on probation: the service has nothing in rotation, still quiet
+    assert feed(book, "m1", CRIT, clock) == []  # m1 is still booting
+    assert book.set_machine("web", "m0", Lifecycle.IN_SERVICE, clock.tick()) == []
+    assert book.services["web"].state is ServiceState.DEGRADED
+    clock.tick(40)  # the grace is over and the fleet never filled: that is news
+    assert book.refresh("web", clock.now - 20) == []  # inside the grace: quiet
+    events = [e.type for e in book.refresh("web", clock.now)]
+    assert events == [EventType.SERVICE_STATE_CHANGED]
+
+
+def test_a_down_machine_in_rotation_is_never_optimal() -> None:
+    """Four in rotation for desired 3, one down: three healthy is not optimal while a down one takes traffic."""
+    book, clock = make_book(n=4, desired=3, min_healthy=2, fall=1), Clock()
+    for m in ("m0", "m1", "m2", "m3"):
+        feed(book, m, OK, clock)
+    assert book.services["web"].state is ServiceState.OPTIMAL
+    feed(book, "m3", CRIT, clock)
+    svc = book.services["web"]
+    assert svc.state is ServiceState.DEGRADED
+    assert "1 down in rotation" in svc.reason
+    book.set_machine("web", "m3", Lifecycle.QUARANTINED, clock.tick())  # out of rotation: optimal again
+    assert book.services["web"].state is ServiceState.OPTIMAL
+
+
+def test_a_check_unknown_for_unknown_alert_after_is_announced_once_and_cleared() -> None:
+    book, clock = HealthBook(), Clock()
+    book.set_service("web", 1, 1, clock.now)
+    book.set_machine("web", "m0", Lifecycle.IN_SERVICE, clock.now)
+    key = CheckKey("web", "m0", "health")
+    book.set_check(key, Thresholds(fall=1, rise=1, unknown_alert_after=60.0))
+    feed(book, "m0", OK, clock)
+    seen: list = []
+    for _ in range(12):  # 120 s of UNKNOWN, one result every 10 s
+        seen += book.observe(key, UNK, clock.tick(10))
+    unknown = [e for e in seen if e.type is EventType.CHECK_UNKNOWN]
+    assert len(unknown) == 1 and unknown[0].firing and unknown[0].check == "health"
+    assert "UNKNOWN for 60s" in unknown[0].summary and "could not tell" in unknown[0].summary
+    assert book.machine("web", "m0").condition is Condition.UP  # type: ignore[union-attr]  # never remediated
+    cleared = [e for e in book.observe(key, OK, clock.tick()) if e.type is EventType.CHECK_UNKNOWN]
+    assert len(cleared) == 1 and not cleared[0].firing

@@ -393,3 +393,33 @@ def test_dropin_reusing_a_builtin_kind_name_is_a_config_error(tmp_path: Path) ->
     text = str(info.value)
     assert str(clash) in text
     assert "'exec' is already provided by built-in" in text
+
+
+async def test_network_check_that_gets_no_answer_is_critical_naming_the_timeout() -> None:
+    """A target that accepts the connection and never answers (a hung process) is a problem found, not a
+    check that could not decide: CRITICAL, as Nagios plugins report a socket timeout."""
+    from healerd.checks import CheckEnv
+    from healerd.checks.http import HttpCheck, HttpConfig
+    from healerd.targets import Target
+
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # read nothing, answer nothing
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    env = CheckEnv()
+    try:
+        check = HttpCheck(HttpConfig(url=f"http://127.0.0.1:{port}/health"), Target("web", "m1", f"127.0.0.1:{port}"), env)
+        result = await run_check(check, timeout=0.8)
+        assert result.status is Status.CRITICAL
+        assert result.message == "no answer within 800ms"
+        assert accepted, "the check never connected"
+        unknown = await run_check(check, timeout=0.3, timeout_status=Status.UNKNOWN)  # timeout_status: unknown
+        assert unknown.status is Status.UNKNOWN
+    finally:
+        for w in accepted:
+            w.close()
+        server.close()
+        await env.close()

@@ -11,13 +11,16 @@ from healerd.checks import CheckEnv
 from healerd.checks.tcp import TcpCheck, TcpConfig
 from healerd.config import CheckSpec
 from healerd.health import CheckKey
+from healerd.results import Status
 from healerd.runner import BoundCheck
 from healerd.scheduler import WheelScheduler
 from healerd.targets import Target
 
 
 def spec(name: str = "c", interval: float = 0.2, retry: float | None = None) -> CheckSpec:
-    return CheckSpec(name, "tcp", interval, interval, retry, 3, 2, 20.0, 30.0, TcpConfig(), TcpCheck, "x")
+    return CheckSpec(
+        name, "tcp", interval, interval, retry, 3, 2, 20.0, 30.0, TcpConfig(), TcpCheck, Status.CRITICAL, 300.0, "x"
+    )
 
 
 def bound(i: int, s: CheckSpec) -> BoundCheck:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import aiohttp
 from pydantic import BaseModel, ConfigDict
 
-from ..results import CheckResult
+from ..results import CheckResult, Status
 from ..targets import Target
 
 
@@ -70,6 +70,10 @@ class Check(Generic[ConfigT]):
     Config: ClassVar[type[CheckOptions]] = CheckOptions
     #: Set to False for checks that make sense only once per service (no machine templates).
     per_machine: ClassVar[bool] = True
+    #: What a run that does not finish within its timeout means (per check: `timeout_status`). A network
+    #: check whose target does not answer has found a problem (CRITICAL, as Nagios' socket timeout); for
+    #: other checks the check itself failed to decide (UNKNOWN).
+    timeout_status: ClassVar[Status] = Status.UNKNOWN
 
     def __init__(self, config: ConfigT, target: Target, env: CheckEnv) -> None:
         self.config = config

@@ -12,8 +12,9 @@ from yarl import URL
 
 from .._urls import HttpUrl
 from ..durations import format_duration, parse_duration
-from ..results import CheckResult, PerfDatum
+from ..results import CheckResult, PerfDatum, Status
 from ..targets import Target
+from ._neterrors import describe
 from .base import Check, CheckEnv, CheckOptions
 
 
@@ -61,6 +62,7 @@ class HttpConfig(CheckOptions):
 class HttpCheck(Check[HttpConfig]):
     kind = "http"
     Config = HttpConfig
+    timeout_status = Status.CRITICAL
 
     def __init__(self, config: HttpConfig, target: Target, env: CheckEnv) -> None:
         super().__init__(config, target, env)
@@ -85,10 +87,8 @@ class HttpCheck(Check[HttpConfig]):
                 if not need_body:
                     await resp.release()
                 status = resp.status
-        except aiohttp.ClientError as exc:
-            return CheckResult.critical(f"{cfg.method} {cfg.url}: {type(exc).__name__}: {exc}")
-        except OSError as exc:
-            return CheckResult.critical(f"{cfg.method} {cfg.url}: {exc.strerror or exc}")
+        except (aiohttp.ClientError, OSError) as exc:
+            return CheckResult.critical(f"{cfg.method} {cfg.url}: {describe(exc)}")
         elapsed = time.perf_counter() - started
         perf = (PerfDatum("time", round(elapsed, 6), "s"),)
         took = format_duration(elapsed)

@@ -6,7 +6,8 @@ import asyncio
 import time
 
 from ..durations import format_duration
-from ..results import CheckResult, PerfDatum
+from ..results import CheckResult, PerfDatum, Status
+from ._neterrors import describe
 from .base import Check, CheckOptions
 
 
@@ -20,6 +21,7 @@ class TcpConfig(CheckOptions):
 class TcpCheck(Check[TcpConfig]):
     kind = "tcp"
     Config = TcpConfig
+    timeout_status = Status.CRITICAL
 
     async def run(self) -> CheckResult:
         cfg = self.config
@@ -30,7 +32,7 @@ class TcpCheck(Check[TcpConfig]):
         try:
             reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
         except OSError as exc:
-            return CheckResult.critical(f"connect {cfg.address}: {exc.strerror or exc}")
+            return CheckResult.critical(f"connect {cfg.address}: {describe(exc)}")
         try:
             if cfg.send is not None:
                 writer.write(cfg.send.encode())
@@ -46,7 +48,7 @@ class TcpCheck(Check[TcpConfig]):
                 if want not in data:
                     return CheckResult.critical(f"{cfg.address}: reply lacks {cfg.expect!r} (got {data[:80]!r})")
         except OSError as exc:
-            return CheckResult.critical(f"{cfg.address}: {exc.strerror or exc}")
+            return CheckResult.critical(f"{cfg.address}: {describe(exc)}")
         finally:
             writer.close()
         elapsed = time.perf_counter() - started

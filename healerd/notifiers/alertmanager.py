@@ -19,6 +19,7 @@ _INCIDENT = "HealerdIncident"
 _FAILED = "HealerdRemediationFailed"
 _HELD = "HealerdRemediationHeldBack"
 _FLAPPING = "HealerdMachineFlapping"
+_UNKNOWN = "HealerdCheckUnknown"
 _SERVICE = {"down": "HealerdServiceDown", "degraded": "HealerdServiceDegraded"}
 
 
@@ -121,6 +122,16 @@ class AlertmanagerNotifier(Notifier):
                         {"alertname": _FLAPPING, "service": e["service"], "machine": e.get("machine") or "-"},
                         e["timestamp"],
                     )
+            elif t == "check.unknown":
+                if e["status"] == "firing":
+                    alert = self._alert(_UNKNOWN, e, "warning", incident=False)
+                    alert["labels"]["check"] = e.get("check") or "-"
+                    alerts.append(self._fire(alert))
+                else:
+                    match = {"alertname": _UNKNOWN, "service": e["service"], "check": e.get("check") or "-"}
+                    if e.get("machine"):
+                        match["machine"] = e["machine"]
+                    alerts += self._resolve(match, e["timestamp"])
             elif t == "service.state_changed":
                 details = e.get("details", {})
                 old, new = details.get("from"), details.get("to")

@@ -28,6 +28,7 @@ TAG_INCIDENT = "healerd:incident"
 TAG_SERVICE = "healerd:service"
 TAG_MACHINE = "healerd:machine"
 ISOLATION_TAG = "healerd:isolation"
+TAG_RETIRED = "healerd:retired"  # a healthy surplus instance scaled in (the IAM policy lets healerd end it)
 TAG_ORIGINAL_GROUPS = "healerd:original-groups"  # eni=sg,sg;eni=sg - recorded before isolating
 
 
@@ -552,6 +553,30 @@ class AwsProvider(Provider):
             DisableApiTermination={"Value": False},
         )
         await self.call("ec2", "terminate_instances", machine.id, InstanceIds=[machine.id])
+
+    async def retire(self, machine: Machine) -> str:
+        """Scale in: leave the Auto Scaling group with a decrement (or it launches one back), then terminate."""
+        iid = machine.id
+        insts = await self.describe_instances([iid])
+        if not insts or insts[0].get("State", {}).get("Name") in ("terminated", "shutting-down"):
+            return "terminated"
+        asg = machine.attributes.get("asg") or _tags(insts[0].get("Tags")).get("aws:autoscaling:groupName", "")
+        if asg:
+            groups = await self.call("autoscaling", "describe_auto_scaling_instances", iid, InstanceIds=[iid])
+            member = groups.get("AutoScalingInstances", [])
+            if member and member[0].get("LifecycleState") not in ("Detaching", "Detached"):
+                await self.call(
+                    "autoscaling",
+                    "detach_instances",
+                    f"{iid} from {asg}",
+                    InstanceIds=[iid],
+                    AutoScalingGroupName=asg,
+                    ShouldDecrementDesiredCapacity=True,
+                )
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        await self.call("ec2", "create_tags", iid, Resources=[iid], Tags=[{"Key": TAG_RETIRED, "Value": stamp}])
+        await self.call("ec2", "terminate_instances", iid, InstanceIds=[iid])
+        return "terminated"
 
     # -- forensics ------------------------------------------------------------------------------------------
     async def describe(self, machine: Machine) -> dict[str, Any]:

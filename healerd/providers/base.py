@@ -87,6 +87,12 @@ class Provider:
     async def terminate(self, machine: Machine) -> None:
         raise ProviderError(f"provider {self.name} ({self.kind}) cannot terminate machines")
 
+    async def retire(self, machine: Machine) -> str:
+        """Scale in a healthy surplus machine (already out of rotation); returns 'terminated' or 'released'.
+        Machines healerd launched are terminated: nothing is left running unmanaged."""
+        await self.terminate(machine)
+        return "terminated"
+
     async def alive(self, machine: Machine) -> bool:
         return True
 

@@ -114,8 +114,9 @@ class LocalProvider(Provider):
         return self.env.state_dir / "machines" / f"{machine_id}.log"
 
     async def list_machines(self, service: ServiceConfig) -> list[Machine]:
-        """Machines of the service known to the store and not yet released or terminated."""
-        assert self.env is not None and self.env.store is not None
+        """Machines of the service known to the store and not yet released or terminated (none without one)."""
+        if self.env is None or self.env.store is None:
+            return []
         return [
             m
             for m in await self.env.store.load_machines(service.name)
