@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from . import _yaml
 from .checks import CHECK_KINDS, Check, CheckOptions
 from .durations import parse_count_or_percent, parse_duration
-from .results import Status
 from .providers import PROVIDER_KINDS
+from .results import Status
 from .rotation import ROTATION_KINDS
 from .targets import SERVICE_TEMPLATE_FIELDS, TEMPLATE_FIELDS, did_you_mean, find_template_problems
 
@@ -806,9 +806,7 @@ def _check(raw: object, path: Loc, kinds: Any, out: _Collector, per_machine: boo
         flap_high=common.flap_high,
         options=options,
         check_class=cls,
-        timeout_status=(
-            cls.timeout_status if common.timeout_status is None else Status[common.timeout_status.upper()]
-        ),
+        timeout_status=(cls.timeout_status if common.timeout_status is None else Status[common.timeout_status.upper()]),
         unknown_alert_after=common.unknown_alert_after,
         fingerprint=fingerprint,
     )

@@ -203,9 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     print(f"demo machine {os.environ.get('HEALERD_MACHINE_ID', '?')} listening on {args.host}:{args.port}", flush=True)
     # shutdown_timeout: a hung /health must not hold a SIGTERM back for aiohttp's default minute
-    web.run_app(
-        build_app(args.mode), host=args.host, port=args.port, print=None, access_log=None, shutdown_timeout=1.0
-    )
+    web.run_app(build_app(args.mode), host=args.host, port=args.port, print=None, access_log=None, shutdown_timeout=1.0)
     return 0
 
 

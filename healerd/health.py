@@ -11,9 +11,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from .durations import format_duration
 from .events import Event, EventType, Severity
 from .machines import Lifecycle
-from .durations import format_duration
 from .results import CheckResult, Status
 
 _BOOTING = frozenset({Lifecycle.LAUNCHING, Lifecycle.PROBATION})
@@ -135,10 +135,10 @@ class CheckHealth:
     def unknown_changed(self) -> bool:
         """True when the check just crossed `unknown_alert_after` of UNKNOWNs, or decided again after that."""
         if self.unknown_since is not None:
-            if not self.unknown_alerted and self.last_at is not None:
-                if self.last_at - self.unknown_since >= self.thresholds.unknown_alert_after:
-                    self.unknown_alerted = True
-                    return True
+            due = self.last_at is not None and self.last_at - self.unknown_since >= self.thresholds.unknown_alert_after
+            if due and not self.unknown_alerted:
+                self.unknown_alerted = True
+                return True
             return False
         if self.unknown_alerted:
             self.unknown_alerted = False
@@ -297,7 +297,8 @@ class HealthBook:
         its alarms quiet (the first full round always does)."""
         svc = self.services.get(name)
         if svc is None:
-            svc = self.services[name] = ServiceHealth(name, desired, min_healthy, since=now, settle_by=now + settle_grace)
+            svc = ServiceHealth(name, desired, min_healthy, since=now, settle_by=now + settle_grace)
+            self.services[name] = svc
         svc.desired, svc.min_healthy = desired, min_healthy
         return self._service_changed(svc, now) if svc.machines or svc.service_checks else []
 

@@ -411,7 +411,9 @@ async def test_network_check_that_gets_no_answer_is_critical_naming_the_timeout(
     port = server.sockets[0].getsockname()[1]
     env = CheckEnv()
     try:
-        check = HttpCheck(HttpConfig(url=f"http://127.0.0.1:{port}/health"), Target("web", "m1", f"127.0.0.1:{port}"), env)
+        check = HttpCheck(
+            HttpConfig(url=f"http://127.0.0.1:{port}/health"), Target("web", "m1", f"127.0.0.1:{port}"), env
+        )
         result = await run_check(check, timeout=0.8)
         assert result.status is Status.CRITICAL
         assert result.message == "no answer within 800ms"
