@@ -128,6 +128,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     print(config.summary())
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import _yaml
-from .checks import CHECK_KINDS, Check, CheckOptions
+from .checks import CHECK_KINDS, Check, CheckEnv, CheckOptions
 from .durations import parse_count_or_percent, parse_duration
 from .providers import PROVIDER_KINDS
 from .results import Status
@@ -24,6 +24,8 @@ from .targets import SERVICE_TEMPLATE_FIELDS, TEMPLATE_FIELDS, did_you_mean, fin
 Loc = tuple[str | int, ...]
 #: the folder of the config file being loaded, for plugin options holding relative paths
 _BASE: contextvars.ContextVar[Path] = contextvars.ContextVar("healerd_config_base")
+#: what checks see at validation (check_paths, the config's folder), for their preflight
+_CHECK_ENV: contextvars.ContextVar[CheckEnv] = contextvars.ContextVar("healerd_config_check_env")
 
 
 def resolve_path(p: Path) -> Path:
@@ -334,6 +336,8 @@ class Config:
     images: dict[str, ImageConfig] = field(default_factory=dict)
     notifiers: dict[str, NotifierConfig] = field(default_factory=dict)
     check_kinds: dict[str, type[Check[Any]]] = field(default_factory=dict)
+    #: not errors, but worth saying: validate and a reload print them
+    warnings: tuple[str, ...] = ()
 
     @property
     def base_dir(self) -> Path:
@@ -463,6 +467,16 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
             out.add(("daemon", "api_token_file"), f"cannot read {daemon.api_token_file}: {exc.strerror or exc}")
 
     # plugins: built-ins, entry points and drop-ins from check_paths
+    explicit_paths = isinstance(data.get("daemon"), dict) and "check_paths" in data["daemon"]
+    for i, folder in enumerate(daemon.check_paths):
+        if explicit_paths and not folder.is_dir():
+            out.add(
+                ("daemon", "check_paths", i),
+                f"{folder} is not a folder"
+                if folder.exists()
+                else f"folder {folder} does not exist; create it (mkdir -p {folder}) or remove it from check_paths",
+            )
+    _CHECK_ENV.set(CheckEnv(tuple(daemon.check_paths), base))
     kinds = CHECK_KINDS.copy()
     for problem in kinds.load_dropins(daemon.check_paths):
         out.add(("daemon", "check_paths"), problem)
@@ -517,6 +531,9 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
 
     if out.problems:
         raise ConfigError(filename, out.problems)
+    warnings: list[str] = []
+    if not services:
+        warnings.append("0 services: nothing will be checked; add a service under services: (docs/configuration.md)")
     return Config(
         path=path,
         daemon=daemon,
@@ -525,6 +542,7 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
         images=images,
         notifiers=notifiers,
         check_kinds={k: kinds.get(k) for k in kinds.kinds()},  # type: ignore[misc]
+        warnings=tuple(warnings),
     )
 
 
@@ -790,6 +808,9 @@ def _check(raw: object, path: Loc, kinds: Any, out: _Collector, per_machine: boo
             options = cls.validate_options(kind_raw)
         except ValidationError as exc:
             out.pydantic(path, exc, _vocabulary(cls.Config) | common_fields)
+    if options is not None and cls is not None and len(out.problems) == before:
+        for rel, message in cls.preflight(options, _CHECK_ENV.get(CheckEnv())):
+            out.add((*path, *rel), message)
     if len(out.problems) > before or common is None or options is None or cls is None:
         return None
     timeout = common.timeout if common.timeout is not None else min(common.interval, 10.0)

@@ -158,6 +158,8 @@ class Daemon:
             self.env.check_paths = tuple(new.daemon.check_paths)
             self.config = new
             self.api_token = _read_token(new)
+            for warning in new.warnings:
+                log.warning(warning, path=str(new.path))
             self.last_reload_error = None
             reloads.labels("success").inc()
             log.info(
@@ -276,6 +278,8 @@ def _settle_memory() -> None:
 def run(config_path: str | Path, mode: Mode | None = None) -> int:
     config = load_config(config_path)
     configure_logging(config.daemon.log_format, config.daemon.log_level)
+    for warning in config.warnings:
+        log.warning(warning, path=str(config.path))
     try:
         import uvloop
 

@@ -32,6 +32,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Mapping
 
 from aiohttp import web
 
@@ -82,7 +83,7 @@ def _set_mode(state: dict[str, object], text: str) -> None:
     state.update(mode=text.strip(), name=name, arg=arg, since=time.monotonic())
 
 
-def leak_delay(state: dict[str, object], now: float | None = None) -> float:
+def leak_delay(state: Mapping[str, object], now: float | None = None) -> float:
     """The latency of /health in `leak` mode right now."""
     since = float(state["since"])  # type: ignore[arg-type]
     rate = float(state["arg"] if state["arg"] is not None else LEAK_RATE)  # type: ignore[arg-type]
@@ -173,12 +174,13 @@ async def index(request: web.Request) -> web.Response:
 
 def build_app(mode: str = "ok") -> web.Application:
     app = web.Application()
-    state: dict[str, object] = {"flap": itertools.count(), "started": time.monotonic(), "stopping": asyncio.Event()}
+    stopping = asyncio.Event()
+    state: dict[str, object] = {"flap": itertools.count(), "started": time.monotonic(), "stopping": stopping}
     _set_mode(state, mode)
     app[STATE] = state
 
     async def release_hung(app: web.Application) -> None:
-        app[STATE]["stopping"].set()  # type: ignore[attr-defined]
+        stopping.set()
 
     app.on_shutdown.append(release_hung)
     app.router.add_get("/", index)

@@ -74,8 +74,14 @@ class PlaybookProblem:
         return f"{self.path}:{self.line or 0}: {self.where or '(top level)'}: {self.message}"
 
 
+#: the playbooks shipped with healerd (replace-machine): found wherever the config lives
+BUILTIN = Path(__file__).parent / "_builtin" / "playbooks"
+
+
 def load_playbooks(folders: list[Path]) -> tuple[dict[str, Playbook], list[PlaybookProblem]]:
-    """Every `*.yaml`/`*.yml` under the folders; a later folder's playbook of the same name wins."""
+    """The built-in playbooks, then every `*.yaml`/`*.yml` under the folders; a later folder's playbook of the
+    same name wins (a site's own replace-machine.yaml overrides the built-in one)."""
+    folders = [BUILTIN, *(f for f in folders if f.resolve() != BUILTIN.resolve())]
     from .actions import ACTIONS
     from .config import format_path
 

@@ -86,3 +86,9 @@ class Check(Generic[ConfigT]):
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> CheckOptions:
         return cls.Config.model_validate(options)
+
+    @classmethod
+    def preflight(cls, options: CheckOptions, env: CheckEnv) -> list[tuple[tuple[str | int, ...], str]]:
+        """Problems that would make every run fail, found at validation (e.g. a plugin that is missing or
+        not executable): (path within the check's options, message naming the fix)."""
+        return []

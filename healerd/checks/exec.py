@@ -50,9 +50,41 @@ def resolve_plugin(name: str, env: CheckEnv) -> str | None:
     return shutil.which(name)
 
 
+def plugin_problem(name: str, env: CheckEnv) -> str | None:
+    """Why the plugin `name` cannot run (missing, not a file, not executable), with the fix; None if it can."""
+    if "{" in name:
+        return None  # templated per machine: known only at run time
+    if "/" in name:
+        path = Path(name) if Path(name).is_absolute() else env.base_dir / name
+        if not path.exists():
+            return f"plugin {path} does not exist; fix the path or install the plugin"
+        if not path.is_file():
+            return f"plugin {path} is not a file"
+        if not os.access(path, os.X_OK):
+            return f"found {path} but it is not executable: chmod +x {path}"
+        return None
+    if resolve_plugin(name, env) is not None:
+        return None
+    for folder in (*env.check_paths, *PLUGIN_DIRS):
+        candidate = folder / name
+        if candidate.is_file():
+            return f"found {candidate} but it is not executable: chmod +x {candidate}"
+    return (
+        f"plugin {name!r} not found in check_paths ({', '.join(map(str, env.check_paths)) or 'none'}), "
+        f"{', '.join(map(str, PLUGIN_DIRS))} or PATH; install it (Debian: apt-get install monitoring-plugins) "
+        "or give its full path"
+    )
+
+
 class ExecCheck(Check[ExecConfig]):
     kind = "exec"
     Config = ExecConfig
+
+    @classmethod
+    def preflight(cls, options: CheckOptions, env: CheckEnv) -> list[tuple[tuple[str | int, ...], str]]:
+        assert isinstance(options, ExecConfig)
+        problem = plugin_problem(options.command[0], env)
+        return [(("command", 0), problem)] if problem else []
 
     async def run(self) -> CheckResult:
         cfg = self.config

@@ -62,6 +62,7 @@ def fleet_config(
 ) -> dict[str, Any]:
     """A `local` demo fleet: image `demo-web` with a good `v1` and a `v2-broken` that starts down."""
     env = {TAG_VAR: str(tmp_path)}
+    (tmp_path / "checks").mkdir(exist_ok=True)
     return {
         "daemon": {
             "listen": f"127.0.0.1:{port}",

@@ -90,6 +90,7 @@ def make_config(
     }
     if desired is not None:
         svc["desired"] = desired
+    (tmp_path / "checks").mkdir(exist_ok=True)
     return {
         "daemon": {
             "listen": f"127.0.0.1:{port}",
