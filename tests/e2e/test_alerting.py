@@ -714,3 +714,35 @@ def test_notify_test_prints_the_answer_or_a_clear_error(tmp_path: Path, loopback
     assert "nope" in unknown.stderr and "audit" in unknown.stderr
     # the test message does not go through (or stay in) the daemon's outbox
     assert not (tmp_path / "state" / "state.db").exists() or not outbox_rows(tmp_path)
+
+
+def test_a_fresh_start_of_the_shipped_demo_fleet_sends_no_alarm(
+    tmp_path: Path, loopback: Loopback, start_daemon: StartDaemon
+) -> None:
+    """`make run` on config.example.yaml, with a webhook receiver: while the fleet boots (no machine, then
+    machines on probation, then entering service one by one) nothing is announced; it is healthy at the end."""
+    import yaml
+
+    from .fleet import REPO, TAG_VAR, port_window
+
+    hook = loopback.serve(Receiver())
+    config = yaml.safe_load((REPO / "config.example.yaml").read_text())
+    config["daemon"].update(
+        listen=f"127.0.0.1:{free_port()}",
+        state_dir=str(tmp_path / "state"),
+        check_paths=[str(REPO / "checks")],
+        playbook_paths=[str(REPO / "playbooks")],
+    )
+    config["providers"]["demo"]["port_range"] = port_window()
+    for version in config["images"]["demo-web"]["versions"].values():
+        version["env"] = {TAG_VAR: str(tmp_path)}  # so the test can always reap the machines it launched
+    config["services"]["web"]["rotation"]["path"] = str(tmp_path / "state" / "rotation-web.json")
+    config["notifiers"] = {"audit": webhook(hook.url)}
+    config["services"]["web"]["notify"] = ["audit"]
+    started = time.monotonic()
+    healer = Healer(start_daemon(config, wait="listening"), tmp_path, config)
+    healer.wait(lambda: healer.service_state() == "optimal" and len(healer.in_service()) == 3, 10, "optimal 3/3")
+    time.sleep(max(0.0, 10 - (time.monotonic() - started)))  # the first 10 s, fleet up and settled
+    assert hook.snapshot() == [], [h.raw[:300] for h in hook.snapshot()]
+    changes = healer.events("service.state_changed")
+    assert changes == [], changes

@@ -181,3 +181,79 @@ def test_status_without_a_daemon_exits_1_with_a_clear_message(tmp_path: Path) ->
     assert f"cannot reach healerd at {url}" in result.stderr, result.stderr
     assert "is it running?" in result.stderr
     assert result.stdout == ""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# validate finds what would fail at run time; the shipped config works as written
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _exec_config(tmp_path: Path, command: list[str], check_paths: list[str] | None = None) -> Path:
+    checks = [{"name": "plugin", "kind": "exec", "interval": "5s", "command": command}]
+    cfg = make_config(tmp_path, free_port(), [("web-1", "127.0.0.1:9")], checks)
+    if check_paths is not None:
+        cfg["daemon"]["check_paths"] = check_paths
+    return write_config(tmp_path / "healerd.yaml", cfg)
+
+
+def test_validate_refuses_a_plugin_that_is_not_executable_and_says_chmod(tmp_path: Path) -> None:
+    (tmp_path / "checks").mkdir(exist_ok=True)
+    plugin = tmp_path / "checks" / "check_x.sh"
+    plugin.write_text("#!/bin/sh\necho OK\n")
+    plugin.chmod(0o644)
+    result = run_cli("validate", "-c", str(_exec_config(tmp_path, ["check_x.sh"])))
+    assert result.returncode == 2, result
+    assert f"found {plugin} but it is not executable: chmod +x {plugin}" in result.stderr, result.stderr
+    assert re.search(r"healerd\.yaml:\d+: services\.web\.checks\[0\]\.command\[0\]:", result.stderr), result.stderr
+    plugin.chmod(0o755)
+    assert run_cli("validate", "-c", str(_exec_config(tmp_path, ["check_x.sh"]))).returncode == 0
+
+
+def test_validate_refuses_a_plugin_that_does_not_exist(tmp_path: Path) -> None:
+    result = run_cli("validate", "-c", str(_exec_config(tmp_path, ["check_nonexistent_plugin", "-H", "{host}"])))
+    assert result.returncode == 2, result
+    assert "plugin 'check_nonexistent_plugin' not found" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_refuses_a_missing_check_folder(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder"
+    result = run_cli("validate", "-c", str(_exec_config(tmp_path, ["check_dummy", "0"], [str(missing)])))
+    assert result.returncode == 2, result
+    assert f"folder {missing} does not exist; create it (mkdir -p {missing})" in result.stderr, result.stderr
+    assert "daemon.check_paths[0]" in result.stderr
+
+
+def test_validate_warns_about_an_empty_config(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    result = run_cli("validate", "-c", str(path))
+    assert "0 services: nothing will be checked" in result.stderr, result
+    assert "Traceback" not in result.stderr
+
+
+def test_the_default_playbook_is_found_when_the_config_lives_outside_the_repo(tmp_path: Path) -> None:
+    """Only the config file, in a folder of its own: replace-machine ships inside the package."""
+    text = (REPO / "config.example.yaml").read_text()
+    path = tmp_path / "elsewhere" / "healerd.yaml"
+    path.parent.mkdir()
+    path.write_text(text.replace("check_paths: [./checks]", "check_paths: []"))
+    result = run_cli("validate", "-c", str(path))
+    assert result.returncode == 0, result
+    assert "playbook replace-machine" in result.stdout, result.stdout
+
+
+def test_check_on_the_shipped_config_before_the_daemon_ever_ran(tmp_path: Path) -> None:
+    """As a new user runs it, right after cloning: no state yet, so no machines; a clear line, no traceback."""
+    for name in ("config.example.yaml",):
+        (tmp_path / name).write_text((REPO / name).read_text())
+    for folder in ("checks", "playbooks"):
+        (tmp_path / folder).mkdir()
+        for f in (REPO / folder).iterdir():
+            (tmp_path / folder / f.name).write_bytes(f.read_bytes())
+    result = run_cli("check", "-c", str(tmp_path / "config.example.yaml"))
+    assert result.returncode == 0, result
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "service web: no machines" in result.stderr, result.stderr
+    assert not (tmp_path / ".healerd" / "state.db").exists(), "healerd check must not create state"

@@ -437,6 +437,14 @@ def test_quarantine_cli_release_refuse_list_terminate(start_fleet: StartFleet, t
     assert healer.rotation().get(fixed) == members[fixed]
     assert fixed not in healer.quarantined()
 
+    # --- the fleet is now one over desired: the newest surplus machine is retired, not quarantined ----------
+    replacement = healer.incident_for(fixed)["replacement"]  # type: ignore[index]
+    retired = healer.wait(lambda: healer.events("machine.retired"), 5, "a machine.retired event")
+    assert retired[0]["machine"] == replacement, retired
+    healer.wait(lambda: len(healer.in_service()) == DESIRED, 5, f"{DESIRED} machines in service")
+    assert replacement not in healer.rotation() and replacement not in healer.quarantined()
+    assert set(healer.rotation()) == set(healer.in_service()) and fixed in healer.rotation()
+
     # --- a machine still down is refused and stays quarantined, out of rotation ---------------------------
     q = quarantined_and_replaced(sick)
     with ThreadPoolExecutor(1) as pool:  # watch the rotation file while its checks are re-run
@@ -589,3 +597,19 @@ def test_quarantine_retention_warns_then_terminates(start_fleet: StartFleet) -> 
     ended = retention("ended")
     assert ended and "keep_for" in ended[-1]["summary"]
     assert (healer.state_dir / "forensics" / incident / "manifest.json").is_file()  # the evidence stays
+
+
+def test_check_cli_reads_the_running_demo_fleet_without_touching_it(start_fleet: StartFleet, tmp_path: Path) -> None:
+    """`healerd check` on a local-provider config: the machines come from the state store (read only)."""
+    healer = start_fleet()
+    members = healer.wait_fleet_up()
+    launched = launched_ids(tmp_path)
+    sick = sorted(members)[0]
+    set_fault(members[sick], "down")
+    out = run_cli("check", "-c", str(healer.daemon.config_path))
+    assert out.returncode == 2, out  # the worst status: CRITICAL
+    assert "Traceback" not in out.stderr
+    rows = {ln.split()[1]: ln for ln in out.stdout.splitlines()[1:] if ln.strip()}
+    assert set(rows) == set(members), out.stdout
+    assert "CRITICAL" in rows[sick] and all("OK" in rows[m] for m in members if m != sick), out.stdout
+    assert launched_ids(tmp_path) == launched, "healerd check launched a machine"
