@@ -181,7 +181,7 @@ def test_top_level_problems_and_yaml_syntax_errors(tmp_path: Path) -> None:
     unknown = write(tmp_path, "c-unknown.yaml", "name: c\nstep:\n  - action: notify\n")
     broken = write(tmp_path, "d-broken.yaml", "name: d\nsteps:\n  - action: notify\n  - [unclosed\n")
     books, problems = load_playbooks([tmp_path])
-    assert books == {}
+    assert set(books) == {"replace-machine"}  # only the built-in one
     files = {p.path for p in problems}
     assert files == {no_steps, bad_name, unknown, broken}, [p.render() for p in problems]
     by_file = {p.path: p for p in problems if p.path != unknown}
@@ -202,7 +202,7 @@ def test_good_playbooks_load_beside_a_broken_one_and_later_folders_win(tmp_path:
     write(first, "broken.yaml", "name: broken\nsteps:\n  - action: nope\n")
     write(second, "replace.yaml", "name: replace\ndescription: second\nsteps:\n  - action: rotation.remove\n")
     books, problems = load_playbooks([first, second, tmp_path / "missing"])
-    assert sorted(books) == ["replace"]
+    assert sorted(books) == ["replace", "replace-machine"]  # replace-machine: built in
     assert books["replace"].description == "second"
     assert books["replace"].actions == ("rotation.remove",)
     assert [p.path.name for p in problems] == ["broken.yaml"]
@@ -261,3 +261,12 @@ def test_config_reports_a_broken_playbook_with_its_file_and_line(tmp_path: Path)
     rendered = caught.value.render()
     assert f"{broken}:3: steps[0].action: unknown action 'launch'" in rendered
     assert [p.path for p in caught.value.problems] == [("daemon", "playbook_paths")]
+
+
+def test_the_built_in_default_playbook_is_always_there_and_a_site_copy_overrides_it(tmp_path: Path) -> None:
+    books, problems = load_playbooks([])
+    assert problems == [] and books["replace-machine"].actions[0] == "rotation.remove"
+    assert books["replace-machine"].path.name == "replace-machine.yaml"
+    write(tmp_path, "mine.yaml", "name: replace-machine\ndescription: ours\nsteps:\n  - action: notify\n")
+    books, _ = load_playbooks([tmp_path])
+    assert books["replace-machine"].description == "ours"
