@@ -15,8 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..durations import parse_duration
 from ..machines import Lifecycle, Machine
 from .base import LaunchRequest, Provider, ProviderError, ProviderOptions
 
@@ -64,6 +65,11 @@ class AwsOptions(ProviderOptions):
     drain_timeout: float = 300.0
     quarantine: QuarantineOptions = Field(default_factory=QuarantineOptions)
     s3: S3Options | None = None
+
+    @field_validator("launch_timeout", "drain_timeout", mode="before")
+    @classmethod
+    def _durations(cls, v: object) -> float:
+        return parse_duration(v)
 
 
 class LaunchTemplateRef(BaseModel):

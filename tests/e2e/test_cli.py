@@ -257,3 +257,11 @@ def test_check_on_the_shipped_config_before_the_daemon_ever_ran(tmp_path: Path) 
     assert "Traceback" not in result.stderr + result.stdout
     assert "service web: no machines" in result.stderr, result.stderr
     assert not (tmp_path / ".healerd" / "state.db").exists(), "healerd check must not create state"
+
+
+def test_the_aws_example_in_the_docs_validates_as_pasted(tmp_path: Path) -> None:
+    (block,) = re.findall(r"```yaml\n(.*?)```", (REPO / "docs" / "aws.md").read_text(), re.S)
+    path = tmp_path / "aws.yaml"
+    path.write_text(block)
+    result = run_cli("validate", "-c", str(path))
+    assert result.returncode == 0, result.stderr
