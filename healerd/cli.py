@@ -28,6 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("-c", "--config", required=True, help="config file (YAML)")
     run.add_argument("--mode", choices=[m.value for m in Mode], help="override daemon.mode")
+    run.add_argument(
+        "--crash-at",
+        metavar="ACTION[:after]",
+        help="testing only: SIGKILL this daemon at that playbook step (crash-safety tests); logged loudly",
+    )
 
     val = sub.add_parser("validate", help="check a config file; exit 0 with a summary or 2 with every error")
     val.add_argument("-c", "--config", required=True)
@@ -117,7 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import run
 
     try:
-        return run(args.config, Mode(args.mode) if args.mode else None)
+        return run(args.config, Mode(args.mode) if args.mode else None, args.crash_at)
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_CONFIG

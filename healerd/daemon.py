@@ -36,7 +36,7 @@ ALERT_FLUSH_SECONDS = 2.0  # at shutdown, pending notifications get this long; t
 
 
 class Daemon:
-    def __init__(self, config: Config, mode: Mode | None = None) -> None:
+    def __init__(self, config: Config, mode: Mode | None = None, crash_at: str | None = None) -> None:
         self.config = config
         self.mode = mode or config.daemon.mode
         self.started_at = time.time()
@@ -50,7 +50,9 @@ class Daemon:
         )
         self.alerting = Alerting(self.store, self.metrics, f"http://{config.daemon.listen}")
         self.alerting.configure(config)
-        self.remediation = RemediationEngine(config, self.monitor, self.store, self.bus, self.metrics, mode)
+        self.remediation = RemediationEngine(
+            config, self.monitor, self.store, self.bus, self.metrics, mode, crash_at=crash_at
+        )
         self.api_token = _read_token(config)
         self.stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -202,9 +204,9 @@ def _read_token(config: Config) -> str | None:
     return token
 
 
-async def serve(config: Config, mode: Mode | None = None) -> int:
+async def serve(config: Config, mode: Mode | None = None, crash_at: str | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads the config. Returns the exit status."""
-    daemon = Daemon(config, mode)
+    daemon = Daemon(config, mode, crash_at)
     app = daemon.build_app()
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     loop = asyncio.get_running_loop()
@@ -275,14 +277,18 @@ def _settle_memory() -> None:
     gc.set_threshold(10_000, 20, 20)
 
 
-def run(config_path: str | Path, mode: Mode | None = None) -> int:
+def run(config_path: str | Path, mode: Mode | None = None, crash_at: str | None = None) -> int:
     config = load_config(config_path)
     configure_logging(config.daemon.log_format, config.daemon.log_level)
     for warning in config.warnings:
         log.warning(warning, path=str(config.path))
+    if crash_at:
+        log.warning(
+            "FAULT INJECTION ARMED: this daemon kills itself (SIGKILL) at a playbook step; for crash tests only",
+            crash_at=crash_at,
+        )
     try:
         import uvloop
-
-        return uvloop.run(serve(config, mode))
-    except ImportError:
-        return asyncio.run(serve(config, mode))
+    except ImportError:  # only the import: an ImportError raised by the daemon itself is not a reason to restart
+        return asyncio.run(serve(config, mode, crash_at))
+    return uvloop.run(serve(config, mode, crash_at))

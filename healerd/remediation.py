@@ -41,10 +41,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("healerd.remediation")
 
 RECONCILE_INTERVAL = 1.0
-#: Fault injection for crash-safety tests: `HEALERD_CRASH_AT=<action>[:after]` sends this process SIGKILL
-#: when that step has been journaled as started (or, with `:after`, when its action has run but its
-#: success is not yet journaled). Never set it in production.
-CRASH_ENV = "HEALERD_CRASH_AT"
 
 
 class IncidentState(enum.StrEnum):
@@ -114,9 +110,20 @@ _INCIDENT_COLS = (
 
 class RemediationEngine:
     def __init__(
-        self, config: Config, monitor: Monitor, store: Store, bus: EventBus, metrics: Metrics, mode: Mode | None = None
+        self,
+        config: Config,
+        monitor: Monitor,
+        store: Store,
+        bus: EventBus,
+        metrics: Metrics,
+        mode: Mode | None = None,
+        crash_at: str | None = None,
     ) -> None:
         self.config = config
+        #: Fault injection for the crash-safety tests, armed only by `healerd run --crash-at ACTION[:after]`
+        #: (never by the environment): SIGKILL when that step has been journaled as started (or, with
+        #: `:after`, when its action has run but its success is not yet journaled).
+        self.crash_at = crash_at
         self.monitor = monitor
         self.store = store
         self.bus = bus
@@ -603,7 +610,7 @@ class RemediationEngine:
             )
 
     def _crash_point(self, action: str, when: str) -> None:
-        target = os.environ.get(CRASH_ENV, "")
+        target = self.crash_at
         if target and target == (action if when == "before" else f"{action}:after"):
             log.warning("fault injection: killing healerd", at=target)
             os.kill(os.getpid(), signal.SIGKILL)

@@ -32,7 +32,6 @@ from aiohttp import web
 from botocore.config import Config as BotoConfig
 from conftest import free_port
 
-from healerd.remediation import CRASH_ENV
 
 from .helpers import DaemonProcess, write_config
 
@@ -488,14 +487,13 @@ def healerd_config(
 
 
 class AwsDaemon(DaemonProcess):
-    """`healerd run` with test AWS credentials, no proxies, and HEALERD_CRASH_AT only when asked."""
+    """`healerd run` with test AWS credentials, no proxies, and `--crash-at` only when asked."""
 
-    def __init__(self, config_path: Path, port: int, log_path: Path, env: dict[str, str]) -> None:
-        super().__init__(config_path, port, log_path)
-        self.env = env
+    def __init__(self, config_path: Path, port: int, log_path: Path, crash_at: str | None) -> None:
+        super().__init__(config_path, port, log_path, ("--crash-at", crash_at) if crash_at else ())
 
     def environment(self) -> dict[str, str]:
-        drop = {CRASH_ENV, "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"}
+        drop = {"AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"}
         env = {k: v for k, v in super().environment().items() if k not in drop and "proxy" not in k.lower()}
         env.update(
             AWS_ACCESS_KEY_ID="testing",
@@ -505,7 +503,6 @@ class AwsDaemon(DaemonProcess):
             AWS_SHARED_CREDENTIALS_FILE=os.devnull,
             AWS_EC2_METADATA_DISABLED="true",
             NO_PROXY="127.0.0.1,localhost",
-            **self.env,
         )
         return env
 
@@ -551,8 +548,7 @@ class Healerd:
         return self.daemons[-1]
 
     def start(self, crash_at: str | None = None, wait: str = "ready") -> AwsDaemon:
-        env = {CRASH_ENV: crash_at} if crash_at else {}
-        d = AwsDaemon(self.config_path, self.port, self.tmp_path / f"healerd-{len(self.daemons)}.log", env)
+        d = AwsDaemon(self.config_path, self.port, self.tmp_path / f"healerd-{len(self.daemons)}.log", crash_at)
         self.daemons.append(d)
         d.start()
         if wait == "ready":

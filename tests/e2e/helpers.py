@@ -151,10 +151,11 @@ class Metrics:
 class DaemonProcess:
     """`healerd run -c CONFIG` as a subprocess; its stdout+stderr go to a log file the test can read."""
 
-    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
+    def __init__(self, config_path: Path, port: int, log_path: Path, args: tuple[str, ...] = ()) -> None:
         self.config_path = config_path
         self.port = port
         self.log_path = log_path
+        self.args = args  # more `healerd run` arguments (e.g. --crash-at)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def environment(self) -> dict[str, str]:
@@ -174,7 +175,7 @@ class DaemonProcess:
         env = self.environment()
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "healerd", "run", "-c", str(self.config_path)],
+                [sys.executable, "-m", "healerd", "run", "-c", str(self.config_path), *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -1,6 +1,6 @@
 """Crash safety of remediation: `kill -9` at every step of the playbook, then a restart, finishes the job.
 
-For each action of playbooks/replace-machine.yaml and each fault-injection point (HEALERD_CRASH_AT=<action>:
+For each action of playbooks/replace-machine.yaml and each fault-injection point (`--crash-at <action>`:
 SIGKILL right after the step is journaled as started; <action>:after: after the action ran, before its
 success is journaled), a real daemon with a demo fleet (local provider: `python -m healerd.demo` processes)
 is crashed in the middle of replacing a broken machine and restarted. What must hold afterwards is what an
@@ -31,7 +31,6 @@ import pytest
 from conftest import free_port
 
 from healerd.forensics import verify
-from healerd.remediation import CRASH_ENV
 
 from .fleet import STEPS
 from .helpers import DaemonProcess, wait_until, write_config
@@ -55,15 +54,10 @@ RESOLVE_BOUND = 25.0
 
 
 class CrashableDaemon(DaemonProcess):
-    """DaemonProcess with HEALERD_CRASH_AT set (or unset, whatever the test process has) for this process."""
+    """`healerd run --crash-at ACTION[:after]`: the fault-injection hook, armed only by that flag."""
 
-    def __init__(self, config_path: Path, port: int, log_path: Path, env: dict[str, str]) -> None:
-        super().__init__(config_path, port, log_path)
-        self.env = env
-
-    def environment(self) -> dict[str, str]:
-        env = {k: v for k, v in super().environment().items() if k != CRASH_ENV}
-        return {**env, **self.env}
+    def __init__(self, config_path: Path, port: int, log_path: Path, crash_at: str | None) -> None:
+        super().__init__(config_path, port, log_path, ("--crash-at", crash_at) if crash_at else ())
 
 
 @dataclass
@@ -145,8 +139,7 @@ class DemoFleet:
     def start(self, name: str, crash_at: str | None = None) -> CrashableDaemon:
         if not self.config_path.exists():
             self.write_config()
-        env = {CRASH_ENV: crash_at} if crash_at else {}
-        daemon = CrashableDaemon(self.config_path, self.port, self.tmp_path / f"{name}.log", env)
+        daemon = CrashableDaemon(self.config_path, self.port, self.tmp_path / f"{name}.log", crash_at)
         self.daemons.append(daemon)
         daemon.start()
         daemon.wait_listening(15)

@@ -613,3 +613,21 @@ def test_check_cli_reads_the_running_demo_fleet_without_touching_it(start_fleet:
     assert set(rows) == set(members), out.stdout
     assert "CRITICAL" in rows[sick] and all("OK" in rows[m] for m in members if m != sick), out.stdout
     assert launched_ids(tmp_path) == launched, "healerd check launched a machine"
+
+
+def test_the_crash_hook_in_the_environment_alone_does_nothing(
+    start_fleet: StartFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection is armed only by `healerd run --crash-at`: a variable set by a unit drop-in or
+    `systemctl set-environment` must not turn healing into a crash loop."""
+    monkeypatch.setenv("HEALERD_CRASH_AT", "rotation.remove")
+    healer = start_fleet()
+    pid = healer.daemon.pid
+    members = healer.wait_fleet_up()
+    victim = sorted(members)[0]
+    set_fault(members[victim], "down")
+    healer.wait(
+        lambda: (i := healer.incident_for(victim)) and i["state"] == "resolved", DETECT + 20, f"{victim} healed"
+    )
+    assert healer.daemon.alive() and healer.daemon.pid == pid
+    assert "FAULT INJECTION" not in healer.daemon.output()
