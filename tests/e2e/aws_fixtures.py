@@ -32,7 +32,6 @@ from aiohttp import web
 from botocore.config import Config as BotoConfig
 from conftest import free_port
 
-
 from .helpers import DaemonProcess, write_config
 
 T = TypeVar("T")
