@@ -190,6 +190,8 @@ class RemediationEngine:
         self.paused = (await self.store.get_meta("paused")) == "1"
         modes = await self.store.get_meta("service_modes")
         self.service_modes = {k: Mode(v) for k, v in json.loads(modes).items()} if modes else {}
+        storms = await self.store.get_meta("storm_until")
+        self.storm_until = {k: float(v) for k, v in json.loads(storms).items()} if storms else {}
         for svc in self.config.services.values():
             await self.sync_rotation(svc)
         rows = await self.store.query(f"SELECT {_INCIDENT_COLS} FROM incidents WHERE state != 'resolved'")
@@ -337,7 +339,7 @@ class RemediationEngine:
             ]
             unhealthy = self._unhealthy(svc, machines)
             if unhealthy > svc.max_unhealthy:
-                self.storm_until[svc.name] = now + svc.remediation.storm_cooldown
+                await self._storm(svc.name, now + svc.remediation.storm_cooldown)
             active_machines = {i.machine for i in self.incidents.values() if i.service == svc.name}
             for m in down:
                 if m.id not in active_machines:
@@ -377,6 +379,13 @@ class RemediationEngine:
             ):
                 ids.add(m.id)
         return len(ids)
+
+    async def _storm(self, service: str, until: float) -> None:
+        """Start or extend a storm cooldown; persisted, so a restart makes the same decisions."""
+        before = self.storm_until.get(service, 0.0)
+        self.storm_until[service] = max(before, until)
+        if until - before >= 1.0:  # extended by a reconcile tick or more: worth a write
+            await self.store.set_meta("storm_until", json.dumps(self.storm_until))
 
     def _failure_over(self, service: str, machine_id: str) -> str:
         """Why the failure an open incident is about has ended ('' while it lasts)."""

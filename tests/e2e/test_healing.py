@@ -631,3 +631,43 @@ def test_the_crash_hook_in_the_environment_alone_does_nothing(
     )
     assert healer.daemon.alive() and healer.daemon.pid == pid
     assert "FAULT INJECTION" not in healer.daemon.output()
+
+
+def test_a_storm_cooldown_survives_kill_9(start_fleet: StartFleet, start_daemon: StartDaemon, tmp_path: Path) -> None:
+    """Two of three break (the short-circuit trips), come back; one breaks again and is held back by the storm
+    cooldown. kill -9 and a restart do not forget the cooldown: the same decision, until it ends."""
+    cooldown = 20.0
+    first = start_fleet(remediation={"storm_cooldown": f"{cooldown:g}s"})
+    members = first.wait_fleet_up()
+    a, b = sorted(members)[:2]
+    first.mode({"paused": True})
+    for mid in (a, b):
+        set_fault(members[mid], "down")
+    first.wait(lambda: all(first.machines()[m]["condition"] == "down" for m in (a, b)), DETECT, "both down")
+    first.mode({"paused": False})
+    first.wait(lambda: first.suppressed("max_unhealthy"), 5, "the max_unhealthy short-circuit")
+    tripped = time.time()
+    for mid in (a, b):
+        set_fault(members[mid], "ok")
+    first.wait(lambda: not first.incidents() or all(i["state"] == "resolved" for i in first.incidents()), 10, "ok")
+    set_fault(members[a], "down")
+    first.wait(lambda: first.suppressed("storm_cooldown", a), DETECT + 2, "held back by the storm cooldown")
+    first.daemon.kill9()
+
+    daemon = start_daemon(first.config, name="healerd-after-kill", wait="listening")
+    healer = Healer(daemon, tmp_path, first.config)
+    launched = launched_ids(tmp_path)
+
+    def held() -> str | None:
+        if a in healer.quarantined() or launched_ids(tmp_path) != launched:
+            return f"remediated during the cooldown after the restart\n{healer.describe()}"
+        return None
+
+    healer.wait(
+        lambda: (i := healer.incident_for(a)) and i["details"].get("suppressed") == "storm_cooldown", 10, "held"
+    )
+    _hold(max(0.0, tripped + cooldown - 2 - time.time()), held)
+    healer.wait(
+        lambda: (i := healer.incident_for(a)) and i["state"] == "resolved", cooldown + 20, f"{a} healed after it"
+    )
+    assert a in healer.quarantined()
