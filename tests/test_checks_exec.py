@@ -366,3 +366,20 @@ async def test_configured_env_reaches_the_plugin(env: CheckEnv, tmp_path: Path) 
     result = await run_check(exec_check(env, [str(show)], env={"HEALERD_TEST_TOKEN": "s3cret"}), timeout=5)
     assert result.status is Status.OK
     assert result.message == "OK: token=s3cret lc=C"
+
+
+async def test_a_plugin_printing_without_end_leaks_no_file_descriptor_over_1000_runs(env: CheckEnv) -> None:
+    """`yes` never ends: every run is cut at its timeout; the pipe of each abandoned run must be closed."""
+    check = exec_check(env, ["yes"])
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    await run_check(check, timeout=0.01)  # warm-up: the child watcher, the loop's self-pipe
+    await asyncio.sleep(0.05)
+    before = open_fds()
+    for _ in range(1000):
+        result = await run_check(check, timeout=0.01)
+        assert result.status is Status.UNKNOWN
+    await asyncio.sleep(0.2)
+    assert open_fds() - before <= 2, f"{open_fds() - before} file descriptors more after 1000 runs"

@@ -113,6 +113,10 @@ class ExecCheck(Check[ExecConfig]):
             finally:
                 if proc.returncode is None or _group_alive(proc.pid):
                     _kill_group(proc.pid)
+                # A run abandoned mid-read (a plugin flooding output until its timeout) leaves its pipe paused
+                # with data in it: it would never see EOF and its file descriptor would leak. Close it.
+                _close_pipes(proc)
+                if proc.returncode is None:
                     with contextlib.suppress(ProcessLookupError, ChildProcessError):
                         await asyncio.shield(proc.wait())
         text = output.decode("utf-8", "replace")
@@ -142,6 +146,14 @@ async def _read_capped(proc: asyncio.subprocess.Process, cap: int) -> tuple[byte
             kept += chunk[:room]
         if len(chunk) > room:
             truncated = True
+
+
+def _close_pipes(proc: asyncio.subprocess.Process) -> None:
+    transport = getattr(proc, "_transport", None)  # asyncio offers no public way to close a process' pipes
+    if transport is not None:
+        pipe = transport.get_pipe_transport(1)
+        if pipe is not None:
+            pipe.close()
 
 
 def _group_alive(pgid: int) -> bool:

@@ -43,7 +43,8 @@ class LocalOptions(ProviderOptions):
 
 class LocalImage(BaseModel):
     """An image version of the local provider: the command that starts a machine. Templates: {port} (given
-    to the machine), {host}, {id}, {service}, {python} (the interpreter healerd runs on)."""
+    to the machine), {host}, {id}, {service}, {python} (the interpreter healerd runs on). The machine's
+    environment is `env` only (plus PATH), never the daemon's."""
 
     model_config = {"extra": "forbid", "frozen": True}
     command: list[str] = Field(min_length=1)
@@ -166,7 +167,14 @@ class LocalProvider(Provider):
         argv = [a.format_map(fields) for a in spec.command]
         log_path = self.log_path(machine.id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **spec.env, MARKER: machine.id, "HEALERD_SERVICE": machine.service}
+        # Only what the image declares (plus PATH to find its programs): the daemon's own environment may hold
+        # secrets, and a machine (a quarantined one too) is not to be trusted with them.
+        env = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            **spec.env,
+            MARKER: machine.id,
+            "HEALERD_SERVICE": machine.service,
+        }
         with log_path.open("ab") as log:
             try:
                 proc = await asyncio.create_subprocess_exec(
