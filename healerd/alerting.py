@@ -265,10 +265,7 @@ class Alerting:
             if gap > 0:
                 return float(gap)
         self._last_sent[name] = time.monotonic()
-        try:
-            delivery = await n.send(self._session, json.loads(payload), message_id)
-        except ValueError as exc:  # a secret file went missing: a configuration problem, retried
-            delivery = Delivery(None, error=str(exc))
+        delivery = await n.deliver(self._session, json.loads(payload), message_id)
         await self._record(n, message_id, attempts + 1, delivery)
         return 0.0
 
@@ -395,4 +392,4 @@ class Alerting:
                 body = {"alerts": [n.test_alert(event, now + 300)]}
             else:
                 body = n.build([event], test_id)
-            return await n.send(session, body, test_id)
+            return await n.deliver(session, body, test_id)

@@ -745,3 +745,25 @@ def test_a_storm_is_summarised_by_how_many_machines_it_hit() -> None:
     body = SlackNotifier("s", SlackOptions(webhook_url_env="X")).build(storm, "m1")
     header = body["blocks"][0]["text"]["text"]
     assert "10 machines of web affected" in header and len(header) <= 150
+
+
+def test_a_slack_url_file_with_a_typo_is_refused_without_quoting_it(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    typo = tmp_path / "slack-url"
+    typo.write_text("htps//hooks.slack.com/services/T0SECRET/B0SECRET/s3cr3tpath\n")
+    with pytest.raises(ValidationError) as info:
+        SlackOptions(webhook_url_file=typo)
+    message = str(info.value)
+    assert "does not hold an http(s) URL" in message and str(typo) in message
+    assert "s3cr3tpath" not in message and "T0SECRET" not in message
+
+
+def test_a_delivery_error_never_quotes_a_secret_of_the_notifier() -> None:
+    from healerd.notifiers.base import secret_parts
+
+    url = "https://hooks.slack.com/services/T0SECRET/B0SECRET/s3cr3tpath"
+    d = Delivery(404, body="no such hook /services/T0SECRET/B0SECRET/s3cr3tpath", error=f"failed on {url}")
+    clean = d.redacted(secret_parts(url))
+    assert "s3cr3tpath" not in clean.body + (clean.error or "") and "<redacted>" in clean.body
+    assert clean.status == 404

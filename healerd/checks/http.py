@@ -10,11 +10,11 @@ import aiohttp
 from pydantic import Field, field_validator
 from yarl import URL
 
+from .._neterrors import describe
 from .._urls import HttpUrl
 from ..durations import format_duration, parse_duration
 from ..results import CheckResult, PerfDatum, Status
 from ..targets import Target
-from ._neterrors import describe
 from .base import Check, CheckEnv, CheckOptions
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+from .._neterrors import describe
 from ..durations import format_duration
 from ..results import CheckResult, PerfDatum, Status
-from ._neterrors import describe
 from .base import Check, CheckOptions
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
 from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .._neterrors import describe
 from ..durations import parse_duration
 from ..events import EventType, Severity
 
@@ -67,10 +69,38 @@ class Delivery:
     def ok(self) -> bool:
         return self.status is not None and 200 <= self.status < 300
 
+    def redacted(self, secrets: list[str]) -> Delivery:
+        """The same answer with every secret value masked (errors often quote the URL they failed on)."""
+        return replace(self, body=redact(self.body, secrets), error=redact(self.error, secrets) if self.error else None)
+
     @property
     def permanent(self) -> bool:
         """A 4xx other than 408/429: retrying the same message will not help."""
         return self.status is not None and 400 <= self.status < 500 and self.status not in (408, 425, 429)
+
+
+REDACTED = "<redacted>"
+
+
+def secret_parts(value: str) -> list[str]:
+    """What of a secret can show up in a message: the whole, and for a URL its path and query (a Slack
+    webhook's token is its path; a library may print the URL without its scheme, or only the path)."""
+    parts = [value]
+    url = urlsplit(value)
+    if url.scheme and url.netloc:
+        tail = url.path + (f"?{url.query}" if url.query else "")
+        if len(tail) >= 8:
+            parts += [url.netloc + tail, tail]
+        if url.password:
+            parts.append(url.password)
+    return parts
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 4:
+            text = text.replace(secret, REDACTED)
+    return text
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -105,6 +135,22 @@ class Notifier:
     async def send(self, session: aiohttp.ClientSession, body: dict[str, Any], message_id: str) -> Delivery:
         raise NotImplementedError
 
+    def secrets(self) -> list[str]:
+        """Secret values this notifier uses (read from their files), to be masked in whatever it reports."""
+        return []
+
+    async def deliver(self, session: aiohttp.ClientSession, body: dict[str, Any], message_id: str) -> Delivery:
+        """`send`, with its answer free of secrets: what the log, the outbox and the API may show."""
+        try:
+            delivery = await self.send(session, body, message_id)
+        except ValueError as exc:  # a secret file went missing or became unreadable: retried
+            delivery = Delivery(None, error=str(exc))
+        try:
+            secrets = self.secrets()
+        except ValueError:
+            secrets = []
+        return delivery.redacted([p for s in secrets for p in secret_parts(s)])
+
     def wants(self, event: dict[str, Any]) -> bool:
         opts = self.options
         if opts.events is not None and event["type"] not in {e.value for e in opts.events}:
@@ -128,4 +174,5 @@ class Notifier:
         except TimeoutError:
             return Delivery(None, error=f"no answer within {self.options.timeout:g}s")
         except (aiohttp.ClientError, OSError) as exc:
-            return Delivery(None, error=f"{type(exc).__name__}: {exc}")
+            # the host, never the path: a webhook's path is often its credential (Slack)
+            return Delivery(None, error=f"{describe(exc)} ({urlsplit(url).netloc})")

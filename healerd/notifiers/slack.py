@@ -47,7 +47,22 @@ class SlackOptions(NotifierOptions):
     def _source(self) -> SlackOptions:
         if self.webhook_url_file is None and self.webhook_url_env is None:
             raise ValueError("set webhook_url_file (a file holding the Slack webhook URL) or webhook_url_env")
+        if self.webhook_url_file is not None and self.webhook_url_file.is_file():
+            url = read_secret(self.webhook_url_file, None, "Slack webhook URL")
+            if url is None or not _looks_like_url(url):
+                # never quote the content: it is a secret, typo or not
+                raise ValueError(
+                    f"{self.webhook_url_file} does not hold an http(s) URL; put the webhook URL Slack gave you "
+                    "on one line (https://hooks.slack.com/services/…)"
+                )
         return self
+
+
+def _looks_like_url(value: str) -> bool:
+    from urllib.parse import urlsplit
+
+    url = urlsplit(value)
+    return url.scheme in ("http", "https") and bool(url.netloc) and " " not in value
 
 
 def cut(text: str, limit: int) -> str:
@@ -117,7 +132,16 @@ class SlackNotifier(Notifier):
         more = f"\n… and {len(items) - limit} more" if len(items) > limit else ""
         return "\n".join(shown) + more
 
+    def secrets(self) -> list[str]:
+        url = read_secret(self.opts.webhook_url_file, self.opts.webhook_url_env, "Slack webhook URL")
+        return [url] if url else []
+
     async def send(self, session: aiohttp.ClientSession, body: dict[str, Any], message_id: str) -> Delivery:
         url = read_secret(self.opts.webhook_url_file, self.opts.webhook_url_env, "Slack webhook URL")
         assert url is not None
+        if not _looks_like_url(url):
+            where = self.opts.webhook_url_file or f"${self.opts.webhook_url_env}"
+            return Delivery(
+                None, error=f"{where} does not hold an http(s) URL; put the webhook URL Slack gave you in it"
+            )
         return await self.post_json(session, url, json.dumps(body).encode(), {})

@@ -109,6 +109,10 @@ class WebhookNotifier(Notifier):
             ],
         }
 
+    def secrets(self) -> list[str]:
+        secret = read_secret(self.opts.secret_file, self.opts.secret_env, "webhook secret")
+        return [secret] if secret else []
+
     async def send(self, session: aiohttp.ClientSession, body: dict[str, Any], message_id: str) -> Delivery:
         payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
         headers = {"Idempotency-Key": message_id, "User-Agent": "healerd", **self.opts.headers}
