@@ -125,3 +125,121 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_example_config_is_valid() -> None:
     cfg = load_config(Path(__file__).parent.parent / "config.example.yaml")
     assert cfg.services
+
+
+# ---------------------------------------------------------------------------------------------------------
+# YAML: anchors and merges are fine, a key written twice is not
+
+
+def test_anchors_and_merge_overrides_are_not_duplicates(tmp_path: Path) -> None:
+    text = GOOD.replace("      - name: health\n", "      - &health\n        name: health\n") + (
+        "  api:\n"
+        "    provider: lab\n"
+        "    machines: [{id: api-1, address: '127.0.0.1:9001'}]\n"
+        "    checks:\n"
+        "      - {<<: *health, name: ready, interval: 1s}\n"
+    )
+    cfg = load_config(write(tmp_path, text))
+    ready = cfg.services["api"].checks[0]
+    assert (ready.name, ready.interval, ready.fall) == ("ready", 1.0, 4)  # written keys win over merged ones
+
+
+def test_a_key_written_twice_in_a_playbook_is_refused_too() -> None:
+    from healerd import _yaml
+
+    with pytest.raises(_yaml.YamlSyntaxError) as info:
+        _yaml.load("name: a\nsteps: []\nname: b\n")
+    assert info.value.line == 3
+    assert str(info.value) == "key 'name' appears twice (lines 1 and 3); keep one of them"
+
+
+def test_keys_that_are_not_strings_are_refused_wherever_they_are(tmp_path: Path) -> None:
+    text = GOOD.replace("expect: {status: [200, 204], max_latency: 100ms}", "expect: {200: ok}")
+    joined = "\n".join(problems_of(tmp_path, text))
+    assert "services.web.checks[0].expect.200: keys must be strings (200 is read as a number); quote it" in joined
+
+
+# ---------------------------------------------------------------------------------------------------------
+# daemon: who may reach the API, and over what
+
+
+def test_listening_on_the_network_is_fine_with_a_token(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("s3cret\n")
+    text = GOOD.replace("listen: 127.0.0.1:19464", "listen: 0.0.0.0:19464\n  api_token_file: token").replace(
+        "  mode: observe", "  mode: observe\n  allowed_hosts: [Healerd.Example.com, '10.0.0.5:19464', '[fd00::5]']"
+    )
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.daemon.listen_host == "0.0.0.0" and cfg.daemon.api_token_file == tmp_path / "token"
+    assert cfg.daemon.allowed_hosts == ["healerd.example.com", "10.0.0.5:19464", "[fd00::5]"]
+    assert cfg.warnings == ()
+
+
+@pytest.mark.parametrize("listen", ["localhost:19464", "'[::1]:19464'", "127.0.0.2:19464"])
+def test_loopback_needs_no_token(tmp_path: Path, listen: str) -> None:
+    cfg = load_config(write(tmp_path, GOOD.replace("listen: 127.0.0.1:19464", f"listen: {listen}")))
+    assert cfg.daemon.api_token_file is None
+
+
+def _certificate(tmp_path: Path, name: str, passphrase: bytes | None = None) -> tuple[Path, Path]:
+    """A self-signed certificate and its key, as PEM files."""
+    pytest.importorskip("cryptography")
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "healerd.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    )
+    cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
+    return cert_path, key_path
+
+
+def _tls(cert: str, key: str) -> str:
+    return GOOD.replace("  mode: observe", f"  mode: observe\n  tls_cert_file: {cert}\n  tls_key_file: {key}")
+
+
+def test_tls_files_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    cert, key = _certificate(tmp_path, "api")
+    cfg = load_config(write(tmp_path, _tls("./api.crt", "api.key")))
+    assert (cfg.daemon.tls_cert_file, cfg.daemon.tls_key_file) == (cert, key)
+
+
+def test_a_key_that_is_not_the_certificates_is_refused(tmp_path: Path) -> None:
+    _certificate(tmp_path, "one")
+    _certificate(tmp_path, "two")
+    (problem,) = problems_of(tmp_path, _tls("one.crt", "two.key"))
+    assert f"daemon.tls_key_file: {tmp_path / 'two.key'} is not the private key of {tmp_path / 'one.crt'}" in problem
+
+
+def test_an_encrypted_key_is_refused_without_asking_for_its_passphrase(tmp_path: Path) -> None:
+    _certificate(tmp_path, "api", passphrase=b"secret")
+    (problem,) = problems_of(tmp_path, _tls("api.crt", "api.key"))
+    assert (
+        "daemon.tls_key_file:" in problem
+        and "is encrypted with a passphrase; healerd needs an unencrypted key" in problem
+    )
+
+
+def test_a_certificate_that_is_not_pem_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "api.crt").write_text("not a certificate\n")
+    (tmp_path / "api.key").write_text("not a key\n")
+    (problem,) = problems_of(tmp_path, _tls("api.crt", "api.key"))
+    assert "daemon.tls_cert_file: cannot load" in problem and "as a PEM certificate" in problem
