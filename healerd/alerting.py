@@ -22,6 +22,7 @@ import structlog
 from .events import Event, new_id
 from .notifiers import NOTIFIER_KINDS, Delivery, Notifier
 from .notifiers.alertmanager import AlertmanagerNotifier
+from .store import STORE_FAULTS, rollback
 
 if TYPE_CHECKING:
     from .config import Config
@@ -45,6 +46,8 @@ class Alerting:
         self._wake: dict[str, asyncio.Event] = {}
         self._session: aiohttp.ClientSession | None = None
         self._last_sent: dict[str, float] = {}
+        self._unwritten: list[Event] = []  # routed, not yet committed to the outbox (kept across store failures)
+        self._write_backoff = 0.25
 
     # -- configuration ----------------------------------------------------------------------------------
     def configure(self, config: Config) -> None:
@@ -106,7 +109,7 @@ class Alerting:
 
     async def _drain_queue(self) -> None:
         """Write the events still queued in memory to the outbox."""
-        batch: list[Event] = []
+        batch, self._unwritten = self._unwritten, []
         while not self._queue.empty():
             batch.append(self._queue.get_nowait())
         if batch:
@@ -124,12 +127,27 @@ class Alerting:
             self._queue.put_nowait(event)
 
     async def _writer(self) -> None:
+        """Commit routed events to the outbox. A store failure (disk full) keeps them in memory and retries
+        with backoff: nothing is dropped, and this task never dies of it."""
         while True:
-            event = await self._queue.get()
-            batch = [event]
+            if not self._unwritten:
+                self._unwritten.append(await self._queue.get())
             while not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            await self._write(batch)
+                self._unwritten.append(self._queue.get_nowait())
+            try:
+                await self._write(self._unwritten)
+            except asyncio.CancelledError:
+                raise
+            except STORE_FAULTS:  # the store logged it once; try again, a little later each time
+                self._write_backoff = min(10.0, self._write_backoff * 2)
+                await asyncio.sleep(self._write_backoff)
+                continue
+            except Exception:
+                log.exception("writing notifications to the outbox failed; will retry", events=len(self._unwritten))
+                await asyncio.sleep(1.0)
+                continue
+            self._unwritten = []
+            self._write_backoff = 0.25
 
     async def _write(self, batch: list[Event]) -> None:
         rows = []
@@ -145,8 +163,12 @@ class Alerting:
     def _insert_items(self, rows: list[tuple[str, str, str, float]]) -> None:
         conn = self.store.conn
         conn.execute("BEGIN")
-        conn.executemany("INSERT INTO outbox_items (notifier, service, event, created_at) VALUES (?,?,?,?)", rows)
-        conn.execute("COMMIT")
+        try:
+            conn.executemany("INSERT INTO outbox_items (notifier, service, event, created_at) VALUES (?,?,?,?)", rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            rollback(conn)
+            raise
 
     # -- grouping -----------------------------------------------------------------------------------------
     async def _grouper(self) -> None:
@@ -156,6 +178,8 @@ class Alerting:
                 await self._group_once(time.time())
             except asyncio.CancelledError:
                 raise
+            except STORE_FAULTS:  # the store said so once; the items stay in the outbox, grouped next time
+                await asyncio.sleep(1.0)
             except Exception:  # keep going; the items stay in the outbox and are grouped next time
                 log.exception("grouping notifications failed")
 
@@ -203,7 +227,7 @@ class Alerting:
                 conn.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (f"alertmanager:{n.name}", n.state()))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
 
     async def _reposter(self) -> None:
@@ -221,11 +245,14 @@ class Alerting:
                 body = n.repost()
                 if body is not None:
                     message_id = new_id(now)
-                    await self.store.execute(
-                        "INSERT INTO outbox (id, notifier, service, state, attempts, next_attempt_at, created_at,"
-                        " updated_at, payload, events) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        (message_id, n.name, "", "pending", 0, now, now, now, json.dumps(body), 0),
-                    )
+                    try:
+                        await self.store.execute(
+                            "INSERT INTO outbox (id, notifier, service, state, attempts, next_attempt_at,"
+                            " created_at, updated_at, payload, events) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                            (message_id, n.name, "", "pending", 0, now, now, now, json.dumps(body), 0),
+                        )
+                    except STORE_FAULTS:  # reposted at the next interval
+                        continue
                     self._wake[n.name].set()
 
     # -- delivery -----------------------------------------------------------------------------------------
@@ -236,7 +263,9 @@ class Alerting:
                 wait = await self._deliver_next(name)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # e.g. the store is briefly unavailable; try again shortly
+            except STORE_FAULTS:  # the store is failing (it said so once): delivery resumes when it works
+                wait = 1.0
+            except Exception:
                 log.exception("notification delivery failed", notifier=name)
                 wait = 1.0
             if wait > 0:

@@ -17,6 +17,8 @@ from .config import Config, ConfigError, Mode, load_config
 from .results import CheckResult, Status
 
 DEFAULT_URL = "http://127.0.0.1:9464"
+#: The API token's usual place (docs/security.md); read when neither --token-file nor -c is given.
+DEFAULT_TOKEN_FILE = Path("/etc/healerd/api-token")
 EXIT_CONFIG = 2
 
 
@@ -29,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, help="config file (YAML)")
     run.add_argument("--mode", choices=[m.value for m in Mode], help="override daemon.mode")
     run.add_argument(
+        "--move-aside-broken-state",
+        action="store_true",
+        help="if the state database is damaged, rename it (state.db.broken-<time>) and start with an empty state",
+    )
+    run.add_argument(
         "--crash-at",
         metavar="ACTION[:after]",
         help="testing only: SIGKILL this daemon at that playbook step (crash-safety tests); logged loudly",
@@ -36,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="check a config file; exit 0 with a summary or 2 with every error")
     val.add_argument("-c", "--config", required=True)
+    val.add_argument(
+        "--allow-empty", action="store_true", help="accept a config with no services (exit 0 with a warning)"
+    )
 
     chk = sub.add_parser("check", help="run every check once, print a table, exit with the worst status")
     chk.add_argument("-c", "--config", required=True)
@@ -79,7 +89,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _api_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's API (default {DEFAULT_URL})")
-    p.add_argument("--token-file", help="file holding the API bearer token (daemon.api_token_file)")
+    p.add_argument(
+        "--token-file",
+        help=f"file holding the API bearer token (default: the api_token_file of -c CONFIG, else {DEFAULT_TOKEN_FILE})",
+    )
+    p.add_argument("-c", "--config", help="the daemon's config file, to read its api_token_file")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -122,7 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import run
 
     try:
-        return run(args.config, Mode(args.mode) if args.mode else None, args.crash_at)
+        return run(args.config, Mode(args.mode) if args.mode else None, args.crash_at, args.move_aside_broken_state)
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_CONFIG
@@ -132,9 +146,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    print(config.summary())
+    empty = not config.services and not args.allow_empty
+    if not empty:
+        print(config.summary())
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if empty:
+        # valid, but almost certainly not what was meant (a wrong file, a failed template): say so in CI
+        print(
+            f"{config.path}: the config is empty: 0 services, nothing would be checked; "
+            "add services (docs/configuration.md) or pass --allow-empty",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     return 0
 
 
@@ -241,19 +265,40 @@ class ApiError(Exception):
     pass
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    """The bearer token: --token-file, else the api_token_file of -c CONFIG, else DEFAULT_TOKEN_FILE if readable."""
+    path: Path | None
+    if getattr(args, "token_file", None):
+        path = Path(args.token_file)
+    elif getattr(args, "config", None):
+        config = _load(args.config)
+        if config is None:
+            raise ApiError(f"cannot take the API token from {args.config}: fix the errors above or pass --token-file")
+        path = config.daemon.api_token_file
+        if path is None:
+            return None
+    else:
+        try:  # optional: a daemon without a token, or a user who may not read it, just goes without
+            return DEFAULT_TOKEN_FILE.read_text().strip() or None
+        except OSError:
+            return None
+    try:
+        return path.read_text().strip() or None
+    except OSError as exc:
+        raise ApiError(f"cannot read the token file {path}: {exc.strerror or exc}") from None
+
+
 def _api(args: argparse.Namespace, path: str, body: dict[str, Any] | None = None, timeout: float = 30) -> Any:
-    """Call the daemon's API; errors become one clear line (ApiError)."""
+    """GET `path`, or POST `body` (JSON, as the API requires for every change); errors become one ApiError."""
     base = args.url.rstrip("/")
     headers = {"Accept": "application/json"}
     data = None
     if body is not None:
         data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
-    if getattr(args, "token_file", None):
-        try:
-            headers["Authorization"] = "Bearer " + Path(args.token_file).read_text().strip()
-        except OSError as exc:
-            raise ApiError(f"cannot read the token file {args.token_file}: {exc.strerror or exc}") from None
+    token = _token(args)
+    if token:
+        headers["Authorization"] = "Bearer " + token
     method = "POST" if body is not None else "GET"
     req = urllib.request.Request(base + path, data=data, headers=headers, method=method)
     try:

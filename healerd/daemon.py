@@ -7,7 +7,7 @@ import contextlib
 import gc
 import signal
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +18,14 @@ from . import api
 from .alerting import Alerting
 from .checks import CheckEnv
 from .config import Config, ConfigError, Mode, load_config
-from .events import Event, EventBus
+from .events import Event, EventBus, EventType, Severity
 from .health import HealthBook
 from .log import configure as configure_logging
 from .log import log_event
 from .metrics import Metrics
 from .monitor import Monitor
 from .remediation import RemediationEngine
-from .store import Store
+from .store import STORE_FAULTS, Store, StoreError
 from .systemd import Notifier as SystemdNotifier
 
 log = structlog.get_logger("healerd.daemon")
@@ -62,6 +62,30 @@ class Daemon:
         self.bus.subscribe(log_event)
         self.bus.subscribe(lambda e: events_total.labels(e.type.value).inc())
         self.bus.subscribe(self.alerting.on_event)
+        self.metrics.gauge("store_writable").set(1)
+        self.store.on_fault(self._store_fault)
+
+    def _store_fault(self, reason: str | None) -> None:
+        """The state store started failing (disk full, read-only) or works again: say so, once each way."""
+        self.metrics.gauge("store_writable").set(0 if reason else 1)
+        if reason:
+            self.metrics.counter("store_errors").inc()
+        summary = (
+            f"the state store {self.store.path} is failing ({reason}); checks and alerts go on, writes are retried"
+            if reason
+            else f"the state store {self.store.path} works again"
+        )
+        self.bus.publish(
+            Event(
+                EventType.STORE_DEGRADED,
+                "",
+                summary,
+                time.time(),
+                severity=Severity.CRITICAL if reason else Severity.INFO,
+                firing=reason is not None,
+                details={"path": str(self.store.path), "error": reason},
+            )
+        )
 
     # -- lifecycle (aiohttp cleanup contexts, started in order and stopped in reverse) ---------------------
     async def _store_ctx(self, app: web.Application) -> AsyncIterator[None]:
@@ -118,7 +142,9 @@ class Daemon:
                 if time.monotonic() - last_prune > PRUNE_INTERVAL:
                     last_prune = time.monotonic()
                     await self.store.prune()
-            except Exception:  # a full disk must not stop monitoring; it is retried next second
+            except STORE_FAULTS:  # a full disk must not stop monitoring: the store said so once; retried
+                self.metrics.counter("store_errors").inc()
+            except Exception:
                 log.exception("writing to the state store failed; will retry", path=str(self.store.path))
 
     def build_app(self) -> web.Application:
@@ -188,6 +214,8 @@ class Daemon:
             text += " (paused)"
         if self.last_reload_error:
             text = f"reload refused ({self.last_reload_error}), previous config running; " + text
+        if self.store.fault:
+            text = f"STATE STORE FAILING ({self.store.fault}); " + text
         return text
 
 
@@ -277,7 +305,9 @@ def _settle_memory() -> None:
     gc.set_threshold(10_000, 20, 20)
 
 
-def run(config_path: str | Path, mode: Mode | None = None, crash_at: str | None = None) -> int:
+def run(
+    config_path: str | Path, mode: Mode | None = None, crash_at: str | None = None, move_aside: bool = False
+) -> int:
     config = load_config(config_path)
     configure_logging(config.daemon.log_format, config.daemon.log_level)
     for warning in config.warnings:
@@ -287,8 +317,20 @@ def run(config_path: str | Path, mode: Mode | None = None, crash_at: str | None 
             "FAULT INJECTION ARMED: this daemon kills itself (SIGKILL) at a playbook step; for crash tests only",
             crash_at=crash_at,
         )
+    if move_aside:
+        problem = Store.damage(config.daemon.state_dir)
+        if problem:
+            moved = Store.move_aside(config.daemon.state_dir)
+            log.warning("damaged state database moved aside; starting empty", problem=problem, moved_to=str(moved))
+    runner: Callable[[Coroutine[Any, Any, int]], int]
     try:
         import uvloop
+
+        runner = uvloop.run
     except ImportError:  # only the import: an ImportError raised by the daemon itself is not a reason to restart
-        return asyncio.run(serve(config, mode, crash_at))
-    return uvloop.run(serve(config, mode, crash_at))
+        runner = asyncio.run
+    try:
+        return runner(serve(config, mode, crash_at))
+    except StoreError as exc:
+        log.error("cannot start", reason=str(exc))
+        return 1

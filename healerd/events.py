@@ -34,6 +34,7 @@ class EventType(enum.StrEnum):
     INCIDENT_OPENED = "incident.opened"
     INCIDENT_RESOLVED = "incident.resolved"
     CHECK_UNKNOWN = "check.unknown"
+    STORE_DEGRADED = "store.degraded"
     MACHINE_RETIRED = "machine.retired"
 
 

@@ -69,6 +69,8 @@ METRICS: tuple[MetricDef, ...] = (
         ("service", "check"),
     ),
     MetricDef("events", "counter", "Events published, by type.", ("type",)),
+    MetricDef("store_writable", "gauge", "1 while the state store accepts writes, 0 while it fails (disk full).", ()),
+    MetricDef("store_errors", "counter", "Failed state store operations (each is retried).", ()),
     MetricDef("config_reloads", "counter", "Config reloads by outcome (success, failure).", ("outcome",)),
 )
 

@@ -31,6 +31,7 @@ from .providers.base import LaunchRequest, Provider, ProviderError
 from .results import Status
 from .rotation import ROTATION_KINDS, Rotation
 from .safety import Decision, GateInput, Reason, decide
+from .store import STORE_FAULTS
 
 if TYPE_CHECKING:
     from .events import EventBus
@@ -320,6 +321,8 @@ class RemediationEngine:
                 await self.reconcile(time.time())
             except asyncio.CancelledError:
                 raise
+            except STORE_FAULTS:  # the store is failing and said so once: nothing is decided without it
+                await asyncio.sleep(RECONCILE_INTERVAL)
             except Exception:  # keep healing the rest; the error is logged with its traceback
                 log.exception("remediation reconcile failed")
 

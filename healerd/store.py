@@ -9,6 +9,7 @@ import asyncio
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -87,6 +88,21 @@ MIGRATIONS: tuple[str, ...] = (
 ResultRow = tuple[str, str, str, int, int, float, int, str, float, str]
 
 
+def rollback(conn: sqlite3.Connection) -> None:
+    """End a failed transaction. SQLite may already have rolled it back by itself (a full disk): a second
+    ROLLBACK would raise and hide the real error, and a transaction left open would block every later one."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+class StoreError(Exception):
+    """The state database cannot be used as it is; the message says what is wrong and how to fix it."""
+
+
+#: what SQLite (or the OS under it) raises when the disk is full, read-only or gone
+STORE_FAULTS = (sqlite3.OperationalError, sqlite3.DatabaseError, OSError)
+
+
 class Store:
     def __init__(self, state_dir: Path, history: int = 30, event_log_size: int = 100_000) -> None:
         self.path = state_dir / "state.db"
@@ -98,15 +114,69 @@ class Store:
         self._pending_results: list[ResultRow] = []
         self._pending_events: list[Event] = []
         self._lock = threading.Lock()
+        #: the last store failure while it lasts (disk full, read-only): None when writes go through
+        self.fault: str | None = None
+        self.fault_since: float | None = None
+        self.errors = 0
+        self._fault_listeners: list[Callable[[str | None], None]] = []
 
     # -- lifecycle --------------------------------------------------------------------------------------
     async def open(self) -> None:
-        await self.call(self._open)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+        except StoreError:
+            raise
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise StoreError(self._explain(exc)) from None
+
+    def _explain(self, exc: BaseException) -> str:
+        text = str(exc)
+        folder = self.path.parent
+        if isinstance(exc, OSError) or "unable to open" in text or "readonly" in text or "read-only" in text:
+            return (
+                f"cannot open the state database {self.path}: {text}. The state directory {folder} must exist "
+                f"and be writable by this user (check its permissions and free space: ls -ld {folder}; df -h {folder})"
+            )
+        return (
+            f"the state database {self.path} is damaged ({text}). Nothing was changed. Restore it from a backup, "
+            f"or move it aside and start with an empty state: healerd run -c … --move-aside-broken-state "
+            "(machines still running are adopted again)"
+        )
+
+    @staticmethod
+    def damage(state_dir: Path) -> str | None:
+        """What is wrong with an existing state.db (not a database, truncated, corrupt), or None."""
+        path = state_dir / "state.db"
+        if not path.exists():
+            return None
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                result = str(conn.execute("PRAGMA quick_check").fetchone()[0])
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        return None if result == "ok" else result
+
+    @staticmethod
+    def move_aside(state_dir: Path) -> Path | None:
+        """Rename a damaged state.db (and its -wal/-shm) out of the way; returns the new name."""
+        path = state_dir / "state.db"
+        if not path.exists():
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = path.with_name(f"state.db.broken-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{path}{suffix}")
+            if src.exists():
+                src.rename(f"{target}{suffix}")
+        return target
 
     async def open_readonly(self) -> bool:
         """Open an existing store for reading only (never creates, migrates or writes; a running daemon may
         hold it). False when there is no store yet."""
-        return await self.call(self._open_readonly)
+        return await self.read(self._open_readonly)
 
     def _open_readonly(self) -> bool:
         if not self.path.is_file():
@@ -131,6 +201,11 @@ class Store:
                 f"{self.path} was written by a newer healerd (schema {version}, this one knows "
                 f"{len(MIGRATIONS)}); upgrade healerd or restore a backup of the state directory"
             )
+        # A truncated or overwritten file opens fine and fails later: look before trusting it.
+        problem = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if problem != "ok":
+            conn.close()
+            raise StoreError(self._explain(sqlite3.DatabaseError(f"quick_check: {problem}")))
         for i in range(version, len(MIGRATIONS)):
             conn.execute("BEGIN IMMEDIATE")
             for statement in _statements(MIGRATIONS[i]):
@@ -155,7 +230,50 @@ class Store:
             self._conn = None
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        """Run `fn` (which may write) on the store's thread. A failure marks the store faulty; the next write
+        that goes through marks it healthy again."""
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except STORE_FAULTS as exc:
+            self._failed(exc)
+            raise
+        if self.fault is not None:
+            self._recovered()
+        return result
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a read on the store's thread: reads work on a full disk, so they say nothing about recovery."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except STORE_FAULTS as exc:
+            self._failed(exc)
+            raise
+
+    def on_fault(self, listener: Callable[[str | None], None]) -> None:
+        """`listener(reason)` when the store starts failing, `listener(None)` when it works again."""
+        self._fault_listeners.append(listener)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        if self.fault is None:
+            self.fault, self.fault_since = f"{type(exc).__name__}: {exc}", time.time()
+            log.error(
+                "the state store is failing; monitoring and alerting go on, writes are retried",
+                path=str(self.path),
+                error=self.fault,
+            )
+            for listener in self._fault_listeners:
+                listener(self.fault)
+
+    def _recovered(self) -> None:
+        log.warning(
+            "the state store works again",
+            path=str(self.path),
+            failed_for=round(time.time() - (self.fault_since or 0), 1),
+        )
+        self.fault = self.fault_since = None
+        for listener in self._fault_listeners:
+            listener(None)
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -231,7 +349,7 @@ class Store:
                 )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
 
     # -- machines ------------------------------------------------------------------------------------------
@@ -262,7 +380,7 @@ class Store:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
 
     async def upsert_machine(self, machine: Machine, provider: str, now: float) -> None:
@@ -276,7 +394,7 @@ class Store:
             ).fetchone()
             return Machine(row[0], row[1], row[2], Lifecycle(row[3]), json.loads(row[4])) if row else None
 
-        return await self.call(q)
+        return await self.read(q)
 
     async def find_machine(self, machine_id: str) -> Machine | None:
         def q() -> Machine | None:
@@ -285,7 +403,7 @@ class Store:
             ).fetchone()
             return Machine(row[0], row[1], row[2], Lifecycle(row[3]), json.loads(row[4])) if row else None
 
-        return await self.call(q)
+        return await self.read(q)
 
     async def machines_for_incident(self, incident: str) -> list[Machine]:
         def q() -> list[Machine]:
@@ -298,14 +416,14 @@ class Store:
                 )
             ]
 
-        return await self.call(q)
+        return await self.read(q)
 
     # -- small durable records: meta, images, silences, incidents, steps ---------------------------------
     async def execute(self, sql: str, args: tuple[Any, ...] = ()) -> None:
         await self.call(lambda: self.conn.execute(sql, args))
 
     async def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        return await self.call(lambda: self.conn.execute(sql, args).fetchall())
+        return await self.read(lambda: self.conn.execute(sql, args).fetchall())
 
     async def get_meta(self, key: str) -> str | None:
         rows = await self.query("SELECT value FROM meta WHERE key=?", (key,))
@@ -326,7 +444,7 @@ class Store:
                 for s, i, a, lc, attrs in self.conn.execute(sql, args)
             ]
 
-        return await self.call(q)
+        return await self.read(q)
 
     async def forget_machines(self, service: str, keep: set[str]) -> None:
         """Drop machines (and their results) of a service that are no longer configured."""
@@ -337,9 +455,13 @@ class Store:
             gone = [(service, r[0]) for r in rows if r[0] not in keep]
             if gone:
                 conn.execute("BEGIN")
-                conn.executemany("DELETE FROM machines WHERE service = ? AND id = ?", gone)
-                conn.executemany("DELETE FROM results WHERE service = ? AND machine = ?", gone)
-                conn.execute("COMMIT")
+                try:
+                    conn.executemany("DELETE FROM machines WHERE service = ? AND id = ?", gone)
+                    conn.executemany("DELETE FROM results WHERE service = ? AND machine = ?", gone)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    rollback(conn)
+                    raise
 
         await self.call(q)
 
@@ -357,7 +479,7 @@ class Store:
                 )
             return out
 
-        return await self.call(q)
+        return await self.read(q)
 
     async def recent_results(self, key: CheckKey, limit: int = 30) -> list[dict[str, Any]]:
         await self.flush()
@@ -379,7 +501,7 @@ class Store:
                 for ts, st, msg, dur, m in rows
             ]
 
-        return await self.call(q)
+        return await self.read(q)
 
     # -- events -------------------------------------------------------------------------------------------
     async def events(
@@ -425,7 +547,7 @@ class Store:
                 for r in self.conn.execute(sql, args)
             ]
 
-        return await self.call(q)
+        return await self.read(q)
 
     async def prune(self) -> None:
         def q() -> None:

@@ -37,7 +37,8 @@ async def test_a_machine_gets_only_the_environment_its_image_declares(
         env = json.loads(out.read_text())
         assert env["APP_MODE"] == "demo" and env["HEALERD_MACHINE_ID"] == "web-1"
         assert "HEALERD_TEST_SECRET" not in env and "s3cr3t" not in json.dumps(env)
-        assert set(env) <= {"PATH", "APP_MODE", "HEALERD_MACHINE_ID", "HEALERD_SERVICE", "LC_CTYPE"}, env
+        ours = {"HEALERD_MACHINE_ID", "HEALERD_SERVICE", "HEALERD_STATE_DIR", "HEALERD_ADDRESS", "HEALERD_IMAGE"}
+        assert set(env) <= {"PATH", "APP_MODE", "LC_CTYPE", "HEALERD_IMAGE_VERSION", *ours}, env
     finally:
         await provider.terminate(launched)
         await store.close()

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ..machines import Lifecycle, Machine
@@ -25,7 +26,11 @@ from .base import LaunchRequest, Provider, ProviderError, ProviderOptions
 if TYPE_CHECKING:
     from ..config import ServiceConfig
 
+log = structlog.get_logger("healerd.providers.local")
 MARKER = "HEALERD_MACHINE_ID"
+#: also in every machine's environment: which healerd (its state directory) launched it, and as what, so a
+#: machine whose record was lost (a deleted or replaced state.db) is adopted again, never orphaned
+OWNER = "HEALERD_STATE_DIR"
 
 
 class LocalOptions(ProviderOptions):
@@ -88,6 +93,31 @@ def _proc_info(pid: int) -> dict[str, str]:
     return info
 
 
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def find_owned(state_dir: str, service: str) -> dict[str, tuple[int, dict[str, str]]]:
+    """Machine processes (process group leaders) launched by the healerd of `state_dir` for `service`."""
+    found: dict[str, tuple[int, dict[str, str]]] = {}
+    needle = f"{OWNER}={state_dir}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if not _environ_has(pid, needle):
+            continue
+        env = _environ(pid)
+        with contextlib.suppress(OSError):
+            if env.get("HEALERD_SERVICE") == service and MARKER in env and os.getpgid(pid) == pid:
+                found[env[MARKER]] = (pid, env)
+    return found
+
+
 def find_by_marker(machine_id: str) -> int | None:
     """The pid of the process launched for `machine_id`, found by its environment marker."""
     marker = f"{MARKER}={machine_id}".encode()
@@ -115,14 +145,41 @@ class LocalProvider(Provider):
         return self.env.state_dir / "machines" / f"{machine_id}.log"
 
     async def list_machines(self, service: ServiceConfig) -> list[Machine]:
-        """Machines of the service known to the store and not yet released or terminated (none without one)."""
+        """Machines of the service known to the store and not yet released or terminated (none without one),
+        plus machines this healerd launched that are running but missing from the store: adopted on probation
+        (their checks decide whether they serve), never left running unmanaged."""
         if self.env is None or self.env.store is None:
             return []
-        return [
-            m
-            for m in await self.env.store.load_machines(service.name)
-            if m.lifecycle not in (Lifecycle.RELEASED, Lifecycle.TERMINATED)
-        ]
+        stored = await self.env.store.load_machines(service.name)
+        machines = [m for m in stored if m.lifecycle not in (Lifecycle.RELEASED, Lifecycle.TERMINATED)]
+        known = {m.id for m in stored}
+        owned = await asyncio.to_thread(find_owned, self._owner(), service.name)
+        for machine_id, (pid, env) in sorted(owned.items()):
+            if machine_id in known or _is_zombie(pid) or not env.get("HEALERD_ADDRESS"):
+                continue
+            address = env["HEALERD_ADDRESS"]
+            attrs = {
+                "port": address.rpartition(":")[2],
+                "image": env.get("HEALERD_IMAGE", ""),
+                "image_version": env.get("HEALERD_IMAGE_VERSION", ""),
+                "launched_for": "fill",
+                "launched_at": str(time.time()),
+                "adopted": "1",
+            }
+            machine = self._with_pid(Machine(service.name, machine_id, address, Lifecycle.PROBATION, attrs), pid)
+            log.warning(
+                "adopted a running machine missing from the state store; it is on probation",
+                service=service.name,
+                machine=machine_id,
+                pid=pid,
+                address=address,
+            )
+            machines.append(machine)
+        return machines
+
+    def _owner(self) -> str:
+        assert self.env is not None
+        return str(self.env.state_dir.resolve())
 
     def _pick_port(self, taken: set[int]) -> int:
         lo, hi = self.opts.port_range
@@ -174,6 +231,10 @@ class LocalProvider(Provider):
             **spec.env,
             MARKER: machine.id,
             "HEALERD_SERVICE": machine.service,
+            OWNER: self._owner(),
+            "HEALERD_ADDRESS": machine.address,
+            "HEALERD_IMAGE": request.image,
+            "HEALERD_IMAGE_VERSION": request.version,
         }
         with log_path.open("ab") as log:
             try:
