@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -48,7 +49,8 @@ class Daemon:
         self.monitor = Monitor(
             self.book, self.bus, self.metrics, self.store, self.env, config.daemon.max_concurrent_checks
         )
-        self.alerting = Alerting(self.store, self.metrics, f"http://{config.daemon.listen}")
+        scheme = "https" if config.daemon.tls_cert_file else "http"
+        self.alerting = Alerting(self.store, self.metrics, f"{scheme}://{config.daemon.listen}")
         self.alerting.configure(config)
         self.remediation = RemediationEngine(
             config, self.monitor, self.store, self.bus, self.metrics, mode, crash_at=crash_at
@@ -219,6 +221,17 @@ class Daemon:
         return text
 
 
+def _tls(config: Config) -> ssl.SSLContext | None:
+    """The API's TLS context when daemon.tls_cert_file / tls_key_file are set (validated by the config)."""
+    cert, key = config.daemon.tls_cert_file, config.daemon.tls_key_file
+    if cert is None or key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
 def _read_token(config: Config) -> str | None:
     path = config.daemon.api_token_file
     if path is None:
@@ -266,7 +279,7 @@ async def serve(config: Config, mode: Mode | None = None, crash_at: str | None =
     loop.add_signal_handler(signal.SIGHUP, lambda: spawn(reload()))
     try:
         await runner.setup()
-        site = web.TCPSite(runner, config.daemon.listen_host, config.daemon.listen_port)
+        site = web.TCPSite(runner, config.daemon.listen_host, config.daemon.listen_port, ssl_context=_tls(config))
         try:
             await site.start()
         except OSError as exc:
@@ -278,7 +291,8 @@ async def serve(config: Config, mode: Mode | None = None, crash_at: str | None =
             )
             return 1
         _settle_memory()
-        log.info("healerd running", listen=f"http://{config.daemon.listen}", config=str(config.path))
+        scheme = "https" if config.daemon.tls_cert_file else "http"
+        log.info("healerd running", listen=f"{scheme}://{config.daemon.listen}", config=str(config.path))
         spawn(sd.watchdog(daemon.summary))
         spawn(announce_ready())
         await daemon.stopping.wait()
