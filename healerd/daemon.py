@@ -237,7 +237,8 @@ def _read_token(config: Config) -> str | None:
     if path is None:
         return None
     try:
-        token = Path(path).read_text().strip()
+        with Path(path).open("rb") as f:
+            token = f.read(16384).decode("utf-8", "replace").strip()
     except OSError as exc:
         raise RuntimeError(f"cannot read daemon.api_token_file {path}: {exc.strerror or exc}") from None
     if not token:

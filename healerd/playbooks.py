@@ -93,7 +93,7 @@ def load_playbooks(folders: list[Path]) -> tuple[dict[str, Playbook], list[Playb
         for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
             try:
                 data, index = _yaml.load(path.read_text(encoding="utf-8"))
-            except (OSError, _yaml.YamlSyntaxError) as exc:
+            except (OSError, UnicodeDecodeError, _yaml.YamlSyntaxError) as exc:
                 problems.append(PlaybookProblem(path, getattr(exc, "line", None), "", f"cannot read: {exc}"))
                 continue
 

@@ -38,13 +38,20 @@ class NotifierOptions(BaseModel):
         return parse_duration(v)
 
 
+SECRET_MAX = 16384
+
+
 def read_secret(file: Path | None, env: str | None, what: str) -> str | None:
     """A secret from a file or an environment variable; never from the config itself."""
     if file is not None:
         try:
-            value = Path(file).read_text().strip()
+            with Path(file).open("rb") as f:
+                raw = f.read(SECRET_MAX + 1)  # bounded: a wrong path (/dev/zero) must not eat the memory
         except OSError as exc:
             raise ValueError(f"cannot read {what} file {file}: {exc.strerror or exc}") from None
+        if len(raw) > SECRET_MAX:
+            raise ValueError(f"{what} file {file} is larger than {SECRET_MAX} bytes; is it the right file?")
+        value = raw.decode("utf-8", "replace").strip()
         if not value:
             raise ValueError(f"{what} file {file} is empty")
         return value
