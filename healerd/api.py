@@ -5,53 +5,284 @@ from __future__ import annotations
 import asyncio
 import hmac
 import html
+import ipaddress
+import json
+import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+from .api_models import (
+    MAX_BODY,
+    EventsQuery,
+    IncidentsQuery,
+    InputError,
+    MachinesQuery,
+    ModeChange,
+    NoBody,
+    NoQuery,
+    NotificationsQuery,
+    Release,
+    Resolve,
+    SilenceCreate,
+    decode_json,
+    parse_body,
+    parse_query,
+    path_value,
+)
 
 if TYPE_CHECKING:
     from .daemon import Daemon
 
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+M = TypeVar("M", bound=BaseModel)
+
+#: Methods that only read; every other method changes something and must send JSON.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: How long a client may take to send its (at most MAX_BODY bytes) body.
+BODY_TIMEOUT = 10.0
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
-def json_error(status: int, error: str, detail: Any = None) -> web.Response:
-    return web.json_response({"error": error, "detail": detail}, status=status)
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    """JSON that every parser reads: a NaN or infinity (a plugin's perfdata, say) becomes null."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), allow_nan=False)
+
+
+def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(value, status=status, headers=headers, dumps=dumps)
+
+
+def json_error(status: int, error: str, detail: Any = None, headers: dict[str, str] | None = None) -> web.Response:
+    return json_response({"error": error, "detail": detail}, status=status, headers=headers)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Who may talk to the API: Host and Origin (DNS rebinding, cross-site requests), JSON only for changes
+
+Authority = tuple[str, int | None]
+
+
+def _authority(text: str) -> Authority | None:
+    """(host, port) of a Host header or an origin's host[:port], host lower-cased; None when malformed."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:] if rest else None
+    elif text.count(":") > 1:
+        return None  # an IPv6 address must be bracketed
+    else:
+        host, sep, port = text.partition(":")
+        port = port if sep else None
+    if port is not None and not (port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 65535):
+        return None
+    host = host.lower().removesuffix(".")
+    try:
+        host = ipaddress.ip_address(host).compressed
+    except ValueError:
+        if not host or len(host) > 253 or not all(c.isascii() and (c.isalnum() or c in "-._") for c in host):
+            return None
+    return host, int(port) if port is not None else None
+
+
+def _shown(authority: Authority) -> str:
+    host, port = authority
+    host = f"[{host}]" if ":" in host else host
+    return host if port is None else f"{host}:{port}"
+
+
+def accepted_hosts(daemon: Daemon) -> list[Authority]:
+    """The Host values this daemon answers: its listen address, the loopback names when it listens on
+    loopback (or on every address), and `daemon.allowed_hosts`."""
+    cfg = daemon.config.daemon
+    listen = _authority(cfg.listen) or (cfg.listen_host.lower(), cfg.listen_port)
+    out = [listen]
+    try:
+        ip = ipaddress.ip_address(listen[0])
+        local = ip.is_loopback or ip.is_unspecified
+    except ValueError:
+        local = listen[0] == "localhost"
+    if local:
+        out += [(name, cfg.listen_port) for name in _LOOPBACK_NAMES if (name, cfg.listen_port) != listen]
+    for entry in getattr(cfg, "allowed_hosts", None) or []:  # a config without the key allows no more
+        parsed = _authority(str(entry))
+        if parsed is not None and parsed not in out:
+            out.append(parsed)
+    return out
+
+
+def _matches(wanted: Authority, accepted: list[Authority]) -> bool:
+    host, port = wanted
+    for a_host, a_port in accepted:
+        if host != a_host:
+            continue
+        # an entry without a port accepts any; a request without a port means the scheme's (80 or 443)
+        if a_port is None or port == a_port or (port is None and a_port in (80, 443)):
+            return True
+    return False
+
+
+def _refuse_foreign(request: web.Request, daemon: Daemon) -> web.Response | None:
+    """403 for a Host that is not this daemon's (DNS rebinding) or an Origin that is not the same site."""
+    hosts = request.headers.getall(hdrs.HOST, [])
+    if len(hosts) > 1:
+        return json_error(400, "bad Host", "send one Host header")
+    accepted = accepted_hosts(daemon)
+    listed = ", ".join(_shown(a) for a in accepted)
+    # No Host at all is HTTP/1.0 from a script; a browser always sends one, so it cannot be a rebinding.
+    if hosts:
+        authority = _authority(hosts[0])
+        if authority is None or not _matches(authority, accepted):
+            return json_error(
+                403,
+                "unknown Host",
+                f"Host {hosts[0][:200]!r} is not one of {listed}; add it to daemon.allowed_hosts "
+                "if clients reach healerd by that name",
+            )
+    origins = request.headers.getall(hdrs.ORIGIN, [])
+    if origins:
+        scheme, sep, rest = origins[0].partition("://")
+        authority = _authority(rest) if sep and scheme.lower() in ("http", "https") else None
+        if len(origins) > 1 or authority is None or not _matches(authority, accepted):
+            return json_error(
+                403,
+                "foreign Origin",
+                f"Origin {origins[0][:200]!r} is not this daemon ({listed}); healerd answers no cross-site "
+                "requests and sends no CORS headers: call the API from the healerd CLI or curl, which send no Origin",
+            )
+    return None
+
+
+def _refuse_body(request: web.Request) -> web.Response | None:
+    """415 unless a request that changes something says JSON; 413 for a declared body over MAX_BODY."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return json_error(413, "body too large", f"the body may be at most {MAX_BODY} bytes")
+    if request.method in SAFE_METHODS:
+        return None
+    # A web page can send text/plain, form and multipart bodies to any site without asking; application/json
+    # needs a CORS preflight, which healerd never grants.
+    json_type = hdrs.CONTENT_TYPE in request.headers and request.content_type == "application/json"
+    if not json_type or (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
+        got = request.headers.get(hdrs.CONTENT_TYPE)
+        return json_error(
+            415,
+            "JSON only",
+            f"{request.method} needs Content-Type: application/json (got {got[:100] if got else 'none'!r}); "
+            "send it even without a body, e.g. curl -H 'Content-Type: application/json' -d '{}'",
+        )
+    return None
+
+
+def _refuse_token(request: web.Request, daemon: Daemon) -> web.Response | None:
+    if request.method in SAFE_METHODS or daemon.api_token is None:
+        return None
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
+    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    # bytes: compare_digest refuses str with non-ASCII characters
+    if not token or not hmac.compare_digest(token.encode(errors="replace"), daemon.api_token.encode()):
+        return json_error(
+            401,
+            "unauthorized",
+            "send Authorization: Bearer <token> (the api_token_file's content; "
+            "the healerd CLI reads it with --token-file FILE or -c CONFIG)",
+        )
+    return None
 
 
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request: Host and Origin, then JSON for changes and the bearer token, then the handler; a refusal
+    or a failure answers JSON `{"error", "detail"}`."""
     daemon = request.app[DAEMON]
-    if request.method not in ("GET", "HEAD", "OPTIONS") and daemon.api_token is not None:
-        header = request.headers.get("Authorization", "")
-        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        if not token or not hmac.compare_digest(token, daemon.api_token):
-            return json_error(401, "unauthorized", "send Authorization: Bearer <token> (the api_token_file's content)")
     try:
+        refusal = _refuse_foreign(request, daemon) or _refuse_body(request) or _refuse_token(request, daemon)
+        if refusal is not None:
+            return refusal
+        for key, value in request.match_info.items():
+            path_value(key, value)
         return await handler(request)
+    except InputError as exc:
+        return json_error(exc.status, exc.error, exc.detail)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            detail = f"{request.path[:200]} takes {allowed}, not {request.method[:20]}"
+            return json_error(405, "method not allowed", detail, headers={hdrs.ALLOW: allowed})
+        if isinstance(exc, web.HTTPNotFound):
+            return json_error(
+                404, "not found", f"no endpoint {request.method[:20]} {request.path[:200]}; see docs/api.md"
+            )
         return json_error(exc.status, exc.reason, exc.text if exc.text != f"{exc.status}: {exc.reason}" else None)
     except Exception as exc:  # an API bug answers 500 in JSON; the daemon keeps running
         request.app.logger.exception("API handler failed")
         return json_error(500, "internal error", f"{type(exc).__name__}: {exc}")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Typed input
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """At most MAX_BODY + 1 bytes of the body (then 413), within BODY_TIMEOUT (then 408)."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            while size <= MAX_BODY:  # bounded: every turn reads at least one byte or ends
+                chunk = await request.content.read(MAX_BODY + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+    except TimeoutError:
+        raise InputError("body too slow", f"send the body within {BODY_TIMEOUT:g}s", status=408) from None
+    return b"".join(chunks)
+
+
+async def _body(request: web.Request, model: type[M]) -> M:
+    return parse_body(model, decode_json(await _read_body(request)))
+
+
+def _query(request: web.Request, model: type[M]) -> M:
+    return parse_query(model, request.query.items())
+
+
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    """The event loop answers. A failing state store is reported, not fatal (monitoring goes on)."""
+    store = request.app[DAEMON].store
+    body: dict[str, Any] = {"status": "ok"}
+    if store.fault:
+        body["store"] = {"status": "failing", "error": store.fault, "since": store.fault_since}
+    return json_response(body)
 
 
 async def readyz(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     if daemon.monitor.ready:
-        return web.json_response({"status": "ready"})
+        return json_response({"status": "ready"})
     pending = daemon.monitor.checks_without_result
-    return web.json_response({"status": "starting", "checks_without_result": pending}, status=503)
+    return json_response({"status": "starting", "checks_without_result": pending}, status=503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -62,38 +293,40 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def services(request: web.Request) -> web.Response:
+    _query(request, NoQuery)
     monitor = request.app[DAEMON].monitor
-    return web.json_response({"services": [monitor.service_view(n) for n in sorted(monitor.book.services)]})
+    return json_response({"services": [monitor.service_view(n) for n in sorted(monitor.book.services)]})
 
 
 async def service(request: web.Request) -> web.Response:
+    _query(request, NoQuery)
     monitor = request.app[DAEMON].monitor
     name = request.match_info["name"]
     if name not in monitor.book.services:
         return json_error(404, "unknown service", f"no service named {name!r}; see GET /api/v1/services")
     view = monitor.service_view(name)
     view["machine_list"] = [monitor.machine_view(name, m) for m in sorted(monitor.book.services[name].machines)]
-    return web.json_response(view)
+    return json_response(view)
 
 
 async def machines(request: web.Request) -> web.Response:
+    query = _query(request, MachinesQuery)
     monitor = request.app[DAEMON].monitor
-    wanted = request.query.get("service")
-    condition = request.query.get("condition")
-    if wanted is not None and wanted not in monitor.book.services:
-        return json_error(404, "unknown service", f"no service named {wanted!r}")
+    if query.service is not None and query.service not in monitor.book.services:
+        return json_error(404, "unknown service", f"no service named {query.service!r}")
     out = []
     for name in sorted(monitor.book.services):
-        if wanted is not None and name != wanted:
+        if query.service is not None and name != query.service:
             continue
         for mid in sorted(monitor.book.services[name].machines):
             view = monitor.machine_view(name, mid)
-            if condition is None or view["condition"] == condition:
+            if query.condition is None or view["condition"] == query.condition:
                 out.append(view)
-    return web.json_response({"machines": out})
+    return json_response({"machines": out})
 
 
 async def machine(request: web.Request) -> web.Response:
+    _query(request, NoQuery)
     daemon = request.app[DAEMON]
     monitor = daemon.monitor
     service_name, mid = request.match_info["service"], request.match_info["machine"]
@@ -101,23 +334,20 @@ async def machine(request: web.Request) -> web.Response:
         return json_error(404, "unknown machine", f"no machine {mid!r} in service {service_name!r}")
     view = monitor.machine_view(service_name, mid)
     view["events"] = await daemon.store.events(service=service_name, machine=mid, limit=50)
-    return web.json_response(view)
+    return json_response(view)
 
 
 async def events(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON]
-    try:
-        limit = min(int(request.query.get("limit", "100")), 1000)
-    except ValueError:
-        return json_error(400, "bad limit", "limit must be a whole number (at most 1000)")
-    types = [t for t in request.query.get("type", "").split(",") if t] or None
-    rows = await daemon.store.events(request.query.get("service"), request.query.get("machine"), limit, types)
-    return web.json_response({"events": rows})
+    query = _query(request, EventsQuery)
+    types = list(query.type) if query.type else None
+    rows = await request.app[DAEMON].store.events(query.service, query.machine, query.limit, types)
+    return json_response({"events": rows})
 
 
 async def scheduler(request: web.Request) -> web.Response:
+    _query(request, NoQuery)
     monitor = request.app[DAEMON].monitor
-    return web.json_response({"checks": len(monitor.checks), **monitor.scheduler.stats.as_dict()})
+    return json_response({"checks": len(monitor.checks), **monitor.scheduler.stats.as_dict()})
 
 
 _STATE_COLOURS = {
@@ -171,6 +401,14 @@ async def status_page(request: web.Request) -> web.Response:
         rows.append("</table>")
     mode = engine.status()
     rows.insert(0, f"<p>mode <b>{esc(mode['mode'])}</b>{' (paused)' if mode['paused'] else ''}</p>")
+    store = request.app[DAEMON].store
+    if store.fault:
+        rows.insert(
+            0,
+            "<p style='background:#cf222e;color:#fff;padding:6px'><b>The state store is failing</b> "
+            f"({esc(store.fault)}): checks and alerts go on, writes are retried. Free space in "
+            f"{esc(str(store.path.parent))}.</p>",
+        )
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='5'>"
         "<title>healerd</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
@@ -185,43 +423,29 @@ async def status_page(request: web.Request) -> web.Response:
     return web.Response(text=page, content_type="text/html")
 
 
-async def not_found(request: web.Request) -> web.Response:
-    return json_error(404, "not found", f"no endpoint {request.method} {request.path}")
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        body = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(text="the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text="the body must be a JSON object")
-    return body
-
-
 async def incidents(request: web.Request) -> web.Response:
+    query = _query(request, IncidentsQuery)
     engine = request.app[DAEMON].remediation
-    state = request.query.get("state")
-    return web.json_response({"incidents": await engine.incident_list(state=state)})
+    return json_response({"incidents": await engine.incident_list(state=query.state)})
 
 
 async def incident(request: web.Request) -> web.Response:
+    _query(request, NoQuery)
     engine = request.app[DAEMON].remediation
     view = await engine.incident_view(request.match_info["id"])
     if view is None:
         return json_error(
             404, "unknown incident", f"no incident {request.match_info['id']!r}; see GET /api/v1/incidents"
         )
-    return web.json_response(view)
+    return json_response(view)
 
 
 async def incident_resolve(request: web.Request) -> web.Response:
+    _query(request, NoQuery)
+    body = await _body(request, Resolve)
     engine = request.app[DAEMON].remediation
-    body = await _json_body(request)
     try:
-        return web.json_response(await engine.resolve_by_hand(request.match_info["id"], str(body.get("by", ""))))
+        return json_response(await engine.resolve_by_hand(request.match_info["id"], body.by))
     except LookupError as exc:
         return json_error(404, "unknown incident", str(exc))
     except RuntimeError as exc:
@@ -229,16 +453,16 @@ async def incident_resolve(request: web.Request) -> web.Response:
 
 
 async def quarantine(request: web.Request) -> web.Response:
-    return web.json_response({"quarantined": await request.app[DAEMON].remediation.quarantined()})
+    _query(request, NoQuery)
+    return json_response({"quarantined": await request.app[DAEMON].remediation.quarantined()})
 
 
 async def quarantine_release(request: web.Request) -> web.Response:
+    _query(request, NoQuery)
+    body = await _body(request, Release)
     engine = request.app[DAEMON].remediation
-    body = await _json_body(request)
-    to_rotation = bool(body.get("to_rotation", request.query.get("to_rotation") in ("1", "true")))
-    timeout = float(body.get("timeout", 60))
     try:
-        return web.json_response(await engine.release(request.match_info["machine"], to_rotation, timeout))
+        return json_response(await engine.release(request.match_info["machine"], body.to_rotation, body.timeout))
     except LookupError as exc:
         return json_error(404, "not quarantined", str(exc))
     except RuntimeError as exc:
@@ -246,80 +470,62 @@ async def quarantine_release(request: web.Request) -> web.Response:
 
 
 async def quarantine_terminate(request: web.Request) -> web.Response:
+    _query(request, NoQuery)
+    await _body(request, NoBody)
     engine = request.app[DAEMON].remediation
     try:
-        return web.json_response(await engine.terminate(request.match_info["machine"]))
+        return json_response(await engine.terminate(request.match_info["machine"]))
     except LookupError as exc:
         return json_error(404, "not quarantined", str(exc))
 
 
 async def get_mode(request: web.Request) -> web.Response:
-    return web.json_response(request.app[DAEMON].remediation.status())
+    _query(request, NoQuery)
+    return json_response(request.app[DAEMON].remediation.status())
 
 
 async def set_mode(request: web.Request) -> web.Response:
-    from .config import Mode
-
+    _query(request, NoQuery)
+    change = await _body(request, ModeChange)
     daemon = request.app[DAEMON]
     engine = daemon.remediation
-    body = await _json_body(request)
-    service = body.get("service")
-    if service is not None and service not in daemon.config.services:
-        return json_error(404, "unknown service", f"no service named {service!r}")
-    if "mode" in body:
-        raw = body["mode"]
-        try:
-            mode = None if raw in (None, "config") else Mode(raw)
-        except ValueError:
-            return json_error(400, "bad mode", f"mode must be one of observe, dry-run, auto (or null), got {raw!r}")
-        await engine.set_mode(mode, service)
-    if "paused" in body:
-        if not isinstance(body["paused"], bool):
-            return json_error(400, "bad paused", "paused must be true or false")
-        await engine.set_paused(body["paused"])
-    if "mode" not in body and "paused" not in body:
-        return json_error(400, "nothing to change", 'send {"mode": "observe|dry-run|auto"} and/or {"paused": true}')
-    return web.json_response(engine.status())
+    if change.service is not None and change.service not in daemon.config.services:
+        return json_error(404, "unknown service", f"no service named {change.service!r}; see GET /api/v1/services")
+    if change.changes_mode:
+        await engine.set_mode(change.mode, change.service)
+    if change.changes_paused:
+        await engine.set_paused(change.paused)
+    return json_response(engine.status())
 
 
 async def silences(request: web.Request) -> web.Response:
-    return web.json_response({"silences": await request.app[DAEMON].remediation.silences()})
+    _query(request, NoQuery)
+    return json_response({"silences": await request.app[DAEMON].remediation.silences()})
 
 
 async def add_silence(request: web.Request) -> web.Response:
-    from .durations import parse_duration
-
+    _query(request, NoQuery)
+    body = await _body(request, SilenceCreate)
     daemon = request.app[DAEMON]
-    body = await _json_body(request)
-    service, machine = body.get("service"), body.get("machine")
-    if service is None and machine is None:
-        return json_error(400, "silence needs a target", 'send {"service": "web"} and/or {"machine": "web-1"}')
-    if service is not None and service not in daemon.config.services:
-        return json_error(404, "unknown service", f"no service named {service!r}")
-    try:
-        duration = parse_duration(body.get("duration", "1h"))
-    except ValueError as exc:
-        return json_error(400, "bad duration", str(exc))
-    if duration <= 0:
-        return json_error(400, "bad duration", "duration must be greater than 0")
+    if body.service is not None and body.service not in daemon.config.services:
+        return json_error(404, "unknown service", f"no service named {body.service!r}; see GET /api/v1/services")
     silence = await daemon.remediation.add_silence(
-        service, machine, duration, str(body.get("comment", "")), str(body.get("created_by", ""))
+        body.service, body.machine, body.duration, body.comment, body.created_by
     )
-    return web.json_response(silence, status=201)
+    return json_response(silence, status=201)
 
 
 async def delete_silence(request: web.Request) -> web.Response:
+    _query(request, NoQuery)
+    await _body(request, NoBody)
     if not await request.app[DAEMON].remediation.delete_silence(request.match_info["id"]):
-        return json_error(404, "unknown silence", f"no silence {request.match_info['id']!r}")
-    return web.json_response({"deleted": request.match_info["id"]})
+        return json_error(404, "unknown silence", f"no silence {request.match_info['id']!r}; see GET /api/v1/silences")
+    return json_response({"deleted": request.match_info["id"]})
 
 
 async def notifications(request: web.Request) -> web.Response:
-    try:
-        limit = min(int(request.query.get("limit", "50")), 500)
-    except ValueError:
-        return json_error(400, "bad limit", "limit must be a whole number (at most 500)")
-    return web.json_response(await request.app[DAEMON].alerting.view(limit))
+    query = _query(request, NotificationsQuery)
+    return json_response(await request.app[DAEMON].alerting.view(query.limit))
 
 
 def add_routes(app: web.Application) -> None:

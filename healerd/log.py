@@ -47,6 +47,20 @@ def configure(fmt: str = "console", level: str = "info", stream: Any = None) -> 
     root.setLevel(max(_LEVELS[level], logging.WARNING))
     logging.getLogger("apscheduler").setLevel(logging.ERROR)  # a skipped tick shows as lag
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_malformed_requests)
+
+
+def _malformed_requests(record: logging.LogRecord) -> bool:
+    """A malformed HTTP request (anyone who can connect can send one) is one warning line, not a traceback
+    that fills the log."""
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, HttpProcessingError):
+        record.msg, record.args = f"malformed HTTP request refused: {exc.message or type(exc).__name__}", ()
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info = record.exc_text = None
+    return True
 
 
 _event_log = structlog.get_logger("healerd.events")

@@ -80,7 +80,10 @@ def test_a_full_disk_stops_nothing_and_loses_no_notification(
     wait_until(lambda: daemon.machines()[ids[0]]["condition"] == "down", 10, f"{ids[0]} down (checks go on)")
     runs = daemon.machines()[ids[1]]["checks"]["health"]["last_run"]
     wait_until(lambda: daemon.machines()[ids[1]]["checks"]["health"]["last_run"] > runs, 5, "checks still running")
-    assert daemon.json("/healthz")["status"] == "ok"
+    health = daemon.json("/healthz")
+    assert health["status"] == "ok" and health["store"]["status"] == "failing", health
+    status, page = daemon.get("/")
+    assert status == 200 and b"The state store is failing" in page
     assert daemon.output().count("the state store is failing") == 1, "said once, not every second"
 
     filler.unlink()  # space again
