@@ -192,6 +192,7 @@ def test_every_route_answers_malformed_requests_with_json_4xx(
         assert_sane(answer, f"{method} {path[:120]} body {(body or b'')[:60]!r} {headers}", method)
         sent += 1
     assert sent >= 500, f"only {sent} requests"
+    print(f"table fuzz: {sent} malformed requests over {len(ROUTES)} routes, none answered >= 500")
     assert daemon.get("/healthz")[0] == 200
     no_handler_failures(daemon)
 
@@ -283,6 +284,7 @@ def test_random_requests_never_get_a_5xx(tmp_path: Path, fleet_factory: Any, sta
 
     one()
     assert len(sent) >= 500
+    print(f"random fuzz: {len(sent)} requests, statuses {sorted(set(sent))}")
     assert daemon.get("/healthz")[0] == 200
     no_handler_failures(daemon)
 
