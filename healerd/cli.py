@@ -149,9 +149,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     empty = not config.services and not args.allow_empty
     if not empty:
         print(config.summary())
-    for warning in config.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    if empty:
+        for warning in config.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    else:
         # valid, but almost certainly not what was meant (a wrong file, a failed template): say so in CI
         print(
             f"{config.path}: the config is empty: 0 services, nothing would be checked; "

@@ -229,8 +229,11 @@ def test_validate_warns_about_an_empty_config(tmp_path: Path) -> None:
     path = tmp_path / "empty.yaml"
     path.write_text("")
     result = run_cli("validate", "-c", str(path))
-    assert "0 services: nothing will be checked" in result.stderr, result
+    assert result.returncode == 2, result
+    assert "the config is empty: 0 services" in result.stderr and "--allow-empty" in result.stderr, result
     assert "Traceback" not in result.stderr
+    allowed = run_cli("validate", "-c", str(path), "--allow-empty")
+    assert allowed.returncode == 0 and "0 services: nothing will be checked" in allowed.stderr, allowed
 
 
 def test_the_default_playbook_is_found_when_the_config_lives_outside_the_repo(tmp_path: Path) -> None:
