@@ -10,6 +10,7 @@ import json
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import hdrs, web
@@ -36,9 +37,29 @@ from .api_models import (
 )
 
 if TYPE_CHECKING:
-    from .daemon import Daemon
+    from .alerting import Alerting
+    from .config import Config
+    from .metrics import Metrics
+    from .monitor import Monitor
+    from .remediation import RemediationEngine
+    from .store import Store
 
-DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+
+@dataclass
+class ApiSettings:
+    """What the API reads of the running config; the daemon updates it on every reload."""
+
+    config: Config
+    api_token: str | None
+
+
+#: one typed key per component the API reads: the API depends on them, not on the daemon
+SETTINGS: web.AppKey[ApiSettings] = web.AppKey("settings", ApiSettings)
+MONITOR: web.AppKey[Monitor] = web.AppKey("monitor")
+ENGINE: web.AppKey[RemediationEngine] = web.AppKey("remediation")
+STORE: web.AppKey[Store] = web.AppKey("store")
+ALERTING: web.AppKey[Alerting] = web.AppKey("alerting")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
 
@@ -110,10 +131,10 @@ def _shown(authority: Authority) -> str:
     return host if port is None else f"{host}:{port}"
 
 
-def accepted_hosts(daemon: Daemon) -> list[Authority]:
+def accepted_hosts(settings: ApiSettings) -> list[Authority]:
     """The Host values this daemon answers: its listen address, the loopback names when it listens on
     loopback (or on every address), and `daemon.allowed_hosts`."""
-    cfg = daemon.config.daemon
+    cfg = settings.config.daemon
     listen = _authority(cfg.listen) or (cfg.listen_host.lower(), cfg.listen_port)
     out = [listen]
     try:
@@ -141,12 +162,12 @@ def _matches(wanted: Authority, accepted: list[Authority]) -> bool:
     return False
 
 
-def _refuse_foreign(request: web.Request, daemon: Daemon) -> web.Response | None:
+def _refuse_foreign(request: web.Request, settings: ApiSettings) -> web.Response | None:
     """403 for a Host that is not this daemon's (DNS rebinding) or an Origin that is not the same site."""
     hosts = request.headers.getall(hdrs.HOST, [])
     if len(hosts) > 1:
         return json_error(400, "bad Host", "send one Host header")
-    accepted = accepted_hosts(daemon)
+    accepted = accepted_hosts(settings)
     listed = ", ".join(_shown(a) for a in accepted)
     # No Host at all is HTTP/1.0 from a script; a browser always sends one, so it cannot be a rebinding.
     if hosts:
@@ -192,13 +213,13 @@ def _refuse_body(request: web.Request) -> web.Response | None:
     return None
 
 
-def _refuse_token(request: web.Request, daemon: Daemon) -> web.Response | None:
-    if request.method in SAFE_METHODS or daemon.api_token is None:
+def _refuse_token(request: web.Request, settings: ApiSettings) -> web.Response | None:
+    if request.method in SAFE_METHODS or settings.api_token is None:
         return None
     header = request.headers.get(hdrs.AUTHORIZATION, "")
     token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
     # bytes: compare_digest refuses str with non-ASCII characters
-    if not token or not hmac.compare_digest(token.encode(errors="replace"), daemon.api_token.encode()):
+    if not token or not hmac.compare_digest(token.encode(errors="replace"), settings.api_token.encode()):
         return json_error(
             401,
             "unauthorized",
@@ -212,9 +233,9 @@ def _refuse_token(request: web.Request, daemon: Daemon) -> web.Response | None:
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every request: Host and Origin, then JSON for changes and the bearer token, then the handler; a refusal
     or a failure answers JSON `{"error", "detail"}`."""
-    daemon = request.app[DAEMON]
+    settings = request.app[SETTINGS]
     try:
-        refusal = _refuse_foreign(request, daemon) or _refuse_body(request) or _refuse_token(request, daemon)
+        refusal = _refuse_foreign(request, settings) or _refuse_body(request) or _refuse_token(request, settings)
         if refusal is not None:
             return refusal
         for key, value in request.match_info.items():
@@ -270,7 +291,7 @@ def _query(request: web.Request, model: type[M]) -> M:
 
 async def healthz(request: web.Request) -> web.Response:
     """The event loop answers. A failing state store is reported, not fatal (monitoring goes on)."""
-    store = request.app[DAEMON].store
+    store = request.app[STORE]
     body: dict[str, Any] = {"status": "ok"}
     if store.fault:
         body["store"] = {"status": "failing", "error": store.fault, "since": store.fault_since}
@@ -278,15 +299,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON]
-    if daemon.monitor.ready:
+    if request.app[MONITOR].ready:
         return json_response({"status": "ready"})
-    pending = daemon.monitor.checks_without_result
+    pending = request.app[MONITOR].checks_without_result
     return json_response({"status": "starting", "checks_without_result": pending}, status=503)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    registry = request.app[DAEMON].metrics.registry
+    registry = request.app[METRICS].registry
     # Rendering a large fleet's exposition takes a while: keep it off the event loop.
     body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -294,13 +314,13 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def services(request: web.Request) -> web.Response:
     _query(request, NoQuery)
-    monitor = request.app[DAEMON].monitor
+    monitor = request.app[MONITOR]
     return json_response({"services": [monitor.service_view(n) for n in sorted(monitor.book.services)]})
 
 
 async def service(request: web.Request) -> web.Response:
     _query(request, NoQuery)
-    monitor = request.app[DAEMON].monitor
+    monitor = request.app[MONITOR]
     name = request.match_info["name"]
     if name not in monitor.book.services:
         return json_error(404, "unknown service", f"no service named {name!r}; see GET /api/v1/services")
@@ -311,7 +331,7 @@ async def service(request: web.Request) -> web.Response:
 
 async def machines(request: web.Request) -> web.Response:
     query = _query(request, MachinesQuery)
-    monitor = request.app[DAEMON].monitor
+    monitor = request.app[MONITOR]
     if query.service is not None and query.service not in monitor.book.services:
         return json_error(404, "unknown service", f"no service named {query.service!r}")
     out = []
@@ -327,26 +347,25 @@ async def machines(request: web.Request) -> web.Response:
 
 async def machine(request: web.Request) -> web.Response:
     _query(request, NoQuery)
-    daemon = request.app[DAEMON]
-    monitor = daemon.monitor
+    monitor = request.app[MONITOR]
     service_name, mid = request.match_info["service"], request.match_info["machine"]
     if monitor.book.machine(service_name, mid) is None:
         return json_error(404, "unknown machine", f"no machine {mid!r} in service {service_name!r}")
     view = monitor.machine_view(service_name, mid)
-    view["events"] = await daemon.store.events(service=service_name, machine=mid, limit=50)
+    view["events"] = await request.app[STORE].events(service=service_name, machine=mid, limit=50)
     return json_response(view)
 
 
 async def events(request: web.Request) -> web.Response:
     query = _query(request, EventsQuery)
     types = list(query.type) if query.type else None
-    rows = await request.app[DAEMON].store.events(query.service, query.machine, query.limit, types)
+    rows = await request.app[STORE].events(query.service, query.machine, query.limit, types)
     return json_response({"events": rows})
 
 
 async def scheduler(request: web.Request) -> web.Response:
     _query(request, NoQuery)
-    monitor = request.app[DAEMON].monitor
+    monitor = request.app[MONITOR]
     return json_response({"checks": len(monitor.checks), **monitor.scheduler.stats.as_dict()})
 
 
@@ -362,7 +381,7 @@ _STATE_COLOURS = {
 
 
 async def status_page(request: web.Request) -> web.Response:
-    monitor = request.app[DAEMON].monitor
+    monitor = request.app[MONITOR]
     esc = html.escape
     rows = []
     for name in sorted(monitor.book.services):
@@ -385,7 +404,7 @@ async def status_page(request: web.Request) -> web.Response:
                 f"<td style='color:{colour}'>{esc(mv['condition'])}</td><td>{checks}</td></tr>"
             )
         rows.append("</table>")
-    engine = request.app[DAEMON].remediation
+    engine = request.app[ENGINE]
     incidents_open = sorted(engine.incidents.values(), key=lambda i: i.opened_at, reverse=True)
     if incidents_open:
         rows.append(
@@ -401,7 +420,7 @@ async def status_page(request: web.Request) -> web.Response:
         rows.append("</table>")
     mode = engine.status()
     rows.insert(0, f"<p>mode <b>{esc(mode['mode'])}</b>{' (paused)' if mode['paused'] else ''}</p>")
-    store = request.app[DAEMON].store
+    store = request.app[STORE]
     if store.fault:
         rows.insert(
             0,
@@ -425,13 +444,13 @@ async def status_page(request: web.Request) -> web.Response:
 
 async def incidents(request: web.Request) -> web.Response:
     query = _query(request, IncidentsQuery)
-    engine = request.app[DAEMON].remediation
+    engine = request.app[ENGINE]
     return json_response({"incidents": await engine.incident_list(state=query.state)})
 
 
 async def incident(request: web.Request) -> web.Response:
     _query(request, NoQuery)
-    engine = request.app[DAEMON].remediation
+    engine = request.app[ENGINE]
     view = await engine.incident_view(request.match_info["id"])
     if view is None:
         return json_error(
@@ -443,7 +462,7 @@ async def incident(request: web.Request) -> web.Response:
 async def incident_resolve(request: web.Request) -> web.Response:
     _query(request, NoQuery)
     body = await _body(request, Resolve)
-    engine = request.app[DAEMON].remediation
+    engine = request.app[ENGINE]
     try:
         return json_response(await engine.resolve_by_hand(request.match_info["id"], body.by))
     except LookupError as exc:
@@ -454,13 +473,13 @@ async def incident_resolve(request: web.Request) -> web.Response:
 
 async def quarantine(request: web.Request) -> web.Response:
     _query(request, NoQuery)
-    return json_response({"quarantined": await request.app[DAEMON].remediation.quarantined()})
+    return json_response({"quarantined": await request.app[ENGINE].quarantined()})
 
 
 async def quarantine_release(request: web.Request) -> web.Response:
     _query(request, NoQuery)
     body = await _body(request, Release)
-    engine = request.app[DAEMON].remediation
+    engine = request.app[ENGINE]
     try:
         return json_response(await engine.release(request.match_info["machine"], body.to_rotation, body.timeout))
     except LookupError as exc:
@@ -472,7 +491,7 @@ async def quarantine_release(request: web.Request) -> web.Response:
 async def quarantine_terminate(request: web.Request) -> web.Response:
     _query(request, NoQuery)
     await _body(request, NoBody)
-    engine = request.app[DAEMON].remediation
+    engine = request.app[ENGINE]
     try:
         return json_response(await engine.terminate(request.match_info["machine"]))
     except LookupError as exc:
@@ -481,15 +500,15 @@ async def quarantine_terminate(request: web.Request) -> web.Response:
 
 async def get_mode(request: web.Request) -> web.Response:
     _query(request, NoQuery)
-    return json_response(request.app[DAEMON].remediation.status())
+    return json_response(request.app[ENGINE].status())
 
 
 async def set_mode(request: web.Request) -> web.Response:
     _query(request, NoQuery)
     change = await _body(request, ModeChange)
-    daemon = request.app[DAEMON]
-    engine = daemon.remediation
-    if change.service is not None and change.service not in daemon.config.services:
+    settings = request.app[SETTINGS]
+    engine = request.app[ENGINE]
+    if change.service is not None and change.service not in settings.config.services:
         return json_error(404, "unknown service", f"no service named {change.service!r}; see GET /api/v1/services")
     if change.changes_mode:
         await engine.set_mode(change.mode, change.service)
@@ -500,16 +519,16 @@ async def set_mode(request: web.Request) -> web.Response:
 
 async def silences(request: web.Request) -> web.Response:
     _query(request, NoQuery)
-    return json_response({"silences": await request.app[DAEMON].remediation.silences()})
+    return json_response({"silences": await request.app[ENGINE].silences()})
 
 
 async def add_silence(request: web.Request) -> web.Response:
     _query(request, NoQuery)
     body = await _body(request, SilenceCreate)
-    daemon = request.app[DAEMON]
-    if body.service is not None and body.service not in daemon.config.services:
+    settings = request.app[SETTINGS]
+    if body.service is not None and body.service not in settings.config.services:
         return json_error(404, "unknown service", f"no service named {body.service!r}; see GET /api/v1/services")
-    silence = await daemon.remediation.add_silence(
+    silence = await request.app[ENGINE].add_silence(
         body.service, body.machine, body.duration, body.comment, body.created_by
     )
     return json_response(silence, status=201)
@@ -518,14 +537,14 @@ async def add_silence(request: web.Request) -> web.Response:
 async def delete_silence(request: web.Request) -> web.Response:
     _query(request, NoQuery)
     await _body(request, NoBody)
-    if not await request.app[DAEMON].remediation.delete_silence(request.match_info["id"]):
+    if not await request.app[ENGINE].delete_silence(request.match_info["id"]):
         return json_error(404, "unknown silence", f"no silence {request.match_info['id']!r}; see GET /api/v1/silences")
     return json_response({"deleted": request.match_info["id"]})
 
 
 async def notifications(request: web.Request) -> web.Response:
     query = _query(request, NotificationsQuery)
-    return json_response(await request.app[DAEMON].alerting.view(query.limit))
+    return json_response(await request.app[ALERTING].view(query.limit))
 
 
 def add_routes(app: web.Application) -> None:

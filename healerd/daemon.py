@@ -56,6 +56,7 @@ class Daemon:
             config, self.monitor, self.store, self.bus, self.metrics, mode, crash_at=crash_at
         )
         self.api_token = _read_token(config)
+        self.api_settings = api.ApiSettings(config, self.api_token)
         self.stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self.last_reload_error: str | None = None
@@ -151,7 +152,12 @@ class Daemon:
 
     def build_app(self) -> web.Application:
         app = web.Application(middlewares=[api.errors_and_auth])
-        app[api.DAEMON] = self
+        app[api.SETTINGS] = self.api_settings
+        app[api.MONITOR] = self.monitor
+        app[api.ENGINE] = self.remediation
+        app[api.STORE] = self.store
+        app[api.ALERTING] = self.alerting
+        app[api.METRICS] = self.metrics
         app.cleanup_ctx.extend(
             [self._store_ctx, self._checks_ctx, self._alerting_ctx, self._monitor_ctx, self._remediation_ctx]
         )
@@ -188,6 +194,7 @@ class Daemon:
             self.env.check_paths = tuple(new.daemon.check_paths)
             self.config = new
             self.api_token = _read_token(new)
+            self.api_settings.config, self.api_settings.api_token = new, self.api_token
             for warning in new.warnings:
                 log.warning(warning, path=str(new.path))
             self.last_reload_error = None
