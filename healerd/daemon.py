@@ -208,9 +208,6 @@ class Daemon:
             )
             return True
 
-    def publish(self, event: Event) -> None:
-        self.bus.publish(event)
-
     def summary(self) -> str:
         """One line for systemd's STATUS=: service states, open incidents, mode."""
         states: dict[str, list[str]] = {}

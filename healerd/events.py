@@ -105,10 +105,6 @@ class EventBus:
     def subscribe(self, fn: Subscriber) -> None:
         self._subscribers.append(fn)
 
-    def unsubscribe(self, fn: Subscriber) -> None:
-        if fn in self._subscribers:
-            self._subscribers.remove(fn)
-
     def publish(self, event: Event) -> None:
         for fn in self._subscribers:
             try:

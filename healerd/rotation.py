@@ -232,7 +232,8 @@ class Elbv2Rotation(Rotation):
         return sorted(await self.members())
 
     async def sync(self, machines: list[Machine]) -> None:
-        """Register the in-service machines; deregister targets healerd quarantined (never others)."""
+        """Register the in-service machines that are missing. Other targets are left alone: they may not be
+        healerd's, and the machines healerd quarantines were deregistered by the quarantine step itself."""
         current = await self.members()
         for m in machines:
             if m.attributes.get("instance_id", m.id) not in current:
