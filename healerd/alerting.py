@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import time
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,7 @@ import structlog
 from .events import Event, new_id
 from .notifiers import NOTIFIER_KINDS, Delivery, Notifier
 from .notifiers.alertmanager import AlertmanagerNotifier
-from .store import STORE_FAULTS, rollback
+from .store import STORE_FAULTS, Composed, OutboxItem
 
 if TYPE_CHECKING:
     from .config import Config
@@ -72,7 +71,7 @@ class Alerting:
     async def start(self) -> None:
         for n in self.notifiers.values():
             if isinstance(n, AlertmanagerNotifier):
-                n.load_state(await self.store.get_meta(f"alertmanager:{n.name}"))
+                n.load_state(await self.store.meta.get(f"alertmanager:{n.name}"))
         self._session = aiohttp.ClientSession(headers={"User-Agent": "healerd"})
         self._tasks = [
             asyncio.create_task(self._writer(), name="healerd-outbox-writer"),
@@ -116,10 +115,7 @@ class Alerting:
             await self._write(batch)
 
     async def _pending_due(self) -> int:
-        rows = await self.store.query(
-            "SELECT COUNT(*) FROM outbox WHERE state='pending' AND next_attempt_at <= ?", (time.time() + 1,)
-        )
-        return int(rows[0][0])
+        return await self.store.outbox.pending_due(time.time() + 1)
 
     # -- routing: bus subscriber --------------------------------------------------------------------------
     def on_event(self, event: Event) -> None:
@@ -150,25 +146,15 @@ class Alerting:
             self._write_backoff = 0.25
 
     async def _write(self, batch: list[Event]) -> None:
-        rows = []
+        items = []
         for e in batch:
             data = e.as_dict()
             for name in self.routes.get(e.service, ()):
                 n = self.notifiers.get(name)
                 if n is not None and n.wants(data):
-                    rows.append((name, e.service, json.dumps(data, default=str), e.timestamp))
-        if rows:
-            await self.store.call(self._insert_items, rows)
-
-    def _insert_items(self, rows: list[tuple[str, str, str, float]]) -> None:
-        conn = self.store.conn
-        conn.execute("BEGIN")
-        try:
-            conn.executemany("INSERT INTO outbox_items (notifier, service, event, created_at) VALUES (?,?,?,?)", rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            rollback(conn)
-            raise
+                    items.append(OutboxItem(name, e.service, data, e.timestamp))
+        if items:
+            await self.store.outbox.enqueue(items)
 
     # -- grouping -----------------------------------------------------------------------------------------
     async def _grouper(self) -> None:
@@ -184,51 +170,32 @@ class Alerting:
                 log.exception("grouping notifications failed")
 
     async def _group_once(self, now: float, force: bool = False) -> None:
-        rows = await self.store.query(
-            "SELECT notifier, service, MIN(created_at) FROM outbox_items WHERE message IS NULL"
-            " GROUP BY notifier, service"
-        )
         made = set()
-        for notifier_name, service, first in rows:
+        for notifier_name, service, first in await self.store.outbox.waiting():
             n = self.notifiers.get(notifier_name)
             if n is None:
                 continue
             if not force and first > now - n.options.group_wait:
                 continue
-            await self.store.call(self._make_message, n, service, now)
+            await self._make_message(n, service, now)
             made.add(notifier_name)
         for name in made:
             self._wake[name].set()
         if made:
             await self.update_depth()
 
-    def _make_message(self, n: Notifier, service: str, now: float) -> None:
-        """Turn the waiting items of (notifier, service) into one message, in one transaction."""
-        conn = self.store.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            items = conn.execute(
-                "SELECT seq, event FROM outbox_items WHERE notifier=? AND service=? AND message IS NULL ORDER BY seq",
-                (n.name, service),
-            ).fetchall()
-            if not items:
-                conn.execute("ROLLBACK")
-                return
-            message_id = new_id(now)
-            events = [json.loads(e) for _, e in items]
+    async def _make_message(self, n: Notifier, service: str, now: float) -> None:
+        """Turn the waiting items of (notifier, service) into one message, in one transaction (with the
+        Alertmanager notifier's firing alerts, which building the message changed)."""
+        message_id = new_id(now)
+
+        def compose(events: list[dict[str, Any]]) -> Composed:
             body = n.build(events, message_id)
-            conn.execute(
-                "INSERT INTO outbox (id, notifier, service, state, attempts, next_attempt_at, created_at, updated_at,"
-                " payload, events) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (message_id, n.name, service, "pending", 0, now, now, now, json.dumps(body), len(events)),
-            )
-            conn.executemany("UPDATE outbox_items SET message=? WHERE seq=?", [(message_id, s) for s, _ in items])
             if isinstance(n, AlertmanagerNotifier):
-                conn.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (f"alertmanager:{n.name}", n.state()))
-            conn.execute("COMMIT")
-        except BaseException:
-            rollback(conn)
-            raise
+                return Composed(body, {f"alertmanager:{n.name}": n.state()})
+            return Composed(body)
+
+        await self.store.outbox.make_message(n.name, service, message_id, now, compose)
 
     async def _reposter(self) -> None:
         last: dict[str, float] = {}
@@ -246,11 +213,7 @@ class Alerting:
                 if body is not None:
                     message_id = new_id(now)
                     try:
-                        await self.store.execute(
-                            "INSERT INTO outbox (id, notifier, service, state, attempts, next_attempt_at,"
-                            " created_at, updated_at, payload, events) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                            (message_id, n.name, "", "pending", 0, now, now, now, json.dumps(body), 0),
-                        )
+                        await self.store.outbox.add_message(message_id, n.name, "", now, body)
                     except STORE_FAULTS:  # reposted at the next interval
                         continue
                     self._wake[n.name].set()
@@ -278,14 +241,10 @@ class Alerting:
         n = self.notifiers.get(name)
         if n is None or self._session is None:
             return 1.0
-        rows = await self.store.query(
-            "SELECT id, attempts, next_attempt_at, payload FROM outbox WHERE notifier=? AND state='pending'"
-            " ORDER BY created_at, id LIMIT 1",
-            (name,),
-        )
-        if not rows:
+        message = await self.store.outbox.next_pending(name)
+        if message is None:
             return 5.0
-        message_id, attempts, next_at, payload = rows[0]
+        message_id, attempts, next_at, payload = message
         now = time.time()
         if next_at > now:
             return float(min(next_at - now, 5.0))
@@ -294,7 +253,7 @@ class Alerting:
             if gap > 0:
                 return float(gap)
         self._last_sent[name] = time.monotonic()
-        delivery = await n.deliver(self._session, json.loads(payload), message_id)
+        delivery = await n.deliver(self._session, payload, message_id)
         await self._record(n, message_id, attempts + 1, delivery)
         return 0.0
 
@@ -324,10 +283,8 @@ class Alerting:
             outcome = "retry"
             next_at = now + max(self._backoff(n, attempts), d.retry_after or 0.0)
         error = d.error or (None if d.ok else f"HTTP {d.status}: {d.body[:300]}")
-        await self.store.execute(
-            "UPDATE outbox SET state=?, attempts=?, next_attempt_at=?, updated_at=?, last_status=?, last_error=?,"
-            " delivered_at=? WHERE id=?",
-            (state, attempts, next_at, now, d.status, error, now if state == "delivered" else None, message_id),
+        await self.store.outbox.record_attempt(
+            message_id, state, attempts, next_at, now, d.status, error, now if state == "delivered" else None
         )
         self.metrics.counter("notifications").labels(n.name, outcome).inc()
         if state == "dead":
@@ -352,45 +309,17 @@ class Alerting:
         await self.update_depth()
 
     async def update_depth(self) -> None:
-        rows = dict(
-            await self.store.query("SELECT notifier, COUNT(*) FROM outbox WHERE state='pending' GROUP BY notifier")
-        )
-        waiting = dict(
-            await self.store.query(
-                "SELECT notifier, COUNT(*) FROM outbox_items WHERE message IS NULL GROUP BY notifier"
-            )
-        )
+        depth = await self.store.outbox.depth()
         gauge = self.metrics.gauge("notification_queue_depth")
         for name in self.notifiers:
-            gauge.labels(name).set(int(rows.get(name, 0)) + int(waiting.get(name, 0)))
+            gauge.labels(name).set(depth.get(name, 0))
 
     # -- views --------------------------------------------------------------------------------------------
     async def view(self, limit: int = 50) -> dict[str, Any]:
-        rows = await self.store.query(
-            "SELECT id, notifier, service, state, attempts, created_at, updated_at, delivered_at, last_status,"
-            " last_error, events FROM outbox ORDER BY created_at DESC LIMIT ?",
-            (limit,),
-        )
-        messages = [
-            {
-                "id": r[0],
-                "notifier": r[1],
-                "service": r[2],
-                "state": r[3],
-                "attempts": r[4],
-                "created_at": r[5],
-                "updated_at": r[6],
-                "delivered_at": r[7],
-                "last_status": r[8],
-                "last_error": r[9],
-                "events": r[10],
-            }
-            for r in rows
-        ]
-        counts = await self.store.query("SELECT notifier, state, COUNT(*) FROM outbox GROUP BY notifier, state")
+        messages = await self.store.outbox.messages(limit)
         per: dict[str, dict[str, int]] = {name: {"pending": 0, "delivered": 0, "dead": 0} for name in self.notifiers}
-        for name, state, count in counts:
-            per.setdefault(name, {"pending": 0, "delivered": 0, "dead": 0})[state] = int(count)
+        for name, states in (await self.store.outbox.counts()).items():
+            per.setdefault(name, {"pending": 0, "delivered": 0, "dead": 0}).update(states)
         dead = [m for m in messages if m["state"] == "dead"]
         return {
             "notifiers": {name: {"kind": n.kind, **per.get(name, {})} for name, n in self.notifiers.items()},

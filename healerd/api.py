@@ -352,14 +352,14 @@ async def machine(request: web.Request) -> web.Response:
     if monitor.book.machine(service_name, mid) is None:
         return json_error(404, "unknown machine", f"no machine {mid!r} in service {service_name!r}")
     view = monitor.machine_view(service_name, mid)
-    view["events"] = await request.app[STORE].events(service=service_name, machine=mid, limit=50)
+    view["events"] = await request.app[STORE].events.recent(service=service_name, machine=mid, limit=50)
     return json_response(view)
 
 
 async def events(request: web.Request) -> web.Response:
     query = _query(request, EventsQuery)
     types = list(query.type) if query.type else None
-    rows = await request.app[STORE].events(query.service, query.machine, query.limit, types)
+    rows = await request.app[STORE].events.recent(query.service, query.machine, query.limit, types)
     return json_response({"events": rows})
 
 

@@ -61,7 +61,7 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self.last_reload_error: str | None = None
         events_total = self.metrics.counter("events")
-        self.bus.subscribe(self.store.add_event)
+        self.bus.subscribe(self.store.events.add)
         self.bus.subscribe(log_event)
         self.bus.subscribe(lambda e: events_total.labels(e.type.value).inc())
         self.bus.subscribe(self.alerting.on_event)
@@ -144,7 +144,7 @@ class Daemon:
                 await self.store.flush()
                 if time.monotonic() - last_prune > PRUNE_INTERVAL:
                     last_prune = time.monotonic()
-                    await self.store.prune()
+                    await self.store.events.prune()
             except STORE_FAULTS:  # a full disk must not stop monitoring: the store said so once; retried
                 self.metrics.counter("store_errors").inc()
             except Exception:

@@ -106,9 +106,9 @@ class Monitor:
             self.bus.publish_all(self.book.set_service(svc.name, svc.desired, svc.min_healthy, now, grace))
             machines = await self.providers[svc.provider].list_machines(svc)
             # static: the config is the truth; managed: the store is, and what discovery found joins it
-            await self.store.save_machines(machines, svc.provider, now)
+            await self.store.machines.save(machines, svc.provider, now)
             if not svc.managed:
-                await self.store.forget_machines(svc.name, {m.id for m in machines})
+                await self.store.machines.forget(svc.name, {m.id for m in machines})
             old = self.machines.get(svc.name, {})
             for gone in set(old) - {m.id for m in machines}:
                 self.bus.publish_all(self.book.remove_machine(svc.name, gone, now))
@@ -168,7 +168,7 @@ class Monitor:
         now = time.time() if now is None else now
         svc = self.services.get(machine.service)
         provider = svc.provider if svc else ""
-        await self.store.upsert_machine(machine, provider, now)
+        await self.store.machines.upsert(machine, provider, now)
         if svc is None:
             return
         machines = self.machines.setdefault(machine.service, {})
@@ -209,7 +209,7 @@ class Monitor:
 
     async def restore(self) -> int:
         """Replay stored recent results so hard states and flap history survive a restart (no events)."""
-        history = await self.store.load_history()
+        history = await self.store.results.history()
         restored = 0
         for key, entries in history.items():
             ch = self.book.check(key)
@@ -237,7 +237,7 @@ class Monitor:
         bc.runs += 1
         bc.metric_children[result.status].inc()
         bc.duration_child.observe(result.duration)
-        self.store.add_result(key, result, now)
+        self.store.results.add(key, result, now)
         if bc.runs == 1:
             self._pending_first.discard(key)
         log.debug(

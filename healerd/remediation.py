@@ -31,7 +31,7 @@ from .providers.base import LaunchRequest, Provider, ProviderError
 from .results import Status
 from .rotation import ROTATION_KINDS, Rotation
 from .safety import Decision, GateInput, Reason, decide
-from .store import STORE_FAULTS
+from .store import STORE_FAULTS, IncidentRecord
 
 if TYPE_CHECKING:
     from .events import EventBus
@@ -100,13 +100,8 @@ class Incident:
             summary=r[8],
             replacement=r[9],
             error=r[10],
-            details=json.loads(r[11]),
+            details=r[11],
         )
-
-
-_INCIDENT_COLS = (
-    "id, service, machine, state, playbook, opened_at, updated_at, resolved_at, summary, replacement, error, details"
-)
 
 
 class RemediationEngine:
@@ -173,39 +168,32 @@ class RemediationEngine:
                     self.monitor.providers.get(svc.provider),
                 )
         for name, image in config.images.items():
-            rows = await self.store.query("SELECT known_good, seeded FROM images WHERE family=?", (name,))
-            if not rows or rows[0][1] != image.known_good:
+            stored = await self.store.images.get(name)
+            if stored is None or stored.seeded != image.known_good:
                 # new image, or the config's known_good changed: the config wins
-                await self.store.execute(
-                    "INSERT OR REPLACE INTO images VALUES (?,?,?,?)",
-                    (name, image.known_good, image.known_good, time.time()),
-                )
+                await self.store.images.save(name, image.known_good, image.known_good, time.time())
                 self.known_good[name] = image.known_good
             else:
-                self.known_good[name] = rows[0][0] if rows[0][0] in image.versions else image.known_good
+                self.known_good[name] = stored.known_good if stored.known_good in image.versions else image.known_good
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        mode = await self.store.get_meta("mode")
+        mode = await self.store.meta.get("mode")
         self.runtime_mode = Mode(mode) if mode else None
-        self.paused = (await self.store.get_meta("paused")) == "1"
-        modes = await self.store.get_meta("service_modes")
+        self.paused = (await self.store.meta.get("paused")) == "1"
+        modes = await self.store.meta.get("service_modes")
         self.service_modes = {k: Mode(v) for k, v in json.loads(modes).items()} if modes else {}
-        storms = await self.store.get_meta("storm_until")
+        storms = await self.store.meta.get("storm_until")
         self.storm_until = {k: float(v) for k, v in json.loads(storms).items()} if storms else {}
         for svc in self.config.services.values():
             await self.sync_rotation(svc)
-        rows = await self.store.query(f"SELECT {_INCIDENT_COLS} FROM incidents WHERE state != 'resolved'")
-        for r in rows:
+        for r in await self.store.incidents.unresolved():
             inc = Incident.from_row(r)
             self.incidents[inc.id] = inc
         self._update_gauges()
         for inc in list(self.incidents.values()):
             if inc.state is IncidentState.REMEDIATING:
-                await self.store.execute(
-                    "UPDATE steps SET state='interrupted', ended_at=? WHERE incident=? AND state='running'",
-                    (time.time(), inc.id),
-                )
+                await self.store.incidents.mark_running_steps_interrupted(inc.id, time.time())
                 log.info("resuming remediation", incident=inc.id, service=inc.service, machine=inc.machine)
                 self._spawn(inc)
         for svc in self.config.services.values():
@@ -226,10 +214,7 @@ class RemediationEngine:
         await asyncio.gather(*tasks, return_exceptions=True)
         for inc in self.incidents.values():
             if inc.state is IncidentState.REMEDIATING:
-                await self.store.execute(
-                    "UPDATE steps SET state='interrupted', ended_at=? WHERE incident=? AND state='running'",
-                    (time.time(), inc.id),
-                )
+                await self.store.incidents.mark_running_steps_interrupted(inc.id, time.time())
 
     async def sync_rotation(self, svc: ServiceConfig) -> None:
         rotation = self.rotations.get(svc.name)
@@ -255,18 +240,18 @@ class RemediationEngine:
         if service is None:
             self.runtime_mode = mode
             self.service_modes.clear()
-            await self.store.set_meta("mode", mode.value if mode else "")
+            await self.store.meta.set("mode", mode.value if mode else "")
         elif mode is None:
             self.service_modes.pop(service, None)
         else:
             self.service_modes[service] = mode
-        await self.store.set_meta("service_modes", json.dumps({k: v.value for k, v in self.service_modes.items()}))
+        await self.store.meta.set("service_modes", json.dumps({k: v.value for k, v in self.service_modes.items()}))
         log.info("mode changed", mode=mode.value if mode else "config", service=service or "all")
         self._wake.set()
 
     async def set_paused(self, paused: bool) -> None:
         self.paused = paused
-        await self.store.set_meta("paused", "1" if paused else "0")
+        await self.store.meta.set("paused", "1" if paused else "0")
         log.info("remediation paused" if paused else "remediation resumed")
         self._wake.set()
 
@@ -275,10 +260,7 @@ class RemediationEngine:
     ) -> dict[str, Any]:
         now = time.time()
         sid = new_id(now)
-        await self.store.execute(
-            "INSERT INTO silences VALUES (?,?,?,?,?,?,?)",
-            (sid, service, machine, now, now + duration, comment, created_by),
-        )
+        await self.store.silences.add(sid, service, machine, now, now + duration, comment, created_by)
         return {
             "id": sid,
             "service": service,
@@ -289,20 +271,13 @@ class RemediationEngine:
         }
 
     async def delete_silence(self, sid: str) -> bool:
-        rows = await self.store.query("SELECT id FROM silences WHERE id=?", (sid,))
-        await self.store.execute("DELETE FROM silences WHERE id=?", (sid,))
+        deleted = await self.store.silences.delete(sid)
         self._wake.set()
-        return bool(rows)
+        return deleted
 
     async def silences(self, now: float | None = None) -> list[dict[str, Any]]:
         now = time.time() if now is None else now
-        rows = await self.store.query(
-            "SELECT id, service, machine, starts_at, ends_at, comment FROM silences WHERE ends_at > ?", (now,)
-        )
-        return [
-            {"id": r[0], "service": r[1], "machine": r[2], "starts_at": r[3], "ends_at": r[4], "comment": r[5]}
-            for r in rows
-        ]
+        return await self.store.silences.active(now)
 
     def _silenced(self, silences: list[dict[str, Any]], service: str, machine: str) -> bool:
         return any((s["service"] in (None, service)) and (s["machine"] in (None, machine)) for s in silences)
@@ -388,7 +363,7 @@ class RemediationEngine:
         before = self.storm_until.get(service, 0.0)
         self.storm_until[service] = max(before, until)
         if until - before >= 1.0:  # extended by a reconcile tick or more: worth a write
-            await self.store.set_meta("storm_until", json.dumps(self.storm_until))
+            await self.store.meta.set("storm_until", json.dumps(self.storm_until))
 
     def _failure_over(self, service: str, machine_id: str) -> str:
         """Why the failure an open incident is about has ended ('' while it lasts)."""
@@ -421,9 +396,8 @@ class RemediationEngine:
 
     async def _save(self, inc: Incident) -> None:
         inc.updated_at = time.time()
-        await self.store.execute(
-            f"INSERT OR REPLACE INTO incidents ({_INCIDENT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
+        await self.store.incidents.save(
+            IncidentRecord(
                 inc.id,
                 inc.service,
                 inc.machine,
@@ -435,8 +409,8 @@ class RemediationEngine:
                 inc.summary,
                 inc.replacement,
                 inc.error,
-                json.dumps(inc.details, default=str),
-            ),
+                inc.details,
+            )
         )
 
     def _emit(
@@ -519,17 +493,8 @@ class RemediationEngine:
         running = sum(
             1 for i in self.incidents.values() if i.service == svc.name and i.state is IncidentState.REMEDIATING
         )
-        launches = (
-            await self.store.query(
-                "SELECT COUNT(*) FROM remediation_log WHERE service=? AND kind='launch' AND incident IS NOT NULL"
-                " AND ts > ?",
-                (svc.name, now - 3600),
-            )
-        )[0][0]
-        fails = await self.store.query(
-            "SELECT COUNT(*), MAX(ts) FROM remediation_log WHERE service=? AND machine=? AND kind='failed'",
-            (svc.name, inc.machine),
-        )
+        launches = await self.store.incidents.launches_since(svc.name, now - 3600, by_incidents=True)
+        fails = await self.store.incidents.failures(svc.name, inc.machine)
         return GateInput(
             now=now,
             mode=self.mode_for(svc.name),
@@ -543,8 +508,8 @@ class RemediationEngine:
             max_concurrent=rem.max_concurrent,
             launches_last_hour=int(launches),
             max_per_hour=rem.max_per_hour,
-            failures=int(fails[0][0] or 0),
-            last_failure=float(fails[0][1] or 0.0),
+            failures=fails.count,
+            last_failure=float(fails.last or 0.0),
             backoff=rem.backoff,
             max_retries=rem.max_retries,
         )
@@ -577,24 +542,7 @@ class RemediationEngine:
         task.add_done_callback(lambda t, i=inc.id: self._tasks.pop(i, None))  # type: ignore[misc]
 
     async def _steps(self, incident: str) -> dict[int, dict[str, Any]]:
-        rows = await self.store.query(
-            "SELECT idx, action, state, attempts, started_at, ended_at, outputs, error FROM steps WHERE incident=?"
-            " ORDER BY idx",
-            (incident,),
-        )
-        return {
-            r[0]: {
-                "index": r[0],
-                "action": r[1],
-                "state": r[2],
-                "attempts": r[3],
-                "started_at": r[4],
-                "ended_at": r[5],
-                "outputs": json.loads(r[6]),
-                "error": r[7],
-            }
-            for r in rows
-        }
+        return {s["index"]: s for s in await self.store.incidents.steps(incident)}
 
     async def _journal(
         self,
@@ -609,17 +557,9 @@ class RemediationEngine:
     ) -> None:
         now = time.time()
         if start:
-            await self.store.execute(
-                "INSERT INTO steps (incident, idx, action, state, attempts, started_at) VALUES (?,?,?,?,?,?)"
-                " ON CONFLICT (incident, idx) DO UPDATE SET state=excluded.state, attempts=excluded.attempts,"
-                " started_at=excluded.started_at, ended_at=NULL, error=NULL",
-                (incident, idx, action, state, attempts, now),
-            )
+            await self.store.incidents.start_step(incident, idx, action, state, attempts, now)
         else:
-            await self.store.execute(
-                "UPDATE steps SET state=?, ended_at=?, outputs=?, error=? WHERE incident=? AND idx=?",
-                (state, now, json.dumps(outputs or {}, default=str), error, incident, idx),
-            )
+            await self.store.incidents.end_step(incident, idx, state, now, outputs or {}, error)
 
     def _crash_point(self, action: str, when: str) -> None:
         target = self.crash_at
@@ -726,9 +666,7 @@ class RemediationEngine:
         inc.state = IncidentState.FAILED
         inc.error = error
         await self._save(inc)
-        await self.store.execute(
-            "INSERT INTO remediation_log VALUES (?,?,?,?,?)", (inc.service, inc.machine, time.time(), "failed", inc.id)
-        )
+        await self.store.incidents.log_failure(inc.service, inc.machine, time.time(), inc.id)
         self.metrics.counter("remediations").labels(inc.service, inc.playbook, "failed").inc()
         self._emit(
             EventType.REMEDIATION_FAILED,
@@ -755,7 +693,7 @@ class RemediationEngine:
         return self.monitor.providers[svc.provider]
 
     async def _machine(self, service: str, machine_id: str) -> Machine:
-        m = self.monitor.machine(service, machine_id) or await self.store.get_machine(service, machine_id)
+        m = self.monitor.machine(service, machine_id) or await self.store.machines.get(service, machine_id)
         if m is None:
             raise StepFailed(f"machine {machine_id} of {service} is not known", terminal=True)
         return m
@@ -795,7 +733,7 @@ class RemediationEngine:
         m = await self._machine(inc.service, inc.machine)
         provider = self._provider(svc)
         checks = {
-            spec.name: await self.store.recent_results(CheckKey(inc.service, m.id, spec.name), 50)
+            spec.name: await self.store.results.recent(CheckKey(inc.service, m.id, spec.name), 50)
             for spec in svc.checks
         }
         files: dict[str, Any] = {
@@ -817,7 +755,7 @@ class RemediationEngine:
         assert svc.image is not None
         provider = self._provider(svc)
         if incident is not None:
-            for existing in await self.store.machines_for_incident(incident):
+            for existing in await self.store.machines.for_incident(incident):
                 if existing.lifecycle in (Lifecycle.LAUNCHING, Lifecycle.PROBATION, Lifecycle.IN_SERVICE):
                     if existing.lifecycle is Lifecycle.LAUNCHING or not await provider.alive(existing):
                         return await self._start(svc, existing, incident)
@@ -833,7 +771,7 @@ class RemediationEngine:
         machine_id = f"{svc.name}-{new_id()[-8:].lower()}"
         taken = {
             int(m.attributes["port"])
-            for m in await self.store.load_machines()
+            for m in await self.store.machines.load()
             if m.attributes.get("port", "").isdigit() and m.lifecycle not in (Lifecycle.TERMINATED, Lifecycle.RELEASED)
         }
         address, attrs = provider.allocate(taken)
@@ -852,9 +790,7 @@ class RemediationEngine:
         )
         # Recorded before the launch: a crash from here on cannot leave an untracked machine.
         await self.monitor.put_machine(machine)
-        await self.store.execute(
-            "INSERT INTO remediation_log VALUES (?,?,?,?,?)", (svc.name, machine_id, time.time(), "launch", incident)
-        )
+        await self.store.incidents.log_launch(svc.name, machine_id, time.time(), incident)
         return await self._start(svc, machine, incident)
 
     async def _start(self, svc: ServiceConfig, machine: Machine, incident: str | None) -> Machine:
@@ -982,14 +918,7 @@ class RemediationEngine:
             mode=self.mode_for(svc.name),
             paused=self.paused,
             silenced=self._silenced(silences, svc.name, ""),
-            launches_last_hour=int(
-                (
-                    await self.store.query(
-                        "SELECT COUNT(*) FROM remediation_log WHERE service=? AND kind='launch' AND ts > ?",
-                        (svc.name, now - 3600),
-                    )
-                )[0][0]
-            ),
+            launches_last_hour=await self.store.incidents.launches_since(svc.name, now - 3600),
             max_per_hour=max(svc.remediation.max_per_hour, svc.desired),
             max_concurrent=1 << 30,
         )
@@ -1129,7 +1058,7 @@ class RemediationEngine:
 
     async def quarantined(self) -> list[dict[str, Any]]:
         out = []
-        for m in await self.store.load_machines():
+        for m in await self.store.machines.load():
             if m.lifecycle is Lifecycle.QUARANTINED:
                 bundle = self.config.daemon.state_dir / "forensics" / m.attributes.get("incident", "-")
                 out.append(
@@ -1147,7 +1076,7 @@ class RemediationEngine:
         return out
 
     async def release(self, machine_id: str, to_rotation: bool, timeout: float = 60.0) -> dict[str, Any]:
-        m = await self.store.find_machine(machine_id)
+        m = await self.store.machines.find(machine_id)
         if m is None or m.lifecycle is not Lifecycle.QUARANTINED:
             raise LookupError(f"{machine_id} is not a quarantined machine (see GET /api/v1/quarantine)")
         svc = self.config.services.get(m.service)
@@ -1174,7 +1103,7 @@ class RemediationEngine:
         return {"machine": m.id, "lifecycle": "in_service", "detail": "its checks passed; back in rotation"}
 
     async def terminate(self, machine_id: str, why: str = "terminated (its evidence bundle is kept)") -> dict[str, Any]:
-        m = await self.store.find_machine(machine_id)
+        m = await self.store.machines.find(machine_id)
         if m is None or m.lifecycle is not Lifecycle.QUARANTINED:
             raise LookupError(f"{machine_id} is not a quarantined machine (see GET /api/v1/quarantine)")
         svc = self.config.services.get(m.service)
@@ -1188,21 +1117,15 @@ class RemediationEngine:
 
     # -- views ------------------------------------------------------------------------------------------------
     async def incident_list(self, limit: int = 100, state: str | None = None) -> list[dict[str, Any]]:
-        sql = f"SELECT {_INCIDENT_COLS} FROM incidents"
-        args: tuple[Any, ...] = ()
-        if state:
-            sql += " WHERE state = ?"
-            args = (state,)
-        rows = await self.store.query(sql + " ORDER BY opened_at DESC LIMIT ?", (*args, limit))
-        return [Incident.from_row(r).as_dict() for r in rows]
+        return [Incident.from_row(r).as_dict() for r in await self.store.incidents.recent(limit, state)]
 
     async def incident_view(self, incident_id: str) -> dict[str, Any] | None:
-        rows = await self.store.query(f"SELECT {_INCIDENT_COLS} FROM incidents WHERE id=?", (incident_id,))
-        if not rows:
+        row = await self.store.incidents.get(incident_id)
+        if row is None:
             return None
-        inc = Incident.from_row(rows[0])
+        inc = Incident.from_row(row)
         steps = list((await self._steps(inc.id)).values())
-        events = await self.store.events(limit=1000)
+        events = await self.store.events.recent(limit=1000)
         timeline: list[dict[str, Any]] = [
             {"timestamp": e["timestamp"], "kind": "event", "type": e["type"], "summary": e["summary"]}
             for e in events

@@ -1,4 +1,4 @@
-"""Shared fixtures: real aiohttp servers on loopback that stand in for fleet machines."""
+"""Shared fixtures: real aiohttp servers on loopback that stand in for fleet machines; a fresh state store."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+
+from healerd.store import Store
 
 PLUGIN_DIR = Path("/usr/lib/nagios/plugins")
 
@@ -135,3 +137,12 @@ async def aiohttp_server_factory() -> AsyncIterator[object]:
     yield start
     for r in runners:
         await r.cleanup()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A real SQLite state store in a fresh temporary directory, open; closed after the test."""
+    s = Store(tmp_path / "state")
+    await s.open()
+    yield s
+    await s.close()

@@ -26,7 +26,7 @@ async def test_a_machine_gets_only_the_environment_its_image_declares(
     provider = LocalProvider("demo", LocalOptions(), ProviderEnv(tmp_path / "state", store))
     out = tmp_path / "env.json"
     machine = Machine("web", "web-1", "127.0.0.1:20001", Lifecycle.LAUNCHING, {"port": "20001"})
-    await store.upsert_machine(machine, "demo", 0.0)
+    await store.machines.upsert(machine, "demo", 0.0)
     image = LocalImage(command=[sys.executable, "-c", DUMP, str(out), "{port}"], env={"APP_MODE": "demo"})
     launched = await provider.launch(LaunchRequest("web", "web-1", "demo-web", "v1", image))
     try:

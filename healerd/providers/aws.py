@@ -222,7 +222,7 @@ class AwsProvider(Provider):
         disc = service.discovery or {}
         known: dict[str, Machine] = {}
         if self.env is not None and self.env.store is not None:
-            for m in await self.env.store.load_machines(service.name):
+            for m in await self.env.store.machines.load(service.name):
                 if m.lifecycle not in (Lifecycle.RELEASED, Lifecycle.TERMINATED):
                     known[m.id] = m
         found: dict[str, Machine] = {}

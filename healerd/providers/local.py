@@ -150,7 +150,7 @@ class LocalProvider(Provider):
         (their checks decide whether they serve), never left running unmanaged."""
         if self.env is None or self.env.store is None:
             return []
-        stored = await self.env.store.load_machines(service.name)
+        stored = await self.env.store.machines.load(service.name)
         machines = [m for m in stored if m.lifecycle not in (Lifecycle.RELEASED, Lifecycle.TERMINATED)]
         known = {m.id for m in stored}
         owned = await asyncio.to_thread(find_owned, self._owner(), service.name)
@@ -205,7 +205,7 @@ class LocalProvider(Provider):
     async def launch(self, request: LaunchRequest) -> Machine:
         """Start the machine's process; if one is already running for this machine id, adopt it."""
         assert self.env is not None and self.env.store is not None
-        machine = await self.env.store.get_machine(request.service, request.machine_id)
+        machine = await self.env.store.machines.get(request.service, request.machine_id)
         if machine is None:
             raise ProviderError(f"local: machine {request.machine_id} was not recorded before launch")
         pid = await asyncio.to_thread(find_by_marker, request.machine_id)

@@ -1,0 +1,32 @@
+"""The state store: every SQL statement of healerd lives in this package, behind named repository methods.
+
+`StateStore` (in `interface`) is what the rest of healerd may rely on; `Store` is its SQLite implementation.
+"""
+
+from .database import STORE_FAULTS
+from .interface import (
+    Composed,
+    Failures,
+    IncidentRecord,
+    KnownGood,
+    OutboxItem,
+    PendingMessage,
+    StateStore,
+    StoreError,
+)
+from .schema import MIGRATIONS
+from .sqlite import Store
+
+__all__ = [
+    "MIGRATIONS",
+    "STORE_FAULTS",
+    "Composed",
+    "Failures",
+    "IncidentRecord",
+    "KnownGood",
+    "OutboxItem",
+    "PendingMessage",
+    "StateStore",
+    "Store",
+    "StoreError",
+]

@@ -1,0 +1,117 @@
+"""The event log: every event healerd published, newest kept up to `event_log_size`.
+
+Events are buffered like results and written by `Store.flush`; a failed write keeps them for the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..events import Event
+from .database import SqliteDatabase
+
+
+class SqliteEvents:
+    def __init__(self, db: SqliteDatabase, log_size: int, flush: Callable[[], Awaitable[None]]) -> None:
+        self._db = db
+        self.log_size = log_size
+        self._flush = flush
+        self._pending: list[Event] = []
+
+    # -- the hot path: buffered -----------------------------------------------------------------------------
+    def add(self, event: Event) -> None:
+        self._pending.append(event)
+
+    def take(self) -> list[Event]:
+        events, self._pending = self._pending, []
+        return events
+
+    def put_back(self, events: list[Event]) -> None:
+        """A flush failed: these go first in the next one."""
+        self._pending[:0] = events
+
+    @staticmethod
+    def write(conn: sqlite3.Connection, events: list[Event]) -> None:
+        """Inside the flush transaction; an event already stored (same id) is not stored twice."""
+        if not events:
+            return
+        conn.executemany(
+            "INSERT OR IGNORE INTO events (id, ts, type, service, machine, check_name, incident, severity,"
+            " status, summary, details) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    e.id,
+                    e.timestamp,
+                    e.type.value,
+                    e.service,
+                    e.machine,
+                    e.check,
+                    e.incident,
+                    e.severity.value,
+                    e.status,
+                    e.summary,
+                    json.dumps(e.details, default=str),
+                )
+                for e in events
+            ],
+        )
+
+    # -- reads and retention --------------------------------------------------------------------------------
+    async def recent(
+        self,
+        service: str | None = None,
+        machine: str | None = None,
+        limit: int = 100,
+        types: list[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Newest first, as the API shows them (buffered ones included)."""
+        await self._flush()
+
+        def q() -> list[dict[str, Any]]:
+            sql = (
+                "SELECT id, ts, type, service, machine, check_name, incident, severity, status, summary, details"
+                " FROM events WHERE 1=1"
+            )
+            args: list[Any] = []
+            if service:
+                sql += " AND service = ?"
+                args.append(service)
+            if machine:
+                sql += " AND machine = ?"
+                args.append(machine)
+            if types:
+                sql += f" AND type IN ({','.join('?' * len(types))})"
+                args.extend(types)
+            sql += " ORDER BY seq DESC LIMIT ?"
+            args.append(limit)
+            return [
+                {
+                    "id": r[0],
+                    "timestamp": r[1],
+                    "type": r[2],
+                    "service": r[3],
+                    "machine": r[4],
+                    "check": r[5],
+                    "incident": r[6],
+                    "severity": r[7],
+                    "status": r[8],
+                    "summary": r[9],
+                    "details": json.loads(r[10]),
+                }
+                for r in self._db.conn.execute(sql, args)
+            ]
+
+        return await self._db.read(q)
+
+    async def prune(self) -> None:
+        """Keep the newest `log_size` events."""
+
+        def q() -> None:
+            row = self._db.conn.execute("SELECT MAX(seq) FROM events").fetchone()
+            if row and row[0]:
+                self._db.conn.execute("DELETE FROM events WHERE seq <= ?", (row[0] - self.log_size,))
+
+        await self._db.call(q)

@@ -1,0 +1,27 @@
+"""Small named values that must survive a restart (runtime mode, pause, storms, Alertmanager's alerts)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+
+from .database import SqliteDatabase
+
+
+class SqliteMeta:
+    def __init__(self, db: SqliteDatabase) -> None:
+        self._db = db
+
+    async def get(self, key: str) -> str | None:
+        row = await self._db.read(
+            lambda: self._db.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        )
+        return str(row[0]) if row else None
+
+    async def set(self, key: str, value: str) -> None:
+        await self._db.call(lambda: self.write(self._db.conn, {key: value}))
+
+    @staticmethod
+    def write(conn: sqlite3.Connection, values: Mapping[str, str]) -> None:
+        """On the store's thread, alone or inside another repository's transaction."""
+        conn.executemany("INSERT OR REPLACE INTO meta VALUES (?,?)", list(values.items()))

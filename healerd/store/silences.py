@@ -1,0 +1,47 @@
+"""Silences: no remediation (and no fleet fill) for a service or a machine until they end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .database import SqliteDatabase
+
+
+class SqliteSilences:
+    def __init__(self, db: SqliteDatabase) -> None:
+        self._db = db
+
+    async def add(
+        self,
+        sid: str,
+        service: str | None,
+        machine: str | None,
+        starts_at: float,
+        ends_at: float,
+        comment: str,
+        created_by: str,
+    ) -> None:
+        """`service`/`machine` None: every service/machine."""
+        await self._db.call(
+            lambda: self._db.conn.execute(
+                "INSERT INTO silences VALUES (?,?,?,?,?,?,?)",
+                (sid, service, machine, starts_at, ends_at, comment, created_by),
+            )
+        )
+
+    async def delete(self, sid: str) -> bool:
+        """False when there was no such silence."""
+        deleted = await self._db.call(lambda: self._db.conn.execute("DELETE FROM silences WHERE id=?", (sid,)).rowcount)
+        return deleted > 0
+
+    async def active(self, now: float) -> list[dict[str, Any]]:
+        """Silences not yet ended at `now` (those starting later included)."""
+        rows = await self._db.read(
+            lambda: self._db.conn.execute(
+                "SELECT id, service, machine, starts_at, ends_at, comment FROM silences WHERE ends_at > ?", (now,)
+            ).fetchall()
+        )
+        return [
+            {"id": r[0], "service": r[1], "machine": r[2], "starts_at": r[3], "ends_at": r[4], "comment": r[5]}
+            for r in rows
+        ]
