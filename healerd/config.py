@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import enum
 import hashlib
 import ipaddress
 import json
@@ -30,29 +29,21 @@ from pydantic import (
 )
 
 from . import _yaml
-from .checks import CHECK_KINDS, Check, CheckEnv, CheckOptions
+from ._yaml import format_path
+from .checks import Check, CheckEnv, CheckOptions
 from .durations import DAY, YEAR, parse_count_or_percent, parse_duration
-from .providers import PROVIDER_KINDS
+from .modes import Mode as Mode  # re-exported
+from .notifiers.base import read_secret
+from .paths import resolve_against, set_config_dir
+from .paths import resolve_path as resolve_path  # re-exported: the name healerd.config.resolve_path stays
+from .playbooks import load_playbooks
+from .plugins import CHECK_KINDS, NOTIFIER_KINDS, PROVIDER_KINDS, ROTATION_KINDS
 from .results import Status
-from .rotation import ROTATION_KINDS
 from .targets import SERVICE_TEMPLATE_FIELDS, TEMPLATE_FIELDS, did_you_mean, find_template_problems
 
 Loc = tuple[str | int, ...]
-#: the folder of the config file being loaded, for plugin options holding relative paths
-_BASE: contextvars.ContextVar[Path] = contextvars.ContextVar("healerd_config_base")
 #: what checks see at validation (check_paths, the config's folder), for their preflight
 _CHECK_ENV: contextvars.ContextVar[CheckEnv] = contextvars.ContextVar("healerd_config_check_env")
-
-
-def resolve_path(p: Path) -> Path:
-    """A path from the config, resolved against the config file's folder."""
-    return p if p.is_absolute() else (_BASE.get(Path.cwd()) / p).resolve()
-
-
-class Mode(enum.StrEnum):
-    OBSERVE = "observe"
-    DRY_RUN = "dry-run"
-    AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -78,16 +69,6 @@ class ConfigError(Exception):
         n = len(self.problems)
         head = f"{self.filename}: {n} problem{'s' if n != 1 else ''} found"
         return "\n".join([head, *("  " + p.render(self.filename) for p in self.problems)])
-
-
-def format_path(path: Loc) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -543,10 +524,6 @@ def _vocabulary(*models: type[BaseModel]) -> set[str]:
     return words
 
 
-def _resolve(base: Path, p: Path) -> Path:
-    return p if p.is_absolute() else (base / p).resolve()
-
-
 def _read_config(path: Path) -> str:
     """The file's text, read no further than the size cap (a config named /dev/zero must not eat memory)."""
     filename = str(path)
@@ -653,7 +630,7 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
         raise ConfigError(filename, out.problems)  # the paths and commands below would not survive it
     warnings: list[str] = []
     base = path.parent
-    _BASE.set(base)
+    set_config_dir(base)
     for key in data:
         if key not in TOP_LEVEL_KEYS:
             out.add((str(key),), f"unknown key {key!r}{did_you_mean(str(key), list(TOP_LEVEL_KEYS))}")
@@ -668,12 +645,12 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
         out.pydantic(("daemon",), exc, _vocabulary(DaemonConfig))
     daemon = daemon.model_copy(
         update={
-            "state_dir": _resolve(base, daemon.state_dir),
-            "api_token_file": _resolve(base, daemon.api_token_file) if daemon.api_token_file else None,
-            "check_paths": [_resolve(base, p) for p in daemon.check_paths],
-            "playbook_paths": [_resolve(base, p) for p in daemon.playbook_paths],
-            "tls_cert_file": _resolve(base, daemon.tls_cert_file) if daemon.tls_cert_file else None,
-            "tls_key_file": _resolve(base, daemon.tls_key_file) if daemon.tls_key_file else None,
+            "state_dir": resolve_against(base, daemon.state_dir),
+            "api_token_file": resolve_against(base, daemon.api_token_file) if daemon.api_token_file else None,
+            "check_paths": [resolve_against(base, p) for p in daemon.check_paths],
+            "playbook_paths": [resolve_against(base, p) for p in daemon.playbook_paths],
+            "tls_cert_file": resolve_against(base, daemon.tls_cert_file) if daemon.tls_cert_file else None,
+            "tls_key_file": resolve_against(base, daemon.tls_key_file) if daemon.tls_key_file else None,
         }
     )
     _daemon_files(daemon, out)
@@ -730,8 +707,6 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
             services[str(name)] = svc
 
     if any(s.managed for s in services.values()):
-        from .playbooks import load_playbooks
-
         books, book_problems = load_playbooks(list(daemon.playbook_paths))
         for bp in book_problems:
             out.add(("daemon", "playbook_paths"), f"playbook {bp.render()}")
@@ -935,9 +910,6 @@ def _provider(name: str, raw: object, out: _Collector) -> ProviderConfig | None:
 
 
 def _notifier(name: str, raw: object, out: _Collector) -> NotifierConfig | None:
-    from .notifiers import NOTIFIER_KINDS
-    from .notifiers.base import read_secret
-
     path: Loc = ("notifiers", name)
     found = _kind_and_options(path, raw, NOTIFIER_KINDS, "notifier", "{kind: webhook, url: ...}", out)
     if found is None:
