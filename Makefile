@@ -9,7 +9,7 @@ DEB_PACKAGES := monitoring-plugins-basic prometheus-alertmanager systemd openssl
 BENCH_PACKAGES := nginx-light prometheus-blackbox-exporter monitoring-plugins-basic
 PACKAGES = $(DEB_PACKAGES)
 
-.PHONY: run test lint typecheck unit deps debs bench install uninstall clean
+.PHONY: run test lint typecheck unit deps debs bench arch install uninstall clean
 
 # `make install` (as root): the package in its own venv under $(PREFIX), the unit, the config in /etc/healerd.
 PREFIX     ?= /opt/healerd
@@ -43,12 +43,16 @@ bench: PACKAGES = $(BENCH_PACKAGES)
 bench: deps debs
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+# Module and class sizes, import cycles, SQL outside the store: a report for reviewers (always exits 0).
+arch: | $(BIN)/python
+	$(BIN)/python tools/arch.py
+
 run: deps
 	$(BIN)/healerd run -c $(CONFIG)
 
 lint: deps
-	$(BIN)/ruff check healerd tests bench checks
-	$(BIN)/ruff format --check healerd tests bench checks
+	$(BIN)/ruff check healerd tests bench checks tools
+	$(BIN)/ruff format --check healerd tests bench checks tools
 
 typecheck: deps
 	$(BIN)/mypy healerd

@@ -60,6 +60,17 @@ class OddKey:
     line: int
 
 
+def format_path(path: Path) -> str:
+    """A path inside a document as a reader writes it: services.web.checks[0].interval."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
 def size_text(n: int) -> str:
     """4 MiB, 5.2 MiB, 64 KiB."""
     value, unit = (n / (1024 * 1024), "MiB") if n >= 1024 * 1024 else (n / 1024, "KiB")

@@ -19,8 +19,9 @@ import aiohttp
 import structlog
 
 from .events import Event, new_id
-from .notifiers import NOTIFIER_KINDS, Delivery, Notifier
+from .notifiers import Delivery, Notifier
 from .notifiers.alertmanager import AlertmanagerNotifier
+from .plugins import NOTIFIER_KINDS
 from .store import STORE_FAULTS, Composed, OutboxItem
 
 if TYPE_CHECKING:

@@ -11,8 +11,8 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
-from .config import Mode
 from .durations import parse_duration
+from .modes import Mode
 
 #: The largest body the API reads, in bytes.
 MAX_BODY = 64 * 1024

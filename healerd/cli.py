@@ -12,9 +12,19 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, daemon
+from .alerting import Alerting
+from .checks import CheckEnv
 from .config import Config, ConfigError, Mode, load_config
+from .durations import parse_duration
+from .machines import Lifecycle
+from .metrics import Metrics
+from .plugins import PROVIDER_KINDS
+from .providers.base import ProviderEnv
 from .results import CheckResult, Status
+from .runner import run_check
+from .store import Store
+from .targets import Target, render_model
 
 DEFAULT_URL = "http://127.0.0.1:9464"
 #: The API token's usual place (docs/security.md); read when neither --token-file nor -c is given.
@@ -133,10 +143,9 @@ def _load(path: str) -> Config | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon import run
-
+    mode = Mode(args.mode) if args.mode else None
     try:
-        return run(args.config, Mode(args.mode) if args.mode else None, args.crash_at, args.move_aside_broken_state)
+        return daemon.run(args.config, mode, args.crash_at, args.move_aside_broken_state)
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_CONFIG
@@ -201,14 +210,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 async def _run_all_once(config: Config, only: str | None) -> list[tuple[str, str, str, CheckResult]]:
-    from .checks import CheckEnv
-    from .machines import Lifecycle
-    from .providers import PROVIDER_KINDS
-    from .providers.base import ProviderEnv
-    from .runner import run_check
-    from .store import Store
-    from .targets import Target, render_model
-
     env = CheckEnv(tuple(config.daemon.check_paths), config.base_dir)
     jobs: list[tuple[str, str, str, Any]] = []
     # Machines a provider launched are known from the state store: read it, never write it (the daemon may
@@ -364,8 +365,6 @@ def cmd_incidents(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    from .durations import parse_duration
-
     if args.action == "list":
         rows = _api(args, "/api/v1/quarantine")["quarantined"]
         if args.json:
@@ -401,10 +400,6 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 
 def cmd_notify(args: argparse.Namespace) -> int:
-    from .alerting import Alerting
-    from .metrics import Metrics
-    from .store import Store
-
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG

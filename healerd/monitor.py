@@ -20,7 +20,8 @@ from .events import Event, EventBus
 from .health import CheckKey, Condition, HealthBook, ServiceState, Thresholds
 from .machines import Lifecycle, Machine
 from .metrics import Metrics
-from .providers import PROVIDER_KINDS, Provider
+from .plugins import PROVIDER_KINDS
+from .providers import Provider
 from .providers.base import ProviderEnv
 from .results import CheckResult, Status
 from .runner import BoundCheck, run_check

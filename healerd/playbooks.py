@@ -10,7 +10,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import _yaml
+from ._yaml import format_path
 from .durations import parse_duration
+from .plugins import ACTIONS
 from .targets import did_you_mean
 
 DEFAULT_PLAYBOOK = "replace-machine"
@@ -82,9 +84,6 @@ def load_playbooks(folders: list[Path]) -> tuple[dict[str, Playbook], list[Playb
     """The built-in playbooks, then every `*.yaml`/`*.yml` under the folders; a later folder's playbook of the
     same name wins (a site's own replace-machine.yaml overrides the built-in one)."""
     folders = [BUILTIN, *(f for f in folders if f.resolve() != BUILTIN.resolve())]
-    from .actions import ACTIONS
-    from .config import format_path
-
     books: dict[str, Playbook] = {}
     problems: list[PlaybookProblem] = []
     for folder in folders:

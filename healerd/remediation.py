@@ -27,9 +27,10 @@ from .forensics import write_bundle
 from .health import CheckKey, Condition, ServiceState
 from .machines import Lifecycle, Machine
 from .playbooks import OnFailure, Playbook, load_playbooks
+from .plugins import ROTATION_KINDS
 from .providers.base import LaunchRequest, Provider, ProviderError
 from .results import Status
-from .rotation import ROTATION_KINDS, Rotation
+from .rotation import Rotation
 from .safety import Decision, GateInput, Reason, decide
 from .store import STORE_FAULTS, IncidentRecord
 

@@ -13,8 +13,10 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .durations import parse_duration
 from .machines import Machine
-from .registry import Registry
+from .paths import resolve_path
+from .providers.base import ProviderError
 
 
 class RotationOptions(BaseModel):
@@ -70,8 +72,6 @@ class FileRotationOptions(RotationOptions):
     @field_validator("path")
     @classmethod
     def _path(cls, v: Path | None) -> Path | None:
-        from .config import resolve_path
-
         return None if v is None else resolve_path(v)
 
 
@@ -158,8 +158,6 @@ class Elbv2Options(RotationOptions):
     @field_validator("drain_timeout", "healthy_timeout", mode="before")
     @classmethod
     def _durations(cls, v: object) -> float:
-        from .durations import parse_duration
-
         return parse_duration(v)
 
 
@@ -193,8 +191,6 @@ class Elbv2Rotation(Rotation):
             if state in done:
                 return
             if time.monotonic() > deadline:
-                from .providers.base import ProviderError
-
                 raise ProviderError(
                     f"elbv2:DescribeTargetHealth: {target['Id']} in {arn} still {state} after "
                     f"{timeout:g}s waiting to be {what}"
@@ -238,8 +234,3 @@ class Elbv2Rotation(Rotation):
         for m in machines:
             if m.attributes.get("instance_id", m.id) not in current:
                 await self.add(m)
-
-
-ROTATION_KINDS: Registry[type[Rotation]] = Registry("healerd.rotations", Rotation)
-for _cls in (NoRotation, FileRotation, Elbv2Rotation):
-    ROTATION_KINDS.register(_cls)

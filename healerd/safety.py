@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .config import Mode
+from .modes import Mode
 
 
 class Reason(enum.StrEnum):

@@ -21,11 +21,11 @@ import pytest
 from aiohttp import web
 
 from healerd.events import Event, EventType, Severity, new_id
-from healerd.notifiers import NOTIFIER_KINDS
 from healerd.notifiers.alertmanager import AlertmanagerNotifier, AlertmanagerOptions
 from healerd.notifiers.base import Delivery, parse_retry_after
 from healerd.notifiers.slack import SlackOptions
 from healerd.notifiers.webhook import WebhookOptions
+from healerd.plugins import NOTIFIER_KINDS
 
 BASE_URL = "http://127.0.0.1:9464"
 T0 = 1_760_000_000.25  # 2025-10-09T08:53:20.250Z

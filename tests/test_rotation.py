@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from healerd.machines import Lifecycle, Machine
-from healerd.rotation import ROTATION_KINDS, FileRotation, FileRotationOptions, NoRotation
+from healerd.plugins import ROTATION_KINDS
+from healerd.rotation import FileRotation, FileRotationOptions, NoRotation
 
 
 def machine(i: int, service: str = "web") -> Machine:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from healerd import Check, CheckEnv, CheckOptions, CheckResult, PerfDatum, Status, Target
-from healerd.checks import CHECK_KINDS
 from healerd.config import ConfigError, load_config
+from healerd.plugins import CHECK_KINDS
 from healerd.runner import run_check
 from healerd.targets import render_model
 

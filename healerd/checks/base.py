@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict
@@ -82,10 +82,6 @@ class Check(Generic[ConfigT]):
 
     async def run(self) -> CheckResult:
         raise NotImplementedError
-
-    @classmethod
-    def validate_options(cls, options: dict[str, Any]) -> CheckOptions:
-        return cls.Config.model_validate(options)
 
     @classmethod
     def preflight(cls, options: CheckOptions, env: CheckEnv) -> list[tuple[tuple[str | int, ...], str]]:

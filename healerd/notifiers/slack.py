@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 from pydantic import field_validator, model_validator
 
+from ..paths import resolve_path
 from .base import Delivery, Notifier, NotifierOptions, read_secret
 from .webhook import event_link, group_summary, headline
 
@@ -39,8 +40,6 @@ class SlackOptions(NotifierOptions):
     @field_validator("webhook_url_file")
     @classmethod
     def _path(cls, v: Path | None) -> Path | None:
-        from ..config import resolve_path
-
         return None if v is None else resolve_path(v)
 
     @model_validator(mode="after")

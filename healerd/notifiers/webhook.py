@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 
 from .._urls import HttpUrl
 from ..events import Severity
+from ..paths import resolve_path
 from .base import SEVERITY_ORDER, Delivery, Notifier, NotifierOptions, read_secret
 
 
@@ -27,8 +28,6 @@ class WebhookOptions(NotifierOptions):
     @field_validator("secret_file")
     @classmethod
     def _secret_path(cls, v: Path | None) -> Path | None:
-        from ..config import resolve_path
-
         return None if v is None else resolve_path(v)
 
 

@@ -1,0 +1,257 @@
+"""Loading a config: YAML -> validated, typed values. Every problem is reported at once, with path and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from .. import _yaml
+from ..checks.base import CheckEnv
+from ..notifiers.base import read_secret
+from ..paths import resolve_against, set_config_dir
+from ..playbooks import load_playbooks
+from ..plugins import CHECK_KINDS, PROVIDER_KINDS
+from ..targets import did_you_mean
+from .document import NAMED, key_problems, nul_problems, read_text, refuse_big, strings_only
+from .kinds import CHECKS, NOTIFIERS, PROVIDERS, ExtensionPoint, kind_and_options
+from .models import Config, DaemonConfig, ImageConfig, ImageModel, NotifierConfig, ProviderConfig, ServiceConfig
+from .names import name_problem
+from .network import check_exposure, check_files
+from .problems import Collector, ConfigError, Loc, Problem, vocabulary
+from .services import load_service
+
+TOP_LEVEL_KEYS = ("daemon", "providers", "images", "notifiers", "services")
+
+
+def load_config(path: str | Path, text: str | None = None) -> Config:
+    """Read and validate a config file; raises ConfigError listing every problem."""
+    path = Path(path).resolve() if text is None else Path(path).absolute()
+    filename = str(path)
+    if text is None:
+        text = read_text(path)
+    else:
+        refuse_big(filename, len(text.encode("utf-8", "replace")))
+    try:
+        doc = _yaml.parse(text)
+    except _yaml.YamlSyntaxError as exc:
+        raise ConfigError(filename, [Problem(p.path, p.message, p.line) for p in exc.problems]) from None
+    data = {} if doc.data is None else doc.data
+    out = Collector(doc.index)
+    if not isinstance(data, dict):
+        out.add((), "the config must be a mapping with keys like daemon, providers, services")
+        raise ConfigError(filename, out.problems)
+    key_problems(doc, out)
+    if doc.index.odd_keys:
+        data = strings_only(data)
+    if nul_problems(data, (), out):
+        raise ConfigError(filename, out.problems)  # the paths and commands below would not survive it
+    warnings: list[str] = []
+    base = path.parent
+    set_config_dir(base)
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            out.add((str(key),), f"unknown key {key!r}{did_you_mean(str(key), list(TOP_LEVEL_KEYS))}")
+
+    daemon = _daemon(data, base, out, warnings, filename)
+    checks = _check_kinds(data, daemon, base, out)
+
+    providers: dict[str, ProviderConfig] = {}
+    for name, raw in _named(data, "providers", out).items():
+        found = kind_and_options(("providers", name), raw, PROVIDERS, out)
+        if found is not None:
+            providers[name] = ProviderConfig(name, found[0], found[2])
+
+    images: dict[str, ImageConfig] = {}
+    for name, raw in _named(data, "images", out).items():
+        image = _image(name, raw, providers, out)
+        if image is not None:
+            images[name] = image
+
+    notifiers: dict[str, NotifierConfig] = {}
+    for name, raw in _named(data, "notifiers", out).items():
+        notifier = _notifier(name, raw, out)
+        if notifier is not None:
+            notifiers[name] = notifier
+
+    services: dict[str, ServiceConfig] = {}
+    raw_services = _named(data, "services", out)
+    if not raw_services and "services" in data:
+        out.add(("services",), "no services defined; add at least one under services:")
+    env = CheckEnv(tuple(daemon.check_paths), base)
+    for name, raw in raw_services.items():
+        svc = load_service(name, raw, providers, images, checks, env, out)
+        if svc is not None:
+            _notify_targets(svc, notifiers, out)
+            services[name] = svc
+
+    _playbooks(daemon, services, out)
+    if out.problems:
+        raise ConfigError(filename, out.problems)
+    if not services:
+        warnings.append("0 services: nothing will be checked; add a service under services: (docs/configuration.md)")
+    return Config(
+        path=path,
+        daemon=daemon,
+        providers=providers,
+        services=services,
+        images=images,
+        notifiers=notifiers,
+        check_kinds={k: cls for k in checks.registry.kinds() if (cls := checks.registry.get(k)) is not None},
+        warnings=tuple(warnings),
+    )
+
+
+def _daemon(data: dict[str, Any], base: Path, out: Collector, warnings: list[str], filename: str) -> DaemonConfig:
+    daemon = DaemonConfig()
+    raw = _mapping(data.get("daemon"), ("daemon",), out)
+    try:
+        daemon = DaemonConfig.model_validate(raw)
+        out.numbers(("daemon",), daemon, raw)
+    except ValidationError as exc:
+        out.pydantic(("daemon",), exc, vocabulary(DaemonConfig))
+    daemon = daemon.model_copy(
+        update={
+            "state_dir": resolve_against(base, daemon.state_dir),
+            "api_token_file": resolve_against(base, daemon.api_token_file) if daemon.api_token_file else None,
+            "check_paths": [resolve_against(base, p) for p in daemon.check_paths],
+            "playbook_paths": [resolve_against(base, p) for p in daemon.playbook_paths],
+            "tls_cert_file": resolve_against(base, daemon.tls_cert_file) if daemon.tls_cert_file else None,
+            "tls_key_file": resolve_against(base, daemon.tls_key_file) if daemon.tls_key_file else None,
+        }
+    )
+    check_files(daemon.api_token_file, daemon.tls_cert_file, daemon.tls_key_file, out)
+    if "listen" in raw and not any(p.path[:2] == ("daemon", "listen") for p in out.problems):
+        check_exposure(daemon.listen, daemon.listen_host, daemon.api_token_file, out, warnings, filename)
+    return daemon
+
+
+def _check_kinds(data: dict[str, Any], daemon: DaemonConfig, base: Path, out: Collector) -> ExtensionPoint:
+    """The check kinds this config can use: built-ins, entry points and drop-ins from its check_paths."""
+    explicit_paths = isinstance(data.get("daemon"), dict) and "check_paths" in data["daemon"]
+    for i, folder in enumerate(daemon.check_paths):
+        if explicit_paths and not folder.is_dir():
+            out.add(
+                ("daemon", "check_paths", i),
+                f"{folder} is not a folder"
+                if folder.exists()
+                else f"folder {folder} does not exist; create it (mkdir -p {folder}) or remove it from check_paths",
+            )
+    kinds = CHECK_KINDS.copy()
+    for problem in kinds.load_dropins(daemon.check_paths):
+        out.add(("daemon", "check_paths"), problem)
+    return CHECKS.with_registry(kinds)
+
+
+def _mapping(value: object, path: Loc, out: Collector) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        out.add(path, f"expected a mapping (key: value), got {type(value).__name__}")
+        return {}
+    return value
+
+
+def _named(data: dict[str, Any], section: str, out: Collector) -> dict[str, Any]:
+    """A section of named things (services, providers, ...), each name checked as a file name."""
+    items = _mapping(data.get(section), (section,), out)
+    what = NAMED[(section,)]
+    for name in items:
+        problem = name_problem(name, what)
+        if problem:
+            out.add((section, name), problem)
+    return items
+
+
+def _notifier(name: str, raw: object, out: Collector) -> NotifierConfig | None:
+    path: Loc = ("notifiers", name)
+    found = kind_and_options(path, raw, NOTIFIERS, out)
+    if found is None:
+        return None
+    kind, _, options = found
+    for file_key, env_key, what in (
+        ("secret_file", "secret_env", "secret"),
+        ("webhook_url_file", "webhook_url_env", "webhook URL"),
+    ):
+        if hasattr(options, file_key):
+            try:
+                read_secret(getattr(options, file_key), getattr(options, env_key), what)
+            except ValueError as exc:
+                out.add((*path, file_key if getattr(options, file_key) else env_key), str(exc))
+                return None
+    return NotifierConfig(name, kind, options)
+
+
+def _image(name: str, raw: object, providers: dict[str, ProviderConfig], out: Collector) -> ImageConfig | None:
+    path: Loc = ("images", name)
+    if not isinstance(raw, dict):
+        out.add(path, "expected a mapping with provider, versions, known_good")
+        return None
+    raw_versions = raw.get("versions")
+    bad_names = False
+    for version in raw_versions if isinstance(raw_versions, dict) else ():
+        problem = name_problem(version, "version")
+        if problem:
+            out.add((*path, "versions", version), problem)
+            bad_names = True
+    try:
+        model = ImageModel.model_validate(raw)
+    except ValidationError as exc:
+        out.pydantic(path, exc, vocabulary(ImageModel))
+        return None
+    if bad_names:
+        return None
+    provider = providers.get(model.provider)
+    if provider is None:
+        out.add(
+            (*path, "provider"), f"unknown provider {model.provider!r}{did_you_mean(model.provider, list(providers))}"
+        )
+        return None
+    cls = PROVIDER_KINDS.get(provider.kind)
+    image_model = getattr(cls, "ImageVersion", None)
+    if image_model is None:
+        out.add(
+            (*path, "provider"), f"provider {model.provider!r} ({provider.kind}) cannot launch machines from images"
+        )
+        return None
+    versions: dict[str, BaseModel] = {}
+    for version, spec in model.versions.items():
+        where = (*path, "versions", version)
+        try:
+            versions[version] = image_model.model_validate(spec)
+        except ValidationError as exc:
+            out.pydantic(where, exc, vocabulary(image_model))
+            continue
+        if not out.numbers(where, versions[version], spec):
+            del versions[version]
+    if len(versions) != len(model.versions):
+        return None
+    return ImageConfig(name, model.provider, versions, model.known_good)
+
+
+def _notify_targets(svc: ServiceConfig, notifiers: dict[str, NotifierConfig], out: Collector) -> None:
+    """Every notifier a service notifies is defined (unless the notifiers section itself is broken)."""
+    for i, n in enumerate(svc.notify):
+        if n not in notifiers and "notifiers" not in {p.path[0] for p in out.problems if p.path}:
+            out.add(
+                ("services", svc.name, "notify", i),
+                f"unknown notifier {n!r}{did_you_mean(n, list(notifiers))}; notifiers: "
+                f"{', '.join(notifiers) or 'none defined'}",
+            )
+
+
+def _playbooks(daemon: DaemonConfig, services: dict[str, ServiceConfig], out: Collector) -> None:
+    """Every managed service's playbook is found and valid."""
+    if not any(s.managed for s in services.values()):
+        return
+    books, book_problems = load_playbooks(list(daemon.playbook_paths))
+    for bp in book_problems:
+        out.add(("daemon", "playbook_paths"), f"playbook {bp.render()}")
+    for svc in services.values():
+        if svc.managed and svc.remediation.playbook not in books and not book_problems:
+            out.add(
+                ("services", svc.name, "remediation", "playbook"),
+                f"playbook {svc.remediation.playbook!r} not found in "
+                f"{', '.join(map(str, daemon.playbook_paths))}; playbooks: {', '.join(books) or 'none'}",
+            )

@@ -1,0 +1,351 @@
+"""The config's shapes: pydantic models at the YAML boundary, and the frozen values the daemon is built from.
+
+Durations are stored as float seconds; paths are resolved against the config file's folder by the loader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from ..checks.base import Check, CheckOptions
+from ..durations import DAY, YEAR, parse_count_or_percent, parse_duration
+from ..modes import Mode
+from ..results import Status
+from .names import name_problem
+from .network import host_header, listen_address
+
+
+def _duration(v: object, info: ValidationInfo, at_most: float = YEAR) -> float:
+    return parse_duration(v, at_most=at_most, what=info.field_name or "duration")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class DaemonConfig(Strict):
+    listen: str = "127.0.0.1:9464"
+    state_dir: Path = Path("./.healerd")
+    log_format: Literal["console", "json"] = "console"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    api_token_file: Path | None = None
+    mode: Mode = Mode.AUTO
+    check_paths: list[Path] = Field(default_factory=lambda: [Path("./checks")])
+    playbook_paths: list[Path] = Field(default_factory=lambda: [Path("./playbooks")])
+    #: How many checks may run at once across the whole fleet.
+    max_concurrent_checks: int = Field(default=5000, ge=1, le=100_000)
+    #: Recent results kept per machine and check (in memory and in the store); flap detection needs 21.
+    history: int = Field(default=30, ge=21, le=1000)
+    #: Events kept in the store's event log.
+    event_log_size: int = Field(default=100_000, ge=100, le=10_000_000)
+    #: Host header values the API accepts besides its listen address (a guard against DNS rebinding).
+    allowed_hosts: list[Annotated[str, AfterValidator(host_header)]] = Field(default_factory=list, max_length=100)
+    #: Serve the API over HTTPS with this certificate (PEM, with its chain) and unencrypted key; both or neither.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        return listen_address(v)
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class CheckCommon(BaseModel):
+    """Fields every check has whatever its kind; the kind's own fields are validated by the kind."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+
+    name: str
+    kind: str
+    interval: float = 10.0
+    timeout: float | None = None
+    retry_interval: float | None = None
+    fall: int = Field(default=3, ge=1, le=100)
+    rise: int = Field(default=2, ge=1, le=100)
+    flap_low: float = Field(default=20.0, ge=0, le=100)
+    flap_high: float = Field(default=30.0, ge=0, le=100)
+    #: what a run that does not finish within `timeout` means; default: the kind's (critical for http/tcp)
+    timeout_status: Literal["critical", "unknown"] | None = None
+    #: a check UNKNOWN this long raises a `check.unknown` alert (it cannot decide: on-call must see it)
+    unknown_alert_after: float = 300.0
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        problem = name_problem(v, "check", check=True)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("interval", "timeout", "retry_interval", mode="before")
+    @classmethod
+    def _per_day(cls, v: object, info: ValidationInfo) -> float | None:
+        return None if v is None else _duration(v, info, at_most=DAY)
+
+    @field_validator("unknown_alert_after", mode="before")
+    @classmethod
+    def _durations(cls, v: object, info: ValidationInfo) -> float:
+        return _duration(v, info)
+
+    @field_validator("interval")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v < 0.05:
+            raise ValueError("interval must be at least 50ms")
+        return v
+
+    @model_validator(mode="after")
+    def _relations(self) -> CheckCommon:
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError("timeout must be greater than 0")
+        if self.timeout is not None and self.timeout > self.interval:
+            raise ValueError(
+                f"timeout ({self.timeout:g}s) is longer than interval ({self.interval:g}s); "
+                "shorten the timeout or lengthen the interval"
+            )
+        if self.flap_low > self.flap_high:
+            raise ValueError("flap_low must not exceed flap_high")
+        return self
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """A validated check: common scheduling/classification fields plus the kind's typed options."""
+
+    name: str
+    kind: str
+    interval: float
+    timeout: float
+    retry_interval: float | None
+    fall: int
+    rise: int
+    flap_low: float
+    flap_high: float
+    options: CheckOptions
+    check_class: type[Check[Any]]
+    timeout_status: Status
+    unknown_alert_after: float
+    fingerprint: str  # changes whenever anything about the check changes (for reload diffs)
+
+
+class MachineSpec(Strict):
+    id: str
+    address: str
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        problem = name_problem(v, "machine")
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"expected host:port like 10.0.0.5:8080 (port 1-65535), got {v!r}")
+        return v
+
+
+class RemediationConfig(Strict):
+    """Per-service remediation policy and its safety gates (DESIGN §4)."""
+
+    playbook: str = "replace-machine"
+    mode: Mode | None = None  # overrides daemon.mode for this service
+    max_concurrent: int = Field(default=1, ge=1, le=10_000)
+    max_unhealthy: int | str = "50%"
+    max_per_hour: int = Field(default=6, ge=0, le=3600)
+    storm_cooldown: float = 300.0
+    backoff: float = 60.0  # first wait after a failed remediation of a machine; doubles each time
+    max_retries: int = Field(default=3, ge=0, le=100)  # failed attempts on one machine before a human is paged
+    probation_timeout: float = 600.0  # for machines launched to fill the fleet (playbooks set their own)
+    boot_timeout: float = 300.0  # a new machine's failures count only after it passed once or this elapsed
+    keep_for: float | None = None  # quarantined machines are terminated after this (default: kept)
+    keep_warning: float = 3600.0  # warn this long before keep_for ends a quarantine
+
+    @field_validator("storm_cooldown", "backoff", "keep_warning", mode="before")
+    @classmethod
+    def _durations(cls, v: object, info: ValidationInfo) -> float:
+        return _duration(v, info)
+
+    @field_validator("probation_timeout", "boot_timeout", mode="before")
+    @classmethod
+    def _per_day(cls, v: object, info: ValidationInfo) -> float:
+        return _duration(v, info, at_most=DAY)
+
+    @field_validator("keep_for", mode="before")
+    @classmethod
+    def _keep(cls, v: object, info: ValidationInfo) -> float | None:
+        return None if v is None else _duration(v, info)
+
+    @field_validator("max_unhealthy")
+    @classmethod
+    def _max_unhealthy(cls, v: int | str) -> int | str:
+        parse_count_or_percent(v)
+        return v
+
+
+class DiscoveryModel(Strict):
+    """How a cloud provider finds the service's machines: an Auto Scaling group, or tags."""
+
+    asg: str | None = None
+    tags: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> DiscoveryModel:
+        if self.asg is None and not self.tags:
+            raise ValueError("discovery needs asg: <group name> or tags: {Key: value}")
+        return self
+
+
+class RotationModel(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    kind: str = "none"
+
+
+class ImageModel(Strict):
+    provider: str
+    versions: dict[str, dict[str, Any]]
+    known_good: str
+
+    @model_validator(mode="after")
+    def _known(self) -> ImageModel:
+        if not self.versions:
+            raise ValueError("an image needs at least one version under versions:")
+        if self.known_good not in self.versions:
+            raise ValueError(f"known_good {self.known_good!r} is not one of the versions ({', '.join(self.versions)})")
+        return self
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    name: str
+    provider: str
+    versions: dict[str, BaseModel]
+    known_good: str
+
+
+#: machines per service: desired, or the machines a static service lists
+MAX_MACHINES = 10_000
+
+
+class ServiceModel(Strict):
+    provider: str
+    image: str | None = None
+    desired: int | None = Field(default=None, ge=0, le=MAX_MACHINES)
+    min_healthy: int | str = 1
+    machines: list[MachineSpec] = Field(default_factory=list, max_length=MAX_MACHINES)
+    checks: list[dict[str, Any]] = Field(default_factory=list)
+    service_checks: list[dict[str, Any]] = Field(default_factory=list)
+    rotation: RotationModel = Field(default_factory=RotationModel)
+    remediation: RemediationConfig = Field(default_factory=RemediationConfig)
+    notify: list[str] = Field(default_factory=list)
+    discovery: DiscoveryModel | None = None
+
+    @field_validator("min_healthy")
+    @classmethod
+    def _min_healthy(cls, v: int | str) -> int | str:
+        parse_count_or_percent(v)
+        return v
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    provider: str
+    desired: int
+    min_healthy: int
+    machines: tuple[MachineSpec, ...]
+    checks: tuple[CheckSpec, ...]
+    service_checks: tuple[CheckSpec, ...]
+    image: str | None = None
+    rotation_kind: str = "none"
+    rotation: BaseModel | None = None
+    remediation: RemediationConfig = field(default_factory=RemediationConfig)
+    max_unhealthy: int = 1  # machines, resolved from the percentage against desired
+    notify: tuple[str, ...] = ()
+    discovery: dict[str, Any] | None = None
+
+    @property
+    def managed(self) -> bool:
+        """True when healerd launches this service's machines (it has an image)."""
+        return self.image is not None
+
+
+@dataclass(frozen=True)
+class NotifierConfig:
+    name: str
+    kind: str
+    options: Any  # the notifier kind's options model
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    name: str
+    kind: str
+    options: BaseModel
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    daemon: DaemonConfig
+    providers: dict[str, ProviderConfig]
+    services: dict[str, ServiceConfig]
+    images: dict[str, ImageConfig] = field(default_factory=dict)
+    notifiers: dict[str, NotifierConfig] = field(default_factory=dict)
+    check_kinds: dict[str, type[Check[Any]]] = field(default_factory=dict)
+    #: not errors, but worth saying: validate and a reload print them
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def summary(self) -> str:
+        def machines(s: ServiceConfig) -> int:
+            return s.desired if s.managed else len(s.machines)
+
+        n_machines = sum(machines(s) for s in self.services.values())
+        n_checks = sum(len(s.checks) * max(machines(s), 1) + len(s.service_checks) for s in self.services.values())
+        lines = [
+            f"{self.path}: OK",
+            f"  {len(self.services)} service(s), {n_machines} machine(s), {n_checks} check(s) per round, "
+            f"{len(self.notifiers)} notifier(s), mode {self.daemon.mode.value}, listening on {self.daemon.listen}",
+        ]
+        for svc in self.services.values():
+            checks = ", ".join(f"{c.name} ({c.kind} every {c.interval:g}s)" for c in svc.checks) or "none"
+            healing = (
+                f"heals from image {svc.image} (known good {self.images[svc.image].known_good}) with playbook "
+                f"{svc.remediation.playbook}"
+                if svc.image
+                else "monitored and alerted only"
+            )
+            lines.append(
+                f"  service {svc.name}: provider {svc.provider}, desired {svc.desired}, "
+                f"min_healthy {svc.min_healthy}, checks: {checks}; {healing}"
+                + (f"; notifies {', '.join(svc.notify)}" if svc.notify else "")
+            )
+        return "\n".join(lines)

@@ -1,0 +1,48 @@
+"""Every extension point's registry in one module, which registers the built-in check kinds, providers,
+rotations and notifiers (the playbook actions' table is filled where the actions are, in `healerd.actions`).
+
+Third-party kinds come from entry points, site-local ones from drop-in files (see `healerd.registry`).
+Plugin modules never import this module or the config loader: the arrows point from here to them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from .actions import ACTIONS
+from .checks.base import Check
+from .checks.exec import ExecCheck
+from .checks.http import HttpCheck
+from .checks.tcp import TcpCheck
+from .notifiers.alertmanager import AlertmanagerNotifier
+from .notifiers.base import Notifier
+from .notifiers.slack import SlackNotifier
+from .notifiers.webhook import WebhookNotifier
+from .providers.aws import AwsProvider
+from .providers.base import Provider
+from .providers.local import LocalProvider
+from .providers.static import StaticProvider
+from .registry import Registry
+from .rotation import Elbv2Rotation, FileRotation, NoRotation, Rotation
+
+T = TypeVar("T", bound=type)
+
+
+def _built_in(registry: Registry[T], *classes: T) -> Registry[T]:
+    for cls in classes:
+        registry.register(cls)
+    return registry
+
+
+CHECK_KINDS: Registry[type[Check[Any]]] = _built_in(Registry("healerd.checks", Check), HttpCheck, TcpCheck, ExecCheck)
+PROVIDER_KINDS: Registry[type[Provider]] = _built_in(
+    Registry("healerd.providers", Provider), StaticProvider, LocalProvider, AwsProvider
+)
+ROTATION_KINDS: Registry[type[Rotation]] = _built_in(
+    Registry("healerd.rotations", Rotation), NoRotation, FileRotation, Elbv2Rotation
+)
+NOTIFIER_KINDS: Registry[type[Notifier]] = _built_in(
+    Registry("healerd.notifiers", Notifier), WebhookNotifier, SlackNotifier, AlertmanagerNotifier
+)
+
+__all__ = ["ACTIONS", "CHECK_KINDS", "NOTIFIER_KINDS", "PROVIDER_KINDS", "ROTATION_KINDS"]
