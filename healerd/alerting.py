@@ -19,7 +19,7 @@ import aiohttp
 import structlog
 
 from .events import Event, new_id
-from .notifiers import Delivery, Notifier
+from .notifiers import Delivery, Notifier, NotifierOptions
 from .notifiers.alertmanager import AlertmanagerNotifier
 from .plugins import NOTIFIER_KINDS
 from .store import STORE_FAULTS, Composed, OutboxItem
@@ -258,31 +258,9 @@ class Alerting:
         await self._record(n, message_id, attempts + 1, delivery)
         return 0.0
 
-    def _backoff(self, n: Notifier, attempts: int) -> float:
-        base: float = min(n.options.max_backoff, 2.0 ** (attempts - 1))
-        return base * random.uniform(0.8, 1.2)  # jitter: receivers coming back are not hit all at once
-
     async def _record(self, n: Notifier, message_id: str, attempts: int, d: Delivery) -> None:
         now = time.time()
-        outcome: str
-        state = "pending"
-        next_at = now
-        if d.ok:
-            state, outcome = "delivered", "delivered"
-        elif d.status == 429:
-            outcome = "rate_limited"
-            # honour Retry-After, but never let one receiver hold the ordered queue beyond max_backoff
-            wait = d.retry_after if d.retry_after is not None else self._backoff(n, attempts)
-            next_at = now + min(wait, n.options.max_backoff)
-        elif d.permanent:
-            if attempts >= n.options.max_attempts:
-                state, outcome = "dead", "dead"
-            else:
-                outcome = "retry"
-                next_at = now + self._backoff(n, attempts)
-        else:
-            outcome = "retry"
-            next_at = now + max(self._backoff(n, attempts), d.retry_after or 0.0)
+        state, outcome, next_at = next_attempt(d, attempts, n.options, now, random.uniform(0.8, 1.2))
         error = d.error or (None if d.ok else f"HTTP {d.status}: {d.body[:300]}")
         await self.store.outbox.record_attempt(
             message_id, state, attempts, next_at, now, d.status, error, now if state == "delivered" else None
@@ -333,22 +311,49 @@ class Alerting:
         n = self.notifiers[name]
         now = time.time()
         test_id = new_id(now)
-        event: dict[str, Any] = {
-            "id": test_id,
-            "type": "service.state_changed",
-            "status": "firing",
-            "severity": "info",
-            "service": "healerd-test",
-            "machine": None,
-            "incident": None,
-            "check": None,
-            "summary": "test notification from healerd: if you read this, delivery works",
-            "details": {"test": True},
-            "timestamp": now,
-        }
+        event = test_event(test_id, now)
         async with aiohttp.ClientSession(headers={"User-Agent": "healerd"}) as session:
             if isinstance(n, AlertmanagerNotifier):
                 body = {"alerts": [n.test_alert(event, now + 300)]}
             else:
                 body = n.build([event], test_id)
             return await n.deliver(session, body, test_id)
+
+
+def next_attempt(
+    d: Delivery, attempts: int, options: NotifierOptions, now: float, jitter: float
+) -> tuple[str, str, float]:
+    """After an attempt: the message's state, the attempt's outcome (metric label) and when to try again.
+    `jitter` (about 0.8-1.2) spreads retries so receivers coming back are not hit all at once."""
+
+    def backoff() -> float:
+        return min(options.max_backoff, 2.0 ** (attempts - 1)) * jitter
+
+    if d.ok:
+        return "delivered", "delivered", now
+    if d.status == 429:
+        # honour Retry-After, but never let one receiver hold the ordered queue beyond max_backoff
+        wait = d.retry_after if d.retry_after is not None else backoff()
+        return "pending", "rate_limited", now + min(wait, options.max_backoff)
+    if d.permanent:
+        if attempts >= options.max_attempts:
+            return "dead", "dead", now
+        return "pending", "retry", now + backoff()
+    return "pending", "retry", now + max(backoff(), d.retry_after or 0.0)
+
+
+def test_event(test_id: str, now: float) -> dict[str, Any]:
+    """The event `healerd notify test` sends."""
+    return {
+        "id": test_id,
+        "type": "service.state_changed",
+        "status": "firing",
+        "severity": "info",
+        "service": "healerd-test",
+        "machine": None,
+        "incident": None,
+        "check": None,
+        "summary": "test notification from healerd: if you read this, delivery works",
+        "details": {"test": True},
+        "timestamp": now,
+    }

@@ -19,18 +19,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..durations import parse_duration
 from ..machines import Lifecycle, Machine
+from .aws_isolation import AwsIsolation
+from .aws_tags import (
+    TAG_INCIDENT,
+    TAG_MACHINE,
+    TAG_RETIRED,
+    TAG_SERVICE,
+    tag_map,
+)
 from .base import LaunchRequest, Provider, ProviderError, ProviderOptions
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
-
-TAG_QUARANTINED = "healerd:quarantined"
-TAG_INCIDENT = "healerd:incident"
-TAG_SERVICE = "healerd:service"
-TAG_MACHINE = "healerd:machine"
-ISOLATION_TAG = "healerd:isolation"
-TAG_RETIRED = "healerd:retired"  # a healthy surplus instance scaled in (the IAM policy lets healerd end it)
-TAG_ORIGINAL_GROUPS = "healerd:original-groups"  # eni=sg,sg;eni=sg - recorded before isolating
 
 
 class QuarantineOptions(BaseModel):
@@ -110,10 +110,6 @@ class AwsImage(BaseModel):
         return self
 
 
-def _tags(items: list[dict[str, str]] | None) -> dict[str, str]:
-    return {t["Key"]: t["Value"] for t in items or []}
-
-
 class AwsProvider(Provider):
     kind = "aws"
     Config = AwsOptions
@@ -124,6 +120,7 @@ class AwsProvider(Provider):
         self._pool = ThreadPoolExecutor(max_workers=self.opts.max_workers, thread_name_prefix=f"healerd-aws-{name}")
         self._clients: dict[str, Any] = {}
         self.calls: list[str] = []  # every AWS operation made (for the IAM policy check and the audit)
+        self.isolation = AwsIsolation(self)
 
     @property
     def opts(self) -> AwsOptions:
@@ -193,7 +190,7 @@ class AwsProvider(Provider):
     ) -> Machine:
         ip = inst.get("PrivateIpAddress", "")
         address = f"{ip}:{self.opts.port}" if self.opts.port and ip else ip
-        tags = _tags(inst.get("Tags"))
+        tags = tag_map(inst.get("Tags"))
         attrs = {
             "instance_id": inst["InstanceId"],
             "private_ip": ip,
@@ -343,194 +340,21 @@ class AwsProvider(Provider):
             return False
         return bool(insts) and insts[0].get("State", {}).get("Name") in ("pending", "running")
 
-    # -- quarantine -----------------------------------------------------------------------------------------
+    # -- quarantine and forensics: healerd/providers/aws_isolation.py --------------------------------------
     async def quarantine(self, machine: Machine, incident: str | None, freeze: bool = False) -> dict[str, Any]:
-        q = self.opts.quarantine
-        iid = machine.id
-        insts = await self.describe_instances([iid])
-        if not insts:
-            raise ProviderError(f"ec2:DescribeInstances: {iid} not found")
-        inst = insts[0]
-        evidence: dict[str, Any] = {"instance_id": iid, "original_security_groups": {}, "snapshots": []}
-        if q.termination_protection:
-            await self.call(
-                "ec2", "modify_instance_attribute", iid, InstanceId=iid, DisableApiTermination={"Value": True}
-            )
-        asg = machine.attributes.get("asg") or _tags(inst.get("Tags")).get("aws:autoscaling:groupName", "")
-        if asg:
-            groups = await self.call("autoscaling", "describe_auto_scaling_instances", iid, InstanceIds=[iid])
-            member = groups.get("AutoScalingInstances", [])
-            if member and member[0].get("LifecycleState") not in ("Standby", "Detaching", "Detached"):
-                if q.asg_action == "standby":
-                    await self.call(
-                        "autoscaling",
-                        "enter_standby",
-                        f"{iid} in {asg}",
-                        InstanceIds=[iid],
-                        AutoScalingGroupName=asg,
-                        ShouldDecrementDesiredCapacity=q.asg_decrement,
-                    )
-                else:
-                    await self.call(
-                        "autoscaling",
-                        "detach_instances",
-                        f"{iid} from {asg}",
-                        InstanceIds=[iid],
-                        AutoScalingGroupName=asg,
-                        ShouldDecrementDesiredCapacity=q.asg_decrement,
-                    )
-            evidence["asg"] = {"name": asg, "action": q.asg_action}
-        vpc = inst.get("VpcId", "")
-        isolation = q.isolation_security_group or await self._isolation_group(vpc)
-        ours = {isolation, *([await self._open_group(vpc)] if q.two_step else [])}
-        enis = inst.get("NetworkInterfaces", [])
-        current = {e["NetworkInterfaceId"]: [g["GroupId"] for g in e.get("Groups", [])] for e in enis}
-        recorded = _tags(inst.get("Tags")).get(TAG_ORIGINAL_GROUPS)
-        if recorded:  # a re-run after a crash: the groups were recorded before anything changed
-            originals = _decode_groups(recorded)
-        else:
-            originals = {eid: groups for eid, groups in current.items() if not set(groups) <= ours}
-            encoded = _encode_groups(originals)
-            if len(encoded) <= 256:  # an EC2 tag value holds 256 characters
-                await self.call(
-                    "ec2", "create_tags", iid, Resources=[iid], Tags=[{"Key": TAG_ORIGINAL_GROUPS, "Value": encoded}]
-                )
-        evidence["original_security_groups"] = originals
-        for eni in enis:
-            eid = eni["NetworkInterfaceId"]
-            if current[eid] == [isolation]:
-                continue  # already isolated
-            if q.two_step:
-                open_group = await self._open_group(vpc)
-                await self.call(
-                    "ec2", "modify_network_interface_attribute", eid, NetworkInterfaceId=eid, Groups=[open_group]
-                )
-            await self.call(
-                "ec2", "modify_network_interface_attribute", eid, NetworkInterfaceId=eid, Groups=[isolation]
-            )
-        evidence["isolation_security_group"] = isolation
-        tags = [{"Key": TAG_QUARANTINED, "Value": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
-        if incident:
-            tags.append({"Key": TAG_INCIDENT, "Value": incident})
-        await self.call("ec2", "create_tags", iid, Resources=[iid], Tags=tags)
-        if q.snapshot:
-            for bdm in inst.get("BlockDeviceMappings", []):
-                vol = bdm.get("Ebs", {}).get("VolumeId")
-                if not vol:
-                    continue
-                existing = await self.call(
-                    "ec2",
-                    "describe_snapshots",
-                    vol,
-                    OwnerIds=["self"],
-                    Filters=[
-                        {"Name": "volume-id", "Values": [vol]},
-                        {"Name": f"tag:{TAG_INCIDENT}", "Values": [incident or "-"]},
-                    ],
-                )
-                if existing.get("Snapshots"):
-                    evidence["snapshots"].append(existing["Snapshots"][0]["SnapshotId"])
-                    continue
-                snap = await self.call(
-                    "ec2",
-                    "create_snapshot",
-                    vol,
-                    VolumeId=vol,
-                    Description=f"healerd forensics of {iid} ({bdm.get('DeviceName', '')}) incident {incident}",
-                    TagSpecifications=[
-                        {
-                            "ResourceType": "snapshot",
-                            "Tags": [
-                                {"Key": TAG_INCIDENT, "Value": incident or "-"},
-                                {"Key": "healerd:instance", "Value": iid},
-                                {"Key": "healerd:device", "Value": bdm.get("DeviceName", "")},
-                            ],
-                        }
-                    ],
-                )
-                evidence["snapshots"].append(snap["SnapshotId"])
-        return evidence
-
-    async def _group(self, vpc: str, name: str, description: str, open_all: bool) -> str:
-        found = await self.call(
-            "ec2",
-            "describe_security_groups",
-            f"{name} in {vpc}",
-            Filters=[{"Name": "vpc-id", "Values": [vpc]}, {"Name": "group-name", "Values": [name]}],
-        )
-        if found.get("SecurityGroups"):
-            return str(found["SecurityGroups"][0]["GroupId"])
-        created = await self.call(
-            "ec2",
-            "create_security_group",
-            f"{name} in {vpc}",
-            GroupName=name,
-            Description=description,
-            VpcId=vpc,
-            TagSpecifications=[
-                {
-                    "ResourceType": "security-group",
-                    "Tags": [{"Key": ISOLATION_TAG, "Value": "open" if open_all else "isolated"}],
-                }
-            ],
-        )
-        gid = str(created["GroupId"])
-        everything = [{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]
-        if open_all:
-            await self.call("ec2", "authorize_security_group_ingress", gid, GroupId=gid, IpPermissions=everything)
-        else:  # a new group allows all egress by default: remove it, so nothing goes out or in
-            await self.call("ec2", "revoke_security_group_egress", gid, GroupId=gid, IpPermissions=everything)
-        return gid
-
-    async def _isolation_group(self, vpc: str) -> str:
-        return await self._group(vpc, "healerd-isolation", "healerd quarantine: no ingress, no egress", False)
-
-    async def _open_group(self, vpc: str) -> str:
-        return await self._group(
-            vpc,
-            "healerd-isolation-open",
-            "healerd quarantine step 1: all open, so tracked flows become untracked",
-            True,
-        )
+        return await self.isolation.quarantine(machine, incident, freeze)
 
     async def release(self, machine: Machine) -> None:
-        """Undo the isolation: original security groups back, protection off, back into its ASG."""
-        evidence = json.loads(machine.attributes.get("evidence", "{}"))
-        for eid, groups in evidence.get("original_security_groups", {}).items():
-            if groups:
-                await self.call("ec2", "modify_network_interface_attribute", eid, NetworkInterfaceId=eid, Groups=groups)
-        await self.call(
-            "ec2",
-            "modify_instance_attribute",
-            machine.id,
-            InstanceId=machine.id,
-            DisableApiTermination={"Value": False},
-        )
-        await self.call(
-            "ec2",
-            "delete_tags",
-            machine.id,
-            Resources=[machine.id],
-            Tags=[{"Key": TAG_QUARANTINED}, {"Key": TAG_ORIGINAL_GROUPS}],
-        )
-        asg = evidence.get("asg", {})
-        if asg.get("name"):
-            if asg.get("action") == "standby":
-                await self.call(
-                    "autoscaling",
-                    "exit_standby",
-                    machine.id,
-                    InstanceIds=[machine.id],
-                    AutoScalingGroupName=asg["name"],
-                )
-            else:
-                await self.call(
-                    "autoscaling",
-                    "attach_instances",
-                    machine.id,
-                    InstanceIds=[machine.id],
-                    AutoScalingGroupName=asg["name"],
-                )
+        await self.isolation.release(machine)
+
+    async def describe(self, machine: Machine) -> dict[str, Any]:
+        return await self.isolation.describe(machine)
+
+    async def console(self, machine: Machine, limit: int = 1 << 20) -> str:
+        return await self.isolation.console(machine, limit)
+
+    async def store_evidence(self, bundle: Path, incident: str) -> list[str]:
+        return await self.isolation.store_evidence(bundle, incident)
 
     async def on_in_service(self, machine: Machine, service: ServiceConfig) -> None:
         """A replacement that passed its checks joins the service's Auto Scaling group (desired back up)."""
@@ -566,7 +390,7 @@ class AwsProvider(Provider):
         insts = await self.describe_instances([iid])
         if not insts or insts[0].get("State", {}).get("Name") in ("terminated", "shutting-down"):
             return "terminated"
-        asg = machine.attributes.get("asg") or _tags(insts[0].get("Tags")).get("aws:autoscaling:groupName", "")
+        asg = machine.attributes.get("asg") or tag_map(insts[0].get("Tags")).get("aws:autoscaling:groupName", "")
         if asg:
             groups = await self.call("autoscaling", "describe_auto_scaling_instances", iid, InstanceIds=[iid])
             member = groups.get("AutoScalingInstances", [])
@@ -583,78 +407,6 @@ class AwsProvider(Provider):
         await self.call("ec2", "create_tags", iid, Resources=[iid], Tags=[{"Key": TAG_RETIRED, "Value": stamp}])
         await self.call("ec2", "terminate_instances", iid, InstanceIds=[iid])
         return "terminated"
-
-    # -- forensics ------------------------------------------------------------------------------------------
-    async def describe(self, machine: Machine) -> dict[str, Any]:
-        insts = await self.describe_instances([machine.id])
-        volumes: list[dict[str, Any]] = []
-        if insts:
-            vol_ids = [b["Ebs"]["VolumeId"] for b in insts[0].get("BlockDeviceMappings", []) if "Ebs" in b]
-            if vol_ids:
-                volumes = (await self.call("ec2", "describe_volumes", ",".join(vol_ids), VolumeIds=vol_ids)).get(
-                    "Volumes", []
-                )
-        info: dict[str, Any] = json.loads(
-            json.dumps(
-                {
-                    "instance": insts[0] if insts else None,
-                    "volumes": volumes,
-                    "healerd": {"id": machine.id, "address": machine.address, "attributes": machine.attributes},
-                },
-                default=str,
-            )
-        )
-        return info
-
-    async def console(self, machine: Machine, limit: int = 1 << 20) -> str:
-        try:
-            out = await self.call("ec2", "get_console_output", machine.id, InstanceId=machine.id, Latest=True)
-        except ProviderError as exc:
-            return f"(console output unavailable: {exc})\n"
-        text = out.get("Output") or ""
-        try:
-            decoded = base64.b64decode(text).decode("utf-8", "replace") if text else ""
-        except ValueError:
-            decoded = text
-        return decoded[-limit:]
-
-    async def store_evidence(self, bundle: Path, incident: str) -> list[str]:
-        """Mirror the bundle to S3 when configured; returns the object keys."""
-        s3 = self.opts.s3
-        if s3 is None:
-            return []
-        keys = []
-        for path in await asyncio.to_thread(lambda: sorted(bundle.iterdir())):
-            key = f"{s3.prefix.rstrip('/')}/{incident}/{path.name}"
-            extra: dict[str, Any] = {}
-            if s3.sse:
-                extra["ServerSideEncryption"] = s3.sse
-                if s3.sse == "aws:kms" and s3.kms_key_id:
-                    extra["SSEKMSKeyId"] = s3.kms_key_id
-            await self.call(
-                "s3",
-                "put_object",
-                f"s3://{s3.bucket}/{key}",
-                Bucket=s3.bucket,
-                Key=key,
-                Body=path.read_bytes(),
-                **extra,
-            )
-            keys.append(key)
-        return keys
-
-
-def _encode_groups(groups: dict[str, list[str]]) -> str:
-    return ";".join(f"{eni}={','.join(sgs)}" for eni, sgs in sorted(groups.items()))
-
-
-def _decode_groups(text: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for part in text.split(";"):
-        eni, _, sgs = part.partition("=")
-        if eni:
-            out[eni] = [g for g in sgs.split(",") if g]
-    return out
 
 
 def _camel(operation: str) -> str:
