@@ -15,6 +15,7 @@ from remediation_rig import Rig, make_rig
 
 from healerd.events import EventType
 from healerd.incidents import Incident, IncidentState
+from healerd.reconcilers import IncidentReconciler
 from healerd.runbook import StepState, retry_delay
 
 
@@ -82,8 +83,12 @@ async def test_a_failing_step_is_retried_then_the_incident_escalates_once(rig_fa
     assert failed.severity.value == "critical" and "a human is needed" in failed.summary
     outcome = {"service": "web", "playbook": "replace-machine", "outcome": "failed"}
     assert rig.sample("healerd_remediations_total", **outcome) == 1.0
-    rows = await rig.store.query("SELECT kind FROM remediation_log WHERE machine='web-0'")
-    assert rows == [("failed",)]  # what the backoff and retry-limit gates count
+
+    # resolved by hand, the machine still down: the next attempt on it backs off
+    await rig.engine.resolve_by_hand(inc.id, "on-call")
+    await rig.reconciler(IncidentReconciler).reconcile(rig.service, rig.t0 + 10)
+    (again,) = rig.engine.incidents.values()
+    assert (again.machine, again.details["suppressed"]) == ("web-0", "backoff")
 
 
 async def test_on_failure_continue_goes_on_and_a_timeout_is_a_failure(rig_factory: Any) -> None:
