@@ -333,3 +333,17 @@ async def test_retention_warns_once_then_terminates_at_keep_for(rig_factory: Any
     (ended,) = lines(logs, "quarantine retention ended; machine terminated")
     assert (ended["service"], ended["machine"], ended["incident"]) == ("web", "web-0", PROBATION)
     assert rig.sample("healerd_quarantined_machines", service="web") == 0.0
+
+
+# -- the engine's pass ----------------------------------------------------------------------------------------
+async def test_the_engine_sleeps_until_the_earliest_time_a_reconciler_asks_for(rig_factory: Any) -> None:
+    rig = await rig_factory(remediation="{keep_for: 1h, keep_warning: 10m, probation_timeout: 2h}")
+    await fleet_of(rig, "web-0", "web-1", "web-2")
+    await rig.engine.fleet.quarantine(rig.service, "web-0", PROBATION, False)
+    since = float(rig.monitor.machines["web"]["web-0"].attributes["quarantined_at"])
+    await rig.reconciler(FillReconciler).reconcile(rig.service, since)  # a fill machine on probation
+    (new,) = rig.provider.launched
+    launched_at = float(rig.monitor.machines["web"][new].attributes["launched_at"])
+
+    assert await rig.engine.reconcile(since + 1) == since + 3000  # the retention warning comes first
+    assert await rig.engine.reconcile(since + 3001) == min(since + 3600, launched_at + 7200)
