@@ -4,7 +4,8 @@ and is idempotent, so a step re-run after a crash does the right thing."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -12,8 +13,9 @@ from .registry import Registry
 
 if TYPE_CHECKING:
     from .config import ServiceConfig
+    from .incidents import Incident
+    from .machines import Machine
     from .playbooks import Step
-    from .remediation import Incident, RemediationEngine
 
 
 class StepFailed(Exception):
@@ -28,9 +30,23 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Remediator(Protocol):
+    """What the actions act through (the remediation engine)."""
+
+    async def rotation_remove(self, svc: ServiceConfig, machine_id: str) -> None: ...
+    async def quarantine(self, svc: ServiceConfig, machine_id: str, incident: str, freeze: bool) -> dict[str, Any]: ...
+    async def collect_forensics(self, inc: Incident, evidence: dict[str, Any]) -> Path: ...
+    async def launch_replacement(self, svc: ServiceConfig, incident: str | None) -> Machine: ...
+    async def await_healthy(
+        self, svc: ServiceConfig, machine_id: str, timeout: float, incident: str | None
+    ) -> None: ...
+    async def put_in_service(self, svc: ServiceConfig, machine_id: str) -> None: ...
+    def announce_replaced(self, inc: Incident, outputs: dict[str, Any]) -> None: ...
+
+
 @dataclass
 class StepContext:
-    engine: RemediationEngine
+    engine: Remediator
     incident: Incident
     service: ServiceConfig
     step: Step

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -196,6 +197,37 @@ class MachineHealth:
             msg = c.last.message if c.last else ""
             parts.append(f"{c.key.check} {'flapping' if c.flapping else c.hard.name}: {msg}".strip())
         return "; ".join(parts)
+
+
+class ProbationOutcome(enum.StrEnum):
+    """Where a machine on probation stands."""
+
+    PASSED = "passed"  # every check has `rise` OK results in a row: it may enter service
+    FAILED = "failed"  # a check fails `fall` times in a row after the machine has booted
+    PENDING = "pending"  # not decided yet
+
+
+def probation_outcome(
+    checks: Iterable[tuple[CheckHealth | None, int, int]],
+    launched_at: float,
+    boot_timeout: float,
+    now: float,
+    booted: bool = False,
+) -> ProbationOutcome:
+    """Decide a probation from each check's (health, rise, fall), in the service's check order. A failure
+    counts once the machine has booted: it passed a check once, `boot_timeout` elapsed since `launched_at`,
+    or it is known to have `booted` long ago (released from quarantine)."""
+    booting = not booted and now - launched_at < boot_timeout
+    passed = True
+    for ch, rise, fall in checks:
+        if ch is None:
+            return ProbationOutcome.PENDING
+        if ch.ok_streak < rise or ch.hard is not Status.OK:
+            passed = False
+        # `fall` failures in a row now (a hard state left over from booting is recovering, not failing)
+        if ch.bad_streak >= fall and not (booting and not ch.ever_ok):
+            return ProbationOutcome.FAILED
+    return ProbationOutcome.PASSED if passed else ProbationOutcome.PENDING
 
 
 def category(m: MachineHealth) -> str | None:

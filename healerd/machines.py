@@ -17,6 +17,20 @@ class Lifecycle(enum.StrEnum):
     TERMINATED = "terminated"
 
 
+class Origin(enum.StrEnum):
+    """Why healerd launched a machine, as its `launched_for` attribute records it (the attribute holds the
+    incident's id for an incident's replacement, and is empty or absent for machines healerd did not launch)."""
+
+    FILL = "fill"  # launched (or adopted) to bring the fleet to `desired`
+    RELEASE = "release"  # released from quarantine, back on probation
+    INCIDENT = "incident"  # the replacement launched by an incident
+    NONE = ""
+
+
+#: the `incident` attribute of a machine quarantined for failing probation outside any incident
+PROBATION = "probation"
+
+
 @dataclass(frozen=True, slots=True)
 class Machine:
     service: str
@@ -28,3 +42,18 @@ class Machine:
     @property
     def target(self) -> Target:
         return Target(self.service, self.id, self.address)
+
+    @property
+    def origin(self) -> Origin:
+        value = self.attributes.get("launched_for") or ""
+        if value in (Origin.FILL, Origin.RELEASE):
+            return Origin(value)
+        return Origin.INCIDENT if value else Origin.NONE
+
+
+def launched_for(origin: Origin, incident: str | None = None) -> str:
+    """The `launched_for` attribute value for a machine of this origin (an incident's id for INCIDENT)."""
+    if origin is Origin.INCIDENT:
+        assert incident, "an incident's replacement names its incident"
+        return incident
+    return origin.value

@@ -6,9 +6,12 @@ Healerd must never make an outage worse; every gate has a safe default and names
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .health import Condition, MachineHealth
 from .modes import Mode
+from .results import Status
 
 
 class Reason(enum.StrEnum):
@@ -111,3 +114,16 @@ def decide(g: GateInput) -> Decision:
     if g.mode is Mode.DRY_RUN:
         return Decision(False, Reason.DRY_RUN, "mode is dry-run: the playbook is logged, not run")
     return Decision.go()
+
+
+def troubled(incident_machines: Iterable[str], in_service: Iterable[MachineHealth]) -> int:
+    """Machines of a service in trouble now, for the max_unhealthy short-circuit: those in service that are
+    down or failing (even unconfirmed: machines breaking together are confirmed one check apart), plus the
+    machines of its incidents still open (already out of rotation, still part of the same storm)."""
+    ids = set(incident_machines)
+    for mh in in_service:
+        if mh.condition is Condition.DOWN or any(
+            c.bad_streak > 0 and c.last is not None and c.last.status is Status.CRITICAL for c in mh.checks.values()
+        ):
+            ids.add(mh.id)
+    return len(ids)

@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from healerd.events import EventType
-from healerd.health import CheckKey, Condition, HealthBook, ServiceState, Thresholds, flap_percent
+from healerd.health import (
+    CheckHealth,
+    CheckKey,
+    Condition,
+    HealthBook,
+    ProbationOutcome,
+    ServiceState,
+    Thresholds,
+    flap_percent,
+    probation_outcome,
+)
 from healerd.machines import Lifecycle
 from healerd.results import CheckResult, Status
 
@@ -281,3 +291,35 @@ def test_a_check_unknown_for_unknown_alert_after_is_announced_once_and_cleared()
     assert book.machine("web", "m0").condition is Condition.UP  # type: ignore[union-attr]  # never remediated
     cleared = [e for e in book.observe(key, OK, clock.tick()) if e.type is EventType.CHECK_UNKNOWN]
     assert len(cleared) == 1 and not cleared[0].firing
+
+
+# -- probation (pure: the check states, the thresholds and `now`) ----------------------------------------------
+def probation_check(results: list[CheckResult], fall: int = 2, rise: int = 2) -> CheckHealth:
+    ch = CheckHealth(CheckKey("web", "new", "health"), Thresholds(fall=fall, rise=rise))
+    for i, r in enumerate(results):
+        ch.observe(r, 1000.0 + i)
+    return ch
+
+
+def outcome(*checks: CheckHealth | None, now: float = 1010.0, booted: bool = False) -> ProbationOutcome:
+    return probation_outcome([(c, 2, 2) for c in checks], launched_at=1000.0, boot_timeout=30.0, now=now, booted=booted)
+
+
+def test_probation_passes_after_rise_oks_on_every_check() -> None:
+    assert outcome(probation_check([OK, OK]), probation_check([CRIT, OK, OK])) is ProbationOutcome.PASSED
+    assert outcome(probation_check([OK, OK]), probation_check([OK])) is ProbationOutcome.PENDING
+    assert outcome(probation_check([OK, OK]), None) is ProbationOutcome.PENDING  # a check without a result
+
+
+def test_probation_failures_count_only_once_the_machine_has_booted() -> None:
+    failing = probation_check([CRIT, CRIT])
+    assert outcome(failing, now=1010.0) is ProbationOutcome.PENDING  # still within boot_timeout
+    assert outcome(failing, now=1030.0) is ProbationOutcome.FAILED  # boot_timeout elapsed
+    assert outcome(failing, now=1010.0, booted=True) is ProbationOutcome.FAILED  # released: booted long ago
+    assert outcome(probation_check([OK, CRIT, CRIT]), now=1010.0) is ProbationOutcome.FAILED  # it passed once
+
+
+def test_probation_fails_on_fall_failures_in_a_row_not_on_a_leftover_hard_state() -> None:
+    assert outcome(probation_check([OK, CRIT]), now=1030.0) is ProbationOutcome.PENDING  # one failure, fall 2
+    recovering = probation_check([CRIT, CRIT, OK])  # hard CRITICAL left from booting, OK again
+    assert outcome(recovering, now=1030.0) is ProbationOutcome.PENDING

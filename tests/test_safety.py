@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 
 from healerd.config import Mode
-from healerd.safety import Decision, GateInput, Reason, decide
+from healerd.health import CheckHealth, CheckKey, MachineHealth, Thresholds
+from healerd.machines import Lifecycle
+from healerd.results import CheckResult, Status
+from healerd.safety import Decision, GateInput, Reason, decide, troubled
 
 NOW = 1_700_000_000.0
 
@@ -191,3 +194,25 @@ def test_decide_is_pure() -> None:
     before = dataclasses.asdict(g)
     assert decide(g) == decide(g)
     assert dataclasses.asdict(g) == before
+
+
+# -- the troubled-machines count behind max_unhealthy (pure) ----------------------------------------------------
+def machine_health(machine: str, *results: Status) -> MachineHealth:
+    mh = MachineHealth("web", machine, Lifecycle.IN_SERVICE)
+    ch = CheckHealth(CheckKey("web", machine, "health"), Thresholds(fall=3, rise=2))
+    for i, status in enumerate(results):
+        ch.observe(CheckResult(status, ""), NOW + i)
+    mh.checks["health"] = ch
+    mh.condition = mh.compute()
+    return mh
+
+
+def test_troubled_counts_down_and_failing_machines_and_open_incidents_once_each() -> None:
+    down = machine_health("m1", Status.CRITICAL, Status.CRITICAL, Status.CRITICAL)
+    failing = machine_health("m2", Status.CRITICAL)  # not confirmed yet: machines break together
+    warning = machine_health("m3", Status.WARNING)  # a soft WARNING is not trouble
+    recovering = machine_health("m4", Status.CRITICAL, Status.OK)
+    fine = machine_health("m5", Status.OK)
+    assert troubled([], [down, failing, warning, recovering, fine]) == 2
+    assert troubled(["m1", "m9"], [down, failing]) == 3  # m9: out of rotation, its incident still open
+    assert troubled([], []) == 0

@@ -1,0 +1,128 @@
+"""The operator's controls over remediation: the mode, the global pause, silences (maintenance windows)
+and the storm cooldowns after a max_unhealthy short-circuit. Runtime switches persist in the store."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from .config import Config, Mode
+from .events import new_id
+
+if TYPE_CHECKING:
+    from .store import Store
+
+log = structlog.get_logger("healerd.remediation")
+
+
+def covers(silences: list[dict[str, Any]], service: str, machine: str) -> bool:
+    """True when one of the silences covers this machine ("" for the service as a whole)."""
+    return any((s["service"] in (None, service)) and (s["machine"] in (None, machine)) for s in silences)
+
+
+class Controls:
+    """Mode precedence, highest first: a per-service switch at run time, the global switch at run time,
+    `healerd run --mode`, the service's `remediation.mode`, `daemon.mode`."""
+
+    def __init__(self, config: Config, store: Store, cli_mode: Mode | None, wake: Callable[[], None]) -> None:
+        self.config = config
+        self.store = store
+        self.cli_mode = cli_mode
+        self.wake = wake  # a switch changed: the engine looks again now
+        self.runtime_mode: Mode | None = None
+        self.service_modes: dict[str, Mode] = {}
+        self.paused = False
+        self.storm_until: dict[str, float] = {}
+        self._silences: tuple[float, list[dict[str, Any]]] | None = None  # the last `now` asked, and its answer
+
+    async def load(self) -> None:
+        mode = await self.store.meta.get("mode")
+        self.runtime_mode = Mode(mode) if mode else None
+        self.paused = (await self.store.meta.get("paused")) == "1"
+        modes = await self.store.meta.get("service_modes")
+        self.service_modes = {k: Mode(v) for k, v in json.loads(modes).items()} if modes else {}
+        storms = await self.store.meta.get("storm_until")
+        self.storm_until = {k: float(v) for k, v in json.loads(storms).items()} if storms else {}
+
+    # -- mode and pause -------------------------------------------------------------------------------------
+    @property
+    def global_mode(self) -> Mode:
+        """The mode of a service without a mode of its own."""
+        return self.runtime_mode or self.cli_mode or self.config.daemon.mode
+
+    def mode_for(self, service: str) -> Mode:
+        if service in self.service_modes:
+            return self.service_modes[service]
+        if self.runtime_mode is not None:
+            return self.runtime_mode
+        if self.cli_mode is not None:
+            return self.cli_mode
+        svc = self.config.services.get(service)
+        if svc is not None and svc.remediation.mode is not None:
+            return svc.remediation.mode
+        return self.config.daemon.mode
+
+    async def set_mode(self, mode: Mode | None, service: str | None = None) -> None:
+        if service is None:
+            self.runtime_mode = mode
+            self.service_modes.clear()
+            await self.store.meta.set("mode", mode.value if mode else "")
+        elif mode is None:
+            self.service_modes.pop(service, None)
+        else:
+            self.service_modes[service] = mode
+        await self.store.meta.set("service_modes", json.dumps({k: v.value for k, v in self.service_modes.items()}))
+        log.info("mode changed", mode=mode.value if mode else "config", service=service or "all")
+        self.wake()
+
+    async def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        await self.store.meta.set("paused", "1" if paused else "0")
+        log.info("remediation paused" if paused else "remediation resumed")
+        self.wake()
+
+    # -- silences -------------------------------------------------------------------------------------------
+    async def add_silence(
+        self, service: str | None, machine: str | None, duration: float, comment: str, created_by: str = ""
+    ) -> dict[str, Any]:
+        now = time.time()
+        sid = new_id(now)
+        await self.store.silences.add(sid, service, machine, now, now + duration, comment, created_by)
+        self._silences = None
+        return {
+            "id": sid,
+            "service": service,
+            "machine": machine,
+            "starts_at": now,
+            "ends_at": now + duration,
+            "comment": comment,
+        }
+
+    async def delete_silence(self, sid: str) -> bool:
+        deleted = await self.store.silences.delete(sid)
+        self._silences = None
+        self.wake()
+        return deleted
+
+    async def silences(self, now: float | None = None) -> list[dict[str, Any]]:
+        now = time.time() if now is None else now
+        return await self.store.silences.active(now)
+
+    async def silenced(self, service: str, machine: str, now: float) -> bool:
+        """Whether a silence covers the machine ("" for the whole service) at `now`; read once per `now`, so
+        every reconciler of one pass sees the same silences."""
+        if self._silences is None or self._silences[0] != now:
+            self._silences = (now, await self.silences(now))
+        return covers(self._silences[1], service, machine)
+
+    # -- storm cooldown -------------------------------------------------------------------------------------
+    async def storm(self, service: str, until: float) -> None:
+        """Start or extend a storm cooldown; persisted, so a restart makes the same decisions."""
+        before = self.storm_until.get(service, 0.0)
+        self.storm_until[service] = max(before, until)
+        if until - before >= 1.0:  # extended by a reconcile tick or more: worth a write
+            await self.store.meta.set("storm_until", json.dumps(self.storm_until))

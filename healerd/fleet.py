@@ -1,0 +1,280 @@
+"""What healerd does to machines: rotation in and out, quarantine, launch from the known-good image,
+probation, entering service, retirement. Each call checks the world first and is idempotent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from .actions import StepFailed
+from .config import Config, ServiceConfig
+from .events import Event, EventType, Severity, new_id
+from .health import CheckKey, ProbationOutcome, probation_outcome
+from .machines import PROBATION, Lifecycle, Machine, Origin, launched_for
+from .plugins import ROTATION_KINDS
+from .providers.base import LaunchRequest, Provider, ProviderError
+from .rotation import Rotation
+
+if TYPE_CHECKING:
+    from .events import EventBus
+    from .incidents import Incident, IncidentBook
+    from .metrics import Metrics
+    from .monitor import Monitor
+    from .store import Store
+
+log = structlog.get_logger("healerd.remediation")
+
+
+class Fleet:
+    """The machines of every service through their provider and rotation, and the known-good images."""
+
+    def __init__(
+        self, config: Config, monitor: Monitor, store: Store, bus: EventBus, metrics: Metrics, incidents: IncidentBook
+    ) -> None:
+        self.config = config
+        self.monitor = monitor
+        self.store = store
+        self.bus = bus
+        self.metrics = metrics
+        self.incidents = incidents
+        self.rotations: dict[str, Rotation] = {}
+        self.known_good: dict[str, str] = {}
+
+    async def apply(self, config: Config) -> None:
+        """Rotations follow the config; so do known-good images, unless a promotion recorded another one."""
+        self.config = config
+        for svc in config.services.values():
+            current = self.rotations.get(svc.name)
+            cls = ROTATION_KINDS.get(svc.rotation_kind)
+            assert cls is not None
+            if current is None or current.kind != svc.rotation_kind or current.options != svc.rotation:
+                self.rotations[svc.name] = cls(
+                    svc.name,
+                    svc.rotation or cls.Config(),
+                    config.daemon.state_dir,
+                    self.monitor.providers.get(svc.provider),
+                )
+        for name, image in config.images.items():
+            stored = await self.store.images.get(name)
+            if stored is None or stored.seeded != image.known_good:
+                # new image, or the config's known_good changed: the config wins
+                await self.store.images.save(name, image.known_good, image.known_good, time.time())
+                self.known_good[name] = image.known_good
+            else:
+                self.known_good[name] = stored.known_good if stored.known_good in image.versions else image.known_good
+
+    async def sync_rotation(self, svc: ServiceConfig) -> None:
+        rotation = self.rotations.get(svc.name)
+        if rotation is None:
+            return
+        members = [m for m in self.monitor.machines.get(svc.name, {}).values() if m.lifecycle is Lifecycle.IN_SERVICE]
+        await rotation.sync(members)
+
+    async def resume_launches(self) -> None:
+        """Machines recorded as launching to fill a fleet when healerd stopped are started again."""
+        for svc in self.config.services.values():
+            for m in list(self.monitor.machines.get(svc.name, {}).values()):
+                if m.lifecycle is Lifecycle.LAUNCHING and m.origin is Origin.FILL:
+                    with contextlib.suppress(ProviderError):  # a failed start is retried by the fill loop
+                        await self.start(svc, m, None)
+
+    def update_gauges(self) -> None:
+        q = self.metrics.gauge("quarantined_machines")
+        for name in self.config.services:
+            n = sum(1 for m in self.monitor.machines.get(name, {}).values() if m.lifecycle is Lifecycle.QUARANTINED)
+            q.labels(name).set(n)
+
+    def provider(self, svc: ServiceConfig) -> Provider:
+        return self.monitor.providers[svc.provider]
+
+    async def machine(self, service: str, machine_id: str) -> Machine:
+        m = self.monitor.machine(service, machine_id) or await self.store.machines.get(service, machine_id)
+        if m is None:
+            raise StepFailed(f"machine {machine_id} of {service} is not known", terminal=True)
+        return m
+
+    # -- rotation and quarantine -------------------------------------------------------------------------------
+    async def rotation_remove(self, svc: ServiceConfig, machine_id: str) -> None:
+        m = await self.machine(svc.name, machine_id)
+        await self.rotations[svc.name].remove(m)
+
+    async def quarantine(self, svc: ServiceConfig, machine_id: str, incident: str, freeze: bool) -> dict[str, Any]:
+        m = await self.machine(svc.name, machine_id)
+        if m.lifecycle is Lifecycle.QUARANTINED:
+            return dict(json.loads(m.attributes.get("evidence", "{}")))
+        await self.rotations[svc.name].remove(m)
+        evidence = await self.provider(svc).quarantine(m, incident, freeze)
+        attrs = {
+            **m.attributes,
+            "quarantined_at": str(time.time()),
+            "incident": incident,
+            "evidence": json.dumps(evidence, default=str),
+        }
+        await self.monitor.put_machine(Machine(m.service, m.id, m.address, Lifecycle.QUARANTINED, attrs))
+        inc = self.incidents.active.get(incident)
+        if inc is not None:
+            self.incidents.emit(
+                EventType.MACHINE_QUARANTINED,
+                inc,
+                f"{m.id} quarantined (kept for forensics)",
+                Severity.WARNING,
+                machine=m.id,
+                evidence=evidence,
+            )
+        self.update_gauges()
+        return evidence
+
+    # -- launch, probation, service ----------------------------------------------------------------------------
+    async def launch_replacement(self, svc: ServiceConfig, incident: str | None) -> Machine:
+        """Launch from the known-good image; for an incident, at most one replacement, ever."""
+        assert svc.image is not None
+        provider = self.provider(svc)
+        if incident is not None:
+            for existing in await self.store.machines.for_incident(incident):
+                if existing.lifecycle in (Lifecycle.LAUNCHING, Lifecycle.PROBATION, Lifecycle.IN_SERVICE):
+                    if existing.lifecycle is Lifecycle.LAUNCHING or not await provider.alive(existing):
+                        return await self.start(svc, existing, incident)
+                    return existing
+                if existing.lifecycle is Lifecycle.QUARANTINED:
+                    raise StepFailed(
+                        f"the replacement {existing.id} for this incident failed its checks and is "
+                        "quarantined; not launching another",
+                        terminal=True,
+                    )
+        image = self.config.images[svc.image]
+        version = self.known_good.get(svc.image, image.known_good)
+        machine_id = f"{svc.name}-{new_id()[-8:].lower()}"
+        taken = {
+            int(m.attributes["port"])
+            for m in await self.store.machines.load()
+            if m.attributes.get("port", "").isdigit() and m.lifecycle not in (Lifecycle.TERMINATED, Lifecycle.RELEASED)
+        }
+        address, attrs = provider.allocate(taken)
+        origin = launched_for(Origin.INCIDENT, incident) if incident else launched_for(Origin.FILL)
+        machine = Machine(
+            svc.name,
+            machine_id,
+            address,
+            Lifecycle.LAUNCHING,
+            {
+                **attrs,
+                "image": svc.image,
+                "image_version": version,
+                "launched_for": origin,
+                "launched_at": str(time.time()),
+            },
+        )
+        # Recorded before the launch: a crash from here on cannot leave an untracked machine.
+        await self.monitor.put_machine(machine)
+        await self.store.incidents.log_launch(svc.name, machine_id, time.time(), incident)
+        return await self.start(svc, machine, incident)
+
+    async def start(self, svc: ServiceConfig, machine: Machine, incident: str | None) -> Machine:
+        """Start a machine recorded as launching; it comes back on probation."""
+        assert svc.image is not None
+        image = self.config.images[svc.image]
+        version = machine.attributes.get("image_version") or image.known_good
+        spec = image.versions.get(version) or image.versions[image.known_good]
+        launched = await self.provider(svc).launch(
+            LaunchRequest(svc.name, machine.id, svc.image, version, spec, incident)
+        )
+        attrs = {**machine.attributes, **launched.attributes}
+        ready = Machine(launched.service, launched.id, launched.address, Lifecycle.PROBATION, attrs)
+        if launched.id != machine.id:
+            # the provider names its machines itself (an EC2 instance id): the placeholder record is retired
+            retired = {**machine.attributes, "became": launched.id, "launched_for": launched_for(Origin.NONE)}
+            await self.monitor.put_machine(
+                Machine(machine.service, machine.id, machine.address, Lifecycle.TERMINATED, retired)
+            )
+        await self.monitor.put_machine(ready)
+        log.info(
+            "machine launched",
+            service=svc.name,
+            machine=ready.id,
+            address=ready.address,
+            image=svc.image,
+            version=version,
+            incident=incident,
+        )
+        return ready
+
+    def probation(self, svc: ServiceConfig, machine_id: str, now: float) -> ProbationOutcome:
+        m = self.monitor.machine(svc.name, machine_id)
+        checks = [(self.monitor.book.check(CheckKey(svc.name, machine_id, s.name)), s.rise, s.fall) for s in svc.checks]
+        return probation_outcome(
+            checks,
+            launched_at=float((m.attributes.get("launched_at") if m else None) or now),
+            boot_timeout=svc.remediation.boot_timeout,
+            now=now,
+            booted=m is not None and m.origin is Origin.RELEASE,  # released from quarantine: booted long ago
+        )
+
+    async def await_healthy(self, svc: ServiceConfig, machine_id: str, timeout: float, incident: str | None) -> None:
+        m = await self.machine(svc.name, machine_id)
+        if m.lifecycle is Lifecycle.IN_SERVICE:
+            return
+        if m.lifecycle is not Lifecycle.PROBATION:
+            raise StepFailed(f"{machine_id} is {m.lifecycle.value}, not in probation", terminal=True)
+        deadline = time.monotonic() + max(0.0, timeout - 1.0)
+        while True:
+            outcome = self.probation(svc, machine_id, time.time())
+            if outcome is ProbationOutcome.PASSED:
+                return
+            if outcome is ProbationOutcome.FAILED or time.monotonic() > deadline:
+                failed = outcome is ProbationOutcome.FAILED
+                why = "its checks failed" if failed else f"its checks did not pass within {timeout:g}s"
+                await self.quarantine(svc, machine_id, incident or PROBATION, False)
+                raise StepFailed(
+                    f"{machine_id} failed probation ({why}); it is quarantined and does not enter rotation",
+                    terminal=True,
+                )
+            await asyncio.sleep(0.2)
+
+    async def put_in_service(self, svc: ServiceConfig, machine_id: str) -> None:
+        m = await self.machine(svc.name, machine_id)
+        if m.lifecycle is not Lifecycle.IN_SERVICE:
+            if m.lifecycle is not Lifecycle.PROBATION:
+                raise StepFailed(
+                    f"{machine_id} is {m.lifecycle.value}; only a machine in probation enters service", terminal=True
+                )
+            m = Machine(m.service, m.id, m.address, Lifecycle.IN_SERVICE, m.attributes)
+            await self.monitor.put_machine(m)
+        await self.provider(svc).on_in_service(m, svc)
+        await self.rotations[svc.name].add(m)
+
+    async def retire(self, svc: ServiceConfig, m: Machine, why: str) -> None:
+        """Scale in one machine: out of rotation, then released or terminated as its provider does it."""
+        await self.rotations[svc.name].remove(m)
+        outcome = await self.provider(svc).retire(m)
+        lifecycle = Lifecycle.TERMINATED if outcome == "terminated" else Lifecycle.RELEASED
+        await self.monitor.put_machine(
+            Machine(m.service, m.id, m.address, lifecycle, {**m.attributes, "retired_at": str(time.time())})
+        )
+        self.bus.publish(
+            Event(
+                EventType.MACHINE_RETIRED,
+                svc.name,
+                f"{m.id} retired ({outcome}): {why}",
+                time.time(),
+                machine=m.id,
+                severity=Severity.INFO,
+                firing=False,
+                details={"outcome": outcome, "reason": why, "desired": svc.desired},
+            )
+        )
+        log.info("surplus machine retired", machine=m.id, outcome=outcome, reason=why)
+
+    def announce_replaced(self, inc: Incident, outputs: dict[str, Any]) -> None:
+        self.incidents.emit(
+            EventType.MACHINE_REPLACED,
+            inc,
+            f"{inc.machine} replaced by {outputs.get('replacement')} "
+            f"({outputs.get('image_version') or 'known-good'}) and quarantined for forensics",
+            replacement=outputs.get("replacement"),
+            bundle=outputs.get("bundle"),
+        )

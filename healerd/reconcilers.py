@@ -1,0 +1,364 @@
+"""The engine's reconcilers. Each looks at one service at a time `now`, acts, and returns the next time it
+needs to run by itself; changes of health also wake the engine (and its 1 s ceiling finds the rest).
+
+- `IncidentReconciler`: opens an incident per machine failure, passes it through the safety gates, resolves it.
+- `ProbationReconciler`: machines launched to fill the fleet enter service once their checks pass.
+- `FillReconciler`: launches machines up to `desired`.
+- `SurplusReconciler`: retires the newest healthy machine above `desired`.
+- `RetentionReconciler`: ends quarantines older than `keep_for` (a warning first).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Protocol
+
+import structlog
+from structlog.contextvars import bound_contextvars
+
+from .events import EventType, Severity
+from .health import Condition, ProbationOutcome, ServiceState
+from .incidents import Incident, IncidentState
+from .machines import PROBATION, Lifecycle, Machine, Origin
+from .providers.base import ProviderError
+from .safety import Decision, GateInput, Reason, decide, troubled
+
+if TYPE_CHECKING:
+    from .config import ServiceConfig
+    from .controls import Controls
+    from .events import EventBus
+    from .fleet import Fleet
+    from .incidents import IncidentBook
+    from .metrics import Metrics
+    from .monitor import Monitor
+    from .quarantine import Quarantine
+    from .runbook import Runbook
+    from .store import Store
+
+log = structlog.get_logger("healerd.remediation")
+
+NEVER = math.inf  # nothing to do by itself: an event (or the engine's ceiling) brings it back
+
+
+class Reconciler(Protocol):
+    async def reconcile(self, service: ServiceConfig, now: float) -> float: ...
+
+
+def _condition(monitor: Monitor, service: str, machine: str) -> Condition | None:
+    m = monitor.book.machine(service, machine)
+    return m.condition if m else None
+
+
+def _serving(monitor: Monitor, service: str) -> list[Machine]:
+    return [m for m in monitor.machines.get(service, {}).values() if m.lifecycle is Lifecycle.IN_SERVICE]
+
+
+def _reason(decision: Decision) -> str:
+    return decision.reason.value if decision.reason else ""
+
+
+class IncidentReconciler:
+    """One incident per machine failure. An open incident lasts as long as the failure; the safety gates
+    decide when it is remediated; once remediated (or escalated) it ends when the service is optimal."""
+
+    def __init__(
+        self,
+        monitor: Monitor,
+        store: Store,
+        bus: EventBus,
+        metrics: Metrics,
+        controls: Controls,
+        incidents: IncidentBook,
+        runbook: Runbook,
+    ) -> None:
+        self.monitor = monitor
+        self.store = store
+        self.bus = bus
+        self.metrics = metrics
+        self.controls = controls
+        self.incidents = incidents
+        self.runbook = runbook
+
+    async def reconcile(self, service: ServiceConfig, now: float) -> float:
+        health = self.monitor.book.services.get(service.name)
+        if health is None:
+            return NEVER
+        with bound_contextvars(service=service.name):
+            if not health.settled:  # its start-up grace may have ended with nothing else happening
+                self.bus.publish_all(self.monitor.book.refresh(service.name, now))
+            serving = _serving(self.monitor, service.name)
+            book = self.monitor.book
+            unhealthy = troubled(
+                self.incidents.machines(service.name),
+                [mh for m in serving if (mh := book.machine(service.name, m.id)) is not None],
+            )
+            if unhealthy > service.max_unhealthy:
+                await self.controls.storm(service.name, now + service.remediation.storm_cooldown)
+            known = self.incidents.machines(service.name)
+            for m in serving:
+                mh = book.machine(service.name, m.id)
+                if m.id not in known and mh is not None and mh.condition is Condition.DOWN:
+                    summary = f"{m.id} is down: {mh.problem()}"
+                    await self.incidents.open(service.name, m.id, service.remediation.playbook, summary, now)
+            next_at = NEVER
+            for inc in self.incidents.of(service.name):
+                with bound_contextvars(machine=inc.machine, incident=inc.id):
+                    if inc.state is IncidentState.OPEN:
+                        # Not remediated (held back, observing, or alert-only): it lasts as long as the failure.
+                        over = self._failure_over(service.name, inc.machine)
+                        if over:
+                            await self.incidents.resolve(inc, over)
+                            continue
+                        retry_at = await self._consider(service, inc, now, unhealthy)
+                        next_at = min(next_at, retry_at if retry_at is not None else NEVER)
+                    elif inc.state is not IncidentState.REMEDIATING and health.state is ServiceState.OPTIMAL:
+                        await self.incidents.resolve(inc, "the service is optimal again")
+            return next_at
+
+    def _failure_over(self, service: str, machine_id: str) -> str:
+        """Why the failure an open incident is about has ended ('' while it lasts)."""
+        m = self.monitor.machine(service, machine_id)
+        if m is None:
+            return f"{machine_id} is no longer part of the fleet"
+        if m.lifecycle is not Lifecycle.IN_SERVICE:
+            return f"{machine_id} is out of rotation ({m.lifecycle.value})"
+        condition = _condition(self.monitor, service, machine_id)
+        if condition in (Condition.UP, Condition.IMPAIRED):
+            return f"{machine_id} recovered ({condition.value})"
+        return ""
+
+    async def _consider(self, svc: ServiceConfig, inc: Incident, now: float, unhealthy: int) -> float | None:
+        """Remediate now, or hold back (said once per reason); returns when a holding gate opens by itself."""
+        decision = decide(await self._gate_input(svc, inc, now, unhealthy))
+        if decision.allowed:
+            await self.runbook.begin(svc, inc)
+            return None
+        if inc.details.get("suppressed") != _reason(decision):
+            await self._hold(svc, inc, decision)
+        return decision.retry_at
+
+    async def _hold(self, svc: ServiceConfig, inc: Incident, decision: Decision) -> None:
+        assert decision.reason is not None
+        inc.details["suppressed"] = decision.reason.value
+        inc.details["suppressed_detail"] = decision.detail
+        await self.incidents.save(inc)
+        self.metrics.counter("remediation_suppressed").labels(svc.name, decision.reason.value).inc()
+        critical = decision.reason in (Reason.MAX_UNHEALTHY, Reason.RETRY_LIMIT)
+        self.incidents.emit(
+            EventType.REMEDIATION_SUPPRESSED,
+            inc,
+            f"remediation of {inc.machine} held back: {decision.detail}",
+            Severity.CRITICAL if critical else Severity.WARNING,
+            reason=decision.reason.value,
+            detail=decision.detail,
+        )
+        log.warning("remediation held back", reason=decision.reason.value, detail=decision.detail)
+        if decision.reason is Reason.DRY_RUN:
+            self.runbook.log_dry_run(inc)
+
+    async def _gate_input(self, svc: ServiceConfig, inc: Incident, now: float, unhealthy: int) -> GateInput:
+        rem = svc.remediation
+        launches = await self.store.incidents.launches_since(svc.name, now - 3600, by_incidents=True)
+        fails = await self.store.incidents.failures(svc.name, inc.machine)
+        return GateInput(
+            now=now,
+            mode=self.controls.mode_for(svc.name),
+            paused=self.controls.paused,
+            silenced=await self.controls.silenced(svc.name, inc.machine, now),
+            flapping=_condition(self.monitor, svc.name, inc.machine) is Condition.FLAPPING,
+            unhealthy=unhealthy,
+            max_unhealthy=svc.max_unhealthy,
+            storm_until=self.controls.storm_until.get(svc.name, 0.0),
+            running=self.incidents.remediating(svc.name),
+            max_concurrent=rem.max_concurrent,
+            launches_last_hour=int(launches),
+            max_per_hour=rem.max_per_hour,
+            failures=fails.count,
+            last_failure=float(fails.last or 0.0),
+            backoff=rem.backoff,
+            max_retries=rem.max_retries,
+        )
+
+
+class ProbationReconciler:
+    """Machines launched to fill the fleet (not by an incident) enter service once their checks pass, and
+    are quarantined when they fail or outlast `probation_timeout`."""
+
+    def __init__(self, monitor: Monitor, fleet: Fleet) -> None:
+        self.monitor = monitor
+        self.fleet = fleet
+
+    async def reconcile(self, service: ServiceConfig, now: float) -> float:
+        if not service.managed:
+            return NEVER
+        next_at = NEVER
+        with bound_contextvars(service=service.name):
+            for m in list(self.monitor.machines.get(service.name, {}).values()):
+                if m.lifecycle is not Lifecycle.PROBATION or m.origin is not Origin.FILL:
+                    continue
+                with bound_contextvars(machine=m.id):
+                    outcome = self.fleet.probation(service, m.id, now)
+                    deadline = float(m.attributes.get("launched_at", now)) + service.remediation.probation_timeout
+                    if outcome is ProbationOutcome.PASSED:
+                        await self.fleet.put_in_service(service, m.id)
+                        log.info("machine in service")
+                    elif outcome is ProbationOutcome.FAILED or now > deadline:
+                        await self.fleet.quarantine(service, m.id, PROBATION, False)
+                        log.error("machine failed probation and is quarantined")
+                    else:
+                        next_at = min(next_at, deadline)
+        return next_at
+
+
+class FillReconciler:
+    """Launches machines until the service has `desired` (launching, on probation or in service), unless an
+    incident is handling the gap or a gate holds (said once)."""
+
+    def __init__(
+        self, monitor: Monitor, store: Store, fleet: Fleet, controls: Controls, incidents: IncidentBook
+    ) -> None:
+        self.monitor = monitor
+        self.store = store
+        self.fleet = fleet
+        self.controls = controls
+        self.incidents = incidents
+        self._held: set[str] = set()  # services whose "not launching" was said
+
+    async def reconcile(self, service: ServiceConfig, now: float) -> float:
+        if not service.managed:
+            return NEVER
+        with bound_contextvars(service=service.name):
+            machines = self.monitor.machines.get(service.name, {}).values()
+            live = (Lifecycle.LAUNCHING, Lifecycle.PROBATION, Lifecycle.IN_SERVICE)
+            missing = service.desired - sum(1 for m in machines if m.lifecycle in live)
+            if missing <= 0:
+                return NEVER
+            if self.incidents.machines(service.name):
+                return NEVER  # an incident is handling (or escalated) the gap: never launch around it
+            decision = decide(await self._gate_input(service, now))
+            if not decision.allowed:
+                if service.name not in self._held:
+                    self._held.add(service.name)
+                    log.warning(
+                        "fleet below desired, not launching",
+                        missing=missing,
+                        reason=_reason(decision),
+                        detail=decision.detail,
+                    )
+                return decision.retry_at or NEVER
+            self._held.discard(service.name)
+            log.info("launching machines to reach desired", missing=missing, desired=service.desired)
+            for _ in range(missing):
+                try:
+                    await self.fleet.launch_replacement(service, None)
+                except ProviderError as exc:
+                    log.error("launch failed", error=str(exc))
+                    break
+            return NEVER
+
+    async def _gate_input(self, svc: ServiceConfig, now: float) -> GateInput:
+        return GateInput(
+            now=now,
+            mode=self.controls.mode_for(svc.name),
+            paused=self.controls.paused,
+            silenced=await self.controls.silenced(svc.name, "", now),
+            launches_last_hour=await self.store.incidents.launches_since(svc.name, now - 3600),
+            max_per_hour=max(svc.remediation.max_per_hour, svc.desired),
+            max_concurrent=1 << 30,
+        )
+
+
+class SurplusReconciler:
+    """More machines in service than `desired` (a machine released back to rotation, a lowered desired):
+    the newest surplus machine leaves rotation and is retired, never quarantined, and only while the
+    healthy machines left still reach `desired` (so never below min_healthy)."""
+
+    def __init__(self, monitor: Monitor, fleet: Fleet, controls: Controls, incidents: IncidentBook) -> None:
+        self.monitor = monitor
+        self.fleet = fleet
+        self.controls = controls
+        self.incidents = incidents
+        self._held: set[str] = set()  # services whose "not retiring" was said
+
+    async def reconcile(self, service: ServiceConfig, now: float) -> float:
+        if not service.managed:
+            return NEVER
+        with bound_contextvars(service=service.name):
+            in_service = _serving(self.monitor, service.name)
+            if len(in_service) <= service.desired:
+                return NEVER
+            if self.incidents.remediating(service.name):
+                return NEVER  # a playbook is moving machines: look again once it is done
+            healthy = [m for m in in_service if _condition(self.monitor, service.name, m.id) is Condition.UP]
+            if len(healthy) <= service.desired:
+                return NEVER  # the surplus is a sick machine: its incident handles it
+            gate = GateInput(
+                now=now,
+                mode=self.controls.mode_for(service.name),
+                paused=self.controls.paused,
+                silenced=await self.controls.silenced(service.name, "", now),
+                max_per_hour=1 << 30,
+                max_concurrent=1 << 30,
+            )
+            decision = decide(gate)
+            victim = max(healthy, key=lambda m: (float(m.attributes.get("launched_at") or 0.0), m.id))
+            if not decision.allowed:
+                if service.name not in self._held:
+                    self._held.add(service.name)
+                    log.warning(
+                        "fleet above desired, not retiring",
+                        surplus=len(in_service) - service.desired,
+                        would_retire=victim.id,
+                        reason=_reason(decision),
+                        detail=decision.detail,
+                    )
+                return decision.retry_at or NEVER
+            self._held.discard(service.name)
+            await self.fleet.retire(service, victim, f"{len(in_service)} in service for desired {service.desired}")
+            return NEVER
+
+
+class RetentionReconciler:
+    """Quarantines older than keep_for end: a warning first (keep_warning before), then termination."""
+
+    def __init__(self, monitor: Monitor, quarantine: Quarantine) -> None:
+        self.monitor = monitor
+        self.quarantine = quarantine
+
+    async def reconcile(self, service: ServiceConfig, now: float) -> float:
+        keep = service.remediation.keep_for
+        if not service.managed or keep is None:
+            return NEVER
+        warning = service.remediation.keep_warning
+        next_at = NEVER
+        with bound_contextvars(service=service.name):
+            for m in list(self.monitor.machines.get(service.name, {}).values()):
+                if m.lifecycle is not Lifecycle.QUARANTINED:
+                    continue
+                ends = float(m.attributes.get("quarantined_at") or now) + keep
+                with bound_contextvars(machine=m.id, incident=m.attributes.get("incident")):
+                    if now >= ends:
+                        await self.quarantine.terminate(
+                            m.id,
+                            f"terminated: its quarantine reached keep_for ({keep:g}s); evidence and snapshots are kept",
+                        )
+                        log.warning("quarantine retention ended; machine terminated")
+                        continue
+                    if now >= ends - warning and not m.attributes.get("retention_warned"):
+                        await self._warn(m, ends, now)
+                    warned = now >= ends - warning or m.attributes.get("retention_warned")
+                    next_at = min(next_at, ends if warned else ends - warning)
+        return next_at
+
+    async def _warn(self, m: Machine, ends: float, now: float) -> None:
+        await self.monitor.put_machine(
+            Machine(m.service, m.id, m.address, m.lifecycle, {**m.attributes, "retention_warned": str(now)})
+        )
+        self.quarantine.event(
+            m,
+            f"{m.id} will be terminated in {ends - now:.0f}s (quarantine keep_for); release it or copy what you need",
+            now,
+            True,
+            {"retention": "expiring", "terminate_at": ends},
+        )
+        log.warning("quarantine retention ending soon", seconds_left=round(ends - now))

@@ -1,0 +1,291 @@
+"""Running a playbook for an incident, step by step, with a journal in the store.
+
+Every step's start, outcome and outputs are committed before the next step starts; every action checks
+the world first, so re-running a step after `kill -9` neither loses nor duplicates anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from structlog.contextvars import bound_contextvars
+
+from .actions import ACTIONS, Remediator, StepContext, StepFailed
+from .config import Config, ServiceConfig
+from .events import EventType, Severity
+from .incidents import Incident, IncidentBook, IncidentState
+from .playbooks import OnFailure, Playbook, Step
+from .providers.base import ProviderError
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .store import Store
+
+log = structlog.get_logger("healerd.remediation")
+
+
+class StepState(enum.StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # this attempt failed (another may follow)
+    CONTINUED = "continued"  # failed for good, and the playbook goes on (on_failure: continue)
+    INTERRUPTED = "interrupted"  # healerd stopped while it ran: it runs again on resume
+
+
+def retry_delay(attempts: int) -> float:
+    """How long a failed step waits before its next attempt: doubling, at most 30 s."""
+    return min(30.0, 2.0 ** min(attempts, 5))
+
+
+class StepJournal:
+    """The `steps` table: one row per (incident, step index), rewritten by each attempt."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def steps(self, incident: str) -> dict[int, dict[str, Any]]:
+        return {s["index"]: s for s in await self.store.incidents.steps(incident)}
+
+    async def record(
+        self,
+        incident: str,
+        idx: int,
+        action: str,
+        state: StepState,
+        attempts: int,
+        outputs: dict[str, Any] | None = None,
+        error: str | None = None,
+        start: bool = False,
+    ) -> None:
+        now = time.time()
+        if start:
+            await self.store.incidents.start_step(incident, idx, action, state.value, attempts, now)
+        else:
+            await self.store.incidents.end_step(incident, idx, state.value, now, outputs or {}, error)
+
+    async def interrupt(self, incident: str) -> None:
+        """The steps of this incident still running end as interrupted (healerd stops, or starts after a crash)."""
+        await self.store.incidents.mark_running_steps_interrupted(incident, time.time())
+
+
+class Runbook:
+    """Starts, runs and resumes remediations: one task per incident, its steps journaled."""
+
+    def __init__(
+        self,
+        config: Config,
+        incidents: IncidentBook,
+        journal: StepJournal,
+        store: Store,
+        metrics: Metrics,
+        host: Remediator,
+        crash_at: str | None = None,
+        wake: Callable[[], None] = lambda: None,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.config = config
+        self.incidents = incidents
+        self.journal = journal
+        self.store = store
+        self.metrics = metrics
+        self.host = host  # what the actions act through (StepContext.engine)
+        #: Fault injection for the crash-safety tests, armed only by `healerd run --crash-at ACTION[:after]`
+        #: (never by the environment): SIGKILL when that step has been journaled as started (or, with
+        #: `:after`, when its action has run but its success is not yet journaled).
+        self.crash_at = crash_at
+        self.wake = wake  # a remediation ended: the engine looks again now
+        self.on_change = on_change  # a remediation started or ended (gauges follow)
+        self.playbooks: dict[str, Playbook] = {}
+        self.retry_delay: Callable[[int], float] = retry_delay
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    # -- starting and stopping -----------------------------------------------------------------------------
+    async def begin(self, svc: ServiceConfig, inc: Incident) -> None:
+        if not svc.managed:
+            # static machines cannot be replaced: alert only
+            if inc.details.get("suppressed") != "static":
+                inc.details["suppressed"] = "static"
+                await self.incidents.save(inc)
+            return
+        inc.state = IncidentState.REMEDIATING
+        inc.details.pop("suppressed", None)
+        inc.details["started_at"] = time.time()
+        await self.incidents.save(inc)
+        self.incidents.emit(
+            EventType.REMEDIATION_STARTED,
+            inc,
+            f"remediating {inc.machine} with playbook {inc.playbook}",
+            Severity.WARNING,
+            playbook=inc.playbook,
+        )
+        log.info("remediation started", playbook=inc.playbook)
+        self.spawn(inc)
+
+    async def resume(self) -> None:
+        """Remediations a stop or a crash interrupted go on from their journal."""
+        for inc in list(self.incidents.active.values()):
+            if inc.state is IncidentState.REMEDIATING:
+                await self.journal.interrupt(inc.id)
+                log.info("resuming remediation", incident=inc.id, service=inc.service, machine=inc.machine)
+                self.spawn(inc)
+
+    def spawn(self, inc: Incident) -> None:
+        self.on_change()
+        task = asyncio.create_task(self._run(inc), name=f"healerd-incident-{inc.id}")
+        self._tasks[inc.id] = task
+        task.add_done_callback(lambda t, i=inc.id: self._tasks.pop(i, None))  # type: ignore[misc]
+
+    @property
+    def running(self) -> list[asyncio.Task[None]]:
+        """The remediations running now, one task each."""
+        return list(self._tasks.values())
+
+    async def stop(self) -> None:
+        """Cancel the running remediations, leaving them resumable."""
+        tasks = self.running
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for inc in self.incidents.active.values():
+            if inc.state is IncidentState.REMEDIATING:
+                await self.journal.interrupt(inc.id)
+
+    def log_dry_run(self, inc: Incident) -> None:
+        playbook = self.playbooks.get(inc.playbook)
+        for step in playbook.steps if playbook else ():
+            log.info(
+                "dry-run: would run step",
+                step=step.index + 1,
+                action=step.action,
+                params=step.params.model_dump(),
+                timeout=step.timeout,
+            )
+
+    # -- running -------------------------------------------------------------------------------------------
+    def _crash_point(self, action: str, when: str) -> None:
+        target = self.crash_at
+        if target and target == (action if when == "before" else f"{action}:after"):
+            log.warning("fault injection: killing healerd", at=target)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    async def _run(self, inc: Incident) -> None:
+        with bound_contextvars(service=inc.service, machine=inc.machine, incident=inc.id):
+            in_progress = self.metrics.gauge("remediations_in_progress").labels(inc.service)
+            in_progress.inc()
+            try:
+                await self._run_playbook(inc)
+            finally:
+                in_progress.dec()
+                self.on_change()
+
+    async def _run_playbook(self, inc: Incident) -> None:
+        svc = self.config.services.get(inc.service)
+        playbook = self.playbooks.get(inc.playbook)
+        started = float(inc.details.get("started_at", time.time()))
+        if svc is None or playbook is None:
+            await self._fail(inc, f"service or playbook {inc.playbook!r} no longer configured", terminal=True)
+            return
+        journal = await self.journal.steps(inc.id)
+        outputs: dict[str, Any] = {}
+        for done in journal.values():
+            if done["state"] == StepState.SUCCEEDED:
+                outputs.update(done["outputs"])
+        for step in playbook.steps:
+            row = journal.get(step.index)
+            if row and row["state"] in (StepState.SUCCEEDED, StepState.CONTINUED):
+                continue
+            with bound_contextvars(step=step.index + 1, action=step.action):
+                failure = await self._step(inc, svc, step, row["attempts"] if row else 0, outputs)
+            if failure is not None:
+                error, terminal = failure
+                await self._fail(inc, f"step {step.index + 1} ({step.action}) failed: {error}", terminal)
+                return
+        await self._succeeded(inc, started)
+
+    async def _step(
+        self, inc: Incident, svc: ServiceConfig, step: Step, attempts: int, outputs: dict[str, Any]
+    ) -> tuple[str, bool] | None:
+        """Run one step with its retries. None when the playbook goes on (it succeeded, or failed with
+        `on_failure: continue`); else the error and whether it is terminal."""
+        action = ACTIONS.get(step.action)
+        assert action is not None
+        error = ""
+        terminal = False
+        for _ in range(step.retries + 1):
+            attempts += 1
+            await self.journal.record(inc.id, step.index, step.action, StepState.RUNNING, attempts, start=True)
+            self._crash_point(step.action, "before")
+            ctx = StepContext(self.host, inc, svc, step, dict(outputs))
+            log.info("step started", attempt=attempts)
+            try:
+                out = await asyncio.wait_for(action().run(ctx), step.timeout)
+            except StepFailed as exc:
+                error, terminal = str(exc), exc.terminal
+            except TimeoutError:
+                error = f"{step.action} timed out after {step.timeout:g}s"
+                terminal = step.action == "checks.await_healthy"
+            except ProviderError as exc:
+                error = str(exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug in an action fails the step with its message
+                log.exception("step raised")
+                error = f"{step.action} raised {type(exc).__name__}: {exc}"
+            else:
+                self._crash_point(step.action, "after")
+                outputs.update(out)
+                await self.journal.record(inc.id, step.index, step.action, StepState.SUCCEEDED, attempts, out)
+                log.info("step succeeded", outputs=out)
+                if "replacement" in out and inc.replacement != out["replacement"]:
+                    inc.replacement = out["replacement"]
+                    await self.incidents.save(inc)
+                return None
+            await self.journal.record(inc.id, step.index, step.action, StepState.FAILED, attempts, error=error)
+            log.warning("step failed", error=error)
+            if terminal:
+                break
+            await asyncio.sleep(self.retry_delay(attempts))
+        if step.on_failure is OnFailure.CONTINUE:
+            await self.journal.record(inc.id, step.index, step.action, StepState.CONTINUED, attempts, error=error)
+            return None
+        return error, terminal
+
+    async def _succeeded(self, inc: Incident, started: float) -> None:
+        inc.state = IncidentState.REMEDIATED
+        inc.details["finished_at"] = time.time()
+        await self.incidents.save(inc)
+        duration = time.time() - started
+        self.metrics.counter("remediations").labels(inc.service, inc.playbook, "succeeded").inc()
+        self.metrics.histogram("remediation_duration_seconds").labels(inc.service, inc.playbook).observe(duration)
+        self.incidents.emit(
+            EventType.REMEDIATION_SUCCEEDED,
+            inc,
+            f"{inc.machine} remediated in {duration:.0f}s"
+            + (f": replaced by {inc.replacement}" if inc.replacement else ""),
+            replacement=inc.replacement,
+            duration=round(duration, 3),
+        )
+        log.info("remediation succeeded", replacement=inc.replacement, seconds=round(duration, 1))
+        self.wake()
+
+    async def _fail(self, inc: Incident, error: str, terminal: bool) -> None:
+        inc.state = IncidentState.FAILED
+        inc.error = error
+        await self.incidents.save(inc)
+        await self.store.incidents.log_failure(inc.service, inc.machine, time.time(), inc.id)
+        self.metrics.counter("remediations").labels(inc.service, inc.playbook, "failed").inc()
+        self.incidents.emit(
+            EventType.REMEDIATION_FAILED,
+            inc,
+            f"remediation of {inc.machine} failed, a human is needed: {error}",
+            Severity.CRITICAL,
+            error=error,
+        )
+        log.error("remediation failed; escalating", error=error)

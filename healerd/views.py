@@ -1,0 +1,77 @@
+"""What the API, the CLI and the status page show of remediation: incidents with their timeline, and the
+mode and counts of the engine."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .incidents import Incident, IncidentBook, IncidentState
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .controls import Controls
+    from .runbook import StepJournal
+    from .store import Store
+
+
+def timeline(incident: str, events: list[dict[str, Any]], steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The incident's events and its steps' starts and ends, in time order."""
+    out: list[dict[str, Any]] = [
+        {"timestamp": e["timestamp"], "kind": "event", "type": e["type"], "summary": e["summary"]}
+        for e in events
+        if e["incident"] == incident
+    ]
+    for s in steps:
+        out.append(
+            {
+                "timestamp": s["started_at"],
+                "kind": "step",
+                "type": f"step.{s['action']}",
+                "summary": f"step {s['index'] + 1} {s['action']} started (attempt {s['attempts']})",
+            }
+        )
+        if s["ended_at"]:
+            out.append(
+                {
+                    "timestamp": s["ended_at"],
+                    "kind": "step",
+                    "type": f"step.{s['action']}",
+                    "summary": f"step {s['index'] + 1} {s['action']} {s['state']}"
+                    + (f": {s['error']}" if s["error"] else ""),
+                }
+            )
+    out.sort(key=lambda t: t["timestamp"] or 0)
+    return out
+
+
+class Views:
+    def __init__(
+        self, config: Config, store: Store, journal: StepJournal, controls: Controls, incidents: IncidentBook
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.journal = journal
+        self.controls = controls
+        self.incidents = incidents
+
+    async def incident_list(self, limit: int = 100, state: str | None = None) -> list[dict[str, Any]]:
+        return [Incident.from_record(r).as_dict() for r in await self.store.incidents.recent(limit, state)]
+
+    async def incident_view(self, incident_id: str) -> dict[str, Any] | None:
+        row = await self.store.incidents.get(incident_id)
+        if row is None:
+            return None
+        inc = Incident.from_record(row)
+        steps = list((await self.journal.steps(inc.id)).values())
+        events = await self.store.events.recent(limit=1000)
+        return {**inc.as_dict(), "steps": steps, "timeline": timeline(inc.id, events, steps)}
+
+    def status(self) -> dict[str, Any]:
+        active = self.incidents.active.values()
+        return {
+            "mode": self.controls.global_mode.value,
+            "paused": self.controls.paused,
+            "service_modes": {name: self.controls.mode_for(name).value for name in self.config.services},
+            "incidents_open": len(active),
+            "remediating": sum(1 for i in active if i.state is IncidentState.REMEDIATING),
+        }
