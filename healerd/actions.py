@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from .registry import Registry
-
 if TYPE_CHECKING:
     from .config import ServiceConfig
     from .incidents import Incident
@@ -144,8 +142,3 @@ class Notify(Action):
     async def run(self, ctx: StepContext) -> dict[str, Any]:
         ctx.engine.announce_replaced(ctx.incident, ctx.outputs)
         return {}
-
-
-ACTIONS: Registry[type[Action]] = Registry("healerd.actions", Action)
-for _cls in (RotationRemove, MachineQuarantine, ForensicsCollect, LaunchReplacement, AwaitHealthy, RotationAdd, Notify):
-    ACTIONS.register(_cls)

@@ -1,5 +1,5 @@
 """Every extension point's registry in one module, which registers the built-in check kinds, providers,
-rotations and notifiers (the playbook actions' table is filled where the actions are, in `healerd.actions`).
+rotations, notifiers and playbook actions.
 
 Third-party kinds come from entry points, site-local ones from drop-in files (see `healerd.registry`).
 Plugin modules never import this module or the config loader: the arrows point from here to them.
@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from .actions import ACTIONS
+from .actions import (
+    Action,
+    AwaitHealthy,
+    ForensicsCollect,
+    LaunchReplacement,
+    MachineQuarantine,
+    Notify,
+    RotationAdd,
+    RotationRemove,
+)
 from .checks.base import Check
 from .checks.exec import ExecCheck
 from .checks.http import HttpCheck
@@ -40,6 +49,16 @@ PROVIDER_KINDS: Registry[type[Provider]] = _built_in(
 )
 ROTATION_KINDS: Registry[type[Rotation]] = _built_in(
     Registry("healerd.rotations", Rotation), NoRotation, FileRotation, Elbv2Rotation
+)
+ACTIONS: Registry[type[Action]] = _built_in(
+    Registry("healerd.actions", Action),
+    RotationRemove,
+    MachineQuarantine,
+    ForensicsCollect,
+    LaunchReplacement,
+    AwaitHealthy,
+    RotationAdd,
+    Notify,
 )
 NOTIFIER_KINDS: Registry[type[Notifier]] = _built_in(
     Registry("healerd.notifiers", Notifier), WebhookNotifier, SlackNotifier, AlertmanagerNotifier

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from .actions import ACTIONS, Remediator, StepContext, StepFailed
+from .actions import Remediator, StepContext, StepFailed
 from .config import Config, ServiceConfig
 from .events import EventType, Severity
 from .incidents import Incident, IncidentBook, IncidentState
 from .playbooks import OnFailure, Playbook, Step
+from .plugins import ACTIONS
 from .providers.base import ProviderError
 
 if TYPE_CHECKING:

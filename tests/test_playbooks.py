@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from healerd.actions import ACTIONS, QuarantineParams
+from healerd.actions import QuarantineParams
 from healerd.config import ConfigError, load_config
 from healerd.playbooks import DEFAULT_PLAYBOOK, OnFailure, load_playbooks
+from healerd.plugins import ACTIONS
 
 SHIPPED = Path(__file__).resolve().parents[1] / "playbooks"
 
