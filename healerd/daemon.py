@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from . import api
+from . import api, openfiles
 from .alerting import Alerting
 from .checks import CheckEnv
 from .config import Config, ConfigError, Mode, load_config
@@ -331,6 +331,9 @@ def run(
     configure_logging(config.daemon.log_format, config.daemon.log_level)
     for warning in config.warnings:
         log.warning(warning, path=str(config.path))
+    before, after = openfiles.raise_soft_limit()
+    if after != before:
+        log.info("open files limit raised", soft_before=before, soft=after)
     if crash_at:
         log.warning(
             "FAULT INJECTION ARMED: this daemon kills itself (SIGKILL) at a playbook step; for crash tests only",

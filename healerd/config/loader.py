@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 from .. import _yaml
 from ..checks.base import CheckEnv
 from ..notifiers.base import read_secret
+from ..openfiles import budget_problem
 from ..paths import resolve_against, set_config_dir
 from ..playbooks import load_playbooks
 from ..plugins import CHECK_KINDS, PROVIDER_KINDS
@@ -87,6 +88,14 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
             services[name] = svc
 
     _playbooks(daemon, services, out)
+    sockets = sum(
+        len([c for c in s.checks if c.kind in _NETWORK_KINDS]) * (s.desired if s.managed else len(s.machines))
+        + len([c for c in s.service_checks if c.kind in _NETWORK_KINDS])
+        for s in services.values()
+    )
+    problem = budget_problem(sockets)
+    if problem:
+        out.add(("services",), problem)
     if out.problems:
         raise ConfigError(filename, out.problems)
     if not services:
@@ -101,6 +110,10 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
         check_kinds={k: cls for k in checks.registry.kinds() if (cls := checks.registry.get(k)) is not None},
         warnings=tuple(warnings),
     )
+
+
+#: check kinds that hold a socket while they run
+_NETWORK_KINDS = frozenset({"http", "tcp"})
 
 
 def _daemon(data: dict[str, Any], base: Path, out: Collector, warnings: list[str], filename: str) -> DaemonConfig:
