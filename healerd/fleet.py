@@ -221,19 +221,24 @@ class Fleet:
         if m.lifecycle is not Lifecycle.PROBATION:
             raise StepFailed(f"{machine_id} is {m.lifecycle.value}, not in probation", terminal=True)
         deadline = time.monotonic() + max(0.0, timeout - 1.0)
-        while True:
-            outcome = self.probation(svc, machine_id, time.time())
-            if outcome is ProbationOutcome.PASSED:
-                return
-            if outcome is ProbationOutcome.FAILED or time.monotonic() > deadline:
-                failed = outcome is ProbationOutcome.FAILED
-                why = "its checks failed" if failed else f"its checks did not pass within {timeout:g}s"
-                await self.quarantine(svc, machine_id, incident or PROBATION, False)
-                raise StepFailed(
-                    f"{machine_id} failed probation ({why}); it is quarantined and does not enter rotation",
-                    terminal=True,
-                )
-            await asyncio.sleep(0.2)
+        # Decided at each of its check results (not on a poll: a passing replacement enters rotation at once);
+        # the short ceiling catches the boot grace and the deadline running out between results.
+        with self.monitor.watch(svc.name, machine_id) as result:
+            while True:
+                result.clear()
+                outcome = self.probation(svc, machine_id, time.time())
+                if outcome is ProbationOutcome.PASSED:
+                    return
+                if outcome is ProbationOutcome.FAILED or time.monotonic() > deadline:
+                    failed = outcome is ProbationOutcome.FAILED
+                    why = "its checks failed" if failed else f"its checks did not pass within {timeout:g}s"
+                    await self.quarantine(svc, machine_id, incident or PROBATION, False)
+                    raise StepFailed(
+                        f"{machine_id} failed probation ({why}); it is quarantined and does not enter rotation",
+                        terminal=True,
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(result.wait(), 0.2)
 
     async def put_in_service(self, svc: ServiceConfig, machine_id: str) -> None:
         m = await self.machine(svc.name, machine_id)

@@ -6,9 +6,11 @@ not change); `handle` takes each result through classification, the store, metri
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections import Counter as Tally
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +74,8 @@ class Monitor:
         self.providers: dict[str, Provider] = {}
         self.services: dict[str, ServiceConfig] = {}
         self._pending_first: set[CheckKey] = set()
+        #: machines someone waits on (a replacement on probation): set at each of their results
+        self._watchers: dict[tuple[str, str], asyncio.Event] = {}
         self._ready_latched = False
         self._runs = metrics.counter("check_runs")
         self._durations = metrics.histogram("check_duration_seconds")
@@ -251,11 +255,24 @@ class Monitor:
             duration=round(result.duration, 6),
         )
         events = self.book.observe(key, result, now)
+        if self._watchers:
+            watcher = self._watchers.get((key.service, key.machine))
+            if watcher is not None:
+                watcher.set()
         ch = self.book.check(key)
         if ch is not None and ch.soft_failing:
             self.scheduler.retry_soon(bc)
         if events:
             self.bus.publish_all(events)
+
+    @contextlib.contextmanager
+    def watch(self, service: str, machine: str) -> Iterator[asyncio.Event]:
+        """An event set at each result of the machine's checks, while the block runs."""
+        event = self._watchers.setdefault((service, machine), asyncio.Event())
+        try:
+            yield event
+        finally:
+            self._watchers.pop((service, machine), None)
 
     def _missed(self, bc: BoundCheck) -> None:
         self._missed_runs.labels(bc.key.service, bc.key.check).inc()
