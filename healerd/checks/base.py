@@ -12,8 +12,10 @@ from typing import ClassVar, Generic, TypeVar
 import aiohttp
 from pydantic import BaseModel, ConfigDict
 
+from .. import openfiles
 from ..results import CheckResult, Status
 from ..targets import Target
+from ._pool import BoundedConnector
 
 
 class CheckOptions(BaseModel):
@@ -28,17 +30,25 @@ ConfigT = TypeVar("ConfigT", bound=CheckOptions)
 class CheckEnv:
     """Resources shared by every check: HTTP client sessions, where drop-in scripts live."""
 
-    def __init__(self, check_paths: tuple[Path, ...] = (), base_dir: Path | None = None) -> None:
+    def __init__(
+        self, check_paths: tuple[Path, ...] = (), base_dir: Path | None = None, open_files: int | None = None
+    ) -> None:
         self.check_paths = check_paths
         self.base_dir = base_dir or Path.cwd()
+        # Sockets for checks: what the open-file limit leaves after a reserve (API, store, pipes), half for
+        # connections in use, half for idle keep-alive ones.
+        budget = max(128, (open_files or openfiles.limits()[0]) - openfiles.RESERVE)
+        self.max_connections = budget // 2
+        self.max_idle_hosts = budget - self.max_connections
         self._sessions: dict[bool, aiohttp.ClientSession] = {}
         self.subprocess_slots = asyncio.Semaphore(64)
 
     def http_session(self, reuse_connections: bool) -> aiohttp.ClientSession:
         session = self._sessions.get(reuse_connections)
         if session is None or session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=0,
+            connector = BoundedConnector(
+                max_idle_hosts=self.max_idle_hosts,
+                limit=self.max_connections,
                 force_close=not reuse_connections,
                 ttl_dns_cache=60,
                 enable_cleanup_closed=False,

@@ -1,0 +1,67 @@
+"""The keep-alive pool stays bounded over many distinct hosts, and checks still reuse connections."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from aiohttp import web
+
+from healerd.checks import CheckEnv
+from healerd.checks.http import HttpCheck, HttpConfig
+from healerd.results import Status
+from healerd.runner import run_check
+from healerd.targets import Target
+
+
+def open_sockets() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, gone by now
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
+
+async def test_idle_connections_to_many_hosts_are_bounded_least_recent_first(tmp_path: Path) -> None:
+    peers: dict[int, list[object]] = {}  # server port -> the client address of each request
+
+    async def ok(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        port = request.transport.get_extra_info("sockname")[1]
+        peers.setdefault(port, []).append(request.transport.get_extra_info("peername"))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/health", ok)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    ports = []
+    for _ in range(160):  # 160 distinct hosts (host:port pairs) on loopback
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    env = CheckEnv(open_files=256 + 2 * 64)  # room for 64 idle hosts and 64 connections in use
+    assert env.max_idle_hosts == 64
+    try:
+        before = open_sockets()
+        checks = [
+            HttpCheck(HttpConfig(url=f"http://127.0.0.1:{p}/health"), Target("web", f"m{p}", f"127.0.0.1:{p}"), env)
+            for p in ports
+        ]
+        for _ in range(2):
+            for check in checks:
+                assert (await run_check(check, 2.0)).status is Status.OK
+        client_side = open_sockets() - before
+        # both ends of each idle connection are in this process: 64 hosts' worth, not 160
+        assert client_side <= 2 * 64 + 4, client_side
+        connector = env.http_session(True).connector
+        assert getattr(connector, "evicted", 0) >= 2 * (160 - 64)
+        # the most recent host is still pooled: checked again, it reuses its connection
+        assert (await run_check(checks[-1], 2.0)).status is Status.OK
+        assert peers[ports[-1]][-1] == peers[ports[-1]][-2]
+        # the first hosts were evicted: the second round had to connect again
+        assert peers[ports[0]][0] != peers[ports[0]][1]
+    finally:
+        await env.close()
+        await runner.cleanup()
