@@ -7,12 +7,14 @@ import os
 import shutil
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
+from remediation_rig import Rig, make_rig
 
 from healerd.store import Store
 
@@ -146,3 +148,19 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     await s.open()
     yield s
     await s.close()
+
+
+@pytest.fixture
+async def rig_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """`await rig_factory(**options)`: a remediation engine on a real store and health book (see
+    tests/remediation_rig.py), closed when the test ends."""
+    made: list[Rig] = []
+
+    async def make(**kwargs: Any) -> Rig:
+        rig = await make_rig(tmp_path, **kwargs)
+        made.append(rig)
+        return rig
+
+    yield make
+    for rig in made:
+        await rig.close()

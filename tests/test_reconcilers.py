@@ -8,13 +8,12 @@ the provider is a recording fake.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import structlog
-from remediation_rig import Rig, make_rig
+from remediation_rig import Rig
 from structlog.testing import capture_logs
 
 from healerd.config import Mode
@@ -42,20 +41,6 @@ def logs() -> Iterator[Logs]:
 
 def lines(logs: Logs, event: str) -> Logs:
     return [e for e in logs if e["event"] == event]
-
-
-@pytest.fixture
-async def rig_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    made: list[Rig] = []
-
-    async def make(**kwargs: Any) -> Rig:
-        rig = await make_rig(tmp_path, **kwargs)
-        made.append(rig)
-        return rig
-
-    yield make
-    for rig in made:
-        await rig.close()
 
 
 async def fleet_of(rig: Rig, *ids: str) -> None:

@@ -6,31 +6,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
-from remediation_rig import Rig, make_rig
+from remediation_rig import Rig
 
 from healerd.events import EventType
 from healerd.incidents import Incident, IncidentState
 from healerd.reconcilers import IncidentReconciler
 from healerd.runbook import StepState, retry_delay
-
-
-@pytest.fixture
-async def rig_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    made: list[Rig] = []
-
-    async def make(**kwargs: Any) -> Rig:
-        rig = await make_rig(tmp_path, **kwargs)
-        made.append(rig)
-        return rig
-
-    yield make
-    for rig in made:
-        await rig.close()
 
 
 async def sick(rig: Rig) -> Incident:
