@@ -84,6 +84,8 @@ class Check(Generic[ConfigT]):
     #: check whose target does not answer has found a problem (CRITICAL, as Nagios' socket timeout); for
     #: other checks the check itself failed to decide (UNKNOWN).
     timeout_status: ClassVar[Status] = Status.UNKNOWN
+    #: holds a socket while it runs (and between runs with keep-alive): counted against the open-file limit
+    uses_socket: ClassVar[bool] = False
 
     def __init__(self, config: ConfigT, target: Target, env: CheckEnv) -> None:
         self.config = config

@@ -63,6 +63,7 @@ class HttpCheck(Check[HttpConfig]):
     kind = "http"
     Config = HttpConfig
     timeout_status = Status.CRITICAL
+    uses_socket = True
 
     def __init__(self, config: HttpConfig, target: Target, env: CheckEnv) -> None:
         super().__init__(config, target, env)

@@ -22,6 +22,7 @@ class TcpCheck(Check[TcpConfig]):
     kind = "tcp"
     Config = TcpConfig
     timeout_status = Status.CRITICAL
+    uses_socket = True
 
     async def run(self) -> CheckResult:
         cfg = self.config

@@ -89,8 +89,8 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
 
     _playbooks(daemon, services, out)
     sockets = sum(
-        len([c for c in s.checks if c.kind in _NETWORK_KINDS]) * (s.desired if s.managed else len(s.machines))
-        + len([c for c in s.service_checks if c.kind in _NETWORK_KINDS])
+        sum(c.check_class.uses_socket for c in s.checks) * (s.desired if s.managed else len(s.machines))
+        + sum(c.check_class.uses_socket for c in s.service_checks)
         for s in services.values()
     )
     problem = budget_problem(sockets)
@@ -110,10 +110,6 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
         check_kinds={k: cls for k in checks.registry.kinds() if (cls := checks.registry.get(k)) is not None},
         warnings=tuple(warnings),
     )
-
-
-#: check kinds that hold a socket while they run
-_NETWORK_KINDS = frozenset({"http", "tcp"})
 
 
 def _daemon(data: dict[str, Any], base: Path, out: Collector, warnings: list[str], filename: str) -> DaemonConfig:

@@ -390,19 +390,7 @@ class AwsProvider(Provider):
         insts = await self.describe_instances([iid])
         if not insts or insts[0].get("State", {}).get("Name") in ("terminated", "shutting-down"):
             return "terminated"
-        asg = machine.attributes.get("asg") or tag_map(insts[0].get("Tags")).get("aws:autoscaling:groupName", "")
-        if asg:
-            groups = await self.call("autoscaling", "describe_auto_scaling_instances", iid, InstanceIds=[iid])
-            member = groups.get("AutoScalingInstances", [])
-            if member and member[0].get("LifecycleState") not in ("Detaching", "Detached"):
-                await self.call(
-                    "autoscaling",
-                    "detach_instances",
-                    f"{iid} from {asg}",
-                    InstanceIds=[iid],
-                    AutoScalingGroupName=asg,
-                    ShouldDecrementDesiredCapacity=True,
-                )
+        await self.isolation.leave_group(machine, insts[0], "detach", decrement=True)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         await self.call("ec2", "create_tags", iid, Resources=[iid], Tags=[{"Key": TAG_RETIRED, "Value": stamp}])
         await self.call("ec2", "terminate_instances", iid, InstanceIds=[iid])

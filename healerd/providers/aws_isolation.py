@@ -34,6 +34,34 @@ class AwsIsolation:
     def __init__(self, aws: AwsProvider) -> None:
         self.aws = aws
 
+    async def leave_group(self, machine: Machine, inst: dict[str, Any], action: str, decrement: bool) -> str:
+        """Take the instance out of its Auto Scaling group (`detach` or `standby`) unless it is out already;
+        returns the group's name ('' when it is in none). Without `decrement` the group launches one back."""
+        iid = machine.id
+        asg = machine.attributes.get("asg") or tag_map(inst.get("Tags")).get("aws:autoscaling:groupName", "")
+        if not asg:
+            return ""
+        groups = await self.aws.call("autoscaling", "describe_auto_scaling_instances", iid, InstanceIds=[iid])
+        member = groups.get("AutoScalingInstances", [])
+        if member and member[0].get("LifecycleState") not in ("Standby", "Detaching", "Detached"):
+            operation, what = (
+                ("enter_standby", f"{iid} in {asg}")
+                if action == "standby"
+                else (
+                    "detach_instances",
+                    f"{iid} from {asg}",
+                )
+            )
+            await self.aws.call(
+                "autoscaling",
+                operation,
+                what,
+                InstanceIds=[iid],
+                AutoScalingGroupName=asg,
+                ShouldDecrementDesiredCapacity=decrement,
+            )
+        return asg
+
     # -- quarantine -----------------------------------------------------------------------------------------
     async def quarantine(self, machine: Machine, incident: str | None, freeze: bool = False) -> dict[str, Any]:
         q = self.aws.opts.quarantine
@@ -47,29 +75,8 @@ class AwsIsolation:
             await self.aws.call(
                 "ec2", "modify_instance_attribute", iid, InstanceId=iid, DisableApiTermination={"Value": True}
             )
-        asg = machine.attributes.get("asg") or tag_map(inst.get("Tags")).get("aws:autoscaling:groupName", "")
+        asg = await self.leave_group(machine, inst, q.asg_action, q.asg_decrement)
         if asg:
-            groups = await self.aws.call("autoscaling", "describe_auto_scaling_instances", iid, InstanceIds=[iid])
-            member = groups.get("AutoScalingInstances", [])
-            if member and member[0].get("LifecycleState") not in ("Standby", "Detaching", "Detached"):
-                if q.asg_action == "standby":
-                    await self.aws.call(
-                        "autoscaling",
-                        "enter_standby",
-                        f"{iid} in {asg}",
-                        InstanceIds=[iid],
-                        AutoScalingGroupName=asg,
-                        ShouldDecrementDesiredCapacity=q.asg_decrement,
-                    )
-                else:
-                    await self.aws.call(
-                        "autoscaling",
-                        "detach_instances",
-                        f"{iid} from {asg}",
-                        InstanceIds=[iid],
-                        AutoScalingGroupName=asg,
-                        ShouldDecrementDesiredCapacity=q.asg_decrement,
-                    )
             evidence["asg"] = {"name": asg, "action": q.asg_action}
         vpc = inst.get("VpcId", "")
         isolation = q.isolation_security_group or await self._isolation_group(vpc)

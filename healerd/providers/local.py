@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from ..machines import Lifecycle, Machine
+from ..machines import Lifecycle, Machine, Origin, launched_for
 from .base import LaunchRequest, Provider, ProviderError, ProviderOptions
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ class LocalProvider(Provider):
                 "port": address.rpartition(":")[2],
                 "image": env.get("HEALERD_IMAGE", ""),
                 "image_version": env.get("HEALERD_IMAGE_VERSION", ""),
-                "launched_for": "fill",
+                "launched_for": launched_for(Origin.FILL),
                 "launched_at": str(time.time()),
                 "adopted": "1",
             }
