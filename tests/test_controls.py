@@ -3,10 +3,7 @@ surviving a restart through the store."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from healerd.config import Config, Mode, load_config
 from healerd.controls import Controls
@@ -34,14 +31,6 @@ def config(tmp_path: Path, daemon_mode: str = "auto", service_mode: str = "dry-r
     path = tmp_path / "healerd.yaml"
     path.write_text(CONFIG.format(daemon_mode=daemon_mode, service_mode=service_mode))
     return load_config(path)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(tmp_path / "state")
-    await s.open()
-    yield s
-    await s.close()
 
 
 class Wakes:

@@ -42,8 +42,11 @@ STEPS = [step.action for step in load_playbooks([PLAYBOOKS])[0]["replace-machine
 
 
 def port_window() -> list[int]:
-    """A random 500-port window in 30000-60000 for one test's machines (unlikely to collide with others)."""
-    lo = random.randrange(30000, 60000 - 500)
+    """A random 500-port window for one test's machines, below the kernel's ephemeral range: the ports the
+    tests' daemons listen on come from there (free_port), and a demo machine must never take one of them
+    between a daemon's kill and its restart."""
+    low, _ = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    lo = random.randrange(10000, max(10001, low - 500))
     return [lo, lo + 499]
 
 

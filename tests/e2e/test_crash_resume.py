@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import signal
 import sqlite3
 import time
@@ -32,7 +31,7 @@ from conftest import free_port
 
 from healerd.forensics import verify
 
-from .fleet import STEPS
+from .fleet import STEPS, port_window
 from .helpers import DaemonProcess, wait_until, write_config
 
 pytestmark = pytest.mark.e2e
@@ -81,10 +80,9 @@ class DemoFleet:
         self.rotation_path = self.tmp_path / "rotation-web.json"
         self.config_path = self.tmp_path / "healerd.yaml"
         self.marker = f"HEALERD_TEST_RUN={self.tmp_path}".encode()
-        self.port_range = random.randrange(30000, 60000 - 500)
+        self.port_range = port_window()
 
     def write_config(self) -> None:
-        lo = self.port_range
         config = {
             "daemon": {
                 "listen": f"127.0.0.1:{self.port}",
@@ -95,7 +93,7 @@ class DemoFleet:
                 "check_paths": [],
                 "playbook_paths": [str(PLAYBOOKS)],
             },
-            "providers": {"demo": {"kind": "local", "port_range": [lo, lo + 499]}},
+            "providers": {"demo": {"kind": "local", "port_range": self.port_range}},
             "images": {
                 "demo-web": {
                     "provider": "demo",

@@ -29,21 +29,20 @@ def test_a_fleet_that_cannot_fit_is_refused_at_validation(tmp_path: Path) -> Non
     prlimit = require_binary("prlimit")
     machines = [(f"m{i}", f"127.0.0.{1 + i // 250}:{20000 + i}") for i in range(1000)]
     path = write_config(tmp_path / "healerd.yaml", make_config(tmp_path, free_port(), machines, [http_check()]))
-    out = subprocess.run(
-        [prlimit, "--nofile=1024:1024", sys.executable, "-m", "healerd", "validate", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+
+    def validate(nofile: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [prlimit, f"--nofile={nofile}", sys.executable, "-m", "healerd", "validate", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    out = validate("1024:1024")
     assert out.returncode == 2, out
     assert "1000 network checks need about 1256 open files" in out.stderr and "the limit here is 1024" in out.stderr
     assert "Traceback" not in out.stderr
-    ok = subprocess.run(
-        [prlimit, "--nofile=1024:4096", sys.executable, "-m", "healerd", "validate", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    ok = validate("1024:4096")
     assert ok.returncode == 0, ok
 
 
