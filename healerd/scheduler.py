@@ -95,7 +95,9 @@ class WheelScheduler:
         if self._aps is not None:
             self._aps.shutdown(wait=False)
             self._aps = None
-            await asyncio.sleep(0)  # shutdown takes effect on the next loop turn
+            # Shutdown takes effect on the next loop turn; a tick job it started at the last moment must finish
+            # too, or the loop's teardown cancels it and APScheduler logs that as a failed job.
+            await asyncio.sleep(self.tick)
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
