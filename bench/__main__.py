@@ -20,14 +20,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from ._healerd import Healerd, bucket_quantile, fraction_within
-from ._system import Nginx, cpu_seconds, free_port, taskset, wait_port
+from ._heal import scenario_heal
+from ._healerd import Healerd, bucket_quantile, distinct_addresses, fraction_within, http_check, same_address
+from ._nagios import Nagios
+from ._system import Nginx, cpu_seconds, free_port, open_fds, taskset, wait_port
 
 PLUGIN = "/usr/lib/nagios/plugins/check_http"
 RESULTS = Path(__file__).parent / "results"
@@ -38,11 +42,11 @@ def log(msg: str) -> None:
 
 
 # -- cost per check ---------------------------------------------------------------------------------------
-def healerd_cost(nginx: Nginx, n: int, seconds: float, reuse: bool) -> dict[str, Any]:
-    h = Healerd(n, nginx.port, interval="1s", timeout="900ms", core=0, reuse=reuse)
+def healerd_cost(machines: list[tuple[str, str]], check: dict[str, Any], seconds: float) -> dict[str, Any]:
+    h = Healerd(machines, check, core=0)
     try:
         h.wait_ready()
-        time.sleep(2)
+        time.sleep(3)
         a = h.snapshot()
         time.sleep(seconds)
         b = h.snapshot()
@@ -65,6 +69,8 @@ BLACKBOX_CONF = """modules:
     http:
       valid_status_codes: [200]
       preferred_ip_protocol: ip4
+      tls_config:
+        insecure_skip_verify: true
 """
 
 
@@ -84,7 +90,7 @@ async def _drive_probes(url: str, count: int, concurrency: int) -> int:
     return ok
 
 
-def blackbox_cost(nginx: Nginx, count: int) -> dict[str, Any]:
+def blackbox_cost(target: str, count: int) -> dict[str, Any]:
     binary = shutil.which("prometheus-blackbox-exporter") or shutil.which("blackbox_exporter")
     if binary is None:
         return {"error": "prometheus-blackbox-exporter missing (apt-get install -y prometheus-blackbox-exporter)"}
@@ -104,7 +110,7 @@ def blackbox_cost(nginx: Nginx, count: int) -> dict[str, Any]:
     )
     try:
         wait_port(port)
-        url = f"http://127.0.0.1:{port}/probe?module=http_2xx&target={nginx.url('m0')}"
+        url = f"http://127.0.0.1:{port}/probe?module=http_2xx&target={target}"
         asyncio.run(_drive_probes(url, 500, 20))  # warm-up
         before = cpu_seconds(proc.pid)
         ok = asyncio.run(_drive_probes(url, count, 20))
@@ -163,44 +169,97 @@ def check_http_cost(nginx: Nginx, count: int) -> dict[str, Any]:
     }
 
 
-def scenario_cost(nginx: Nginx, quick: bool) -> dict[str, Any]:
+#: (key, title, scheme, port attribute of Nginx, healerd reuses connections): one row each, healerd and
+#: blackbox_exporter against the same nginx server in the same run.
+COST_TARGETS = (
+    ("http_keepalive", "HTTP, target keeps connections alive", "http", "port", True),
+    ("http_fresh", "HTTP, target closes every connection", "http", "fresh_port", True),
+    ("http_no_reuse", "HTTP, healerd `reuse_connections: false`", "http", "port", False),
+    ("https_keepalive", "HTTPS, target keeps connections alive", "https", "tls_port", True),
+    ("https_fresh", "HTTPS, target closes every connection", "https", "tls_fresh_port", True),
+)
+
+
+def scenario_cost(nginx: Nginx, quick: bool, only: set[str] | None = None) -> dict[str, Any]:
     seconds = 10 if quick else 30
-    log("cost: healerd (connection reuse)")
-    keep = healerd_cost(nginx, 1000, seconds, reuse=True)
-    log(f"  {keep}")
-    log("cost: healerd (fresh connection per check)")
-    fresh = healerd_cost(nginx, 1000, seconds, reuse=False)
-    log(f"  {fresh}")
-    log("cost: blackbox_exporter")
-    bb = blackbox_cost(nginx, 5000 if quick else 20000)
-    log(f"  {bb}")
-    log("cost: check_http per check")
-    ch = check_http_cost(nginx, 500 if quick else 2000)
-    log(f"  {ch}")
-    out: dict[str, Any] = {
-        "healerd": keep,
-        "healerd_fresh_connections": fresh,
-        "blackbox_exporter": bb,
-        "check_http": ch,
-    }
-    if "cpu_per_1000" in bb:
-        out["ratio_vs_blackbox"] = round(keep["cpu_per_1000"] / bb["cpu_per_1000"], 3)
-        out["ratio_fresh_vs_blackbox"] = round(fresh["cpu_per_1000"] / bb["cpu_per_1000"], 3)
-    if "cpu_per_1000" in ch:
-        out["ratio_vs_check_http"] = round(keep["cpu_per_1000"] / ch["cpu_per_1000"], 4)
-        out["ratio_fresh_vs_check_http"] = round(fresh["cpu_per_1000"] / ch["cpu_per_1000"], 4)
+    probes = 3000 if quick else 10000
+    out: dict[str, Any] = {}
+    blackbox: dict[str, dict[str, Any]] = {}
+    for key, title, scheme, port_attr, reuse in COST_TARGETS:
+        if only and key not in only:
+            continue
+        port = getattr(nginx, port_attr)
+        url = f"{scheme}://127.0.0.1:{port}/health/{{id}}"
+        log(f"cost: {title}: healerd")
+        row = {
+            "title": title,
+            "healerd": healerd_cost(same_address(1000, port), http_check(url, "1s", "900ms", reuse=reuse), seconds),
+        }
+        log(f"  {row['healerd']}")
+        bb_key = f"{scheme}:{port}"
+        if bb_key not in blackbox:
+            log(f"cost: {title}: blackbox_exporter")
+            blackbox[bb_key] = blackbox_cost(f"{scheme}://127.0.0.1:{port}/health/m0", probes)
+            log(f"  {blackbox[bb_key]}")
+        row["blackbox_exporter"] = bb = blackbox[bb_key]
+        if "cpu_per_1000" in bb:
+            row["ratio_vs_blackbox"] = round(row["healerd"]["cpu_per_1000"] / bb["cpu_per_1000"], 3)
+        out[key] = row
+    if not only or "check_http" in only:
+        log("cost: check_http per check")
+        ch = check_http_cost(nginx, 500 if quick else 2000)
+        log(f"  {ch}")
+        out["check_http"] = ch
+        if "cpu_per_1000" in ch and "http_keepalive" in out:
+            out["ratio_vs_check_http"] = round(out["http_keepalive"]["healerd"]["cpu_per_1000"] / ch["cpu_per_1000"], 4)
     return out
 
 
 # -- fleet scale ------------------------------------------------------------------------------------------
-def scenario_fleet(nginx: Nginx, sizes: list[int], seconds: float) -> list[dict[str, Any]]:
+class ReadyzProbe(threading.Thread):
+    """Times /readyz every half second while a fleet runs: the API must stay responsive under load."""
+
+    def __init__(self, base: str) -> None:
+        super().__init__(daemon=True)
+        self.base, self.times, self.failures, self.stopping = base, [], 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.5):
+            started = time.perf_counter()
+            try:
+                with urllib.request.urlopen(self.base + "/readyz", timeout=5) as resp:
+                    resp.read()
+                self.times.append(time.perf_counter() - started)
+            except OSError:
+                self.failures += 1
+
+    def summary(self) -> dict[str, Any]:
+        self.stopping.set()
+        self.join(10)
+        t = sorted(self.times)
+        return {
+            "readyz_samples": len(t),
+            "readyz_failures": self.failures,
+            "readyz_p99_seconds": round(t[min(len(t) - 1, int(0.99 * len(t)))], 4) if t else None,
+            "readyz_max_seconds": round(t[-1], 4) if t else None,
+        }
+
+
+def scenario_fleet(nginx: Nginx, sizes: list[int], seconds: float, distinct: bool = False) -> list[dict[str, Any]]:
     rows = []
+    addresses = distinct_addresses if distinct else same_address
     for n in sizes:
-        log(f"fleet: {n} machines, one HTTP check each every 5s, healerd on one core, {seconds:g}s")
-        h = Healerd(n, nginx.port, interval="5s", timeout="2s", core=0)
+        where = "distinct addresses" if distinct else "one address"
+        log(f"fleet: {n} machines ({where}), one HTTP check each every 5s, healerd on one core, {seconds:g}s")
+        url = "http://{address}/health/{id}"
+        # distinct: started with the soft open-file limit most shells give (1,024); healerd raises it
+        nofile = (1024, max(65536, n * 2)) if distinct and os.geteuid() == 0 else None
+        h = Healerd(addresses(n, nginx.port), http_check(url, "5s", "2s"), core=0, nofile=nofile)
         try:
             h.wait_ready(180)
             time.sleep(5)
+            probe = ReadyzProbe(h.base)
+            probe.start()
             a = h.snapshot()
             samples = []
             end = time.monotonic() + seconds
@@ -208,10 +267,13 @@ def scenario_fleet(nginx: Nginx, sizes: list[int], seconds: float) -> list[dict[
                 time.sleep(min(10, max(0.1, end - time.monotonic())))
                 samples.append(h.snapshot())
             b = samples[-1]
+            readyz = probe.summary()
+            fds = open_fds(h.proc.pid)
             metric_times = []
             for _ in range(3):
                 _, took, size = h.metrics()
                 metric_times.append(took)
+            raised = "open files limit raised" in h.log_text()
         finally:
             h.stop()
         due = b["sched"]["due"] - a["sched"]["due"]
@@ -232,6 +294,10 @@ def scenario_fleet(nginx: Nginx, sizes: list[int], seconds: float) -> list[dict[
         last = cpu_per_check(samples[-thirds - 1] if len(samples) > thirds else a, b)
         row = {
             "machines": n,
+            "distinct_addresses": distinct,
+            "started_with_nofile": list(nofile) if nofile else None,
+            "limit_raised_logged": raised,
+            "open_fds": fds,
             "seconds": round(wall, 1),
             "due": due,
             "done": done,
@@ -248,10 +314,60 @@ def scenario_fleet(nginx: Nginx, sizes: list[int], seconds: float) -> list[dict[
             "rss_mb_start": round(a["rss"] / 2**20, 1),
             "metrics_seconds": round(statistics.median(metric_times), 4),
             "metrics_bytes": size,
+            **readyz,
         }
         log(f"  {row}")
         rows.append(row)
     return rows
+
+
+# -- exec checks against Nagios Core ---------------------------------------------------------------------
+PLUGINS = "/usr/lib/nagios/plugins"
+
+
+def scenario_exec(nginx: Nginx, quick: bool, services: int = 100, interval: int = 5) -> dict[str, Any]:
+    """The same plugin, the same number of services and interval, under healerd and under Nagios Core 4: CPU of
+    the daemon plus every process it ran (healerd: its reaped children; Nagios: its workers and theirs)."""
+    seconds = 20 if quick else 60
+    plugins = {
+        "check_dummy": [f"{PLUGINS}/check_dummy", "0", "ok"],
+        "check_tcp": [f"{PLUGINS}/check_tcp", "-H", "127.0.0.1", "-p", str(nginx.port)],
+    }
+    out: dict[str, Any] = {"services": services, "interval_seconds": interval, "seconds": seconds}
+    for name, argv in plugins.items():
+        row: dict[str, Any] = {"command": " ".join(argv)}
+        log(f"exec: {name}, {services} services every {interval}s: healerd")
+        check = {"name": "probe", "kind": "exec", "command": argv, "interval": f"{interval}s", "timeout": "4s"}
+        h = Healerd(same_address(services, nginx.port), check, core=0)
+        try:
+            h.wait_ready()
+            time.sleep(interval + 3)
+            a = h.snapshot()
+            time.sleep(seconds)
+            b = h.snapshot()
+        finally:
+            h.stop()
+        checks = b["metrics"]["runs"] - a["metrics"]["runs"]
+        row["healerd"] = {"checks": checks, "cpu_ms_per_check": round((b["cpu"] - a["cpu"]) / checks * 1000, 3)}
+        log(f"  {row['healerd']}")
+        log(f"exec: {name}: nagios4")
+        try:
+            nagios = Nagios(" ".join(argv), services, interval, core=0)
+        except (FileNotFoundError, RuntimeError) as exc:
+            row["nagios"] = {"error": str(exc)}
+        else:
+            try:
+                time.sleep(interval + 3)
+                c0, k0 = nagios.cpu(), nagios.checks()
+                time.sleep(seconds)
+                c1, k1 = nagios.cpu(), nagios.checks()
+            finally:
+                nagios.stop()
+            row["nagios"] = {"checks": k1 - k0, "cpu_ms_per_check": round((c1 - c0) / max(1, k1 - k0) * 1000, 3)}
+            row["ratio_vs_nagios"] = round(row["healerd"]["cpu_ms_per_check"] / row["nagios"]["cpu_ms_per_check"], 3)
+        log(f"  {row.get('nagios')} ratio {row.get('ratio_vs_nagios')}")
+        out[name] = row
+    return out
 
 
 # -- detection latency ------------------------------------------------------------------------------------
@@ -259,7 +375,9 @@ def scenario_latency(nginx: Nginx, machines: int, flipped: int) -> dict[str, Any
     interval, timeout, fall = 2.0, 1.0, 3
     log(f"latency: {flipped} of {machines} machines flipped to failing; interval {interval:g}s fall {fall}")
     nginx.clear()
-    h = Healerd(machines, nginx.port, interval=f"{interval:g}s", timeout=f"{timeout:g}s", fall=fall, core=0)
+    url = f"http://127.0.0.1:{nginx.port}/health/{{id}}"
+    check = http_check(url, f"{interval:g}s", f"{timeout:g}s", fall=fall)
+    h = Healerd(same_address(machines, nginx.port), check, core=0)
     try:
         h.wait_ready(120)
         time.sleep(interval * 2)
@@ -295,49 +413,117 @@ def scenario_latency(nginx: Nginx, machines: int, flipped: int) -> dict[str, Any
     }
 
 
+def _fleet_table(rows: list[dict[str, Any]], title: str) -> list[str]:
+    out = [
+        f"## {title}",
+        "",
+        "| machines | due | done | missed | on time (≤100 ms) | lag p50 | lag p99 | CPU | CPU s/1000 "
+        "(first→last third) | RSS MB | open fds | /readyz p99 / max | /metrics s | /metrics KB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        readyz = (
+            f"{r['readyz_p99_seconds'] * 1000:.1f} / {r['readyz_max_seconds'] * 1000:.1f} ms"
+            + (f" ({r['readyz_failures']} failed)" if r["readyz_failures"] else "")
+            if r.get("readyz_p99_seconds") is not None
+            else "-"
+        )
+        out.append(
+            f"| {r['machines']} | {r['due']} | {r['done']:.0f} | {r['missed']} | "
+            f"{r['on_time_fraction'] * 100:.2f}% | {r['lag_p50_seconds'] * 1000:.1f} ms | "
+            f"{r['lag_p99_seconds'] * 1000:.1f} ms | {r['cpu_fraction'] * 100:.0f}% | "
+            f"{r['cpu_per_1000_checks']} ({r['cpu_per_1000_first_third']}→{r['cpu_per_1000_last_third']})"
+            f" | {r['rss_mb']} | {r['open_fds']} | {readyz} | {r['metrics_seconds']} | {r['metrics_bytes'] // 1024} |"
+        )
+    started = {tuple(r["started_with_nofile"]) for r in rows if r.get("started_with_nofile")}
+    if started:
+        soft, hard = sorted(started)[0]
+        raised = all(r["limit_raised_logged"] for r in rows)
+        out += ["", f"Started with open files {soft} (soft) / {hard} (hard); limit raised and logged: {raised}."]
+    return [*out, ""]
+
+
 def markdown(result: dict[str, Any]) -> str:
     out = [f"# healerd benchmark {result['started']}", "", f"Machine: {result['machine']}", ""]
     cost = result.get("cost")
     if cost:
         out += [
-            "## Cost per HTTP check (CPU-seconds per 1,000 checks, same nginx target, same run)",
+            "## Cost per HTTP check (1,000 machines every 1 s; CPU ms per check; same nginx server, same run)",
             "",
-            "| prober | checks | CPU s / 1000 | checks per CPU-second | ratio healerd / it |",
-            "|---|---|---|---|---|",
+            "| target | healerd checks | healerd | blackbox_exporter probes | blackbox_exporter | healerd / blackbox |",
+            "|---|---|---|---|---|---|",
         ]
-        for name, key, ratio in (
-            ("healerd (reused connections)", "healerd", None),
-            ("healerd (fresh connection per check)", "healerd_fresh_connections", None),
-            ("blackbox_exporter", "blackbox_exporter", "ratio_vs_blackbox"),
-            ("check_http launched per check", "check_http", "ratio_vs_check_http"),
-        ):
-            r = cost[key]
-            if "error" in r:
-                out.append(f"| {name} | - | {r['error']} | | |")
+        for key, *_ in COST_TARGETS:
+            r = cost.get(key)
+            if not r:
                 continue
+            h, bb = r["healerd"], r["blackbox_exporter"]
+            bb_cells = f"{bb['checks']} | {bb['cpu_per_1000']}" if "cpu_per_1000" in bb else f"- | {bb['error']}"
             out.append(
-                f"| {name} | {r['checks']:.0f} | {r['cpu_per_1000']} | {r['checks_per_cpu_second']} | "
-                f"{cost.get(ratio, '') if ratio else ''} |"
+                f"| {r['title']} | {h['checks']:.0f} | {h['cpu_per_1000']} | {bb_cells} | "
+                f"**{r.get('ratio_vs_blackbox', '-')}x** |"
             )
+        ch = cost.get("check_http")
+        if ch and "cpu_per_1000" in ch:
+            out += [
+                "",
+                f"`check_http` launched per check: {ch['cpu_per_1000']} ms per check ({ch['checks']} runs); "
+                f"healerd (keep-alive HTTP) / it: **{cost.get('ratio_vs_check_http', '-')}x**.",
+            ]
         out.append("")
-    fleet = result.get("fleet")
-    if fleet:
+    if result.get("fleet"):
+        out += _fleet_table(
+            result["fleet"], "Fleet scale, one address (one HTTP check per machine every 5 s, one core)"
+        )
+    if result.get("distinct"):
+        out += _fleet_table(
+            result["distinct"], "Fleet scale, distinct addresses 127.0.X.Y (one HTTP check per machine every 5 s)"
+        )
+    ex = result.get("exec")
+    if ex:
         out += [
-            "## Fleet scale (one HTTP check per machine every 5 s, healerd pinned to one core)",
+            f"## Exec checks: healerd vs Nagios Core 4 ({ex['services']} services every {ex['interval_seconds']} s, "
+            f"{ex['seconds']} s; CPU of the daemon and every process it ran, ms per check)",
             "",
-            "| machines | due | done | missed | on time (≤100 ms) | lag p50 | lag p99 | CPU | CPU s/1000 "
-            "(first→last third) | RSS MB | /metrics s | /metrics KB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| plugin | healerd checks | healerd | Nagios checks | Nagios | healerd / Nagios |",
+            "|---|---|---|---|---|---|",
         ]
-        for r in fleet:
+        for name in ("check_dummy", "check_tcp"):
+            r = ex.get(name)
+            if not r:
+                continue
+            n = r["nagios"]
+            n_cells = f"{n['checks']} | {n['cpu_ms_per_check']}" if "checks" in n else f"- | {n['error']}"
             out.append(
-                f"| {r['machines']} | {r['due']} | {r['done']:.0f} | {r['missed']} | "
-                f"{r['on_time_fraction'] * 100:.2f}% | {r['lag_p50_seconds'] * 1000:.1f} ms | "
-                f"{r['lag_p99_seconds'] * 1000:.1f} ms | {r['cpu_fraction'] * 100:.0f}% | "
-                f"{r['cpu_per_1000_checks']} ({r['cpu_per_1000_first_third']}→{r['cpu_per_1000_last_third']})"
-                f" | {r['rss_mb']} | {r['metrics_seconds']} | {r['metrics_bytes'] // 1024} |"
+                f"| `{name}` | {r['healerd']['checks']:.0f} | {r['healerd']['cpu_ms_per_check']} | {n_cells} | "
+                f"**{r.get('ratio_vs_nagios', '-')}x** |"
             )
         out.append("")
+    heal = result.get("heal")
+    if heal:
+        out += [
+            f"## Heal loop ({len(heal['heals'])} heals on the demo fleet)",
+            "",
+            "healerd's own share = hard-down result → launch call returned, plus the replacement's `rise`-th OK "
+            "result → rotation.add done.",
+            "",
+            "| heal | detection s | healerd's own ms | of which to launch / after rise | boot + probation s | "
+            "steps (ms) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for k, h in enumerate(heal["heals"], 1):
+            steps = ", ".join(f"{a} {ms}" for a, ms in h["steps_ms"].items())
+            out.append(
+                f"| {k} | {h['detection_seconds']} | {h['own_seconds'] * 1000:.1f} | "
+                f"{h['own_to_launch_seconds'] * 1000:.1f} / {h['own_after_rise_seconds'] * 1000:.1f} | "
+                f"{h['boot_and_probation_seconds']} | {steps} |"
+            )
+        out += [
+            "",
+            f"healerd's own share: median {heal['own_median_seconds'] * 1000:.1f} ms, "
+            f"**p95 {heal['own_p95_seconds'] * 1000:.1f} ms**, max {heal['own_max_seconds'] * 1000:.1f} ms.",
+            "",
+        ]
     lat = result.get("latency")
     if lat:
         out += [
@@ -356,30 +542,49 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+SCENARIOS = ("cost", "fleet", "distinct", "exec", "heal", "latency")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--scenarios", default="cost,fleet,latency")
-    p.add_argument("--sizes", default="1000,5000,10000,20000")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, of {', '.join(SCENARIOS)}")
+    p.add_argument("--sizes", default="1000,5000,10000,20000", help="fleet sizes of the one-address scenario")
+    p.add_argument("--distinct-sizes", default="5000,10000,20000", help="fleet sizes of the distinct-address one")
+    p.add_argument("--cost-targets", default="", help="only these cost rows (e.g. https_fresh,http_fresh)")
     p.add_argument("--seconds", type=float, default=60.0, help="duration of each fleet run")
+    p.add_argument("--heals", type=int, default=10)
     p.add_argument("--quick", action="store_true", help="short runs (for a smoke test of the bench)")
     args = p.parse_args()
     scenarios = set(args.scenarios.split(","))
+    unknown = scenarios - set(SCENARIOS)
+    if unknown:
+        p.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
     sizes = [int(x) for x in args.sizes.split(",")]
+    distinct = [int(x) for x in args.distinct_sizes.split(",")]
     if args.quick:
         sizes, args.seconds = [s for s in sizes if s <= 5000] or sizes[:1], min(args.seconds, 15.0)
+        distinct, args.heals = [s for s in distinct if s <= 5000] or distinct[:1], min(args.heals, 3)
     result: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
         f"{platform.python_version()}, {platform.system()} {platform.release()}",
     }
-    nginx = Nginx(core=1)
+    nginx = Nginx(core=1, any_address="distinct" in scenarios)
     try:
         if "cost" in scenarios:
-            result["cost"] = scenario_cost(nginx, args.quick)
+            only = set(args.cost_targets.split(",")) if args.cost_targets else None
+            result["cost"] = scenario_cost(nginx, args.quick, only)
         if "fleet" in scenarios:
             result["fleet"] = scenario_fleet(nginx, sizes, args.seconds)
+        if "distinct" in scenarios:
+            result["distinct"] = scenario_fleet(nginx, distinct, args.seconds, distinct=True)
+        if "exec" in scenarios:
+            result["exec"] = scenario_exec(nginx, args.quick)
+        if "heal" in scenarios:
+            log(f"heal: {args.heals} heals on the demo fleet")
+            result["heal"] = scenario_heal(args.heals, log)
         if "latency" in scenarios:
             result["latency"] = scenario_latency(nginx, 1000, 100)
     finally:

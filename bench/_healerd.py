@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,58 +18,81 @@ from prometheus_client.parser import text_string_to_metric_families
 from ._system import cpu_seconds, free_port, rss_bytes, taskset, wait_port
 
 
+def http_check(url: str, interval: str, timeout: str, fall: int = 3, reuse: bool = True) -> dict[str, Any]:
+    return {
+        "name": "health",
+        "kind": "http",
+        "url": url,
+        "interval": interval,
+        "timeout": timeout,
+        "fall": fall,
+        "reuse_connections": reuse,
+        "tls_verify": False,  # the bench's certificate is self-signed (blackbox_exporter: insecure_skip_verify)
+    }
+
+
 def fleet_config(
-    n: int, nginx_port: int, interval: str, timeout: str, fall: int, state_dir: Path, listen: int, reuse: bool = True
-) -> str:
-    lines = [
-        "daemon:",
-        f"  listen: 127.0.0.1:{listen}",
-        f"  state_dir: {state_dir}",
-        "  log_level: warning",
-        "  check_paths: []",
-        "providers:",
-        "  lab: {kind: static}",
-        "services:",
-        "  fleet:",
-        "    provider: lab",
-        "    min_healthy: 1",
-        "    checks:",
-        "      - name: health",
-        "        kind: http",
-        f'        url: "http://127.0.0.1:{nginx_port}/health/{{id}}"',
-        f"        interval: {interval}",
-        f"        timeout: {timeout}",
-        f"        fall: {fall}",
-        f"        reuse_connections: {'true' if reuse else 'false'}",
-        "    machines:",
-    ]
-    lines += [f"      - {{id: m{i}, address: '127.0.0.1:{nginx_port}'}}" for i in range(n)]
-    return "\n".join(lines) + "\n"
+    machines: list[tuple[str, str]], check: dict[str, Any], state_dir: Path, listen: int
+) -> dict[str, Any]:
+    return {
+        "daemon": {
+            "listen": f"127.0.0.1:{listen}",
+            "state_dir": str(state_dir),
+            "log_level": "warning",
+            "check_paths": [p for p in os.environ.get("BENCH_CHECK_PATHS", "").split(":") if p],
+        },
+        "providers": {"lab": {"kind": "static"}},
+        "services": {
+            "fleet": {
+                "provider": "lab",
+                "min_healthy": 1,
+                "checks": [check],
+                "machines": [{"id": mid, "address": address} for mid, address in machines],
+            }
+        },
+    }
+
+
+def same_address(n: int, port: int) -> list[tuple[str, str]]:
+    return [(f"m{i}", f"127.0.0.1:{port}") for i in range(n)]
+
+
+def distinct_addresses(n: int, port: int) -> list[tuple[str, str]]:
+    """n machines on n loopback addresses 127.0.X.Y (X from 1: 127.0.0.x is left alone)."""
+    if n > 254 * 254:
+        raise ValueError("at most 64,516 distinct addresses")
+    return [(f"m{i}", f"127.0.{1 + i // 254}.{1 + i % 254}:{port}") for i in range(n)]
 
 
 class Healerd:
     def __init__(
         self,
-        n: int,
-        nginx_port: int,
-        interval: str = "5s",
-        timeout: str = "2s",
-        fall: int = 3,
+        machines: list[tuple[str, str]],
+        check: dict[str, Any],
         core: int | None = 0,
-        reuse: bool = True,
+        nofile: tuple[int, int] | None = None,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="healerd-bench-"))
         self.port = free_port()
         cfg = self.dir / "healerd.yaml"
-        cfg.write_text(fleet_config(n, nginx_port, interval, timeout, fall, self.dir / "state", self.port, reuse))
+        cfg.write_text(json.dumps(fleet_config(machines, check, self.dir / "state", self.port)))  # JSON is YAML
         self.log = (self.dir / "healerd.log").open("w")
+        limit = ["prlimit", f"--nofile={nofile[0]}:{nofile[1]}", "--"] if nofile else []
         self.proc = subprocess.Popen(
-            [*taskset(core), sys.executable, "-m", "healerd", "run", "-c", str(cfg)],
+            [*taskset(core), *limit, sys.executable, "-m", "healerd", "run", "-c", str(cfg)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        wait_port(self.port, 120)
+        try:
+            wait_port(self.port, 180)
+        except TimeoutError:
+            self.proc.kill()
+            raise RuntimeError(f"healerd did not start: {(self.dir / 'healerd.log').read_text()[-2000:]}") from None
         self.base = f"http://127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return (self.dir / "healerd.log").read_text()
 
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(self.base + path, timeout=30) as resp:
@@ -107,7 +131,7 @@ class Healerd:
         m, took, size = self.metrics()
         return {
             "t": time.monotonic(),
-            "cpu": cpu_seconds(self.proc.pid),
+            "cpu": cpu_seconds(self.proc.pid, children=True),  # plus the plugins it ran and reaped
             "rss": rss_bytes(self.proc.pid),
             "sched": self.get("/api/v1/scheduler"),
             "metrics": m,

@@ -20,10 +20,44 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (not its children), from the kernel's accounting."""
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User + system CPU of a process, from the kernel's accounting; with `children`, plus that of the children
+    it has reaped (the plugins an exec check ran)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    own = int(fields[11]) + int(fields[12])
+    return (own + (int(fields[13]) + int(fields[14]) if children else 0)) / CLK_TCK
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and all its live descendants, each with the children it reaped (no double count: a
+    reaped process is no longer in the tree)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        kids = [p for p, pp in parents.items() if pp == parent and p not in tree]
+        tree.update(kids)
+        frontier += kids
+    total = 0.0
+    for p in tree:
+        try:
+            total += cpu_seconds(p, children=True)
+        except (OSError, IndexError, ValueError):  # exited while we looked
+            continue
+    return total
+
+
+def open_fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
 
 
 def rss_bytes(pid: int) -> int:
@@ -49,6 +83,13 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+HEALTH = """
+        location ~ ^/health/(?<mid>[A-Za-z0-9_.-]+)$ {{
+            if (-f {prefix}/markers/$mid) {{ return 500 "failing\\n"; }}
+            return 200 "ok\\n";
+        }}
+"""
+
 NGINX_CONF = """
 worker_processes 1;
 error_log {prefix}/error.log crit;
@@ -63,22 +104,27 @@ http {{
     fastcgi_temp_path {prefix}/tmp;
     uwsgi_temp_path {prefix}/tmp;
     scgi_temp_path {prefix}/tmp;
-    server {{
-        listen 127.0.0.1:{port} backlog=65535;
-        location ~ ^/health/(?<mid>[A-Za-z0-9_.-]+)$ {{
-            if (-f {prefix}/markers/$mid) {{ return 500 "failing\\n"; }}
-            return 200 "ok\\n";
-        }}
-    }}
+    ssl_certificate {prefix}/cert.pem;
+    ssl_certificate_key {prefix}/key.pem;
+    server {{ listen {bind}:{port} backlog=65535; {health} }}
+    server {{ listen 127.0.0.1:{fresh_port} backlog=65535; keepalive_timeout 0; {health} }}
+    server {{ listen 127.0.0.1:{tls_port} ssl backlog=65535; {health} }}
+    server {{ listen 127.0.0.1:{tls_fresh_port} ssl backlog=65535; keepalive_timeout 0; {health} }}
 }}
 """
 
 
 @dataclass
 class Nginx:
-    """Debian's nginx on loopback; /health/<id> answers 500 while the marker file <id> exists."""
+    """Debian's nginx on loopback; /health/<id> answers 500 while the marker file <id> exists.
+
+    Four servers: `port` keeps connections alive (on every loopback address 127.X.Y.Z when `any_address`: it
+    then listens on 0.0.0.0, for the distinct-address scenarios; traffic is still only loopback),
+    `fresh_port` closes each connection after its answer, `tls_port` and `tls_fresh_port` are the same over
+    TLS (a self-signed RSA-2048 certificate made for the run)."""
 
     core: int | None = 1
+    any_address: bool = False
 
     def __post_init__(self) -> None:
         if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
@@ -87,8 +133,23 @@ class Nginx:
         self.prefix.chmod(0o755)  # nginx workers run as an unprivileged user: they must see the markers
         (self.prefix / "markers").mkdir()
         (self.prefix / "tmp").mkdir()
-        self.port = free_port()
-        (self.prefix / "nginx.conf").write_text(NGINX_CONF.format(prefix=self.prefix, port=self.port))
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+             "-keyout", str(self.prefix / "key.pem"), "-out", str(self.prefix / "cert.pem")],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.port, self.fresh_port, self.tls_port, self.tls_fresh_port = (free_port() for _ in range(4))
+        (self.prefix / "nginx.conf").write_text(
+            NGINX_CONF.format(
+                prefix=self.prefix,
+                bind="0.0.0.0" if self.any_address else "127.0.0.1",
+                port=self.port,
+                fresh_port=self.fresh_port,
+                tls_port=self.tls_port,
+                tls_fresh_port=self.tls_fresh_port,
+                health=HEALTH.format(prefix=self.prefix),
+            )
+        )
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         self.proc = subprocess.Popen(
             [
@@ -104,7 +165,8 @@ class Nginx:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_port(self.port)
+        for port in (self.port, self.fresh_port, self.tls_port, self.tls_fresh_port):
+            wait_port(port)
 
     def url(self, machine_id: str) -> str:
         return f"http://127.0.0.1:{self.port}/health/{machine_id}"

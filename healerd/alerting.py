@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .store import Store
 
 log = structlog.get_logger("healerd.alerting")
-GROUP_TICK = 0.25
+GROUP_TICK = 0.25  # the finest granularity of group_wait
 
 
 class Alerting:
@@ -48,6 +48,7 @@ class Alerting:
         self._last_sent: dict[str, float] = {}
         self._unwritten: list[Event] = []  # routed, not yet committed to the outbox (kept across store failures)
         self._write_backoff = 0.25
+        self._regroup = asyncio.Event()  # items entered the outbox, or group_wait may have changed
 
     # -- configuration ----------------------------------------------------------------------------------
     def configure(self, config: Config) -> None:
@@ -65,6 +66,7 @@ class Alerting:
                     fresh.firing = current.firing  # alerts still firing must still end, whatever changed
                 self.notifiers[name] = fresh
         self.routes = {s.name: s.notify for s in config.services.values()}
+        self._regroup.set()
         if self._session is not None:
             self._start_workers()
 
@@ -156,27 +158,38 @@ class Alerting:
                     items.append(OutboxItem(name, e.service, data, e.timestamp))
         if items:
             await self.store.outbox.enqueue(items)
+            self._regroup.set()
 
     # -- grouping -----------------------------------------------------------------------------------------
     async def _grouper(self) -> None:
+        """Group waiting items into messages when their group_wait is over. It sleeps until then, or until
+        items arrive: an idle daemon does not poll the store (the first pass takes what a previous run left)."""
+        delay: float | None = 0.0
         while True:
-            await asyncio.sleep(GROUP_TICK)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._regroup.wait(), delay)
+            self._regroup.clear()
             try:
-                await self._group_once(time.time())
+                delay = await self._group_once(time.time())
             except asyncio.CancelledError:
                 raise
             except STORE_FAULTS:  # the store said so once; the items stay in the outbox, grouped next time
-                await asyncio.sleep(1.0)
+                delay = 1.0
             except Exception:  # keep going; the items stay in the outbox and are grouped next time
                 log.exception("grouping notifications failed")
+                delay = 1.0
 
-    async def _group_once(self, now: float, force: bool = False) -> None:
+    async def _group_once(self, now: float, force: bool = False) -> float | None:
+        """Make the messages that are due; returns the seconds until the next group is due (None: none waits)."""
         made = set()
+        next_due: float | None = None
         for notifier_name, service, first in await self.store.outbox.waiting():
             n = self.notifiers.get(notifier_name)
             if n is None:
                 continue
             if not force and first > now - n.options.group_wait:
+                due_in = max(GROUP_TICK, first + n.options.group_wait - now)
+                next_due = due_in if next_due is None else min(next_due, due_in)
                 continue
             await self._make_message(n, service, now)
             made.add(notifier_name)
@@ -184,6 +197,7 @@ class Alerting:
             self._wake[name].set()
         if made:
             await self.update_depth()
+        return next_due
 
     async def _make_message(self, n: Notifier, service: str, now: float) -> None:
         """Turn the waiting items of (notifier, service) into one message, in one transaction (with the

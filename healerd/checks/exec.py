@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 from pathlib import Path
 
 from pydantic import Field, field_validator
 
 from ..nagios import parse_output, status_from_exit
 from ..results import CheckResult
+from ..targets import Target
+from . import _spawn
 from .base import Check, CheckEnv, CheckOptions
 
 #: Where distributions install the standard plugins (Debian: monitoring-plugins-*).
@@ -86,50 +87,64 @@ class ExecCheck(Check[ExecConfig]):
         problem = plugin_problem(options.command[0], env)
         return [(("command", 0), problem)] if problem else []
 
+    def __init__(self, config: ExecConfig, target: Target, env: CheckEnv) -> None:
+        super().__init__(config, target, env)
+        # Prepared once per (check, machine), not per run: the environment and where the plugin is.
+        self._env = {**os.environ, **config.env, "LC_ALL": "C", "LC_NUMERIC": "C"}
+        self._program: str | None = None
+
     async def run(self) -> CheckResult:
         cfg = self.config
-        program = resolve_plugin(cfg.command[0], self.env)
+        program = self._program or resolve_plugin(cfg.command[0], self.env)
         if program is None:
             return CheckResult.unknown(
                 f"plugin {cfg.command[0]!r} not found in check_paths, {', '.join(map(str, PLUGIN_DIRS))} or PATH"
             )
-        env = {**os.environ, **cfg.env, "LC_ALL": "C", "LC_NUMERIC": "C"}
+        start = _spawn.spawn if _spawn.AVAILABLE else _spawn_asyncio
         async with self.env.subprocess_slots:
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    program,
-                    *cfg.command[1:],
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.DEVNULL,
-                    env=env,
-                    start_new_session=True,  # own process group: a timeout kills the plugin and its children
-                )
+                outcome = await start(program, [program, *cfg.command[1:]], self._env, cfg.output_cap)
             except OSError as exc:
+                self._program = None  # moved or removed: look for it again next time
                 return CheckResult.unknown(f"cannot start {program}: {exc.strerror or exc}")
-            try:
-                output, truncated = await _read_capped(proc, cfg.output_cap)
-                code = await proc.wait()
-            finally:
-                if proc.returncode is None or _group_alive(proc.pid):
-                    _kill_group(proc.pid)
-                # A run abandoned mid-read (a plugin flooding output until its timeout) leaves its pipe paused
-                # with data in it: it would never see EOF and its file descriptor would leak. Close it.
-                _close_pipes(proc)
-                if proc.returncode is None:
-                    with contextlib.suppress(ProcessLookupError, ChildProcessError):
-                        await asyncio.shield(proc.wait())
-        text = output.decode("utf-8", "replace")
-        parsed = parse_output(text)
+        self._program = program
+        code = outcome.code
+        parsed = parse_output(outcome.output.decode("utf-8", "replace"))
         status = status_from_exit(code)
         message = parsed.message or f"plugin exited {code} with no output"
         if code < 0:
             message = f"plugin killed by signal {-code}: {message}"
         elif code > 3:
             message = f"plugin exited {code} (not a Nagios status): {message}"
-        if truncated:
+        if outcome.truncated:
             message += f" (output over {cfg.output_cap} bytes was cut)"
         return CheckResult(status, message, parsed.metrics)
+
+
+async def _spawn_asyncio(program: str, argv: list[str], env: dict[str, str], cap: int) -> _spawn.Outcome:
+    """The portable path (no pidfd): asyncio's subprocess support, with the same guarantees."""
+    proc = await asyncio.create_subprocess_exec(
+        program,
+        *argv[1:],
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,  # own process group: a timeout kills the plugin and its children
+    )
+    try:
+        output, truncated = await _read_capped(proc, cap)
+        code = await proc.wait()
+    finally:
+        if proc.returncode is None or _group_alive(proc.pid):
+            _spawn.kill_group(proc.pid)
+        # A run abandoned mid-read (a plugin flooding output until its timeout) leaves its pipe paused
+        # with data in it: it would never see EOF and its file descriptor would leak. Close it.
+        _close_pipes(proc)
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                await asyncio.shield(proc.wait())
+    return _spawn.Outcome(code, output, truncated)
 
 
 async def _read_capped(proc: asyncio.subprocess.Process, cap: int) -> tuple[bytes, bool]:
@@ -162,8 +177,3 @@ def _group_alive(pgid: int) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)

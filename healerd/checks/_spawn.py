@@ -1,0 +1,179 @@
+"""Run a plugin at the cost of the plugin: `posix_spawn` (glibc: clone with CLONE_VM|CLONE_VFORK, no copy of
+the daemon's page tables), its stdout read from a non-blocking pipe watched by the event loop directly, its
+exit looked at when its output ends (and through a pidfd if it is still running then): no fork of a large
+process, no subprocess transports, no child watcher.
+
+Guarantees of every run: no shell, stdin and stderr on /dev/null, its own session and process group (killed
+whole when the plugin exits or the run is abandoned), at most `cap` bytes of output kept in memory, and the
+process always reaped, also when the awaiting task is cancelled (a timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: pidfds (Linux 5.3) and posix_spawn's setsid are what make this path possible; elsewhere asyncio's
+#: subprocess support is used instead (exec.py).
+AVAILABLE = all(hasattr(os, name) for name in ("pidfd_open", "posix_spawn", "POSIX_SPAWN_DUP2", "waitid"))
+_READ = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    code: int  # as subprocess' returncode: negative for a signal
+    output: bytes
+    truncated: bool
+
+
+_devnull: int | None = None
+
+
+def _null() -> int:
+    global _devnull
+    if _devnull is None:
+        _devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    return _devnull
+
+
+async def spawn(program: str, argv: list[str], env: Mapping[str, str], cap: int) -> Outcome:
+    """Run `program` with `argv` (argv[0] included) and `env`; read its stdout to EOF and wait for its exit.
+
+    Raises OSError when it cannot be started (missing, not executable)."""
+    pid, rfd = _start(program, argv, env)
+    return await _Run(asyncio.get_running_loop(), pid, rfd, cap).result()
+
+
+def _start(program: str, argv: list[str], env: Mapping[str, str]) -> tuple[int, int]:
+    """The plugin's pid and the read end of its stdout (the only writer is the plugin)."""
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(rfd, False)  # the read end only: O_NONBLOCK on the plugin's stdout would break it
+    null = _null()
+    try:
+        pid = os.posix_spawn(
+            program,
+            argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, null, 0),
+                (os.POSIX_SPAWN_DUP2, wfd, 1),
+                (os.POSIX_SPAWN_DUP2, null, 2),
+            ],
+            setsid=True,  # own process group: a timeout kills the plugin and its children
+            # as subprocess' restore_signals: the daemon ignores SIGPIPE, a plugin must not inherit that
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            setsigmask=(),
+        )
+    except BaseException:
+        os.close(rfd)
+        os.close(wfd)
+        raise
+    os.close(wfd)  # the child's copy is the only writer left: EOF when it (and its children) are done
+    return pid, rfd
+
+
+class _Run:
+    """One running plugin: a watcher on its stdout and a future, no task of its own. Its exit is looked at
+    when its output ends (a plugin's usual end: the two come together); only if it is still running then, or
+    the run is abandoned, is a pidfd watched until it exits."""
+
+    __slots__ = ("cap", "code", "done", "kept", "loop", "pid", "pidfd", "rfd", "truncated")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pid: int, rfd: int, cap: int) -> None:
+        self.loop = loop
+        self.pid, self.rfd, self.cap = pid, rfd, cap
+        self.pidfd = -1
+        self.kept = bytearray()
+        self.truncated = False
+        self.code: int | None = None
+        self.done: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(rfd, self._readable)
+
+    async def result(self) -> Outcome:
+        try:
+            await self.done
+        finally:
+            self._finish()
+        assert self.code is not None
+        return Outcome(self.code, bytes(self.kept), self.truncated)
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.rfd, _READ)
+            except BlockingIOError:
+                return
+            except InterruptedError:
+                continue
+            if not chunk:
+                self._close_pipe()
+                if not self._exited_now():
+                    self._watch_exit()
+                elif not self.done.done():
+                    self.done.set_result(None)
+                return
+            room = self.cap - len(self.kept)
+            if room > 0:
+                self.kept += chunk[:room]
+            if len(chunk) > room:
+                self.truncated = True  # keep draining (the plugin must not block on a full pipe) but drop it
+
+    def _exited_now(self) -> bool:
+        """Reap the plugin if it has exited. Until reaped it is a zombie whose pid (and so its process group
+        id) cannot be reused: what is left of its group (background children) is killed first."""
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            info = None
+            self.code = 255  # reaped by someone else (a waitpid(-1) elsewhere): the status is lost
+            return True
+        if info is None:
+            return False
+        kill_group(self.pid)
+        self.code = _reap(self.pid)
+        return True
+
+    def _watch_exit(self) -> None:
+        self.pidfd = os.pidfd_open(self.pid)  # our unreaped child: the pid cannot have been reused
+        self.loop.add_reader(self.pidfd, self._pidfd_readable)
+
+    def _pidfd_readable(self) -> None:
+        if not self._exited_now():
+            return
+        self.loop.remove_reader(self.pidfd)
+        os.close(self.pidfd)
+        self.pidfd = -1
+        if self.rfd < 0 and not self.done.done():
+            self.done.set_result(None)
+
+    def _close_pipe(self) -> None:
+        if self.rfd >= 0:
+            self.loop.remove_reader(self.rfd)
+            os.close(self.rfd)
+            self.rfd = -1
+
+    def _finish(self) -> None:
+        """After a normal end nothing is left; after a cancellation (the run's timeout) kill the group, stop
+        reading and watch the pidfd to reap the plugin when it is gone."""
+        self._close_pipe()
+        if self.code is None:
+            kill_group(self.pid)
+            if self.pidfd < 0 and not self._exited_now():
+                self._watch_exit()
+
+
+def _reap(pid: int) -> int:
+    try:
+        _, status = os.waitpid(pid, 0)  # waitid said it exited: this does not block
+    except ChildProcessError:  # reaped by someone else (a waitpid(-1) elsewhere): the status is lost
+        return 255
+    return os.waitstatus_to_exitcode(status)
+
+
+def kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
