@@ -7,7 +7,9 @@ quarantine, evidence, launch) + (the replacement's `rise`-th OK result → rotat
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -110,10 +112,25 @@ def scenario_heal(heals: int, log: Any) -> dict[str, Any]:
         proc.terminate()
         proc.wait(15)
         out.close()
+        _kill_machines(state)
     try:
         return _split(rows, state / "state.db")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _kill_machines(state: Path) -> None:
+    """The demo machines of this run (quarantined ones are kept alive by design): by the owner mark the local
+    provider puts in their environment."""
+    mark = f"HEALERD_STATE_DIR={state.resolve()}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if mark in (entry / "environ").read_bytes().split(b"\0"):
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
 
 
 def _split(rows: list[dict[str, Any]], db: Path) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -39,7 +38,7 @@ def fleet_config(
             "listen": f"127.0.0.1:{listen}",
             "state_dir": str(state_dir),
             "log_level": "warning",
-            "check_paths": [p for p in os.environ.get("BENCH_CHECK_PATHS", "").split(":") if p],
+            "check_paths": [],
         },
         "providers": {"lab": {"kind": "static"}},
         "services": {

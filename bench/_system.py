@@ -106,6 +106,7 @@ http {{
     scgi_temp_path {prefix}/tmp;
     ssl_certificate {prefix}/cert.pem;
     ssl_certificate_key {prefix}/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
     server {{ listen {bind}:{port} backlog=65535; {health} }}
     server {{ listen 127.0.0.1:{fresh_port} backlog=65535; keepalive_timeout 0; {health} }}
     server {{ listen 127.0.0.1:{tls_port} ssl backlog=65535; {health} }}

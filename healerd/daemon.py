@@ -32,6 +32,7 @@ from .systemd import Notifier as SystemdNotifier
 log = structlog.get_logger("healerd.daemon")
 
 FLUSH_INTERVAL = 1.0
+SETTLE_MAX = 300.0  # seconds: the second gc.freeze() waits at most this long for the first round
 PRUNE_INTERVAL = 600.0
 ALERT_FLUSH_SECONDS = 2.0  # at shutdown, pending notifications get this long; the rest go out after restart
 
@@ -296,6 +297,7 @@ async def serve(config: Config, mode: Mode | None = None, crash_at: str | None =
             )
             return 1
         _settle_memory()
+        spawn(_settle_after_first_round(config))
         scheme = "https" if config.daemon.tls_cert_file else "http"
         log.info("healerd running", listen=f"{scheme}://{config.daemon.listen}", config=str(config.path))
         spawn(sd.watchdog(daemon.summary))
@@ -322,6 +324,16 @@ def _settle_memory() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)
+
+
+async def _settle_after_first_round(config: Config) -> None:
+    """Freeze again once every check has run once: the keep-alive connections (and TLS sessions) of a fleet
+    of distinct hosts, tens of objects each, are as long-lived as the config and would otherwise be re-scanned
+    by every full collection. Only the young generations are collected first: no full-collection pause."""
+    checks = [c for s in config.services.values() for c in (*s.checks, *s.service_checks)]
+    await asyncio.sleep(min(SETTLE_MAX, max((c.interval + c.timeout for c in checks), default=0.0) + 1.0))
+    gc.collect(1)
+    gc.freeze()
 
 
 def run(

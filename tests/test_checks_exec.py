@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from conftest import PLUGIN_DIR, free_port, require_binary
 
-from healerd.checks import CheckEnv
+from healerd.checks import CheckEnv, _spawn
 from healerd.checks.exec import ExecCheck, ExecConfig
 from healerd.results import CheckResult, Status
 from healerd.runner import run_check
@@ -24,6 +24,16 @@ StartApp = Callable[[web.Application], Awaitable[str]]
 
 def plugin(name: str) -> str:
     return require_binary(PLUGIN_DIR / name)
+
+
+@pytest.fixture(autouse=True, params=["posix_spawn", "asyncio"])
+def spawn_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both ways of starting a plugin: posix_spawn with the loop watching its pipe (Linux,
+    the default) and asyncio's subprocess support (where there are no pidfds)."""
+    if request.param == "posix_spawn" and not _spawn.AVAILABLE:
+        pytest.skip("posix_spawn path needs Linux 5.3+ (pidfd_open)")
+    monkeypatch.setattr(_spawn, "AVAILABLE", request.param == "posix_spawn")
+    return str(request.param)
 
 
 @pytest.fixture
@@ -383,3 +393,30 @@ async def test_a_plugin_printing_without_end_leaks_no_file_descriptor_over_1000_
         assert result.status is Status.UNKNOWN
     await asyncio.sleep(0.2)
     assert open_fds() - before <= 2, f"{open_fds() - before} file descriptors more after 1000 runs"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# what a plugin inherits: nothing of the daemon's
+
+
+async def test_a_plugin_inherits_only_stdin_stdout_stderr_and_default_signals(env: CheckEnv, tmp_path: Path) -> None:
+    """The daemon's sockets, database and pipes stay closed to a plugin, and it does not inherit the daemon's
+    ignored SIGPIPE (a plugin writing to a closed pipe must die of it, as from a shell)."""
+    pidfile = tmp_path / "pid"
+    holder = script(tmp_path, "check_hold", f"echo $$ > {pidfile}\nexec sleep 5\n")
+    listener = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)  # one more daemon socket
+    async with listener:
+        run = asyncio.ensure_future(run_check(exec_check(env, [str(holder)]), timeout=2))
+        pid = await wait_for_pid(pidfile)
+        await asyncio.sleep(0.1)  # let the shell exec sleep
+        fds = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+        status = dict(
+            line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line
+        )
+        result = await run
+    assert fds == [0, 1, 2]
+    assert int(status["SigIgn"], 16) & (1 << (13 - 1)) == 0  # SIGPIPE (13) not ignored
+    assert int(status["SigBlk"], 16) == 0
+    assert os.readlink(f"/proc/self/fd/{0}") != ""  # the test process itself still has its own
+    assert result.status is Status.UNKNOWN and "timed out" in result.message
+    assert await wait_gone([pid], 2) == []

@@ -3,7 +3,8 @@ the daemon's page tables), its stdout read from a non-blocking pipe watched by t
 exit looked at when its output ends (and through a pidfd if it is still running then): no fork of a large
 process, no subprocess transports, no child watcher.
 
-Guarantees of every run: no shell, stdin and stderr on /dev/null, its own session and process group (killed
+Guarantees of every run: no shell, no descriptor of the daemon's but stdin and stderr on /dev/null and
+stdout on the pipe, default signal dispositions and an empty signal mask, its own session and process group (killed
 whole when the plugin exits or the run is abandoned), at most `cap` bytes of output kept in memory, and the
 process always reaped, also when the awaiting task is cancelled (a timeout).
 """
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -48,8 +50,38 @@ async def spawn(program: str, argv: list[str], env: Mapping[str, str], cap: int)
     return await _Run(asyncio.get_running_loop(), pid, rfd, cap).result()
 
 
+#: How often the daemon's descriptors are re-sealed (see `seal`).
+SEAL_EVERY = 60.0
+_sealed_at = -SEAL_EVERY
+
+
+def seal() -> int:
+    """Mark every descriptor above stderr close-on-exec; returns how many were not. posix_spawn, unlike
+    subprocess' close_fds, closes nothing: what the daemon was started with (a shell's or a supervisor's
+    descriptors) or a library opened without O_CLOEXEC would reach every plugin. Python's own descriptors
+    are close-on-exec already, so after the first pass this finds nothing; it runs again every SEAL_EVERY
+    seconds for whatever appeared since."""
+    global _sealed_at
+    _sealed_at = time.monotonic()
+    sealed = 0
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return 0
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):  # the one listdir used is gone already
+                if os.get_inheritable(fd):
+                    os.set_inheritable(fd, False)
+                    sealed += 1
+    return sealed
+
+
 def _start(program: str, argv: list[str], env: Mapping[str, str]) -> tuple[int, int]:
     """The plugin's pid and the read end of its stdout (the only writer is the plugin)."""
+    if time.monotonic() - _sealed_at >= SEAL_EVERY:
+        seal()
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
     os.set_blocking(rfd, False)  # the read end only: O_NONBLOCK on the plugin's stdout would break it
     null = _null()

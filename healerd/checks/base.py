@@ -16,6 +16,7 @@ from .. import openfiles
 from ..results import CheckResult, Status
 from ..targets import Target
 from ._pool import BoundedConnector
+from ._tls import ResumingContext, client_context
 
 
 class CheckOptions(BaseModel):
@@ -41,6 +42,7 @@ class CheckEnv:
         self.max_connections = budget // 2
         self.max_idle_hosts = budget - self.max_connections
         self._sessions: dict[bool, aiohttp.ClientSession] = {}
+        self._tls: dict[bool, ResumingContext] = {}
         self.subprocess_slots = asyncio.Semaphore(64)
 
     def http_session(self, reuse_connections: bool) -> aiohttp.ClientSession:
@@ -62,6 +64,13 @@ class CheckEnv:
             )
             self._sessions[reuse_connections] = session
         return session
+
+    def tls_context(self, verify: bool) -> ResumingContext:
+        """The daemon's one client TLS context for this verification mode (sessions resumed across checks)."""
+        ctx = self._tls.get(verify)
+        if ctx is None:
+            ctx = self._tls[verify] = client_context(verify, max_sessions=self.max_idle_hosts * 4)
+        return ctx
 
     async def close(self) -> None:
         for session in self._sessions.values():

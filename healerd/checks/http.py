@@ -68,6 +68,7 @@ class HttpCheck(Check[HttpConfig]):
     def __init__(self, config: HttpConfig, target: Target, env: CheckEnv) -> None:
         super().__init__(config, target, env)
         self._url = URL(config.url)  # parsed once, not on every run
+        self._ssl = env.tls_context(config.tls_verify) if self._url.scheme == "https" else True
 
     async def run(self) -> CheckResult:
         cfg = self.config
@@ -80,7 +81,7 @@ class HttpCheck(Check[HttpConfig]):
                 self._url,
                 headers=cfg.headers or None,
                 data=cfg.body,
-                ssl=bool(cfg.tls_verify),
+                ssl=self._ssl,
                 allow_redirects=False,
             ) as resp:
                 need_body = expect.body_contains is not None or expect.body_regex is not None
