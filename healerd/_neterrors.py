@@ -8,6 +8,8 @@ import ssl
 
 import aiohttp
 
+from .checks._http1 import BodyCut, Disconnected, InvalidResponse
+
 _ERRNO = {
     errno.ECONNREFUSED: "connection refused",
     errno.ECONNRESET: "connection reset by peer",
@@ -27,6 +29,14 @@ def _os_reason(exc: OSError) -> str:
 
 def describe(exc: BaseException) -> str:
     """A short reason for a network failure (the check's message says what was tried)."""
+    if isinstance(exc, InvalidResponse):
+        return f"invalid HTTP response: {exc}"
+    if isinstance(exc, Disconnected):
+        return "connection closed without an answer (server disconnected)"
+    if isinstance(exc, BodyCut):
+        return f"the response body was cut off: {exc}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate rejected: {exc.verify_message or exc.reason}"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return f"TLS certificate rejected: {exc.certificate_error}"
     if isinstance(exc, aiohttp.ClientConnectorSSLError | aiohttp.ClientSSLError):

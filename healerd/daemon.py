@@ -32,7 +32,8 @@ from .systemd import Notifier as SystemdNotifier
 log = structlog.get_logger("healerd.daemon")
 
 FLUSH_INTERVAL = 1.0
-SETTLE_MAX = 300.0  # seconds: the second gc.freeze() waits at most this long for the first round
+SETTLE_EVERY = 30.0  # seconds between freezes of what survived (see _keep_memory_settled)
+SETTLE_FULL_EVERY = 3600.0
 PRUNE_INTERVAL = 600.0
 ALERT_FLUSH_SECONDS = 2.0  # at shutdown, pending notifications get this long; the rest go out after restart
 
@@ -46,7 +47,9 @@ class Daemon:
         self.bus = EventBus()
         self.book = HealthBook()
         self.store = Store(config.daemon.state_dir, config.daemon.history, config.daemon.event_log_size)
-        self.env = CheckEnv(tuple(config.daemon.check_paths), config.base_dir)
+        self.env = CheckEnv(
+            tuple(config.daemon.check_paths), config.base_dir, max_concurrent=config.daemon.max_concurrent_checks
+        )
         self.monitor = Monitor(
             self.book, self.bus, self.metrics, self.store, self.env, config.daemon.max_concurrent_checks
         )
@@ -297,7 +300,7 @@ async def serve(config: Config, mode: Mode | None = None, crash_at: str | None =
             )
             return 1
         _settle_memory()
-        spawn(_settle_after_first_round(config))
+        spawn(_keep_memory_settled(config))
         scheme = "https" if config.daemon.tls_cert_file else "http"
         log.info("healerd running", listen=f"{scheme}://{config.daemon.listen}", config=str(config.path))
         spawn(sd.watchdog(daemon.summary))
@@ -326,14 +329,30 @@ def _settle_memory() -> None:
     gc.set_threshold(10_000, 20, 20)
 
 
-async def _settle_after_first_round(config: Config) -> None:
-    """Freeze again once every check has run once: the keep-alive connections (and TLS sessions) of a fleet
-    of distinct hosts, tens of objects each, are as long-lived as the config and would otherwise be re-scanned
-    by every full collection. Only the young generations are collected first: no full-collection pause."""
+async def _keep_memory_settled(config: Config) -> None:
+    """Keep what lives long out of the collector's sight while the daemon runs.
+
+    Once every check has run, and every SETTLE_EVERY seconds after: collect the young generations (no
+    full-collection pause) and freeze what survived. That is the keep-alive connections and TLS sessions of a
+    fleet of distinct hosts and the result history filling up over the first `history` rounds: left in the
+    collector's sight, every full collection re-scans them, and its cost grows with the fleet (at 10,000
+    distinct hosts it was a tenth of the CPU and growing). Once an hour (SETTLE_FULL_EVERY) everything is
+    unfrozen and fully collected, so that cyclic garbage frozen meanwhile (a replaced machine's connection)
+    is reclaimed after all."""
     checks = [c for s in config.services.values() for c in (*s.checks, *s.service_checks)]
-    await asyncio.sleep(min(SETTLE_MAX, max((c.interval + c.timeout for c in checks), default=0.0) + 1.0))
-    gc.collect(1)
-    gc.freeze()
+    await asyncio.sleep(min(SETTLE_EVERY, max((c.interval + c.timeout for c in checks), default=0.0) + 1.0))
+    last_full = time.monotonic()
+    while True:
+        if time.monotonic() - last_full >= SETTLE_FULL_EVERY:
+            gc.unfreeze()
+            started = time.perf_counter()
+            gc.collect()
+            log.debug("full garbage collection", seconds=round(time.perf_counter() - started, 3))
+            last_full = time.monotonic()
+        else:
+            gc.collect(1)
+        gc.freeze()
+        await asyncio.sleep(SETTLE_EVERY)
 
 
 def run(

@@ -29,11 +29,12 @@ log = structlog.get_logger("healerd.scheduler")
 
 Dispatch = Callable[[BoundCheck], Coroutine[Any, Any, None]]
 
-#: Checks with an interval of COARSE_FROM slots (5 s) or more start on every COARSE-th slot only (200 ms
-#: apart): a small fleet wakes the daemon 5 times a second instead of 20 (each wake-up costs as much as the
-#: work of a check), and a large one runs the same work in fewer, larger batches. Lag is unchanged: a check is
-#: still dispatched in the slot it is due in.
-COARSE, COARSE_FROM = 4, 100
+#: Checks with an interval of COARSE_FROM slots (5 s) or more start on every COARSE-th slot (200 ms apart)
+#: while that slot holds fewer than COARSE_UP_TO checks: a small fleet wakes the daemon 5 times a second
+#: instead of 20 (on a small fleet each wake-up costs as much as the work of a check), and a large fleet keeps
+#: its checks spread over every slot (no bursts). Lag is unchanged: a check is dispatched in the slot it is
+#: due in.
+COARSE, COARSE_FROM, COARSE_UP_TO = 4, 100, 32
 
 
 class SchedulerStats:
@@ -147,10 +148,13 @@ class WheelScheduler:
         bc.retry_slots = self.slots(bc.spec.retry_interval) if bc.spec.retry_interval else 0
         bc.active = True
         phase = zlib.crc32("\0".join(bc.key).encode()) % bc.interval_slots
-        if bc.interval_slots >= COARSE_FROM:
-            phase -= phase % COARSE  # share wake-ups: at most one every COARSE slots for these checks
         now = self._done_slot + 1 if self._loop is None else max(self._done_slot + 1, self._now_slot() + 1)
         first = now + (phase - now) % bc.interval_slots
+        if bc.interval_slots >= COARSE_FROM:
+            # share a wake-up with the checks of the grid slot at or before the phase, while it is not busy
+            shared = now + (phase - phase % COARSE - now) % bc.interval_slots
+            if len(self._wheel.get(shared, ())) < COARSE_UP_TO:
+                first = shared
         self._put(bc, first)
 
     def remove(self, bc: BoundCheck) -> None:

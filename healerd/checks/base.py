@@ -9,13 +9,12 @@ import asyncio
 from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
 
-import aiohttp
 from pydantic import BaseModel, ConfigDict
 
 from .. import openfiles
 from ..results import CheckResult, Status
 from ..targets import Target
-from ._pool import BoundedConnector
+from ._http1 import Pool
 from ._tls import ResumingContext, client_context
 
 
@@ -32,38 +31,29 @@ class CheckEnv:
     """Resources shared by every check: HTTP client sessions, where drop-in scripts live."""
 
     def __init__(
-        self, check_paths: tuple[Path, ...] = (), base_dir: Path | None = None, open_files: int | None = None
+        self,
+        check_paths: tuple[Path, ...] = (),
+        base_dir: Path | None = None,
+        open_files: int | None = None,
+        max_concurrent: int = 5000,
     ) -> None:
         self.check_paths = check_paths
         self.base_dir = base_dir or Path.cwd()
-        # Sockets for checks: what the open-file limit leaves after a reserve (API, store, pipes), half for
-        # connections in use, half for idle keep-alive ones.
+        # Sockets for checks: what the open-file limit leaves after a reserve (API, store, pipes). Connections in
+        # use at once are bounded by the checks that may run at once (daemon.max_concurrent_checks), counted
+        # as at most half the budget; the rest is for idle kept-alive connections, one per host checked.
         budget = max(128, (open_files or openfiles.limits()[0]) - openfiles.RESERVE)
-        self.max_connections = budget // 2
+        self.max_connections = max(16, min(max_concurrent, budget // 2))
         self.max_idle_hosts = budget - self.max_connections
-        self._sessions: dict[bool, aiohttp.ClientSession] = {}
+        self._pool: Pool | None = None
         self._tls: dict[bool, ResumingContext] = {}
         self.subprocess_slots = asyncio.Semaphore(64)
 
-    def http_session(self, reuse_connections: bool) -> aiohttp.ClientSession:
-        session = self._sessions.get(reuse_connections)
-        if session is None or session.closed:
-            connector = BoundedConnector(
-                max_idle_hosts=self.max_idle_hosts,
-                limit=self.max_connections,
-                force_close=not reuse_connections,
-                ttl_dns_cache=60,
-                enable_cleanup_closed=False,
-            )
-            session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=None),
-                auto_decompress=True,
-                skip_auto_headers=("User-Agent",),
-                headers={"User-Agent": "healerd"},
-            )
-            self._sessions[reuse_connections] = session
-        return session
+    def http_pool(self) -> Pool:
+        """The daemon's one pool of kept-alive connections for HTTP checks."""
+        if self._pool is None:
+            self._pool = Pool(self.max_idle_hosts)
+        return self._pool
 
     def tls_context(self, verify: bool) -> ResumingContext:
         """The daemon's one client TLS context for this verification mode (sessions resumed across checks)."""
@@ -73,9 +63,9 @@ class CheckEnv:
         return ctx
 
     async def close(self) -> None:
-        for session in self._sessions.values():
-            await session.close()
-        self._sessions.clear()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
 
 class Check(Generic[ConfigT]):

@@ -6,7 +6,6 @@ import re
 import time
 from typing import Literal
 
-import aiohttp
 from pydantic import Field, field_validator
 from yarl import URL
 
@@ -15,6 +14,7 @@ from .._urls import HttpUrl
 from ..durations import format_duration, parse_duration
 from ..results import CheckResult, PerfDatum, Status
 from ..targets import Target
+from ._http1 import RETRYABLE, BodyCut, Disconnected, InvalidResponse, build_request
 from .base import Check, CheckEnv, CheckOptions
 
 
@@ -67,31 +67,46 @@ class HttpCheck(Check[HttpConfig]):
 
     def __init__(self, config: HttpConfig, target: Target, env: CheckEnv) -> None:
         super().__init__(config, target, env)
-        self._url = URL(config.url)  # parsed once, not on every run
-        self._ssl = env.tls_context(config.tls_verify) if self._url.scheme == "https" else True
+        # Everything a run needs is prepared once per (check, machine): the request's bytes, where it goes.
+        url = URL(config.url)
+        host = url.raw_host or ""
+        port = url.port or (443 if url.scheme == "https" else 80)
+        self._key = (url.scheme, host, port)
+        default_port = url.port is None or url.is_default_port()
+        host_header = (f"[{host}]" if ":" in host else host) + ("" if default_port else f":{port}")
+        self._request = build_request(
+            config.method,
+            url.raw_path_qs or "/",
+            host_header,
+            config.headers,
+            config.body.encode() if config.body is not None else None,
+            close=not config.reuse_connections,
+        )
+        expect = config.expect
+        self._need_body = expect.body_contains is not None or expect.body_regex is not None
+        self._keep = config.max_body if self._need_body else 0
+        self._ssl = env.tls_context(config.tls_verify) if url.scheme == "https" else None
 
     async def run(self) -> CheckResult:
         cfg = self.config
         expect = cfg.expect
-        session = self.env.http_session(cfg.reuse_connections)
         started = time.perf_counter()
         try:
-            async with session.request(
-                cfg.method,
-                self._url,
-                headers=cfg.headers or None,
-                data=cfg.body,
-                ssl=self._ssl,
-                allow_redirects=False,
-            ) as resp:
-                need_body = expect.body_contains is not None or expect.body_regex is not None
-                body = (await resp.content.read(cfg.max_body)).decode("utf-8", "replace") if need_body else ""
-                if not need_body:
-                    await resp.release()
-                status = resp.status
-        except (aiohttp.ClientError, OSError) as exc:
+            response = await self.env.http_pool().request(
+                self._key,
+                self._request,
+                head=cfg.method == "HEAD",
+                keep=self._keep,
+                reuse=cfg.reuse_connections,
+                ssl_context=self._ssl,
+                server_hostname=self._key[1],
+                retry=cfg.method in RETRYABLE,
+            )
+        except (OSError, InvalidResponse, Disconnected, BodyCut) as exc:  # ssl.SSLError is an OSError
             return CheckResult.critical(f"{cfg.method} {cfg.url}: {describe(exc)}")
         elapsed = time.perf_counter() - started
+        status = response.status
+        body = response.body.decode("utf-8", "replace") if self._need_body else ""
         perf = (PerfDatum("time", round(elapsed, 6), "s"),)
         took = format_duration(elapsed)
         if status not in expect.status:
