@@ -29,7 +29,15 @@ from typing import Any
 import aiohttp
 
 from ._heal import scenario_heal
-from ._healerd import Healerd, bucket_quantile, distinct_addresses, fraction_within, http_check, same_address
+from ._healerd import (
+    Healerd,
+    bucket_quantile,
+    distinct_addresses,
+    fraction_within,
+    http_check,
+    measure,
+    same_address,
+)
 from ._nagios import Nagios
 from ._system import Nginx, cpu_seconds, free_port, open_fds, taskset, wait_port
 
@@ -43,15 +51,7 @@ def log(msg: str) -> None:
 
 # -- cost per check ---------------------------------------------------------------------------------------
 def healerd_cost(machines: list[tuple[str, str]], check: dict[str, Any], seconds: float) -> dict[str, Any]:
-    h = Healerd(machines, check, core=0)
-    try:
-        h.wait_ready()
-        time.sleep(3)
-        a = h.snapshot()
-        time.sleep(seconds)
-        b = h.snapshot()
-    finally:
-        h.stop()
+    a, b = measure(machines, check, 3, seconds)
     checks = b["metrics"]["runs"] - a["metrics"]["runs"]
     cpu = b["cpu"] - a["cpu"]
     return {
@@ -343,15 +343,7 @@ def scenario_exec(nginx: Nginx, quick: bool, services: int = 100, interval: int 
         row: dict[str, Any] = {"command": " ".join(argv)}
         log(f"exec: {name}, {services} services every {interval}s: healerd")
         check = {"name": "probe", "kind": "exec", "command": argv, "interval": f"{interval}s", "timeout": "4s"}
-        h = Healerd(same_address(services, nginx.port), check, core=0)
-        try:
-            h.wait_ready()
-            time.sleep(interval + 3)
-            a = h.snapshot()
-            time.sleep(seconds)
-            b = h.snapshot()
-        finally:
-            h.stop()
+        a, b = measure(same_address(services, nginx.port), check, interval + 3, seconds)
         checks = b["metrics"]["runs"] - a["metrics"]["runs"]
         row["healerd"] = {"checks": checks, "cpu_ms_per_check": round((b["cpu"] - a["cpu"]) / checks * 1000, 3)}
         log(f"  {row['healerd']}")
@@ -447,7 +439,7 @@ def _fleet_table(rows: list[dict[str, Any]], title: str) -> list[str]:
     if started:
         soft, hard = sorted(started)[0]
         raised = all(r["open_fds"] > soft for r in rows if "refused" not in r)
-        out += ["", f"Started with open files {soft} (soft) / {hard} (hard); above the soft limit once running (raised): {raised}."]
+        out += ["", f"Started with open files {soft} (soft) / {hard} (hard); more open once running: {raised}."]
     return [*out, ""]
 
 

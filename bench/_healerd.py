@@ -174,3 +174,19 @@ def fraction_within(buckets_a: dict[float, float], buckets_b: dict[float, float]
     total = buckets_b.get(float("inf"), 0.0) - buckets_a.get(float("inf"), 0.0)
     within = buckets_b.get(bound, 0.0) - buckets_a.get(bound, 0.0)
     return within / total if total else 0.0
+
+
+def measure(
+    machines: list[tuple[str, str]], check: dict[str, Any], warmup: float, seconds: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Start healerd (pinned to core 0) on `machines` with one `check`, and take a snapshot `warmup` seconds
+    after it is ready and another `seconds` later."""
+    h = Healerd(machines, check, core=0)
+    try:
+        h.wait_ready()
+        time.sleep(warmup)
+        a = h.snapshot()
+        time.sleep(seconds)
+        return a, h.snapshot()
+    finally:
+        h.stop()

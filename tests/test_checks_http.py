@@ -193,9 +193,9 @@ async def test_http_1_0_answer_delimited_by_close(env: CheckEnv, raw_server: Raw
 )
 async def test_broken_answers_are_critical_and_say_what_was_wrong(
     env: CheckEnv,
-    raw_server,
+    raw_server: RawServer,
     raw: bytes,
-    words: str,  # type: ignore[no-untyped-def]
+    words: str,
 ) -> None:
     base = await raw_server(await answer(raw))
     result = await run_check(check(env, f"{base}/health"), timeout=5)
@@ -217,7 +217,7 @@ async def test_a_reset_is_reported_as_such(env: CheckEnv, raw_server: RawServer)
 
 async def test_a_server_that_never_answers_times_out_and_its_connection_is_dropped(
     env: CheckEnv,
-    raw_server,  # type: ignore[no-untyped-def]
+    raw_server: RawServer,
 ) -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(30)
