@@ -82,11 +82,17 @@ class Healerd:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        try:
-            wait_port(self.port, 180)
-        except TimeoutError:
-            self.proc.kill()
-            raise RuntimeError(f"healerd did not start: {(self.dir / 'healerd.log').read_text()[-2000:]}") from None
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                wait_port(self.port, 1)
+                break
+            except TimeoutError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.proc.kill()
+                    lines = (self.dir / "healerd.log").read_text().splitlines()
+                    said = "\n".join(line for line in lines if len(line) < 1000)  # not the one-line config
+                    raise RuntimeError(f"healerd did not start: {said[-2000:]}") from None
         self.base = f"http://127.0.0.1:{self.port}"
 
     def log_text(self) -> str:

@@ -1,6 +1,8 @@
-"""Open-file budget: every machine's network check holds a socket, so a fleet needs about one descriptor
-per machine and check. healerd raises its soft RLIMIT_NOFILE to the hard limit at start, and a fleet that
-cannot fit even then is refused at validation instead of breaking at run time."""
+"""Open-file budget: every machine's network check holds a socket while it runs, and keeps it between runs
+(keep-alive). healerd raises its soft RLIMIT_NOFILE to the hard limit at start. A config whose checks that
+may run at once could not get a socket even then is refused at validation instead of breaking at run time;
+one whose fleet is larger than the room left for kept-alive connections runs (the overflow connects anew
+on each run) and is warned about."""
 
 from __future__ import annotations
 
@@ -28,13 +30,37 @@ def raise_soft_limit() -> tuple[int, int]:
     return soft, soft
 
 
-def budget_problem(sockets: int, hard: int | None = None) -> str | None:
-    """Why `sockets` concurrent connections cannot fit under the hard limit (None when they fit)."""
+def in_use_bound(sockets: int, max_concurrent: int, hard: int) -> int:
+    """Connections that may be open at once for checks: one per check running (daemon.max_concurrent_checks),
+    counted as at most half of what the reserve leaves."""
+    budget = max(128, hard - RESERVE)
+    return max(16, min(max_concurrent, sockets, budget // 2))
+
+
+def budget_problem(sockets: int, max_concurrent: int = 5000, hard: int | None = None) -> str | None:
+    """Why the checks that may run at once cannot fit under the hard limit (None when they fit)."""
     hard = limits()[1] if hard is None else hard
-    if hard == resource.RLIM_INFINITY or sockets + RESERVE <= hard:
+    at_once = min(sockets, max_concurrent)
+    if hard == resource.RLIM_INFINITY or at_once + RESERVE <= hard:
         return None
     return (
-        f"{sockets} network checks need about {sockets + RESERVE} open files (one socket each, plus {RESERVE}); "
-        f"the limit here is {hard}: raise it (systemd: LimitNOFILE= in the unit; a shell: ulimit -Hn) "
-        "or check fewer machines per healerd"
+        f"{sockets} network checks need about {at_once + RESERVE} open files (one socket each for the "
+        f"{at_once} that may run at once, plus {RESERVE}); the limit here is {hard}: raise it (systemd: "
+        "LimitNOFILE= in the unit; a shell: ulimit -Hn), lower daemon.max_concurrent_checks, or check fewer "
+        "machines per healerd"
+    )
+
+
+def keepalive_shortfall(sockets: int, max_concurrent: int = 5000, hard: int | None = None) -> str | None:
+    """A warning when not every network check can keep its connection alive between runs."""
+    hard = limits()[1] if hard is None else hard
+    if hard == resource.RLIM_INFINITY:
+        return None
+    room = max(128, hard - RESERVE) - in_use_bound(sockets, max_concurrent, hard)
+    if sockets <= room:
+        return None
+    return (
+        f"{sockets} network checks, but the open-file limit ({hard}) leaves room to keep {room} connections "
+        f"alive between runs: the other {sockets - room} connect anew on every run (more CPU per check); "
+        "raise the limit (systemd: LimitNOFILE=) to keep them all"
     )

@@ -59,14 +59,27 @@ async def run_check(check: Check[Any], timeout: float, timeout_status: Status | 
     not finish in time is `timeout_status` (default: the kind's): CRITICAL for a network check whose target
     did not answer, UNKNOWN for a check that could not decide."""
     started = time.perf_counter()
-    task = asyncio.ensure_future(_guarded(check))
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(_guarded(check))
+    # Wait for the task or the timeout, whichever comes first, without asyncio.wait's sets and callbacks:
+    # a future and a timer (a check that swallows its cancellation cannot hold the scheduler either way).
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(*_: object) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    task.add_done_callback(wake)
+    timer = loop.call_later(timeout, wake)
     try:
-        done, _ = await asyncio.wait((task,), timeout=timeout)
+        await waiter
     except asyncio.CancelledError:
         task.cancel()
         raise
+    finally:
+        timer.cancel()
     duration = time.perf_counter() - started
-    if not done:
+    if not task.done():
         # Cancel and move on: even a check that swallows the cancellation cannot stall the scheduler.
         task.cancel()
         task.add_done_callback(_consume)

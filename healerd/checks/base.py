@@ -39,11 +39,12 @@ class CheckEnv:
     ) -> None:
         self.check_paths = check_paths
         self.base_dir = base_dir or Path.cwd()
-        # Sockets for checks: what the open-file limit leaves after a reserve (API, store, pipes). Connections in
-        # use at once are bounded by the checks that may run at once (daemon.max_concurrent_checks), counted
-        # as at most half the budget; the rest is for idle kept-alive connections, one per host checked.
-        budget = max(128, (open_files or openfiles.limits()[0]) - openfiles.RESERVE)
-        self.max_connections = max(16, min(max_concurrent, budget // 2))
+        # Sockets for checks: what the open-file limit leaves after a reserve (API, store, pipes); those of the
+        # checks that may run at once first (openfiles.in_use_bound), the rest for idle kept-alive
+        # connections, one per host checked.
+        limit = open_files or openfiles.limits()[0]
+        budget = max(128, limit - openfiles.RESERVE)
+        self.max_connections = openfiles.in_use_bound(1 << 30, max_concurrent, limit)
         self.max_idle_hosts = budget - self.max_connections
         self._pool: Pool | None = None
         self._tls: dict[bool, ResumingContext] = {}

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 from .. import _yaml
 from ..checks.base import CheckEnv
 from ..notifiers.base import read_secret
-from ..openfiles import budget_problem
+from ..openfiles import budget_problem, keepalive_shortfall
 from ..paths import resolve_against, set_config_dir
 from ..playbooks import load_playbooks
 from ..plugins import CHECK_KINDS, PROVIDER_KINDS
@@ -93,9 +93,12 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
         + sum(c.check_class.uses_socket for c in s.service_checks)
         for s in services.values()
     )
-    problem = budget_problem(sockets)
+    problem = budget_problem(sockets, daemon.max_concurrent_checks)
     if problem:
         out.add(("services",), problem)
+    shortfall = keepalive_shortfall(sockets, daemon.max_concurrent_checks)
+    if shortfall and not problem:
+        warnings.append(shortfall)
     if out.problems:
         raise ConfigError(filename, out.problems)
     if not services:

@@ -1,5 +1,6 @@
-"""Open files at fleet scale: healerd raises its soft RLIMIT_NOFILE at start, and a fleet that cannot fit
-under the hard limit is refused at validation with the numbers and the fix, instead of breaking at run time."""
+"""Open files at fleet scale: healerd raises its soft RLIMIT_NOFILE at start; checks that may run at once
+and cannot get a socket under the hard limit are refused at validation with the numbers and the fix,
+instead of breaking at run time; a fleet larger than the room for kept-alive connections runs, warned."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.e2e
 
 def test_the_budget_names_the_numbers_and_the_fix() -> None:
     assert budget_problem(1000, hard=65536) is None
+    assert budget_problem(1000, max_concurrent=500, hard=1024) is None  # 500 at once + 256 fit
     problem = budget_problem(1000, hard=1024)
     assert problem is not None
     assert f"about {1000 + RESERVE} open files" in problem and "the limit here is 1024" in problem
@@ -44,6 +46,24 @@ def test_a_fleet_that_cannot_fit_is_refused_at_validation(tmp_path: Path) -> Non
     assert "Traceback" not in out.stderr
     ok = validate("1024:4096")
     assert ok.returncode == 0, ok
+
+
+def test_a_fleet_larger_than_the_keepalive_room_is_valid_and_warned(tmp_path: Path) -> None:
+    prlimit = require_binary("prlimit")
+    machines = [(f"m{i}", f"127.0.{1 + i // 250}.{1 + i % 250}:8080") for i in range(2000)]
+    config = make_config(tmp_path, free_port(), machines, [http_check()])
+    config["daemon"]["max_concurrent_checks"] = 200
+    path = write_config(tmp_path / "healerd.yaml", config)
+    out = subprocess.run(
+        [prlimit, "--nofile=1024:2048", sys.executable, "-m", "healerd", "validate", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out
+    # 2048 - 256 reserved - 200 for checks running at once = 1592 kept alive; 408 connect anew each run
+    assert "leaves room to keep 1592 connections alive between runs: the other 408 connect anew" in out.stderr
+    assert "LimitNOFILE" in out.stderr
 
 
 def test_the_daemon_raises_its_soft_limit_to_the_hard_one(tmp_path: Path) -> None:
