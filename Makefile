@@ -6,7 +6,7 @@ CONFIG ?= config.example.yaml
 # Debian packages the test suite drives for real (exec checks run Debian's monitoring plugins).
 DEB_PACKAGES := monitoring-plugins-basic prometheus-alertmanager systemd openssl
 
-BENCH_PACKAGES := nginx-light prometheus-blackbox-exporter monitoring-plugins-basic
+BENCH_PACKAGES := nginx-light prometheus-blackbox-exporter monitoring-plugins-basic nagios4-core openssl
 PACKAGES = $(DEB_PACKAGES)
 
 .PHONY: run test lint typecheck unit deps debs bench arch install uninstall clean

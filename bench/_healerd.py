@@ -16,6 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ._system import cpu_seconds, free_port, rss_bytes, taskset, wait_port
 
+SERVICE_MAX = 10000
+
 
 def http_check(url: str, interval: str, timeout: str, fall: int = 3, reuse: bool = True) -> dict[str, Any]:
     return {
@@ -41,13 +43,14 @@ def fleet_config(
             "check_paths": [],
         },
         "providers": {"lab": {"kind": "static"}},
-        "services": {
-            "fleet": {
+        "services": {  # a service holds at most 10,000 machines: larger fleets are split into several
+            ("fleet" if i == 0 else f"fleet-{i // SERVICE_MAX + 1}"): {
                 "provider": "lab",
                 "min_healthy": 1,
                 "checks": [check],
-                "machines": [{"id": mid, "address": address} for mid, address in machines],
+                "machines": [{"id": mid, "address": address} for mid, address in machines[i : i + SERVICE_MAX]],
             }
+            for i in range(0, max(1, len(machines)), SERVICE_MAX)
         },
     }
 

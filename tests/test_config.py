@@ -243,3 +243,19 @@ def test_a_certificate_that_is_not_pem_is_refused(tmp_path: Path) -> None:
     (tmp_path / "api.key").write_text("not a key\n")
     (problem,) = problems_of(tmp_path, _tls("api.crt", "api.key"))
     assert "daemon.tls_cert_file: cannot load" in problem and "as a PEM certificate" in problem
+
+
+def test_a_problem_quotes_a_long_wrong_value_only_in_part(tmp_path: Path) -> None:
+    machines = ", ".join(f"{{id: m{i}, address: '127.0.0.1:80'}}" for i in range(10001))
+    path = tmp_path / "big.yaml"
+    path.write_text(
+        "providers: {lab: {kind: static}}\n"
+        "services:\n  web:\n    provider: lab\n"
+        "    checks: [{name: h, kind: tcp, address: '{address}'}]\n"
+        f"    machines: [{machines}]\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (problem,) = info.value.problems
+    assert "at most 10000 items" in problem.message
+    assert problem.message.endswith(" ...)") and len(problem.message) < 400

@@ -26,6 +26,10 @@ class Problem:
         return f"{where}: {format_path(self.path) or '(top level)'}: {self.message}"
 
 
+#: how much of a wrong value a problem quotes (a list of 20,000 machines is not quoted whole)
+GOT_MAX = 200
+
+
 class ConfigError(Exception):
     """A config that cannot be used, with every problem found."""
 
@@ -73,7 +77,8 @@ class Collector:
             else:
                 msg = err["msg"].removeprefix("Value error, ")
                 if typ not in ("value_error", "assertion_error") and "input" in err:
-                    msg += f" (got {err['input']!r})"
+                    got = repr(err["input"])
+                    msg += f" (got {got if len(got) <= GOT_MAX else got[: GOT_MAX - 5] + ' ...'})"
                 if typ == "string_type" and isinstance(err.get("input"), int | float):
                     msg += "; put it in quotes to make it text"
             self.add(loc, msg)
