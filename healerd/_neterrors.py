@@ -8,7 +8,7 @@ import ssl
 
 import aiohttp
 
-from .checks._http1 import BodyCut, Disconnected, InvalidResponse
+from .checks._http1 import BodyCut, Disconnected, InvalidResponse, LookupFailed
 
 _ERRNO = {
     errno.ECONNREFUSED: "connection refused",
@@ -29,6 +29,8 @@ def _os_reason(exc: OSError) -> str:
 
 def describe(exc: BaseException) -> str:
     """A short reason for a network failure (the check's message says what was tried)."""
+    if isinstance(exc, LookupFailed):
+        return str(exc)
     if isinstance(exc, InvalidResponse):
         return f"invalid HTTP response: {exc}"
     if isinstance(exc, Disconnected):

@@ -244,3 +244,9 @@ async def test_max_body_bounds_what_is_kept(env: CheckEnv, aiohttp_server_factor
     assert cut.status is Status.CRITICAL and "body lacks 'needle'" in cut.message
     whole = await run_check(check(env, f"{base}/big", max_body=200_000, expect={"body_contains": "needle"}), timeout=5)
     assert whole.status is Status.OK, whole.message
+
+
+async def test_a_name_that_does_not_resolve_is_named(env: CheckEnv) -> None:
+    result = await run_check(check(env, "http://no-such-host.invalid:8080/health"), timeout=10)
+    assert result.status is Status.CRITICAL
+    assert "DNS lookup of no-such-host.invalid failed" in result.message, result.message

@@ -42,6 +42,14 @@ class BodyCut(Exception):
     """The connection closed in the middle of the body."""
 
 
+class LookupFailed(OSError):
+    """The host name did not resolve."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"DNS lookup of {host} failed: {reason}")
+        self.host, self.reason = host, reason
+
+
 @dataclass(slots=True)
 class Response:
     status: int
@@ -124,7 +132,7 @@ class _Connection(asyncio.Protocol):
         del self.buf[: end + 4]
         if 100 <= status < 200 and status != 101:  # an interim answer (100 Continue): the real one follows
             return await self.exchange(b"", head, keep)
-        persistent = _persistent(version, headers)
+        persistent = _persistent(version, headers) and status != 101  # switched protocols: not HTTP any more
         if head or status in (204, 304) or 100 <= status < 200:
             return Response(status, headers, b""), persistent
         if "chunked" in headers.get("transfer-encoding", "").lower():
@@ -379,7 +387,10 @@ class Pool:
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             return cached[1]
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise LookupFailed(host, exc.strerror or str(exc)) from None
         addresses = list(dict.fromkeys((int(family), str(sockaddr[0])) for family, _, _, _, sockaddr in infos))
         if len(self._dns) > 10000:
             self._dns.clear()
