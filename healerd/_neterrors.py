@@ -6,8 +6,6 @@ import errno
 import socket
 import ssl
 
-import aiohttp
-
 from .checks._http1 import BodyCut, Disconnected, InvalidResponse, LookupFailed
 
 _ERRNO = {
@@ -39,24 +37,6 @@ def describe(exc: BaseException) -> str:
         return f"the response body was cut off: {exc}"
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate rejected: {exc.verify_message or exc.reason}"
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return f"TLS certificate rejected: {exc.certificate_error}"
-    if isinstance(exc, aiohttp.ClientConnectorSSLError | aiohttp.ClientSSLError):
-        return f"TLS handshake failed: {exc.os_error}" if hasattr(exc, "os_error") else f"TLS failed: {exc}"
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return f"DNS lookup of {exc.host} failed: {_os_reason(exc.os_error)}"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return _os_reason(exc.os_error)
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "connection closed without an answer (server disconnected)"
-    if isinstance(exc, aiohttp.ClientConnectionResetError):
-        return "connection reset by peer"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return f"invalid HTTP response: {exc.message}"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return f"the response body was cut off: {exc}"
-    if isinstance(exc, aiohttp.ClientOSError):
-        return _os_reason(exc)
     if isinstance(exc, ssl.SSLError):
         return f"TLS failed: {exc.reason or exc}"
     if isinstance(exc, socket.gaierror):

@@ -30,11 +30,13 @@ def raise_soft_limit() -> tuple[int, int]:
     return soft, soft
 
 
-def in_use_bound(sockets: int, max_concurrent: int, hard: int) -> int:
-    """Connections that may be open at once for checks: one per check running (daemon.max_concurrent_checks),
-    counted as at most half of what the reserve leaves."""
-    budget = max(128, hard - RESERVE)
-    return max(16, min(max_concurrent, sockets, budget // 2))
+def split(max_concurrent: int, limit: int) -> tuple[int, int]:
+    """(connections in use at once, idle kept-alive connections) that fit under `limit` open files: one per
+    check that may run at once (daemon.max_concurrent_checks), at most half of what the reserve leaves; the
+    rest for idle connections, one per host checked."""
+    budget = max(128, limit - RESERVE)
+    in_use = max(16, min(max_concurrent, budget // 2))
+    return in_use, budget - in_use
 
 
 def budget_problem(sockets: int, max_concurrent: int = 5000, hard: int | None = None) -> str | None:
@@ -56,7 +58,7 @@ def keepalive_shortfall(sockets: int, max_concurrent: int = 5000, hard: int | No
     hard = limits()[1] if hard is None else hard
     if hard == resource.RLIM_INFINITY:
         return None
-    room = max(128, hard - RESERVE) - in_use_bound(sockets, max_concurrent, hard)
+    room = split(max_concurrent, hard)[1]
     if sockets <= room:
         return None
     return (

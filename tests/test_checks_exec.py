@@ -416,6 +416,7 @@ async def test_a_plugin_inherits_only_stdin_stdout_stderr_and_default_signals(en
     assert fds == [0, 1, 2]
     assert int(status["SigIgn"], 16) & (1 << (13 - 1)) == 0  # SIGPIPE (13) not ignored
     assert int(status["SigBlk"], 16) == 0
-    assert os.readlink(f"/proc/self/fd/{0}") != ""  # the test process itself still has its own
+    # the daemon side did hold more than stdio (the listener, the loop's own): those stayed out of the plugin
+    assert len(os.listdir("/proc/self/fd")) > 4
     assert result.status is Status.UNKNOWN and "timed out" in result.message
     assert await wait_gone([pid], 2) == []

@@ -39,13 +39,8 @@ class CheckEnv:
     ) -> None:
         self.check_paths = check_paths
         self.base_dir = base_dir or Path.cwd()
-        # Sockets for checks: what the open-file limit leaves after a reserve (API, store, pipes); those of the
-        # checks that may run at once first (openfiles.in_use_bound), the rest for idle kept-alive
-        # connections, one per host checked.
-        limit = open_files or openfiles.limits()[0]
-        budget = max(128, limit - openfiles.RESERVE)
-        self.max_connections = openfiles.in_use_bound(1 << 30, max_concurrent, limit)
-        self.max_idle_hosts = budget - self.max_connections
+        # Sockets for checks: those of the checks that may run at once, the rest for kept-alive connections.
+        self.max_connections, self.max_idle_hosts = openfiles.split(max_concurrent, open_files or openfiles.limits()[0])
         self._pool: Pool | None = None
         self._tls: dict[bool, ResumingContext] = {}
         self.subprocess_slots = asyncio.Semaphore(64)

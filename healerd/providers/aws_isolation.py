@@ -215,22 +215,9 @@ class AwsIsolation:
         )
         asg = evidence.get("asg", {})
         if asg.get("name"):
-            if asg.get("action") == "standby":
-                await self.aws.call(
-                    "autoscaling",
-                    "exit_standby",
-                    machine.id,
-                    InstanceIds=[machine.id],
-                    AutoScalingGroupName=asg["name"],
-                )
-            else:
-                await self.aws.call(
-                    "autoscaling",
-                    "attach_instances",
-                    machine.id,
-                    InstanceIds=[machine.id],
-                    AutoScalingGroupName=asg["name"],
-                )
+            back = "exit_standby" if asg.get("action") == "standby" else "attach_instances"
+            group = asg["name"]
+            await self.aws.call("autoscaling", back, machine.id, InstanceIds=[machine.id], AutoScalingGroupName=group)
 
     # -- forensics ------------------------------------------------------------------------------------------
     async def describe(self, machine: Machine) -> dict[str, Any]:
