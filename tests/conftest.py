@@ -14,9 +14,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from pg import PgServer, pg_binary, pg_server
 from remediation_rig import Rig, make_rig
 
 from healerd.store import Store
+from healerd.store.base import BaseStore
+from healerd.store.postgres import PgStore
 
 PLUGIN_DIR = Path("/usr/lib/nagios/plugins")
 
@@ -141,11 +144,43 @@ async def aiohttp_server_factory() -> AsyncIterator[object]:
         await r.cleanup()
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    """A real SQLite state store in a fresh temporary directory, open; closed after the test."""
-    s = Store(tmp_path / "state")
-    await s.open()
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgServer]:
+    """A throw-away PostgreSQL server (Debian's postgresql package), one per test worker."""
+    for name in ("initdb", "pg_ctl"):
+        if pg_binary(name) is None:
+            require_binary(name)
+    with pg_server() as server:
+        yield server
+
+
+async def lead(store: PgStore, epoch: int = 1) -> None:
+    """Make the store's node the leader at `epoch` (as the cluster's lease would), so fenced writes go through."""
+
+    def write() -> None:
+        store.pg.conn.execute(
+            "INSERT INTO cluster_lease VALUES ('leader', ?, ?, now() + interval '1 hour', now())"
+            " ON CONFLICT (name) DO UPDATE SET holder=excluded.holder, epoch=excluded.epoch",
+            (store.pg.node, epoch),
+        )
+
+    await store.pg.call(write)
+    store.pg.epoch = epoch
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BaseStore]:
+    """A real state store, open, closed after the test: SQLite in a fresh temporary directory, and PostgreSQL
+    (a fresh database on the session's throw-away server, this node leading)."""
+    s: Store | PgStore
+    if request.param == "sqlite":
+        s = Store(tmp_path / "state")
+        await s.open()
+    else:
+        server: PgServer = request.getfixturevalue("pg")
+        s = PgStore(server.new_database(), "test-node")
+        await s.open()
+        await lead(s)
     yield s
     await s.close()
 

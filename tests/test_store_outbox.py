@@ -3,12 +3,11 @@ transaction with what the notifier keeps; ordered delivery, retries and dead let
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import pytest
 
-from healerd.store import Composed, OutboxItem, PendingMessage, Store
+from healerd.store import STORE_FAULTS, Composed, OutboxItem, PendingMessage, Store
 
 
 def item(notifier: str, service: str, summary: str, at: float) -> OutboxItem:
@@ -82,7 +81,7 @@ async def test_a_message_that_fails_to_build_rolls_back_and_the_items_wait_for_t
 async def test_an_enqueue_is_all_or_nothing(store: Store) -> None:
     await store.outbox.enqueue([item("pager", "web", "first", 1.0)])
     bad = OutboxItem("pager", "web", {"summary": "y"}, None)  # type: ignore[arg-type]  # created_at is NOT NULL
-    with pytest.raises(sqlite3.IntegrityError, match="NOT NULL"):
+    with pytest.raises(STORE_FAULTS, match=r"(?i)not.null"):
         await store.outbox.enqueue([item("pager", "web", "lost with it", 2.0), bad])
     assert await store.outbox.depth() == {"pager": 1}
     await store.outbox.enqueue([item("pager", "web", "next", 3.0)])  # the store goes on

@@ -17,13 +17,22 @@ from ..plugins import CHECK_KINDS, PROVIDER_KINDS
 from ..targets import did_you_mean
 from .document import NAMED, key_problems, nul_problems, read_text, refuse_big, strings_only
 from .kinds import CHECKS, NOTIFIERS, PROVIDERS, ExtensionPoint, kind_and_options
-from .models import Config, DaemonConfig, ImageConfig, ImageModel, NotifierConfig, ProviderConfig, ServiceConfig
+from .models import (
+    ClusterConfig,
+    Config,
+    DaemonConfig,
+    ImageConfig,
+    ImageModel,
+    NotifierConfig,
+    ProviderConfig,
+    ServiceConfig,
+)
 from .names import name_problem
-from .network import check_exposure, check_files
+from .network import check_exposure, check_files, file_problem
 from .problems import Collector, ConfigError, Loc, Problem, vocabulary
 from .services import load_service
 
-TOP_LEVEL_KEYS = ("daemon", "providers", "images", "notifiers", "services")
+TOP_LEVEL_KEYS = ("daemon", "cluster", "providers", "images", "notifiers", "services")
 
 
 def load_config(path: str | Path, text: str | None = None) -> Config:
@@ -56,6 +65,7 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
             out.add((str(key),), f"unknown key {key!r}{did_you_mean(str(key), list(TOP_LEVEL_KEYS))}")
 
     daemon = _daemon(data, base, out, warnings, filename)
+    cluster = _cluster(data, daemon, base, out)
     checks = _check_kinds(data, daemon, base, out)
 
     providers: dict[str, ProviderConfig] = {}
@@ -110,9 +120,46 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
         services=services,
         images=images,
         notifiers=notifiers,
+        cluster=cluster,
         check_kinds={k: cls for k in checks.registry.kinds() if (cls := checks.registry.get(k)) is not None},
         warnings=tuple(warnings),
     )
+
+
+def _cluster(data: dict[str, Any], daemon: DaemonConfig, base: Path, out: Collector) -> ClusterConfig | None:
+    if data.get("cluster") is None:
+        return None
+    raw = _mapping(data.get("cluster"), ("cluster",), out)
+    try:
+        cluster = ClusterConfig.model_validate(raw)
+        out.numbers(("cluster",), cluster, raw)
+    except ValidationError as exc:
+        out.pydantic(("cluster",), exc, vocabulary(ClusterConfig))
+        return None
+    cluster = cluster.model_copy(
+        update={
+            "store_file": resolve_against(base, cluster.store_file) if cluster.store_file else None,
+            "token_file": resolve_against(base, cluster.token_file) if cluster.token_file else None,
+        }
+    )
+    for key, path in (("store_file", cluster.store_file), ("token_file", cluster.token_file)):
+        if path is not None:
+            problem = file_problem(path)
+            if problem:
+                out.add(("cluster", key), problem)
+    if cluster.token_file is None and daemon.api_token_file is None:
+        out.add(
+            ("cluster",),
+            "the nodes of a cluster call each other's API with a bearer token: set daemon.api_token_file "
+            "(or cluster.token_file) to a file holding one, the same on every node",
+        )
+    if cluster.advertise is None and daemon.listen_host in ("0.0.0.0", "::", ""):
+        out.add(
+            ("cluster", "advertise"),
+            f"daemon.listen {daemon.listen} is no address the other nodes can reach; set cluster.advertise "
+            "to this node's host:port (like 10.0.0.7:9464)",
+        )
+    return cluster
 
 
 def _daemon(data: dict[str, Any], base: Path, out: Collector, warnings: list[str], filename: str) -> DaemonConfig:

@@ -5,6 +5,7 @@ Durations are stored as float seconds; paths are resolved against the config fil
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -68,6 +69,55 @@ class DaemonConfig(Strict):
     @property
     def listen_port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+
+class ClusterConfig(Strict):
+    """`cluster:` (DESIGN §14): nodes share one PostgreSQL database; absent, healerd runs alone on SQLite."""
+
+    #: the PostgreSQL connection string (postgresql://user@host/db); or store_file: a file holding it
+    store: str | None = Field(default=None, max_length=4096)
+    store_file: Path | None = None
+    #: this node's unique name (default: the host name)
+    node: str = Field(
+        default_factory=socket.gethostname, min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    )
+    #: host:port where the other nodes reach this node's API (default: daemon.listen)
+    advertise: str | None = None
+    #: the leader lease: renewed every lease_ttl / 3; another node leads within lease_ttl of the leader's death
+    lease_ttl: float = 10.0
+    #: distinct vantage points (nodes) that must see a machine down before it is remediated
+    confirm_from: int = Field(default=2, ge=1, le=16)
+    #: the bearer token the nodes present to each other (default: daemon.api_token_file)
+    token_file: Path | None = None
+
+    @field_validator("lease_ttl", mode="before")
+    @classmethod
+    def _ttl(cls, v: object, info: ValidationInfo) -> float:
+        seconds = _duration(v, info, at_most=300.0)
+        if seconds < 3.0:
+            raise ValueError(f"lease_ttl {v} is too short: the lease is renewed every lease_ttl / 3; use 3s or more")
+        return seconds
+
+    @field_validator("advertise")
+    @classmethod
+    def _advertise(cls, v: str | None) -> str | None:
+        return None if v is None else listen_address(v)
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("postgresql://", "postgres://")) and "=" not in v:
+            raise ValueError(
+                "store must be a PostgreSQL connection string like postgresql://healerd@db.example/healerd "
+                "(or key=value pairs: host=db dbname=healerd)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _one_store(self) -> ClusterConfig:
+        if (self.store is None) == (self.store_file is None):
+            raise ValueError("set one of store (the PostgreSQL connection string) or store_file (a file holding it)")
+        return self
 
 
 class CheckCommon(BaseModel):
@@ -316,6 +366,8 @@ class Config:
     services: dict[str, ServiceConfig]
     images: dict[str, ImageConfig] = field(default_factory=dict)
     notifiers: dict[str, NotifierConfig] = field(default_factory=dict)
+    #: None: one node on SQLite (the embedded default)
+    cluster: ClusterConfig | None = None
     check_kinds: dict[str, type[Check[Any]]] = field(default_factory=dict)
     #: not errors, but worth saying: validate and a reload print them
     warnings: tuple[str, ...] = ()

@@ -170,3 +170,17 @@ def _resolve_host(host: str, timeout: float = 2.0) -> list[str]:
     if failed:
         raise failed[0]
     return found
+
+
+def file_problem(path: Path) -> str | None:
+    """What is wrong with a small secret file (missing, unreadable, huge, not text, empty), or None."""
+    try:
+        text = _read_small(path, limit=16384)
+    except ValueError as exc:
+        return str(exc)
+    return None if text.strip() else f"{path} is empty; put the value in it"
+
+
+def read_secret(path: Path) -> str:
+    """The stripped text of a small secret file (validated by `file_problem` at load)."""
+    return _read_small(path, limit=16384).strip()

@@ -3,7 +3,7 @@
 `StateStore` (in `interface`) is what the rest of healerd may rely on; `Store` is its SQLite implementation.
 """
 
-from .database import STORE_FAULTS
+from .engine import STORE_FAULTS, Fenced
 from .interface import (
     Composed,
     Failures,
@@ -22,6 +22,7 @@ __all__ = [
     "STORE_FAULTS",
     "Composed",
     "Failures",
+    "Fenced",
     "IncidentRecord",
     "KnownGood",
     "OutboxItem",

@@ -9,20 +9,17 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
 
+from .engine import ThreadedDatabase
 from .interface import StoreError
 from .schema import MIGRATIONS, statements
 
 log = structlog.get_logger("healerd.store")
 T = TypeVar("T")
-
-#: what SQLite (or the OS under it) raises when the disk is full, read-only or gone
-STORE_FAULTS = (sqlite3.OperationalError, sqlite3.DatabaseError, OSError)
 
 
 def rollback(conn: sqlite3.Connection) -> None:
@@ -62,19 +59,15 @@ def move_aside(state_dir: Path) -> Path | None:
     return target
 
 
-class SqliteDatabase:
+class SqliteDatabase(ThreadedDatabase):
     """One connection, used only from one thread; the repositories run their statements through `call`
-    (writes) and `read` (reads), which keep track of the store's health."""
+    (writes), `read` (reads) and `fenced` (the same as `call`: one node alone is always the leader)."""
 
     def __init__(self, path: Path) -> None:
+        super().__init__(1, "healerd-store")
         self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="healerd-store")
+        self.where = {"path": str(path)}
         self._conn: sqlite3.Connection | None = None
-        #: the last store failure while it lasts (disk full, read-only): None when writes go through
-        self.fault: str | None = None
-        self.fault_since: float | None = None
-        self.errors = 0
-        self._fault_listeners: list[Callable[[str | None], None]] = []
 
     # -- lifecycle --------------------------------------------------------------------------------------
     async def open(self, then: Callable[[], None]) -> None:
@@ -145,7 +138,7 @@ class SqliteDatabase:
 
     async def close(self) -> None:
         await self.call(self._close)
-        self._executor.shutdown(wait=True)
+        self.shutdown()
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -153,25 +146,8 @@ class SqliteDatabase:
             self._conn = None
 
     # -- running statements -----------------------------------------------------------------------------
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn` (which may write) on the store's thread. A failure marks the store faulty; the next write
-        that goes through marks it healthy again."""
-        try:
-            result = await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        except STORE_FAULTS as exc:
-            self._failed(exc)
-            raise
-        if self.fault is not None:
-            self._recovered()
-        return result
-
-    async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a read on the store's thread: reads work on a full disk, so they say nothing about recovery."""
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        except STORE_FAULTS as exc:
-            self._failed(exc)
-            raise
+    def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return fn(*args)
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -193,29 +169,5 @@ class SqliteDatabase:
             rollback(conn)
             raise
 
-    # -- health ---------------------------------------------------------------------------------------------
-    def on_fault(self, listener: Callable[[str | None], None]) -> None:
-        """`listener(reason)` when the store starts failing, `listener(None)` when it works again."""
-        self._fault_listeners.append(listener)
-
-    def _failed(self, exc: BaseException) -> None:
-        self.errors += 1
-        if self.fault is None:
-            self.fault, self.fault_since = f"{type(exc).__name__}: {exc}", time.time()
-            log.error(
-                "the state store is failing; monitoring and alerting go on, writes are retried",
-                path=str(self.path),
-                error=self.fault,
-            )
-            for listener in self._fault_listeners:
-                listener(self.fault)
-
-    def _recovered(self) -> None:
-        log.warning(
-            "the state store works again",
-            path=str(self.path),
-            failed_for=round(time.time() - (self.fault_since or 0), 1),
-        )
-        self.fault = self.fault_since = None
-        for listener in self._fault_listeners:
-            listener(None)
+    def json_text(self, column: str, key: str) -> str:
+        return f"json_extract({column}, '$.{key}')"

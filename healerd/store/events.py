@@ -6,16 +6,15 @@ Events are buffered like results and written by `Store.flush`; a failed write ke
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..events import Event
-from .database import SqliteDatabase
+from .engine import Connection, ThreadedDatabase
 
 
-class SqliteEvents:
-    def __init__(self, db: SqliteDatabase, log_size: int, flush: Callable[[], Awaitable[None]]) -> None:
+class Events:
+    def __init__(self, db: ThreadedDatabase, log_size: int, flush: Callable[[], Awaitable[None]]) -> None:
         self._db = db
         self.log_size = log_size
         self._flush = flush
@@ -34,13 +33,13 @@ class SqliteEvents:
         self._pending[:0] = events
 
     @staticmethod
-    def write(conn: sqlite3.Connection, events: list[Event]) -> None:
+    def write(conn: Connection, events: list[Event]) -> None:
         """Inside the flush transaction; an event already stored (same id) is not stored twice."""
         if not events:
             return
         conn.executemany(
-            "INSERT OR IGNORE INTO events (id, ts, type, service, machine, check_name, incident, severity,"
-            " status, summary, details) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO events (id, ts, type, service, machine, check_name, incident, severity,"
+            " status, summary, details) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING",
             [
                 (
                     e.id,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .database import SqliteDatabase
+from .engine import ThreadedDatabase
 from .interface import KnownGood
 
 
-class SqliteImages:
-    def __init__(self, db: SqliteDatabase) -> None:
+class Images:
+    def __init__(self, db: ThreadedDatabase) -> None:
         self._db = db
 
     async def get(self, family: str) -> KnownGood | None:
@@ -17,8 +17,10 @@ class SqliteImages:
         return KnownGood(row[0], row[1]) if row else None
 
     async def save(self, family: str, known_good: str, seeded: str, now: float) -> None:
-        await self._db.call(
+        await self._db.fenced(
             lambda: self._db.conn.execute(
-                "INSERT OR REPLACE INTO images VALUES (?,?,?,?)", (family, known_good, seeded, now)
+                "INSERT INTO images (family, known_good, seeded, updated_at) VALUES (?,?,?,?) ON CONFLICT (family)"
+                " DO UPDATE SET known_good=excluded.known_good, seeded=excluded.seeded, updated_at=excluded.updated_at",
+                (family, known_good, seeded, now),
             )
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .database import SqliteDatabase
+from .engine import ThreadedDatabase
 from .interface import Failures, IncidentRecord
 
 _COLS = (
@@ -17,12 +17,15 @@ _COLS = (
 )
 
 
+_UPDATE = ", ".join(f"{c}=excluded.{c}" for c in _COLS.split(", ")[1:])
+
+
 def _incident(row: tuple[Any, ...]) -> IncidentRecord:
     return IncidentRecord._make((*row[:11], json.loads(row[11])))
 
 
-class SqliteIncidents:
-    def __init__(self, db: SqliteDatabase) -> None:
+class Incidents:
+    def __init__(self, db: ThreadedDatabase) -> None:
         self._db = db
 
     # -- incidents --------------------------------------------------------------------------------------
@@ -32,9 +35,11 @@ class SqliteIncidents:
     async def save(self, incident: IncidentRecord) -> None:
         """Insert or replace the whole incident."""
         row = (*incident[:11], json.dumps(incident.details, default=str))
-        await self._db.call(
+        await self._db.fenced(
             lambda: self._db.conn.execute(
-                f"INSERT OR REPLACE INTO incidents ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row
+                f"INSERT INTO incidents ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+                f" ON CONFLICT (id) DO UPDATE SET {_UPDATE}",
+                row,
             )
         )
 
@@ -82,7 +87,7 @@ class SqliteIncidents:
 
     async def start_step(self, incident: str, idx: int, action: str, state: str, attempts: int, now: float) -> None:
         """A step (re)starts: its end, outcome and error are cleared; outputs of an earlier attempt stay."""
-        await self._db.call(
+        await self._db.fenced(
             lambda: self._db.conn.execute(
                 "INSERT INTO steps (incident, idx, action, state, attempts, started_at) VALUES (?,?,?,?,?,?)"
                 " ON CONFLICT (incident, idx) DO UPDATE SET state=excluded.state, attempts=excluded.attempts,"
@@ -95,7 +100,7 @@ class SqliteIncidents:
         self, incident: str, idx: int, state: str, now: float, outputs: dict[str, Any], error: str | None
     ) -> None:
         encoded = json.dumps(outputs, default=str)
-        await self._db.call(
+        await self._db.fenced(
             lambda: self._db.conn.execute(
                 "UPDATE steps SET state=?, ended_at=?, outputs=?, error=? WHERE incident=? AND idx=?",
                 (state, now, encoded, error, incident, idx),
@@ -104,7 +109,7 @@ class SqliteIncidents:
 
     async def mark_running_steps_interrupted(self, incident: str, now: float) -> None:
         """The steps still `running` were cut short (a crash, a stop): they are run again on resume."""
-        await self._db.call(
+        await self._db.fenced(
             lambda: self._db.conn.execute(
                 "UPDATE steps SET state='interrupted', ended_at=? WHERE incident=? AND state='running'",
                 (now, incident),
@@ -120,9 +125,10 @@ class SqliteIncidents:
         await self._log(service, machine, now, "failed", incident)
 
     async def _log(self, service: str, machine: str, now: float, kind: str, incident: str | None) -> None:
-        await self._db.call(
+        await self._db.fenced(
             lambda: self._db.conn.execute(
-                "INSERT INTO remediation_log VALUES (?,?,?,?,?)", (service, machine, now, kind, incident)
+                "INSERT INTO remediation_log (service, machine, ts, kind, incident) VALUES (?,?,?,?,?)",
+                (service, machine, now, kind, incident),
             )
         )
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..machines import Lifecycle, Machine
-from .database import SqliteDatabase
+from .engine import ThreadedDatabase
 
 _COLS = "service, id, address, lifecycle, attributes"
 
@@ -16,8 +16,8 @@ def _machine(row: tuple[Any, ...]) -> Machine:
     return Machine(row[0], row[1], row[2], Lifecycle(row[3]), json.loads(row[4]))
 
 
-class SqliteMachines:
-    def __init__(self, db: SqliteDatabase) -> None:
+class Machines:
+    def __init__(self, db: ThreadedDatabase) -> None:
         self._db = db
 
     async def save(self, machines: Sequence[Machine], provider: str, now: float) -> None:
@@ -30,13 +30,14 @@ class SqliteMachines:
         def write() -> None:
             with self._db.transaction() as conn:
                 conn.executemany(
-                    "INSERT INTO machines VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (service, id) DO UPDATE SET"
+                    "INSERT INTO machines (service, id, address, lifecycle, provider, attributes, created_at,"
+                    " updated_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (service, id) DO UPDATE SET"
                     " address=excluded.address, lifecycle=excluded.lifecycle, provider=excluded.provider,"
                     " attributes=excluded.attributes, updated_at=excluded.updated_at",
                     rows,
                 )
 
-        await self._db.call(write)
+        await self._db.fenced(write)
 
     async def upsert(self, machine: Machine, provider: str, now: float) -> None:
         await self.save([machine], provider, now)
@@ -64,7 +65,8 @@ class SqliteMachines:
 
         def q() -> list[Machine]:
             rows = self._db.conn.execute(
-                f"SELECT {_COLS} FROM machines WHERE json_extract(attributes, '$.launched_for') = ?", (incident,)
+                f"SELECT {_COLS} FROM machines WHERE {self._db.json_text('attributes', 'launched_for')} = ?",
+                (incident,),
             )
             return [_machine(r) for r in rows]
 
@@ -94,4 +96,4 @@ class SqliteMachines:
                     conn.executemany("DELETE FROM machines WHERE service = ? AND id = ?", gone)
                     conn.executemany("DELETE FROM results WHERE service = ? AND machine = ?", gone)
 
-        await self._db.call(q)
+        await self._db.fenced(q)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 
-from .database import SqliteDatabase
+from .engine import Connection, ThreadedDatabase
 
 
-class SqliteMeta:
-    def __init__(self, db: SqliteDatabase) -> None:
+class Meta:
+    def __init__(self, db: ThreadedDatabase) -> None:
         self._db = db
 
     async def get(self, key: str) -> str | None:
@@ -22,6 +21,9 @@ class SqliteMeta:
         await self._db.call(lambda: self.write(self._db.conn, {key: value}))
 
     @staticmethod
-    def write(conn: sqlite3.Connection, values: Mapping[str, str]) -> None:
+    def write(conn: Connection, values: Mapping[str, str]) -> None:
         """On the store's thread, alone or inside another repository's transaction."""
-        conn.executemany("INSERT OR REPLACE INTO meta VALUES (?,?)", list(values.items()))
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?,?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+            list(values.items()),
+        )

@@ -10,9 +10,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from .database import SqliteDatabase
+from .engine import ThreadedDatabase
 from .interface import Compose, OutboxItem, PendingMessage
-from .meta import SqliteMeta
+from .meta import Meta
 
 _MESSAGE_COLS = (
     "id, notifier, service, state, attempts, created_at, updated_at, delivered_at, last_status, last_error, events"
@@ -23,8 +23,8 @@ _INSERT_MESSAGE = (
 )
 
 
-class SqliteOutbox:
-    def __init__(self, db: SqliteDatabase) -> None:
+class Outbox:
+    def __init__(self, db: ThreadedDatabase) -> None:
         self._db = db
 
     # -- items ----------------------------------------------------------------------------------------------
@@ -71,16 +71,16 @@ class SqliteOutbox:
                 )
                 conn.executemany("UPDATE outbox_items SET message=? WHERE seq=?", [(message_id, s) for s, _ in items])
                 if made.meta:
-                    SqliteMeta.write(conn, made.meta)
+                    Meta.write(conn, made.meta)
                 return len(items)
 
-        return await self._db.call(write)
+        return await self._db.fenced(write)
 
     # -- messages -------------------------------------------------------------------------------------------
     async def add_message(self, message_id: str, notifier: str, service: str, now: float, payload: Any) -> None:
         """A message made of no outbox item (Alertmanager's periodic re-post)."""
         row = (message_id, notifier, service, now, now, now, json.dumps(payload), 0)
-        await self._db.call(lambda: self._db.conn.execute(_INSERT_MESSAGE, row))
+        await self._db.fenced(lambda: self._db.conn.execute(_INSERT_MESSAGE, row))
 
     async def next_pending(self, notifier: str) -> PendingMessage | None:
         """The oldest pending message of the notifier (due or not): per notifier, messages go out in order."""
@@ -104,7 +104,7 @@ class SqliteOutbox:
         error: str | None,
         delivered_at: float | None,
     ) -> None:
-        await self._db.call(
+        await self._db.fenced(
             lambda: self._db.conn.execute(
                 "UPDATE outbox SET state=?, attempts=?, next_attempt_at=?, updated_at=?, last_status=?,"
                 " last_error=?, delivered_at=? WHERE id=?",

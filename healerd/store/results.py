@@ -6,19 +6,24 @@ The hot path only appends to a buffer; `Store.flush` writes it (with the events)
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..health import CheckKey
 from ..results import CheckResult, PerfDatum, Status
-from .database import SqliteDatabase
+from .engine import Connection, ThreadedDatabase
 
+_UPSERT = (
+    "INSERT INTO results (service, machine, check_name, slot, seq, ts, status, message, duration, metrics)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (service, machine, check_name, slot) DO UPDATE SET seq=excluded.seq,"
+    " ts=excluded.ts, status=excluded.status, message=excluded.message, duration=excluded.duration,"
+    " metrics=excluded.metrics"
+)
 ResultRow = tuple[str, str, str, int, int, float, int, str, float, str]
 
 
-class SqliteResults:
-    def __init__(self, db: SqliteDatabase, history: int, flush: Callable[[], Awaitable[None]]) -> None:
+class Results:
+    def __init__(self, db: ThreadedDatabase, history: int, flush: Callable[[], Awaitable[None]]) -> None:
         self._db = db
         self.keep = history  # results kept per check
         self._flush = flush
@@ -51,10 +56,10 @@ class SqliteResults:
         return rows
 
     @staticmethod
-    def write(conn: sqlite3.Connection, rows: list[ResultRow]) -> None:
+    def write(conn: Connection, rows: list[ResultRow]) -> None:
         """Inside the flush transaction."""
         if rows:
-            conn.executemany("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            conn.executemany(_UPSERT, rows)
 
     def load_sequences(self) -> None:
         """On open, on the store's thread: numbering goes on where it stopped."""

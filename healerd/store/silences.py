@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .database import SqliteDatabase
+from .engine import ThreadedDatabase
 
 
-class SqliteSilences:
-    def __init__(self, db: SqliteDatabase) -> None:
+class Silences:
+    def __init__(self, db: ThreadedDatabase) -> None:
         self._db = db
 
     async def add(
@@ -24,7 +24,8 @@ class SqliteSilences:
         """`service`/`machine` None: every service/machine."""
         await self._db.call(
             lambda: self._db.conn.execute(
-                "INSERT INTO silences VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO silences (id, service, machine, starts_at, ends_at, comment, created_by)"
+                " VALUES (?,?,?,?,?,?,?)",
                 (sid, service, machine, starts_at, ends_at, comment, created_by),
             )
         )
@@ -32,7 +33,7 @@ class SqliteSilences:
     async def delete(self, sid: str) -> bool:
         """False when there was no such silence."""
         deleted = await self._db.call(lambda: self._db.conn.execute("DELETE FROM silences WHERE id=?", (sid,)).rowcount)
-        return deleted > 0
+        return int(deleted) > 0
 
     async def active(self, now: float) -> list[dict[str, Any]]:
         """Silences not yet ended at `now` (those starting later included)."""

@@ -1,0 +1,75 @@
+"""What every state store is made of: the repositories over one database engine, the engine's health, and the
+batch that writes buffered results and events in one transaction. `Store` (SQLite) and `PgStore` (PostgreSQL)
+add how they open."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..events import Event
+from .engine import ThreadedDatabase
+from .events import Events
+from .images import Images
+from .incidents import Incidents
+from .machines import Machines
+from .meta import Meta
+from .outbox import Outbox
+from .results import ResultRow, Results
+from .silences import Silences
+
+
+class BaseStore:
+    """Every repository is an attribute (`store.incidents.save(…)`)."""
+
+    def __init__(self, db: ThreadedDatabase, history: int, event_log_size: int) -> None:
+        self._db = db
+        self.machines = Machines(db)
+        self.results = Results(db, history, self.flush)
+        self.events = Events(db, event_log_size, self.flush)
+        self.incidents = Incidents(db)
+        self.images = Images(db)
+        self.silences = Silences(db)
+        self.meta = Meta(db)
+        self.outbox = Outbox(db)
+
+    @property
+    def db(self) -> ThreadedDatabase:
+        return self._db
+
+    # -- health ---------------------------------------------------------------------------------------------
+    @property
+    def fault(self) -> str | None:
+        """The last store failure while it lasts (disk full, read-only, server away): None when writes go through."""
+        return self._db.fault
+
+    @property
+    def fault_since(self) -> float | None:
+        return self._db.fault_since
+
+    @property
+    def errors(self) -> int:
+        """Failed operations since start."""
+        return self._db.errors
+
+    def on_fault(self, listener: Callable[[str | None], None]) -> None:
+        """`listener(reason)` when the store starts failing, `listener(None)` when it works again."""
+        self._db.on_fault(listener)
+
+    # -- the batch ------------------------------------------------------------------------------------------
+    async def flush(self) -> None:
+        """Write the buffered results and events in one transaction. On failure the events are kept for the
+        next flush; the results are not (newer ones supersede them)."""
+        results = self.results.take()
+        events = self.events.take()
+        if not results and not events:
+            return
+        try:
+            await self._db.call(self._write_batch, results, events)
+        except Exception:
+            self.events.put_back(events)
+            raise
+
+    def _write_batch(self, results: list[ResultRow], events: list[Event]) -> None:
+        with self._db.transaction() as conn:
+            Results.write(conn, results)
+            Events.write(conn, events)

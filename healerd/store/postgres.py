@@ -1,0 +1,206 @@
+"""The state store on PostgreSQL, shared by the nodes of a cluster (DESIGN §14).
+
+The repositories are SQLite's: the connection adapter turns their `?` placeholders into psycopg's, and each
+`call` is one transaction on a connection of psycopg's pool, run on the store's threads. Leader-only writes
+(`fenced`) first read the lease row FOR SHARE in the same transaction: a takeover cannot slip between the
+check and the write, and a node whose epoch is not the newest is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg.conninfo
+import structlog
+from psycopg_pool import ConnectionPool
+
+from .base import BaseStore
+from .engine import Connection, Fenced, ThreadedDatabase
+from .interface import StoreError
+from .pg_schema import MIGRATIONS
+
+log = structlog.get_logger("healerd.store")
+T = TypeVar("T")
+
+WORKERS = 4
+CONNECT_TIMEOUT = 5.0
+#: no statement of healerd's may hold a connection longer (a lock wait, a server in trouble)
+STATEMENT_TIMEOUT_MS = 15_000
+_LOCK_SCHEMA = "SELECT pg_advisory_xact_lock(hashtext('healerd schema'))"
+
+
+def redact(dsn: str) -> str:
+    """The connection string without its password, for messages and logs."""
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "(a connection string that does not parse)"
+    parts.pop("password", None)
+    return " ".join(f"{k}={v}" for k, v in parts.items() if v is not None)
+
+
+@functools.lru_cache(maxsize=512)
+def _placeholders(sql: str) -> str:
+    return sql.replace("?", "%s")
+
+
+class _Adapter:
+    """psycopg's connection with the sqlite3 calls the repositories make."""
+
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        return self.raw.execute(_placeholders(sql), parameters or None)
+
+    def executemany(self, sql: str, parameters: Any, /) -> Any:
+        cur = self.raw.cursor()
+        cur.executemany(_placeholders(sql), list(parameters))
+        return cur
+
+
+class PgDatabase(ThreadedDatabase):
+    def __init__(self, dsn: str, node: str) -> None:
+        super().__init__(WORKERS, "healerd-pg")
+        self.dsn = dsn
+        self.node = node
+        self.where = {"store": redact(dsn)}
+        #: the leader epoch this node holds (set by the cluster's lease), None when it does not lead
+        self.epoch: int | None = None
+        self._fenced_listeners: list[Callable[[str], None]] = []
+        self._local = threading.local()
+        self._pool = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=WORKERS,
+            open=False,
+            timeout=CONNECT_TIMEOUT * 2,
+            name=f"healerd-{node}",
+            kwargs={
+                "application_name": f"healerd/{node}",
+                "connect_timeout": int(CONNECT_TIMEOUT),
+                "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+            },
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    async def open(self, then: Callable[[], None]) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._open, then)
+        except psycopg.Error as exc:
+            raise StoreError(self.explain(exc)) from None
+        except psycopg.pool.PoolTimeout as exc:  # type: ignore[attr-defined]
+            raise StoreError(self.explain(exc)) from None
+
+    def explain(self, exc: BaseException) -> str:
+        text = str(exc).strip().replace("\n", " ") or type(exc).__name__
+        return (
+            f"cannot use the PostgreSQL store {redact(self.dsn)}: {text}. Check cluster.store (host, port, "
+            "database, user; the password in ~/.pgpass or the DSN), that the server accepts this host "
+            "(pg_hba.conf), and that the role may create tables in the database (docs/cluster.md)"
+        )
+
+    def _open(self, then: Callable[[], None]) -> None:
+        self._pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
+        with self._pool.connection() as conn:
+            conn.execute(_LOCK_SCHEMA)
+            conn.execute("CREATE TABLE IF NOT EXISTS healerd_schema (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT max(version) FROM healerd_schema").fetchone()
+            version = int(row[0]) if row and row[0] is not None else 0
+            if version > len(MIGRATIONS):
+                raise StoreError(
+                    f"the PostgreSQL store {redact(self.dsn)} was written by a newer healerd (schema {version}, this "
+                    f"one knows {len(MIGRATIONS)}); upgrade this node (docs/cluster.md: upgrading node by node)"
+                )
+            for i in range(version, len(MIGRATIONS)):
+                conn.execute(MIGRATIONS[i])
+                conn.execute("INSERT INTO healerd_schema VALUES (%s)", (i + 1,))
+                log.info("state store migrated", schema=i + 1, store=redact(self.dsn))
+        self._run(then)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._pool.close)
+        self.shutdown()
+
+    # -- running statements -----------------------------------------------------------------------------
+    def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._pool.connection() as raw:  # commits when fn returns, rolls back when it raises
+            self._local.conn = _Adapter(raw)
+            try:
+                return fn(*args)
+            finally:
+                self._local.conn = None
+
+    @property
+    def conn(self) -> Connection:
+        conn: _Adapter | None = getattr(self._local, "conn", None)
+        if conn is None:
+            raise RuntimeError("the PostgreSQL store is used outside of call/read")
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self, immediate: bool = False) -> Iterator[Connection]:
+        adapter = self.conn
+        assert isinstance(adapter, _Adapter)
+        with adapter.raw.transaction():  # a savepoint: `call` already runs in a transaction
+            yield adapter
+
+    def json_text(self, column: str, key: str) -> str:
+        return f"({column}::jsonb ->> '{key}')"
+
+    # -- fencing --------------------------------------------------------------------------------------------
+    def on_fenced(self, listener: Callable[[str], None]) -> None:
+        """`listener(reason)` (on the event loop) when a leader-only write of this node was refused."""
+        self._fenced_listeners.append(listener)
+
+    def _fence(self) -> None:
+        row = self.conn.execute("SELECT holder, epoch FROM cluster_lease WHERE name = 'leader' FOR SHARE").fetchone()
+        mine = self.epoch
+        if mine is not None and row is not None and row[0] == self.node and int(row[1]) == mine:
+            return
+        if mine is None:
+            reason = "this node does not hold the leader lease"
+        elif row is None:
+            reason = f"no leader lease exists (this node had epoch {mine})"
+        else:
+            reason = f"epoch {mine} is older than the cluster's {int(row[1])} (held by {row[0]})"
+        raise Fenced(f"leader-only write refused: {reason}")
+
+    async def fenced(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await super().fenced(fn, *args)
+        except Fenced as exc:
+            log.error(str(exc), node=self.node, hint="another node leads now; this one steps down")
+            for listener in self._fenced_listeners:
+                listener(str(exc))
+            raise
+
+
+class PgStore(BaseStore):
+    """`PgStore(dsn, node)`, then `await open()`: the cluster's shared store."""
+
+    def __init__(self, dsn: str, node: str, history: int = 30, event_log_size: int = 100_000) -> None:
+        self.pg = PgDatabase(dsn, node)
+        super().__init__(self.pg, history, event_log_size)
+
+    @property
+    def where(self) -> str:
+        return redact(self.pg.dsn)
+
+    async def open(self) -> None:
+        await self.pg.open(then=self.results.load_sequences)
+
+    async def open_readonly(self) -> bool:
+        await self.open()
+        return True
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.flush()
+        await self.pg.close()
