@@ -27,14 +27,14 @@ from .store import STORE_FAULTS, Composed, OutboxItem
 if TYPE_CHECKING:
     from .config import Config
     from .metrics import Metrics
-    from .store import Store
+    from .store import BaseStore
 
 log = structlog.get_logger("healerd.alerting")
 GROUP_TICK = 0.25  # the finest granularity of group_wait
 
 
 class Alerting:
-    def __init__(self, store: Store, metrics: Metrics, base_url: str) -> None:
+    def __init__(self, store: BaseStore, metrics: Metrics, base_url: str) -> None:
         self.store = store
         self.metrics = metrics
         self.base_url = base_url
@@ -49,6 +49,8 @@ class Alerting:
         self._unwritten: list[Event] = []  # routed, not yet committed to the outbox (kept across store failures)
         self._write_backoff = 0.25
         self._regroup = asyncio.Event()  # items entered the outbox, or group_wait may have changed
+        self._leading: list[asyncio.Task[None]] = []  # grouping and re-posting, while this node delivers
+        self._poll: float | None = None
 
     # -- configuration ----------------------------------------------------------------------------------
     def configure(self, config: Config) -> None:
@@ -71,20 +73,38 @@ class Alerting:
             self._start_workers()
 
     # -- lifecycle --------------------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, lead: bool = True) -> None:
+        """Route events into the outbox; with `lead` (alone, or the cluster's leader) also deliver it."""
+        self._session = aiohttp.ClientSession(headers={"User-Agent": "healerd"})
+        self._tasks = [asyncio.create_task(self._writer(), name="healerd-outbox-writer")]
+        if lead:
+            await self.lead()
+
+    async def lead(self, poll: float | None = None) -> None:
+        """Group, re-post and deliver the outbox (the cluster's leader does; `poll`: look for items other
+        nodes enqueued every so many seconds)."""
+        self._poll = poll
         for n in self.notifiers.values():
             if isinstance(n, AlertmanagerNotifier):
                 n.load_state(await self.store.meta.get(f"alertmanager:{n.name}"))
-        self._session = aiohttp.ClientSession(headers={"User-Agent": "healerd"})
-        self._tasks = [
-            asyncio.create_task(self._writer(), name="healerd-outbox-writer"),
+        self._leading = [
             asyncio.create_task(self._grouper(), name="healerd-outbox-grouper"),
             asyncio.create_task(self._reposter(), name="healerd-alertmanager-repost"),
         ]
         self._start_workers()
         await self.update_depth()
 
+    async def follow(self) -> None:
+        """Stop delivering (another node leads): messages stay in the outbox for the new leader."""
+        tasks = [*self._leading, *self._workers.values()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._leading, self._workers = [], {}
+
     def _start_workers(self) -> None:
+        if not self._leading:
+            return
         for name in self.notifiers:
             if name not in self._workers or self._workers[name].done():
                 self._wake[name] = asyncio.Event()
@@ -97,14 +117,15 @@ class Alerting:
         """Write what is queued, give pending deliveries `flush_for` seconds, then stop."""
         deadline = time.monotonic() + flush_for
         await self._drain_queue()
-        with contextlib.suppress(Exception):
-            await self._group_once(time.time(), force=True)
-        while time.monotonic() < deadline and await self._pending_due():  # noqa: ASYNC110 (polls the store)
+        if self._leading:  # a follower leaves the outbox to the leader
+            with contextlib.suppress(Exception):
+                await self._group_once(time.time(), force=True)
+        while self._leading and time.monotonic() < deadline and await self._pending_due():  # noqa: ASYNC110 (polls the store)
             await asyncio.sleep(0.1)
-        for t in [*self._tasks, *self._workers.values()]:
+        for t in [*self._tasks, *self._leading, *self._workers.values()]:
             t.cancel()
-        await asyncio.gather(*self._tasks, *self._workers.values(), return_exceptions=True)
-        self._tasks, self._workers = [], {}
+        await asyncio.gather(*self._tasks, *self._leading, *self._workers.values(), return_exceptions=True)
+        self._tasks, self._leading, self._workers = [], [], {}
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -171,6 +192,8 @@ class Alerting:
             self._regroup.clear()
             try:
                 delay = await self._group_once(time.time())
+                if self._poll is not None:
+                    delay = self._poll if delay is None else min(delay, self._poll)
             except asyncio.CancelledError:
                 raise
             except STORE_FAULTS:  # the store said so once; the items stay in the outbox, grouped next time

@@ -38,11 +38,12 @@ from .api_models import (
 
 if TYPE_CHECKING:
     from .alerting import Alerting
+    from .cluster import Cluster
     from .config import Config
     from .metrics import Metrics
     from .monitor import Monitor
     from .remediation import RemediationEngine
-    from .store import Store
+    from .store import BaseStore
 
 
 @dataclass
@@ -51,13 +52,15 @@ class ApiSettings:
 
     config: Config
     api_token: str | None
+    #: the cluster this node is part of (None: alone)
+    cluster: Cluster | None = None
 
 
 #: one typed key per component the API reads: the API depends on them, not on the daemon
 SETTINGS: web.AppKey[ApiSettings] = web.AppKey("settings", ApiSettings)
 MONITOR: web.AppKey[Monitor] = web.AppKey("monitor")
 ENGINE: web.AppKey[RemediationEngine] = web.AppKey("remediation")
-STORE: web.AppKey[Store] = web.AppKey("store")
+STORE: web.AppKey[BaseStore] = web.AppKey("store")
 ALERTING: web.AppKey[Alerting] = web.AppKey("alerting")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -281,7 +284,7 @@ async def _read_body(request: web.Request) -> bytes:
     return b"".join(chunks)
 
 
-async def _body(request: web.Request, model: type[M]) -> M:
+async def body_of(request: web.Request, model: type[M]) -> M:
     return parse_body(model, decode_json(await _read_body(request)))
 
 
@@ -404,6 +407,9 @@ async def status_page(request: web.Request) -> web.Response:
                 f"<td style='color:{colour}'>{esc(mv['condition'])}</td><td>{checks}</td></tr>"
             )
         rows.append("</table>")
+    cluster = request.app[SETTINGS].cluster
+    if cluster is not None:
+        rows.insert(0, f"<p>{esc(cluster.line())}</p>")
     engine = request.app[ENGINE]
     incidents_open = sorted(engine.incidents.values(), key=lambda i: i.opened_at, reverse=True)
     if incidents_open:
@@ -425,8 +431,8 @@ async def status_page(request: web.Request) -> web.Response:
         rows.insert(
             0,
             "<p style='background:#cf222e;color:#fff;padding:6px'><b>The state store is failing</b> "
-            f"({esc(store.fault)}): checks and alerts go on, writes are retried. Free space in "
-            f"{esc(str(store.path.parent))}.</p>",
+            f"({esc(store.fault)}): checks and alerts go on, writes are retried. "
+            f"{esc(store.remedy)}</p>",
         )
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='5'>"
@@ -461,7 +467,7 @@ async def incident(request: web.Request) -> web.Response:
 
 async def incident_resolve(request: web.Request) -> web.Response:
     _query(request, NoQuery)
-    body = await _body(request, Resolve)
+    body = await body_of(request, Resolve)
     engine = request.app[ENGINE]
     try:
         return json_response(await engine.resolve_by_hand(request.match_info["id"], body.by))
@@ -478,7 +484,7 @@ async def quarantine(request: web.Request) -> web.Response:
 
 async def quarantine_release(request: web.Request) -> web.Response:
     _query(request, NoQuery)
-    body = await _body(request, Release)
+    body = await body_of(request, Release)
     engine = request.app[ENGINE]
     try:
         return json_response(await engine.release(request.match_info["machine"], body.to_rotation, body.timeout))
@@ -490,7 +496,7 @@ async def quarantine_release(request: web.Request) -> web.Response:
 
 async def quarantine_terminate(request: web.Request) -> web.Response:
     _query(request, NoQuery)
-    await _body(request, NoBody)
+    await body_of(request, NoBody)
     engine = request.app[ENGINE]
     try:
         return json_response(await engine.terminate(request.match_info["machine"]))
@@ -505,7 +511,7 @@ async def get_mode(request: web.Request) -> web.Response:
 
 async def set_mode(request: web.Request) -> web.Response:
     _query(request, NoQuery)
-    change = await _body(request, ModeChange)
+    change = await body_of(request, ModeChange)
     settings = request.app[SETTINGS]
     engine = request.app[ENGINE]
     if change.service is not None and change.service not in settings.config.services:
@@ -524,7 +530,7 @@ async def silences(request: web.Request) -> web.Response:
 
 async def add_silence(request: web.Request) -> web.Response:
     _query(request, NoQuery)
-    body = await _body(request, SilenceCreate)
+    body = await body_of(request, SilenceCreate)
     settings = request.app[SETTINGS]
     if body.service is not None and body.service not in settings.config.services:
         return json_error(404, "unknown service", f"no service named {body.service!r}; see GET /api/v1/services")
@@ -536,7 +542,7 @@ async def add_silence(request: web.Request) -> web.Response:
 
 async def delete_silence(request: web.Request) -> web.Response:
     _query(request, NoQuery)
-    await _body(request, NoBody)
+    await body_of(request, NoBody)
     if not await request.app[ENGINE].delete_silence(request.match_info["id"]):
         return json_error(404, "unknown silence", f"no silence {request.match_info['id']!r}; see GET /api/v1/silences")
     return json_response({"deleted": request.match_info["id"]})

@@ -240,6 +240,13 @@ class Resolve(Body):
     by: Text200 = ""
 
 
+class Probe(Body):
+    """POST /api/v1/cluster/probe: the leader asks this node to run a machine's checks now."""
+
+    service: Text200
+    machine: Text200
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Query strings (values arrive as strings)
 

@@ -14,7 +14,7 @@ from .config import Config, Mode
 from .events import new_id
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .store import BaseStore
 
 log = structlog.get_logger("healerd.remediation")
 
@@ -28,7 +28,7 @@ class Controls:
     """Mode precedence, highest first: a per-service switch at run time, the global switch at run time,
     `healerd run --mode`, the service's `remediation.mode`, `daemon.mode`."""
 
-    def __init__(self, config: Config, store: Store, cli_mode: Mode | None, wake: Callable[[], None]) -> None:
+    def __init__(self, config: Config, store: BaseStore, cli_mode: Mode | None, wake: Callable[[], None]) -> None:
         self.config = config
         self.store = store
         self.cli_mode = cli_mode

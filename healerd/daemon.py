@@ -15,10 +15,12 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from . import api, openfiles
+from . import api, api_cluster, openfiles
 from .alerting import Alerting
 from .checks import CheckEnv
+from .cluster import Cluster
 from .config import Config, ConfigError, Mode, load_config
+from .config.network import read_secret
 from .events import Event, EventBus, EventType, Severity
 from .health import HealthBook
 from .log import configure as configure_logging
@@ -26,7 +28,8 @@ from .log import log_event
 from .metrics import Metrics
 from .monitor import Monitor
 from .remediation import RemediationEngine
-from .store import STORE_FAULTS, Store, StoreError
+from .store import STORE_FAULTS, BaseStore, Store, StoreError
+from .store.postgres import PgStore
 from .systemd import Notifier as SystemdNotifier
 
 log = structlog.get_logger("healerd.daemon")
@@ -46,7 +49,14 @@ class Daemon:
         self.metrics = Metrics()
         self.bus = EventBus()
         self.book = HealthBook()
-        self.store = Store(config.daemon.state_dir, config.daemon.history, config.daemon.event_log_size)
+        self.store: BaseStore
+        cluster = config.cluster
+        if cluster is None:
+            self.store = Store(config.daemon.state_dir, config.daemon.history, config.daemon.event_log_size)
+        else:
+            dsn = cluster.store if cluster.store_file is None else read_secret(cluster.store_file)
+            assert dsn is not None  # the config has one of store, store_file
+            self.store = PgStore(dsn, cluster.node, config.daemon.history, config.daemon.event_log_size)
         self.env = CheckEnv(
             tuple(config.daemon.check_paths), config.base_dir, max_concurrent=config.daemon.max_concurrent_checks
         )
@@ -60,7 +70,21 @@ class Daemon:
             config, self.monitor, self.store, self.bus, self.metrics, mode, crash_at=crash_at
         )
         self.api_token = _read_token(config)
-        self.api_settings = api.ApiSettings(config, self.api_token)
+        self.cluster: Cluster | None = None
+        if cluster is not None:
+            assert isinstance(self.store, PgStore)
+            self.cluster = Cluster(
+                cluster,
+                self.store.pg.dsn,
+                cluster.advertise or config.daemon.listen,
+                self.store,
+                self.monitor,
+                self.metrics,
+                lambda: self.api_token,
+                scheme,
+            )
+            self.remediation.join_cluster(self.cluster.acting, self.cluster.confirm)
+        self.api_settings = api.ApiSettings(config, self.api_token, self.cluster)
         self.stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self.last_reload_error: str | None = None
@@ -78,9 +102,9 @@ class Daemon:
         if reason:
             self.metrics.counter("store_errors").inc()
         summary = (
-            f"the state store {self.store.path} is failing ({reason}); checks and alerts go on, writes are retried"
+            f"the state store {self.store.where} is failing ({reason}); checks and alerts go on, writes are retried"
             if reason
-            else f"the state store {self.store.path} works again"
+            else f"the state store {self.store.where} works again"
         )
         self.bus.publish(
             Event(
@@ -90,7 +114,7 @@ class Daemon:
                 time.time(),
                 severity=Severity.CRITICAL if reason else Severity.INFO,
                 firing=reason is not None,
-                details={"path": str(self.store.path), "error": reason},
+                details={"path": self.store.where, "error": reason},
             )
         )
 
@@ -104,8 +128,15 @@ class Daemon:
             await flusher
         await self.store.close()
 
+    async def _cluster_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """Join before the checks are bound (this node learns its shard); leave after they stop."""
+        assert self.cluster is not None
+        await self.cluster.join()
+        yield
+        await self.cluster.stop()
+
     async def _alerting_ctx(self, app: web.Application) -> AsyncIterator[None]:
-        await self.alerting.start()
+        await self.alerting.start(lead=self.cluster is None)
         yield
         await self.alerting.stop(flush_for=ALERT_FLUSH_SECONDS)
 
@@ -135,9 +166,27 @@ class Daemon:
         problems = self.remediation.load_playbooks(self.config)
         if problems:
             raise RuntimeError("playbooks: " + "; ".join(problems))
+        if self.cluster is not None:  # only the leader remediates: it starts when this node takes the lease
+            self.remediation.config = self.config
+            self.cluster.run(self._lead, self._follow)
+            yield
+            await self.cluster.stop()  # steps down first (another node takes over now), stopping the engine
+            return
         await self.remediation.apply(self.config)
         await self.remediation.start()
         yield
+        await self.remediation.stop()
+
+    async def _lead(self, epoch: int) -> None:
+        """This node took the cluster's lease: write the fleet's records, resume the journal, deliver alerts."""
+        await self.monitor.apply(self.config)
+        await self.remediation.apply(self.config)
+        await self.remediation.start()
+        await self.alerting.lead(poll=1.0)
+        log.info("leading: remediation, fleet fill, retention and the outbox run on this node", epoch=epoch)
+
+    async def _follow(self) -> None:
+        await self.alerting.follow()
         await self.remediation.stop()
 
     async def _flush_loop(self) -> None:
@@ -152,20 +201,22 @@ class Daemon:
             except STORE_FAULTS:  # a full disk must not stop monitoring: the store said so once; retried
                 self.metrics.counter("store_errors").inc()
             except Exception:
-                log.exception("writing to the state store failed; will retry", path=str(self.store.path))
+                log.exception("writing to the state store failed; will retry", path=self.store.where)
 
     def build_app(self) -> web.Application:
-        app = web.Application(middlewares=[api.errors_and_auth])
+        app = web.Application(middlewares=[api.errors_and_auth, api_cluster.leader_only])
         app[api.SETTINGS] = self.api_settings
         app[api.MONITOR] = self.monitor
         app[api.ENGINE] = self.remediation
         app[api.STORE] = self.store
         app[api.ALERTING] = self.alerting
         app[api.METRICS] = self.metrics
-        app.cleanup_ctx.extend(
-            [self._store_ctx, self._checks_ctx, self._alerting_ctx, self._monitor_ctx, self._remediation_ctx]
-        )
+        contexts = [self._store_ctx, self._checks_ctx, self._alerting_ctx, self._monitor_ctx, self._remediation_ctx]
+        if self.cluster is not None:
+            contexts.insert(1, self._cluster_ctx)
+        app.cleanup_ctx.extend(contexts)
         api.add_routes(app)
+        api_cluster.add_routes(app)
         return app
 
     # -- reload -------------------------------------------------------------------------------------------
@@ -193,7 +244,10 @@ class Daemon:
                 log.error("config reload refused; the running config stays in force", problems=problems)
                 return False
             report = await self.monitor.apply(new)
-            await self.remediation.apply(new)
+            if self.cluster is None or self.cluster.acting():
+                await self.remediation.apply(new)
+            else:
+                self.remediation.config = new  # the leader writes what the new config changes
             self.alerting.configure(new)
             self.env.check_paths = tuple(new.daemon.check_paths)
             self.config = new

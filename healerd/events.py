@@ -96,17 +96,24 @@ Subscriber = Callable[[Event], None]
 class EventBus:
     """Synchronous fan-out: subscribers must be quick (queue the event, update a gauge).
 
-    A subscriber that raises is logged and the others still receive the event.
+    A subscriber that raises is logged and the others still receive the event. In a cluster every node follows
+    the health of the whole fleet, but each event is this node's to record and alert on only when it made it
+    (its own machines' checks; service-wide ones on the leader): the others are published `mirrored`, and
+    reach only the subscribers that asked for them (gauges, the engine's wake-up).
     """
 
     def __init__(self) -> None:
         self._subscribers: list[Subscriber] = []
+        self._mirror_subscribers: list[Subscriber] = []
 
-    def subscribe(self, fn: Subscriber) -> None:
+    def subscribe(self, fn: Subscriber, *, mirrored: bool = False) -> None:
+        """`mirrored`: also receive the events this node follows but another node records."""
         self._subscribers.append(fn)
+        if mirrored:
+            self._mirror_subscribers.append(fn)
 
-    def publish(self, event: Event) -> None:
-        for fn in self._subscribers:
+    def publish(self, event: Event, *, mirrored: bool = False) -> None:
+        for fn in self._mirror_subscribers if mirrored else self._subscribers:
             try:
                 fn(event)
             except Exception:  # one broken consumer must not starve the others
@@ -116,6 +123,6 @@ class EventBus:
                     event_type=event.type.value,
                 )
 
-    def publish_all(self, events: list[Event]) -> None:
+    def publish_all(self, events: list[Event], *, mirrored: bool = False) -> None:
         for event in events:
-            self.publish(event)
+            self.publish(event, mirrored=mirrored)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .incidents import Incident, IncidentBook
     from .metrics import Metrics
     from .monitor import Monitor
-    from .store import Store
+    from .store import BaseStore
 
 log = structlog.get_logger("healerd.remediation")
 
@@ -34,7 +34,13 @@ class Fleet:
     """The machines of every service through their provider and rotation, and the known-good images."""
 
     def __init__(
-        self, config: Config, monitor: Monitor, store: Store, bus: EventBus, metrics: Metrics, incidents: IncidentBook
+        self,
+        config: Config,
+        monitor: Monitor,
+        store: BaseStore,
+        bus: EventBus,
+        metrics: Metrics,
+        incidents: IncidentBook,
     ) -> None:
         self.config = config
         self.monitor = monitor

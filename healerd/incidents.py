@@ -16,7 +16,7 @@ from .store.interface import IncidentRecord
 
 if TYPE_CHECKING:
     from .events import EventBus
-    from .store import Store
+    from .store import BaseStore
 
 log = structlog.get_logger("healerd.remediation")
 
@@ -100,7 +100,7 @@ class Incident:
 class IncidentBook:
     """The active (not resolved) incidents, by id; every change is saved before it is announced."""
 
-    def __init__(self, store: Store, bus: EventBus, on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, store: BaseStore, bus: EventBus, on_change: Callable[[], None] = lambda: None) -> None:
         self.store = store
         self.bus = bus
         self.on_change = on_change  # an incident opened or resolved (gauges follow)
@@ -117,6 +117,8 @@ class IncidentBook:
         return sum(1 for i in self.active.values() if i.service == service and i.state is IncidentState.REMEDIATING)
 
     async def load(self) -> None:
+        """The unresolved incidents of the store (again, when this node takes over the cluster's lead)."""
+        self.active = {}
         for r in await self.store.incidents.unresolved():
             inc = Incident.from_record(r)
             self.active[inc.id] = inc

@@ -72,6 +72,14 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("store_writable", "gauge", "1 while the state store accepts writes, 0 while it fails (disk full).", ()),
     MetricDef("store_errors", "counter", "Failed state store operations (each is retried).", ()),
     MetricDef("config_reloads", "counter", "Config reloads by outcome (success, failure).", ("outcome",)),
+    MetricDef("cluster_nodes", "gauge", "Live nodes of the cluster (fresh heartbeat), as this node sees them.", ()),
+    MetricDef("cluster_leader", "gauge", "1 for the lease holder, 0 for the other live nodes.", ("node",)),
+    MetricDef("cluster_epoch", "gauge", "The leader lease's epoch (grows at every takeover).", ()),
+    MetricDef("cluster_shard_machines", "gauge", "Machines each live node checks (its shard).", ("node",)),
+    MetricDef("cluster_leader_changes", "counter", "Times this node became or stopped being the leader.", ("change",)),
+    MetricDef("cluster_fenced_writes", "counter", "Leader-only writes of this node refused by epoch.", ()),
+    MetricDef("cluster_lease_errors", "counter", "Lease rounds that failed (database unreachable, timeout).", ()),
+    MetricDef("cluster_mirror_lag_seconds", "gauge", "Age of the newest result taken from another node.", ()),
 )
 
 

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ from .providers.base import ProviderEnv
 from .results import CheckResult, Status
 from .runner import BoundCheck, run_check
 from .scheduler import WheelScheduler
-from .store import Store
+from .store import BaseStore
 from .targets import Target, render_model
 
 log = structlog.get_logger("healerd.monitor")
@@ -54,7 +54,7 @@ class Monitor:
         book: HealthBook,
         bus: EventBus,
         metrics: Metrics,
-        store: Store,
+        store: BaseStore,
         env: CheckEnv,
         max_concurrent: int,
     ) -> None:
@@ -81,7 +81,12 @@ class Monitor:
         self._durations = metrics.histogram("check_duration_seconds")
         self._machine_up = metrics.gauge("machine_up")
         self._missed_runs = metrics.counter("scheduler_missed_runs")
-        bus.subscribe(self._on_event)
+        #: in a cluster (set by it): which checks this node runs, which events are this node's to record, and
+        #: whether it may write machine records (the leader); alone, all of them
+        self.owns: Callable[[CheckKey], bool] = lambda key: True
+        self.emits: Callable[[Event], bool] = lambda event: True
+        self.writes: Callable[[], bool] = lambda: True
+        bus.subscribe(self._on_event, mirrored=True)
 
     # -- readiness ----------------------------------------------------------------------------------------
     @property
@@ -108,15 +113,16 @@ class Monitor:
         wanted: dict[CheckKey, tuple[CheckSpec, Target]] = {}
         for svc in config.services.values():
             grace = svc.remediation.boot_timeout if svc.managed else 0.0
-            self.bus.publish_all(self.book.set_service(svc.name, svc.desired, svc.min_healthy, now, grace))
+            self._publish(self.book.set_service(svc.name, svc.desired, svc.min_healthy, now, grace))
             machines = await self.providers[svc.provider].list_machines(svc)
             # static: the config is the truth; managed: the store is, and what discovery found joins it
-            await self.store.machines.save(machines, svc.provider, now)
-            if not svc.managed:
-                await self.store.machines.forget(svc.name, {m.id for m in machines})
+            if self.writes():
+                await self.store.machines.save(machines, svc.provider, now)
+                if not svc.managed:
+                    await self.store.machines.forget(svc.name, {m.id for m in machines})
             old = self.machines.get(svc.name, {})
             for gone in set(old) - {m.id for m in machines}:
-                self.bus.publish_all(self.book.remove_machine(svc.name, gone, now))
+                self._publish(self.book.remove_machine(svc.name, gone, now))
                 self._forget_up(svc.name, gone)
             self.machines[svc.name] = {m.id: m for m in machines}
             for m in machines:
@@ -140,14 +146,14 @@ class Monitor:
             self._unbind(key)
             if want is None:
                 report.removed += 1
-                self.bus.publish_all(self.book.remove_check(key, now))
+                self._publish(self.book.remove_check(key, now))
         for key, (spec, target) in wanted.items():
             if key not in self.checks:
                 report.added += 1
                 self._bind(key, spec, target)
         self.services = dict(config.services)
         for svc in config.services.values():
-            self.bus.publish_all(self.book.refresh(svc.name, now))
+            self._publish(self.book.refresh(svc.name, now))
         self.update_service_gauges()
         return report
 
@@ -155,8 +161,11 @@ class Monitor:
         self.book.set_check(key, thresholds(spec))
         bc = self.bind(key, spec, target)
         self.checks[key] = bc
-        self._pending_first.add(key)
-        self.scheduler.add(bc)
+        if self.owns(key):
+            self._pending_first.add(key)
+            self.scheduler.add(bc)
+        else:
+            bc.active = False
 
     def _unbind(self, key: CheckKey) -> None:
         bc = self.checks.pop(key, None)
@@ -174,6 +183,11 @@ class Monitor:
         svc = self.services.get(machine.service)
         provider = svc.provider if svc else ""
         await self.store.machines.upsert(machine, provider, now)
+        self.follow_machine(machine, now)
+
+    def follow_machine(self, machine: Machine, now: float) -> None:
+        """Take a machine's new record (written here, or by the cluster's leader) into the checks and the book."""
+        svc = self.services.get(machine.service)
         if svc is None:
             return
         machines = self.machines.setdefault(machine.service, {})
@@ -182,13 +196,13 @@ class Monitor:
             for spec in svc.checks:
                 key = CheckKey(machine.service, machine.id, spec.name)
                 self._unbind(key)
-            self.bus.publish_all(self.book.remove_machine(machine.service, machine.id, now))
+            self._publish(self.book.remove_machine(machine.service, machine.id, now))
             self._forget_up(machine.service, machine.id)
             self.update_service_gauges()
             return
         is_new = machine.id not in machines
         machines[machine.id] = machine
-        self.bus.publish_all(self.book.set_machine(machine.service, machine.id, machine.lifecycle, now))
+        self._publish(self.book.set_machine(machine.service, machine.id, machine.lifecycle, now))
         if is_new:
             self._machine_up.labels(machine.service, machine.id).set(1)
         for spec in svc.checks:
@@ -255,15 +269,51 @@ class Monitor:
             duration=round(result.duration, 6),
         )
         events = self.book.observe(key, result, now)
-        if self._watchers:
-            watcher = self._watchers.get((key.service, key.machine))
-            if watcher is not None:
-                watcher.set()
+        self._wake_watchers(key)
         ch = self.book.check(key)
         if ch is not None and ch.soft_failing:
             self.scheduler.retry_soon(bc)
         if events:
-            self.bus.publish_all(events)
+            self._publish(events)
+
+    def observe_remote(self, key: CheckKey, result: CheckResult, ts: float) -> None:
+        """A result another node of the cluster got (for the machines it checks): into the book, not the store."""
+        if key not in self.checks or self.checks[key].active:
+            return  # not a check of the current config, or one this node runs itself now
+        self._pending_first.discard(key)
+        events = self.book.observe(key, result, ts)
+        self._wake_watchers(key)
+        if events:
+            self._publish(events)
+
+    def reshard(self) -> tuple[int, int]:
+        """Start the checks this node owns now and stop the others (the cluster's membership changed); returns
+        (started, stopped). A check that moves here goes on from the history its previous owner built."""
+        started = stopped = 0
+        for key, bc in self.checks.items():
+            mine = self.owns(key)
+            if mine and not bc.active:
+                self.scheduler.add(bc)
+                started += 1
+            elif not mine and bc.active:
+                self.scheduler.remove(bc)
+                self._pending_first.discard(key)
+                stopped += 1
+        return started, stopped
+
+    def owned_machines(self) -> int:
+        """Machines with at least one check run by this node."""
+        return len({(k.service, k.machine) for k, bc in self.checks.items() if bc.active and k.machine})
+
+    def _publish(self, events: list[Event]) -> None:
+        for event in events:
+            self.bus.publish(event, mirrored=not self.emits(event))
+
+    def _wake_watchers(self, key: CheckKey) -> None:
+        if self._watchers:
+            watcher = self._watchers.get((key.service, key.machine))
+            if watcher is not None:
+                watcher.set()
 
     @contextlib.contextmanager
     def watch(self, service: str, machine: str) -> Iterator[asyncio.Event]:

@@ -20,13 +20,13 @@ if TYPE_CHECKING:
     from .events import EventBus
     from .fleet import Fleet
     from .monitor import Monitor
-    from .store import Store
+    from .store import BaseStore
 
 log = structlog.get_logger("healerd.remediation")
 
 
 class Quarantine:
-    def __init__(self, config: Config, monitor: Monitor, store: Store, bus: EventBus, fleet: Fleet) -> None:
+    def __init__(self, config: Config, monitor: Monitor, store: BaseStore, bus: EventBus, fleet: Fleet) -> None:
         self.config = config
         self.monitor = monitor
         self.store = store

@@ -21,7 +21,7 @@ from .health import Condition, ProbationOutcome, ServiceState
 from .incidents import Incident, IncidentState
 from .machines import PROBATION, Lifecycle, Machine, Origin
 from .providers.base import ProviderError
-from .safety import Decision, GateInput, Reason, decide, troubled
+from .safety import Confirm, Decision, GateInput, Reason, decide, troubled
 
 if TYPE_CHECKING:
     from .config import ServiceConfig
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .monitor import Monitor
     from .quarantine import Quarantine
     from .runbook import Runbook
-    from .store import Store
+    from .store import BaseStore
 
 log = structlog.get_logger("healerd.remediation")
 
@@ -64,7 +64,7 @@ class IncidentReconciler:
     def __init__(
         self,
         monitor: Monitor,
-        store: Store,
+        store: BaseStore,
         bus: EventBus,
         metrics: Metrics,
         controls: Controls,
@@ -78,6 +78,9 @@ class IncidentReconciler:
         self.controls = controls
         self.incidents = incidents
         self.runbook = runbook
+        #: in a cluster: asks the vantage points (service, machine, timeout) before a remediation starts
+        self.confirm: Confirm | None = None
+        self._unconfirmed_until: dict[str, float] = {}
 
     async def reconcile(self, service: ServiceConfig, now: float) -> float:
         health = self.monitor.book.services.get(service.name)
@@ -130,12 +133,31 @@ class IncidentReconciler:
     async def _consider(self, svc: ServiceConfig, inc: Incident, now: float, unhealthy: int) -> float | None:
         """Remediate now, or hold back (said once per reason); returns when a holding gate opens by itself."""
         decision = decide(await self._gate_input(svc, inc, now, unhealthy))
+        if decision.allowed and self.confirm is not None:
+            decision = await self._confirmed(svc, inc, now)
         if decision.allowed:
+            self._unconfirmed_until.pop(inc.id, None)
             await self.runbook.begin(svc, inc)
             return None
         if inc.details.get("suppressed") != _reason(decision):
             await self._hold(svc, inc, decision)
         return decision.retry_at
+
+    async def _confirmed(self, svc: ServiceConfig, inc: Incident, now: float) -> Decision:
+        """Other vantage points must see the machine down too (a cluster's confirm_from); asked again after one
+        check interval when they do not."""
+        assert self.confirm is not None
+        again = self._unconfirmed_until.get(inc.id)
+        if again is not None and now < again:
+            return Decision(False, Reason.UNCONFIRMED, str(inc.details.get("suppressed_detail", "")), again)
+        timeout = max((c.timeout for c in svc.checks), default=5.0) + 2.0
+        verdict = await self.confirm(svc.name, inc.machine, timeout)
+        if verdict.confirmed:
+            inc.details["confirmed_by"] = verdict.detail
+            return Decision.go()
+        again = now + max(5.0, min((c.interval for c in svc.checks), default=5.0))
+        self._unconfirmed_until[inc.id] = again
+        return Decision(False, Reason.UNCONFIRMED, f"not confirmed: {verdict.detail}", again)
 
     async def _hold(self, svc: ServiceConfig, inc: Incident, decision: Decision) -> None:
         assert decision.reason is not None
@@ -215,7 +237,7 @@ class FillReconciler:
     incident is handling the gap or a gate holds (said once)."""
 
     def __init__(
-        self, monitor: Monitor, store: Store, fleet: Fleet, controls: Controls, incidents: IncidentBook
+        self, monitor: Monitor, store: BaseStore, fleet: Fleet, controls: Controls, incidents: IncidentBook
     ) -> None:
         self.monitor = monitor
         self.store = store

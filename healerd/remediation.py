@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,14 +38,15 @@ from .reconcilers import (
 )
 from .rotation import Rotation
 from .runbook import Runbook, StepJournal
-from .store import STORE_FAULTS
+from .safety import Confirm
+from .store import STORE_FAULTS, Fenced
 from .views import Views
 
 if TYPE_CHECKING:
     from .events import EventBus
     from .metrics import Metrics
     from .monitor import Monitor
-    from .store import Store
+    from .store import BaseStore
 
 __all__ = ["ACTIVE", "RECONCILE_INTERVAL", "Incident", "IncidentState", "RemediationEngine"]
 
@@ -61,7 +63,7 @@ class RemediationEngine:
         self,
         config: Config,
         monitor: Monitor,
-        store: Store,
+        store: BaseStore,
         bus: EventBus,
         metrics: Metrics,
         mode: Mode | None = None,
@@ -90,7 +92,7 @@ class RemediationEngine:
             RetentionReconciler(monitor, self.quarantines),
         )
         self.config = config
-        bus.subscribe(self._on_event)
+        bus.subscribe(self._on_event, mirrored=True)
 
     # -- configuration --------------------------------------------------------------------------------------
     @property
@@ -136,7 +138,19 @@ class RemediationEngine:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
+            self._loop_task = None
         await self.runbook.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._loop_task is not None
+
+    def join_cluster(self, may_act: Callable[[], bool], confirm: Confirm) -> None:
+        """In a cluster: act only while leading, and have other vantage points confirm before remediating."""
+        self.runbook.may_act = may_act
+        incidents = self.reconcilers[0]
+        assert isinstance(incidents, IncidentReconciler)
+        incidents.confirm = confirm
 
     # -- the loop --------------------------------------------------------------------------------------------
     def _on_event(self, event: Event) -> None:
@@ -156,6 +170,8 @@ class RemediationEngine:
             except asyncio.CancelledError:
                 raise
             except STORE_FAULTS:  # the store is failing and said so once: nothing is decided without it
+                await asyncio.sleep(RECONCILE_INTERVAL)
+            except Fenced:  # this node lost the cluster's lead; the cluster stops this loop
                 await asyncio.sleep(RECONCILE_INTERVAL)
             except Exception:  # keep healing the rest; the error is logged with its traceback
                 log.exception("remediation reconcile failed")

@@ -24,10 +24,11 @@ from .incidents import Incident, IncidentBook, IncidentState
 from .playbooks import OnFailure, Playbook, Step
 from .plugins import ACTIONS
 from .providers.base import ProviderError
+from .store import Fenced
 
 if TYPE_CHECKING:
     from .metrics import Metrics
-    from .store import Store
+    from .store import BaseStore
 
 log = structlog.get_logger("healerd.remediation")
 
@@ -48,7 +49,7 @@ def retry_delay(attempts: int) -> float:
 class StepJournal:
     """The `steps` table: one row per (incident, step index), rewritten by each attempt."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: BaseStore) -> None:
         self.store = store
 
     async def steps(self, incident: str) -> dict[int, dict[str, Any]]:
@@ -84,7 +85,7 @@ class Runbook:
         config: Config,
         incidents: IncidentBook,
         journal: StepJournal,
-        store: Store,
+        store: BaseStore,
         metrics: Metrics,
         host: Remediator,
         crash_at: str | None = None,
@@ -101,6 +102,8 @@ class Runbook:
         #: (never by the environment): SIGKILL when that step has been journaled as started (or, with
         #: `:after`, when its action has run but its success is not yet journaled).
         self.crash_at = crash_at
+        #: in a cluster: True while this node holds the leader lease (checked before every step's action)
+        self.may_act: Callable[[], bool] = lambda: True
         self.wake = wake  # a remediation ended: the engine looks again now
         self.on_change = on_change  # a remediation started or ended (gauges follow)
         self.playbooks: dict[str, Playbook] = {}
@@ -156,7 +159,10 @@ class Runbook:
         await asyncio.gather(*tasks, return_exceptions=True)
         for inc in self.incidents.active.values():
             if inc.state is IncidentState.REMEDIATING:
-                await self.journal.interrupt(inc.id)
+                try:
+                    await self.journal.interrupt(inc.id)
+                except Fenced:  # no longer the leader: the new one marks them when it resumes
+                    return
 
     def log_dry_run(self, inc: Incident) -> None:
         playbook = self.playbooks.get(inc.playbook)
@@ -182,6 +188,8 @@ class Runbook:
             in_progress.inc()
             try:
                 await self._run_playbook(inc)
+            except Fenced as exc:  # the new leader resumes it from the journal
+                log.warning("remediation left to the new leader", reason=str(exc))
             finally:
                 in_progress.dec()
                 self.on_change()
@@ -222,6 +230,8 @@ class Runbook:
         for _ in range(step.retries + 1):
             attempts += 1
             await self.journal.record(inc.id, step.index, step.action, StepState.RUNNING, attempts, start=True)
+            if not self.may_act():  # a leader that lost its lease while the journal write was on its way
+                raise Fenced(f"step {step.index + 1} ({step.action}) not run: this node no longer leads")
             self._crash_point(step.action, "before")
             ctx = StepContext(self.host, inc, svc, step, dict(outputs))
             log.info("step started", attempt=attempts)

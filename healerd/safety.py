@@ -6,8 +6,9 @@ Healerd must never make an outage worse; every gate has a safe default and names
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from .health import Condition, MachineHealth
 from .modes import Mode
@@ -26,6 +27,19 @@ class Reason(enum.StrEnum):
     RETRY_LIMIT = "retry_limit"
     BACKOFF = "backoff"
     DRY_RUN = "dry_run"
+    UNCONFIRMED = "unconfirmed"
+
+
+class Confirmation(Protocol):
+    """What the vantage points said (a cluster's confirmer): enough of them see the machine down, or not."""
+
+    @property
+    def confirmed(self) -> bool: ...
+    @property
+    def detail(self) -> str: ...
+
+
+Confirm = Callable[[str, str, float], Awaitable[Confirmation]]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .controls import Controls
     from .runbook import StepJournal
-    from .store import Store
+    from .store import BaseStore
 
 
 def timeline(incident: str, events: list[dict[str, Any]], steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -46,7 +46,7 @@ def timeline(incident: str, events: list[dict[str, Any]], steps: list[dict[str, 
 
 class Views:
     def __init__(
-        self, config: Config, store: Store, journal: StepJournal, controls: Controls, incidents: IncidentBook
+        self, config: Config, store: BaseStore, journal: StepJournal, controls: Controls, incidents: IncidentBook
     ) -> None:
         self.config = config
         self.store = store

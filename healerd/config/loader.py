@@ -139,19 +139,15 @@ def _cluster(data: dict[str, Any], daemon: DaemonConfig, base: Path, out: Collec
     cluster = cluster.model_copy(
         update={
             "store_file": resolve_against(base, cluster.store_file) if cluster.store_file else None,
-            "token_file": resolve_against(base, cluster.token_file) if cluster.token_file else None,
         }
     )
-    for key, path in (("store_file", cluster.store_file), ("token_file", cluster.token_file)):
-        if path is not None:
-            problem = file_problem(path)
-            if problem:
-                out.add(("cluster", key), problem)
-    if cluster.token_file is None and daemon.api_token_file is None:
+    if cluster.store_file is not None and (problem := file_problem(cluster.store_file)):
+        out.add(("cluster", "store_file"), problem)
+    if daemon.api_token_file is None:
         out.add(
             ("cluster",),
-            "the nodes of a cluster call each other's API with a bearer token: set daemon.api_token_file "
-            "(or cluster.token_file) to a file holding one, the same on every node",
+            "the nodes of a cluster call each other's API with its bearer token: set daemon.api_token_file "
+            "to a file holding one, the same on every node",
         )
     if cluster.advertise is None and daemon.listen_host in ("0.0.0.0", "::", ""):
         out.add(

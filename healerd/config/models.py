@@ -87,8 +87,6 @@ class ClusterConfig(Strict):
     lease_ttl: float = 10.0
     #: distinct vantage points (nodes) that must see a machine down before it is remediated
     confirm_from: int = Field(default=2, ge=1, le=16)
-    #: the bearer token the nodes present to each other (default: daemon.api_token_file)
-    token_file: Path | None = None
 
     @field_validator("lease_ttl", mode="before")
     @classmethod

@@ -17,7 +17,7 @@ from ..machines import Machine
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
-    from ..store import Store
+    from ..store import BaseStore
 
 
 class ProviderOptions(BaseModel):
@@ -31,7 +31,7 @@ class ProviderError(Exception):
 @dataclass
 class ProviderEnv:
     state_dir: Path
-    store: Store | None = None
+    store: BaseStore | None = None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 `StateStore` (in `interface`) is what the rest of healerd may rely on; `Store` is its SQLite implementation.
 """
 
+from .base import BaseStore
 from .engine import STORE_FAULTS, Fenced
 from .interface import (
     Composed,
@@ -20,6 +21,7 @@ from .sqlite import Store
 __all__ = [
     "MIGRATIONS",
     "STORE_FAULTS",
+    "BaseStore",
     "Composed",
     "Failures",
     "Fenced",

@@ -36,6 +36,16 @@ class BaseStore:
     def db(self) -> ThreadedDatabase:
         return self._db
 
+    @property
+    def where(self) -> str:
+        """Where the store lives, for messages (a path, or a connection string without its password)."""
+        raise NotImplementedError
+
+    @property
+    def remedy(self) -> str:
+        """What an operator does when the store fails, in a sentence."""
+        raise NotImplementedError
+
     # -- health ---------------------------------------------------------------------------------------------
     @property
     def fault(self) -> str | None:
@@ -54,6 +64,16 @@ class BaseStore:
     def on_fault(self, listener: Callable[[str | None], None]) -> None:
         """`listener(reason)` when the store starts failing, `listener(None)` when it works again."""
         self._db.on_fault(listener)
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def open_readonly(self) -> bool:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
 
     # -- the batch ------------------------------------------------------------------------------------------
     async def flush(self) -> None:

@@ -193,6 +193,10 @@ class PgStore(BaseStore):
     def where(self) -> str:
         return redact(self.pg.dsn)
 
+    @property
+    def remedy(self) -> str:
+        return f"Check the PostgreSQL server ({self.where}): is it up, reachable, with free space?"
+
     async def open(self) -> None:
         await self.pg.open(then=self.results.load_sequences)
 

@@ -50,6 +50,14 @@ class Results:
             )
         )
 
+    def seen(self, key: CheckKey, seq: int) -> bool:
+        """Another node of the cluster stored result `seq` of `key`: True if it is newer than any seen here (numbering
+        goes on from it when this node takes the check over)."""
+        if seq <= self._seq.get(key, 0):
+            return False
+        self._seq[key] = seq
+        return True
+
     def take(self) -> list[ResultRow]:
         """The buffered rows, emptying the buffer (a failed write drops them: newer results supersede them)."""
         rows, self._pending = self._pending, []

@@ -28,8 +28,11 @@ class Store(BaseStore):
 
     @property
     def where(self) -> str:
-        """Where the store lives, for messages."""
         return str(self._sqlite.path)
+
+    @property
+    def remedy(self) -> str:
+        return f"Free space in {self._sqlite.path.parent}."
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def open(self) -> None:

@@ -1,0 +1,64 @@
+"""The cluster's part of the API (DESIGN §14): its view from any node, the probe the leader asks vantage
+points to run, and the rule that changes go to the leader (a follower answers 409 naming it)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .api import SAFE_METHODS, SETTINGS, Handler, body_of, json_error, json_response
+from .api_models import Probe
+from .cluster import Cluster, probe
+
+PROBE_PATH = "/api/v1/cluster/probe"
+
+
+def _cluster(request: web.Request) -> Cluster | None:
+    return request.app[SETTINGS].cluster
+
+
+@web.middleware
+async def leader_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A change sent to a follower is refused with the leader's address: only the leader acts."""
+    cluster = _cluster(request)
+    if (
+        cluster is None
+        or request.method in SAFE_METHODS
+        or request.path == PROBE_PATH
+        or not request.path.startswith("/api/")
+        or cluster.acting()
+    ):
+        return await handler(request)
+    view = cluster.view()
+    leader = next((n for n in view["nodes"] if n["leader"]), None)
+    where = f"{leader['node']} at {leader['advertise']}" if leader else "(none right now: a takeover is under way)"
+    return json_error(
+        409,
+        "not the leader",
+        f"this node ({cluster.node}) does not lead the cluster; send changes to the leader {where} "
+        "(healerd cluster status shows it)",
+    )
+
+
+async def cluster_view(request: web.Request) -> web.Response:
+    cluster = _cluster(request)
+    if cluster is None:
+        return json_error(
+            404,
+            "not clustered",
+            "this healerd runs alone (SQLite); add a cluster: section to run several (docs/cluster.md)",
+        )
+    return json_response(cluster.view())
+
+
+async def cluster_probe(request: web.Request) -> web.Response:
+    cluster = _cluster(request)
+    if cluster is None:
+        return json_error(404, "not clustered", "this healerd runs alone; there is nothing to confirm from here")
+    body = await body_of(request, Probe)
+    answer = await probe(cluster.monitor, body.service, body.machine)
+    return json_response({"node": cluster.node, **answer})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/v1/cluster", cluster_view)
+    app.router.add_post(PROBE_PATH, cluster_probe)

@@ -1,0 +1,132 @@
+"""Confirmation from several vantage points: before a machine is quarantined, the leader has `confirm_from`
+distinct nodes (its owner first, then the next by rendezvous rank) run the machine's checks now. Fewer than
+that seeing it down holds the remediation back as `unconfirmed`: the monitor's own network is the usual
+false positive, and one node cut off from the fleet must not replace it.
+
+A node that does not answer counts as not confirming: silence is never taken for agreement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+
+from ..monitor import Monitor
+from ..results import Status
+from ..runner import run_check
+from .lease import Member
+from .shard import ranked
+
+log = structlog.get_logger("healerd.cluster")
+
+#: results that count as "down" from a vantage point
+DOWN = frozenset({Status.CRITICAL, Status.UNKNOWN})
+
+
+@dataclass(frozen=True)
+class Vantage:
+    """What one node saw of the machine."""
+
+    node: str
+    down: bool | None  # None: it did not answer
+    detail: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    confirmed: bool
+    need: int
+    seen: tuple[Vantage, ...] = field(default=())
+    capped: str = ""  # why fewer nodes than configured were asked
+
+    @property
+    def detail(self) -> str:
+        down = sum(1 for v in self.seen if v.down)
+        views = "; ".join(f"{v.node}: {v.detail}" for v in self.seen)
+        text = f"{down} of {len(self.seen)} vantage point(s) see it down, {self.need} needed ({views})"
+        return f"{text}; {self.capped}" if self.capped else text
+
+
+async def probe(monitor: Monitor, service: str, machine: str) -> dict[str, Any]:
+    """Run the machine's checks now, from this node, outside their schedule (and outside its health)."""
+    checks = [bc for key, bc in monitor.checks.items() if key.service == service and key.machine == machine]
+    if not checks:
+        return {"down": None, "detail": f"{service}/{machine} has no checks here", "checks": []}
+    results = await asyncio.gather(*(run_check(bc.check, bc.spec.timeout, bc.spec.timeout_status) for bc in checks))
+    rows = [
+        {"check": bc.key.check, "status": r.status.name, "message": r.message[:200]}
+        for bc, r in zip(checks, results, strict=True)
+    ]
+    failing = [row for row, r in zip(rows, results, strict=True) if r.status in DOWN]
+    detail = "; ".join(f"{f['check']} {f['status']}" for f in failing) if failing else "all checks OK"
+    return {"down": bool(failing), "detail": detail, "checks": rows}
+
+
+class Confirmer:
+    def __init__(
+        self,
+        node: str,
+        monitor: Monitor,
+        members: Callable[[], Sequence[Member]],
+        need: int,
+        token: Callable[[], str | None],
+        scheme: str,
+    ) -> None:
+        self.node = node
+        self.monitor = monitor
+        self.members = members
+        self.need = need
+        self.token = token
+        self.scheme = scheme
+        self._session: aiohttp.ClientSession | None = None
+
+    def effective(self) -> tuple[int, str]:
+        """How many vantage points are needed now, and why fewer than configured (capped by live nodes)."""
+        live = len(self.members())
+        if live >= self.need:
+            return self.need, ""
+        n = max(1, live)
+        return n, f"confirm_from {self.need} capped at {n}: only {live} live node(s)"
+
+    async def confirm(self, service: str, machine: str, timeout: float) -> Verdict:
+        need, capped = self.effective()
+        members = {m.node: m for m in self.members()}
+        asked = ranked(f"{service}\x00{machine}", members)[:need]  # the owner first
+        seen = await asyncio.gather(*(self._ask(members.get(n), n, service, machine, timeout) for n in asked))
+        confirmed = sum(1 for v in seen if v.down) >= need
+        return Verdict(confirmed, need, tuple(seen), capped)
+
+    async def _ask(self, member: Member | None, node: str, service: str, machine: str, timeout: float) -> Vantage:
+        if node == self.node:
+            answer = await probe(self.monitor, service, machine)
+            return Vantage(node, answer["down"], str(answer["detail"]))
+        if member is None:
+            return Vantage(node, None, "not a live node")
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(headers={"User-Agent": "healerd"})
+        token = self.token()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        url = f"{self.scheme}://{member.advertise}/api/v1/cluster/probe"
+        try:
+            async with self._session.post(
+                url,
+                json={"service": service, "machine": machine},
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                body = await resp.json(content_type=None)
+                if resp.status != 200:
+                    return Vantage(node, None, f"answered HTTP {resp.status}: {str(body)[:120]}")
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return Vantage(node, None, f"did not answer ({type(exc).__name__}: {exc})"[:200])
+        down = body.get("down") if isinstance(body, dict) else None
+        return Vantage(node, down if isinstance(down, bool) else None, str(body.get("detail", ""))[:200])
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,329 @@
+"""This node's part in the cluster: membership, leadership, its shard of the checks, and the cluster's view.
+
+The lease is renewed every lease_ttl / 3 on a connection of its own. A leader that cannot renew stops acting
+before its lease can expire (Patroni's rule: its local deadline is lease_ttl - lease_ttl / 6 after the start
+of its last good round, by its own monotonic clock, while the database counts lease_ttl from a later
+instant). A follower looks again just after the lease it saw would expire, so a dead leader is replaced
+within lease_ttl and a few hundred milliseconds. Leadership changes run one at a time, off the lease loop:
+starting the engine never delays a renewal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from ..config.models import ClusterConfig
+from ..events import Event
+from ..health import CheckKey
+from ..metrics import Metrics
+from ..monitor import Monitor
+from ..store.postgres import PgStore
+from .confirm import Confirmer, Verdict
+from .lease import Lease, Member, Round
+from .mirror import Mirror
+from .shard import owner, shard_key
+
+log = structlog.get_logger("healerd.cluster")
+
+Transition = Callable[[], Awaitable[None]]
+
+
+class Cluster:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        dsn: str,
+        advertise: str,
+        store: PgStore,
+        monitor: Monitor,
+        metrics: Metrics,
+        token: Callable[[], str | None],
+        scheme: str,
+    ) -> None:
+        self.config = config
+        self.node = config.node
+        self.ttl = config.lease_ttl
+        self.advertise = advertise
+        self.store = store
+        self.monitor = monitor
+        self.metrics = metrics
+        self.lease = Lease(dsn, self.node, advertise, self.ttl)
+        self.mirror = Mirror(store, monitor, self.node)
+        self.confirmer = Confirmer(self.node, monitor, self.live, config.confirm_from, token, scheme)
+        self.last: Round | None = None
+        self.live_names: frozenset[str] = frozenset({self.node})
+        self.epoch: int | None = None  # the epoch this node leads at, None when it follows
+        self._deadline = 0.0  # loop time until which this node may act as the leader
+        self._expiry: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._changes: asyncio.Queue[int | None] = asyncio.Queue()
+        self._changer: asyncio.Task[None] | None = None
+        self._on_lead: Callable[[int], Awaitable[None]] | None = None
+        self._on_follow: Transition | None = None
+        self.last_error: str | None = None
+        self._stopped = False
+        store.pg.on_fenced(self._fenced)
+
+    # -- what the monitor and the engine ask --------------------------------------------------------------
+    def owns(self, key: CheckKey) -> bool:
+        return owner(shard_key(key), self.live_names) == self.node
+
+    def emits(self, event: Event) -> bool:
+        """Machine events are recorded by the node that checks the machine; service-wide ones by the leader."""
+        if event.machine:
+            return owner(f"{event.service}\x00{event.machine}", self.live_names) == self.node
+        return self.acting()
+
+    def acting(self) -> bool:
+        """True while this node holds the lease and its local deadline has not passed."""
+        return self.epoch is not None and asyncio.get_running_loop().time() < self._deadline
+
+    def live(self) -> tuple[Member, ...]:
+        return self.last.live(self.ttl) if self.last else ()
+
+    async def confirm(self, service: str, machine: str, timeout: float) -> Verdict:
+        return await self.confirmer.confirm(service, machine, timeout)
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    async def join(self) -> None:
+        """The first round, before the monitor binds its checks: this node learns its shard."""
+        self.monitor.owns = self.owns
+        self.monitor.emits = self.emits
+        self.monitor.writes = self.acting
+        await self._round(take=False)
+        log.info(
+            "joined the cluster",
+            node=self.node,
+            advertise=self.advertise,
+            nodes=sorted(self.live_names),
+            leader=self.last.leader if self.last else None,
+        )
+        await self.mirror.mark()
+
+    def run(self, on_lead: Callable[[int], Awaitable[None]], on_follow: Transition) -> None:
+        """Start leading when the lease comes to this node, and following the others' changes."""
+        self._on_lead, self._on_follow = on_lead, on_follow
+        self.mirror.start()
+        self._changer = asyncio.create_task(self._apply_changes(), name="healerd-cluster-leadership")
+        self._task = asyncio.create_task(self._loop(), name="healerd-cluster-lease")
+
+    async def stop(self) -> None:
+        """Step down (ending the lease now, so another node takes over at once), leave, disconnect."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        epoch = self.epoch
+        self._lose("this node is stopping")
+        if self._changer is not None:
+            self._changes.put_nowait(None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._changer
+        await self.mirror.stop()
+        with contextlib.suppress(Exception):
+            if epoch is not None:
+                await self.lease.release(epoch)
+            await self.lease.leave()
+        await self.lease.close()
+        await self.confirmer.close()
+
+    # -- the lease loop -------------------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        period = self.ttl / 3
+        while True:
+            delay = period
+            try:
+                found = await self._round(take=True)
+                if found is not None and found.leader != self.node and found.expires_in < period:
+                    delay = max(0.05, found.expires_in + 0.05)  # be there when it expires
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("cluster round failed")
+            await asyncio.sleep(delay)
+
+    async def _round(self, take: bool) -> Round | None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            found = await asyncio.wait_for(
+                self.lease.round(self.monitor.owned_machines(), self._owned_checks(), take=take), self.ttl / 3
+            )
+        except (TimeoutError, OSError, Exception) as exc:
+            self.metrics.counter("cluster_lease_errors").inc()
+            error = f"{type(exc).__name__}: {exc}".strip()
+            if self.last_error is None:
+                log.error("cannot reach the cluster's database; retrying", node=self.node, error=error)
+            self.last_error = error
+            if not take:
+                raise
+            return None
+        if self.last_error is not None:
+            log.warning("the cluster's database answers again", node=self.node)
+            self.last_error = None
+        self.last = found
+        self._membership(found)
+        if take and found.leader == self.node:
+            self._renewed(found.epoch, started)
+        elif self.epoch is not None:
+            self._lose(f"the lease is held by {found.leader} at epoch {found.epoch}")
+        self._gauges(found)
+        return found
+
+    def _owned_checks(self) -> int:
+        return sum(1 for bc in self.monitor.checks.values() if bc.active)
+
+    def _membership(self, found: Round) -> None:
+        live = frozenset(m.node for m in found.live(self.ttl)) | {self.node}
+        if live == self.live_names:
+            return
+        joined, left = sorted(live - self.live_names), sorted(self.live_names - live)
+        self.live_names = live
+        started, stopped = self.monitor.reshard()
+        log.info(
+            "cluster membership changed",
+            nodes=sorted(live),
+            joined=joined,
+            left=left,
+            checks_started=started,
+            checks_stopped=stopped,
+        )
+
+    # -- leadership -----------------------------------------------------------------------------------------
+    def _renewed(self, epoch: int, started: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._deadline = started + self.ttl - self.ttl / 6
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = loop.call_at(self._deadline, self._lose, "the lease could not be renewed in time")
+        if self.epoch != epoch:
+            if self.epoch is not None:
+                self._lose(f"the lease came back at a new epoch {epoch}")
+            self.epoch = epoch
+            self.store.pg.epoch = epoch
+            self.metrics.counter("cluster_leader_changes").labels("acquired").inc()
+            log.warning("this node leads the cluster", node=self.node, epoch=epoch)
+            self._changes.put_nowait(epoch)
+
+    def _lose(self, why: str) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self.epoch is None:
+            return
+        log.warning("this node stops leading", node=self.node, epoch=self.epoch, reason=why)
+        self.epoch = None
+        self.store.pg.epoch = None  # from now on every leader-only write of this node is refused
+        self._deadline = 0.0
+        self.metrics.counter("cluster_leader_changes").labels("lost").inc()
+        self._changes.put_nowait(0)
+
+    def _fenced(self, reason: str) -> None:
+        self.metrics.counter("cluster_fenced_writes").inc()
+        self._lose(reason)
+
+    async def _apply_changes(self) -> None:
+        """Start or stop leading, one change at a time, in order; only the last wish counts."""
+        leading = False
+        while True:
+            wish = await self._changes.get()
+            while not self._changes.empty():
+                wish = self._changes.get_nowait()
+            if wish is None:
+                if leading and self._on_follow is not None:
+                    await self._safely(self._on_follow, "stepping down")
+                return
+            if leading and self._on_follow is not None:
+                await self._safely(self._on_follow, "stepping down")
+                leading = False
+            if wish and wish == self.epoch and self._on_lead is not None:
+                await self._safely(functools.partial(self._on_lead, wish), "taking over")
+                leading = True
+
+    async def _safely(self, fn: Transition, what: str) -> None:
+        try:
+            await fn()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(f"{what} failed", node=self.node)
+
+    # -- views ---------------------------------------------------------------------------------------------
+    def _gauges(self, found: Round) -> None:
+        live = found.live(self.ttl)
+        self.metrics.gauge("cluster_nodes").set(len(live))
+        self.metrics.gauge("cluster_epoch").set(found.epoch)
+        self.metrics.gauge("cluster_mirror_lag_seconds").set(self.mirror.lag)
+        leader = self.metrics.gauge("cluster_leader")
+        shard = self.metrics.gauge("cluster_shard_machines")
+        leader.clear()
+        shard.clear()
+        for m in live:
+            leader.labels(m.node).set(1 if m.node == found.leader else 0)
+            shard.labels(m.node).set(m.machines)
+
+    def line(self) -> str:
+        """One line for the status page and systemd's STATUS=."""
+        found = self.last
+        live = self.live()
+        leader = found.leader if found and found.expires_in > 0 else None
+        text = (
+            f"cluster: {len(live)} live node(s) ({', '.join(sorted(m.node for m in live))}), "
+            f"leader {leader or 'none (takeover under way)'} at epoch {found.epoch if found else 0}; "
+            f"this node {self.node} {'leads' if self.acting() else 'follows'} and checks "
+            f"{self.monitor.owned_machines()} machine(s)"
+        )
+        need, capped = self.confirmer.effective()
+        text += f"; confirm_from {need}" + (f" ({capped})" if capped else "")
+        if self.last_error:
+            text += f"; DATABASE UNREACHABLE: {self.last_error}"
+        return text
+
+    def view(self) -> dict[str, Any]:
+        """GET /api/v1/cluster (DESIGN §14), from the last round."""
+        found = self.last
+        need, capped = self.confirmer.effective()
+        now = time.time()
+        nodes = []
+        for m in found.members if found else ():
+            if m.age > 10 * self.ttl and m.node != self.node:
+                continue
+            nodes.append(
+                {
+                    "node": m.node,
+                    "advertise": m.advertise,
+                    "last_seen": m.last_seen,
+                    "seen_ago": round(m.age, 3),
+                    "live": m.age < self.ttl,
+                    "leader": found is not None and m.node == found.leader and found.expires_in > 0,
+                    "machines": m.machines,
+                    "checks": m.checks,
+                    "version": m.version,
+                    "started_at": m.started_at,
+                }
+            )
+        leader = found.leader if found and found.expires_in > 0 else None
+        return {
+            "leader": leader,
+            "epoch": found.epoch if found else 0,
+            "lease_expires_in": round(found.expires_in, 3) if found and leader else None,
+            "lease_ttl": self.ttl,
+            "node": self.node,
+            "this_node_leads": self.acting(),
+            "confirm_from": {"configured": self.config.confirm_from, "effective": need, "note": capped},
+            "nodes": nodes,
+            "database": self.store.where,
+            "database_error": self.last_error,
+            "mirror_lag": round(self.mirror.lag, 3),
+            "as_of": now,
+        }
