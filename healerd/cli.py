@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("mode", nargs="?", choices=[m.value for m in Mode] + ["pause", "resume", "config"])
     mode.add_argument("--service", help="only this service")
     _api_args(mode)
+    cl = sub.add_parser("cluster", help="the cluster a running node is part of")
+    clsub = cl.add_subparsers(dest="cluster_command", required=True)
+    _api_args(clsub.add_parser("status", help="the leader, its epoch, and every node with its shard"))
     return p
 
 
@@ -126,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_mode(args)
         if args.command == "notify":
             return cmd_notify(args)
+        if args.command == "cluster":
+            return cmd_cluster(args)
     except ApiError as exc:
         print(str(exc), file=sys.stderr)
         return 1
@@ -434,6 +439,34 @@ def cmd_mode(args: argparse.Namespace) -> int:
         modes = ", ".join(f"{k}={v}" for k, v in out["service_modes"].items())
         paused = " (paused)" if out["paused"] else ""
         print(f"mode {out['mode']}{paused}; services: {modes}; open incidents: {out['incidents_open']}")
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    view = _api(args, "/api/v1/cluster")
+    if args.json:
+        print(json.dumps(view, indent=2))
+        return 0
+    confirm = view["confirm_from"]
+    leader = view["leader"] or "none (a takeover is under way)"
+    print(f"leader {leader}, epoch {view['epoch']}, lease_ttl {view['lease_ttl']:g}s; asked: {view['node']}")
+    print(f"confirm_from {confirm['effective']}" + (f" ({confirm['note']})" if confirm["note"] else ""))
+    if view.get("database_error"):
+        print(f"DATABASE UNREACHABLE from {view['node']}: {view['database_error']}")
+    print()
+    rows = [
+        [
+            n["node"] + (" *" if n["leader"] else ""),
+            n["advertise"],
+            "live" if n["live"] else "gone",
+            f"{n['seen_ago']:.1f}s ago",
+            str(n["machines"]),
+            str(n["checks"]),
+            n["version"],
+        ]
+        for n in view["nodes"]
+    ]
+    _print_table(["NODE (* leader)", "ADVERTISE", "STATE", "LAST SEEN", "MACHINES", "CHECKS", "VERSION"], rows)
     return 0
 
 

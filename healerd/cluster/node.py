@@ -270,7 +270,8 @@ class Cluster:
         shard.clear()
         for m in live:
             leader.labels(m.node).set(1 if m.node == found.leader else 0)
-            shard.labels(m.node).set(m.machines)
+            # its own shard as it is now; the others' as their last heartbeat said
+            shard.labels(m.node).set(self.monitor.owned_machines() if m.node == self.node else m.machines)
 
     def line(self) -> str:
         """One line for the status page and systemd's STATUS=."""
@@ -306,8 +307,8 @@ class Cluster:
                     "seen_ago": round(m.age, 3),
                     "live": m.age < self.ttl,
                     "leader": found is not None and m.node == found.leader and found.expires_in > 0,
-                    "machines": m.machines,
-                    "checks": m.checks,
+                    "machines": self.monitor.owned_machines() if m.node == self.node else m.machines,
+                    "checks": self._owned_checks() if m.node == self.node else m.checks,
                     "version": m.version,
                     "started_at": m.started_at,
                 }

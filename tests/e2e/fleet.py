@@ -153,9 +153,14 @@ def post(url: str, body: bytes, timeout: float = 3.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def post_json(url: str, body: dict[str, Any], timeout: float = 10.0) -> tuple[int, Any]:
+def post_json(
+    url: str, body: dict[str, Any], timeout: float = 10.0, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
     req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", **(headers or {})},
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
