@@ -33,7 +33,39 @@ log = structlog.get_logger("healerd.alerting")
 GROUP_TICK = 0.25  # the finest granularity of group_wait
 
 
-class Alerting:
+class AlertingViews:
+    """What the API and the CLI ask of alerting: the outbox's state, a test message."""
+
+    store: BaseStore
+    notifiers: dict[str, Notifier]
+
+    async def view(self, limit: int = 50) -> dict[str, Any]:
+        messages = await self.store.outbox.messages(limit)
+        per: dict[str, dict[str, int]] = {name: {"pending": 0, "delivered": 0, "dead": 0} for name in self.notifiers}
+        for name, states in (await self.store.outbox.counts()).items():
+            per.setdefault(name, {"pending": 0, "delivered": 0, "dead": 0}).update(states)
+        dead = [m for m in messages if m["state"] == "dead"]
+        return {
+            "notifiers": {name: {"kind": n.kind, **per.get(name, {})} for name, n in self.notifiers.items()},
+            "messages": messages,
+            "dead_letters": dead,
+        }
+
+    async def send_test(self, name: str) -> Delivery:
+        """Send one test message right now (not through the outbox) and return the receiver's answer."""
+        n = self.notifiers[name]
+        now = time.time()
+        test_id = new_id(now)
+        event = test_event(test_id, now)
+        async with aiohttp.ClientSession(headers={"User-Agent": "healerd"}) as session:
+            if isinstance(n, AlertmanagerNotifier):
+                body = {"alerts": [n.test_alert(event, now + 300)]}
+            else:
+                body = n.build([event], test_id)
+            return await n.deliver(session, body, test_id)
+
+
+class Alerting(AlertingViews):
     def __init__(self, store: BaseStore, metrics: Metrics, base_url: str) -> None:
         self.store = store
         self.metrics = metrics
@@ -329,32 +361,6 @@ class Alerting:
         gauge = self.metrics.gauge("notification_queue_depth")
         for name in self.notifiers:
             gauge.labels(name).set(depth.get(name, 0))
-
-    # -- views --------------------------------------------------------------------------------------------
-    async def view(self, limit: int = 50) -> dict[str, Any]:
-        messages = await self.store.outbox.messages(limit)
-        per: dict[str, dict[str, int]] = {name: {"pending": 0, "delivered": 0, "dead": 0} for name in self.notifiers}
-        for name, states in (await self.store.outbox.counts()).items():
-            per.setdefault(name, {"pending": 0, "delivered": 0, "dead": 0}).update(states)
-        dead = [m for m in messages if m["state"] == "dead"]
-        return {
-            "notifiers": {name: {"kind": n.kind, **per.get(name, {})} for name, n in self.notifiers.items()},
-            "messages": messages,
-            "dead_letters": dead,
-        }
-
-    async def send_test(self, name: str) -> Delivery:
-        """Send one test message right now (not through the outbox) and return the receiver's answer."""
-        n = self.notifiers[name]
-        now = time.time()
-        test_id = new_id(now)
-        event = test_event(test_id, now)
-        async with aiohttp.ClientSession(headers={"User-Agent": "healerd"}) as session:
-            if isinstance(n, AlertmanagerNotifier):
-                body = {"alerts": [n.test_alert(event, now + 300)]}
-            else:
-                body = n.build([event], test_id)
-            return await n.deliver(session, body, test_id)
 
 
 def next_attempt(

@@ -219,7 +219,7 @@ async def _run_all_once(config: Config, only: str | None) -> list[tuple[str, str
     jobs: list[tuple[str, str, str, Any]] = []
     # Machines a provider launched are known from the state store: read it, never write it (the daemon may
     # be running) and never launch anything.
-    store = Store(config.daemon.state_dir)
+    store = daemon.make_store(config)
     has_store = await store.open_readonly()
     try:
         for svc in config.services.values():
@@ -231,7 +231,7 @@ async def _run_all_once(config: Config, only: str | None) -> list[tuple[str, str
             )
             machines = await provider.list_machines(svc)
             if not machines and svc.managed:
-                where = "" if has_store else f" (no state in {config.daemon.state_dir} yet)"
+                where = "" if has_store else f" (no state in {store.where} yet)"
                 print(f"service {svc.name}: no machines{where}; `healerd run` launches them", file=sys.stderr)
             for machine in machines:
                 if machine.lifecycle not in (Lifecycle.PROBATION, Lifecycle.IN_SERVICE):

@@ -49,14 +49,8 @@ class Daemon:
         self.metrics = Metrics()
         self.bus = EventBus()
         self.book = HealthBook()
-        self.store: BaseStore
+        self.store = make_store(config)
         cluster = config.cluster
-        if cluster is None:
-            self.store = Store(config.daemon.state_dir, config.daemon.history, config.daemon.event_log_size)
-        else:
-            dsn = cluster.store if cluster.store_file is None else read_secret(cluster.store_file)
-            assert dsn is not None  # the config has one of store, store_file
-            self.store = PgStore(dsn, cluster.node, config.daemon.history, config.daemon.event_log_size)
         self.env = CheckEnv(
             tuple(config.daemon.check_paths), config.base_dir, max_concurrent=config.daemon.max_concurrent_checks
         )
@@ -281,6 +275,16 @@ class Daemon:
         if self.store.fault:
             text = f"STATE STORE FAILING ({self.store.fault}); " + text
         return text
+
+
+def make_store(config: Config) -> BaseStore:
+    """SQLite in state_dir (alone), or the cluster's PostgreSQL database."""
+    cluster, daemon = config.cluster, config.daemon
+    if cluster is None:
+        return Store(daemon.state_dir, daemon.history, daemon.event_log_size)
+    dsn = cluster.store if cluster.store_file is None else read_secret(cluster.store_file)
+    assert dsn is not None  # the config has one of store, store_file
+    return PgStore(dsn, cluster.node, daemon.history, daemon.event_log_size, cluster.pgbouncer)
 
 
 def _tls(config: Config) -> ssl.SSLContext | None:

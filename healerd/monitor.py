@@ -48,7 +48,62 @@ def thresholds(spec: CheckSpec) -> Thresholds:
     return Thresholds(spec.fall, spec.rise, spec.flap_low, spec.flap_high, spec.unknown_alert_after)
 
 
-class Monitor:
+class MonitorViews:
+    """The monitor's state as the API and the CLI show it."""
+
+    book: HealthBook
+    machines: dict[str, dict[str, Machine]]
+    checks: dict[CheckKey, BoundCheck]
+
+    def service_view(self, name: str) -> dict[str, Any]:
+        svc = self.book.services[name]
+        return {
+            "name": name,
+            "state": svc.state.value,
+            "reason": svc.reason,
+            "since": svc.since,
+            "desired": svc.desired,
+            "min_healthy": svc.min_healthy,
+            "machines": svc.counts() | {"total": len(svc.machines)},
+            "service_checks": {k: self._check_view(c) for k, c in svc.service_checks.items()},
+        }
+
+    def machine_view(self, service: str, machine_id: str) -> dict[str, Any]:
+        m = self.book.services[service].machines[machine_id]
+        machine = self.machines.get(service, {}).get(machine_id)
+        return {
+            "service": service,
+            "id": machine_id,
+            "address": machine.address if machine else "",
+            "lifecycle": m.lifecycle.value,
+            "condition": m.condition.value,
+            "up": m.condition is not Condition.DOWN,
+            "flapping": m.condition is Condition.FLAPPING,
+            "since": m.since,
+            "checks": {k: self._check_view(c) for k, c in m.checks.items()},
+        }
+
+    def _check_view(self, c: Any) -> dict[str, Any]:
+        last = c.last
+        bc = self.checks.get(c.key)
+        return {
+            "status": last.status.name if last else None,
+            "message": last.message if last else None,
+            "duration": round(last.duration, 6) if last else None,
+            "metrics": [m.as_dict() for m in last.metrics] if last else [],
+            "last_run": c.last_at,
+            "hard_state": c.hard.name,
+            "state_type": c.state_type,
+            "since": c.since,
+            "ok_streak": c.ok_streak,
+            "fail_streak": c.bad_streak,
+            "flapping": c.flapping,
+            "flap_percent": round(c.flap_pct, 1),
+            "interval": bc.spec.interval if bc else None,
+        }
+
+
+class Monitor(MonitorViews):
     def __init__(
         self,
         book: HealthBook,
@@ -348,51 +403,3 @@ class Monitor:
             tally = Tally(m.lifecycle for m in svc.machines.values())
             for lc in Lifecycle:
                 machines_g.labels(name, lc.value).set(tally.get(lc, 0))
-
-    # -- views for the API and CLI ------------------------------------------------------------------------
-    def service_view(self, name: str) -> dict[str, Any]:
-        svc = self.book.services[name]
-        return {
-            "name": name,
-            "state": svc.state.value,
-            "reason": svc.reason,
-            "since": svc.since,
-            "desired": svc.desired,
-            "min_healthy": svc.min_healthy,
-            "machines": svc.counts() | {"total": len(svc.machines)},
-            "service_checks": {k: self._check_view(c) for k, c in svc.service_checks.items()},
-        }
-
-    def machine_view(self, service: str, machine_id: str) -> dict[str, Any]:
-        m = self.book.services[service].machines[machine_id]
-        machine = self.machines.get(service, {}).get(machine_id)
-        return {
-            "service": service,
-            "id": machine_id,
-            "address": machine.address if machine else "",
-            "lifecycle": m.lifecycle.value,
-            "condition": m.condition.value,
-            "up": m.condition is not Condition.DOWN,
-            "flapping": m.condition is Condition.FLAPPING,
-            "since": m.since,
-            "checks": {k: self._check_view(c) for k, c in m.checks.items()},
-        }
-
-    def _check_view(self, c: Any) -> dict[str, Any]:
-        last = c.last
-        bc = self.checks.get(c.key)
-        return {
-            "status": last.status.name if last else None,
-            "message": last.message if last else None,
-            "duration": round(last.duration, 6) if last else None,
-            "metrics": [m.as_dict() for m in last.metrics] if last else [],
-            "last_run": c.last_at,
-            "hard_state": c.hard.name,
-            "state_type": c.state_type,
-            "since": c.since,
-            "ok_streak": c.ok_streak,
-            "fail_streak": c.bad_streak,
-            "flapping": c.flapping,
-            "flap_percent": round(c.flap_pct, 1),
-            "interval": bc.spec.interval if bc else None,
-        }

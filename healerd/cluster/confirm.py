@@ -19,7 +19,7 @@ import structlog
 from ..monitor import Monitor
 from ..results import Status
 from ..runner import run_check
-from .lease import Member
+from ..store.lease import Member
 from .shard import ranked
 
 log = structlog.get_logger("healerd.cluster")
@@ -49,6 +49,8 @@ class Verdict:
         down = sum(1 for v in self.seen if v.down)
         views = "; ".join(f"{v.node}: {v.detail}" for v in self.seen)
         text = f"{down} of {len(self.seen)} vantage point(s) see it down, {self.need} needed ({views})"
+        if down == 1 and self.seen[0].down and all(v.down is False for v in self.seen[1:]):
+            text += f"; {self.seen[0].node} is the odd one out: its own network or checks are more likely at fault"
         return f"{text}; {self.capped}" if self.capped else text
 
 

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import time
-from typing import Any
 
 import structlog
 
@@ -23,25 +22,13 @@ from ..machines import Lifecycle, Machine
 from ..monitor import Monitor
 from ..results import CheckResult, PerfDatum, Status
 from ..store import STORE_FAULTS
+from ..store.changes import Changes, Cursor
 from ..store.postgres import PgStore
 
 log = structlog.get_logger("healerd.cluster")
 
 FOLLOW_INTERVAL = 0.5
 BATCH = 20_000
-_HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
-_MACHINES = """
-SELECT service, id, address, lifecycle, attributes, txid::text, rid FROM machines
-WHERE (txid, rid) > (?::xid8, ?) AND txid < pg_snapshot_xmin(pg_current_snapshot()) AND node <> ?
-ORDER BY txid, rid LIMIT ?
-"""
-_RESULTS = """
-SELECT service, machine, check_name, seq, ts, status, message, duration, metrics, txid::text, rid FROM results
-WHERE (txid, rid) > (?::xid8, ?) AND txid < pg_snapshot_xmin(pg_current_snapshot()) AND node <> ?
-ORDER BY txid, rid LIMIT ?
-"""
-
-Cursor = tuple[str, int]
 
 
 class Mirror:
@@ -51,6 +38,7 @@ class Mirror:
         self.node = node
         self._machines: Cursor = ("0", 0)
         self._results: Cursor = ("0", 0)
+        self._changes = Changes(store.pg)
         self._task: asyncio.Task[None] | None = None
         self.applied = 0  # results taken from other nodes since start
         self.lag = 0.0  # seconds between the newest result applied and its being applied
@@ -58,7 +46,7 @@ class Mirror:
     async def mark(self) -> None:
         """Before the monitor reads the store: follow from here (what ended before, it reads itself; what it
         reads twice is applied once, by sequence number)."""
-        horizon = await self.store.pg.read(lambda: str(self.store.pg.conn.execute(_HORIZON).fetchone()[0]))
+        horizon = await self._changes.horizon()
         start = str(max(0, int(horizon) - 1))
         self._machines = self._results = (start, 0)
 
@@ -86,7 +74,7 @@ class Mirror:
 
     async def follow_once(self) -> int:
         """Apply what the other nodes wrote since the last call; returns how many rows."""
-        machines, results = await self.store.pg.read(self._read)
+        machines, results = await self._changes.since(self._machines, self._results, self.node, BATCH)
         now = time.time()
         for service, mid, address, lifecycle, attributes, txid, rid in machines:
             self._machines = (txid, rid)
@@ -109,9 +97,3 @@ class Mirror:
         if newest:
             self.lag = max(0.0, time.time() - newest)
         return len(machines) + len(results)
-
-    def _read(self) -> tuple[list[Any], list[Any]]:
-        conn = self.store.pg.conn
-        machines = conn.execute(_MACHINES, (*self._machines, self.node, BATCH)).fetchall()
-        results = conn.execute(_RESULTS, (*self._results, self.node, BATCH)).fetchall()
-        return machines, results

@@ -24,9 +24,9 @@ from ..events import Event
 from ..health import CheckKey
 from ..metrics import Metrics
 from ..monitor import Monitor
+from ..store.lease import Lease, Member, Round
 from ..store.postgres import PgStore
 from .confirm import Confirmer, Verdict
-from .lease import Lease, Member, Round
 from .mirror import Mirror
 from .shard import owner, shard_key
 
@@ -54,7 +54,7 @@ class Cluster:
         self.store = store
         self.monitor = monitor
         self.metrics = metrics
-        self.lease = Lease(dsn, self.node, advertise, self.ttl)
+        self.lease = Lease(dsn, self.node, advertise, self.ttl, config.pgbouncer)
         self.mirror = Mirror(store, monitor, self.node)
         self.confirmer = Confirmer(self.node, monitor, self.live, config.confirm_from, token, scheme)
         self.last: Round | None = None

@@ -87,6 +87,8 @@ class ClusterConfig(Strict):
     lease_ttl: float = 10.0
     #: distinct vantage points (nodes) that must see a machine down before it is remediated
     confirm_from: int = Field(default=2, ge=1, le=16)
+    #: the store is reached through PgBouncer in transaction pooling: no server-side prepared statements
+    pgbouncer: bool = False
 
     @field_validator("lease_ttl", mode="before")
     @classmethod
@@ -385,6 +387,12 @@ class Config:
             f"  {len(self.services)} service(s), {n_machines} machine(s), {n_checks} check(s) per round, "
             f"{len(self.notifiers)} notifier(s), mode {self.daemon.mode.value}, listening on {self.daemon.listen}",
         ]
+        if self.cluster is not None:
+            c = self.cluster
+            lines.append(
+                f"  cluster node {c.node} (advertised at {c.advertise or self.daemon.listen}), "
+                f"lease_ttl {c.lease_ttl:g}s, confirm_from {c.confirm_from}, store on PostgreSQL"
+            )
         for svc in self.services.values():
             checks = ", ".join(f"{c.name} ({c.kind} every {c.interval:g}s)" for c in svc.checks) or "none"
             healing = (

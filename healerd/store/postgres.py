@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import psycopg.conninfo
+import psycopg_pool
 import structlog
 from psycopg_pool import ConnectionPool
 
@@ -66,7 +67,7 @@ class _Adapter:
 
 
 class PgDatabase(ThreadedDatabase):
-    def __init__(self, dsn: str, node: str) -> None:
+    def __init__(self, dsn: str, node: str, pgbouncer: bool = False) -> None:
         super().__init__(WORKERS, "healerd-pg")
         self.dsn = dsn
         self.node = node
@@ -86,6 +87,8 @@ class PgDatabase(ThreadedDatabase):
                 "application_name": f"healerd/{node}",
                 "connect_timeout": int(CONNECT_TIMEOUT),
                 "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                # PgBouncer's transaction pooling (before 1.21) cannot keep server-side prepared statements
+                **({"prepare_threshold": None} if pgbouncer else {}),
             },
         )
 
@@ -93,9 +96,7 @@ class PgDatabase(ThreadedDatabase):
     async def open(self, then: Callable[[], None]) -> None:
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._open, then)
-        except psycopg.Error as exc:
-            raise StoreError(self.explain(exc)) from None
-        except psycopg.pool.PoolTimeout as exc:  # type: ignore[attr-defined]
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise StoreError(self.explain(exc)) from None
 
     def explain(self, exc: BaseException) -> str:
@@ -123,6 +124,23 @@ class PgDatabase(ThreadedDatabase):
                 conn.execute("INSERT INTO healerd_schema VALUES (%s)", (i + 1,))
                 log.info("state store migrated", schema=i + 1, store=redact(self.dsn))
         self._run(then)
+
+    async def open_readonly(self) -> bool:
+        """Connect without creating or migrating anything; False when no healerd schema is there yet."""
+
+        def look() -> bool:
+            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
+            row = self.conn.execute("SELECT to_regclass('healerd_schema') IS NOT NULL").fetchone()
+            return bool(row and row[0])
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._run_connected, look)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise StoreError(self.explain(exc)) from None
+
+    def _run_connected(self, fn: Callable[[], T]) -> T:
+        self._pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
+        return self._run(fn)
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._pool.close)
@@ -185,8 +203,10 @@ class PgDatabase(ThreadedDatabase):
 class PgStore(BaseStore):
     """`PgStore(dsn, node)`, then `await open()`: the cluster's shared store."""
 
-    def __init__(self, dsn: str, node: str, history: int = 30, event_log_size: int = 100_000) -> None:
-        self.pg = PgDatabase(dsn, node)
+    def __init__(
+        self, dsn: str, node: str, history: int = 30, event_log_size: int = 100_000, pgbouncer: bool = False
+    ) -> None:
+        self.pg = PgDatabase(dsn, node, pgbouncer)
         super().__init__(self.pg, history, event_log_size)
 
     @property
@@ -201,8 +221,7 @@ class PgStore(BaseStore):
         await self.pg.open(then=self.results.load_sequences)
 
     async def open_readonly(self) -> bool:
-        await self.open()
-        return True
+        return await self.pg.open_readonly()
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):

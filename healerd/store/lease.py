@@ -72,7 +72,8 @@ class Round:
 
 
 class Lease:
-    def __init__(self, dsn: str, node: str, advertise: str, ttl: float) -> None:
+    def __init__(self, dsn: str, node: str, advertise: str, ttl: float, pgbouncer: bool = False) -> None:
+        self.pgbouncer = pgbouncer
         self.dsn = dsn
         self.node = node
         self.advertise = advertise
@@ -88,6 +89,7 @@ class Lease:
                 application_name=f"healerd/{self.node}",
                 connect_timeout=max(1, int(self.ttl / 3)),
                 options=f"-c statement_timeout={int(self.ttl * 1000 / 3)}",
+                prepare_threshold=None if self.pgbouncer else 5,
             )
         return self._conn
 
