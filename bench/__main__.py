@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 
+from ._cluster import scenario_cluster
 from ._heal import scenario_heal
 from ._healerd import (
     Healerd,
@@ -539,10 +540,27 @@ def markdown(result: dict[str, Any]) -> str:
             f"{lat['max_seconds']} s | {lat['goal_seconds']:g} s |",
             "",
         ]
+    cl = result.get("cluster")
+    if cl:
+        out += [
+            "## Scale-out: a cluster of two nodes (one core each) against one node",
+            "",
+            "One HTTP check per machine every second, a fresh connection each; PostgreSQL on the same machine.",
+            "",
+            "| run | machines | on time (≤ 100 ms) | lag p99 per node | CPU per node | shard |",
+            "|---|---|---|---|---|---|",
+        ]
+        for label, key in (("1 node", "one_node"), ("2 nodes", "two_nodes"), ("1 node, 2N", "one_node_double")):
+            r = cl[key]
+            out.append(
+                f"| {label} | {r['machines']} | {r['on_time_fraction']:.2%} | {r['lag_p99_seconds']} s | "
+                f"{r['cpu_fraction']} | {r['shard']} |"
+            )
+        out += ["", f"Machines held on time, two nodes / one: **{cl['capacity_ratio']}x**.", ""]
     return "\n".join(out)
 
 
-SCENARIOS = ("cost", "fleet", "distinct", "exec", "heal", "latency")
+SCENARIOS = ("cost", "fleet", "distinct", "exec", "heal", "latency", "cluster")
 
 
 def main() -> int:
@@ -555,6 +573,7 @@ def main() -> int:
     p.add_argument("--cost-targets", default="", help="only these cost rows (e.g. https_fresh,http_fresh)")
     p.add_argument("--seconds", type=float, default=60.0, help="duration of each fleet run")
     p.add_argument("--heals", type=int, default=10)
+    p.add_argument("--cluster-machines", type=int, default=2500, help="machines of one node in the cluster scenario")
     p.add_argument("--quick", action="store_true", help="short runs (for a smoke test of the bench)")
     args = p.parse_args()
     scenarios = set(args.scenarios.split(","))
@@ -587,6 +606,8 @@ def main() -> int:
             result["heal"] = scenario_heal(args.heals, log)
         if "latency" in scenarios:
             result["latency"] = scenario_latency(nginx, 1000, 100)
+        if "cluster" in scenarios:
+            result["cluster"] = scenario_cluster(nginx.port, args.cluster_machines, args.seconds, log)
     finally:
         nginx.stop()
     RESULTS.mkdir(exist_ok=True)

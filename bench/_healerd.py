@@ -73,11 +73,18 @@ class Healerd:
         check: dict[str, Any],
         core: int | None = 0,
         nofile: tuple[int, int] | None = None,
+        cluster: dict[str, Any] | None = None,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="healerd-bench-"))
         self.port = free_port()
         cfg = self.dir / "healerd.yaml"
-        cfg.write_text(json.dumps(fleet_config(machines, check, self.dir / "state", self.port)))  # JSON is YAML
+        config = fleet_config(machines, check, self.dir / "state", self.port)
+        if cluster is not None:  # a node of a cluster: its section, and the token the nodes share
+            token = self.dir / "api-token"
+            token.write_text("bench-cluster-token\n")
+            config["daemon"]["api_token_file"] = str(token)
+            config["cluster"] = cluster
+        cfg.write_text(json.dumps(config))  # JSON is YAML
         self.log = (self.dir / "healerd.log").open("w")
         limit = ["prlimit", f"--nofile={nofile[0]}:{nofile[1]}", "--"] if nofile else []
         self.proc = subprocess.Popen(

@@ -272,6 +272,8 @@ class Daemon:
             text += " (paused)"
         if self.last_reload_error:
             text = f"reload refused ({self.last_reload_error}), previous config running; " + text
+        if self.cluster is not None:
+            text += f"; {self.cluster.line()}"
         if self.store.fault:
             text = f"STATE STORE FAILING ({self.store.fault}); " + text
         return text

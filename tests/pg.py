@@ -65,6 +65,13 @@ class PgServer:
             timeout=60,
         )
 
+    def start(self) -> None:
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port} -k {self.folder} -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c log_min_messages=warning"
+        )
+        self.ctl("start", "-o", options, "-l", str(self.folder / "server.log"))
+
     def stop(self) -> None:
         with contextlib.suppress(subprocess.SubprocessError):
             self.ctl("stop", "-m", "fast")
@@ -87,11 +94,7 @@ def pg_server() -> Iterator[PgServer]:
         capture_output=True,
         timeout=120,
     )
-    options = (
-        f"-c listen_addresses=127.0.0.1 -c port={port} -k {folder} -c fsync=off -c synchronous_commit=off "
-        "-c full_page_writes=off -c max_connections=200 -c log_min_messages=warning"
-    )
-    server.ctl("start", "-o", options, "-l", str(folder / "server.log"))
+    server.start()
     try:
         yield server
     finally:

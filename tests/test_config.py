@@ -259,3 +259,48 @@ def test_a_problem_quotes_a_long_wrong_value_only_in_part(tmp_path: Path) -> Non
     (problem,) = info.value.problems
     assert "at most 10000 items" in problem.message
     assert problem.message.endswith(" ...)") and len(problem.message) < 400
+
+
+# -- cluster -------------------------------------------------------------------------------------------------
+def _clustered(tmp_path: Path, cluster: str, token: bool = True) -> str:
+    (tmp_path / "token").write_text("t0ken\n")
+    text = GOOD.replace("  mode: observe\n", "  mode: observe\n  api_token_file: token\n") if token else GOOD
+    return text + "cluster:\n" + "".join(f"  {line}\n" for line in cluster.strip().splitlines())
+
+
+def test_a_cluster_section_loads_with_its_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, _clustered(tmp_path, "store: postgresql://healerd@db/healerd\nnode: hd-a")))
+    assert cfg.cluster is not None
+    assert (cfg.cluster.node, cfg.cluster.lease_ttl, cfg.cluster.confirm_from) == ("hd-a", 10.0, 2)
+    assert "cluster node hd-a" in cfg.summary() and "lease_ttl 10s" in cfg.summary()
+    assert load_config(write(tmp_path, GOOD)).cluster is None  # absent: alone on SQLite
+
+
+@pytest.mark.parametrize(
+    ("cluster", "expected"),
+    [
+        ("node: a", "set one of store (the PostgreSQL connection string) or store_file"),
+        ("store: mysql://db/healerd", "store must be a PostgreSQL connection string like postgresql://"),
+        ("store: postgresql://db/h\nlease_ttl: 1s", "lease_ttl 1s is too short"),
+        ("store: postgresql://db/h\nlease_ttl: 1h", "lease_ttl 1h is more than 5m; use 5m or less"),
+        ("store: postgresql://db/h\nconfirm_from: 0", "confirm_from"),
+        ("store: postgresql://db/h\nnode: 'a b'", "node"),
+        ("store_file: missing-dsn", "missing-dsn"),
+        ("store: postgresql://db/h\nleas_ttl: 5s", "leas_ttl"),
+    ],
+)
+def test_cluster_mistakes_are_named_with_their_fix(tmp_path: Path, cluster: str, expected: str) -> None:
+    problems = problems_of(tmp_path, _clustered(tmp_path, cluster))
+    assert any(expected in p for p in problems), problems
+    assert all("cluster" in p for p in problems), problems
+
+
+def test_a_cluster_needs_the_token_its_nodes_call_each_other_with(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, _clustered(tmp_path, "store: postgresql://db/h", token=False))
+    assert any("set daemon.api_token_file" in p for p in problems), problems
+
+
+def test_a_node_listening_everywhere_must_say_where_the_others_reach_it(tmp_path: Path) -> None:
+    text = _clustered(tmp_path, "store: postgresql://db/h").replace("127.0.0.1:19464", "0.0.0.0:19464")
+    problems = problems_of(tmp_path, text)
+    assert any("set cluster.advertise" in p for p in problems), problems

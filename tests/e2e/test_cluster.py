@@ -132,6 +132,7 @@ def test_nodes_split_a_fleet_each_machine_checked_once_and_rebalance_when_one_jo
     # every machine is checked, and by one node only: over 5 s at 0.5 s, ~10 requests each (20 if twice)
     seen = window(counts, lock, 5.0)
     per_machine = [seen.get(f"m{i:03d}", 0) for i in range(MACHINES)]
+    print(f"\n3 nodes: shards {split}; requests per machine in 5 s: min {min(per_machine)}, max {max(per_machine)}")
     assert min(per_machine) >= 6, f"a machine was not checked: {sorted(per_machine)[:5]}"
     assert max(per_machine) <= 13, f"a machine was checked twice: {sorted(per_machine)[-5:]}"
 
@@ -167,6 +168,7 @@ def test_nodes_split_a_fleet_each_machine_checked_once_and_rebalance_when_one_jo
     split = shards(rig)
     assert sum(split.values()) == MACHINES, split
     assert 5 <= split["d"] <= 25, f"node d's share of 60 over 4: {split}"
+    print(f"\nafter node d joined ({took:.2f}s): shards {split} (ideal {MACHINES / 4:g} each)")
     seen = window(counts, lock, 3.0)
     assert max(seen.values()) <= 8, f"checked twice after the join ({took:.1f}s): {seen.most_common(3)}"
 
@@ -176,6 +178,35 @@ def test_nodes_split_a_fleet_each_machine_checked_once_and_rebalance_when_one_jo
     rig.wait(lambda: sum(shards(rig).values()) == MACHINES and "b" not in shards(rig), 2 * TTL, "b's share to move")
     seen = window(counts, lock, 3.0)
     assert min(seen.get(f"m{i:03d}", 0) for i in range(MACHINES)) >= 3, f"machines of b ({gone}) went unchecked"
+
+
+def test_the_database_going_away_stops_no_check_and_a_leader_leads_again_when_it_is_back(
+    pg: PgServer, tmp_path: Path, rigs: list[ClusterRig], counting_server: Any
+) -> None:
+    address, counts, lock = counting_server
+    rig = ClusterRig(tmp_path, pg.new_database(), static_fleet(tmp_path, address), ttl=TTL)
+    rigs.append(rig)
+    for name in "ab":
+        rig.start(name)
+    rig.wait(lambda: sum(shards(rig).values()) == MACHINES and len(shards(rig)) == 2, 15, "2 nodes sharing 60")
+    leader = rig.wait_leader()
+    pg.stop()
+    try:
+        # the leader cannot renew: it stops acting before its lease could expire
+        rig.wait(lambda: rig.leader() is None, TTL, "the leader to step down without its database")
+        seen = window(counts, lock, 3.0)
+        assert min(seen.get(f"m{i:03d}", 0) for i in range(MACHINES)) >= 3, "checks stopped with the database"
+        for node in rig.live():
+            assert node.get("/healthz")[0] == 200
+            view = node.cluster()
+            assert view["database_error"], view
+        out = run_cli("cluster", "status", "--url", leader.url)
+        assert "DATABASE UNREACHABLE" in out.stdout, out.stdout
+    finally:
+        pg.start()
+    rig.wait_leader(4 * TTL)
+    rig.wait(lambda: all(n.cluster()["database_error"] is None for n in rig.live()), 2 * TTL, "the nodes to reconnect")
+    assert all(n.alive() for n in rig.nodes.values())
 
 
 # ---------------------------------------------------------------------------------------------------------
