@@ -78,6 +78,7 @@ class Daemon:
                 scheme,
             )
             self.remediation.join_cluster(self.cluster.acting, self.cluster.confirm)
+            self.cluster.on_follower_round = self.remediation.follow_store
         self.api_settings = api.ApiSettings(config, self.api_token, self.cluster)
         self.stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()

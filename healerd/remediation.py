@@ -145,6 +145,12 @@ class RemediationEngine:
     def running(self) -> bool:
         return self._loop_task is not None
 
+    async def follow_store(self) -> None:
+        """On a follower: the incidents and the modes as the leader keeps them, for this node's views."""
+        if self._loop_task is None:
+            await self.controls.load()
+            await self.book.load()
+
     def join_cluster(self, may_act: Callable[[], bool], confirm: Confirm) -> None:
         """In a cluster: act only while leading, and have other vantage points confirm before remediating."""
         self.runbook.may_act = may_act

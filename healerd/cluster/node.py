@@ -68,6 +68,8 @@ class Cluster:
         self._on_lead: Callable[[int], Awaitable[None]] | None = None
         self._on_follow: Transition | None = None
         self.last_error: str | None = None
+        #: a follower's views of what the leader decides (incidents, modes), refreshed at each round
+        self.on_follower_round: Transition | None = None
         self._stopped = False
         store.pg.on_fenced(self._fenced)
 
@@ -146,6 +148,8 @@ class Cluster:
                 found = await self._round(take=True)
                 if found is not None and found.leader != self.node and found.expires_in < period:
                     delay = max(0.05, found.expires_in + 0.05)  # be there when it expires
+                if found is not None and not self.acting() and self.on_follower_round is not None:
+                    await self.on_follower_round()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -156,8 +160,9 @@ class Cluster:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
+            # a slow round that ends in time still counts: the deadline runs from its start
             found = await asyncio.wait_for(
-                self.lease.round(self.monitor.owned_machines(), self._owned_checks(), take=take), self.ttl / 3
+                self.lease.round(self.monitor.owned_machines(), self._owned_checks(), take=take), self.ttl / 2
             )
         except (TimeoutError, OSError, Exception) as exc:
             self.metrics.counter("cluster_lease_errors").inc()

@@ -88,7 +88,7 @@ class Lease:
                 autocommit=True,
                 application_name=f"healerd/{self.node}",
                 connect_timeout=max(1, int(self.ttl / 3)),
-                options=f"-c statement_timeout={int(self.ttl * 1000 / 3)}",
+                options=f"-c statement_timeout={int(self.ttl * 1000 / 2)}",
                 prepare_threshold=None if self.pgbouncer else 5,
             )
         return self._conn

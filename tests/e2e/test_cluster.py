@@ -389,6 +389,11 @@ def test_a_node_that_cannot_reach_the_fleet_gets_nothing_replaced_but_a_machine_
     assert launched_ids(tmp_path) == launched_before, "a machine was replaced on one node's word"
     leader = rig.wait_leader()
     assert (leader.metrics().total("healerd_remediation_suppressed_total", reason="unconfirmed") or 0) >= 1
+    # a follower shows the leader's incidents too (its status page, its API)
+    follower = next(n for n in rig.live() if n.name != leader.name)
+    rig.wait(lambda: follower.json("/api/v1/mode")["incidents_open"] >= 1, 2 * TTL, "a follower to show the incident")
+    status, page = follower.get("/")
+    assert status == 200 and held[0]["id"].encode() in page and b"cluster: 3 live node(s)" in page
     assert view["confirm_from"]["effective"] == 2
 
     # a machine down for every node is remediated
