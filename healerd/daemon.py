@@ -20,13 +20,13 @@ from .alerting import Alerting
 from .checks import CheckEnv
 from .cluster import Cluster
 from .config import Config, ConfigError, Mode, load_config
-from .config.network import read_secret
 from .events import Event, EventBus, EventType, Severity
 from .health import HealthBook
 from .log import configure as configure_logging
 from .log import log_event
 from .metrics import Metrics
 from .monitor import Monitor
+from .notifiers.base import read_secret
 from .remediation import RemediationEngine
 from .store import STORE_FAULTS, BaseStore, Store, StoreError
 from .store.postgres import PgStore
@@ -285,7 +285,7 @@ def make_store(config: Config) -> BaseStore:
     cluster, daemon = config.cluster, config.daemon
     if cluster is None:
         return Store(daemon.state_dir, daemon.history, daemon.event_log_size)
-    dsn = cluster.store if cluster.store_file is None else read_secret(cluster.store_file)
+    dsn = cluster.store if cluster.store_file is None else read_secret(cluster.store_file, None, "cluster.store_file")
     assert dsn is not None  # the config has one of store, store_file
     return PgStore(dsn, cluster.node, daemon.history, daemon.event_log_size, cluster.pgbouncer)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -126,15 +126,26 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
     )
 
 
+S = TypeVar("S", bound=BaseModel)
+
+
+def _section(data: dict[str, Any], key: str, model: type[S], out: Collector) -> S | None:
+    """A top-level mapping validated by its model; None (and the problems in `out`) when it is wrong."""
+    raw = _mapping(data.get(key), (key,), out)
+    try:
+        section = model.model_validate(raw)
+    except ValidationError as exc:
+        out.pydantic((key,), exc, vocabulary(model))
+        return None
+    out.numbers((key,), section, raw)
+    return section
+
+
 def _cluster(data: dict[str, Any], daemon: DaemonConfig, base: Path, out: Collector) -> ClusterConfig | None:
     if data.get("cluster") is None:
         return None
-    raw = _mapping(data.get("cluster"), ("cluster",), out)
-    try:
-        cluster = ClusterConfig.model_validate(raw)
-        out.numbers(("cluster",), cluster, raw)
-    except ValidationError as exc:
-        out.pydantic(("cluster",), exc, vocabulary(ClusterConfig))
+    cluster = _section(data, "cluster", ClusterConfig, out)
+    if cluster is None:
         return None
     cluster = cluster.model_copy(
         update={
@@ -159,13 +170,8 @@ def _cluster(data: dict[str, Any], daemon: DaemonConfig, base: Path, out: Collec
 
 
 def _daemon(data: dict[str, Any], base: Path, out: Collector, warnings: list[str], filename: str) -> DaemonConfig:
-    daemon = DaemonConfig()
     raw = _mapping(data.get("daemon"), ("daemon",), out)
-    try:
-        daemon = DaemonConfig.model_validate(raw)
-        out.numbers(("daemon",), daemon, raw)
-    except ValidationError as exc:
-        out.pydantic(("daemon",), exc, vocabulary(DaemonConfig))
+    daemon = _section(data, "daemon", DaemonConfig, out) or DaemonConfig()
     daemon = daemon.model_copy(
         update={
             "state_dir": resolve_against(base, daemon.state_dir),

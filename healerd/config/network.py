@@ -179,8 +179,3 @@ def file_problem(path: Path) -> str | None:
     except ValueError as exc:
         return str(exc)
     return None if text.strip() else f"{path} is empty; put the value in it"
-
-
-def read_secret(path: Path) -> str:
-    """The stripped text of a small secret file (validated by `file_problem` at load)."""
-    return _read_small(path, limit=16384).strip()

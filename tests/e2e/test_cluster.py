@@ -100,6 +100,20 @@ def static_fleet(tmp_path: Path, address: str) -> dict[str, Any]:
     return make_config(tmp_path, 0, machines, [check])
 
 
+def static_cluster(pg: PgServer, tmp_path: Path, rigs: list[ClusterRig], address: str, names: str) -> ClusterRig:
+    """Nodes `names` on the static fleet, once they share its 60 machines."""
+    rig = ClusterRig(tmp_path, pg.new_database(), static_fleet(tmp_path, address), ttl=TTL)
+    rigs.append(rig)
+    for name in names:
+        rig.start(name)
+    rig.wait(
+        lambda: sum((s := shards(rig)).values()) == MACHINES and len(s) == len(names),
+        15,
+        f"{len(names)} nodes sharing {MACHINES} machines",
+    )
+    return rig
+
+
 def shards(rig: ClusterRig) -> dict[str, int]:
     """Machines per node, as each node reports its own shard in its /metrics."""
     out = {}
@@ -121,11 +135,7 @@ def test_nodes_split_a_fleet_each_machine_checked_once_and_rebalance_when_one_jo
     pg: PgServer, tmp_path: Path, rigs: list[ClusterRig], counting_server: Any
 ) -> None:
     address, counts, lock = counting_server
-    rig = ClusterRig(tmp_path, pg.new_database(), static_fleet(tmp_path, address), ttl=TTL)
-    rigs.append(rig)
-    for name in "abc":
-        rig.start(name)
-    rig.wait(lambda: sum(shards(rig).values()) == MACHINES and len(shards(rig)) == 3, 15, "3 nodes sharing 60")
+    rig = static_cluster(pg, tmp_path, rigs, address, "abc")
     split = shards(rig)
     assert all(8 <= n <= 32 for n in split.values()), f"a lopsided split of 60 over 3: {split}"
 
@@ -184,11 +194,7 @@ def test_the_database_going_away_stops_no_check_and_a_leader_leads_again_when_it
     pg: PgServer, tmp_path: Path, rigs: list[ClusterRig], counting_server: Any
 ) -> None:
     address, counts, lock = counting_server
-    rig = ClusterRig(tmp_path, pg.new_database(), static_fleet(tmp_path, address), ttl=TTL)
-    rigs.append(rig)
-    for name in "ab":
-        rig.start(name)
-    rig.wait(lambda: sum(shards(rig).values()) == MACHINES and len(shards(rig)) == 2, 15, "2 nodes sharing 60")
+    rig = static_cluster(pg, tmp_path, rigs, address, "ab")
     leader = rig.wait_leader()
     pg.stop()
     try:
