@@ -287,7 +287,9 @@ def make_store(config: Config) -> BaseStore:
         return Store(daemon.state_dir, daemon.history, daemon.event_log_size)
     dsn = cluster.store if cluster.store_file is None else read_secret(cluster.store_file, None, "cluster.store_file")
     assert dsn is not None  # the config has one of store, store_file
-    return PgStore(dsn, cluster.node, daemon.history, daemon.event_log_size, cluster.pgbouncer)
+    return PgStore(
+        dsn, cluster.node, daemon.history, daemon.event_log_size, cluster.pgbouncer, idle_timeout=cluster.lease_ttl / 3
+    )
 
 
 def _tls(config: Config) -> ssl.SSLContext | None:

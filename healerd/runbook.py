@@ -24,7 +24,7 @@ from .incidents import Incident, IncidentBook, IncidentState
 from .playbooks import OnFailure, Playbook, Step
 from .plugins import ACTIONS
 from .providers.base import ProviderError
-from .store import Fenced
+from .store import STORE_FAULTS, Fenced
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -246,6 +246,8 @@ class Runbook:
                 error = str(exc)
             except asyncio.CancelledError:
                 raise
+            except STORE_FAULTS as exc:  # the store said so once; the step is tried again (idempotent)
+                error = f"{step.action}: the state store failed ({type(exc).__name__}: {exc})"
             except Exception as exc:  # a bug in an action fails the step with its message
                 log.exception("step raised")
                 error = f"{step.action} raised {type(exc).__name__}: {exc}"

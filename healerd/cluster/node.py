@@ -24,6 +24,7 @@ from ..events import Event
 from ..health import CheckKey
 from ..metrics import Metrics
 from ..monitor import Monitor
+from ..store import STORE_FAULTS, Fenced
 from ..store.lease import Lease, Member, Round
 from ..store.postgres import PgStore
 from .confirm import Confirmer, Verdict
@@ -260,6 +261,10 @@ class Cluster:
             await fn()
         except asyncio.CancelledError:
             raise
+        except Fenced as exc:  # the lease went while taking over: the next change follows
+            log.warning(f"{what} cut short: the lease went meanwhile", node=self.node, reason=str(exc))
+        except STORE_FAULTS as exc:
+            log.warning(f"{what} cut short: the store fails", node=self.node, error=str(exc))
         except Exception:
             log.exception(f"{what} failed", node=self.node)
 

@@ -88,7 +88,8 @@ class Lease:
                 autocommit=True,
                 application_name=f"healerd/{self.node}",
                 connect_timeout=max(1, int(self.ttl / 3)),
-                options=f"-c statement_timeout={int(self.ttl * 1000 / 2)}",
+                options=f"-c statement_timeout={int(self.ttl * 1000 / 2)} "
+                f"-c idle_in_transaction_session_timeout={int(self.ttl * 1000 / 3)}",
                 prepare_threshold=None if self.pgbouncer else 5,
             )
         return self._conn

@@ -67,7 +67,7 @@ class _Adapter:
 
 
 class PgDatabase(ThreadedDatabase):
-    def __init__(self, dsn: str, node: str, pgbouncer: bool = False) -> None:
+    def __init__(self, dsn: str, node: str, pgbouncer: bool = False, idle_timeout: float = 5.0) -> None:
         super().__init__(WORKERS, "healerd-pg")
         self.dsn = dsn
         self.node = node
@@ -86,7 +86,10 @@ class PgDatabase(ThreadedDatabase):
             kwargs={
                 "application_name": f"healerd/{node}",
                 "connect_timeout": int(CONNECT_TIMEOUT),
-                "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                # a node frozen (SIGSTOP, a VM paused) inside a transaction must not keep its locks: the lease
+                # row it holds FOR SHARE would block every takeover; the server ends such a session
+                "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
+                f"-c idle_in_transaction_session_timeout={int(idle_timeout * 1000)}",
                 # PgBouncer's transaction pooling (before 1.21) cannot keep server-side prepared statements
                 **({"prepare_threshold": None} if pgbouncer else {}),
             },
@@ -204,9 +207,15 @@ class PgStore(BaseStore):
     """`PgStore(dsn, node)`, then `await open()`: the cluster's shared store."""
 
     def __init__(
-        self, dsn: str, node: str, history: int = 30, event_log_size: int = 100_000, pgbouncer: bool = False
+        self,
+        dsn: str,
+        node: str,
+        history: int = 30,
+        event_log_size: int = 100_000,
+        pgbouncer: bool = False,
+        idle_timeout: float = 5.0,
     ) -> None:
-        self.pg = PgDatabase(dsn, node, pgbouncer)
+        self.pg = PgDatabase(dsn, node, pgbouncer, idle_timeout)
         super().__init__(self.pg, history, event_log_size)
 
     @property
