@@ -77,6 +77,10 @@ class StepJournal:
         await self.store.incidents.mark_running_steps_interrupted(incident, time.time())
 
 
+#: seconds between attempts to go on with a remediation the store failed under
+STORE_RETRY = 5.0
+
+
 class Runbook:
     """Starts, runs and resumes remediations: one task per incident, its steps journaled."""
 
@@ -187,12 +191,28 @@ class Runbook:
             in_progress = self.metrics.gauge("remediations_in_progress").labels(inc.service)
             in_progress.inc()
             try:
-                await self._run_playbook(inc)
+                await self._run_resuming(inc)
             except Fenced as exc:  # the new leader resumes it from the journal
                 log.warning("remediation left to the new leader", reason=str(exc))
             finally:
                 in_progress.dec()
                 self.on_change()
+
+    async def _run_resuming(self, inc: Incident) -> None:
+        """Run the playbook; when the store fails under it (a full disk, the database away), go on from the
+        journal once it works again: the steps already done are not run twice."""
+        while True:
+            try:
+                await self._run_playbook(inc)
+                return
+            except STORE_FAULTS as exc:
+                log.error(
+                    "the state store failed during the remediation; it goes on from the journal when the store works",
+                    error=f"{type(exc).__name__}: {exc}"[:300],
+                )
+            await asyncio.sleep(STORE_RETRY)
+            if not self.may_act():
+                raise Fenced("this node no longer leads")
 
     async def _run_playbook(self, inc: Incident) -> None:
         svc = self.config.services.get(inc.service)
