@@ -458,7 +458,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         [
             n["node"] + (" *" if n["leader"] else ""),
             n["advertise"],
-            "live" if n["live"] else "gone",
+            ("live" if n["live"] else "gone") + (f", odd one out ({n['disputed']})" if n.get("disputed") else ""),
             f"{n['seen_ago']:.1f}s ago",
             str(n["machines"]),
             str(n["checks"]),

@@ -9,6 +9,7 @@ A node that does not answer counts as not confirming: silence is never taken for
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ from .shard import ranked
 
 log = structlog.get_logger("healerd.cluster")
 
+#: how long a node stays "the odd one out" for a machine after the confirmation that found it so
+DISPUTE_KEPT = 60.0
 #: results that count as "down" from a vantage point
 DOWN = frozenset({Status.CRITICAL, Status.UNKNOWN})
 
@@ -45,12 +48,19 @@ class Verdict:
     capped: str = ""  # why fewer nodes than configured were asked
 
     @property
+    def odd_one_out(self) -> str | None:
+        """The machine's checker, when it alone sees it down and every other vantage point answered up."""
+        if len(self.seen) > 1 and self.seen[0].down and all(v.down is False for v in self.seen[1:]):
+            return self.seen[0].node
+        return None
+
+    @property
     def detail(self) -> str:
         down = sum(1 for v in self.seen if v.down)
         views = "; ".join(f"{v.node}: {v.detail}" for v in self.seen)
         text = f"{down} of {len(self.seen)} vantage point(s) see it down, {self.need} needed ({views})"
-        if down == 1 and self.seen[0].down and all(v.down is False for v in self.seen[1:]):
-            text += f"; {self.seen[0].node} is the odd one out: its own network or checks are more likely at fault"
+        if self.odd_one_out:
+            text += f"; {self.odd_one_out} is the odd one out: its own network or checks are more likely at fault"
         return f"{text}; {self.capped}" if self.capped else text
 
 
@@ -86,6 +96,7 @@ class Confirmer:
         self.token = token
         self.scheme = scheme
         self._session: aiohttp.ClientSession | None = None
+        self._disputes: dict[str, dict[str, float]] = {}  # node -> {service/machine: kept until (monotonic)}
 
     def effective(self) -> tuple[int, str]:
         """How many vantage points are needed now, and why fewer than configured (capped by live nodes)."""
@@ -101,7 +112,24 @@ class Confirmer:
         asked = ranked(f"{service}\x00{machine}", members)[:need]  # the owner first
         seen = await asyncio.gather(*(self._ask(members.get(n), n, service, machine, timeout) for n in asked))
         confirmed = sum(1 for v in seen if v.down) >= need
-        return Verdict(confirmed, need, tuple(seen), capped)
+        verdict = Verdict(confirmed, need, tuple(seen), capped)
+        key = f"{service}/{machine}"
+        for held in self._disputes.values():
+            held.pop(key, None)
+        if verdict.odd_one_out:
+            self._disputes.setdefault(verdict.odd_one_out, {})[key] = time.monotonic() + DISPUTE_KEPT
+        return verdict
+
+    def disputed(self) -> dict[str, int]:
+        """Per live node: machines it alone saw down at their last confirmation (within DISPUTE_KEPT)."""
+        now = time.monotonic()
+        out = {}
+        for m in self.members():
+            held = self._disputes.get(m.node, {})
+            for key in [k for k, until in held.items() if until < now]:
+                del held[key]
+            out[m.node] = len(held)
+        return out
 
     async def _ask(self, member: Member | None, node: str, service: str, machine: str, timeout: float) -> Vantage:
         if node == self.node:

@@ -71,6 +71,8 @@ class Cluster:
         self.last_error: str | None = None
         #: a follower's views of what the leader decides (incidents, modes), refreshed at each round
         self.on_follower_round: Transition | None = None
+        #: machines the leader found that only this node sees down (it is the odd one out)
+        self.disputed = 0
         self._stopped = False
         store.pg.on_fenced(self._fenced)
 
@@ -162,8 +164,10 @@ class Cluster:
         started = loop.time()
         try:
             # a slow round that ends in time still counts: the deadline runs from its start
+            disputed = self.confirmer.disputed() if self.epoch is not None else None
             found = await asyncio.wait_for(
-                self.lease.round(self.monitor.owned_machines(), self._owned_checks(), take=take), self.ttl / 2
+                self.lease.round(self.monitor.owned_machines(), self._owned_checks(), take=take, disputed=disputed),
+                self.ttl / 2,
             )
         except (TimeoutError, OSError, Exception) as exc:
             self.metrics.counter("cluster_lease_errors").inc()
@@ -179,6 +183,7 @@ class Cluster:
             self.last_error = None
         self.last = found
         self._membership(found)
+        self._odd_one_out(found)
         if take and found.leader == self.node:
             self._renewed(found.epoch, started)
         elif self.epoch is not None:
@@ -204,6 +209,20 @@ class Cluster:
             checks_started=started,
             checks_stopped=stopped,
         )
+
+    def _odd_one_out(self, found: Round) -> None:
+        """Say once when the leader found that this node alone sees machines down, and once when it ends."""
+        mine = next((m.disputed for m in found.members if m.node == self.node), 0)
+        if mine and not self.disputed:
+            log.warning(
+                "this node is the odd one out: machines it sees down are up from the other nodes; "
+                "its own network or checks are more likely at fault (nothing is replaced on its word)",
+                node=self.node,
+                machines=mine,
+            )
+        elif self.disputed and not mine:
+            log.info("this node agrees with the other vantage points again", node=self.node)
+        self.disputed = mine
 
     # -- leadership -----------------------------------------------------------------------------------------
     def _renewed(self, epoch: int, started: float) -> None:
@@ -296,6 +315,11 @@ class Cluster:
         )
         need, capped = self.confirmer.effective()
         text += f"; confirm_from {need}" + (f" ({capped})" if capped else "")
+        if self.disputed:
+            text += (
+                f"; THIS NODE IS THE ODD ONE OUT: {self.disputed} machine(s) it sees down are up from the other "
+                "nodes (its own network or checks are more likely at fault)"
+            )
         if self.last_error:
             text += f"; DATABASE UNREACHABLE: {self.last_error}"
         return text
@@ -319,6 +343,7 @@ class Cluster:
                     "leader": found is not None and m.node == found.leader and found.expires_in > 0,
                     "machines": self.monitor.owned_machines() if m.node == self.node else m.machines,
                     "checks": self._owned_checks() if m.node == self.node else m.checks,
+                    "disputed": m.disputed,
                     "version": m.version,
                     "started_at": m.started_at,
                 }

@@ -36,9 +36,10 @@ ON CONFLICT (name) DO UPDATE SET
 WHERE cluster_lease.holder = excluded.holder OR cluster_lease.expires_at <= now()
 """
 _LEASE = "SELECT holder, epoch, extract(epoch FROM expires_at - now()) FROM cluster_lease WHERE name = 'leader'"
+_DISPUTED = "UPDATE cluster_nodes SET disputed = %s WHERE node = %s AND disputed <> %s"
 _NODES = """
 SELECT node, advertise, version, extract(epoch FROM last_seen), extract(epoch FROM now() - last_seen),
-       machines, checks, extract(epoch FROM started_at)
+       machines, checks, extract(epoch FROM started_at), disputed
 FROM cluster_nodes WHERE last_seen > now() - interval '1 day' ORDER BY node
 """
 _RELEASE = "UPDATE cluster_lease SET expires_at = now() WHERE name = 'leader' AND holder = %s AND epoch = %s"
@@ -56,6 +57,7 @@ class Member:
     machines: int
     checks: int
     started_at: float
+    disputed: int = 0  # machines only this node sees down, the other vantage points up (set by the leader)
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,11 @@ class Lease:
             )
         return self._conn
 
-    async def round(self, machines: int, checks: int, *, take: bool = True) -> Round:
-        """Heartbeat, take or renew the lease (unless `take` is False: a node stepping down), read the nodes."""
+    async def round(
+        self, machines: int, checks: int, *, take: bool = True, disputed: dict[str, int] | None = None
+    ) -> Round:
+        """Heartbeat, take or renew the lease (unless `take` is False: a node stepping down), record what the
+        leader found disputed (per node), read the nodes."""
         conn = await self._connection()
         try:
             async with conn.transaction():
@@ -112,6 +117,9 @@ class Lease:
                 )
                 if take:
                     await conn.execute(_TAKE, {"node": self.node, "ttl": self.ttl})
+                if disputed is not None:
+                    async with conn.cursor() as cur:
+                        await cur.executemany(_DISPUTED, [(n, node, n) for node, n in disputed.items()])
                 lease = await (await conn.execute(_LEASE)).fetchone()
                 rows = await (await conn.execute(_NODES)).fetchall()
         except BaseException:
@@ -119,7 +127,8 @@ class Lease:
             raise
         self._fresh = False
         members = tuple(
-            Member(r[0], r[1], r[2], float(r[3]), float(r[4]), int(r[5]), int(r[6]), float(r[7])) for r in rows
+            Member(r[0], r[1], r[2], float(r[3]), float(r[4]), int(r[5]), int(r[6]), float(r[7]), int(r[8]))
+            for r in rows
         )
         if lease is None:
             return Round(None, 0, 0.0, members)

@@ -88,4 +88,8 @@ MIGRATIONS: tuple[str, ...] = (
         last_seen TIMESTAMPTZ NOT NULL, machines INTEGER NOT NULL DEFAULT 0, checks INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # the machines a node alone sees down (the others up), as the leader last found: the node's own view
+    """
+    ALTER TABLE cluster_nodes ADD COLUMN disputed INTEGER NOT NULL DEFAULT 0;
+    """,
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,12 +22,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from conftest import free_port
 from pg import PgServer
 
 from .cluster import ClusterRig, Node
 from .fleet import DESIRED, fleet_config, kill_demos, launched_ids, set_fault
-from .helpers import make_config, run_cli
+from .helpers import make_config, run_cli, wait_until
 from .test_alerting import Loopback, Receiver
 
 pytestmark = pytest.mark.e2e
@@ -377,7 +377,10 @@ def test_a_node_that_cannot_reach_the_fleet_gets_nothing_replaced_but_a_machine_
         "a follower with a share",
     )
     cut = rig.nodes[owner["node"].removeprefix("healerd-")]
-    blackhole = free_port()  # nothing listens there: every check of this node fails (connection refused)
+    # a port held bound but never listening: every check of this node is refused, and no one else can take it
+    blackhole_socket = socket.socket()
+    blackhole_socket.bind(("127.0.0.1", 0))
+    blackhole = blackhole_socket.getsockname()[1]
 
     def cut_off(cfg: dict[str, Any]) -> None:
         cfg["services"]["web"]["checks"][0]["url"] = f"http://127.0.0.1:{blackhole}/health"
@@ -385,16 +388,25 @@ def test_a_node_that_cannot_reach_the_fleet_gets_nothing_replaced_but_a_machine_
     launched_before = launched_ids(tmp_path)
     cut.stop()
     rig.start(cut.name, change=cut_off)
-    held = rig.wait(
+    held = wait_until(
         lambda: [i for i in incidents(rig.wait_leader()) if i["details"].get("suppressed") == "unconfirmed"],
         25,
         "the leader to hold a remediation back as unconfirmed",
+        interval=0.1,
+        describe=lambda: f"{cut.name} sees: {cut.json('/api/v1/scheduler')} {cut.machines()}\n{rig.describe()}",
     )
     assert "vantage point" in held[0]["details"]["suppressed_detail"]
     time.sleep(4.0)
     assert launched_ids(tmp_path) == launched_before, "a machine was replaced on one node's word"
     leader = rig.wait_leader()
     assert (leader.metrics().total("healerd_remediation_suppressed_total", reason="unconfirmed") or 0) >= 1
+    # the cut-off node itself learns that it is the odd one out, and says so
+    rig.wait(lambda: "this node is the odd one out" in cut.output(), 3 * TTL, "the cut-off node to see it")
+    mine = next(n for n in cut.cluster()["nodes"] if n["node"] == f"healerd-{cut.name}")
+    assert mine["disputed"] >= 1
+    assert b"THIS NODE IS THE ODD ONE OUT" in cut.get("/")[1]
+    out = run_cli("cluster", "status", "--url", cut.url)
+    assert "odd one out" in out.stdout, out.stdout
     # a follower shows the leader's incidents too (its status page, its API)
     follower = next(n for n in rig.live() if n.name != leader.name)
     rig.wait(lambda: follower.json("/api/v1/mode")["incidents_open"] >= 1, 2 * TTL, "a follower to show the incident")
