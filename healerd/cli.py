@@ -23,7 +23,7 @@ from .plugins import PROVIDER_KINDS
 from .providers.base import ProviderEnv
 from .results import CheckResult, Status
 from .runner import run_check
-from .store import Store
+from .store import Store, StoreError
 from .targets import Target, render_model
 
 DEFAULT_URL = "http://127.0.0.1:9464"
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_notify(args)
         if args.command == "cluster":
             return cmd_cluster(args)
-    except ApiError as exc:
+    except (ApiError, StoreError) as exc:
         print(str(exc), file=sys.stderr)
         return 1
     except KeyboardInterrupt:

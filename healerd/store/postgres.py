@@ -132,7 +132,6 @@ class PgDatabase(ThreadedDatabase):
         """Connect without creating or migrating anything; False when no healerd schema is there yet."""
 
         def look() -> bool:
-            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
             row = self.conn.execute("SELECT to_regclass('healerd_schema') IS NOT NULL").fetchone()
             return bool(row and row[0])
 
