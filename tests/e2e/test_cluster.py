@@ -331,11 +331,15 @@ def test_a_leader_frozen_past_its_lease_is_fenced_when_it_wakes_and_nothing_is_d
         20,
         "the remediation to start",
     )
+    time.sleep(random.uniform(0.0, 1.5))  # somewhere in the playbook
     rig.freeze(leader.name)
+    frozen_at = time.monotonic()
     successor = rig.wait_leader(TTL + 5, other_than=leader.name)
+    took = time.monotonic() - frozen_at
     epoch = successor.cluster()["epoch"]
     time.sleep(1.0)
     rig.thaw(leader.name)
+    frozen_for = time.monotonic() - frozen_at
     rig.wait(lambda: "this node stops leading" in leader.output(), 5, "the old leader to step down")
     assert not leader.cluster()["this_node_leads"]
     incident = next(i for i in incidents(successor) if i["machine"] == victim)
@@ -354,6 +358,10 @@ def test_a_leader_frozen_past_its_lease_is_fenced_when_it_wakes_and_nothing_is_d
     assert "step started" not in after, "the old leader ran a step after waking"
     for line in refused:
         assert f"older than the cluster's {epoch}" in line or "does not hold" in line, line
+    print(
+        f"\nfrozen {frozen_for:.2f}s (lease_ttl {TTL:g}s); {successor.name} led after {took:.2f}s at epoch {epoch}; "
+        f"the old leader's refused writes: {len(refused)}; replacements: {len(new)}"
+    )
 
 
 def test_a_node_that_cannot_reach_the_fleet_gets_nothing_replaced_but_a_machine_down_for_all_is(
