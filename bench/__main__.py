@@ -556,7 +556,14 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {label} | {r['machines']} | {r['on_time_fraction']:.2%} | {r['lag_p99_seconds']} s | "
                 f"{r['cpu_fraction']} | {r['shard']} |"
             )
-        out += ["", f"Machines held on time, two nodes / one: **{cl['capacity_ratio']}x**.", ""]
+        lag = cl["two_nodes"]
+        out += [
+            "",
+            f"Machines held on time, two nodes / one: **{cl['capacity_ratio']}x**. Results of the other node reach "
+            f"each node through the database: the newest one taken was {lag['mirror_lag_p50_seconds']} s old "
+            f"(median of samples each second; max {lag['mirror_lag_max_seconds']} s).",
+            "",
+        ]
     return "\n".join(out)
 
 

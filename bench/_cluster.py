@@ -8,6 +8,7 @@ started within 100 ms of their time, over every node's scheduler.
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,12 @@ def _run(dsn: str, nodes: int, machines: int, port: int, seconds: float, log: An
             h.wait_ready(180)
         time.sleep(12)  # the shards settle (a lease round or two) and every check has run
         before = [h.snapshot() for h in started]
-        time.sleep(seconds)
+        lags: list[float] = []  # how old the newest result taken from the other node is, sampled each second
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(1.0)
+            if nodes > 1:
+                lags.extend(h.get("/api/v1/cluster")["mirror_lag"] for h in started)
         after = [h.snapshot() for h in started]
         shards = [h.get("/api/v1/cluster") for h in started[:1]]
     finally:
@@ -61,6 +67,8 @@ def _run(dsn: str, nodes: int, machines: int, port: int, seconds: float, log: An
         "cpu_fraction": [round((b["cpu"] - a["cpu"]) / wall, 3) for a, b in zip(before, after, strict=True)],
         "shard": {n["node"]: n["machines"] for n in shards[0]["nodes"] if n["live"]} if shards else {},
         "rss_mb": [round(b["rss"] / 2**20, 1) for b in after],
+        "mirror_lag_p50_seconds": round(statistics.median(lags), 3) if lags else None,
+        "mirror_lag_max_seconds": round(max(lags), 3) if lags else None,
     }
     log(f"  {row}")
     return row
