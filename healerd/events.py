@@ -36,6 +36,7 @@ class EventType(enum.StrEnum):
     CHECK_UNKNOWN = "check.unknown"
     STORE_DEGRADED = "store.degraded"
     MACHINE_RETIRED = "machine.retired"
+    ROTATION_REPAIRED = "rotation.repaired"
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

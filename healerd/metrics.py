@@ -72,6 +72,12 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("store_writable", "gauge", "1 while the state store accepts writes, 0 while it fails (disk full).", ()),
     MetricDef("store_errors", "counter", "Failed state store operations (each is retried).", ()),
     MetricDef("config_reloads", "counter", "Config reloads by outcome (success, failure).", ("outcome",)),
+    MetricDef(
+        "rotation_repairs",
+        "counter",
+        "Times the load balancer had lost the rotation and it was re-applied.",
+        ("service",),
+    ),
     MetricDef("cluster_nodes", "gauge", "Live nodes of the cluster (fresh heartbeat), as this node sees them.", ()),
     MetricDef("cluster_leader", "gauge", "1 for the lease holder, 0 for the other live nodes.", ("node",)),
     MetricDef("cluster_epoch", "gauge", "The leader lease's epoch (grows at every takeover).", ()),

@@ -33,6 +33,7 @@ from .providers.local import LocalProvider
 from .providers.static import StaticProvider
 from .registry import Registry
 from .rotation import Elbv2Rotation, FileRotation, NoRotation, Rotation
+from .rotation_haproxy import HaproxyRotation
 
 T = TypeVar("T", bound=type)
 
@@ -48,7 +49,7 @@ PROVIDER_KINDS: Registry[type[Provider]] = _built_in(
     Registry("healerd.providers", Provider), StaticProvider, LocalProvider, AwsProvider
 )
 ROTATION_KINDS: Registry[type[Rotation]] = _built_in(
-    Registry("healerd.rotations", Rotation), NoRotation, FileRotation, Elbv2Rotation
+    Registry("healerd.rotations", Rotation), NoRotation, FileRotation, Elbv2Rotation, HaproxyRotation
 )
 ACTIONS: Registry[type[Action]] = _built_in(
     Registry("healerd.actions", Action),

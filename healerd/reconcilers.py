@@ -11,12 +11,13 @@ needs to run by itself; changes of health also wake the engine (and its 1 s ceil
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from .events import EventType, Severity
+from .events import Event, EventType, Severity
 from .health import Condition, ProbationOutcome, ServiceState
 from .incidents import Incident, IncidentState
 from .machines import PROBATION, Lifecycle, Machine, Origin
@@ -384,3 +385,56 @@ class RetentionReconciler:
             {"retention": "expiring", "terminate_at": ends},
         )
         log.warning("quarantine retention ending soon", seconds_left=round(ends - now))
+
+
+class RotationReconciler:
+    """A load balancer that forgets (HAProxy's runtime changes are lost on a reload or a restart) is compared
+    with healerd's rotation every check interval, and what it lost is applied again, with an event."""
+
+    def __init__(
+        self, monitor: Monitor, fleet: Fleet, bus: EventBus, metrics: Metrics, incidents: IncidentBook
+    ) -> None:
+        self.monitor = monitor
+        self.fleet = fleet
+        self.bus = bus
+        self.metrics = metrics
+        self.incidents = incidents
+        self._due: dict[str, float] = {}
+        self._failing: dict[str, str] = {}
+
+    async def reconcile(self, service: ServiceConfig, now: float) -> float:
+        rotation = self.fleet.rotations.get(service.name)
+        if rotation is None or not getattr(rotation, "reconciles", False):
+            return NEVER
+        due = self._due.get(service.name, 0.0)
+        if now < due:
+            return due
+        interval = min((c.interval for c in service.checks), default=5.0)
+        self._due[service.name] = now + interval
+        # machines being remediated are on their way out: the playbook took them out, keep it so
+        leaving = {i.machine for i in self.incidents.of(service.name) if i.state is IncidentState.REMEDIATING}
+        serving = [m for m in _serving(self.monitor, service.name) if m.id not in leaving]
+        with bound_contextvars(service=service.name):
+            try:
+                fixed = await rotation.reconcile(serving)  # type: ignore[attr-defined]
+            except ProviderError as exc:
+                if self._failing.get(service.name) != str(exc):
+                    self._failing[service.name] = str(exc)
+                    log.error("cannot compare the rotation with the load balancer; retried", error=str(exc))
+                return now + interval
+            if self._failing.pop(service.name, None) is not None:
+                log.warning("the load balancer answers again")
+            for what in fixed:
+                self.metrics.counter("rotation_repairs").labels(service.name).inc()
+                log.warning("rotation repaired", repair=what)
+                self.bus.publish(
+                    Event(
+                        EventType.ROTATION_REPAIRED,
+                        service.name,
+                        f"the load balancer had lost healerd's rotation: {what}",
+                        time.time(),
+                        severity=Severity.WARNING,
+                        details={"repair": what, "rotation": rotation.kind},
+                    )
+                )
+        return now + interval

@@ -34,6 +34,7 @@ from .reconcilers import (
     ProbationReconciler,
     Reconciler,
     RetentionReconciler,
+    RotationReconciler,
     SurplusReconciler,
 )
 from .rotation import Rotation
@@ -90,6 +91,7 @@ class RemediationEngine:
             FillReconciler(monitor, store, self.fleet, self.controls, self.book),
             SurplusReconciler(monitor, self.fleet, self.controls, self.book),
             RetentionReconciler(monitor, self.quarantines),
+            RotationReconciler(monitor, self.fleet, bus, metrics, self.book),
         )
         self.config = config
         bus.subscribe(self._on_event, mirrored=True)

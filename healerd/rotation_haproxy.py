@@ -1,0 +1,184 @@
+"""The `haproxy` rotation (DESIGN §15): machines in and out of an HAProxy backend through its runtime API.
+
+Server names in the backend are machine ids. Remove = `drain`, wait until the server's current sessions
+reach 0 (at most `drain_timeout`), then `maint`. Add = a dynamic server (`add server`, HAProxy 2.6) or a
+free pre-declared slot (`server_template` prefix) re-pointed with `set server … addr`, then `enable health`
+and `state ready`; done only once HAProxy reports it ready. HAProxy forgets runtime changes on reload:
+`reconcile` compares `show servers state` with healerd's rotation and re-applies what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from .durations import parse_duration
+from .haproxy import HaproxyError, RuntimeApi, ServerState
+from .machines import Machine
+from .rotation import Rotation, RotationOptions
+
+DRAIN_POLL = 0.2
+CONFIG_MAINT = 0x04  # `disabled` in the config: HAProxy cannot enable it at run time
+
+
+class HaproxyOptions(RotationOptions):
+    #: the stats socket: a Unix socket path, or host:port of a TCP stats socket (`level admin`)
+    socket: str = Field(min_length=1, max_length=4096)
+    backend: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")
+    #: how long a removed server may keep its current sessions before it goes to maint anyway
+    drain_timeout: float = 30.0
+    #: pre-declared servers to re-point (`server-template web 10 …` declares web1 … web10); none: add servers
+    server_template: str | None = Field(default=None, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")
+    #: what a dynamic server is added with (it does not inherit `default-server`)
+    server_options: str = Field(default="check", max_length=1000)
+    #: every runtime API call gives up after this long
+    timeout: float = 5.0
+    #: an added server must be up by HAProxy's own health check within this long
+    ready_timeout: float = 30.0
+
+    @field_validator("drain_timeout", "timeout", "ready_timeout", mode="before")
+    @classmethod
+    def _durations(cls, v: object) -> float:
+        return parse_duration(v, at_most=3600.0)
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class HaproxyRotation(Rotation):
+    kind = "haproxy"
+    Config = HaproxyOptions
+    reconciles = True
+
+    def __init__(self, service: str, options: Any, state_dir: Path, provider: Any = None) -> None:
+        super().__init__(service, options, state_dir, provider)
+        self.api = RuntimeApi(self.opts.socket, self.opts.timeout)
+
+    @property
+    def opts(self) -> HaproxyOptions:
+        assert isinstance(self.options, HaproxyOptions)
+        return self.options
+
+    def _path(self, server: str) -> str:
+        return f"{self.opts.backend}/{server}"
+
+    def _find(self, servers: dict[str, ServerState], machine: Machine) -> ServerState | None:
+        """The machine's server: by name (its id), or in slot mode by address."""
+        if machine.id in servers:
+            return servers[machine.id]
+        if self.opts.server_template:
+            for s in servers.values():
+                if s.name.startswith(self.opts.server_template) and s.address == machine.address:
+                    return s
+        return None
+
+    # -- add ----------------------------------------------------------------------------------------------
+    async def add(self, machine: Machine) -> None:
+        servers = await self.api.servers(self.opts.backend)
+        host, port = _split(machine.address)
+        found = self._find(servers, machine)
+        if found is None and self.opts.server_template:
+            found = self._free_slot(servers)
+            if found is None:
+                raise HaproxyError(
+                    f"no free {self.opts.server_template}* slot in backend {self.opts.backend} for {machine.id}: "
+                    "declare more with server-template, or drop server_template to add servers"
+                )
+        if found is None:
+            await self.api.change(f"add server {self._path(machine.id)} {host}:{port} {self.opts.server_options}")
+            name = machine.id
+        else:
+            name = found.name
+            if found.address != machine.address:
+                await self.api.change(f"set server {self._path(name)} addr {host} port {port}")
+        await self._enable_health(name)
+        await self.api.change(f"set server {self._path(name)} state ready")
+        await self._wait_ready(name, machine)
+
+    def _free_slot(self, servers: dict[str, ServerState]) -> ServerState | None:
+        """A slot without an address, or one in maint (its machine left); never one disabled in the config."""
+        prefix = self.opts.server_template or ""
+        free = [
+            s
+            for s in servers.values()
+            if s.name.startswith(prefix) and (s.unset or s.maint) and not s.admin_state & CONFIG_MAINT
+        ]
+        return min(free, key=lambda s: (not s.unset, s.name)) if free else None
+
+    async def _enable_health(self, name: str) -> None:
+        try:
+            await self.api.change(f"enable health {self._path(name)}")
+        except HaproxyError as exc:
+            if "health checks are not configured" not in str(exc) and "no health check" not in str(exc):
+                raise
+
+    async def _wait_ready(self, name: str, machine: Machine) -> None:
+        """Until HAProxy reports the server ready and up by its own health check (at most ready_timeout)."""
+        deadline = time.monotonic() + self.opts.ready_timeout
+        while True:
+            s = (await self.api.servers(self.opts.backend)).get(name)
+            if s is not None and s.up and s.address == machine.address:
+                return
+            if time.monotonic() > deadline:
+                state = "absent" if s is None else f"{_state(s)}, health {'up' if s.op_state == 2 else 'down'}"
+                raise HaproxyError(
+                    f"{self._path(name)} ({machine.address}) is not up in HAProxy {self.opts.ready_timeout:g}s after "
+                    f"`state ready` ({state}): does HAProxy's health check reach it?"
+                )
+            await asyncio.sleep(DRAIN_POLL)
+
+    # -- remove -------------------------------------------------------------------------------------------
+    async def remove(self, machine: Machine) -> None:
+        found = self._find(await self.api.servers(self.opts.backend), machine)
+        if found is None or found.maint:
+            return  # not in the backend, or already out: nothing to do
+        path = self._path(found.name)
+        await self.api.change(f"set server {path} state drain")
+        deadline = time.monotonic() + self.opts.drain_timeout
+        while await self.api.sessions(self.opts.backend, found.name) > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 (polls HAProxy)
+            await asyncio.sleep(DRAIN_POLL)
+        await self.api.change(f"set server {path} state maint")
+
+    # -- views and reconciling ----------------------------------------------------------------------------
+    async def members(self) -> dict[str, str]:
+        return {s.name: s.address for s in (await self.api.servers(self.opts.backend)).values() if s.ready}
+
+    async def addresses(self) -> list[str]:
+        return sorted(set((await self.members()).values()))
+
+    async def sync(self, machines: list[Machine]) -> None:
+        await self.reconcile(machines)
+
+    async def reconcile(self, machines: list[Machine]) -> list[str]:
+        """Make the backend serve exactly `machines` (those in service); returns what had to be re-applied."""
+        servers = await self.api.servers(self.opts.backend)
+        fixed: list[str] = []
+        wanted = set()
+        for m in machines:
+            s = self._find(servers, m)
+            if s is not None:
+                wanted.add(s.name)
+            if s is None or not s.ready or s.address != m.address:
+                await self.add(m)
+                fixed.append(f"{m.id} put back in {self.opts.backend} ({'missing' if s is None else _state(s)})")
+                servers = await self.api.servers(self.opts.backend)
+                wanted.add((self._find(servers, m) or s or ServerState(m.id, "", 0, 0, 0)).name)
+        for s in servers.values():
+            if s.name not in wanted and not s.maint:
+                await self.api.change(f"set server {self._path(s.name)} state maint")
+                fixed.append(f"{s.name} taken out of {self.opts.backend} (it was {_state(s)}, not in rotation)")
+        return fixed
+
+    async def problem(self) -> str | None:
+        """For `healerd check`: the socket missing, the backend unknown, or no `level admin`."""
+        return await self.api.problem(self.opts.backend)
+
+
+def _state(s: ServerState) -> str:
+    return "in maint" if s.maint else "draining" if s.draining else "without an address" if s.unset else "ready"
