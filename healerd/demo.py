@@ -16,8 +16,10 @@ Fault modes (they change GET /health only; GET / and POST /fault always answer):
               (default 0.1, i.e. +100 ms a second), capped at 30 s; a slow degradation
   exit        the process exits with status 3 right after answering the POST
 
-A machine may start in any mode but `exit` (--mode). GET / says who it is. A broken machine stays broken
-until told `ok` (or replaced).
+A machine may start in any mode but `exit` (--mode). GET / says who it is and how many requests its app
+served. GET /app is the service itself (what a load balancer sends users to): it answers 200 whatever the
+fault mode (a machine whose own health check fails still serves until it is drained), `?slow=S` holds the
+answer S seconds (at most 30). A broken machine stays broken until told `ok` (or replaced).
 """
 
 from __future__ import annotations
@@ -159,6 +161,22 @@ def _exit() -> None:
     os._exit(EXIT_STATUS)
 
 
+async def app_request(request: web.Request) -> web.Response:
+    """The service's own traffic, counted with the wall-clock time of the first and the last request."""
+    state = request.app[STATE]
+    now = time.time()
+    state["requests"] = int(state.get("requests", 0)) + 1  # type: ignore[call-overload]
+    state.setdefault("first_request_at", now)
+    state["last_request_at"] = now
+    try:
+        slow = min(30.0, max(0.0, float(request.query.get("slow", "0"))))
+    except ValueError:
+        slow = 0.0
+    if slow:
+        await asyncio.sleep(slow)
+    return web.Response(text=f"served by {os.environ.get('HEALERD_MACHINE_ID', 'unknown')}\n")
+
+
 async def index(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return web.json_response(
@@ -168,6 +186,9 @@ async def index(request: web.Request) -> web.Response:
             "pid": os.getpid(),
             "mode": state["mode"],
             "uptime_seconds": round(time.monotonic() - float(state["started"]), 1),  # type: ignore[arg-type]
+            "requests": state.get("requests", 0),
+            "first_request_at": state.get("first_request_at"),
+            "last_request_at": state.get("last_request_at"),
         }
     )
 
@@ -185,6 +206,7 @@ def build_app(mode: str = "ok") -> web.Application:
     app.on_shutdown.append(release_hung)
     app.router.add_get("/", index)
     app.router.add_get("/health", health)
+    app.router.add_get("/app", app_request)
     app.router.add_post("/fault", fault)
     return app
 
