@@ -19,7 +19,7 @@ from .config import Config, ConfigError, Mode, load_config
 from .durations import parse_duration
 from .machines import Lifecycle
 from .metrics import Metrics
-from .plugins import PROVIDER_KINDS
+from .plugins import PROVIDER_KINDS, ROTATION_KINDS
 from .providers.base import ProviderEnv
 from .results import CheckResult, Status
 from .runner import run_check
@@ -210,8 +210,25 @@ def cmd_check(args: argparse.Namespace) -> int:
             ["SERVICE", "MACHINE", "CHECK", "STATUS", "TIME", "MESSAGE"],
             [[s, m or "(service)", c, r.status.name, f"{r.duration * 1000:.0f}ms", r.message] for s, m, c, r in rows],
         )
-    worst = Status.worst([r.status for *_, r in rows])
-    return int(worst)
+    worst = int(Status.worst([r.status for *_, r in rows]))
+    for problem in asyncio.run(_rotation_problems(config, args.service)):
+        print(problem, file=sys.stderr)
+        worst = max(worst, int(Status.CRITICAL))
+    return worst
+
+
+async def _rotation_problems(config: Config, only: str | None) -> list[str]:
+    """What keeps healerd from driving each service's load balancer (HAProxy's socket missing, not admin)."""
+    out = []
+    for svc in config.services.values():
+        cls = ROTATION_KINDS.get(svc.rotation_kind)
+        if (only and svc.name != only) or cls is None or not hasattr(cls, "problem"):
+            continue
+        rotation = cls(svc.name, svc.rotation or cls.Config(), config.daemon.state_dir)
+        problem = await rotation.problem()  # type: ignore[attr-defined]
+        if problem:
+            out.append(f"service {svc.name}: rotation {svc.rotation_kind}: {problem}")
+    return out
 
 
 async def _run_all_once(config: Config, only: str | None) -> list[tuple[str, str, str, CheckResult]]:

@@ -85,7 +85,7 @@ class RuntimeApi:
         except (OSError, ValueError) as exc:
             raise HaproxyError(
                 f"cannot reach HAProxy's runtime API at {self.socket}: {getattr(exc, 'strerror', None) or exc}; "
-                "is HAProxy running with `stats socket … level admin` (docs/rotation.md)?"
+                "is HAProxy running with `stats socket … level admin` (docs/haproxy.md)?"
             ) from None
         return answer.decode("utf-8", "replace")
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Fleet
+from conftest import Fleet, free_port
+from e2e.helpers import run_cli
 from haproxy_rig import Haproxy
 
 from healerd.haproxy import HaproxyError, RuntimeApi
@@ -135,3 +136,34 @@ async def test_a_missing_socket_or_one_without_level_admin_is_named_with_the_fix
         await rot.add(Machine("web", "web-9", "127.0.0.1:9"))
     wrong = HaproxyRotation("web", HaproxyOptions(socket=h.socket, backend="nosuch"), tmp_path)
     assert "is there a backend nosuch" in (await wrong.problem() or "")
+
+
+def _config(tmp_path: Path, socket: str, address: str) -> Path:
+    path = tmp_path / "healerd.yaml"
+    path.write_text(
+        f"""daemon: {{listen: "127.0.0.1:{free_port()}", state_dir: ./state, check_paths: [], playbook_paths: []}}
+providers: {{lab: {{kind: static}}}}
+services:
+  web:
+    provider: lab
+    rotation: {{kind: haproxy, socket: "{socket}", backend: web}}
+    machines: [{{id: web-1, address: "{address}"}}]
+    checks: [{{name: health, kind: http, url: "http://{{address}}/health", interval: 5s, timeout: 1s}}]
+"""
+    )
+    return path
+
+
+def test_validate_and_check_say_when_the_socket_is_missing_or_not_admin(
+    haproxy: Any, fleet_factory: Any, tmp_path: Path
+) -> None:
+    fleet: Fleet = fleet_factory(1)
+    missing = _config(tmp_path, str(tmp_path / "gone.sock"), fleet[0].address)
+    out = run_cli("validate", "-c", str(missing))
+    assert out.returncode == 0 and "gone.sock does not exist (yet)" in out.stdout + out.stderr, out
+    out = run_cli("check", "-c", str(missing))
+    assert out.returncode == 2 and "cannot reach HAProxy's runtime API" in out.stderr, out
+    h = haproxy(level="user")
+    out = run_cli("check", "-c", str(_config(tmp_path, h.socket, fleet[0].address)))
+    assert out.returncode == 2 and "level admin" in out.stderr, out
+    assert "OK" in out.stdout  # the machine's own checks still ran and are shown

@@ -98,6 +98,13 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
             services[name] = svc
 
     _playbooks(daemon, services, out)
+    for svc in services.values():
+        socket = getattr(svc.rotation, "socket", None) if svc.rotation_kind == "haproxy" else None
+        if isinstance(socket, str) and socket.startswith("/") and not Path(socket).exists():
+            warnings.append(
+                f"services.{svc.name}.rotation.socket {socket} does not exist (yet): HAProxy must run with "
+                f"`stats socket {socket} level admin`; `healerd check` tests that it answers and allows changes"
+            )
     sockets = sum(
         sum(c.check_class.uses_socket for c in s.checks) * (s.desired if s.managed else len(s.machines))
         + sum(c.check_class.uses_socket for c in s.service_checks)
