@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("healerd.alerting")
 GROUP_TICK = 0.25  # the finest granularity of group_wait
+FINISH_SENDING = 3.0  # a node that stops leading lets a delivery on its way finish for this long
 
 
 class AlertingViews:
@@ -83,6 +85,9 @@ class Alerting(AlertingViews):
         self._regroup = asyncio.Event()  # items entered the outbox, or group_wait may have changed
         self._leading: list[asyncio.Task[None]] = []  # grouping and re-posting, while this node delivers
         self._poll: float | None = None
+        self._sending: set[str] = set()  # notifiers with a delivery on its way
+        #: in a cluster: True while this node leads (checked right before a message goes out)
+        self.may_deliver: Callable[[], bool] = lambda: True
 
     # -- configuration ----------------------------------------------------------------------------------
     def configure(self, config: Config) -> None:
@@ -127,11 +132,19 @@ class Alerting(AlertingViews):
         await self.update_depth()
 
     async def follow(self) -> None:
-        """Stop delivering (another node leads): messages stay in the outbox for the new leader."""
-        tasks = [*self._leading, *self._workers.values()]
-        for t in tasks:
+        """Stop delivering (another node leads): messages stay in the outbox for the new leader. A delivery
+        on its way is let finish and be recorded (cut short, the new leader would send it again)."""
+        for t in self._leading:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        sending = [t for name, t in self._workers.items() if name in self._sending]
+        for t in self._workers.values():
+            if t not in sending:
+                t.cancel()
+        if sending:
+            await asyncio.wait(sending, timeout=FINISH_SENDING)
+        for t in sending:
+            t.cancel()
+        await asyncio.gather(*self._leading, *self._workers.values(), return_exceptions=True)
         self._leading, self._workers = [], {}
 
     def _start_workers(self) -> None:
@@ -322,9 +335,15 @@ class Alerting(AlertingViews):
             gap = 1.0 / n.options.rate_limit - (time.monotonic() - self._last_sent.get(name, 0.0))
             if gap > 0:
                 return float(gap)
+        if not self.may_deliver():
+            return 1.0  # a cluster node whose lease just went: the leader delivers it
         self._last_sent[name] = time.monotonic()
-        delivery = await n.deliver(self._session, payload, message_id)
-        await self._record(n, message_id, attempts + 1, delivery)
+        self._sending.add(name)
+        try:
+            delivery = await n.deliver(self._session, payload, message_id)
+            await self._record(n, message_id, attempts + 1, delivery)
+        finally:
+            self._sending.discard(name)
         return 0.0
 
     async def _record(self, n: Notifier, message_id: str, attempts: int, d: Delivery) -> None:

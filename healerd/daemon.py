@@ -79,6 +79,7 @@ class Daemon:
             )
             self.remediation.join_cluster(self.cluster.acting, self.cluster.confirm)
             self.cluster.on_follower_round = self.remediation.follow_store
+            self.alerting.may_deliver = self.cluster.acting
         self.api_settings = api.ApiSettings(config, self.api_token, self.cluster)
         self.stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()

@@ -36,7 +36,93 @@ log = structlog.get_logger("healerd.cluster")
 Transition = Callable[[], Awaitable[None]]
 
 
-class Cluster:
+class ClusterViews:
+    """The cluster as the API, the status page and the CLI show it, from the last round."""
+
+    node: str
+    ttl: float
+    last: Round | None
+    monitor: Monitor
+    confirmer: Confirmer
+    config: ClusterConfig
+    store: PgStore
+    mirror: Mirror
+    disputed: int
+    last_error: str | None
+
+    def live(self) -> tuple[Member, ...]:
+        return self.last.live(self.ttl) if self.last else ()
+
+    def acting(self) -> bool:
+        raise NotImplementedError
+
+    def _owned_checks(self) -> int:
+        return sum(1 for bc in self.monitor.checks.values() if bc.active)
+
+    def line(self) -> str:
+        """One line for the status page and systemd's STATUS=."""
+        found = self.last
+        live = self.live()
+        leader = found.leader if found and found.expires_in > 0 else None
+        text = (
+            f"cluster: {len(live)} live node(s) ({', '.join(sorted(m.node for m in live))}), "
+            f"leader {leader or 'none (takeover under way)'} at epoch {found.epoch if found else 0}; "
+            f"this node {self.node} {'leads' if self.acting() else 'follows'} and checks "
+            f"{self.monitor.owned_machines()} machine(s)"
+        )
+        need, capped = self.confirmer.effective()
+        text += f"; confirm_from {need}" + (f" ({capped})" if capped else "")
+        if self.disputed:
+            text += (
+                f"; THIS NODE IS THE ODD ONE OUT: {self.disputed} machine(s) it sees down are up from the other "
+                "nodes (its own network or checks are more likely at fault)"
+            )
+        if self.last_error:
+            text += f"; DATABASE UNREACHABLE: {self.last_error}"
+        return text
+
+    def view(self) -> dict[str, Any]:
+        """GET /api/v1/cluster (DESIGN §14), from the last round."""
+        found = self.last
+        need, capped = self.confirmer.effective()
+        now = time.time()
+        nodes = []
+        for m in found.members if found else ():
+            if m.age > 10 * self.ttl and m.node != self.node:
+                continue
+            nodes.append(
+                {
+                    "node": m.node,
+                    "advertise": m.advertise,
+                    "last_seen": m.last_seen,
+                    "seen_ago": round(m.age, 3),
+                    "live": m.age < self.ttl,
+                    "leader": found is not None and m.node == found.leader and found.expires_in > 0,
+                    "machines": self.monitor.owned_machines() if m.node == self.node else m.machines,
+                    "checks": self._owned_checks() if m.node == self.node else m.checks,
+                    "disputed": m.disputed,
+                    "version": m.version,
+                    "started_at": m.started_at,
+                }
+            )
+        leader = found.leader if found and found.expires_in > 0 else None
+        return {
+            "leader": leader,
+            "epoch": found.epoch if found else 0,
+            "lease_expires_in": round(found.expires_in, 3) if found and leader else None,
+            "lease_ttl": self.ttl,
+            "node": self.node,
+            "this_node_leads": self.acting(),
+            "confirm_from": {"configured": self.config.confirm_from, "effective": need, "note": capped},
+            "nodes": nodes,
+            "database": self.store.where,
+            "database_error": self.last_error,
+            "mirror_lag": round(self.mirror.lag, 3),
+            "as_of": now,
+        }
+
+
+class Cluster(ClusterViews):
     def __init__(
         self,
         config: ClusterConfig,
@@ -89,9 +175,6 @@ class Cluster:
     def acting(self) -> bool:
         """True while this node holds the lease and its local deadline has not passed."""
         return self.epoch is not None and asyncio.get_running_loop().time() < self._deadline
-
-    def live(self) -> tuple[Member, ...]:
-        return self.last.live(self.ttl) if self.last else ()
 
     async def confirm(self, service: str, machine: str, timeout: float) -> Verdict:
         return await self.confirmer.confirm(service, machine, timeout)
@@ -191,9 +274,6 @@ class Cluster:
         self._gauges(found)
         return found
 
-    def _owned_checks(self) -> int:
-        return sum(1 for bc in self.monitor.checks.values() if bc.active)
-
     def _membership(self, found: Round) -> None:
         live = frozenset(m.node for m in found.live(self.ttl)) | {self.node}
         if live == self.live_names:
@@ -287,7 +367,6 @@ class Cluster:
         except Exception:
             log.exception(f"{what} failed", node=self.node)
 
-    # -- views ---------------------------------------------------------------------------------------------
     def _gauges(self, found: Round) -> None:
         live = found.live(self.ttl)
         self.metrics.gauge("cluster_nodes").set(len(live))
@@ -301,65 +380,3 @@ class Cluster:
             leader.labels(m.node).set(1 if m.node == found.leader else 0)
             # its own shard as it is now; the others' as their last heartbeat said
             shard.labels(m.node).set(self.monitor.owned_machines() if m.node == self.node else m.machines)
-
-    def line(self) -> str:
-        """One line for the status page and systemd's STATUS=."""
-        found = self.last
-        live = self.live()
-        leader = found.leader if found and found.expires_in > 0 else None
-        text = (
-            f"cluster: {len(live)} live node(s) ({', '.join(sorted(m.node for m in live))}), "
-            f"leader {leader or 'none (takeover under way)'} at epoch {found.epoch if found else 0}; "
-            f"this node {self.node} {'leads' if self.acting() else 'follows'} and checks "
-            f"{self.monitor.owned_machines()} machine(s)"
-        )
-        need, capped = self.confirmer.effective()
-        text += f"; confirm_from {need}" + (f" ({capped})" if capped else "")
-        if self.disputed:
-            text += (
-                f"; THIS NODE IS THE ODD ONE OUT: {self.disputed} machine(s) it sees down are up from the other "
-                "nodes (its own network or checks are more likely at fault)"
-            )
-        if self.last_error:
-            text += f"; DATABASE UNREACHABLE: {self.last_error}"
-        return text
-
-    def view(self) -> dict[str, Any]:
-        """GET /api/v1/cluster (DESIGN §14), from the last round."""
-        found = self.last
-        need, capped = self.confirmer.effective()
-        now = time.time()
-        nodes = []
-        for m in found.members if found else ():
-            if m.age > 10 * self.ttl and m.node != self.node:
-                continue
-            nodes.append(
-                {
-                    "node": m.node,
-                    "advertise": m.advertise,
-                    "last_seen": m.last_seen,
-                    "seen_ago": round(m.age, 3),
-                    "live": m.age < self.ttl,
-                    "leader": found is not None and m.node == found.leader and found.expires_in > 0,
-                    "machines": self.monitor.owned_machines() if m.node == self.node else m.machines,
-                    "checks": self._owned_checks() if m.node == self.node else m.checks,
-                    "disputed": m.disputed,
-                    "version": m.version,
-                    "started_at": m.started_at,
-                }
-            )
-        leader = found.leader if found and found.expires_in > 0 else None
-        return {
-            "leader": leader,
-            "epoch": found.epoch if found else 0,
-            "lease_expires_in": round(found.expires_in, 3) if found and leader else None,
-            "lease_ttl": self.ttl,
-            "node": self.node,
-            "this_node_leads": self.acting(),
-            "confirm_from": {"configured": self.config.confirm_from, "effective": need, "note": capped},
-            "nodes": nodes,
-            "database": self.store.where,
-            "database_error": self.last_error,
-            "mirror_lag": round(self.mirror.lag, 3),
-            "as_of": now,
-        }

@@ -104,7 +104,10 @@ class Outbox:
         error: str | None,
         delivered_at: float | None,
     ) -> None:
-        await self._db.fenced(
+        # what the receiver did is a fact, recorded even by a node that just lost the lead (else the new
+        # leader sends it again); a retry to schedule is the leader's decision, fenced
+        write = self._db.call if state in ("delivered", "dead") else self._db.fenced
+        await write(
             lambda: self._db.conn.execute(
                 "UPDATE outbox SET state=?, attempts=?, next_attempt_at=?, updated_at=?, last_status=?,"
                 " last_error=?, delivered_at=? WHERE id=?",
