@@ -95,6 +95,23 @@ def setup(tmp_path: Path) -> Iterator[Any]:
     kill_demos(str(tmp_path))
 
 
+def start_behind(
+    h: Haproxy, config: dict[str, Any], path: Path, tmp_path: Path, args: tuple[str, ...] = ()
+) -> tuple[DaemonProcess, Healer]:
+    """healerd on the demo fleet behind `h`, once its three machines are up in the backend."""
+    port = int(config["daemon"]["listen"].rpartition(":")[2])
+    daemon = DaemonProcess(path, port, tmp_path / "healerd.log", args)
+    daemon.start()
+    try:
+        daemon.wait_listening(20)
+        healer = Healer(daemon, tmp_path, config)
+        healer.wait(lambda: up_in_haproxy(h, healer), 40, "the fleet up in HAProxy's backend")
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon, healer
+
+
 def up_in_haproxy(h: Haproxy, healer: Healer) -> dict[str, str] | None:
     members = healer.in_service()
     state = servers(h)
@@ -110,12 +127,8 @@ def step_end(healer: Healer, incident: str, action: str) -> float:
 
 def test_a_heal_behind_haproxy_drops_no_request_and_an_haproxy_reload_is_made_right(setup: Any, tmp_path: Path) -> None:
     h, config, path = setup()
-    daemon = DaemonProcess(path, int(config["daemon"]["listen"].rpartition(":")[2]), tmp_path / "healerd.log")
-    daemon.start()
+    daemon, healer = start_behind(h, config, path, tmp_path)
     try:
-        daemon.wait_listening(20)
-        healer = Healer(daemon, tmp_path, config)
-        healer.wait(lambda: up_in_haproxy(h, healer), 30, "the fleet up in HAProxy's backend")
         clients = Clients(f"http://127.0.0.1:{h.port}/app")
         clients.start()
         wait_until(lambda: clients.tally["ok"] >= 300, 20, "traffic through HAProxy")
@@ -182,13 +195,8 @@ def test_healerd_killed_during_a_drain_finishes_it_after_a_restart_with_nothing_
     setup: Any, tmp_path: Path
 ) -> None:
     h, config, path = setup(drain_timeout="20s")
-    port = int(config["daemon"]["listen"].rpartition(":")[2])
-    daemon = DaemonProcess(path, port, tmp_path / "healerd.log")
-    daemon.start()
+    daemon, healer = start_behind(h, config, path, tmp_path)
     try:
-        daemon.wait_listening(20)
-        healer = Healer(daemon, tmp_path, config)
-        healer.wait(lambda: up_in_haproxy(h, healer), 30, "the fleet up in HAProxy's backend")
         victim, m = sorted(healer.in_service().items())[0]
         launched_before = launched_ids(tmp_path)
         held = slow_requests(f"http://127.0.0.1:{h.port}/app", 6, 8.0)  # two sessions on each server
@@ -229,13 +237,8 @@ def test_healerd_killed_around_adding_the_replacement_finishes_after_a_restart_w
     HAProxy as a kill between `add server` and `state ready` would (the server added, in maint). With
     `rotation.add:after`: killed after HAProxy has it ready, before the step's success is journaled."""
     h, config, path = setup()
-    port = int(config["daemon"]["listen"].rpartition(":")[2])
-    daemon = DaemonProcess(path, port, tmp_path / "healerd.log", ("--crash-at", crash_at))
-    daemon.start()
+    daemon, healer = start_behind(h, config, path, tmp_path, ("--crash-at", crash_at))
     try:
-        daemon.wait_listening(20)
-        healer = Healer(daemon, tmp_path, config)
-        healer.wait(lambda: up_in_haproxy(h, healer), 40, "the fleet up in HAProxy's backend")
         victim, m = sorted(healer.in_service().items())[0]
         launched_before = launched_ids(tmp_path)
         set_fault(m["address"], "down")
