@@ -168,7 +168,7 @@ class HaproxyRotation(Rotation):
                 await self.add(m)
                 fixed.append(f"{m.id} put back in {self.opts.backend} ({'missing' if s is None else _state(s)})")
                 servers = await self.api.servers(self.opts.backend)
-                wanted.add((self._find(servers, m) or s or ServerState(m.id, "", 0, 0, 0)).name)
+                wanted.add(added.name if (added := self._find(servers, m)) else m.id)
         for s in servers.values():
             if s.name not in wanted and not s.maint:
                 await self.api.change(f"set server {self._path(s.name)} state maint")

@@ -71,6 +71,7 @@ async def test_machines_leave_and_join_with_no_failed_request_and_none_reaching_
         await asyncio.sleep(0.05)
     await rot.remove(machine(fleet, 0))  # drain, sessions reach 0, maint
     drained_hits = fleet[0].hits
+    assert fleet[2].hits == 0, "traffic reached the replacement before it was added"
     await rot.add(machine(fleet, 2))  # a replacement: done only once HAProxy reports it ready
     added_at_hits = fleet[2].hits
     while tally["ok"] < 2500:  # noqa: ASYNC110 (the client counts)

@@ -159,7 +159,7 @@ def _cluster(data: dict[str, Any], daemon: DaemonConfig, base: Path, out: Collec
             "store_file": resolve_against(base, cluster.store_file) if cluster.store_file else None,
         }
     )
-    if cluster.store_file is not None and (problem := file_problem(cluster.store_file)):
+    if cluster.store_file is not None and (problem := file_problem(cluster.store_file, "the connection string")):
         out.add(("cluster", "store_file"), problem)
     if daemon.api_token_file is None:
         out.add(

@@ -49,14 +49,8 @@ def host_header(v: str) -> str:
 
 def check_files(token: Path | None, cert: Path | None, key: Path | None, out: Collector) -> None:
     """The token and TLS files exist, are readable, and hold what they should."""
-    if token is not None:
-        try:
-            text = _read_small(token)
-        except ValueError as exc:
-            out.add(("daemon", "api_token_file"), str(exc))
-        else:
-            if not text.strip():
-                out.add(("daemon", "api_token_file"), f"{token} is empty; put the bearer token in it")
+    if token is not None and (problem := file_problem(token, "the bearer token")):
+        out.add(("daemon", "api_token_file"), problem)
     if (cert is None) != (key is None):
         given, missing = ("tls_cert_file", "tls_key_file") if cert is not None else ("tls_key_file", "tls_cert_file")
         out.add(("daemon", given), f"{given} is set but {missing} is not; set both (a certificate and its key) or none")
@@ -172,10 +166,10 @@ def _resolve_host(host: str, timeout: float = 2.0) -> list[str]:
     return found
 
 
-def file_problem(path: Path) -> str | None:
+def file_problem(path: Path, what: str = "the value") -> str | None:
     """What is wrong with a small secret file (missing, unreadable, huge, not text, empty), or None."""
     try:
         text = _read_small(path, limit=16384)
     except ValueError as exc:
         return str(exc)
-    return None if text.strip() else f"{path} is empty; put the value in it"
+    return None if text.strip() else f"{path} is empty; put {what} in it"

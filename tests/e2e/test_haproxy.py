@@ -205,13 +205,7 @@ def test_healerd_killed_during_a_drain_finishes_it_after_a_restart_with_nothing_
         wait_until(lambda: servers(h)[victim].draining, 20, f"{victim} draining in HAProxy", interval=0.05)
         daemon.kill9()  # between drain and maint: the victim's sessions are still open
         assert servers(h)[victim].draining and not servers(h)[victim].maint
-        daemon.start()  # the same state directory: it resumes the journal
-        daemon.wait_listening(20)
-        incident = healer.wait(
-            lambda: (i := healer.incident_for(victim)) and i["state"] == "resolved" and i,
-            60,
-            "the remediation to finish after the restart",
-        )
+        incident = restart_and_finish(daemon, healer, victim)
         for t in held:
             t.join(15)
         state = servers(h)
@@ -223,6 +217,18 @@ def test_healerd_killed_during_a_drain_finishes_it_after_a_restart_with_nothing_
         healer.wait(lambda: up_in_haproxy(h, healer), 5, "the backend to match the rotation")
     finally:
         daemon.stop()
+
+
+def restart_and_finish(daemon: DaemonProcess, healer: Healer, victim: str) -> dict[str, Any]:
+    """Start the killed daemon again on the same state directory (it resumes the journal); the resolved incident."""
+    daemon.start()
+    daemon.wait_listening(20)
+    incident: dict[str, Any] = healer.wait(
+        lambda: (i := healer.incident_for(victim)) and i["state"] == "resolved" and i,
+        60,
+        "the remediation to finish after the restart",
+    )
+    return incident
 
 
 def _sessions(h: Haproxy, server: str) -> int:
@@ -249,13 +255,7 @@ def test_healerd_killed_around_adding_the_replacement_finishes_after_a_restart_w
             _change(h, f"add server web/{replacement} {address} check inter 300ms rise 1 fall 1")
             assert servers(h)[replacement].maint
         daemon.args = ()
-        daemon.start()  # the same state directory: it resumes the journal
-        daemon.wait_listening(20)
-        incident = healer.wait(
-            lambda: (i := healer.incident_for(victim)) and i["state"] == "resolved" and i,
-            60,
-            "the remediation to finish after the restart",
-        )
+        incident = restart_and_finish(daemon, healer, victim)
         assert incident["replacement"] == replacement
         assert launched_ids(tmp_path) - launched_before == {replacement}
         state = servers(h)
