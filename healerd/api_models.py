@@ -240,6 +240,25 @@ class Resolve(Body):
     by: Text200 = ""
 
 
+BakeDuration = Annotated[float, BeforeValidator(_duration(lambda s: 0 < s <= DAY, "above 0s, at most 1d"))]
+CanaryCount = Annotated[int, BeforeValidator(_whole_number(0, 1000))]
+
+
+class RolloutStart(Body):
+    """POST /api/v1/services/{name}/rollout: try `version` on `canary` machines for `bake`, then roll it over."""
+
+    version: Name
+    canary: CanaryCount | None = None
+    bake: BakeDuration | None = None
+    by: Text200 = ""
+
+
+class RolloutChange(Body):
+    """pause, resume, abort: who asks (optional)."""
+
+    by: Text200 = ""
+
+
 class Probe(Body):
     """POST /api/v1/cluster/probe: the leader asks this node to run a machine's checks now."""
 

@@ -1,4 +1,4 @@
-"""The `healerd` command line: run, validate, check, status."""
+"""The `healerd` command line: run, validate, check, status, and the commands of a running daemon."""
 
 from __future__ import annotations
 
@@ -7,15 +7,13 @@ import asyncio
 import json
 import sys
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 from typing import Any
 
-from . import __version__, daemon
+from . import __version__, cli_rollout, daemon
 from .alerting import Alerting
 from .checks import CheckEnv
-from .config import Config, ConfigError, Mode, load_config
+from .cli_api import ApiError, _api, _api_args, _load, _when
+from .config import Config, ConfigError, Mode
 from .durations import parse_duration
 from .machines import Lifecycle
 from .metrics import Metrics
@@ -26,9 +24,6 @@ from .runner import run_check
 from .store import Store, StoreError
 from .targets import Target, render_model
 
-DEFAULT_URL = "http://127.0.0.1:9464"
-#: The API token's usual place (docs/security.md); read when neither --token-file nor -c is given.
-DEFAULT_TOKEN_FILE = Path("/etc/healerd/api-token")
 EXIT_CONFIG = 2
 
 
@@ -97,17 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     cl = sub.add_parser("cluster", help="the cluster a running node is part of")
     clsub = cl.add_subparsers(dest="cluster_command", required=True)
     _api_args(clsub.add_parser("status", help="the leader, its epoch, and every node with its shard"))
+    cli_rollout.add_parsers(sub)
     return p
-
-
-def _api_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's API (default {DEFAULT_URL})")
-    p.add_argument(
-        "--token-file",
-        help=f"file holding the API bearer token (default: the api_token_file of -c CONFIG, else {DEFAULT_TOKEN_FILE})",
-    )
-    p.add_argument("-c", "--config", help="the daemon's config file, to read its api_token_file")
-    p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,20 +117,16 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_notify(args)
         if args.command == "cluster":
             return cmd_cluster(args)
+        if args.command == "images":
+            return cli_rollout.cmd_images(args)
+        if args.command == "rollout":
+            return cli_rollout.cmd_rollout(args)
     except (ApiError, StoreError) as exc:
         print(str(exc), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     return 2
-
-
-def _load(path: str) -> Config | None:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        print(exc.render(), file=sys.stderr)
-        return None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -282,67 +264,6 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
     widths[-1] = 0
     for row in [header, *rows]:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-
-
-class ApiError(Exception):
-    pass
-
-
-def _token(args: argparse.Namespace) -> str | None:
-    """The bearer token: --token-file, else the api_token_file of -c CONFIG, else DEFAULT_TOKEN_FILE if readable."""
-    path: Path | None
-    if getattr(args, "token_file", None):
-        path = Path(args.token_file)
-    elif getattr(args, "config", None):
-        config = _load(args.config)
-        if config is None:
-            raise ApiError(f"cannot take the API token from {args.config}: fix the errors above or pass --token-file")
-        path = config.daemon.api_token_file
-        if path is None:
-            return None
-    else:
-        try:  # optional: a daemon without a token, or a user who may not read it, just goes without
-            return DEFAULT_TOKEN_FILE.read_text().strip() or None
-        except OSError:
-            return None
-    try:
-        return path.read_text().strip() or None
-    except OSError as exc:
-        raise ApiError(f"cannot read the token file {path}: {exc.strerror or exc}") from None
-
-
-def _api(args: argparse.Namespace, path: str, body: dict[str, Any] | None = None, timeout: float = 30) -> Any:
-    """GET `path`, or POST `body` (JSON, as the API requires for every change); errors become one ApiError."""
-    base = args.url.rstrip("/")
-    headers = {"Accept": "application/json"}
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    token = _token(args)
-    if token:
-        headers["Authorization"] = "Bearer " + token
-    method = "POST" if body is not None else "GET"
-    req = urllib.request.Request(base + path, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            err = json.loads(exc.read())
-            message = f"{err.get('error')}: {err.get('detail')}" if err.get("detail") else str(err.get("error"))
-        except ValueError:
-            message = str(exc.reason)
-        raise ApiError(f"healerd refused ({exc.code}): {message}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ApiError(
-            f"cannot reach healerd at {base}: {reason}; is it running? (healerd run -c FILE, or --url)"
-        ) from None
-
-
-def _when(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
 def cmd_incidents(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from . import api, api_cluster, openfiles
+from . import api, api_cluster, api_rollout, openfiles
 from .alerting import Alerting
 from .checks import CheckEnv
 from .cluster import Cluster
@@ -213,6 +213,7 @@ class Daemon:
         app.cleanup_ctx.extend(contexts)
         api.add_routes(app)
         api_cluster.add_routes(app)
+        api_rollout.add_routes(app)
         return app
 
     # -- reload -------------------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ Fault modes (they change GET /health only; GET / and POST /fault always answer):
               (default 0.1, i.e. +100 ms a second), capped at 30 s; a slow degradation
   exit        the process exits with status 3 right after answering the POST
 
-A machine may start in any mode but `exit` (--mode). GET / says who it is and how many requests its app
+A machine may start in any mode but `exit` (--mode), and with a latency of its own (--latency S: every /health
+and /app answer takes S seconds more; the demo's v3-slow image is a build three times slower than v1).
+GET / says who it is and how many requests its app
 served. GET /app is the service itself (what a load balancer sends users to): it answers 200 whatever the
 fault mode (a machine whose own health check fails still serves until it is drained), `?slow=S` holds the
 answer S seconds (at most 30). A broken machine stays broken until told `ok` (or replaced).
@@ -80,6 +82,16 @@ def _start_mode(text: str) -> str:
     return text.strip()
 
 
+def _latency_arg(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 30:
+        raise argparse.ArgumentTypeError(f"--latency needs seconds between 0 and 30, got {text!r}")
+    return seconds
+
+
 def _set_mode(state: dict[str, object], text: str) -> None:
     name, arg = parse_mode(text)
     state.update(mode=text.strip(), name=name, arg=arg, since=time.monotonic())
@@ -108,6 +120,7 @@ def _abort(request: web.Request, *, rst: bool) -> None:
 async def health(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     mode = state["name"]
+    await _latency(state)
     if mode == "down":
         return web.Response(status=503, text="down\n")
     if mode == "slow":
@@ -135,6 +148,13 @@ async def health(request: web.Request) -> web.StreamResponse:
             request.transport.close()
         return web.Response(status=503)  # never written
     return web.Response(text="ok\n")
+
+
+async def _latency(state: Mapping[str, object]) -> None:
+    """The machine's own latency (--latency): every /health and /app answer takes at least this long."""
+    latency = float(state.get("latency", 0.0))  # type: ignore[arg-type]
+    if latency > 0:
+        await asyncio.sleep(latency)
 
 
 async def fault(request: web.Request) -> web.Response:
@@ -172,6 +192,7 @@ async def app_request(request: web.Request) -> web.Response:
         slow = min(30.0, max(0.0, float(request.query.get("slow", "0"))))
     except ValueError:
         slow = 0.0
+    await _latency(state)
     if slow:
         await asyncio.sleep(slow)
     return web.Response(text=f"served by {os.environ.get('HEALERD_MACHINE_ID', 'unknown')}\n")
@@ -185,6 +206,8 @@ async def index(request: web.Request) -> web.Response:
             "machine": os.environ.get("HEALERD_MACHINE_ID", "unknown"),
             "pid": os.getpid(),
             "mode": state["mode"],
+            "version": state["version"],
+            "latency": state["latency"],
             "uptime_seconds": round(time.monotonic() - float(state["started"]), 1),  # type: ignore[arg-type]
             "requests": state.get("requests", 0),
             "first_request_at": state.get("first_request_at"),
@@ -193,10 +216,16 @@ async def index(request: web.Request) -> web.Response:
     )
 
 
-def build_app(mode: str = "ok") -> web.Application:
+def build_app(mode: str = "ok", latency: float = 0.0) -> web.Application:
     app = web.Application()
     stopping = asyncio.Event()
-    state: dict[str, object] = {"flap": itertools.count(), "started": time.monotonic(), "stopping": stopping}
+    state: dict[str, object] = {
+        "flap": itertools.count(),
+        "started": time.monotonic(),
+        "stopping": stopping,
+        "latency": latency,
+        "version": os.environ.get("HEALERD_IMAGE_VERSION", ""),
+    }
     _set_mode(state, mode)
     app[STATE] = state
 
@@ -224,10 +253,24 @@ def main(argv: list[str] | None = None) -> int:
         metavar="{" + ",".join(m for m in MODES if m != "exit") + "}",
         help="start in this fault mode (a broken image: down); slow and leak take :SECONDS",
     )
+    p.add_argument(
+        "--latency",
+        type=_latency_arg,
+        default=0.0,
+        metavar="SECONDS",
+        help="every /health and /app answer takes this long (a slower build: healthy, but worse)",
+    )
     args = p.parse_args(argv)
     print(f"demo machine {os.environ.get('HEALERD_MACHINE_ID', '?')} listening on {args.host}:{args.port}", flush=True)
     # shutdown_timeout: a hung /health must not hold a SIGTERM back for aiohttp's default minute
-    web.run_app(build_app(args.mode), host=args.host, port=args.port, print=None, access_log=None, shutdown_timeout=1.0)
+    web.run_app(
+        build_app(args.mode, args.latency),
+        host=args.host,
+        port=args.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=1.0,
+    )
     return 0
 
 

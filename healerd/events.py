@@ -37,6 +37,12 @@ class EventType(enum.StrEnum):
     STORE_DEGRADED = "store.degraded"
     MACHINE_RETIRED = "machine.retired"
     ROTATION_REPAIRED = "rotation.repaired"
+    ROLLOUT_STARTED = "rollout.started"
+    ROLLOUT_PROMOTED = "rollout.promoted"
+    ROLLOUT_COMPLETED = "rollout.completed"
+    ROLLOUT_ROLLED_BACK = "rollout.rolled_back"
+    ROLLOUT_PAUSED = "rollout.paused"
+    ROLLOUT_RESUMED = "rollout.resumed"
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

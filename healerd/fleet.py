@@ -19,6 +19,7 @@ from .machines import PROBATION, Lifecycle, Machine, Origin, launched_for
 from .plugins import ROTATION_KINDS
 from .providers.base import LaunchRequest, Provider, ProviderError
 from .rotation import Rotation
+from .store import VersionRecord
 
 if TYPE_CHECKING:
     from .events import EventBus
@@ -68,8 +69,12 @@ class Fleet:
         for name, image in config.images.items():
             stored = await self.store.images.get(name)
             if stored is None or stored.seeded != image.known_good:
-                # new image, or the config's known_good changed: the config wins
-                await self.store.images.save(name, image.known_good, image.known_good, time.time())
+                # new image, or the config's known_good changed: an operator's promotion, and the config wins
+                why = (
+                    "set in the config" if stored is None else f"known_good changed in the config (was {stored.seeded})"
+                )
+                record = VersionRecord(name, image.known_good, "known_good", why, "config", time.time(), {})
+                await self.store.images.promote(name, record, stored.known_good if stored else None, image.known_good)
                 self.known_good[name] = image.known_good
             else:
                 self.known_good[name] = stored.known_good if stored.known_good in image.versions else image.known_good
@@ -78,7 +83,11 @@ class Fleet:
         rotation = self.rotations.get(svc.name)
         if rotation is None:
             return
-        members = [m for m in self.monitor.machines.get(svc.name, {}).values() if m.lifecycle is Lifecycle.IN_SERVICE]
+        members = [
+            m
+            for m in self.monitor.machines.get(svc.name, {}).values()
+            if m.lifecycle is Lifecycle.IN_SERVICE and "retiring" not in m.attributes
+        ]
         await rotation.sync(members)
 
     async def resume_launches(self) -> None:
@@ -154,6 +163,15 @@ class Fleet:
                     )
         image = self.config.images[svc.image]
         version = self.known_good.get(svc.image, image.known_good)
+        origin = launched_for(Origin.INCIDENT, incident) if incident else launched_for(Origin.FILL)
+        return await self.launch(svc, version, {"launched_for": origin}, incident)
+
+    async def launch(
+        self, svc: ServiceConfig, version: str, attributes: dict[str, str], incident: str | None = None
+    ) -> Machine:
+        """Record a new machine of `version` (with `attributes`, its `launched_for` among them), then start it."""
+        assert svc.image is not None
+        provider = self.provider(svc)
         machine_id = f"{svc.name}-{new_id()[-8:].lower()}"
         taken = {
             int(m.attributes["port"])
@@ -161,19 +179,12 @@ class Fleet:
             if m.attributes.get("port", "").isdigit() and m.lifecycle not in (Lifecycle.TERMINATED, Lifecycle.RELEASED)
         }
         address, attrs = provider.allocate(taken)
-        origin = launched_for(Origin.INCIDENT, incident) if incident else launched_for(Origin.FILL)
         machine = Machine(
             svc.name,
             machine_id,
             address,
             Lifecycle.LAUNCHING,
-            {
-                **attrs,
-                "image": svc.image,
-                "image_version": version,
-                "launched_for": origin,
-                "launched_at": str(time.time()),
-            },
+            {**attrs, "image": svc.image, "image_version": version, **attributes, "launched_at": str(time.time())},
         )
         # Recorded before the launch: a crash from here on cannot leave an untracked machine.
         await self.monitor.put_machine(machine)
@@ -258,9 +269,15 @@ class Fleet:
         await self.provider(svc).on_in_service(m, svc)
         await self.rotations[svc.name].add(m)
 
-    async def retire(self, svc: ServiceConfig, m: Machine, why: str) -> None:
-        """Scale in one machine: out of rotation, then released or terminated as its provider does it."""
+    async def retire(self, svc: ServiceConfig, m: Machine, why: str, drain: float = 0.0) -> None:
+        """Scale in one machine: out of rotation, `drain` seconds for the requests already sent to it, then
+        released or terminated as its provider does it. Marked `retiring` first: nothing puts it back."""
+        if m.lifecycle is Lifecycle.IN_SERVICE and "retiring" not in m.attributes:
+            m = Machine(m.service, m.id, m.address, m.lifecycle, {**m.attributes, "retiring": str(time.time())})
+            await self.monitor.put_machine(m)
         await self.rotations[svc.name].remove(m)
+        if drain > 0:
+            await asyncio.sleep(drain)
         outcome = await self.provider(svc).retire(m)
         lifecycle = Lifecycle.TERMINATED if outcome == "terminated" else Lifecycle.RELEASED
         await self.monitor.put_machine(

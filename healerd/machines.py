@@ -24,6 +24,7 @@ class Origin(enum.StrEnum):
     FILL = "fill"  # launched (or adopted) to bring the fleet to `desired`
     RELEASE = "release"  # released from quarantine, back on probation
     INCIDENT = "incident"  # the replacement launched by an incident
+    ROLLOUT = "rollout"  # launched by a rollout (its `rollout` attribute names it)
     NONE = ""
 
 
@@ -46,7 +47,7 @@ class Machine:
     @property
     def origin(self) -> Origin:
         value = self.attributes.get("launched_for") or ""
-        if value in (Origin.FILL, Origin.RELEASE):
+        if value in (Origin.FILL, Origin.RELEASE, Origin.ROLLOUT):
             return Origin(value)
         return Origin.INCIDENT if value else Origin.NONE
 

@@ -78,6 +78,13 @@ METRICS: tuple[MetricDef, ...] = (
         "Times the load balancer had lost the rotation and it was re-applied.",
         ("service",),
     ),
+    MetricDef("rollouts", "counter", "Rollouts ended, by outcome (completed, rolled_back).", ("service", "outcome")),
+    MetricDef(
+        "rollout_stage",
+        "gauge",
+        "1 for the stage of the service's running rollout (canary, bake, promoted, refresh, rolled_back).",
+        ("service", "stage"),
+    ),
     MetricDef("cluster_nodes", "gauge", "Live nodes of the cluster (fresh heartbeat), as this node sees them.", ()),
     MetricDef("cluster_leader", "gauge", "1 for the lease holder, 0 for the other live nodes.", ("node",)),
     MetricDef("cluster_epoch", "gauge", "The leader lease's epoch (grows at every takeover).", ()),

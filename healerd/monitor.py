@@ -131,6 +131,8 @@ class Monitor(MonitorViews):
         self._pending_first: set[CheckKey] = set()
         #: machines someone waits on (a replacement on probation): set at each of their results
         self._watchers: dict[tuple[str, str], asyncio.Event] = {}
+        #: called with every result this node gets, its own and the other nodes' (a rollout's judge samples them)
+        self.taps: list[Callable[[CheckKey, CheckResult, float], None]] = []
         self._ready_latched = False
         self._runs = metrics.counter("check_runs")
         self._durations = metrics.histogram("check_duration_seconds")
@@ -324,7 +326,7 @@ class Monitor(MonitorViews):
             duration=round(result.duration, 6),
         )
         events = self.book.observe(key, result, now)
-        self._wake_watchers(key)
+        self._after_result(key, result, now)
         ch = self.book.check(key)
         if ch is not None and ch.soft_failing:
             self.scheduler.retry_soon(bc)
@@ -337,7 +339,7 @@ class Monitor(MonitorViews):
             return  # not a check of the current config, or one this node runs itself now
         self._pending_first.discard(key)
         events = self.book.observe(key, result, ts)
-        self._wake_watchers(key)
+        self._after_result(key, result, ts)
         if events:
             self._publish(events)
 
@@ -364,7 +366,9 @@ class Monitor(MonitorViews):
         for event in events:
             self.bus.publish(event, mirrored=not self.emits(event))
 
-    def _wake_watchers(self, key: CheckKey) -> None:
+    def _after_result(self, key: CheckKey, result: CheckResult, ts: float) -> None:
+        for tap in self.taps:
+            tap(key, result, ts)
         if self._watchers:
             watcher = self._watchers.get((key.service, key.machine))
             if watcher is not None:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .monitor import Monitor
     from .quarantine import Quarantine
+    from .rollouts import Rollouts
     from .runbook import Runbook
     from .store import BaseStore
 
@@ -71,6 +72,7 @@ class IncidentReconciler:
         controls: Controls,
         incidents: IncidentBook,
         runbook: Runbook,
+        rollouts: Rollouts,
     ) -> None:
         self.monitor = monitor
         self.store = store
@@ -79,6 +81,7 @@ class IncidentReconciler:
         self.controls = controls
         self.incidents = incidents
         self.runbook = runbook
+        self.rollouts = rollouts
         #: in a cluster: asks the vantage points (service, machine, timeout) before a remediation starts
         self.confirm: Confirm | None = None
         self._unconfirmed_until: dict[str, float] = {}
@@ -102,6 +105,8 @@ class IncidentReconciler:
             for m in serving:
                 mh = book.machine(service.name, m.id)
                 if m.id not in known and mh is not None and mh.condition is Condition.DOWN:
+                    if self.rollouts.owns(service.name, m.id):
+                        continue  # a candidate being judged: its rollout rolls back, nothing is healed
                     summary = f"{m.id} is down: {mh.problem()}"
                     await self.incidents.open(service.name, m.id, service.remediation.playbook, summary, now)
             next_at = NEVER
@@ -238,13 +243,20 @@ class FillReconciler:
     incident is handling the gap or a gate holds (said once)."""
 
     def __init__(
-        self, monitor: Monitor, store: BaseStore, fleet: Fleet, controls: Controls, incidents: IncidentBook
+        self,
+        monitor: Monitor,
+        store: BaseStore,
+        fleet: Fleet,
+        controls: Controls,
+        incidents: IncidentBook,
+        rollouts: Rollouts,
     ) -> None:
         self.monitor = monitor
         self.store = store
         self.fleet = fleet
         self.controls = controls
         self.incidents = incidents
+        self.rollouts = rollouts
         self._held: set[str] = set()  # services whose "not launching" was said
 
     async def reconcile(self, service: ServiceConfig, now: float) -> float:
@@ -254,7 +266,7 @@ class FillReconciler:
             machines = self.monitor.machines.get(service.name, {}).values()
             live = (Lifecycle.LAUNCHING, Lifecycle.PROBATION, Lifecycle.IN_SERVICE)
             missing = service.desired - sum(1 for m in machines if m.lifecycle in live)
-            if missing <= 0:
+            if missing <= 0 or self.rollouts.busy(service.name):  # a rollout sets the fleet's size while it runs
                 return NEVER
             if self.incidents.machines(service.name):
                 return NEVER  # an incident is handling (or escalated) the gap: never launch around it
@@ -296,11 +308,14 @@ class SurplusReconciler:
     the newest surplus machine leaves rotation and is retired, never quarantined, and only while the
     healthy machines left still reach `desired` (so never below min_healthy)."""
 
-    def __init__(self, monitor: Monitor, fleet: Fleet, controls: Controls, incidents: IncidentBook) -> None:
+    def __init__(
+        self, monitor: Monitor, fleet: Fleet, controls: Controls, incidents: IncidentBook, rollouts: Rollouts
+    ) -> None:
         self.monitor = monitor
         self.fleet = fleet
         self.controls = controls
         self.incidents = incidents
+        self.rollouts = rollouts
         self._held: set[str] = set()  # services whose "not retiring" was said
 
     async def reconcile(self, service: ServiceConfig, now: float) -> float:
@@ -308,7 +323,7 @@ class SurplusReconciler:
             return NEVER
         with bound_contextvars(service=service.name):
             in_service = _serving(self.monitor, service.name)
-            if len(in_service) <= service.desired:
+            if len(in_service) <= service.desired or self.rollouts.busy(service.name):
                 return NEVER
             if self.incidents.remediating(service.name):
                 return NEVER  # a playbook is moving machines: look again once it is done
@@ -413,7 +428,9 @@ class RotationReconciler:
         self._due[service.name] = now + interval
         # machines being remediated are on their way out: the playbook took them out, keep it so
         leaving = {i.machine for i in self.incidents.of(service.name) if i.state is IncidentState.REMEDIATING}
-        serving = [m for m in _serving(self.monitor, service.name) if m.id not in leaving]
+        serving = [
+            m for m in _serving(self.monitor, service.name) if m.id not in leaving and "retiring" not in m.attributes
+        ]
         with bound_contextvars(service=service.name):
             try:
                 fixed = await rotation.reconcile(serving)  # type: ignore[attr-defined]

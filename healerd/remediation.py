@@ -37,6 +37,7 @@ from .reconcilers import (
     RotationReconciler,
     SurplusReconciler,
 )
+from .rollouts import Rollouts
 from .rotation import Rotation
 from .runbook import Runbook, StepJournal
 from .safety import Confirm
@@ -84,12 +85,15 @@ class RemediationEngine:
             config, self.book, self.journal, store, metrics, self, crash_at, self._wake.set, self._update_gauges
         )
         self.quarantines = Quarantine(config, monitor, store, bus, self.fleet)
+        self.rollouts = Rollouts(config, monitor, store, bus, metrics, self.fleet, self.book, self.controls)
+        self.rollouts.crash_at = crash_at
+        self.rollouts.wake_engine = self._wake.set
         self.views = Views(config, store, self.journal, self.controls, self.book)
         self.reconcilers: tuple[Reconciler, ...] = (
-            IncidentReconciler(monitor, store, bus, metrics, self.controls, self.book, self.runbook),
+            IncidentReconciler(monitor, store, bus, metrics, self.controls, self.book, self.runbook, self.rollouts),
             ProbationReconciler(monitor, self.fleet),
-            FillReconciler(monitor, store, self.fleet, self.controls, self.book),
-            SurplusReconciler(monitor, self.fleet, self.controls, self.book),
+            FillReconciler(monitor, store, self.fleet, self.controls, self.book, self.rollouts),
+            SurplusReconciler(monitor, self.fleet, self.controls, self.book, self.rollouts),
             RetentionReconciler(monitor, self.quarantines),
             RotationReconciler(monitor, self.fleet, bus, metrics, self.book),
         )
@@ -104,7 +108,7 @@ class RemediationEngine:
     @config.setter
     def config(self, config: Config) -> None:
         self._config = config
-        for part in (self.controls, self.fleet, self.runbook, self.quarantines, self.views):
+        for part in (self.controls, self.fleet, self.runbook, self.quarantines, self.views, self.rollouts):
             part.config = config
 
     def load_playbooks(self, config: Config) -> list[str]:
@@ -133,6 +137,7 @@ class RemediationEngine:
         self._update_gauges()
         await self.runbook.resume()
         await self.fleet.resume_launches()
+        await self.rollouts.start()
         self._loop_task = asyncio.create_task(self._loop(), name="healerd-remediation")
 
     async def stop(self) -> None:
@@ -141,6 +146,7 @@ class RemediationEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
             self._loop_task = None
+        await self.rollouts.stop()
         await self.runbook.stop()
 
     @property

@@ -295,7 +295,7 @@ def _image(name: str, raw: object, providers: dict[str, ProviderConfig], out: Co
             del versions[version]
     if len(versions) != len(model.versions):
         return None
-    return ImageConfig(name, model.provider, versions, model.known_good)
+    return ImageConfig(name, model.provider, versions, model.known_good, model.rollout)
 
 
 def _notify_targets(svc: ServiceConfig, notifiers: dict[str, NotifierConfig], out: Collector) -> None:

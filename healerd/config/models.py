@@ -275,10 +275,82 @@ class RotationModel(BaseModel):
     kind: str = "none"
 
 
+def _rate(v: object) -> float:
+    """`1%`, `0.5%` or a fraction like 0.01 -> 0.01."""
+    if isinstance(v, str) and v.strip().endswith("%"):
+        try:
+            v = float(v.strip()[:-1]) / 100
+        except ValueError:
+            v = None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
+        raise ValueError(f"expected a rate like 1% or 0.01 (between 0 and 100%), got {v!r}")
+    return float(v)
+
+
+class JudgeConfig(Strict):
+    """How a canary is judged against the known-good machines of the same window (DESIGN §16)."""
+
+    #: the canary's share of non-OK results may exceed the baseline's by at most this much
+    max_error_rate: float = 0.01
+    #: the canary's p50 and p95 check durations may be at most this many times the baseline's
+    max_latency_ratio: float = Field(default=1.5, ge=1.0, le=1000.0)
+    #: results needed on each side before a verdict: fewer and the bake goes on (never promoted on no data)
+    min_results: int = Field(default=50, ge=1, le=1_000_000)
+    #: durations below this count as this (a 1 ms check against a 2 ms one is not twice as slow)
+    latency_floor: float = 0.005
+
+    @field_validator("max_error_rate", mode="before")
+    @classmethod
+    def _error_rate(cls, v: object) -> float:
+        return _rate(v)
+
+    @field_validator("latency_floor", mode="before")
+    @classmethod
+    def _floor(cls, v: object, info: ValidationInfo) -> float:
+        return _duration(v, info, at_most=60.0)
+
+
+class RolloutConfig(Strict):
+    """How a new version of an image is tried and rolled over the fleet (DESIGN §16)."""
+
+    #: machines launched from the candidate, in addition to the fleet, and judged during the bake
+    canary: int = Field(default=1, ge=0, le=1000)
+    bake: float = 300.0
+    #: the bake goes on while either side has fewer than judge.min_results, up to this long (default 3 x bake)
+    max_bake: float | None = None
+    #: machines launched above desired at once during the refresh
+    max_surge: int = Field(default=1, ge=0, le=1000)
+    #: machines of the old version taken out of rotation before their replacement serves
+    max_unavailable: int = Field(default=0, ge=0, le=1000)
+    #: how long a new machine may take to pass its checks before the rollout rolls back
+    probation_timeout: float = 600.0
+    #: how long a machine out of rotation keeps running before it is retired (requests already sent finish)
+    drain: float = 5.0
+    judge: JudgeConfig = JudgeConfig()
+
+    @field_validator("bake", "max_bake", "probation_timeout", "drain", mode="before")
+    @classmethod
+    def _durations(cls, v: object, info: ValidationInfo) -> float | None:
+        return None if v is None else _duration(v, info, at_most=DAY)
+
+    @model_validator(mode="after")
+    def _room(self) -> RolloutConfig:
+        if self.max_surge + self.max_unavailable < 1:
+            raise ValueError("max_surge and max_unavailable cannot both be 0: a refresh could never replace a machine")
+        if self.max_bake is not None and self.max_bake < self.bake:
+            raise ValueError(f"max_bake ({self.max_bake:g}s) must be at least bake ({self.bake:g}s)")
+        return self
+
+    @property
+    def bake_limit(self) -> float:
+        return self.max_bake if self.max_bake is not None else 3 * self.bake
+
+
 class ImageModel(Strict):
     provider: str
     versions: dict[str, dict[str, Any]]
     known_good: str
+    rollout: RolloutConfig = RolloutConfig()
 
     @model_validator(mode="after")
     def _known(self) -> ImageModel:
@@ -295,6 +367,7 @@ class ImageConfig:
     provider: str
     versions: dict[str, BaseModel]
     known_good: str
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
 
 #: machines per service: desired, or the machines a static service lists

@@ -12,8 +12,10 @@ from .interface import (
     KnownGood,
     OutboxItem,
     PendingMessage,
+    RolloutRecord,
     StateStore,
     StoreError,
+    VersionRecord,
 )
 from .schema import MIGRATIONS
 from .sqlite import Store
@@ -29,7 +31,9 @@ __all__ = [
     "KnownGood",
     "OutboxItem",
     "PendingMessage",
+    "RolloutRecord",
     "StateStore",
     "Store",
     "StoreError",
+    "VersionRecord",
 ]

@@ -15,6 +15,7 @@ from .machines import Machines
 from .meta import Meta
 from .outbox import Outbox
 from .results import ResultRow, Results
+from .rollouts import Rollouts
 from .silences import Silences
 
 
@@ -28,6 +29,7 @@ class BaseStore:
         self.events = Events(db, event_log_size, self.flush)
         self.incidents = Incidents(db)
         self.images = Images(db)
+        self.rollouts = Rollouts(db)
         self.silences = Silences(db)
         self.meta = Meta(db)
         self.outbox = Outbox(db)

@@ -54,6 +54,38 @@ class KnownGood(NamedTuple):
     seeded: str
 
 
+class VersionRecord(NamedTuple):
+    """One version of an image family as promotion left it: its state (known_good, candidate, rejected,
+    retired), why, who or which rollout put it there, when, and the evidence (the judge's figures)."""
+
+    family: str
+    version: str
+    state: str
+    reason: str
+    promoted_by: str
+    updated_at: float
+    evidence: dict[str, Any]
+
+
+class RolloutRecord(NamedTuple):
+    """A rollout of an image version over a service: its stage, and in `data` its parameters, its machines,
+    the judge's samples and verdict (everything a resume needs)."""
+
+    id: str
+    service: str
+    image: str
+    version: str
+    previous: str  # the known-good version when it started
+    stage: str
+    active: bool
+    paused: bool
+    reason: str
+    started_at: float
+    updated_at: float
+    ended_at: float | None
+    data: dict[str, Any]
+
+
 class OutboxItem(NamedTuple):
     """One event routed to one notifier, waiting to be grouped into a message."""
 
@@ -142,6 +174,17 @@ class IncidentRepository(Protocol):
 class ImageRepository(Protocol):
     async def get(self, family: str) -> KnownGood | None: ...
     async def save(self, family: str, known_good: str, seeded: str, now: float) -> None: ...
+    async def versions(self, family: str | None = None) -> list[VersionRecord]: ...
+    async def mark(self, record: VersionRecord) -> None: ...
+    async def promote(self, family: str, record: VersionRecord, previous: str | None, seeded: str) -> None: ...
+
+
+class RolloutRepository(Protocol):
+    async def save(self, rollout: RolloutRecord) -> None: ...
+    async def get(self, rollout_id: str) -> RolloutRecord | None: ...
+    async def active(self) -> list[RolloutRecord]: ...
+    async def latest(self, service: str) -> RolloutRecord | None: ...
+    async def recent(self, service: str | None = None, limit: int = 20) -> list[RolloutRecord]: ...
 
 
 class SilenceRepository(Protocol):
@@ -207,6 +250,8 @@ class StateStore(Protocol):
     def incidents(self) -> IncidentRepository: ...
     @property
     def images(self) -> ImageRepository: ...
+    @property
+    def rollouts(self) -> RolloutRepository: ...
     @property
     def silences(self) -> SilenceRepository: ...
     @property

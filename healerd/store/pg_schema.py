@@ -92,4 +92,20 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE cluster_nodes ADD COLUMN disputed INTEGER NOT NULL DEFAULT 0;
     """,
+    # image promotion: every version's state (known-good, candidate, rejected, retired) and the rollouts
+    """
+    CREATE TABLE image_versions (
+        family TEXT NOT NULL, version TEXT NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+        promoted_by TEXT NOT NULL DEFAULT '', updated_at DOUBLE PRECISION NOT NULL, evidence TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (family, version)
+    );
+    CREATE TABLE rollouts (
+        id TEXT PRIMARY KEY, service TEXT NOT NULL, image TEXT NOT NULL, version TEXT NOT NULL,
+        previous TEXT NOT NULL, stage TEXT NOT NULL, active INTEGER NOT NULL, paused INTEGER NOT NULL DEFAULT 0,
+        reason TEXT NOT NULL DEFAULT '', started_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL, ended_at DOUBLE PRECISION,
+        data TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX rollouts_service ON rollouts (service, started_at);
+    """,
 )

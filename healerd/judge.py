@@ -1,0 +1,136 @@
+"""The canary judge (pure): the candidate's check results against the known-good machines' results of the same
+window. Error rate is the share of non-OK results; latency is compared at the median and the 95th percentile.
+
+A verdict is `pass`, `fail` or `wait` (too few results on a side: never promoted on no data). Its figures go
+into the rollout record, the events and the alert, so a rejection can be read and argued with.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config.models import JudgeConfig
+
+#: durations kept per side (reservoir sampling beyond): percentiles of 4,000 samples are within a fraction of a
+#: percent of the whole population's, and the rollout record stays small
+RESERVOIR = 4000
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation between closest ranks; nan for no values."""
+    if not values:
+        return math.nan
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+@dataclass
+class Samples:
+    """One side's results: how many, how many not OK, and a uniform sample of their durations."""
+
+    results: int = 0
+    errors: int = 0
+    durations: list[float] = field(default_factory=list)
+    _rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
+
+    def add(self, ok: bool, duration: float) -> None:
+        self.results += 1
+        if not ok:
+            self.errors += 1
+        if len(self.durations) < RESERVOIR:
+            self.durations.append(duration)
+        else:
+            j = self._rng.randrange(self.results)
+            if j < RESERVOIR:
+                self.durations[j] = duration
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.results if self.results else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"results": self.results, "errors": self.errors, "durations": [round(d, 6) for d in self.durations]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Samples:
+        d = d or {}
+        return cls(int(d.get("results", 0)), int(d.get("errors", 0)), [float(x) for x in d.get("durations", [])])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: str  # pass | fail | wait
+    reason: str
+    figures: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == "pass"
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome == "fail"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def judge(canary: Samples, baseline: Samples, limits: JudgeConfig) -> Verdict:
+    """The candidate is worse when its error rate exceeds the baseline's by more than max_error_rate, or its p50
+    or p95 duration is more than max_latency_ratio times the baseline's (durations under latency_floor count
+    as the floor). Until both sides have min_results, the verdict is `wait`."""
+    floor = limits.latency_floor
+    figures: dict[str, Any] = {
+        "canary_results": canary.results,
+        "baseline_results": baseline.results,
+        "canary_error_rate": round(canary.error_rate, 6),
+        "baseline_error_rate": round(baseline.error_rate, 6),
+        "max_error_rate": limits.max_error_rate,
+        "max_latency_ratio": limits.max_latency_ratio,
+        "min_results": limits.min_results,
+    }
+    for q in (50, 95):
+        c, b = percentile(canary.durations, q), percentile(baseline.durations, q)
+        figures[f"canary_p{q}"] = None if math.isnan(c) else round(c, 6)
+        figures[f"baseline_p{q}"] = None if math.isnan(b) else round(b, 6)
+        figures[f"latency_ratio_p{q}"] = (
+            None if math.isnan(c) or math.isnan(b) else round(max(c, floor) / max(b, floor), 3)
+        )
+    short = [
+        f"{side} has {n} result(s)"
+        for side, n in (("the canary", canary.results), ("the baseline", baseline.results))
+        if n < limits.min_results
+    ]
+    if short:
+        return Verdict("wait", f"too few results to judge: {', '.join(short)}, {limits.min_results} needed", figures)
+    excess = canary.error_rate - baseline.error_rate
+    if excess > limits.max_error_rate:
+        return Verdict(
+            "fail",
+            f"error rate {canary.error_rate:.2%} against the baseline's {baseline.error_rate:.2%} "
+            f"(at most {limits.max_error_rate:.2%} more allowed)",
+            figures,
+        )
+    for q in (50, 95):
+        ratio = figures[f"latency_ratio_p{q}"]
+        if ratio is not None and ratio > limits.max_latency_ratio:
+            return Verdict(
+                "fail",
+                f"latency p{q} {_ms(figures[f'canary_p{q}'])} against the baseline's {_ms(figures[f'baseline_p{q}'])}: "
+                f"{ratio:g}x (at most {limits.max_latency_ratio:g}x allowed)",
+                figures,
+            )
+    return Verdict(
+        "pass",
+        f"error rate {canary.error_rate:.2%} (baseline {baseline.error_rate:.2%}), latency p50 "
+        f"{figures['latency_ratio_p50']:g}x and p95 {figures['latency_ratio_p95']:g}x the baseline's, "
+        f"over {canary.results} canary and {baseline.results} baseline results",
+        figures,
+    )

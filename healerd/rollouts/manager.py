@@ -1,0 +1,319 @@
+"""Image promotion by evidence (DESIGN §16): the rollout record, and `Rollouts`, which starts, pauses, resumes
+and aborts rollouts, resumes them after a restart (or a takeover) and shows them.
+
+One rollout at a time per service, run by `RolloutRun` (run.py) in its own task; every step is
+recorded in the store before the next one starts, and every step looks at the world first, so `kill -9`
+anywhere resumes without a duplicate or an orphan machine. Only the cluster's leader runs rollouts (they live
+in the remediation engine, which only the leader runs); any node shows them from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from ..config import Config, Mode
+from ..config.models import RolloutConfig
+from ..events import Event, EventType, Severity, new_id
+from .record import JUDGING, Rollout, RolloutRefused, Stage, rollout_view, version_record
+from .run import RolloutRun
+
+if TYPE_CHECKING:
+    from ..controls import Controls
+    from ..events import EventBus
+    from ..fleet import Fleet
+    from ..incidents import IncidentBook
+    from ..metrics import Metrics
+    from ..monitor import Monitor
+    from ..store import BaseStore
+
+log = structlog.get_logger("healerd.rollout")
+
+
+class Rollouts:
+    """The rollouts of every service: one task each while it runs."""
+
+    def __init__(
+        self,
+        config: Config,
+        monitor: Monitor,
+        store: BaseStore,
+        bus: EventBus,
+        metrics: Metrics,
+        fleet: Fleet,
+        incidents: IncidentBook,
+        controls: Controls,
+    ) -> None:
+        self.config = config
+        self.monitor = monitor
+        self.store = store
+        self.bus = bus
+        self.metrics = metrics
+        self.fleet = fleet
+        self.incidents = incidents
+        self.controls = controls
+        #: fault injection for the crash-safety tests (`healerd run --crash-at rollout.<stage>`), never armed otherwise
+        self.crash_at: str | None = None
+        self.wake_engine: Any = lambda: None
+        self.active: dict[str, Rollout] = {}  # by service
+        self.wakes: dict[str, asyncio.Event] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._started = False
+
+    # -- what the engine's reconcilers ask ------------------------------------------------------------------
+    def busy(self, service: str) -> bool:
+        """A rollout of the service is running: it, not the fill and surplus loops, sets the fleet's size."""
+        return service in self.active
+
+    def owns(self, service: str, machine_id: str) -> bool:
+        """The machine is a candidate being judged: the rollout handles its failure (a rollback), not a playbook."""
+        r = self.active.get(service)
+        if r is None or r.stage not in JUDGING:
+            return False
+        m = self.monitor.machine(service, machine_id)
+        return m is not None and m.attributes.get("rollout") == r.id
+
+    # -- lifecycle (the leader's engine) ------------------------------------------------------------------
+    async def start(self) -> None:
+        """Resume the rollouts a stop, a crash or a takeover interrupted."""
+        self._started = True
+        self.active = {}
+        for rec in await self.store.rollouts.active():
+            if rec.service not in self.config.services:
+                log.warning(
+                    "rollout of a service no longer configured left as it is", rollout=rec.id, service=rec.service
+                )
+                continue
+            r = Rollout.from_record(rec)
+            self.active[r.service] = r
+            log.info("resuming rollout", rollout=r.id, service=r.service, version=r.version, stage=r.stage.value)
+            self._spawn(r)
+        self.update_gauges()
+
+    async def stop(self) -> None:
+        self._started = False
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.active = {}
+
+    def _spawn(self, r: Rollout) -> None:
+        self.wakes[r.service] = asyncio.Event()
+        task = asyncio.create_task(RolloutRun(self, r).run(), name=f"healerd-rollout-{r.service}")
+        self._tasks[r.service] = task
+        task.add_done_callback(lambda t, s=r.service: self._done(s, t))  # type: ignore[misc]
+
+    def _done(self, service: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(service) is task:
+            self._tasks.pop(service, None)
+            r = self.active.get(service)
+            if r is not None and not r.active:
+                self.active.pop(service, None)
+        self.update_gauges()
+        self.wake_engine()
+
+    def update_gauges(self) -> None:
+        gauge = self.metrics.gauge("rollout_stage")
+        for name in self.config.services:
+            r = self.active.get(name)
+            for stage in Stage:
+                if stage is not Stage.COMPLETED:
+                    gauge.labels(name, stage.value).set(1 if r is not None and r.stage is stage else 0)
+
+    # -- requests (API, CLI) --------------------------------------------------------------------------------
+    async def begin(
+        self, service: str, version: str, canary: int | None = None, bake: float | None = None, by: str = ""
+    ) -> dict[str, Any]:
+        svc = self.config.services.get(service)
+        if svc is None:
+            raise RolloutRefused(
+                404, "unknown service", f"no service {service!r}; services: {', '.join(self.config.services)}"
+            )
+        if svc.image is None or not svc.managed:
+            raise RolloutRefused(
+                409,
+                "service not launched from an image",
+                f"{service} has no image: its machines are not healerd's to replace",
+            )
+        image = self.config.images[svc.image]
+        if version not in image.versions:
+            raise RolloutRefused(
+                404,
+                "unknown version",
+                f"image {svc.image} has no version {version!r}; versions: {', '.join(image.versions)} "
+                "(add it under images.<image>.versions and reload)",
+            )
+        if not self._started:
+            raise RolloutRefused(409, "not acting", "this healerd is not running remediation (a follower or stopping)")
+        current = self.active.get(service)
+        if current is not None:
+            raise RolloutRefused(
+                409,
+                "a rollout is running",
+                f"{service} is rolling out {current.version} ({current.id}, stage {current.stage.value}); wait for it, "
+                f"or `healerd rollout abort {service}`",
+            )
+        known_good = self.fleet.known_good.get(svc.image, image.known_good)
+        if version == known_good:
+            raise RolloutRefused(
+                409, "already known-good", f"{version} is already the known-good version of {svc.image}"
+            )
+        mode = self.controls.mode_for(service)
+        if mode is not Mode.AUTO or self.controls.paused:
+            why = "healerd is paused (resume it)" if self.controls.paused else f"{service} is in mode {mode.value}"
+            raise RolloutRefused(
+                409, "not acting", f"a rollout launches and retires machines, and {why}; switch to auto first"
+            )
+        if self.incidents.remediating(service):
+            raise RolloutRefused(
+                409, "remediation running", f"an incident of {service} is being remediated; try again once it ends"
+            )
+        for other in self.active.values():
+            if other.image == svc.image:
+                raise RolloutRefused(
+                    409,
+                    "image busy",
+                    f"{svc.image} is being rolled out to {other.service} ({other.id}); one at a time per image",
+                )
+        params = image.rollout.model_copy(
+            update={k: v for k, v in (("canary", canary), ("bake", bake)) if v is not None}
+        )
+        params = RolloutConfig.model_validate(params.model_dump())  # the overrides are checked too
+        now = time.time()
+        r = Rollout(
+            new_id(now),
+            service,
+            svc.image,
+            version,
+            known_good,
+            Stage.CANARY if params.canary else Stage.PROMOTED,
+            started_at=now,
+            updated_at=now,
+            data={"params": params.model_dump(), "by": by, "desired": svc.desired},
+        )
+        if not params.canary:
+            r.data["judge"] = {
+                "outcome": "skipped",
+                "reason": f"canary 0: promoted by {by or 'an operator'} without a judgement",
+            }
+        await self.store.rollouts.save(r.record())
+        await self.store.images.mark(
+            version_record(r, "candidate", f"rollout {r.id} started by {by or 'an operator'}", now)
+        )
+        self.active[service] = r
+        self.emit(
+            r,
+            EventType.ROLLOUT_STARTED,
+            f"rollout of {svc.image} {version} to {service} started (canary {params.canary}, bake {params.bake:g}s; "
+            f"known-good {known_good})",
+        )
+        log.info("rollout started", rollout=r.id, service=service, version=version, canary=params.canary, by=by)
+        self._spawn(r)
+        self.update_gauges()
+        return rollout_view(r.record(), self.monitor)
+
+    async def set_paused(self, service: str, paused: bool, by: str = "") -> dict[str, Any]:
+        r = self._running(service)
+        if r.paused != paused:
+            r.paused = paused
+            await self.save(r)
+            what = "paused" if paused else "resumed"
+            self.emit(
+                r,
+                EventType.ROLLOUT_PAUSED if paused else EventType.ROLLOUT_RESUMED,
+                f"rollout of {r.version} to {service} {what}{f' by {by}' if by else ''} (stage {r.stage.value})",
+            )
+            self.wakes[service].set()
+        return rollout_view(r.record(), self.monitor)
+
+    async def abort(self, service: str, by: str = "") -> dict[str, Any]:
+        r = self._running(service)
+        if r.stage in (Stage.COMPLETED, Stage.ROLLED_BACK):
+            raise RolloutRefused(409, "already ending", f"the rollout is {r.stage.value}: {r.reason}")
+        r.data["abort"] = f"aborted{f' by {by}' if by else ''}"
+        await self.save(r)
+        self.wakes[service].set()
+        return rollout_view(r.record(), self.monitor)
+
+    def _running(self, service: str) -> Rollout:
+        if service not in self.config.services:
+            raise RolloutRefused(
+                404, "unknown service", f"no service {service!r}; services: {', '.join(self.config.services)}"
+            )
+        r = self.active.get(service)
+        if r is None:
+            raise RolloutRefused(
+                409, "no rollout running", f"{service} has no rollout running (healerd rollout status {service})"
+            )
+        return r
+
+    # -- views (any node, from the store) -------------------------------------------------------------------
+    async def view(self, service: str) -> dict[str, Any] | None:
+        r = self.active.get(service)
+        record = r.record() if r is not None else await self.store.rollouts.latest(service)
+        return rollout_view(record, self.monitor) if record is not None else None
+
+    async def images_view(self) -> dict[str, Any]:
+        records: dict[tuple[str, str], Any] = {(v.family, v.version): v for v in await self.store.images.versions()}
+        images = []
+        for name, image in self.config.images.items():
+            stored = await self.store.images.get(name)
+            known_good = stored.known_good if stored and stored.known_good in image.versions else image.known_good
+            versions = []
+            for version in image.versions:
+                rec = records.get((name, version))
+                state = "known_good" if version == known_good else (rec.state if rec else "available")
+                if state == "known_good" and version != known_good:
+                    state = "retired"
+                versions.append(
+                    {
+                        "version": version,
+                        "state": state,
+                        "reason": rec.reason if rec else "",
+                        "by": rec.promoted_by if rec else "",
+                        "updated_at": rec.updated_at if rec else None,
+                        "evidence": rec.evidence if rec else {},
+                    }
+                )
+            images.append(
+                {
+                    "name": name,
+                    "provider": image.provider,
+                    "known_good": known_good,
+                    "seeded": image.known_good,
+                    "versions": versions,
+                }
+            )
+        return {"images": images}
+
+    # -- what the runs use ----------------------------------------------------------------------------------
+    async def save(self, r: Rollout) -> None:
+        r.updated_at = time.time()
+        await self.store.rollouts.save(r.record())
+        self.update_gauges()
+
+    def emit(
+        self, r: Rollout, kind: EventType, summary: str, severity: Severity = Severity.INFO, **details: Any
+    ) -> None:
+        self.bus.publish(
+            Event(
+                kind,
+                r.service,
+                summary,
+                time.time(),
+                severity=severity,
+                firing=kind not in (EventType.ROLLOUT_COMPLETED, EventType.ROLLOUT_PROMOTED, EventType.ROLLOUT_RESUMED),
+                details={
+                    "rollout": r.id,
+                    "image": r.image,
+                    "version": r.version,
+                    "previous": r.previous,
+                    "stage": r.stage.value,
+                    **details,
+                },
+            )
+        )
