@@ -231,9 +231,7 @@ class RolloutRun:
 
     async def _complete(self) -> None:
         r = self.r
-        r.active = False
-        r.ended_at = time.time()
-        r.data.pop("wave", None)
+        self._end()
         await self._enter(Stage.COMPLETED, f"{r.service} runs {r.version} on every machine")
         self.host.metrics.counter("rollouts").labels(r.service, "completed").inc()
         self.host.emit(
@@ -290,17 +288,14 @@ class RolloutRun:
                 return await self._stuck(f"could not refresh {r.service} back to {r.previous}: {exc}")
         for m in self._mine():
             await self._retire(m, f"rollout of {r.version} rolled back")
-        r.active = False
-        r.ended_at = time.time()
-        r.data.pop("wave", None)
+        self._end()
         await self.host.save(r)
         self.host.metrics.counter("rollouts").labels(r.service, "rolled_back").inc()
         log.info("rollout rolled back", machines_left=len(self._mine()))
 
     async def _stuck(self, why: str) -> None:
         r = self.r
-        r.active = False
-        r.ended_at = time.time()
+        self._end()
         r.reason = f"{r.reason}; {why}: a human is needed"
         await self.host.save(r)
         self.host.metrics.counter("rollouts").labels(r.service, "rolled_back").inc()
@@ -538,6 +533,13 @@ class RolloutRun:
         else:
             self.r.data.pop("waiting", None)
         return True
+
+    def _end(self) -> None:
+        r = self.r
+        r.active = r.paused = False
+        r.ended_at = time.time()
+        for key in ("wave", "waiting", "samples"):
+            r.data.pop(key, None)
 
     def _progress(self, **figures: Any) -> None:
         self.r.data["progress"] = figures
