@@ -231,14 +231,14 @@ class RolloutRun:
 
     async def _complete(self) -> None:
         r = self.r
-        self._end()
+        took = self._end() - r.started_at
         await self._enter(Stage.COMPLETED, f"{r.service} runs {r.version} on every machine")
         self.host.metrics.counter("rollouts").labels(r.service, "completed").inc()
         self.host.emit(
             r,
             EventType.ROLLOUT_COMPLETED,
-            f"rollout of {r.version} to {r.service} completed in {r.ended_at - r.started_at:.0f}s",
-            duration=round(r.ended_at - r.started_at, 3),
+            f"rollout of {r.version} to {r.service} completed in {took:.0f}s",
+            duration=round(took, 3),
         )
 
     # -- rollback -----------------------------------------------------------------------------------------
@@ -534,12 +534,14 @@ class RolloutRun:
             self.r.data.pop("waiting", None)
         return True
 
-    def _end(self) -> None:
+    def _end(self) -> float:
+        """The rollout ends now (returned): not active, not paused, waiting for nothing."""
         r = self.r
         r.active = r.paused = False
         r.ended_at = time.time()
         for key in ("wave", "waiting", "samples"):
             r.data.pop(key, None)
+        return r.ended_at
 
     def _progress(self, **figures: Any) -> None:
         self.r.data["progress"] = figures
