@@ -371,6 +371,21 @@ class AwsProvider(Provider):
                 AutoScalingGroupName=asg,
             )
 
+    async def on_promoted(self, service: ServiceConfig, spec: BaseModel) -> None:
+        """The Auto Scaling group's own launches use the promoted launch template version too."""
+        asg = (service.discovery or {}).get("asg")
+        lt = spec.launch_template if isinstance(spec, AwsImage) else None
+        if not asg or lt is None:
+            return
+        ref = {"Version": lt.version, ("LaunchTemplateId" if lt.id else "LaunchTemplateName"): lt.id or lt.name or ""}
+        await self.call(
+            "autoscaling",
+            "update_auto_scaling_group",
+            f"{asg} to {lt.version}",
+            AutoScalingGroupName=asg,
+            LaunchTemplate=ref,
+        )
+
     async def terminate(self, machine: Machine) -> None:
         insts = await self.describe_instances([machine.id])
         if not insts or insts[0].get("State", {}).get("Name") in ("terminated", "shutting-down"):

@@ -84,6 +84,10 @@ class Provider:
     async def on_in_service(self, machine: Machine, service: ServiceConfig) -> None:
         """Called when a machine enters service (e.g. join a cloud scaling group)."""
 
+    async def on_promoted(self, service: ServiceConfig, spec: BaseModel) -> None:
+        """A version became the service's known-good one (a rollout promoted it, or rolled back to it): e.g.
+        point a cloud scaling group's own launches at it."""
+
     async def terminate(self, machine: Machine) -> None:
         raise ProviderError(f"provider {self.name} ({self.kind}) cannot terminate machines")
 

@@ -217,6 +217,7 @@ class RolloutRun:
                 r.image, record, r.previous, self.host.config.images[r.image].known_good
             )
             self.fleet.known_good[r.image] = r.version
+            await self._tell_provider(r.version)
             r.data["promoted_at"] = now
             await self.host.save(r)
             self.host.emit(
@@ -228,6 +229,15 @@ class RolloutRun:
             )
             log.info("candidate promoted", previous=r.previous)
         await self._enter(Stage.REFRESH)
+
+    async def _tell_provider(self, version: str) -> None:
+        spec = self.host.config.images[self.r.image].versions.get(version)
+        if spec is None:
+            return
+        try:
+            await self.fleet.provider(self.svc).on_promoted(self.svc, spec)
+        except ProviderError as exc:  # the rollout goes on: healerd launches from the version it names itself
+            log.error("the provider could not be told the known-good version", version=version, error=str(exc))
 
     async def _complete(self) -> None:
         r = self.r
@@ -265,6 +275,7 @@ class RolloutRun:
             )
             await self.host.store.images.promote(r.image, back, None, image.known_good)
             self.fleet.known_good[r.image] = r.previous
+            await self._tell_provider(r.previous)
         await self.host.store.images.mark(
             version_record(r, "rejected", reason, now, {"rollout": r.id, "stage": at, "judge": r.data.get("judge", {})})
         )
