@@ -62,6 +62,7 @@ class Rollouts:
         self.wakes: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._started = False
+        self._saving = asyncio.Lock()
 
     # -- what the engine's reconcilers ask ------------------------------------------------------------------
     def busy(self, service: str) -> bool:
@@ -89,8 +90,15 @@ class Rollouts:
                 continue
             r = Rollout.from_record(rec)
             self.active[r.service] = r
+            self.republish(r)
             log.info("resuming rollout", rollout=r.id, service=r.service, version=r.version, stage=r.stage.value)
             self._spawn(r)
+        for name in self.config.services:  # one that ended with its last event on its way
+            last = await self.store.rollouts.latest(name)
+            if last is not None and not last.active and last.data.get("announce"):
+                ended = Rollout.from_record(last)
+                self.republish(ended)
+                await self.save(ended)
         self.update_gauges()
 
     async def stop(self) -> None:
@@ -200,17 +208,19 @@ class Rollouts:
                 "outcome": "skipped",
                 "reason": f"canary 0: promoted by {by or 'an operator'} without a judgement",
             }
-        await self.store.rollouts.save(r.record())
+        started = self.event(
+            r,
+            EventType.ROLLOUT_STARTED,
+            f"rollout of {svc.image} {version} to {service} started by {by or 'an operator'} (canary {params.canary}, "
+            f"bake {params.bake:g}s; known-good {known_good})",
+            stage=r.stage.value,
+            by=by,
+        )
         await self.store.images.mark(
             version_record(r, "candidate", f"rollout {r.id} started by {by or 'an operator'}", now)
         )
         self.active[service] = r
-        self.emit(
-            r,
-            EventType.ROLLOUT_STARTED,
-            f"rollout of {svc.image} {version} to {service} started (canary {params.canary}, bake {params.bake:g}s; "
-            f"known-good {known_good})",
-        )
+        await self.announce(r, started)
         log.info("rollout started", rollout=r.id, service=service, version=version, canary=params.canary, by=by)
         self._spawn(r)
         self.update_gauges()
@@ -220,12 +230,16 @@ class Rollouts:
         r = self._running(service)
         if r.paused != paused:
             r.paused = paused
-            await self.save(r)
             what = "paused" if paused else "resumed"
-            self.emit(
+            await self.announce(
                 r,
-                EventType.ROLLOUT_PAUSED if paused else EventType.ROLLOUT_RESUMED,
-                f"rollout of {r.version} to {service} {what}{f' by {by}' if by else ''} (stage {r.stage.value})",
+                self.event(
+                    r,
+                    EventType.ROLLOUT_PAUSED if paused else EventType.ROLLOUT_RESUMED,
+                    f"rollout of {r.version} to {service} {what}{f' by {by}' if by else ''} (stage {r.stage.value})",
+                    stage=r.stage.value,
+                    by=by,
+                ),
             )
             self.wakes[service].set()
         return rollout_view(r.record(), self.monitor)
@@ -292,28 +306,52 @@ class Rollouts:
 
     # -- what the runs use ----------------------------------------------------------------------------------
     async def save(self, r: Rollout) -> None:
-        r.updated_at = time.time()
-        await self.store.rollouts.save(r.record())
+        """Write the whole record; one write at a time (the API's and the run's), so the newest one lands last."""
+        async with self._saving:
+            r.updated_at = time.time()
+            await self.store.rollouts.save(r.record())
         self.update_gauges()
 
-    def emit(
+    def event(
         self, r: Rollout, kind: EventType, summary: str, severity: Severity = Severity.INFO, **details: Any
-    ) -> None:
-        self.bus.publish(
-            Event(
-                kind,
-                r.service,
-                summary,
-                time.time(),
-                severity=severity,
-                firing=kind not in (EventType.ROLLOUT_COMPLETED, EventType.ROLLOUT_PROMOTED, EventType.ROLLOUT_RESUMED),
-                details={
-                    "rollout": r.id,
-                    "image": r.image,
-                    "version": r.version,
-                    "previous": r.previous,
-                    "stage": r.stage.value,
-                    **details,
-                },
-            )
+    ) -> Event:
+        return Event(
+            kind,
+            r.service,
+            summary,
+            time.time(),
+            severity=severity,
+            firing=kind not in (EventType.ROLLOUT_COMPLETED, EventType.ROLLOUT_PROMOTED, EventType.ROLLOUT_RESUMED),
+            details={"rollout": r.id, "image": r.image, "version": r.version, "previous": r.previous, **details},
         )
+
+    async def announce(self, r: Rollout, event: Event) -> None:
+        """Record the event with the rollout, then publish it: a crash in between publishes it on resume (same
+        id: the event log keeps it once), so no rollout event is lost."""
+        r.data.setdefault("announce", []).append(event.as_dict())
+        await self.save(r)
+        self.publish(r, event)
+
+    def publish(self, r: Rollout, event: Event) -> None:
+        self.bus.publish(event)
+        left = [a for a in r.data.get("announce", []) if a["id"] != event.id]
+        if left:
+            r.data["announce"] = left
+        else:
+            r.data.pop("announce", None)
+
+    def republish(self, r: Rollout) -> None:
+        """The events a crash kept from going out."""
+        for a in list(r.data.get("announce", [])):
+            event = Event(
+                EventType(a["type"]),
+                a["service"],
+                a["summary"],
+                a["timestamp"],
+                severity=Severity(a["severity"]),
+                firing=a["status"] == "firing",
+                details=a["details"],
+                id=a["id"],
+            )
+            log.info("publishing a rollout event a stop kept back", event_type=event.type.value, event_id=event.id)
+            self.publish(r, event)

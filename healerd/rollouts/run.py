@@ -22,7 +22,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from ..config import Mode, ServiceConfig
-from ..events import EventType, Severity
+from ..events import Event, EventType, Severity
 from ..health import Condition, ProbationOutcome, ServiceState
 from ..judge import Samples, Verdict, judge
 from ..machines import Lifecycle, Machine, Origin
@@ -112,11 +112,15 @@ class RolloutRun:
             except ProviderError as exc:
                 await self._roll_back(f"the provider failed: {exc}", {})
 
-    async def _enter(self, stage: Stage, reason: str = "") -> None:
+    async def _enter(self, stage: Stage, reason: str = "", announce: Event | None = None) -> None:
+        """The rollout is at `stage` (recorded with the event announcing it, then the event is published)."""
         self.r.stage = stage
         if reason:
             self.r.reason = reason
-        await self.host.save(self.r)
+        if announce is not None:
+            await self.host.announce(self.r, announce)
+        else:
+            await self.host.save(self.r)
         log.info("rollout stage", stage=stage.value, reason=reason or None)
         self._crash_point(f"rollout.{stage.value}")
 
@@ -219,14 +223,14 @@ class RolloutRun:
             self.fleet.known_good[r.image] = r.version
             await self._tell_provider(r.version)
             r.data["promoted_at"] = now
-            await self.host.save(r)
-            self.host.emit(
+            promoted = self.host.event(
                 r,
                 EventType.ROLLOUT_PROMOTED,
                 f"{r.image} {r.version} is known-good (was {r.previous}): {judged.get('reason', '')}; refreshing "
                 f"{r.service}",
                 judge=judged,
             )
+            await self.host.announce(r, promoted)
             log.info("candidate promoted", previous=r.previous)
         await self._enter(Stage.REFRESH)
 
@@ -242,14 +246,14 @@ class RolloutRun:
     async def _complete(self) -> None:
         r = self.r
         took = self._end() - r.started_at
-        await self._enter(Stage.COMPLETED, f"{r.service} runs {r.version} on every machine")
         self.host.metrics.counter("rollouts").labels(r.service, "completed").inc()
-        self.host.emit(
+        done = self.host.event(
             r,
             EventType.ROLLOUT_COMPLETED,
             f"rollout of {r.version} to {r.service} completed in {took:.0f}s",
             duration=round(took, 3),
         )
+        await self._enter(Stage.COMPLETED, f"{r.service} runs {r.version} on every machine", done)
 
     # -- rollback -----------------------------------------------------------------------------------------
     async def _roll_back(self, reason: str, figures: dict[str, Any]) -> None:
@@ -279,8 +283,7 @@ class RolloutRun:
         await self.host.store.images.mark(
             version_record(r, "rejected", reason, now, {"rollout": r.id, "stage": at, "judge": r.data.get("judge", {})})
         )
-        await self._enter(Stage.ROLLED_BACK, reason)
-        self.host.emit(
+        back_event = self.host.event(
             r,
             EventType.ROLLOUT_ROLLED_BACK,
             f"rollout of {r.version} to {r.service} rolled back at {at}: {reason}; known-good stays {r.previous}",
@@ -289,6 +292,7 @@ class RolloutRun:
             failed_stage=at,
             judge=r.data.get("judge", {}),
         )
+        await self._enter(Stage.ROLLED_BACK, reason, back_event)
 
     async def _revert(self) -> None:
         r = self.r
@@ -308,15 +312,15 @@ class RolloutRun:
         r = self.r
         self._end()
         r.reason = f"{r.reason}; {why}: a human is needed"
-        await self.host.save(r)
         self.host.metrics.counter("rollouts").labels(r.service, "rolled_back").inc()
-        self.host.emit(
+        stuck = self.host.event(
             r,
             EventType.ROLLOUT_ROLLED_BACK,
             f"the rollback of {r.version} on {r.service} is stuck: {why}; a human is needed",
             Severity.CRITICAL,
             reason=why,
         )
+        await self.host.announce(r, stuck)
         log.error("the rollback is stuck; a human is needed", reason=why)
 
     # -- refresh ------------------------------------------------------------------------------------------
