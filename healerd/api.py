@@ -35,6 +35,7 @@ from .api_models import (
     parse_query,
     path_value,
 )
+from .rollouts import rollout_line
 
 if TYPE_CHECKING:
     from .alerting import Alerting
@@ -372,6 +373,8 @@ async def scheduler(request: web.Request) -> web.Response:
     return json_response({"checks": len(monitor.checks), **monitor.scheduler.stats.as_dict()})
 
 
+#: seconds an ended rollout stays on the status page
+ROLLOUT_SHOWN = 3600.0
 _STATE_COLOURS = {
     "optimal": "#1a7f37",
     "degraded": "#9a6700",
@@ -391,9 +394,13 @@ async def status_page(request: web.Request) -> web.Response:
         sv = monitor.service_view(name)
         colour = _STATE_COLOURS.get(sv["state"], "#000")
         rows.append(
-            f"<h2>{esc(name)} <span style='color:{colour}'>{esc(sv['state'])}</span></h2>"
-            f"<p>{esc(sv['reason'])}</p><table><tr><th>machine</th><th>address</th><th>lifecycle</th>"
-            "<th>condition</th><th>checks</th></tr>"
+            f"<h2>{esc(name)} <span style='color:{colour}'>{esc(sv['state'])}</span></h2><p>{esc(sv['reason'])}</p>"
+        )
+        rollout = await request.app[ENGINE].rollouts.view(name)
+        if rollout is not None and (rollout["active"] or time.time() - (rollout["ended_at"] or 0) < ROLLOUT_SHOWN):
+            rows.append(f"<p class='rollout'><b>{esc(rollout_line(rollout))}</b></p>")
+        rows.append(
+            "<table><tr><th>machine</th><th>address</th><th>lifecycle</th><th>condition</th><th>checks</th></tr>"
         )
         for mid in sorted(monitor.book.services[name].machines):
             mv = monitor.machine_view(name, mid)

@@ -311,6 +311,23 @@ def test_promote_v2_refreshes_the_fleet_with_no_failed_request(fleet: RolloutFle
     assert status.returncode == 0 and "completed" in status.stdout, status.stdout
 
 
+def test_max_unavailable_takes_an_old_machine_out_before_its_replacement(fleet: RolloutFleet) -> None:
+    """No room for a surge during the refresh (max_surge 0): one old machine leaves first, never more."""
+    fleet.rollout = {"max_surge": 0, "max_unavailable": 1}
+    daemon = start_fleet(fleet)
+    client = Client(fleet.rotation_path)
+    client.start()
+    try:
+        assert api_post(daemon, f"/api/v1/services/{SERVICE}/rollout", {"version": "v2"})[0] == 202
+        view = wait_rollout_end(fleet, daemon)
+    finally:
+        client.stop()
+    assert view["stage"] == "completed", view
+    assert client.failures == [], client.failures[:10]
+    assert client.smallest == DESIRED - 1, client.smallest  # desired - max_unavailable, and no fewer
+    assert_fleet_is(fleet, daemon, "v2")
+
+
 def test_a_slower_candidate_is_rejected_on_latency(fleet: RolloutFleet) -> None:
     daemon = start_fleet(fleet)
     before = fleet.in_service()
@@ -364,6 +381,8 @@ def test_pause_resume_and_abort(fleet: RolloutFleet) -> None:
     time.sleep(BAKE + 1)  # past the bake: a paused rollout does not move
     view = rollout_view(daemon)
     assert view["stage"] == "bake" and view["paused"] and "paused" in view["waiting"], view
+    page = daemon.get("/")[1].decode()
+    assert "rollout of demo-web v2 (from v1): bake, running · paused" in page, page
     out = run_cli("rollout", "abort", SERVICE, "--url", daemon.url)
     assert out.returncode == 0, out.stderr
     view = wait_rollout_end(fleet, daemon)
