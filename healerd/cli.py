@@ -439,8 +439,19 @@ def cmd_status(args: argparse.Namespace) -> int:
             if c["hard_state"] != "OK" or c["flapping"]
         ]
         since = f"{now - m['since']:.0f}s" if m.get("since") else "-"
-        rows.append([m["service"], m["id"], m["address"], m["lifecycle"], m["condition"], since, " ".join(bad)])
-    _print_table(["SERVICE", "MACHINE", "ADDRESS", "LIFECYCLE", "CONDITION", "FOR", "PROBLEMS"], rows)
+        rows.append(
+            [
+                m["service"],
+                m["id"],
+                m["address"],
+                m["lifecycle"],
+                m["condition"],
+                since,
+                m.get("version") or "-",
+                " ".join(bad),
+            ]
+        )
+    _print_table(["SERVICE", "MACHINE", "ADDRESS", "LIFECYCLE", "CONDITION", "FOR", "VERSION", "PROBLEMS"], rows)
     return 0
 
 

@@ -75,6 +75,7 @@ class MonitorViews:
             "service": service,
             "id": machine_id,
             "address": machine.address if machine else "",
+            "version": machine.attributes.get("image_version") if machine else None,
             "lifecycle": m.lifecycle.value,
             "condition": m.condition.value,
             "up": m.condition is not Condition.DOWN,

@@ -16,7 +16,7 @@ from healerd.cluster.shard import owner, ranked
 from healerd.health import CheckKey
 from healerd.machines import Lifecycle, Machine
 from healerd.results import CheckResult, Status
-from healerd.store import Fenced, IncidentRecord
+from healerd.store import Fenced, IncidentRecord, RolloutRecord, VersionRecord
 from healerd.store.changes import Changes
 from healerd.store.lease import Lease
 from healerd.store.postgres import PgStore
@@ -91,6 +91,30 @@ async def test_a_write_of_an_older_epoch_is_refused_and_says_why(pg: PgServer) -
         with pytest.raises(Fenced, match="does not hold the leader lease"):
             await old.machines.upsert(Machine("web", "m2", "127.0.0.1:1"), "lab", 3.0)
         assert await new.machines.get("web", "m2") is None
+    finally:
+        await old.close()
+        await new.close()
+
+
+async def test_a_rollout_and_a_promotion_of_an_older_epoch_are_refused(pg: PgServer) -> None:
+    """A paused old leader cannot move a rollout on, nor make a version known-good, after a takeover."""
+    dsn = pg.new_database()
+    old, new = PgStore(dsn, "a"), PgStore(dsn, "b")
+    await old.open()
+    await new.open()
+    rollout = RolloutRecord("R1", "web", "img", "v2", "v1", "bake", True, False, "", 1.0, 1.0, None, {"x": 1})
+    try:
+        await lead(old, epoch=1)
+        await old.rollouts.save(rollout)
+        await lead(new, epoch=2)
+        with pytest.raises(Fenced, match="epoch 1 is older than the cluster's 2"):
+            await old.rollouts.save(rollout._replace(stage="promoted"))
+        promoted = VersionRecord("img", "v2", "known_good", "judged", "rollout R1", 2.0, {})
+        with pytest.raises(Fenced):
+            await old.images.promote("img", promoted, "v1", "v1")
+        assert (await new.rollouts.get("R1")).stage == "bake"  # type: ignore[union-attr]
+        assert await new.images.get("img") is None
+        assert await new.images.versions("img") == []
     finally:
         await old.close()
         await new.close()

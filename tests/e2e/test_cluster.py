@@ -439,3 +439,54 @@ def test_a_node_that_cannot_reach_the_fleet_gets_nothing_replaced_but_a_machine_
         30,
         f"{victim}, down for every node, to be replaced",
     )
+
+
+def test_a_rollout_runs_on_the_leader_and_a_takeover_finishes_it_once(
+    pg: PgServer, tmp_path: Path, rigs: list[ClusterRig]
+) -> None:
+    """Only the leader runs a rollout (a follower refuses to start one, naming the leader, and shows it); the
+    leader killed in the middle of the refresh: the next one finishes it from its record, once."""
+    rig = demo_cluster(tmp_path, pg)
+    image = rig.base["images"]["demo-web"]
+    image["versions"]["v2"] = dict(image["versions"]["v1"])
+    # the canary and the baseline are checked from different nodes: judge errors, not loopback latency
+    image["rollout"] = {
+        "canary": 1,
+        "bake": "2s",
+        "drain": "300ms",
+        "judge": {"min_results": 3, "max_latency_ratio": 100},
+    }
+    rigs.append(rig)
+    for name in "ab":
+        rig.start(name)
+    before = wait_fleet(rig)
+    leader = rig.wait_leader()
+    follower = next(n for n in rig.live() if n.name != leader.name)
+    status, body = follower.post("/api/v1/services/web/rollout", {"version": "v2"})
+    assert status == 409 and leader.name in body["detail"], body
+    status, body = leader.post("/api/v1/services/web/rollout", {"version": "v2"})
+    assert status == 202, body
+
+    def refreshing() -> bool:
+        view = follower.json("/api/v1/services/web/rollout")  # any node shows it, from the store
+        return view["stage"] == "refresh" and view["progress"].get("new", 0) >= 1
+
+    rig.wait(refreshing, 40, "the refresh to start")
+    leader.kill9()
+    successor = rig.wait_leader(TTL + 5, other_than=leader.name)
+
+    def ended() -> dict[str, Any] | None:
+        view: dict[str, Any] = successor.json("/api/v1/services/web/rollout")
+        return None if view["active"] else view
+
+    view = rig.wait(ended, 60, "the new leader to finish the rollout")
+    assert view["stage"] == "completed", view
+    fleet = wait_fleet(rig)
+    assert {m["version"] for m in fleet.values()} == {"v2"}, fleet
+    assert not set(fleet) & set(before)
+    rollout_machines = [m for m in successor.machines().values() if m["version"] == "v2"]
+    assert len(rollout_machines) == DESIRED, rollout_machines  # the canary and two replacements, none twice
+    (image_view,) = successor.json("/api/v1/images")["images"]
+    assert image_view["known_good"] == "v2"
+    ends = [e["type"] for e in successor.events(type="rollout.completed,rollout.rolled_back")]
+    assert ends == ["rollout.completed"], ends
