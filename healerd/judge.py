@@ -111,7 +111,7 @@ def judge(canary: Samples, baseline: Samples, limits: JudgeConfig) -> Verdict:
     if short:
         return Verdict("wait", f"too few results to judge: {', '.join(short)}, {limits.min_results} needed", figures)
     excess = canary.error_rate - baseline.error_rate
-    if excess > limits.max_error_rate:
+    if excess > limits.max_error_rate + 1e-9:  # 7% against 6% is 1% more, not 1.0000000000000009%
         return Verdict(
             "fail",
             f"error rate {canary.error_rate:.2%} against the baseline's {baseline.error_rate:.2%} "
@@ -127,10 +127,13 @@ def judge(canary: Samples, baseline: Samples, limits: JudgeConfig) -> Verdict:
                 f"{ratio:g}x (at most {limits.max_latency_ratio:g}x allowed)",
                 figures,
             )
+    ratios = " and ".join(
+        f"p{q} {figures[f'latency_ratio_p{q}']:g}x" for q in (50, 95) if figures[f"latency_ratio_p{q}"] is not None
+    )
     return Verdict(
         "pass",
-        f"error rate {canary.error_rate:.2%} (baseline {baseline.error_rate:.2%}), latency p50 "
-        f"{figures['latency_ratio_p50']:g}x and p95 {figures['latency_ratio_p95']:g}x the baseline's, "
-        f"over {canary.results} canary and {baseline.results} baseline results",
+        f"error rate {canary.error_rate:.2%} (baseline {baseline.error_rate:.2%}), latency "
+        f"{ratios or 'not measured'} the baseline's, over {canary.results} canary and {baseline.results} baseline "
+        "results",
         figures,
     )

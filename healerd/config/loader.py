@@ -23,8 +23,10 @@ from .models import (
     DaemonConfig,
     ImageConfig,
     ImageModel,
+    JudgeConfig,
     NotifierConfig,
     ProviderConfig,
+    RolloutConfig,
     ServiceConfig,
 )
 from .names import name_problem
@@ -75,10 +77,13 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
             providers[name] = ProviderConfig(name, found[0], found[2])
 
     images: dict[str, ImageConfig] = {}
+    broken_images: set[str] = set()
     for name, raw in _named(data, "images", out).items():
         image = _image(name, raw, providers, out)
         if image is not None:
             images[name] = image
+        else:
+            broken_images.add(name)
 
     notifiers: dict[str, NotifierConfig] = {}
     for name, raw in _named(data, "notifiers", out).items():
@@ -92,7 +97,7 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
         out.add(("services",), "no services defined; add at least one under services:")
     env = CheckEnv(tuple(daemon.check_paths), base)
     for name, raw in raw_services.items():
-        svc = load_service(name, raw, providers, images, checks, env, out)
+        svc = load_service(name, raw, providers, images, checks, env, out, frozenset(broken_images))
         if svc is not None:
             _notify_targets(svc, notifiers, out)
             services[name] = svc
@@ -266,7 +271,7 @@ def _image(name: str, raw: object, providers: dict[str, ProviderConfig], out: Co
     try:
         model = ImageModel.model_validate(raw)
     except ValidationError as exc:
-        out.pydantic(path, exc, vocabulary(ImageModel))
+        out.pydantic(path, exc, vocabulary(ImageModel, RolloutConfig, JudgeConfig))
         return None
     if bad_names:
         return None

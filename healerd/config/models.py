@@ -276,15 +276,18 @@ class RotationModel(BaseModel):
 
 
 def _rate(v: object) -> float:
-    """`1%`, `0.5%` or a fraction like 0.01 -> 0.01."""
+    """`1%`, `0.5%` or a fraction below 1 like 0.01 -> 0.01. A bare 1 is refused: 1% or 100%?"""
+    rate: object = v
     if isinstance(v, str) and v.strip().endswith("%"):
         try:
-            v = float(v.strip()[:-1]) / 100
+            rate = float(v.strip()[:-1]) / 100
         except ValueError:
-            v = None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
+            rate = None
+    elif isinstance(v, int | float) and not isinstance(v, bool) and v >= 1:
+        raise ValueError(f"a bare number must be a fraction below 1 (0.01 is 1%); write {v:g}% or 100% as a percentage")
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
         raise ValueError(f"expected a rate like 1% or 0.01 (between 0 and 100%), got {v!r}")
-    return float(v)
+    return float(rate)
 
 
 class JudgeConfig(Strict):
@@ -307,7 +310,10 @@ class JudgeConfig(Strict):
     @field_validator("latency_floor", mode="before")
     @classmethod
     def _floor(cls, v: object, info: ValidationInfo) -> float:
-        return _duration(v, info, at_most=60.0)
+        seconds = _duration(v, info, at_most=60.0)
+        if seconds <= 0:
+            raise ValueError("latency_floor must be above 0 (a ratio of durations needs a floor), e.g. 1ms")
+        return seconds
 
 
 class RolloutConfig(Strict):

@@ -38,7 +38,10 @@ def load_service(
     checks: ExtensionPoint,
     env: CheckEnv,
     out: Collector,
+    broken_images: frozenset[str] = frozenset(),
 ) -> ServiceConfig | None:
+    """`broken_images`: images whose own errors are listed already (the service using one is not valid either,
+    without a second message)."""
     path: Loc = ("services", name)
     if not isinstance(raw, dict):
         out.add(path, "expected a mapping with provider, checks, ...")
@@ -54,7 +57,7 @@ def load_service(
                 _checks(items, (*path, group), checks, env, out)
         return None
     ok = out.numbers(path, model, raw)
-    ok = _provider_and_image(path, model, providers, images, out) and ok
+    ok = _provider_and_image(path, model, providers, images, out, broken_images) and ok
     rotation = kind_and_options((*path, "rotation"), raw.get("rotation") or {}, ROTATIONS, out)
     ok = rotation is not None and ok
     seen: set[str] = set()
@@ -100,6 +103,7 @@ def _provider_and_image(
     providers: dict[str, ProviderConfig],
     images: dict[str, ImageConfig],
     out: Collector,
+    broken_images: frozenset[str] = frozenset(),
 ) -> bool:
     """The service's provider exists and suits it (static ones list machines, others launch from an image)."""
     ok = True
@@ -122,7 +126,9 @@ def _provider_and_image(
         ok = False
     if model.image is not None:
         image = images.get(model.image)
-        if image is None:
+        if image is None and model.image in broken_images:
+            ok = False  # its errors are listed under images:
+        elif image is None:
             out.add(
                 (*path, "image"),
                 f"unknown image {model.image!r}{did_you_mean(model.image, list(images))}; "

@@ -55,6 +55,10 @@ class Rollback(Exception):
         self.figures = figures or {}
 
 
+class Unconfigured(Exception):
+    """The service or its image left the config: the run stops, its record kept for a start that has them."""
+
+
 class RolloutRun:
     def __init__(self, host: Rollouts, r: Rollout) -> None:
         self.host = host
@@ -77,6 +81,8 @@ class RolloutRun:
                 except Fenced as exc:  # the new leader resumes it from the record
                     log.warning("rollout left to the new leader", reason=str(exc))
                     return
+                except Unconfigured:
+                    return
                 except STORE_FAULTS as exc:
                     log.error(
                         "the state store failed during the rollout; it goes on when the store works",
@@ -89,10 +95,24 @@ class RolloutRun:
                     log.exception("rollout step raised; trying again")
                     await asyncio.sleep(STORE_RETRY)
 
+    def _configured(self) -> bool:
+        """False when the service or its image left the config (the rollout waits, recorded, for a restart with
+        them); a Rollback when the candidate version did (nothing may be launched from it any more)."""
+        r, config = self.r, self.host.config
+        svc, image = config.services.get(r.service), config.images.get(r.image)
+        if svc is None or image is None or svc.image != r.image:
+            log.warning("the service or its image is no longer configured; the rollout stops where it is")
+            return False
+        if r.version not in image.versions and r.stage is not Stage.ROLLED_BACK:
+            raise Rollback(f"version {r.version} was removed from the config of image {r.image}")
+        return True
+
     async def _stages(self) -> None:
         r = self.r
         while r.active:
             try:
+                if not self._configured():
+                    raise Unconfigured(r.service)
                 if r.stage is Stage.CANARY:
                     await self._canary()
                 elif r.stage is Stage.BAKE:
@@ -518,6 +538,8 @@ class RolloutRun:
         being remediated (the bake goes on meanwhile: only its verdict waits). An abort fails the rollout."""
         host, r = self.host, self.r
         while True:
+            if not self._configured():
+                raise Unconfigured(r.service)
             if abortable and r.data.get("abort"):
                 raise Rollback(str(r.data["abort"]))
             why = ""

@@ -396,6 +396,56 @@ def test_pause_resume_and_abort(fleet: RolloutFleet) -> None:
     assert status == 404 and "v9" in err["detail"] and "v2-broken" in err["detail"], err
 
 
+def test_abort_during_the_refresh_goes_back_to_the_previous_version(fleet: RolloutFleet) -> None:
+    fleet.rollout = {"drain": "1s"}
+    daemon = start_fleet(fleet)
+    client = Client(fleet.rotation_path)
+    client.start()
+    try:
+        assert api_post(daemon, f"/api/v1/services/{SERVICE}/rollout", {"version": "v2"})[0] == 202
+
+        def replaced_one() -> bool:
+            view = rollout_view(daemon)
+            return view["stage"] == "refresh" and view["progress"].get("new", 0) >= 2
+
+        wait_until(replaced_one, 60, "a v1 machine replaced by v2", describe=fleet.describe)
+        assert images(daemon)["known_good"] == "v2"
+        status, _ = api_post(daemon, f"/api/v1/services/{SERVICE}/rollout/abort", {"by": "oncall"})
+        assert status == 200
+        view = wait_rollout_end(fleet, daemon)
+    finally:
+        client.stop()
+    assert view["stage"] == "rolled_back" and view["reason"] == "aborted by oncall", view
+    # the previous version is known-good again and the fleet went back to it, with no failed request
+    assert client.failures == [], client.failures[:10]
+    assert client.smallest is not None and client.smallest >= DESIRED, client.smallest
+    assert_fleet_is(fleet, daemon, "v1")
+    img = images(daemon)
+    assert img["known_good"] == "v1" and img["v2"]["state"] == "rejected", img
+    assert "v2" not in fleet.versions_running().values()
+
+
+def test_the_service_falling_below_min_healthy_during_the_bake_rolls_back(fleet: RolloutFleet) -> None:
+    fleet.rollout = {"bake": "30s"}
+    daemon = start_fleet(fleet)
+    old = fleet.in_service()
+    assert api_post(daemon, f"/api/v1/services/{SERVICE}/rollout", {"version": "v2"})[0] == 202
+    wait_until(lambda: rollout_view(daemon)["stage"] == "bake", 30, "the bake", describe=fleet.describe)
+    for address in old.values():  # every machine of the current version fails: 1 of 4 healthy, min_healthy 2
+        urllib.request.urlopen(
+            urllib.request.Request(f"http://{address}/fault", data=b"down", method="POST"), timeout=3
+        ).close()
+    view = wait_rollout_end(fleet, daemon, 30)
+    assert view["stage"] == "rolled_back" and "below min_healthy" in view["reason"], view
+    assert images(daemon)["known_good"] == "v1"
+    assert "v2" not in fleet.versions_running().values()
+    for address in old.values():  # mended: the service is itself again, nothing was replaced meanwhile
+        urllib.request.urlopen(
+            urllib.request.Request(f"http://{address}/fault", data=b"ok", method="POST"), timeout=3
+        ).close()
+    assert wait_optimal(fleet, daemon, 30) == old
+
+
 def test_a_machine_that_breaks_during_the_refresh_is_healed_from_the_current_known_good(fleet: RolloutFleet) -> None:
     fleet.rollout = {"drain": "2s"}  # a slower refresh: time to break a machine of the old version
     daemon = start_fleet(fleet)
