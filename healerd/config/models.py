@@ -472,6 +472,14 @@ class Config:
                 f"  cluster node {c.node} (advertised at {c.advertise or self.daemon.listen}), "
                 f"lease_ttl {c.lease_ttl:g}s, confirm_from {c.confirm_from}, store on PostgreSQL"
             )
+        for image in self.images.values():
+            r = image.rollout
+            lines.append(
+                f"  image {image.name}: versions {', '.join(image.versions)}, known good {image.known_good} (the store "
+                f"may hold a promoted one); rollouts: canary {r.canary}, bake {r.bake:g}s, max_surge {r.max_surge}, "
+                f"max_unavailable {r.max_unavailable}, judge at most {r.judge.max_error_rate:.2%} more errors and "
+                f"{r.judge.max_latency_ratio:g}x the latency"
+            )
         for svc in self.services.values():
             checks = ", ".join(f"{c.name} ({c.kind} every {c.interval:g}s)" for c in svc.checks) or "none"
             healing = (

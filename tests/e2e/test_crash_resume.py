@@ -228,25 +228,30 @@ class DemoFleet:
             time.sleep(0.2)
 
 
+def tear_down(fleet: DemoFleet) -> None:
+    """healerd first (it would relaunch what we kill), then every demo process of the test; a daemon that did
+    not stop cleanly on SIGTERM, or a process that survives, fails the test."""
+    unclean = []
+    for d in fleet.daemons:
+        was_running = d.alive()
+        status = d.stop()
+        if was_running and (status != 0 or "Traceback" in d.output()):
+            unclean.append(f"{d.log_path.name}: exit status {status} on SIGTERM\n{d.describe()}")
+    fleet.kill_processes()
+    leftover = fleet.processes()
+    if leftover:
+        unclean.append(f"demo processes survive the cleanup: {leftover}")
+    if unclean:
+        pytest.fail("\n".join(unclean), pytrace=False)
+
+
 @pytest.fixture
 def demo_fleet(tmp_path: Path) -> Iterator[DemoFleet]:
     fleet = DemoFleet(tmp_path)
     try:
         yield fleet
     finally:
-        # healerd first (it would relaunch what we kill), then every demo process of this test
-        unclean = []
-        for d in fleet.daemons:
-            was_running = d.alive()
-            status = d.stop()
-            if was_running and (status != 0 or "Traceback" in d.output()):
-                unclean.append(f"{d.log_path.name}: exit status {status} on SIGTERM\n{d.describe()}")
-        fleet.kill_processes()
-        leftover = fleet.processes()
-        if leftover:
-            unclean.append(f"demo processes survive the cleanup: {leftover}")
-        if unclean:
-            pytest.fail("\n".join(unclean), pytrace=False)
+        tear_down(fleet)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from .helpers import DaemonProcess, run_cli, wait_until, write_config
-from .test_crash_resume import DESIRED, PLAYBOOKS, SERVICE, CrashableDaemon, DemoFleet, wait_optimal
+from .test_crash_resume import DESIRED, PLAYBOOKS, SERVICE, CrashableDaemon, DemoFleet, tear_down, wait_optimal
 
 pytestmark = pytest.mark.e2e
 
@@ -139,17 +139,7 @@ def fleet(tmp_path: Path) -> Iterator[RolloutFleet]:
     try:
         yield rf
     finally:
-        unclean = []
-        for d in rf.daemons:
-            was_running = d.alive()
-            status = d.stop()
-            if was_running and (status != 0 or "Traceback" in d.output()):
-                unclean.append(f"{d.log_path.name}: exit status {status} on SIGTERM\n{d.describe()}")
-        rf.kill_processes()
-        if rf.processes():
-            unclean.append(f"demo processes survive the cleanup: {rf.processes()}")
-        if unclean:
-            pytest.fail("\n".join(unclean), pytrace=False)
+        tear_down(rf)
 
 
 def api_post(daemon: DaemonProcess, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
