@@ -295,7 +295,7 @@ class Fleet:
                 details={"outcome": outcome, "reason": why, "desired": svc.desired},
             )
         )
-        log.info("surplus machine retired", machine=m.id, outcome=outcome, reason=why)
+        log.info("machine retired", machine=m.id, outcome=outcome, reason=why)
 
     def announce_replaced(self, inc: Incident, outputs: dict[str, Any]) -> None:
         self.incidents.emit(

@@ -383,6 +383,13 @@ def test_a_node_that_cannot_reach_the_fleet_gets_nothing_replaced_but_a_machine_
     wait_fleet(rig)
     leader = rig.wait_leader()
     view = leader.cluster()
+
+    def settled() -> bool:  # every node's heartbeat counts its share among the three (not an older one)
+        nodes = [n for n in leader.cluster()["nodes"] if n["live"]]
+        return len(nodes) == 3 and sum(n["machines"] for n in nodes) == DESIRED
+
+    rig.wait(settled, 15, "three nodes sharing the fleet")
+    time.sleep(TTL / 3 + 0.5)  # one more heartbeat of each, after the last rebalance
     # the partitioned node: a follower that checks at least one machine
     owner = rig.wait(
         lambda: next(
