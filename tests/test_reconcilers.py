@@ -279,7 +279,7 @@ async def test_surplus_is_retired_newest_first_down_to_desired(rig_factory: Any,
     assert rig.rotation() == {"web-a", "web-b"}
     assert [e.machine for e in rig.of(EventType.MACHINE_RETIRED)] == ["web-d", "web-c"]
     assert rig.provider.quarantined == []  # retired, never quarantined
-    assert [(e["service"], e["machine"]) for e in lines(logs, "surplus machine retired")] == [
+    assert [(e["service"], e["machine"]) for e in lines(logs, "machine retired")] == [
         ("web", "web-d"),
         ("web", "web-c"),
     ]
