@@ -371,6 +371,22 @@ class AwsProvider(Provider):
                 AutoScalingGroupName=asg,
             )
 
+    async def rollout_problem(self, service: ServiceConfig, extra: int) -> str | None:
+        """A machine entering service joins the Auto Scaling group: the group's MaxSize must leave room."""
+        asg = (service.discovery or {}).get("asg")
+        if not asg or not self.opts.quarantine.asg_decrement or extra <= 0:
+            return None
+        groups = await self.call("autoscaling", "describe_auto_scaling_groups", asg, AutoScalingGroupNames=[asg])
+        group = (groups.get("AutoScalingGroups") or [{}])[0]
+        desired, most = int(group.get("DesiredCapacity", 0)), int(group.get("MaxSize", 0))
+        if desired + extra <= most:
+            return None
+        return (
+            f"the Auto Scaling group {asg} holds {desired} and allows at most {most} (MaxSize): the rollout needs room "
+            f"for {extra} more; raise its MaxSize to {desired + extra}, or roll out with fewer extra machines "
+            "(--canary 0, or max_surge 0 with max_unavailable 1)"
+        )
+
     async def on_promoted(self, service: ServiceConfig, spec: BaseModel) -> None:
         """The Auto Scaling group's own launches use the promoted launch template version too."""
         asg = (service.discovery or {}).get("asg")

@@ -84,6 +84,11 @@ class Provider:
     async def on_in_service(self, machine: Machine, service: ServiceConfig) -> None:
         """Called when a machine enters service (e.g. join a cloud scaling group)."""
 
+    async def rollout_problem(self, service: ServiceConfig, extra: int) -> str | None:
+        """Why the service cannot hold `extra` machines above its size for a rollout (a cloud group's maximum),
+        or None."""
+        return None
+
     async def on_promoted(self, service: ServiceConfig, spec: BaseModel) -> None:
         """A version became the service's known-good one (a rollout promoted it, or rolled back to it): e.g.
         point a cloud scaling group's own launches at it."""

@@ -18,6 +18,7 @@ import structlog
 from ..config import Config, Mode
 from ..config.models import RolloutConfig
 from ..events import Event, EventType, Severity, new_id
+from ..providers.base import ProviderError
 from .record import JUDGING, Rollout, RolloutRefused, Stage, rollout_view, version_record
 from .run import RolloutRun
 
@@ -191,6 +192,12 @@ class Rollouts:
             update={k: v for k, v in (("canary", canary), ("bake", bake)) if v is not None}
         )
         params = RolloutConfig.model_validate(params.model_dump())  # the overrides are checked too
+        try:
+            room = await self.fleet.provider(svc).rollout_problem(svc, max(params.canary, params.max_surge))
+        except ProviderError as exc:
+            raise RolloutRefused(503, "provider unavailable", f"cannot ask the provider for room: {exc}") from None
+        if room:
+            raise RolloutRefused(409, "no room for the rollout", room)
         now = time.time()
         r = Rollout(
             new_id(now),

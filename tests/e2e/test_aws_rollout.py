@@ -550,3 +550,29 @@ def test_the_iam_policy_allows_every_operation_of_the_rollouts(promoted: Outcome
                 assert any(keys <= tags for keys in required), (
                     f"TerminateInstances on {iid} (tags then {sorted(tags)}): no statement of {POLICY.name} allows it"
                 )
+
+
+def test_a_group_at_its_max_size_is_refused_before_anything_is_launched(
+    hub: LoopThread, moto: Moto, tmp_path: Path
+) -> None:
+    """The canary joins the Auto Scaling group: a group already at MaxSize has no room, and says how to make it."""
+    world = World(moto, max_size=3)
+    proxy = AwsProxy(hub, moto.url, OBSERVED)
+    health = NewcomersFail(hub)
+    h = Healerd(world, proxy, health, tmp_path)
+    h.config["images"][IMAGE]["rollout"] = rollout_config()
+    write_config(h.config_path, h.config)
+    try:
+        _start(h)
+        wait_until(lambda: h.daemon.service()["state"] == "optimal", 20, "the v1 fleet optimal", describe=h.describe)
+        since = len(proxy.calls)
+        status, body = h.daemon.post(f"/api/v1/services/{SERVICE}/rollout", {"version": "v2"})
+        assert status == 409 and body["error"] == "no room for the rollout", body
+        assert "MaxSize" in body["detail"] and "raise its MaxSize to 4" in body["detail"], body
+        assert not [c for c in proxy.calls[since:] if c.op in ("ec2:RunInstances", "autoscaling:AttachInstances")]
+        assert _rollout(h) is None  # nothing was recorded
+    finally:
+        unclean = h.stop()
+        proxy.close()
+        health.close()
+    assert not unclean, unclean
