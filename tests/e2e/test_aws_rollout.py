@@ -275,7 +275,7 @@ def _no_isolation_group(world: World) -> None:
 # 1. Launch template version 2 promoted and rolled over the group
 
 
-def test_the_rollout_goes_through_its_stages_to_completed(promoted: Outcome) -> None:
+def check_the_rollout_goes_through_its_stages_to_completed(promoted: Outcome) -> None:
     o = promoted
     print(f"\nrollout completed in {o.took:.1f}s")
     assert o.took < ROLLOUT_BOUND
@@ -305,7 +305,7 @@ def test_the_rollout_goes_through_its_stages_to_completed(promoted: Outcome) -> 
     assert not o.h.incidents(), o.h.incidents()  # no playbook ran: the rollout did it all
 
 
-def test_every_running_instance_was_launched_from_launch_template_version_2(promoted: Outcome) -> None:
+def check_every_running_instance_was_launched_from_launch_template_version_2(promoted: Outcome) -> None:
     o, world = promoted, promoted.world
     live = world.instances([{"Name": "instance-state-name", "Values": ["pending", "running"]}])
     assert len(live) == world.desired, world.dump()
@@ -327,7 +327,7 @@ def test_every_running_instance_was_launched_from_launch_template_version_2(prom
     assert svc["state"] == "optimal", svc
 
 
-def test_every_v1_instance_is_terminated_not_quarantined(promoted: Outcome) -> None:
+def check_every_v1_instance_is_terminated_not_quarantined(promoted: Outcome) -> None:
     o, world = promoted, promoted.world
     for iid in world.original:
         inst = world.instance(iid)
@@ -341,7 +341,7 @@ def test_every_v1_instance_is_terminated_not_quarantined(promoted: Outcome) -> N
     assert o.h.daemon.json("/api/v1/quarantine")["quarantined"] == []
 
 
-def test_the_target_group_serves_exactly_the_new_machines(promoted: Outcome) -> None:
+def check_the_target_group_serves_exactly_the_new_machines(promoted: Outcome) -> None:
     o, world = promoted, promoted.world
     targets = world.targets()
     serving = {mid for mid, m in o.machines.items() if m["lifecycle"] == "in_service"}
@@ -352,7 +352,7 @@ def test_the_target_group_serves_exactly_the_new_machines(promoted: Outcome) -> 
         assert desc["TargetHealthDescriptions"][0]["TargetHealth"]["State"] == "unused", desc
 
 
-def test_capacity_never_dropped_below_desired_nor_surged_above_one_extra(promoted: Outcome) -> None:
+def check_capacity_never_dropped_below_desired_nor_surged_above_one_extra(promoted: Outcome) -> None:
     """max_unavailable 0, max_surge 1: replaying the target group's registrations in the order healerd made
     them, the group always had at least `desired` targets (a new one registered before each old one left) and
     at most desired + 1 (the canary, then one replacement at a time)."""
@@ -386,7 +386,7 @@ def test_capacity_never_dropped_below_desired_nor_surged_above_one_extra(promote
         assert out <= gone, iid
 
 
-def test_the_auto_scaling_group_holds_the_new_instances_and_launches_from_version_2(promoted: Outcome) -> None:
+def check_the_auto_scaling_group_holds_the_new_instances_and_launches_from_version_2(promoted: Outcome) -> None:
     o, world = promoted, promoted.world
     group = world.group()
     live = sorted(
@@ -405,7 +405,7 @@ def test_the_auto_scaling_group_holds_the_new_instances_and_launches_from_versio
     assert updates[0].ts <= first_out
 
 
-def test_the_images_show_v2_known_good_and_v1_retired(promoted: Outcome) -> None:
+def check_the_images_show_v2_known_good_and_v1_retired(promoted: Outcome) -> None:
     o = promoted
     assert o.images["known_good"] == "v2", o.images
     versions = o.versions()
@@ -415,7 +415,7 @@ def test_the_images_show_v2_known_good_and_v1_retired(promoted: Outcome) -> None
     assert versions["v1"]["state"] == "retired" and "v2" in versions["v1"]["reason"], versions["v1"]
 
 
-def test_exactly_desired_instances_were_launched_and_none_of_them_terminated(promoted: Outcome) -> None:
+def check_exactly_desired_instances_were_launched_and_none_of_them_terminated(promoted: Outcome) -> None:
     """One canary and one replacement per old instance beyond the canary's extra one: `desired` launches in all.
     moto ignores ClientToken, so a retried RunInstances would be a second instance: count the requests, and the
     distinct healerd:machine tags they carry."""
@@ -438,7 +438,7 @@ def test_exactly_desired_instances_were_launched_and_none_of_them_terminated(pro
 # 2. A canary that fails probation: rolled back, v2 rejected, the v1 fleet untouched
 
 
-def test_a_canary_failing_probation_rolls_the_rollout_back(rejected: Outcome) -> None:
+def check_a_canary_failing_probation_rolls_the_rollout_back(rejected: Outcome) -> None:
     o = rejected
     print(f"\nrollout rolled back in {o.took:.1f}s")
     v = o.view
@@ -459,7 +459,7 @@ def test_a_canary_failing_probation_rolls_the_rollout_back(rejected: Outcome) ->
     assert hits and all(s == 500 for _, s in hits), hits
 
 
-def test_the_rejected_version_is_recorded_and_known_good_stays_v1(rejected: Outcome) -> None:
+def check_the_rejected_version_is_recorded_and_known_good_stays_v1(rejected: Outcome) -> None:
     o = rejected
     assert o.images["known_good"] == "v1", o.images
     versions = o.versions()
@@ -469,7 +469,7 @@ def test_the_rejected_version_is_recorded_and_known_good_stays_v1(rejected: Outc
     assert versions["v2"]["evidence"].get("rollout") == o.view["id"], versions["v2"]
 
 
-def test_the_failed_canary_is_terminated_not_quarantined_and_never_served(rejected: Outcome) -> None:
+def check_the_failed_canary_is_terminated_not_quarantined_and_never_served(rejected: Outcome) -> None:
     o, world = rejected, rejected.world
     (inst,) = world.launched_by_healerd()
     canary = inst["InstanceId"]
@@ -489,7 +489,7 @@ def test_the_failed_canary_is_terminated_not_quarantined_and_never_served(reject
     assert terminated == [{canary}], terminated
 
 
-def test_the_v1_fleet_and_the_auto_scaling_group_are_untouched(rejected: Outcome) -> None:
+def check_the_v1_fleet_and_the_auto_scaling_group_are_untouched(rejected: Outcome) -> None:
     o, world = rejected, rejected.world
     group = world.group()
     assert sorted(i["InstanceId"] for i in group["Instances"]) == world.original, world.dump()
@@ -510,21 +510,10 @@ def test_the_v1_fleet_and_the_auto_scaling_group_are_untouched(rejected: Outcome
 # 3. The IAM policy covers every call a rollout made
 
 
-def test_the_iam_policy_allows_every_operation_of_the_rollouts(promoted: Outcome, rejected: Outcome) -> None:
-    """Runs last: OBSERVED holds both scenarios' requests."""
+def check_the_iam_policy_allows_every_operation_of_the_rollout(o: Outcome, expected: set[str]) -> None:
     policy = json.loads(POLICY.read_text())
-    observed = unique(c.op for c in OBSERVED)
+    observed = unique(c.op for c in o.h.proxy.calls)
     print("\nAWS operations observed:", " ".join(observed))
-    expected = {
-        "ec2:RunInstances",
-        "ec2:CreateTags",
-        "ec2:TerminateInstances",
-        "autoscaling:AttachInstances",
-        "autoscaling:DetachInstances",
-        "autoscaling:UpdateAutoScalingGroup",
-        "elasticloadbalancing:RegisterTargets",
-        "elasticloadbalancing:DeregisterTargets",
-    }
     assert expected <= set(observed), observed
     denied = [op for op in observed if not allowing_statements(op, policy)]
     assert denied == [], f"operations healerd made that {POLICY.name} does not allow: {denied}"
@@ -537,19 +526,18 @@ def test_the_iam_policy_allows_every_operation_of_the_rollouts(promoted: Outcome
         for st in statements
     ]
     assert all(keys and all(k.startswith("healerd:") for k in keys) for keys in required), required
-    for o in (promoted, rejected):
-        for c in o.find("ec2:TerminateInstances"):
-            for iid in c.ids():
-                tags = {k for k in o.world.tags(iid) if not k.startswith("healerd:")} | {
-                    v
-                    for t in o.calls
-                    if t.op == "ec2:CreateTags" and t.ts <= c.ts and t.status < 300 and iid in t.ids()
-                    for k, v in t.params.items()
-                    if k.startswith("Tag.") and k.endswith(".Key")
-                }
-                assert any(keys <= tags for keys in required), (
-                    f"TerminateInstances on {iid} (tags then {sorted(tags)}): no statement of {POLICY.name} allows it"
-                )
+    for c in o.find("ec2:TerminateInstances"):
+        for iid in c.ids():
+            tags = {k for k in o.world.tags(iid) if not k.startswith("healerd:")} | {
+                v
+                for t in o.calls
+                if t.op == "ec2:CreateTags" and t.ts <= c.ts and t.status < 300 and iid in t.ids()
+                for k, v in t.params.items()
+                if k.startswith("Tag.") and k.endswith(".Key")
+            }
+            assert any(keys <= tags for keys in required), (
+                f"TerminateInstances on {iid} (tags then {sorted(tags)}): no statement of {POLICY.name} allows it"
+            )
 
 
 def test_a_group_at_its_max_size_is_refused_before_anything_is_launched(
@@ -576,3 +564,41 @@ def test_a_group_at_its_max_size_is_refused_before_anything_is_launched(
         proxy.close()
         health.close()
     assert not unclean, unclean
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The two scenarios, one test each (a module fixture is set up once per xdist worker that runs one of its tests)
+
+
+def test_promoting_launch_template_version_2_refreshes_the_group(promoted: Outcome) -> None:
+    check_the_rollout_goes_through_its_stages_to_completed(promoted)
+    check_every_running_instance_was_launched_from_launch_template_version_2(promoted)
+    check_every_v1_instance_is_terminated_not_quarantined(promoted)
+    check_the_target_group_serves_exactly_the_new_machines(promoted)
+    check_capacity_never_dropped_below_desired_nor_surged_above_one_extra(promoted)
+    check_the_auto_scaling_group_holds_the_new_instances_and_launches_from_version_2(promoted)
+    check_the_images_show_v2_known_good_and_v1_retired(promoted)
+    check_exactly_desired_instances_were_launched_and_none_of_them_terminated(promoted)
+    check_the_iam_policy_allows_every_operation_of_the_rollout(
+        promoted,
+        {
+            "ec2:RunInstances",
+            "ec2:CreateTags",
+            "ec2:TerminateInstances",
+            "autoscaling:AttachInstances",
+            "autoscaling:DetachInstances",
+            "autoscaling:UpdateAutoScalingGroup",
+            "elasticloadbalancing:RegisterTargets",
+            "elasticloadbalancing:DeregisterTargets",
+        },
+    )
+
+
+def test_a_canary_failing_probation_rolls_back_and_leaves_the_group_as_it_was(rejected: Outcome) -> None:
+    check_a_canary_failing_probation_rolls_the_rollout_back(rejected)
+    check_the_rejected_version_is_recorded_and_known_good_stays_v1(rejected)
+    check_the_failed_canary_is_terminated_not_quarantined_and_never_served(rejected)
+    check_the_v1_fleet_and_the_auto_scaling_group_are_untouched(rejected)
+    check_the_iam_policy_allows_every_operation_of_the_rollout(
+        rejected, {"ec2:RunInstances", "ec2:CreateTags", "ec2:TerminateInstances"}
+    )
