@@ -767,3 +767,22 @@ def test_a_delivery_error_never_quotes_a_secret_of_the_notifier() -> None:
     clean = d.redacted(secret_parts(url))
     assert "s3cr3tpath" not in clean.body + (clean.error or "") and "<redacted>" in clean.body
     assert clean.status == 404
+
+
+def test_alertmanager_a_rolled_back_rollout_fires_until_the_next_one_completes() -> None:
+    am = notifier("alertmanager", url="http://127.0.0.1:9093")
+    back = ev(EventType.ROLLOUT_ROLLED_BACK, machine=None, severity=Severity.WARNING, details={"version": "v3-slow"})
+    assert am.wants(back)
+    (fired,) = am.build([back], new_id(T0))["alerts"]
+    assert fired["labels"] == {
+        "alertname": "HealerdRolloutRolledBack",
+        "service": "web",
+        "severity": "warning",
+        "version": "v3-slow",
+    }
+    assert "endsAt" not in fired and am.repost() == {"alerts": [fired]}
+    assert not am.wants(ev(EventType.ROLLOUT_STARTED, machine=None))  # a start is news, not an alert
+    done = ev(EventType.ROLLOUT_COMPLETED, t=T0 + 60, machine=None, firing=False, details={"version": "v2"})
+    (ended,) = am.build([done], new_id(T0 + 60))["alerts"]
+    assert ended["labels"] == fired["labels"] and parse_rfc3339(ended["endsAt"]) == pytest.approx(T0 + 60, abs=0.001)
+    assert am.repost() is None

@@ -20,6 +20,8 @@ _FAILED = "HealerdRemediationFailed"
 _HELD = "HealerdRemediationHeldBack"
 _FLAPPING = "HealerdMachineFlapping"
 _UNKNOWN = "HealerdCheckUnknown"
+#: a rollout rolled back (the candidate was worse, or failed): firing until the service's next rollout completes
+_ROLLED_BACK = "HealerdRolloutRolledBack"
 _SERVICE = {"down": "HealerdServiceDown", "degraded": "HealerdServiceDegraded"}
 
 
@@ -64,6 +66,8 @@ class AlertmanagerNotifier(Notifier):
             "remediation.suppressed",
             "machine.flapping",
             "service.state_changed",
+            "rollout.rolled_back",
+            "rollout.completed",
         ) and super().wants(event)
 
     def state(self) -> str:
@@ -132,6 +136,13 @@ class AlertmanagerNotifier(Notifier):
                     if e.get("machine"):
                         match["machine"] = e["machine"]
                     alerts += self._resolve(match, e["timestamp"])
+            elif t == "rollout.rolled_back":
+                alert = self._alert(_ROLLED_BACK, e, e["severity"], machine=False, incident=False)
+                alert["labels"]["version"] = str(e.get("details", {}).get("version", ""))
+                alerts += self._resolve({"alertname": _ROLLED_BACK, "service": e["service"]}, e["timestamp"])
+                alerts.append(self._fire(alert))
+            elif t == "rollout.completed":
+                alerts += self._resolve({"alertname": _ROLLED_BACK, "service": e["service"]}, e["timestamp"])
             elif t == "service.state_changed":
                 details = e.get("details", {})
                 old, new = details.get("from"), details.get("to")
