@@ -104,7 +104,34 @@ class MonitorViews:
         }
 
 
-class Monitor(MonitorViews):
+class ResultWatchers:
+    """Who wants each check result as it comes, besides the health book."""
+
+    def __init__(self) -> None:
+        #: machines someone waits on (a replacement on probation): set at each of their results
+        self._watchers: dict[tuple[str, str], asyncio.Event] = {}
+        #: called with every result this node gets, its own and the other nodes' (a rollout's judge samples them)
+        self.taps: list[Callable[[CheckKey, CheckResult, float], None]] = []
+
+    def _after_result(self, key: CheckKey, result: CheckResult, ts: float) -> None:
+        for tap in self.taps:
+            tap(key, result, ts)
+        if self._watchers:
+            watcher = self._watchers.get((key.service, key.machine))
+            if watcher is not None:
+                watcher.set()
+
+    @contextlib.contextmanager
+    def watch(self, service: str, machine: str) -> Iterator[asyncio.Event]:
+        """An event set at each result of the machine's checks, while the block runs."""
+        event = self._watchers.setdefault((service, machine), asyncio.Event())
+        try:
+            yield event
+        finally:
+            self._watchers.pop((service, machine), None)
+
+
+class Monitor(MonitorViews, ResultWatchers):
     def __init__(
         self,
         book: HealthBook,
@@ -130,10 +157,7 @@ class Monitor(MonitorViews):
         self.providers: dict[str, Provider] = {}
         self.services: dict[str, ServiceConfig] = {}
         self._pending_first: set[CheckKey] = set()
-        #: machines someone waits on (a replacement on probation): set at each of their results
-        self._watchers: dict[tuple[str, str], asyncio.Event] = {}
-        #: called with every result this node gets, its own and the other nodes' (a rollout's judge samples them)
-        self.taps: list[Callable[[CheckKey, CheckResult, float], None]] = []
+        ResultWatchers.__init__(self)
         self._ready_latched = False
         self._runs = metrics.counter("check_runs")
         self._durations = metrics.histogram("check_duration_seconds")
@@ -366,23 +390,6 @@ class Monitor(MonitorViews):
     def _publish(self, events: list[Event]) -> None:
         for event in events:
             self.bus.publish(event, mirrored=not self.emits(event))
-
-    def _after_result(self, key: CheckKey, result: CheckResult, ts: float) -> None:
-        for tap in self.taps:
-            tap(key, result, ts)
-        if self._watchers:
-            watcher = self._watchers.get((key.service, key.machine))
-            if watcher is not None:
-                watcher.set()
-
-    @contextlib.contextmanager
-    def watch(self, service: str, machine: str) -> Iterator[asyncio.Event]:
-        """An event set at each result of the machine's checks, while the block runs."""
-        event = self._watchers.setdefault((service, machine), asyncio.Event())
-        try:
-            yield event
-        finally:
-            self._watchers.pop((service, machine), None)
 
     def _missed(self, bc: BoundCheck) -> None:
         self._missed_runs.labels(bc.key.service, bc.key.check).inc()

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..durations import parse_duration
 from ..machines import Lifecycle, Machine
+from . import aws_group
 from .aws_isolation import AwsIsolation
 from .aws_tags import (
     TAG_INCIDENT,
@@ -376,31 +377,15 @@ class AwsProvider(Provider):
         asg = (service.discovery or {}).get("asg")
         if not asg or not self.opts.quarantine.asg_decrement or extra <= 0:
             return None
-        groups = await self.call("autoscaling", "describe_auto_scaling_groups", asg, AutoScalingGroupNames=[asg])
-        group = (groups.get("AutoScalingGroups") or [{}])[0]
-        desired, most = int(group.get("DesiredCapacity", 0)), int(group.get("MaxSize", 0))
-        if desired + extra <= most:
-            return None
-        return (
-            f"the Auto Scaling group {asg} holds {desired} and allows at most {most} (MaxSize): the rollout needs room "
-            f"for {extra} more; raise its MaxSize to {desired + extra}, or roll out with fewer extra machines "
-            "(--canary 0, or max_surge 0 with max_unavailable 1)"
-        )
+        return await aws_group.room_problem(self.call, asg, extra)
 
     async def on_promoted(self, service: ServiceConfig, spec: BaseModel) -> None:
         """The Auto Scaling group's own launches use the promoted launch template version too."""
         asg = (service.discovery or {}).get("asg")
         lt = spec.launch_template if isinstance(spec, AwsImage) else None
-        if not asg or lt is None:
-            return
-        ref = {"Version": lt.version, ("LaunchTemplateId" if lt.id else "LaunchTemplateName"): lt.id or lt.name or ""}
-        await self.call(
-            "autoscaling",
-            "update_auto_scaling_group",
-            f"{asg} to {lt.version}",
-            AutoScalingGroupName=asg,
-            LaunchTemplate=ref,
-        )
+        if asg and lt is not None:
+            key = "LaunchTemplateId" if lt.id else "LaunchTemplateName"
+            await aws_group.point_at(self.call, asg, {key: lt.id or lt.name or "", "Version": lt.version})
 
     async def terminate(self, machine: Machine) -> None:
         insts = await self.describe_instances([machine.id])

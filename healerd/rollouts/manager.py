@@ -21,6 +21,7 @@ from ..events import Event, EventType, Severity, new_id
 from ..providers.base import ProviderError
 from .record import JUDGING, Rollout, RolloutRefused, Stage, rollout_view, version_record
 from .run import RolloutRun
+from .views import RolloutViews
 
 if TYPE_CHECKING:
     from ..controls import Controls
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("healerd.rollout")
 
 
-class Rollouts:
+class Rollouts(RolloutViews):
     """The rollouts of every service: one task each while it runs."""
 
     def __init__(
@@ -271,45 +272,6 @@ class Rollouts:
                 409, "no rollout running", f"{service} has no rollout running (healerd rollout status {service})"
             )
         return r
-
-    # -- views (any node, from the store) -------------------------------------------------------------------
-    async def view(self, service: str) -> dict[str, Any] | None:
-        r = self.active.get(service)
-        record = r.record() if r is not None else await self.store.rollouts.latest(service)
-        return rollout_view(record, self.monitor) if record is not None else None
-
-    async def images_view(self) -> dict[str, Any]:
-        records: dict[tuple[str, str], Any] = {(v.family, v.version): v for v in await self.store.images.versions()}
-        images = []
-        for name, image in self.config.images.items():
-            stored = await self.store.images.get(name)
-            known_good = stored.known_good if stored and stored.known_good in image.versions else image.known_good
-            versions = []
-            for version in image.versions:
-                rec = records.get((name, version))
-                state = "known_good" if version == known_good else (rec.state if rec else "available")
-                if state == "known_good" and version != known_good:
-                    state = "retired"
-                versions.append(
-                    {
-                        "version": version,
-                        "state": state,
-                        "reason": rec.reason if rec else "",
-                        "by": rec.promoted_by if rec else "",
-                        "updated_at": rec.updated_at if rec else None,
-                        "evidence": rec.evidence if rec else {},
-                    }
-                )
-            images.append(
-                {
-                    "name": name,
-                    "provider": image.provider,
-                    "known_good": known_good,
-                    "seeded": image.known_good,
-                    "versions": versions,
-                }
-            )
-        return {"images": images}
 
     # -- what the runs use ----------------------------------------------------------------------------------
     async def save(self, r: Rollout) -> None:
