@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from .aws_fixtures import LoopThread, Moto
 from .helpers import DaemonProcess, StartDaemon, write_config
 
 
@@ -40,3 +41,19 @@ def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
             unclean.append(f"{daemon.config_path.name}: exit status {status} on SIGTERM\n{daemon.describe()}")
     if unclean:
         pytest.fail("healerd did not stop cleanly:\n" + "\n".join(unclean), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[LoopThread]:
+    """An event loop in a thread for the AWS tests' loopback servers (the recording proxy, health endpoints)."""
+    loop = LoopThread()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[Moto]:
+    """moto's ThreadedMotoServer on loopback: the AWS endpoint, one per test module."""
+    server = Moto()
+    yield server
+    server.stop()

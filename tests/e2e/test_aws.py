@@ -53,20 +53,6 @@ OBSERVED: list[Call] = []
 # Fixtures
 
 
-@pytest.fixture(scope="module")
-def hub() -> Iterator[LoopThread]:
-    loop = LoopThread()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[Moto]:
-    server = Moto()
-    yield server
-    server.stop()
-
-
 def _healerd(hub: LoopThread, moto: Moto, tmp_path: Path, **provider: Any) -> tuple[Healerd, AwsProxy, HealthServer]:
     world = World(moto)
     proxy = AwsProxy(hub, moto.url, OBSERVED)

@@ -91,20 +91,6 @@ class NewcomersFail(HealthServer):
 # Fixtures
 
 
-@pytest.fixture(scope="module")
-def hub() -> Iterator[LoopThread]:
-    loop = LoopThread()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[Moto]:
-    server = Moto()
-    yield server
-    server.stop()
-
-
 @dataclass
 class Outcome:
     h: Healerd
