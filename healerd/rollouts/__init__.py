@@ -1,10 +1,10 @@
 """Image promotion by evidence (DESIGN §16): canary, bake, judgement, rolling refresh, automatic rollback.
 
-`Rollouts` (manager) starts, pauses, resumes and aborts them and resumes them after a restart or a takeover;
+`Rollouts` (control) starts, pauses, resumes and aborts them and resumes them after a restart or a takeover;
 `RolloutRun` (run) drives one through its stages; `record` holds the record and its view.
 """
 
-from .manager import Rollouts
+from .control import Rollouts
 from .record import JUDGING, Rollout, RolloutRefused, Stage, rollout_line, rollout_view
 
 __all__ = ["JUDGING", "Rollout", "RolloutRefused", "Rollouts", "Stage", "rollout_line", "rollout_view"]

@@ -21,7 +21,7 @@ from ..providers.base import ProviderError
 from .record import Rollout, Stage
 
 if TYPE_CHECKING:
-    from .manager import Rollouts
+    from .control import Rollouts
 
 log = structlog.get_logger("healerd.rollout")
 

@@ -266,6 +266,10 @@ def test_promote_v2_refreshes_the_fleet_with_no_failed_request(fleet: RolloutFle
     finally:
         client.stop()
     assert view["stage"] == "completed", view
+    print(
+        f"\nv2 rolled over in {view['ended_at'] - view['started_at']:.1f}s; client: {client.ok} requests answered, "
+        f"{len(client.failures)} failed, smallest rotation {client.smallest}; judge: {view['judge']['reason']}"
+    )
     assert {"bake", "refresh", "completed"} <= seen_stages, seen_stages
     judge = view["judge"]
     assert judge["outcome"] == "pass" and judge["canary_results"] >= 8 and judge["baseline_results"] >= 8, judge
@@ -329,6 +333,7 @@ def test_a_slower_candidate_is_rejected_on_latency(fleet: RolloutFleet) -> None:
     view = wait_rollout_end(fleet, daemon)
     assert view["stage"] == "rolled_back", view
     judge = view["judge"]
+    print(f"\nv3-slow: {view['reason']}; figures {json.dumps({k: v for k, v in judge.items() if k != 'reason'})}")
     assert judge["outcome"] == "fail" and judge["latency_ratio_p50"] > 1.5, judge
     assert "latency" in view["reason"] and "v3-slow" in view["reason"], view["reason"]
     # nothing of v3 remains; the fleet is the one from before, known_good unchanged
@@ -502,6 +507,7 @@ def test_kill_9_at_a_stage_boundary_resumes_once(fleet: RolloutFleet, point: str
     daemon = fleet.start("resumed")
     view = wait_rollout_end(fleet, daemon)
     assert view["stage"] == outcome, (stage_at_crash, view)
+    print(f"\nkilled at {point} (stage {stage_at_crash} in the record): resumed to {view['stage']}")
     final = (outcome == "completed" and "v2") or "v1"
     members = assert_fleet_is(fleet, daemon, final)
     if outcome == "rolled_back":
