@@ -163,7 +163,8 @@ def test_a_heal_behind_haproxy_drops_no_request_and_an_haproxy_reload_is_made_ri
         # HAProxy reloads (a new process): everything healerd did at run time is gone
         h.reload()
         reloaded = time.monotonic()
-        assert set(servers(h)) == set(), "the reloaded HAProxy should know only its config (no servers)"
+        # (not asserted empty here: healerd may already be putting servers back by the time it is read; the three
+        # repairs below are what shows the reload lost every one of them)
         healer.wait(lambda: up_in_haproxy(h, healer), INTERVAL + 5, "the backend made right after the reload")
         took = time.monotonic() - reloaded
         repairs = healer.events("rotation.repaired")
