@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import html
 import ipaddress
 import json
 import math
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,7 +33,6 @@ from .api_models import (
     parse_query,
     path_value,
 )
-from .rollouts import rollout_line
 
 if TYPE_CHECKING:
     from .alerting import Alerting
@@ -373,88 +370,6 @@ async def scheduler(request: web.Request) -> web.Response:
     return json_response({"checks": len(monitor.checks), **monitor.scheduler.stats.as_dict()})
 
 
-#: seconds an ended rollout stays on the status page
-ROLLOUT_SHOWN = 3600.0
-_STATE_COLOURS = {
-    "optimal": "#1a7f37",
-    "degraded": "#9a6700",
-    "down": "#cf222e",
-    "up": "#1a7f37",
-    "impaired": "#9a6700",
-    "flapping": "#8250df",
-    "pending": "#57606a",
-}
-
-
-async def status_page(request: web.Request) -> web.Response:
-    monitor = request.app[MONITOR]
-    esc = html.escape
-    rows = []
-    for name in sorted(monitor.book.services):
-        sv = monitor.service_view(name)
-        colour = _STATE_COLOURS.get(sv["state"], "#000")
-        rows.append(
-            f"<h2>{esc(name)} <span style='color:{colour}'>{esc(sv['state'])}</span></h2><p>{esc(sv['reason'])}</p>"
-        )
-        rollout = await request.app[ENGINE].rollouts.view(name)
-        if rollout is not None and (rollout["active"] or time.time() - (rollout["ended_at"] or 0) < ROLLOUT_SHOWN):
-            rows.append(f"<p class='rollout'><b>{esc(rollout_line(rollout))}</b></p>")
-        rows.append(
-            "<table><tr><th>machine</th><th>address</th><th>lifecycle</th><th>condition</th><th>checks</th></tr>"
-        )
-        for mid in sorted(monitor.book.services[name].machines):
-            mv = monitor.machine_view(name, mid)
-            checks = "<br>".join(
-                f"{esc(c)}: {esc(str(v['hard_state']))} ({esc(v['state_type'])}) {esc(v['message'] or '')}"
-                for c, v in mv["checks"].items()
-            )
-            colour = _STATE_COLOURS.get(mv["condition"], "#000")
-            rows.append(
-                f"<tr><td>{esc(mid)}</td><td>{esc(mv['address'])}</td><td>{esc(mv['lifecycle'])}</td>"
-                f"<td style='color:{colour}'>{esc(mv['condition'])}</td><td>{checks}</td></tr>"
-            )
-        rows.append("</table>")
-    cluster = request.app[SETTINGS].cluster
-    if cluster is not None:
-        rows.insert(0, f"<p>{esc(cluster.line())}</p>")
-    engine = request.app[ENGINE]
-    incidents_open = sorted(engine.incidents.values(), key=lambda i: i.opened_at, reverse=True)
-    if incidents_open:
-        rows.append(
-            "<h2>Open incidents</h2><table><tr><th>incident</th><th>state</th><th>service</th>"
-            "<th>machine</th><th>summary</th></tr>"
-        )
-        for inc in incidents_open:
-            rows.append(
-                f"<tr><td><a href='/api/v1/incidents/{esc(inc.id)}'>{esc(inc.id)}</a></td>"
-                f"<td>{esc(inc.state.value)}</td><td>{esc(inc.service)}</td><td>{esc(inc.machine)}</td>"
-                f"<td>{esc(inc.summary)}</td></tr>"
-            )
-        rows.append("</table>")
-    mode = engine.status()
-    rows.insert(0, f"<p>mode <b>{esc(mode['mode'])}</b>{' (paused)' if mode['paused'] else ''}</p>")
-    store = request.app[STORE]
-    if store.fault:
-        rows.insert(
-            0,
-            "<p style='background:#cf222e;color:#fff;padding:6px'><b>The state store is failing</b> "
-            f"({esc(store.fault)}): checks and alerts go on, writes are retried. "
-            f"{esc(store.remedy)}</p>",
-        )
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='5'>"
-        "<title>healerd</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}</style></head>"
-        f"<body><h1>healerd</h1><p>updated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} · "
-        "<a href='/api/v1/services'>services</a> · <a href='/api/v1/machines'>machines</a> · "
-        "<a href='/api/v1/events'>events</a> · <a href='/api/v1/incidents'>incidents</a> · "
-        "<a href='/api/v1/quarantine'>quarantine</a> · <a href='/metrics'>metrics</a></p>"
-        + "".join(rows)
-        + "</body></html>"
-    )
-    return web.Response(text=page, content_type="text/html")
-
-
 async def incidents(request: web.Request) -> web.Response:
     query = _query(request, IncidentsQuery)
     engine = request.app[ENGINE]
@@ -561,7 +476,6 @@ async def notifications(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/", status_page)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -7,7 +7,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
@@ -290,6 +290,24 @@ class EventsQuery(Query):
 class MachinesQuery(Query):
     service: Name | None = None
     condition: Name | None = None
+
+
+HistorySpan = Annotated[float, BeforeValidator(_duration(lambda s: 0 < s <= 7 * DAY, "above 0s, at most 7d"))]
+
+
+class HistoryQuery(Query):
+    """GET /api/v1/history: one service, or one of its machines; `check` one check; `since` how far back."""
+
+    service: Name
+    machine: Name | None = None
+    check: Text200 | None = None
+    since: HistorySpan = 3600.0
+
+
+class StatusQuery(Query):
+    """GET /: `part=main` for the page's main part alone (what the page's refresh fetches)."""
+
+    part: Literal["main"] | None = None
 
 
 class IncidentsQuery(Query):

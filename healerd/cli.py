@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from . import __version__, cli_rollout, daemon
+from . import __version__, cli_rollout, cli_silence, daemon
 from .alerting import Alerting
 from .checks import CheckEnv
 from .cli_api import ApiError, _api, _api_args, _load, _when
@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     clsub = cl.add_subparsers(dest="cluster_command", required=True)
     _api_args(clsub.add_parser("status", help="the leader, its epoch, and every node with its shard"))
     cli_rollout.add_parsers(sub)
+    cli_silence.add_parsers(sub)
     return p
 
 
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             return cli_rollout.cmd_images(args)
         if args.command == "rollout":
             return cli_rollout.cmd_rollout(args)
+        if args.command == "silence":
+            return cli_silence.cmd_silence(args)
     except (ApiError, StoreError) as exc:
         print(str(exc), file=sys.stderr)
         return 1
@@ -452,6 +455,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             ]
         )
     _print_table(["SERVICE", "MACHINE", "ADDRESS", "LIFECYCLE", "CONDITION", "FOR", "VERSION", "PROBLEMS"], rows)
+    silences = _api(args, "/api/v1/silences")["silences"]
+    if silences:
+        print()
+    for sl in silences:  # their effect: nothing of theirs is alerted on or remediated
+        target = " ".join(x for x in (sl.get("service") or "", sl.get("machine") or "") if x)
+        who = f" by {sl['created_by']}" if sl.get("created_by") else ""
+        why = f": {sl['comment']}" if sl.get("comment") else ""
+        print(f"silenced {target} until {_when(sl['ends_at'])}{who}{why} (no alert, no remediation; {sl['id']})")
     return 0
 
 

@@ -63,8 +63,11 @@ def _token(args: argparse.Namespace) -> str | None:
         raise ApiError(f"cannot read the token file {path}: {exc.strerror or exc}") from None
 
 
-def _api(args: argparse.Namespace, path: str, body: dict[str, Any] | None = None, timeout: float = 30) -> Any:
-    """GET `path`, or POST `body` (JSON, as the API requires for every change); errors become one ApiError."""
+def _api(
+    args: argparse.Namespace, path: str, body: dict[str, Any] | None = None, timeout: float = 30, method: str = ""
+) -> Any:
+    """GET `path`, or POST `body` (JSON, as the API requires for every change), or `method` (DELETE, with a
+    JSON body); errors become one ApiError."""
     base = args.url.rstrip("/")
     headers = {"Accept": "application/json"}
     data = None
@@ -74,7 +77,7 @@ def _api(args: argparse.Namespace, path: str, body: dict[str, Any] | None = None
     token = _token(args)
     if token:
         headers["Authorization"] = "Bearer " + token
-    method = "POST" if body is not None else "GET"
+    method = method or ("POST" if body is not None else "GET")
     req = urllib.request.Request(base + path, data=data, headers=headers, method=method)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:

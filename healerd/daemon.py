@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from . import api, api_cluster, api_rollout, openfiles
+from . import api, api_cluster, api_rollout, api_status, openfiles
 from .alerting import Alerting
 from .checks import CheckEnv
 from .cluster import Cluster
@@ -214,6 +214,8 @@ class Daemon:
         api.add_routes(app)
         api_cluster.add_routes(app)
         api_rollout.add_routes(app)
+        api_status.add_routes(app)
+        api_status.setup(app)
         return app
 
     # -- reload -------------------------------------------------------------------------------------------

@@ -169,6 +169,7 @@ class Monitor(MonitorViews, ResultWatchers):
         self.emits: Callable[[Event], bool] = lambda event: True
         self.writes: Callable[[], bool] = lambda: True
         bus.subscribe(self._on_event, mirrored=True)
+        store.history.states = self._states_counted
 
     # -- readiness ----------------------------------------------------------------------------------------
     @property
@@ -339,6 +340,7 @@ class Monitor(MonitorViews, ResultWatchers):
         bc.metric_children[result.status].inc()
         bc.duration_child.observe(result.duration)
         self.store.results.add(key, result, now)
+        self.store.history.book.result(key.service, key.machine, key.check, result.status, result.duration, now)
         if bc.runs == 1:
             self._pending_first.discard(key)
         log.debug(
@@ -406,12 +408,20 @@ class Monitor(MonitorViews, ResultWatchers):
         if event.type.value == "service.state_changed":
             self.update_service_gauges()
 
+    def _states_counted(self) -> dict[str, bool]:
+        """The services whose time up or down this node counts in the history (the leader's, in a cluster)."""
+        if not self.writes():
+            return {}
+        return {n: s.state is ServiceState.DOWN for n, s in self.book.services.items() if s.settled}
+
     def update_service_gauges(self) -> None:
         state_g = self.metrics.gauge("service_state")
         machines_g = self.metrics.gauge("service_machines")
         for name, svc in self.book.services.items():
             for st in ServiceState:
                 state_g.labels(name, st.value).set(1 if svc.state is st else 0)
+            if svc.settled and self.writes():
+                self.store.history.book.service_state(name, svc.state is ServiceState.DOWN, time.time())
             tally = Tally(m.lifecycle for m in svc.machines.values())
             for lc in Lifecycle:
                 machines_g.labels(name, lc.value).set(tally.get(lc, 0))

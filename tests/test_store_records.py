@@ -19,8 +19,24 @@ async def test_silences_are_active_until_they_end_and_can_be_deleted(store: Stor
     await store.silences.add("S1", "web", None, 10.0, 20.0, "deploy", "alice")
     await store.silences.add("S2", None, "m1", 10.0, 30.0, "", "")
     assert await store.silences.active(15.0) == [
-        {"id": "S1", "service": "web", "machine": None, "starts_at": 10.0, "ends_at": 20.0, "comment": "deploy"},
-        {"id": "S2", "service": None, "machine": "m1", "starts_at": 10.0, "ends_at": 30.0, "comment": ""},
+        {
+            "id": "S1",
+            "service": "web",
+            "machine": None,
+            "starts_at": 10.0,
+            "ends_at": 20.0,
+            "comment": "deploy",
+            "created_by": "alice",
+        },
+        {
+            "id": "S2",
+            "service": None,
+            "machine": "m1",
+            "starts_at": 10.0,
+            "ends_at": 30.0,
+            "comment": "",
+            "created_by": "",
+        },
     ]
     assert [s["id"] for s in await store.silences.active(20.0)] == ["S2"]  # ended at 20
     assert await store.silences.delete("S2") is True

@@ -5,6 +5,6 @@
 """
 
 from .control import Rollouts
-from .record import JUDGING, Rollout, RolloutRefused, Stage, rollout_line, rollout_view
+from .record import JUDGING, Rollout, RolloutRefused, Stage, rollout_view
 
-__all__ = ["JUDGING", "Rollout", "RolloutRefused", "Rollouts", "Stage", "rollout_line", "rollout_view"]
+__all__ = ["JUDGING", "Rollout", "RolloutRefused", "Rollouts", "Stage", "rollout_view"]

@@ -149,16 +149,3 @@ def version_record(
 ) -> VersionRecord:
     """The candidate's version record as this rollout leaves it."""
     return VersionRecord(r.image, r.version, state, reason, f"rollout {r.id}", now, evidence or {})
-
-
-def rollout_line(view: dict[str, Any]) -> str:
-    """One line for the status page: the rollout of a service, where it is and what it waits for."""
-    state = "running" if view["active"] else "ended"
-    parts = [f"rollout of {view['image']} {view['version']} (from {view['previous']}): {view['stage']}, {state}"]
-    if view["paused"]:
-        parts.append("paused")
-    if view["waiting"]:
-        parts.append(view["waiting"])
-    if view["reason"]:
-        parts.append(view["reason"])
-    return " · ".join(parts)

@@ -4,11 +4,14 @@ add how they open."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from ..events import Event
+from ..history import HistoryRow
 from .engine import ThreadedDatabase
 from .events import Events
+from .history import History
 from .images import Images
 from .incidents import Incidents
 from .machines import Machines
@@ -27,6 +30,7 @@ class BaseStore:
         self.machines = Machines(db)
         self.results = Results(db, history, self.flush)
         self.events = Events(db, event_log_size, self.flush)
+        self.history = History(db, self.flush)
         self.incidents = Incidents(db)
         self.images = Images(db)
         self.rollouts = Rollouts(db)
@@ -83,15 +87,22 @@ class BaseStore:
         next flush; the results are not (newer ones supersede them)."""
         results = self.results.take()
         events = self.events.take()
-        if not results and not events:
+        now = time.time()
+        history = self.history.take(now)
+        prune_at = self.history.prune_due(now) if history else None
+        if not results and not events and not history:
             return
         try:
-            await self._db.call(self._write_batch, results, events)
+            await self._db.call(self._write_batch, results, events, history, prune_at)
         except Exception:
             self.events.put_back(events)
+            self.history.book.put_back(history)
             raise
 
-    def _write_batch(self, results: list[ResultRow], events: list[Event]) -> None:
+    def _write_batch(
+        self, results: list[ResultRow], events: list[Event], history: list[HistoryRow], prune_at: float | None
+    ) -> None:
         with self._db.transaction() as conn:
             Results.write(conn, results)
             Events.write(conn, events)
+            History.write(conn, history, prune_at)

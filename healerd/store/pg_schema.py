@@ -108,4 +108,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX rollouts_service ON rollouts (service, started_at);
     """,
+    # history for the status page: check results and service state in time buckets (machine='' for the service)
+    """
+    CREATE TABLE history (
+        service TEXT NOT NULL, machine TEXT NOT NULL, check_name TEXT NOT NULL, bucket DOUBLE PRECISION NOT NULL,
+        width INTEGER NOT NULL, runs INTEGER NOT NULL DEFAULT 0, ok INTEGER NOT NULL DEFAULT 0,
+        warning INTEGER NOT NULL DEFAULT 0, critical INTEGER NOT NULL DEFAULT 0, unknown INTEGER NOT NULL DEFAULT 0,
+        dur_sum DOUBLE PRECISION NOT NULL DEFAULT 0, up_s DOUBLE PRECISION NOT NULL DEFAULT 0,
+        down_s DOUBLE PRECISION NOT NULL DEFAULT 0,
+        PRIMARY KEY (service, machine, check_name, bucket)
+    );
+    CREATE INDEX history_age ON history (bucket);
+    """,
 )

@@ -39,10 +39,19 @@ class Silences:
         """Silences not yet ended at `now` (those starting later included)."""
         rows = await self._db.read(
             lambda: self._db.conn.execute(
-                "SELECT id, service, machine, starts_at, ends_at, comment FROM silences WHERE ends_at > ?", (now,)
+                "SELECT id, service, machine, starts_at, ends_at, comment, created_by FROM silences WHERE ends_at > ?",
+                (now,),
             ).fetchall()
         )
         return [
-            {"id": r[0], "service": r[1], "machine": r[2], "starts_at": r[3], "ends_at": r[4], "comment": r[5]}
+            {
+                "id": r[0],
+                "service": r[1],
+                "machine": r[2],
+                "starts_at": r[3],
+                "ends_at": r[4],
+                "comment": r[5],
+                "created_by": r[6],
+            }
             for r in rows
         ]

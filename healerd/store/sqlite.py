@@ -5,8 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import structlog
+
 from .base import BaseStore
 from .database import SqliteDatabase, damage, move_aside
+from .engine import STORE_FAULTS
+
+log = structlog.get_logger("healerd.store")
 
 if TYPE_CHECKING:
     from .interface import StateStore
@@ -45,7 +50,10 @@ class Store(BaseStore):
         return await self._sqlite.open_readonly()
 
     async def close(self) -> None:
-        await self.flush()
+        try:
+            await self.flush()
+        except STORE_FAULTS as exc:  # a full disk at shutdown: what was buffered is lost, the database is intact
+            log.warning("the last results could not be written on close", error=f"{type(exc).__name__}: {exc}")
         await self._sqlite.close()
 
 

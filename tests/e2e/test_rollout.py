@@ -377,7 +377,7 @@ def test_pause_resume_and_abort(fleet: RolloutFleet) -> None:
     view = rollout_view(daemon)
     assert view["stage"] == "bake" and view["paused"] and "paused" in view["waiting"], view
     page = daemon.get("/")[1].decode()
-    assert "rollout of demo-web v2 (from v1): bake, running · paused" in page, page
+    assert "rollout of demo-web v2 (from v1): bake, paused · held: the rollout is paused" in page, page
     out = run_cli("rollout", "abort", SERVICE, "--url", daemon.url)
     assert out.returncode == 0, out.stderr
     view = wait_rollout_end(fleet, daemon)

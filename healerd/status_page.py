@@ -1,0 +1,316 @@
+"""What the on-call status page shows (DESIGN §17), gathered for its template: per service its state and since
+when, uptime over 1 h / 24 h / 7 d, a bar of the last hour and a latency sparkline per check; the problems
+first (open incidents with their age, current step and why nothing is happening), quarantined machines,
+silences, the event feed; healthy machines folded and capped, so a fleet of 10,000 stays one quick page.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .health import Condition, ServiceState
+from .history import MACHINE_WIDTH, SERVICE_WIDTH
+from .incidents import IncidentState
+from .machines import Lifecycle
+from .store import STORE_FAULTS
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
+    from .incidents import Incident
+    from .monitor import Monitor
+    from .remediation import RemediationEngine
+    from .store import BaseStore
+
+#: healthy machines listed per service (the others are counted, and the API lists them all)
+HEALTHY_SHOWN = 50
+#: buckets in the history bar (one-minute buckets: the last hour) and in a machine's sparkline (5-minute: 3 h)
+BAR_BUCKETS = 60
+MACHINE_POINTS = 36
+EVENTS_SHOWN = 30
+#: the uptime spans shown, in seconds
+SPANS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
+ICONS = {"optimal": "✔", "degraded": "▲", "down": "✖", "up": "✔", "impaired": "▲", "flapping": "↯"}
+
+#: why a remediation is not happening, in words an on-call engineer acts on (the reason's own detail follows)
+HELD: dict[str, str] = {
+    "max_unhealthy": "held back: too much of the service fails at once (max_unhealthy) — healerd suspects its own "
+    "checks or network and replaces nothing; look at the service by hand",
+    "storm_cooldown": "held back: cooling down after a storm (max_unhealthy) before remediating again",
+    "unconfirmed": "held back: the other vantage points do not see it down (unconfirmed); asked again shortly",
+    "silenced": "silenced: a maintenance window covers it; nothing is remediated",
+    "paused": "healerd is paused: nothing is remediated (healerd mode resume)",
+    "observe": "mode observe: healerd alerts only",
+    "dry_run": "mode dry-run: healerd only logs what it would do",
+    "flapping": "held back: the machine is flapping; it is reported, not churned",
+    "max_concurrent": "waiting: another remediation of the service is running (max_concurrent)",
+    "max_per_hour": "held back: the hourly replacement budget is spent (max_per_hour)",
+    "backoff": "waiting: backing off after a failed remediation of this machine",
+    "retry_limit": "a human is needed: the retry limit is reached, healerd will not try again",
+    "static": "alert only: this service's machines are not healerd's to replace",
+}
+#: reasons that need a human now (highlighted as such)
+NEEDS_HUMAN = {"retry_limit", "max_unhealthy"}
+
+
+def ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def sparkline(values: list[float | None], width: int = 120, height: int = 20) -> str:
+    """SVG polyline points of the values (None: no data), scaled to the box; '' when nothing to draw."""
+    known = [v for v in values if v is not None]
+    if not known or len(values) < 2:
+        return ""
+    top = max(known) or 1.0
+    step = width / (len(values) - 1)
+    return " ".join(
+        f"{i * step:.1f},{height - 1 - (v / top) * (height - 2):.1f}" for i, v in enumerate(values) if v is not None
+    )
+
+
+def level(b: dict[str, Any] | None) -> str:
+    """A history bar cell: ok, warn (some results not OK), bad (most not OK, or the service down), none."""
+    if b is None:
+        return "none"
+    runs = b.get("runs") or 0
+    if b.get("down_s"):
+        return "bad"
+    if not runs:
+        return "ok" if b.get("up_s") else "none"
+    bad = (b.get("critical") or 0) + (b.get("warning") or 0)
+    return "ok" if bad == 0 else "bad" if bad * 2 >= runs else "warn"
+
+
+def uptime(buckets: list[dict[str, Any]], since: float) -> float | None:
+    """The share of time up among the buckets since then (service rows), or None without data."""
+    up = sum(b["up_s"] for b in buckets if b["bucket"] >= since)
+    down = sum(b["down_s"] for b in buckets if b["bucket"] >= since)
+    return None if up + down <= 0 else up / (up + down)
+
+
+def result_uptime(buckets: list[dict[str, Any]], since: float) -> float | None:
+    """The share of OK results among the buckets since then (check rows), or None without data."""
+    runs = sum(b["runs"] for b in buckets if b["bucket"] >= since)
+    ok = sum(b["ok"] for b in buckets if b["bucket"] >= since)
+    return None if runs == 0 else ok / runs
+
+
+def _avg(b: dict[str, Any] | None) -> float | None:
+    """A bucket's mean check duration."""
+    return b["dur_sum"] / b["runs"] if b and b["runs"] else None
+
+
+def _recent(rollout: dict[str, Any] | None, now: float) -> dict[str, Any] | None:
+    """A rollout running, or ended within the hour."""
+    if rollout is None or not (rollout["active"] or now - (rollout["ended_at"] or 0) < 3600):
+        return None
+    return rollout
+
+
+def series(buckets: list[dict[str, Any]], start: float, width: int, count: int) -> list[dict[str, Any] | None]:
+    by_start = {b["bucket"]: b for b in buckets}
+    return [by_start.get(start + i * width) for i in range(count)]
+
+
+@dataclass
+class PageInput:
+    monitor: Monitor
+    engine: RemediationEngine
+    store: BaseStore
+    cluster: Cluster | None
+    now: float = field(default_factory=time.time)
+
+
+def held_words(inc: Incident) -> tuple[str, bool]:
+    """What is (not) happening to the incident, and whether a human is needed."""
+    if inc.state is IncidentState.FAILED:
+        return f"remediation failed — a human is needed: {inc.error or ''}".rstrip(": "), True
+    reason = str(inc.details.get("suppressed") or "")
+    if not reason:
+        if inc.state is IncidentState.REMEDIATING:
+            return "remediating", False
+        if inc.state is IncidentState.REMEDIATED:
+            return "remediated: waiting for the service to be optimal again", False
+        return "open", False
+    words = HELD.get(reason, f"held back: {reason}")
+    detail = str(inc.details.get("suppressed_detail") or "")
+    return (f"{words} ({detail})" if detail else words), reason in NEEDS_HUMAN
+
+
+async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[str, Any]:
+    monitor, engine, store, now = p.monitor, p.engine, p.store, p.now
+    hour_ago = now - 3600
+    bar_start = (now // SERVICE_WIDTH) * SERVICE_WIDTH - (BAR_BUCKETS - 1) * SERVICE_WIDTH
+    silences = [
+        {**s, "until": time.strftime("%Y-%m-%d %H:%M", time.localtime(s["ends_at"])), "left": ago(s["ends_at"] - now)}
+        for s in await engine.silences(now)
+    ]
+    incidents = sorted(engine.incidents.values(), key=lambda i: i.opened_at)
+    steps: dict[str, dict[str, Any]] = {}
+    for inc in incidents:
+        if inc.state is IncidentState.REMEDIATING:
+            journal = await engine.journal.steps(inc.id)
+            if journal:
+                steps[inc.id] = journal[max(journal)]
+    services = []
+    for name in sorted(monitor.book.services):
+        svc = monitor.book.services[name]
+        view = monitor.service_view(name)
+        availability = await store.history.buckets(name, "", "", now - 7 * 86400)
+        checks: list[dict[str, Any]] = []
+        for check in await store.history.checks(name, hour_ago):
+            rows = await store.history.buckets(name, "", check, bar_start)
+            cells = series(rows, bar_start, SERVICE_WIDTH, BAR_BUCKETS)
+            latencies = [_avg(c) for c in cells]
+            known = [x for x in latencies if x is not None]
+            checks.append(
+                {
+                    "name": check,
+                    "points": sparkline(latencies),
+                    "last_ms": round(known[-1] * 1000, 1) if known else None,
+                    "max_ms": round(max(known) * 1000, 1) if known else None,
+                    "uptime_1h": result_uptime(rows, hour_ago),
+                }
+            )
+        state_cells = series(availability, bar_start, SERVICE_WIDTH, BAR_BUCKETS)
+        first_check: str | None = checks[0]["name"] if checks else None
+        check_cells = (
+            series(await store.history.buckets(name, "", first_check, bar_start), bar_start, SERVICE_WIDTH, BAR_BUCKETS)
+            if first_check
+            else [None] * BAR_BUCKETS
+        )
+        bar = []
+        for i in range(BAR_BUCKETS):
+            cell = {
+                **(check_cells[i] or {}),
+                **{k: v for k, v in (state_cells[i] or {}).items() if k in ("up_s", "down_s")},
+            }
+            start = bar_start + i * SERVICE_WIDTH
+            lvl = level(cell or None)
+            runs = cell.get("runs", 0)
+            title = (
+                time.strftime("%H:%M", time.localtime(start))
+                + (f": {cell.get('ok', 0)}/{runs} OK" if runs else ": no results")
+                + (f", down {cell['down_s']:.0f}s" if cell.get("down_s") else "")
+            )
+            bar.append({"level": lvl, "title": title})
+        problems, healthy = [], []
+        for mid in sorted(svc.machines):
+            mh = svc.machines[mid]
+            m = monitor.machines.get(name, {}).get(mid)
+            entry: dict[str, Any] = {
+                "id": mid,
+                "address": m.address if m else "",
+                "version": m.attributes.get("image_version") if m else None,
+                "lifecycle": mh.lifecycle.value,
+                "condition": mh.condition.value,
+                "icon": ICONS.get(mh.condition.value, "?"),
+                "since": ago(now - mh.since) if mh.since else "-",
+                "problem": mh.problem(),
+                "checks": [
+                    {
+                        "name": c.key.check,
+                        "hard": c.hard.name,
+                        "last": c.last.status.name if c.last else "-",
+                        "soft": c.last is not None and c.last.status is not c.hard,
+                        "message": c.last.message if c.last else "",
+                    }
+                    for c in mh.checks.values()
+                ],
+            }
+            if mh.condition is Condition.UP and mh.lifecycle is Lifecycle.IN_SERVICE:
+                healthy.append(entry)
+            else:
+                problems.append(entry)
+        shown = problems + healthy[:healthy_shown]
+        for entry in shown:
+            rows = []
+            for c in entry["checks"][:1]:
+                rows = await store.history.buckets(name, entry["id"], c["name"], now - MACHINE_POINTS * MACHINE_WIDTH)
+            start = (now // MACHINE_WIDTH) * MACHINE_WIDTH - (MACHINE_POINTS - 1) * MACHINE_WIDTH
+            cells = series(rows, start, MACHINE_WIDTH, MACHINE_POINTS)
+            entry["points"] = sparkline(
+                [(c["dur_sum"] / c["runs"]) if c and c["runs"] else None for c in cells], 90, 16
+            )
+        rollout = await engine.rollouts.view(name)
+        held = [
+            {"machine": i.machine, "incident": i.id, "words": held_words(i)[0], "human": held_words(i)[1]}
+            for i in incidents
+            if i.service == name and (i.details.get("suppressed") or i.state is IncidentState.FAILED)
+        ]
+        services.append(
+            {
+                "name": name,
+                "state": view["state"],
+                "icon": ICONS.get(view["state"], "?"),
+                "reason": view["reason"],
+                "since": ago(now - svc.since) if svc.since else "-",
+                "since_ts": svc.since,
+                "counts": view["machines"],
+                "desired": view["desired"],
+                "uptime": {span: uptime(availability, now - seconds) for span, seconds in SPANS.items()},
+                "bar": bar,
+                "checks": checks,
+                "problems": problems,
+                "healthy": healthy[:healthy_shown],
+                "healthy_total": len(healthy),
+                "healthy_hidden": max(0, len(healthy) - healthy_shown),
+                "held": held,
+                "rollout": rollout
+                if rollout and (rollout["active"] or now - (rollout["ended_at"] or 0) < 3600)
+                else None,
+                "silenced": [s for s in silences if s.get("service") in (None, name)],
+                "down": svc.state is ServiceState.DOWN,
+            }
+        )
+    incident_rows = []
+    for inc in reversed(incidents):
+        words, human = held_words(inc)
+        step = steps.get(inc.id)
+        incident_rows.append(
+            {
+                "id": inc.id,
+                "service": inc.service,
+                "machine": inc.machine,
+                "state": inc.state.value,
+                "age": ago(now - inc.opened_at),
+                "summary": inc.summary,
+                "step": f"step {step['index'] + 1}: {step['action']} ({step['state']})" if step else "",
+                "words": words,
+                "human": human,
+            }
+        )
+    quarantined = await engine.quarantined()
+    for q in quarantined:
+        q["age"] = ago(now - q["quarantined_at"]) if q["quarantined_at"] else "-"
+    try:
+        events = await store.events.recent(limit=EVENTS_SHOWN)
+    except STORE_FAULTS:  # the page says the store fails (above); it shows everything else
+        events = []
+    for e in events:
+        e["age"] = ago(now - e["timestamp"])
+    status = engine.status()
+    return {
+        "now": now,
+        "updated": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(now)),
+        "mode": status["mode"],
+        "paused": status["paused"],
+        "cluster": p.cluster.line() if p.cluster is not None else None,
+        "store_fault": store.fault,
+        "store_remedy": store.remedy if store.fault else "",
+        "services": services,
+        "incidents": incident_rows,
+        "quarantined": quarantined,
+        "silences": silences,
+        "events": events,
+        "needs_human": any(r["human"] for r in incident_rows),
+    }
