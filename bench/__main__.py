@@ -40,6 +40,7 @@ from ._healerd import (
     same_address,
 )
 from ._nagios import Nagios
+from ._page import scenario_page
 from ._system import Nginx, cpu_seconds, free_port, open_fds, taskset, wait_port
 
 PLUGIN = "/usr/lib/nagios/plugins/check_http"
@@ -564,10 +565,24 @@ def markdown(result: dict[str, Any]) -> str:
             f"(median of samples each second; max {lag['mirror_lag_max_seconds']} s).",
             "",
         ]
+    for page in (result.get("page") or {}).values():
+        out += [
+            f"## Status page of {page['machines']:,} machines ({page['down']:,} down), healerd on one core",
+            "",
+            "| request | p50 | max | size | bound |",
+            "|---|---|---|---|---|",
+        ]
+        for path in ("/", "/?part=main"):
+            p = page[path]
+            out.append(
+                f"| GET {path} | {p['p50_s'] * 1000:.0f} ms | {p['max_s'] * 1000:.0f} ms | {p['bytes'] / 1024:.0f} KiB "
+                f"| < 1 s ({p['max_s']:.2f}x), < 500 KB ({p['bytes'] / 500_000:.2f}x) |"
+            )
+        out.append("")
     return "\n".join(out)
 
 
-SCENARIOS = ("cost", "fleet", "distinct", "exec", "heal", "latency", "cluster")
+SCENARIOS = ("cost", "fleet", "distinct", "exec", "heal", "latency", "cluster", "page")
 
 
 def main() -> int:
@@ -615,6 +630,8 @@ def main() -> int:
             result["latency"] = scenario_latency(nginx, 1000, 100)
         if "cluster" in scenarios:
             result["cluster"] = scenario_cluster(nginx.port, args.cluster_machines, args.seconds, log)
+        if "page" in scenarios:
+            result["page"] = scenario_page(nginx.port, log)
     finally:
         nginx.stop()
     RESULTS.mkdir(exist_ok=True)

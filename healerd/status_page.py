@@ -7,6 +7,7 @@ silences, the event feed; healthy machines folded and capped, so a fleet of 10,0
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
 
 #: healthy machines listed per service (the others are counted, and the API lists them all)
 HEALTHY_SHOWN = 50
+#: machines with a problem listed per service, worst first (a mass outage stays one quick page)
+PROBLEMS_SHOWN = 100
+#: incidents and quarantined machines listed (newest first), and machines named per held-back reason
+ROWS_SHOWN = 100
+NAMED = 5
 #: buckets in the history bar (one-minute buckets: the last hour) and in a machine's sparkline (5-minute: 3 h)
 BAR_BUCKETS = 60
 MACHINE_POINTS = 36
@@ -130,6 +136,49 @@ class PageInput:
     now: float = field(default_factory=time.time)
 
 
+def _machine_entry(monitor: Monitor, service: str, mid: str, now: float) -> dict[str, Any]:
+    mh = monitor.book.services[service].machines[mid]
+    m = monitor.machines.get(service, {}).get(mid)
+    return {
+        "id": mid,
+        "address": m.address if m else "",
+        "version": m.attributes.get("image_version") if m else None,
+        "lifecycle": mh.lifecycle.value,
+        "condition": mh.condition.value,
+        "icon": ICONS.get(mh.condition.value, "?"),
+        "since": ago(now - mh.since) if mh.since else "-",
+        "problem": mh.problem(),
+        "checks": [
+            {
+                "name": c.key.check,
+                "hard": c.hard.name,
+                "last": c.last.status.name if c.last else "-",
+                "soft": c.last is not None and c.last.status is not c.hard,
+                "message": c.last.message if c.last else "",
+            }
+            for c in mh.checks.values()
+        ],
+    }
+
+
+_SEVERITY = {Condition.DOWN: 0, Condition.FLAPPING: 1, Condition.IMPAIRED: 2}
+
+
+def _held(incidents: Iterable[Incident]) -> list[dict[str, Any]]:
+    """The service's incidents held back or escalated, one line per reason: how many, which (a few named)."""
+    groups: dict[str, dict[str, Any]] = {}
+    for inc in incidents:
+        if not inc.details.get("suppressed") and inc.state is not IncidentState.FAILED:
+            continue
+        words, human = held_words(inc)
+        key = words if len(groups) < ROWS_SHOWN else "…"
+        g = groups.setdefault(key, {"words": words, "human": human, "machines": [], "incident": inc.id, "count": 0})
+        g["count"] += 1
+        if len(g["machines"]) < NAMED:
+            g["machines"].append(inc.machine)
+    return sorted(groups.values(), key=lambda g: (not g["human"], -g["count"]))
+
+
 def held_words(inc: Incident) -> tuple[str, bool]:
     """What is (not) happening to the incident, and whether a human is needed."""
     if inc.state is IncidentState.FAILED:
@@ -161,14 +210,15 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
             journal = await engine.journal.steps(inc.id)
             if journal:
                 steps[inc.id] = journal[max(journal)]
+    await store.history.refresh()  # once: every read below sees what was counted until now
     services = []
     for name in sorted(monitor.book.services):
         svc = monitor.book.services[name]
         view = monitor.service_view(name)
-        availability = await store.history.buckets(name, "", "", now - 7 * 86400)
+        availability = await store.history.buckets(name, "", "", now - 7 * 86400, fresh=False)
         checks: list[dict[str, Any]] = []
         for check in await store.history.checks(name, hour_ago):
-            rows = await store.history.buckets(name, "", check, bar_start)
+            rows = await store.history.buckets(name, "", check, bar_start, fresh=False)
             cells = series(rows, bar_start, SERVICE_WIDTH, BAR_BUCKETS)
             latencies = [_avg(c) for c in cells]
             known = [x for x in latencies if x is not None]
@@ -184,7 +234,12 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
         state_cells = series(availability, bar_start, SERVICE_WIDTH, BAR_BUCKETS)
         first_check: str | None = checks[0]["name"] if checks else None
         check_cells = (
-            series(await store.history.buckets(name, "", first_check, bar_start), bar_start, SERVICE_WIDTH, BAR_BUCKETS)
+            series(
+                await store.history.buckets(name, "", first_check, bar_start, fresh=False),
+                bar_start,
+                SERVICE_WIDTH,
+                BAR_BUCKETS,
+            )
             if first_check
             else [None] * BAR_BUCKETS
         )
@@ -203,50 +258,23 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
                 + (f", down {cell['down_s']:.0f}s" if cell.get("down_s") else "")
             )
             bar.append({"level": lvl, "title": title})
-        problems, healthy = [], []
+        problems: list[str] = []
+        healthy: list[str] = []
         for mid in sorted(svc.machines):
             mh = svc.machines[mid]
-            m = monitor.machines.get(name, {}).get(mid)
-            entry: dict[str, Any] = {
-                "id": mid,
-                "address": m.address if m else "",
-                "version": m.attributes.get("image_version") if m else None,
-                "lifecycle": mh.lifecycle.value,
-                "condition": mh.condition.value,
-                "icon": ICONS.get(mh.condition.value, "?"),
-                "since": ago(now - mh.since) if mh.since else "-",
-                "problem": mh.problem(),
-                "checks": [
-                    {
-                        "name": c.key.check,
-                        "hard": c.hard.name,
-                        "last": c.last.status.name if c.last else "-",
-                        "soft": c.last is not None and c.last.status is not c.hard,
-                        "message": c.last.message if c.last else "",
-                    }
-                    for c in mh.checks.values()
-                ],
-            }
-            if mh.condition is Condition.UP and mh.lifecycle is Lifecycle.IN_SERVICE:
-                healthy.append(entry)
-            else:
-                problems.append(entry)
-        shown = problems + healthy[:healthy_shown]
+            up = mh.condition is Condition.UP and mh.lifecycle is Lifecycle.IN_SERVICE
+            (healthy if up else problems).append(mid)
+        problems.sort(key=lambda mid: _SEVERITY.get(svc.machines[mid].condition, 9))  # down first
+        listed = problems[:PROBLEMS_SHOWN]
+        shown = [_machine_entry(monitor, name, mid, now) for mid in listed + healthy[:healthy_shown]]
+        start = (now // MACHINE_WIDTH) * MACHINE_WIDTH - (MACHINE_POINTS - 1) * MACHINE_WIDTH
+        history = await store.history.machines(name, [e["id"] for e in shown], start)
         for entry in shown:
-            rows = []
-            for c in entry["checks"][:1]:
-                rows = await store.history.buckets(name, entry["id"], c["name"], now - MACHINE_POINTS * MACHINE_WIDTH)
-            start = (now // MACHINE_WIDTH) * MACHINE_WIDTH - (MACHINE_POINTS - 1) * MACHINE_WIDTH
-            cells = series(rows, start, MACHINE_WIDTH, MACHINE_POINTS)
-            entry["points"] = sparkline(
-                [(c["dur_sum"] / c["runs"]) if c and c["runs"] else None for c in cells], 90, 16
-            )
+            first = entry["checks"][0]["name"] if entry["checks"] else None
+            rows = [r for r in history.get(entry["id"], []) if r["check"] == first]
+            entry["points"] = sparkline([_avg(c) for c in series(rows, start, MACHINE_WIDTH, MACHINE_POINTS)], 90, 16)
         rollout = await engine.rollouts.view(name)
-        held = [
-            {"machine": i.machine, "incident": i.id, "words": held_words(i)[0], "human": held_words(i)[1]}
-            for i in incidents
-            if i.service == name and (i.details.get("suppressed") or i.state is IncidentState.FAILED)
-        ]
+        held = _held(i for i in incidents if i.service == name)
         services.append(
             {
                 "name": name,
@@ -260,8 +288,10 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
                 "uptime": {span: uptime(availability, now - seconds) for span, seconds in SPANS.items()},
                 "bar": bar,
                 "checks": checks,
-                "problems": problems,
-                "healthy": healthy[:healthy_shown],
+                "problems": shown[: len(listed)],
+                "problems_total": len(problems),
+                "problems_hidden": len(problems) - len(listed),
+                "healthy": shown[len(listed) :],
                 "healthy_total": len(healthy),
                 "healthy_hidden": max(0, len(healthy) - healthy_shown),
                 "held": held,
@@ -273,7 +303,7 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
             }
         )
     incident_rows = []
-    for inc in reversed(incidents):
+    for inc in list(reversed(incidents))[:ROWS_SHOWN]:
         words, human = held_words(inc)
         step = steps.get(inc.id)
         incident_rows.append(
@@ -289,7 +319,7 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
                 "human": human,
             }
         )
-    quarantined = await engine.quarantined()
+    quarantined = sorted(await engine.quarantined(), key=lambda q: -q["quarantined_at"])
     for q in quarantined:
         q["age"] = ago(now - q["quarantined_at"]) if q["quarantined_at"] else "-"
     try:
@@ -309,7 +339,9 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
         "store_remedy": store.remedy if store.fault else "",
         "services": services,
         "incidents": incident_rows,
-        "quarantined": quarantined,
+        "quarantined": quarantined[:ROWS_SHOWN],
+        "quarantined_total": len(quarantined),
+        "incidents_total": len(incidents),
         "silences": silences,
         "events": events,
         "needs_human": any(r["human"] for r in incident_rows),

@@ -57,11 +57,18 @@ class History:
                 (prune_at - MACHINE_KEEP, prune_at - SERVICE_KEEP),
             )
 
-    async def buckets(self, service: str, machine: str, check: str, since: float) -> list[dict[str, Any]]:
-        """Buckets of one series, oldest first (what was counted since the last write included)."""
+    async def refresh(self) -> None:
+        """Write what was counted so far (the reads after it see it); a failing store is read all the same."""
         self._force = True
-        with contextlib.suppress(*STORE_FAULTS):  # a failing disk: the stored buckets are read all the same
+        with contextlib.suppress(*STORE_FAULTS):
             await self._flush()
+
+    async def buckets(
+        self, service: str, machine: str, check: str, since: float, fresh: bool = True
+    ) -> list[dict[str, Any]]:
+        """Buckets of one series, oldest first (with `fresh`, what was counted since the last write included)."""
+        if fresh:
+            await self.refresh()
 
         def q() -> list[dict[str, Any]]:
             rows = self._db.conn.execute(
@@ -71,6 +78,27 @@ class History:
             ).fetchall()
             names = _COLS.split(", ")
             return [dict(zip(names, r, strict=True)) for r in rows]
+
+        return await self._db.read(q)
+
+    async def machines(self, service: str, machines: list[str], since: float) -> dict[str, list[dict[str, Any]]]:
+        """The buckets of several machines of a service (every check: the first check's rows come first), by
+        machine, in one query (call `refresh` first for the latest)."""
+        if not machines:
+            return {}
+        marks = ",".join("?" * len(machines))
+
+        def q() -> dict[str, list[dict[str, Any]]]:
+            rows = self._db.conn.execute(
+                f"SELECT machine, check_name, {_COLS} FROM history WHERE service=? AND machine IN ({marks})"
+                " AND bucket>=? ORDER BY machine, check_name, bucket",
+                (service, *machines, since),
+            ).fetchall()
+            names = ["machine", "check", *_COLS.split(", ")]
+            out: dict[str, list[dict[str, Any]]] = {}
+            for r in rows:
+                out.setdefault(r[0], []).append(dict(zip(names, r, strict=True)))
+            return out
 
         return await self._db.read(q)
 

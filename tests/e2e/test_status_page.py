@@ -30,7 +30,7 @@ def browser() -> Iterator[Chromium]:
 
 @pytest.fixture
 def healer(tmp_path: Path, start_daemon: StartDaemon) -> Iterator[Healer]:
-    config = fleet_config(tmp_path, free_port(), remediation={"boot_timeout": "2s"})
+    config = fleet_config(tmp_path, free_port())
     h = Healer(start_daemon(config, wait="listening"), tmp_path, config)
     h.wait_fleet_up()
     yield h
@@ -131,6 +131,8 @@ def test_held_back_by_max_unhealthy_says_why_without_a_click(browser: Chromium, 
 def test_escalated_says_a_human_is_needed(browser: Chromium, healer: Healer) -> None:
     def bad_known_good(config: dict[str, Any]) -> None:
         config["images"]["demo-web"]["known_good"] = "v2-broken"
+        # a new machine's failures count once it passed a check, or 2 s after its launch (the broken one never does)
+        config["services"]["web"]["remediation"]["boot_timeout"] = "2s"
 
     members = healer.wait_fleet_up()
     healer.reload(bad_known_good)
