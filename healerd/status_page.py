@@ -7,9 +7,9 @@ silences, the event feed; healthy machines folded and capped, so a fleet of 10,0
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .health import Condition, ServiceState
 from .history import MACHINE_WIDTH, SERVICE_WIDTH
@@ -161,6 +161,18 @@ def _machine_entry(monitor: Monitor, service: str, mid: str, now: float) -> dict
     }
 
 
+T = TypeVar("T")
+
+
+async def _safe(read: Awaitable[T], otherwise: T) -> T:
+    """A read of the store for the page; when the store fails (the page says so at the top), what it would have
+    shown is left out and the rest of the page is served."""
+    try:
+        return await read
+    except STORE_FAULTS:
+        return otherwise
+
+
 _SEVERITY = {Condition.DOWN: 0, Condition.FLAPPING: 1, Condition.IMPAIRED: 2}
 
 
@@ -201,13 +213,13 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
     bar_start = (now // SERVICE_WIDTH) * SERVICE_WIDTH - (BAR_BUCKETS - 1) * SERVICE_WIDTH
     silences = [
         {**s, "until": time.strftime("%Y-%m-%d %H:%M", time.localtime(s["ends_at"])), "left": ago(s["ends_at"] - now)}
-        for s in await engine.silences(now)
+        for s in await _safe(engine.silences(now), [])
     ]
     incidents = sorted(engine.incidents.values(), key=lambda i: i.opened_at)
     steps: dict[str, dict[str, Any]] = {}
     for inc in incidents:
         if inc.state is IncidentState.REMEDIATING:
-            journal = await engine.journal.steps(inc.id)
+            journal = await _safe(engine.journal.steps(inc.id), {})
             if journal:
                 steps[inc.id] = journal[max(journal)]
     await store.history.refresh()  # once: every read below sees what was counted until now
@@ -215,10 +227,10 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
     for name in sorted(monitor.book.services):
         svc = monitor.book.services[name]
         view = monitor.service_view(name)
-        availability = await store.history.buckets(name, "", "", now - 7 * 86400, fresh=False)
+        availability = await _safe(store.history.buckets(name, "", "", now - 7 * 86400, fresh=False), [])
         checks: list[dict[str, Any]] = []
-        for check in await store.history.checks(name, hour_ago):
-            rows = await store.history.buckets(name, "", check, bar_start, fresh=False)
+        for check in await _safe(store.history.checks(name, hour_ago), []):
+            rows = await _safe(store.history.buckets(name, "", check, bar_start, fresh=False), [])
             cells = series(rows, bar_start, SERVICE_WIDTH, BAR_BUCKETS)
             latencies = [_avg(c) for c in cells]
             known = [x for x in latencies if x is not None]
@@ -235,7 +247,7 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
         first_check: str | None = checks[0]["name"] if checks else None
         check_cells = (
             series(
-                await store.history.buckets(name, "", first_check, bar_start, fresh=False),
+                await _safe(store.history.buckets(name, "", first_check, bar_start, fresh=False), []),
                 bar_start,
                 SERVICE_WIDTH,
                 BAR_BUCKETS,
@@ -268,12 +280,12 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
         listed = problems[:PROBLEMS_SHOWN]
         shown = [_machine_entry(monitor, name, mid, now) for mid in listed + healthy[:healthy_shown]]
         start = (now // MACHINE_WIDTH) * MACHINE_WIDTH - (MACHINE_POINTS - 1) * MACHINE_WIDTH
-        history = await store.history.machines(name, [e["id"] for e in shown], start)
+        history = await _safe(store.history.machines(name, [e["id"] for e in shown], start), {})
         for entry in shown:
             first = entry["checks"][0]["name"] if entry["checks"] else None
             rows = [r for r in history.get(entry["id"], []) if r["check"] == first]
             entry["points"] = sparkline([_avg(c) for c in series(rows, start, MACHINE_WIDTH, MACHINE_POINTS)], 90, 16)
-        rollout = await engine.rollouts.view(name)
+        rollout = await _safe(engine.rollouts.view(name), None)
         held = _held(i for i in incidents if i.service == name)
         services.append(
             {
@@ -319,13 +331,10 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
                 "human": human,
             }
         )
-    quarantined = sorted(await engine.quarantined(), key=lambda q: -q["quarantined_at"])
+    quarantined = sorted(await _safe(engine.quarantined(), []), key=lambda q: -q["quarantined_at"])
     for q in quarantined:
         q["age"] = ago(now - q["quarantined_at"]) if q["quarantined_at"] else "-"
-    try:
-        events = await store.events.recent(limit=EVENTS_SHOWN)
-    except STORE_FAULTS:  # the page says the store fails (above); it shows everything else
-        events = []
+    events = await _safe(store.events.recent(limit=EVENTS_SHOWN), [])
     for e in events:
         e["age"] = ago(now - e["timestamp"])
     status = engine.status()
