@@ -37,7 +37,7 @@ MACHINE_POINTS = 36
 EVENTS_SHOWN = 30
 #: the uptime spans shown, in seconds
 SPANS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
-ICONS = {"optimal": "✔", "degraded": "▲", "down": "✖", "up": "✔", "impaired": "▲", "flapping": "↯"}
+ICONS = {"optimal": "✔", "degraded": "▲", "down": "✖", "up": "✔", "impaired": "▲", "flapping": "↯", "pending": "○"}
 
 #: why a remediation is not happening, in words an on-call engineer acts on (the reason's own detail follows)
 HELD: dict[str, str] = {
