@@ -64,10 +64,10 @@ def _token(args: argparse.Namespace) -> str | None:
 
 
 def _api(
-    args: argparse.Namespace, path: str, body: dict[str, Any] | None = None, timeout: float = 30, method: str = ""
+    args: argparse.Namespace, path: str, body: dict[str, Any] | None = None, timeout: float = 30, delete: bool = False
 ) -> Any:
-    """GET `path`, or POST `body` (JSON, as the API requires for every change), or `method` (DELETE, with a
-    JSON body); errors become one ApiError."""
+    """GET `path`, or POST `body` (JSON, as the API requires for every change), or with `delete` DELETE it (a JSON
+    body too); errors become one ApiError."""
     base = args.url.rstrip("/")
     headers = {"Accept": "application/json"}
     data = None
@@ -77,7 +77,7 @@ def _api(
     token = _token(args)
     if token:
         headers["Authorization"] = "Bearer " + token
-    method = method or ("POST" if body is not None else "GET")
+    method = "DELETE" if delete else "POST" if body is not None else "GET"
     req = urllib.request.Request(base + path, data=data, headers=headers, method=method)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:

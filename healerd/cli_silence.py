@@ -45,7 +45,7 @@ def cmd_silence(args: argparse.Namespace) -> int:
             print(f"silence {made['id']}: {_target(made)} until {_when(made['ends_at'])}")
         return 0
     if args.action == "rm":
-        gone = _api(args, f"/api/v1/silences/{args.id}", {}, method="DELETE")
+        gone = _api(args, f"/api/v1/silences/{args.id}", {}, delete=True)
         print(json.dumps(gone) if args.json else f"silence {gone['deleted']} ended")
         return 0
     view = _api(args, "/api/v1/silences")
