@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from http import HTTPMethod
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,7 @@ def _api(
     token = _token(args)
     if token:
         headers["Authorization"] = "Bearer " + token
-    method = "DELETE" if delete else "POST" if body is not None else "GET"
+    method = HTTPMethod.DELETE if delete else HTTPMethod.POST if body is not None else HTTPMethod.GET
     req = urllib.request.Request(base + path, data=data, headers=headers, method=method)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
