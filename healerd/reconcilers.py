@@ -184,6 +184,14 @@ class IncidentReconciler:
         if decision.reason is Reason.DRY_RUN:
             self.runbook.log_dry_run(inc)
 
+    def _dependencies_down(self, svc: ServiceConfig) -> tuple[str, ...]:
+        out = []
+        for dep in svc.depends_on:
+            health = self.monitor.book.services.get(dep)
+            if health is not None and health.state is ServiceState.DOWN:
+                out.append(f"{dep}: {health.reason}")
+        return tuple(out)
+
     async def _gate_input(self, svc: ServiceConfig, inc: Incident, now: float, unhealthy: int) -> GateInput:
         rem = svc.remediation
         launches = await self.store.incidents.launches_since(svc.name, now - 3600, by_incidents=True)
@@ -194,6 +202,7 @@ class IncidentReconciler:
             paused=self.controls.paused,
             silenced=await self.controls.silenced(svc.name, inc.machine, now),
             flapping=_condition(self.monitor, svc.name, inc.machine) is Condition.FLAPPING,
+            dependencies_down=self._dependencies_down(svc),
             unhealthy=unhealthy,
             max_unhealthy=svc.max_unhealthy,
             storm_until=self.controls.storm_until.get(svc.name, 0.0),

@@ -28,6 +28,7 @@ class Reason(enum.StrEnum):
     BACKOFF = "backoff"
     DRY_RUN = "dry_run"
     UNCONFIRMED = "unconfirmed"
+    DEPENDENCY_DOWN = "dependency_down"
 
 
 class Confirmation(Protocol):
@@ -49,6 +50,8 @@ class GateInput:
     paused: bool = False
     silenced: bool = False
     flapping: bool = False
+    #: the services this one depends on that are down now, with why ("db: 0 serving machine(s) …")
+    dependencies_down: tuple[str, ...] = ()
     unhealthy: int = 0  # in-service machines hard down now
     max_unhealthy: int = 1
     storm_until: float = 0.0  # the short-circuit tripped recently: wait for statuses to settle
@@ -84,6 +87,13 @@ def decide(g: GateInput) -> Decision:
         return Decision(False, Reason.OBSERVE, "mode is observe: classify and alert only")
     if g.flapping:
         return Decision(False, Reason.FLAPPING, "the machine is flapping: reported, not replaced")
+    if g.dependencies_down:
+        return Decision(
+            False,
+            Reason.DEPENDENCY_DOWN,
+            f"a service it depends on is down ({'; '.join(g.dependencies_down)}): its machines are likely fine, "
+            "nothing is replaced until the dependency is back",
+        )
     if g.unhealthy > g.max_unhealthy:
         return Decision(
             False,

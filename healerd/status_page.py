@@ -55,6 +55,8 @@ HELD: dict[str, str] = {
     "backoff": "waiting: backing off after a failed remediation of this machine",
     "retry_limit": "a human is needed: the retry limit is reached, healerd will not try again",
     "static": "alert only: this service's machines are not healerd's to replace",
+    "dependency_down": "held back: a service it depends on is down (dependency_down); nothing is replaced until "
+    "it is back",
 }
 #: reasons that need a human now (highlighted as such)
 NEEDS_HUMAN = {"retry_limit", "max_unhealthy"}

@@ -32,6 +32,7 @@ CLOSING: dict[Reason, dict[str, Any]] = {
     Reason.SILENCED: {"silenced": True},
     Reason.OBSERVE: {"mode": Mode.OBSERVE},
     Reason.FLAPPING: {"flapping": True},
+    Reason.DEPENDENCY_DOWN: {"dependencies_down": ("db: 0 serving machine(s), fewer than min_healthy 1",)},
     Reason.MAX_UNHEALTHY: {"unhealthy": 3, "max_unhealthy": 2},
     Reason.STORM_COOLDOWN: {"storm_until": NOW + 120},
     Reason.MAX_CONCURRENT: {"running": 1, "max_concurrent": 1},
@@ -216,3 +217,10 @@ def test_troubled_counts_down_and_failing_machines_and_open_incidents_once_each(
     assert troubled([], [down, failing, warning, recovering, fine]) == 2
     assert troubled(["m1", "m9"], [down, failing]) == 3  # m9: out of rotation, its incident still open
     assert troubled([], []) == 0
+
+
+def test_a_dependency_down_names_it_and_wins_over_max_unhealthy() -> None:
+    """The database down makes every web machine fail: that is the dependency's doing, and the words say so."""
+    d = decide(gate(dependencies_down=("db: 0 serving machine(s)",), unhealthy=3, max_unhealthy=1))
+    assert d.reason is Reason.DEPENDENCY_DOWN
+    assert "db: 0 serving machine(s)" in d.detail and "nothing is replaced until the dependency is back" in d.detail

@@ -102,6 +102,7 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
             _notify_targets(svc, notifiers, out)
             services[name] = svc
 
+    _dependencies(services, raw_services, out)
     _playbooks(daemon, services, out)
     for svc in services.values():
         socket = getattr(svc.rotation, "socket", None) if svc.rotation_kind == "haproxy" else None
@@ -301,6 +302,38 @@ def _image(name: str, raw: object, providers: dict[str, ProviderConfig], out: Co
     if len(versions) != len(model.versions):
         return None
     return ImageConfig(name, model.provider, versions, model.known_good, model.rollout)
+
+
+def _dependencies(services: dict[str, ServiceConfig], raw_services: dict[str, Any], out: Collector) -> None:
+    """Every service a service depends on is defined, is not itself, and no dependencies go round in a circle."""
+    for svc in services.values():
+        for i, dep in enumerate(svc.depends_on):
+            where = ("services", svc.name, "depends_on", i)
+            if dep == svc.name:
+                out.add(where, "a service cannot depend on itself; remove it")
+            elif dep not in raw_services:
+                known = ", ".join(raw_services)
+                out.add(where, f"unknown service {dep!r}{did_you_mean(dep, list(raw_services))}; services: {known}")
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> bool:
+        """False once a circle is reported (one report is enough)."""
+        if name in path:
+            circle = [*path[path.index(name) :], name]
+            out.add(
+                ("services", name, "depends_on"),
+                f"the dependencies go round in a circle: {' -> '.join(circle)}; remove one of them",
+            )
+            return False
+        if name in done or name not in services:
+            return True
+        ok = all(visit(dep, [*path, name]) for dep in services[name].depends_on if dep != name)
+        done.add(name)
+        return ok
+
+    for name in services:
+        if not visit(name, []):
+            return
 
 
 def _notify_targets(svc: ServiceConfig, notifiers: dict[str, NotifierConfig], out: Collector) -> None:

@@ -392,6 +392,8 @@ class ServiceModel(Strict):
     remediation: RemediationConfig = Field(default_factory=RemediationConfig)
     notify: list[str] = Field(default_factory=list)
     discovery: DiscoveryModel | None = None
+    #: services this one needs: while one of them is down, this one's machines are not replaced
+    depends_on: list[str] = Field(default_factory=list, max_length=100)
 
     @field_validator("min_healthy")
     @classmethod
@@ -416,6 +418,7 @@ class ServiceConfig:
     max_unhealthy: int = 1  # machines, resolved from the percentage against desired
     notify: tuple[str, ...] = ()
     discovery: dict[str, Any] | None = None
+    depends_on: tuple[str, ...] = ()
 
     @property
     def managed(self) -> bool:

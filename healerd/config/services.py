@@ -94,6 +94,7 @@ def load_service(
         max_unhealthy=max_unhealthy,
         notify=tuple(model.notify),
         discovery=model.discovery.model_dump(exclude_none=True) if model.discovery else None,
+        depends_on=tuple(model.depends_on),
     )
 
 
