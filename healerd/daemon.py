@@ -24,10 +24,11 @@ from .events import Event, EventBus, EventType, Severity
 from .health import HealthBook
 from .log import configure as configure_logging
 from .log import log_event
-from .metrics import Metrics
+from .metrics import Metrics, prime
 from .monitor import Monitor
 from .notifiers.base import read_secret
 from .remediation import RemediationEngine
+from .safety import Reason
 from .store import STORE_FAULTS, BaseStore, Store, StoreError
 from .store.postgres import PgStore
 from .systemd import Notifier as SystemdNotifier
@@ -64,6 +65,7 @@ class Daemon:
             config, self.monitor, self.store, self.bus, self.metrics, mode, crash_at=crash_at
         )
         self.api_token = _read_token(config)
+        self._prime_metrics()
         self.cluster: Cluster | None = None
         if cluster is not None:
             assert isinstance(self.store, PgStore)
@@ -219,6 +221,9 @@ class Daemon:
         return app
 
     # -- reload -------------------------------------------------------------------------------------------
+    def _prime_metrics(self) -> None:
+        prime(self.metrics, self.config, [r.value for r in Reason], [t.value for t in EventType])
+
     async def reload(self) -> bool:
         """Load the config file again; apply it if valid, keep the running one if not."""
         async with self._reload_lock:
@@ -255,6 +260,7 @@ class Daemon:
             for warning in new.warnings:
                 log.warning(warning, path=str(new.path))
             self.last_reload_error = None
+            self._prime_metrics()
             reloads.labels("success").inc()
             log.info(
                 "config reloaded",

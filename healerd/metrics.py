@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.metrics import MetricWrapperBase
 
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from .config import Config
 
 Kind = Literal["counter", "gauge", "histogram"]
 
@@ -135,3 +139,35 @@ class Metrics:
         m = self._by_name[name]
         assert isinstance(m, Histogram)
         return m
+
+
+#: the outcomes a counter's last label takes, for priming (every series exists from the start, at 0, so a
+#: rule's increase() counts the first event)
+OUTCOMES: dict[str, tuple[str, ...]] = {
+    "remediations": ("succeeded", "failed"),
+    "notifications": ("delivered", "retry", "rate_limited", "dead"),
+    "rollouts": ("completed", "rolled_back"),
+    "config_reloads": ("success", "failure"),
+}
+
+
+def prime(metrics: Metrics, config: Config, reasons: Iterable[str], event_types: Iterable[str]) -> None:
+    """Create the counters' series of the config's services and notifiers at 0 (idempotent: a reload adds the
+    new ones, existing values are kept)."""
+    for outcome in OUTCOMES["config_reloads"]:
+        metrics.counter("config_reloads").labels(outcome)
+    for kind in event_types:
+        metrics.counter("events").labels(kind)
+    for name in config.notifiers:
+        for outcome in OUTCOMES["notifications"]:
+            metrics.counter("notifications").labels(name, outcome)
+    for svc in config.services.values():
+        for reason in reasons:
+            metrics.counter("remediation_suppressed").labels(svc.name, reason)
+        metrics.counter("rotation_repairs").labels(svc.name)
+        if svc.managed:
+            for outcome in OUTCOMES["remediations"]:
+                metrics.counter("remediations").labels(svc.name, svc.remediation.playbook, outcome)
+        if svc.image:
+            for outcome in OUTCOMES["rollouts"]:
+                metrics.counter("rollouts").labels(svc.name, outcome)

@@ -210,7 +210,7 @@ class Monitor(MonitorViews, ResultWatchers):
             self.machines[svc.name] = {m.id: m for m in machines}
             for m in machines:
                 self.book.set_machine(svc.name, m.id, m.lifecycle, now, refresh=False)
-                if m.id not in old:
+                if m.id not in old and m.lifecycle in MONITORED:
                     self._machine_up.labels(svc.name, m.id).set(1)
                 if m.lifecycle in MONITORED:
                     for spec in svc.checks:
@@ -283,10 +283,12 @@ class Monitor(MonitorViews, ResultWatchers):
             self._forget_up(machine.service, machine.id)
             self.update_service_gauges()
             return
-        is_new = machine.id not in machines
+        before = machines.get(machine.id)
         machines[machine.id] = machine
         self._publish(self.book.set_machine(machine.service, machine.id, machine.lifecycle, now))
-        if is_new:
+        if machine.lifecycle not in MONITORED:  # launching, quarantined, released: not an outage of the service
+            self._forget_up(machine.service, machine.id)
+        elif before is None or before.lifecycle not in MONITORED:  # checked from now on
             self._machine_up.labels(machine.service, machine.id).set(1)
         for spec in svc.checks:
             key = CheckKey(machine.service, machine.id, spec.name)
@@ -324,7 +326,8 @@ class Monitor(MonitorViews, ResultWatchers):
         for name in self.services:
             self.book.resync(name, now)
             for m in self.book.services[name].machines.values():
-                self._machine_up.labels(name, m.id).set(0 if m.condition is Condition.DOWN else 1)
+                if m.lifecycle in MONITORED:
+                    self._machine_up.labels(name, m.id).set(0 if m.condition is Condition.DOWN else 1)
         self.update_service_gauges()
         return restored
 
@@ -403,7 +406,7 @@ class Monitor(MonitorViews, ResultWatchers):
             "machine.flapping",
         ):
             m = self.book.machine(event.service, event.machine)
-            if m is not None:
+            if m is not None and m.lifecycle in MONITORED:
                 self._machine_up.labels(event.service, event.machine).set(0 if m.condition is Condition.DOWN else 1)
         if event.type.value == "service.state_changed":
             self.update_service_gauges()

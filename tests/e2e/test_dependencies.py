@@ -70,6 +70,12 @@ def test_web_is_not_healed_while_db_is_down_and_is_healed_once_db_is_back(healer
     assert suppressed and "a service it depends on is down (db: " in suppressed[-1]["summary"], suppressed
     metrics = h.daemon.metrics()
     assert (metrics.get("healerd_remediation_suppressed_total", service="web", reason="dependency_down") or 0) >= 1
+    # counters exist at 0 before their first event (a rule's increase() counts the first remediation)
+    for outcome in ("succeeded", "failed"):
+        assert (
+            metrics.get("healerd_remediations_total", service="web", playbook="replace-machine", outcome=outcome) == 0
+        )
+    assert metrics.get("healerd_remediation_suppressed_total", service="db", reason="retry_limit") == 0
     page = " ".join(re.sub(r"<[^>]+>", " ", h.daemon.get("/")[1].decode()).split())
     assert "held back: a service it depends on is down (dependency_down)" in page and "(db: " in page
     time.sleep(4)  # held, and still nothing launched
@@ -84,3 +90,11 @@ def test_web_is_not_healed_while_db_is_down_and_is_healed_once_db_is_back(healer
     )
     new = launched_ids(tmp_path) - before
     assert len(new) == 1 and done["replacement"] in new, (new, done)
+    metrics = h.daemon.metrics()
+    succeeded = metrics.get(
+        "healerd_remediations_total", service="web", playbook="replace-machine", outcome="succeeded"
+    )
+    assert succeeded == 1
+    # the quarantined machine is no outage: it has no healerd_machine_up series (its replacement has one, at 1)
+    assert metrics.get("healerd_machine_up", service="web", machine=victim) is None
+    assert metrics.get("healerd_machine_up", service="web", machine=done["replacement"]) == 1
