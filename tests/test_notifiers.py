@@ -786,3 +786,12 @@ def test_alertmanager_a_rolled_back_rollout_fires_until_the_next_one_completes()
     (ended,) = am.build([done], new_id(T0 + 60))["alerts"]
     assert ended["labels"] == fired["labels"] and parse_rfc3339(ended["endsAt"]) == pytest.approx(T0 + 60, abs=0.001)
     assert am.repost() is None
+
+
+def test_alertmanager_alerts_say_what_they_mean_and_link_a_runbook() -> None:
+    am = notifier("alertmanager", url="http://127.0.0.1:9093", runbook_base="https://wiki.example/healerd")
+    (alert,) = am.build([ev(EventType.INCIDENT_OPENED, incident=INC, severity=Severity.CRITICAL)], "A")["alerts"]
+    notes = alert["annotations"]
+    assert notes["runbook_url"] == "https://wiki.example/healerd#healerdincident"
+    assert notes["description"].startswith("a machine is down; healerd opened an incident")
+    assert "service web" in notes["description"] and INC in notes["description"]

@@ -29,6 +29,8 @@ class AlertmanagerOptions(NotifierOptions):
     url: HttpUrl
     repost_interval: float = 60.0  # well inside Alertmanager's resolve_timeout (5m)
     group_wait: float = 0.0
+    #: runbook_url of each alert: this base + "#" + the alert name (e.g. your copy of docs/remediation.md)
+    runbook_base: HttpUrl = "https://github.com/healerd/healerd/blob/main/docs/alerting.md"
 
     @field_validator("url")
     @classmethod
@@ -39,6 +41,24 @@ class AlertmanagerOptions(NotifierOptions):
     @classmethod
     def _repost(cls, v: object) -> float:
         return parse_duration(v)
+
+
+#: what each alert means and what to do first, for on-call (the event's own summary says what happened)
+_MEANING = {
+    _INCIDENT: "a machine is down; healerd opened an incident and replaces it unless a safety gate holds it back",
+    _FAILED: "healerd could not remediate the machine: the incident is escalated, a human is needed",
+    _HELD: "a safety gate holds the remediation back; the status page says which and why",
+    _FLAPPING: "the machine keeps changing state; it is reported, not replaced",
+    _UNKNOWN: "a check cannot decide (its plugin fails or is missing); the machine is not judged by it",
+    _ROLLED_BACK: "a new image version was worse or failed and healerd rolled it back; known-good is unchanged",
+    "HealerdServiceDown": "fewer serving machines than min_healthy: the service is down",
+    "HealerdServiceDegraded": "the service runs below desired or with an impaired machine",
+}
+
+
+def _describe(name: str, e: dict[str, Any]) -> str:
+    where = " ".join(f"{k} {e[k]}" for k in ("service", "machine", "incident") if e.get(k))
+    return f"{_MEANING.get(name, name)} ({where}). {e['summary']}"
 
 
 def _key(labels: dict[str, str]) -> str:
@@ -86,7 +106,12 @@ class AlertmanagerNotifier(Notifier):
             labels["incident"] = e["incident"]
         return {
             "labels": labels,
-            "annotations": {"summary": e["summary"][:1000], "healerd_event": e["type"]},
+            "annotations": {
+                "summary": e["summary"][:1000],
+                "description": _describe(name, e)[:2000],
+                "runbook_url": f"{self.opts.runbook_base}#{name.lower()}",
+                "healerd_event": e["type"],
+            },
             "startsAt": rfc3339(e["timestamp"]),
             "generatorURL": event_link(self.base_url, e) or "http://healerd.invalid/",
         }
