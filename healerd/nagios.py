@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -121,3 +122,37 @@ def parse_perfdata(perf: str) -> tuple[PerfDatum, ...]:
             )
         )
     return tuple(items)
+
+
+@dataclass(frozen=True)
+class Range:
+    """A Nagios threshold range (monitoring-plugins' guidelines): `10` alerts outside 0..10, `10:` below 10,
+    `~:10` above 10, `10:20` outside 10..20, `@10:20` inside 10..20."""
+
+    low: float
+    high: float
+    inside: bool = False
+    text: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Range:
+        raw = text.strip()
+        inside = raw.startswith("@")
+        body = raw[1:] if inside else raw
+        lo_text, sep, hi_text = body.partition(":")
+        if not body:
+            raise ValueError(f"expected a Nagios range like 10, 10:, ~:10, 10:20 or @10:20, got {text!r}")
+        if not sep:
+            lo_text, hi_text = "0", body
+        try:
+            low = -math.inf if lo_text == "~" else float(lo_text or 0)
+            high = math.inf if hi_text == "" else float(hi_text)
+        except ValueError:
+            raise ValueError(f"expected a Nagios range like 10, 10:, ~:10, 10:20 or @10:20, got {text!r}") from None
+        if math.isnan(low) or math.isnan(high) or low > high:
+            raise ValueError(f"the range {text!r} is empty: its start is above its end")
+        return cls(low, high, inside, raw)
+
+    def alerts(self, value: float) -> bool:
+        within = self.low <= value <= self.high
+        return within if self.inside else not within

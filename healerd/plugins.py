@@ -22,6 +22,7 @@ from .actions import (
 from .checks.base import Check
 from .checks.exec import ExecCheck
 from .checks.http import HttpCheck
+from .checks.prometheus import PrometheusCheck
 from .checks.tcp import TcpCheck
 from .notifiers.alertmanager import AlertmanagerNotifier
 from .notifiers.base import Notifier
@@ -44,7 +45,9 @@ def _built_in(registry: Registry[T], *classes: T) -> Registry[T]:
     return registry
 
 
-CHECK_KINDS: Registry[type[Check[Any]]] = _built_in(Registry("healerd.checks", Check), HttpCheck, TcpCheck, ExecCheck)
+CHECK_KINDS: Registry[type[Check[Any]]] = _built_in(
+    Registry("healerd.checks", Check), HttpCheck, TcpCheck, ExecCheck, PrometheusCheck
+)
 PROVIDER_KINDS: Registry[type[Provider]] = _built_in(
     Registry("healerd.providers", Provider), StaticProvider, LocalProvider, AwsProvider
 )

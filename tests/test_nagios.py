@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from healerd.nagios import parse_output, parse_perfdata, status_from_exit
+from healerd.nagios import Range, parse_output, parse_perfdata, status_from_exit
 from healerd.results import PerfDatum, Status
 
 # The multi-line example of the Nagios plugin guidelines: perfdata on line one, after the long text's
@@ -151,3 +151,25 @@ def test_exit_codes_0_to_3_are_the_statuses(code: int, status: Status) -> None:
 @pytest.mark.parametrize("code", [4, 127, 126, 255, -9, -15, None])
 def test_any_other_exit_is_unknown(code: int | None) -> None:
     assert status_from_exit(code) is Status.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    ("text", "alerting", "quiet"),
+    [
+        ("10", [-1, 10.5], [0, 5, 10]),  # outside 0..10
+        ("10:", [9.9, -5], [10, 1e9]),  # below 10
+        ("~:10", [10.1, 1e9], [-1e9, 10]),  # above 10
+        ("10:20", [9, 21], [10, 15, 20]),  # outside 10..20
+        ("@10:20", [10, 15, 20], [9, 21]),  # inside 10..20
+    ],
+)
+def test_nagios_ranges_alert_as_the_plugin_guidelines_say(text: str, alerting: list[float], quiet: list[float]) -> None:
+    r = Range.parse(text)
+    assert [v for v in alerting if r.alerts(v)] == alerting
+    assert [v for v in quiet if r.alerts(v)] == []
+
+
+@pytest.mark.parametrize("text", ["ten", "20:10", "1:2:3", "@"])
+def test_a_bad_range_is_refused_with_the_forms_it_accepts(text: str) -> None:
+    with pytest.raises(ValueError, match=r"range"):
+        Range.parse(text)

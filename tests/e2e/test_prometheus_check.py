@@ -1,0 +1,183 @@
+"""`kind: prometheus` against a real Prometheus (Debian's `prometheus`): it scrapes a loopback exporter that
+publishes a queue depth per demo machine; healerd's check queries it per machine. A machine whose depth
+crosses the critical range turns CRITICAL, is healed, and its replacement reads OK; Prometheus away is UNKNOWN
+(it never remediates on its own)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import free_port, require_binary
+
+from .fleet import DETECT, Healer, fleet_config, kill_demos
+from .helpers import StartDaemon, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+class Exporter(ThreadingHTTPServer):
+    """GET /metrics: `demo_queue_depth{machine=…}` for every machine healerd knows (0 unless set)."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.depth: dict[str, float] = {}
+        self.healerd_url = ""
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Exporter
+
+    def do_GET(self) -> None:
+        ids: list[str] = []
+        if self.server.healerd_url:
+            try:
+                with urllib.request.urlopen(self.server.healerd_url + "/api/v1/machines", timeout=2) as resp:
+                    ids = [m["id"] for m in json.loads(resp.read())["machines"]]
+            except OSError:
+                pass
+        lines = ["# TYPE demo_queue_depth gauge"]
+        lines += [f'demo_queue_depth{{machine="{i}"}} {self.server.depth.get(i, 0.0)}' for i in ids]
+        body = ("\n".join(lines) + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[tuple[str, Exporter]]:
+    binary = require_binary("prometheus")
+    exporter = Exporter()
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "demo", "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}]}],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "prometheus.log").open("w"),
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(url + "/-/ready", timeout=1) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_until(ready, 30, "Prometheus ready", interval=0.2)
+        yield url, exporter
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        exporter.shutdown()
+
+
+def test_a_prometheus_query_crossing_its_threshold_heals_the_machine(
+    prometheus: tuple[str, Exporter], tmp_path: Path, start_daemon: StartDaemon
+) -> None:
+    url, exporter = prometheus
+    config = fleet_config(tmp_path, free_port())
+    config["services"]["web"]["checks"].append(
+        {
+            "name": "queue",
+            "kind": "prometheus",
+            "url": url,
+            "query": 'max(demo_queue_depth{{machine="{id}"}})',  # PromQL's braces doubled (a template)
+            "warning": "~:50",
+            "critical": "~:100",
+            "interval": "1s",
+            "timeout": "800ms",
+            "fall": 2,
+            "rise": 1,
+        }
+    )
+    healer = Healer(start_daemon(config, wait="listening"), tmp_path, config)
+    exporter.healerd_url = healer.url
+    try:
+        members = healer.wait_fleet_up(40)
+
+        def all_ok() -> bool:
+            ms = healer.machines()
+            return all(ms[m]["checks"]["queue"]["status"] == "OK" for m in members)
+
+        healer.wait(all_ok, 20, "the queue check OK on every machine")
+        victim = sorted(members)[0]
+        exporter.depth[victim] = 500.0
+        healer.wait(
+            lambda: healer.machines()[victim]["checks"]["queue"]["status"] == "CRITICAL", DETECT + 5, "CRITICAL"
+        )
+        message = healer.machines()[victim]["checks"]["queue"]["message"]
+        assert message.startswith("500 (outside ~:100)"), message
+        done = healer.wait(
+            lambda: (i := healer.incident_for(victim)) and i["state"] == "resolved" and i, 40, f"{victim} healed"
+        )
+        replacement = done["replacement"]
+        assert healer.machines()[replacement]["checks"]["queue"]["status"] == "OK"
+        assert healer.quarantined().get(victim)
+
+        # a warning is a warning, and Prometheus away is UNKNOWN: neither is healed
+        exporter.depth[replacement] = 70.0
+        healer.wait(
+            lambda: healer.machines()[replacement]["checks"]["queue"]["status"] == "WARNING", 10, "WARNING at 70"
+        )
+        exporter.depth[replacement] = 0.0
+    finally:
+        kill_demos(str(tmp_path))
+
+
+def test_prometheus_away_is_unknown_with_the_reason(tmp_path: Path, start_daemon: StartDaemon) -> None:
+    config = fleet_config(tmp_path, free_port())
+    config["services"]["web"]["checks"].append(
+        {
+            "name": "queue",
+            "kind": "prometheus",
+            "url": f"http://127.0.0.1:{free_port()}",
+            "query": "up",
+            "interval": "1s",
+        }
+    )
+    healer = Healer(start_daemon(config, wait="listening"), tmp_path, config)
+    try:
+
+        def unknown() -> dict[str, Any] | None:
+            ms = healer.machines()
+            checks = [m["checks"].get("queue") for m in ms.values()]
+            return next((c for c in checks if c and c["status"] == "UNKNOWN"), None)
+
+        check = wait_until(unknown, 20, "the check UNKNOWN")
+        assert "Prometheus at http://127.0.0.1:" in check["message"] and "refused" in check["message"], check
+        time.sleep(2)
+        assert healer.incidents() == []  # UNKNOWN never remediates
+    finally:
+        kill_demos(str(tmp_path))
