@@ -9,6 +9,7 @@ import json
 import subprocess
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +20,7 @@ import pytest
 import yaml
 from conftest import free_port, require_binary
 
-from .fleet import DETECT, Healer, fleet_config, kill_demos
+from .fleet import DETECT, Healer, fleet_config, kill_demos, set_fault
 from .helpers import StartDaemon, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -180,4 +181,77 @@ def test_prometheus_away_is_unknown_with_the_reason(tmp_path: Path, start_daemon
         time.sleep(2)
         assert healer.incidents() == []  # UNKNOWN never remediates
     finally:
+        kill_demos(str(tmp_path))
+
+
+def test_the_kits_rule_fires_in_a_real_prometheus_when_a_remediation_fails(
+    tmp_path: Path, start_daemon: StartDaemon
+) -> None:
+    """Prometheus scrapes healerd with monitoring/healerd-rules.yml loaded; a remediation fails (the known-good
+    image is broken): increase(healerd_remediations_total[5m]) counts that first failure (the series existed at
+    0 before it) and HealerdRemediationFailed fires."""
+    binary = require_binary("prometheus")
+    config = fleet_config(tmp_path, free_port(), remediation={"boot_timeout": "2s"})
+    healer = Healer(start_daemon(config, wait="listening"), tmp_path, config)
+    rules = Path(__file__).resolve().parents[2] / "monitoring" / "healerd-rules.yml"
+    port = free_port()
+    prom = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(rules)],
+        "scrape_configs": [
+            {"job_name": "healerd", "static_configs": [{"targets": [healer.url.removeprefix("http://")]}]}
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom))
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "prometheus.log").open("w"),
+    )
+    api = f"http://127.0.0.1:{port}/api/v1"
+
+    def query(expr: str) -> list[dict[str, Any]]:
+        url = f"{api}/query?" + urllib.parse.urlencode({"query": expr})
+        try:
+            with urllib.request.urlopen(url, timeout=3) as resp:
+                result: list[dict[str, Any]] = json.loads(resp.read())["data"]["result"]
+                return result
+        except OSError:
+            return []
+
+    try:
+        members = healer.wait_fleet_up(30)
+        failed = 'healerd_remediations_total{service="web",outcome="failed"}'
+        wait_until(lambda: query(failed), 30, "Prometheus to scrape the failed-remediations counter at 0")
+        assert float(query(failed)[0]["value"][1]) == 0
+
+        def bad_known_good(cfg: dict[str, Any]) -> None:
+            cfg["images"]["demo-web"]["known_good"] = "v2-broken"
+
+        healer.reload(bad_known_good)
+        victim = sorted(members)[0]
+        set_fault(members[victim], "down")
+        healer.wait(
+            lambda: any(i["state"] == "failed" for i in healer.incidents()), DETECT + 30, "a failed remediation"
+        )
+        counted = wait_until(
+            lambda: [r for r in query(f"increase({failed}[5m])") if float(r["value"][1]) > 0],
+            20,
+            "increase() to count the first failed remediation",
+        )
+        assert float(counted[0]["value"][1]) > 0
+        firing = wait_until(
+            lambda: query('ALERTS{alertname="HealerdRemediationFailed", alertstate="firing"}'),
+            20,
+            "HealerdRemediationFailed to fire",
+        )
+        assert firing[0]["metric"]["service"] == "web" and firing[0]["metric"]["severity"] == "critical"
+    finally:
+        proc.terminate()
+        proc.wait(10)
         kill_demos(str(tmp_path))
