@@ -15,7 +15,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from . import api, api_cluster, api_rollout, api_status, openfiles
+from . import api, api_alerts, api_cluster, api_rollout, api_status, openfiles
+from .alert_inputs import AlertInputs
 from .alerting import Alerting
 from .checks import CheckEnv
 from .cluster import Cluster
@@ -65,6 +66,7 @@ class Daemon:
             config, self.monitor, self.store, self.bus, self.metrics, mode, crash_at=crash_at
         )
         self.api_token = _read_token(config)
+        self.alert_inputs = AlertInputs(self.monitor, config)
         self._prime_metrics()
         self.cluster: Cluster | None = None
         if cluster is not None:
@@ -192,6 +194,7 @@ class Daemon:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
             try:
+                self.alert_inputs.expire()
                 await self.store.flush()
                 if time.monotonic() - last_prune > PRUNE_INTERVAL:
                     last_prune = time.monotonic()
@@ -209,6 +212,7 @@ class Daemon:
         app[api.STORE] = self.store
         app[api.ALERTING] = self.alerting
         app[api.METRICS] = self.metrics
+        app[api_alerts.ALERT_INPUTS] = self.alert_inputs
         contexts = [self._store_ctx, self._checks_ctx, self._alerting_ctx, self._monitor_ctx, self._remediation_ctx]
         if self.cluster is not None:
             contexts.insert(1, self._cluster_ctx)
@@ -217,6 +221,7 @@ class Daemon:
         api_cluster.add_routes(app)
         api_rollout.add_routes(app)
         api_status.add_routes(app)
+        api_alerts.add_routes(app)
         api_status.setup(app)
         return app
 
@@ -255,6 +260,7 @@ class Daemon:
             self.alerting.configure(new)
             self.env.check_paths = tuple(new.daemon.check_paths)
             self.config = new
+            self.alert_inputs.config = new
             self.api_token = _read_token(new)
             self.api_settings.config, self.api_settings.api_token = new, self.api_token
             for warning in new.warnings:

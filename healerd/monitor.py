@@ -107,6 +107,18 @@ class MonitorViews:
 class ResultWatchers:
     """Who wants each check result as it comes, besides the health book."""
 
+    book: HealthBook
+
+    def _publish(self, events: list[Event]) -> None:
+        raise NotImplementedError
+
+    def observe_input(self, key: CheckKey, result: CheckResult, now: float) -> None:
+        """A result that no scheduled check made (an alert from Alertmanager): into the book, watchers, events."""
+        events = self.book.observe(key, result, now)
+        self._after_result(key, result, now)
+        if events:
+            self._publish(events)
+
     def __init__(self) -> None:
         #: machines someone waits on (a replacement on probation): set at each of their results
         self._watchers: dict[tuple[str, str], asyncio.Event] = {}

@@ -18,6 +18,7 @@ from ..targets import did_you_mean
 from .document import NAMED, key_problems, nul_problems, read_text, refuse_big, strings_only
 from .kinds import CHECKS, NOTIFIERS, PROVIDERS, ExtensionPoint, kind_and_options
 from .models import (
+    AlertInputsConfig,
     ClusterConfig,
     Config,
     DaemonConfig,
@@ -34,7 +35,7 @@ from .network import check_exposure, check_files, file_problem
 from .problems import Collector, ConfigError, Loc, Problem, vocabulary
 from .services import load_service
 
-TOP_LEVEL_KEYS = ("daemon", "cluster", "providers", "images", "notifiers", "services")
+TOP_LEVEL_KEYS = ("daemon", "cluster", "providers", "images", "notifiers", "services", "alert_inputs")
 
 
 def load_config(path: str | Path, text: str | None = None) -> Config:
@@ -68,6 +69,7 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
 
     daemon = _daemon(data, base, out, warnings, filename)
     cluster = _cluster(data, daemon, base, out)
+    alert_inputs = _section(data, "alert_inputs", AlertInputsConfig, out) if data.get("alert_inputs") else None
     checks = _check_kinds(data, daemon, base, out)
 
     providers: dict[str, ProviderConfig] = {}
@@ -134,6 +136,7 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
         images=images,
         notifiers=notifiers,
         cluster=cluster,
+        alert_inputs=alert_inputs or AlertInputsConfig(),
         check_kinds={k: cls for k in checks.registry.kinds() if (cls := checks.registry.get(k)) is not None},
         warnings=tuple(warnings),
     )

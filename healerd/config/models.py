@@ -36,6 +36,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+class AlertInputsConfig(Strict):
+    """`POST /api/v1/alerts` (Alertmanager's webhook): which labels name the service and the machine (its id, or
+    its address as Prometheus's `instance` has it), and the rise/fall of the virtual checks `alert:<alertname>`."""
+
+    service_label: str = "service"
+    machine_label: str = "machine"
+    fall: int = Field(default=1, ge=1, le=100)
+    rise: int = Field(default=1, ge=1, le=100)
+
+
 class DaemonConfig(Strict):
     listen: str = "127.0.0.1:9464"
     state_dir: Path = Path("./.healerd")
@@ -450,6 +460,7 @@ class Config:
     notifiers: dict[str, NotifierConfig] = field(default_factory=dict)
     #: None: one node on SQLite (the embedded default)
     cluster: ClusterConfig | None = None
+    alert_inputs: AlertInputsConfig = field(default_factory=AlertInputsConfig)
     check_kinds: dict[str, type[Check[Any]]] = field(default_factory=dict)
     #: not errors, but worth saying: validate and a reload print them
     warnings: tuple[str, ...] = ()

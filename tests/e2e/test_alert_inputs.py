@@ -1,0 +1,164 @@
+"""Alerts as check inputs end to end (DESIGN §18): a real Alertmanager (Debian's prometheus-alertmanager) routes
+an alert about a demo machine to healerd's `POST /api/v1/alerts`; the machine's virtual check
+`alert:<alertname>` turns CRITICAL, goes through the safety gates (observe: held, one incident), the resolved
+notification clears it (the incident ends), and in auto the same alert gets the machine healed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import free_port, require_binary
+
+from .fleet import DETECT, Healer, fleet_config, kill_demos, post_json
+from .helpers import StartDaemon, http_get, wait_until
+
+pytestmark = pytest.mark.e2e
+
+ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
+
+
+def rfc3339(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+@pytest.fixture
+def setup(tmp_path: Path, start_daemon: StartDaemon) -> Iterator[tuple[Healer, str]]:
+    binary = require_binary(ALERTMANAGER)
+    token = tmp_path / "api-token"
+    token.write_text("alerts-token\n")
+    config = fleet_config(tmp_path, free_port())
+    config["daemon"]["api_token_file"] = str(token)
+    healer = Healer(start_daemon(config, wait="listening"), tmp_path, config)
+    home = tmp_path / "alertmanager"
+    home.mkdir()
+    am = {
+        "route": {
+            "receiver": "healerd",
+            "group_wait": "1s",
+            "group_interval": "1s",
+            "repeat_interval": "1m",
+            "group_by": ["alertname", "machine"],
+        },
+        "receivers": [
+            {
+                "name": "healerd",
+                "webhook_configs": [
+                    {
+                        "url": healer.url + "/api/v1/alerts",
+                        "send_resolved": True,
+                        "http_config": {"authorization": {"type": "Bearer", "credentials_file": str(token)}},
+                    }
+                ],
+            }
+        ],
+    }
+    (home / "alertmanager.yml").write_text(yaml.safe_dump(am))
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={home / 'alertmanager.yml'}",
+            f"--storage.path={home / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+            "--log.level=warn",
+        ],
+        stdout=(home / "alertmanager.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _ready(url), 15, "alertmanager ready", interval=0.1)
+        yield healer, url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        kill_demos(str(tmp_path))
+
+
+def _ready(url: str) -> bool:
+    try:
+        return http_get(url + "/-/ready", timeout=1)[0] == 200
+    except OSError:
+        return False
+
+
+def send(am: str, machine: str, ends_in: float) -> None:
+    """What Prometheus's rule evaluation posts to Alertmanager (an alert, or its end with endsAt now)."""
+    import time
+
+    now = time.time()
+    alert = {
+        "labels": {"alertname": "DiskFull", "service": "web", "machine": machine, "severity": "critical"},
+        "annotations": {"summary": f"{machine}: / is 97% full"},
+        "startsAt": rfc3339(now - 5),
+        "endsAt": rfc3339(now + ends_in),
+    }
+    req = urllib.request.Request(
+        am + "/api/v2/alerts", data=json.dumps([alert]).encode(), headers={"Content-Type": "application/json"}
+    )
+    urllib.request.urlopen(req, timeout=5).close()
+
+
+def check_of(h: Healer, machine: str) -> dict[str, Any] | None:
+    m = h.machines().get(machine)
+    return m["checks"].get("alert:DiskFull") if m else None
+
+
+def test_an_alertmanager_alert_goes_through_the_gates_clears_when_resolved_and_heals_in_auto(
+    setup: tuple[Healer, str], tmp_path: Path
+) -> None:
+    h, am = setup
+    members = h.wait_fleet_up(30)
+    token = {"Authorization": "Bearer alerts-token"}
+    assert post_json(h.url + "/api/v1/mode", {"mode": "observe"}, headers=token)[0] == 200
+    victim = sorted(members)[0]
+    send(am, victim, 120)
+    h.wait(lambda: (c := check_of(h, victim)) and c["hard_state"] == "CRITICAL", 15, "the virtual check CRITICAL")
+    assert check_of(h, victim)["message"] == f"alert DiskFull firing: {victim}: / is 97% full"  # type: ignore[index]
+    assert h.machines()[victim]["condition"] == "down"
+    inc = h.wait(lambda: h.incident_for(victim), 10, "an incident")
+    h.wait(lambda: h.incident_for(victim)["details"].get("suppressed") == "observe", 10, "held back: observe")
+
+    send(am, victim, 0)  # the alert ends: Alertmanager sends the resolved notification
+    h.wait(lambda: check_of(h, victim)["hard_state"] == "OK", 15, "the resolved notification to clear it")  # type: ignore[index]
+    h.wait(lambda: h.incident_for(victim)["state"] == "resolved", 10, "the incident to end")
+    assert h.incident_for(victim)["id"] == inc["id"]
+
+    # in auto the same alert gets the machine healed
+    assert post_json(h.url + "/api/v1/mode", {"mode": "auto"}, headers=token)[0] == 200
+    send(am, victim, 120)
+    done = h.wait(
+        lambda: (
+            (
+                i := [
+                    x for x in h.incidents() if x["machine"] == victim and x["state"] == "resolved" and x["replacement"]
+                ]
+            )
+            and i[0]
+        ),
+        DETECT + 40,
+        f"{victim} healed",
+    )
+    assert done["replacement"] in h.machines() and victim in h.quarantined()
+
+    # without the token the receiver refuses, and an alert naming no machine is said so, not dropped silently
+    status, _ = post_json(h.url + "/api/v1/alerts", {"version": "4", "alerts": []})
+    assert status == 401
+    status, body = post_json(
+        h.url + "/api/v1/alerts",
+        {
+            "version": "4",
+            "alerts": [{"status": "firing", "labels": {"alertname": "X", "service": "web", "machine": "nope"}}],
+        },
+        headers=token,
+    )
+    assert status == 200 and body["accepted"] == 0 and "no machine 'nope'" in body["unmatched"][0]["why"], body
