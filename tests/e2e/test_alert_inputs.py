@@ -162,3 +162,72 @@ def test_an_alertmanager_alert_goes_through_the_gates_clears_when_resolved_and_h
         headers=token,
     )
     assert status == 200 and body["accepted"] == 0 and "no machine 'nope'" in body["unmatched"][0]["why"], body
+
+
+def test_a_prometheus_rule_alert_routed_by_alertmanager_heals_the_machine(
+    setup: tuple[Healer, str], tmp_path: Path
+) -> None:
+    """The whole chain: a real Prometheus evaluates a rule over a loopback exporter's per-machine series and
+    sends the alert to the real Alertmanager, which routes it to healerd; when the value drops, the resolved
+    notification clears the virtual check."""
+    from .test_prometheus_check import Exporter
+
+    h, am = setup
+    members = h.wait_fleet_up(30)
+    token = {"Authorization": "Bearer alerts-token"}
+    assert post_json(h.url + "/api/v1/mode", {"mode": "observe"}, headers=token)[0] == 200
+    exporter = Exporter()
+    exporter.healerd_url = h.url
+    rules = {
+        "groups": [
+            {
+                "name": "demo",
+                "rules": [
+                    {
+                        "alert": "QueueFull",
+                        "expr": "demo_queue_depth > 100",
+                        "labels": {"service": "web", "severity": "critical"},
+                        "annotations": {"summary": "queue depth {{ $value }}"},
+                    }
+                ],
+            }
+        ]
+    }
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+    prom = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(tmp_path / "rules.yml")],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [am.removeprefix("http://")]}]}]},
+        "scrape_configs": [{"job_name": "demo", "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}]}],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom))
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            require_binary("prometheus"),
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "prometheus.log").open("w"),
+    )
+    try:
+        victim = sorted(members)[0]
+        exporter.depth[victim] = 500.0
+        h.wait(
+            lambda: (c := h.machines()[victim]["checks"].get("alert:QueueFull")) and c["hard_state"] == "CRITICAL",
+            40,
+            "the rule's alert to reach healerd through Alertmanager",
+        )
+        assert h.machines()[victim]["checks"]["alert:QueueFull"]["message"].startswith("alert QueueFull firing")
+        h.wait(lambda: h.incident_for(victim), 10, "an incident (held: observe)")
+        exporter.depth[victim] = 0.0  # the rule stops firing: Prometheus ends it, Alertmanager sends resolved
+        h.wait(
+            lambda: h.machines()[victim]["checks"]["alert:QueueFull"]["hard_state"] == "OK", 60, "the resolved notice"
+        )
+        h.wait(lambda: h.incident_for(victim)["state"] == "resolved", 10, "the incident to end")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        exporter.shutdown()
