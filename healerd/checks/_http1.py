@@ -23,6 +23,8 @@ import zlib
 from dataclasses import dataclass
 from typing import cast
 
+from yarl import URL
+
 HEAD_LIMIT = 64 * 1024  # status line and headers
 DRAIN_LIMIT = 1 << 20  # body bytes read past max_body to keep a connection; beyond, it is closed instead
 IDLE_TIMEOUT = 30.0  # an idle kept connection older than this is closed (below common server timeouts: 60 s+)
@@ -430,3 +432,11 @@ def build_request(
         fields["connection"] = ("Connection", "close")
     head = f"{method} {target} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fields.values()) + "\r\n"
     return head.encode("utf-8") + (body or b"")
+
+
+def endpoint(url: URL) -> tuple[Key, str]:
+    """Where a URL's requests go (the pool's key: scheme, host, port) and their Host header."""
+    host = url.raw_host or ""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    default_port = url.port is None or url.is_default_port()
+    return (url.scheme, host, port), (f"[{host}]" if ":" in host else host) + ("" if default_port else f":{port}")

@@ -14,7 +14,7 @@ from .._urls import HttpUrl
 from ..durations import format_duration, parse_duration
 from ..results import CheckResult, PerfDatum, Status
 from ..targets import Target
-from ._http1 import RETRYABLE, BodyCut, Disconnected, InvalidResponse, build_request
+from ._http1 import RETRYABLE, BodyCut, Disconnected, InvalidResponse, build_request, endpoint
 from .base import Check, CheckEnv, CheckOptions
 
 
@@ -69,11 +69,7 @@ class HttpCheck(Check[HttpConfig]):
         super().__init__(config, target, env)
         # Everything a run needs is prepared once per (check, machine): the request's bytes, where it goes.
         url = URL(config.url)
-        host = url.raw_host or ""
-        port = url.port or (443 if url.scheme == "https" else 80)
-        self._key = (url.scheme, host, port)
-        default_port = url.port is None or url.is_default_port()
-        host_header = (f"[{host}]" if ":" in host else host) + ("" if default_port else f":{port}")
+        self._key, host_header = endpoint(url)
         self._request = build_request(
             config.method,
             url.raw_path_qs or "/",

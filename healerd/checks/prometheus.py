@@ -19,7 +19,7 @@ from ..durations import format_duration
 from ..nagios import Range
 from ..results import CheckResult, PerfDatum, Status
 from ..targets import Target
-from ._http1 import BodyCut, Disconnected, InvalidResponse, build_request
+from ._http1 import BodyCut, Disconnected, InvalidResponse, build_request, endpoint
 from .base import Check, CheckEnv, CheckOptions
 
 #: the largest answer read (a query meant for one machine that matches thousands of series is cut, and said so)
@@ -57,10 +57,7 @@ class PrometheusCheck(Check[PrometheusConfig]):
     def __init__(self, config: PrometheusConfig, target: Target, env: CheckEnv) -> None:
         super().__init__(config, target, env)
         url = URL(config.url)
-        host = url.raw_host or ""
-        port = url.port or (443 if url.scheme == "https" else 80)
-        self._key = (url.scheme, host, port)
-        host_header = (f"[{host}]" if ":" in host else host) + ("" if url.is_default_port() else f":{port}")
+        self._key, host_header = endpoint(url)
         path = url.raw_path.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": config.query})
         self._request = build_request("GET", path, host_header, {"Accept": "application/json"}, None, close=False)
         self._ssl = env.tls_context(config.tls_verify) if url.scheme == "https" else None

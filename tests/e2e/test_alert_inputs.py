@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,14 +14,14 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port, require_binary
+from conftest import free_port
 
+from . import prom
 from .fleet import DETECT, Healer, fleet_config, kill_demos, post_json
-from .helpers import StartDaemon, http_get, wait_until
+from .helpers import StartDaemon
+from .prom import Exporter
 
 pytestmark = pytest.mark.e2e
-
-ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 
 
 def rfc3339(ts: float) -> str:
@@ -31,14 +30,12 @@ def rfc3339(ts: float) -> str:
 
 @pytest.fixture
 def setup(tmp_path: Path, start_daemon: StartDaemon) -> Iterator[tuple[Healer, str]]:
-    binary = require_binary(ALERTMANAGER)
     token = tmp_path / "api-token"
     token.write_text("alerts-token\n")
     config = fleet_config(tmp_path, free_port())
     config["daemon"]["api_token_file"] = str(token)
     healer = Healer(start_daemon(config, wait="listening"), tmp_path, config)
     home = tmp_path / "alertmanager"
-    home.mkdir()
     am = {
         "route": {
             "receiver": "healerd",
@@ -60,35 +57,11 @@ def setup(tmp_path: Path, start_daemon: StartDaemon) -> Iterator[tuple[Healer, s
             }
         ],
     }
-    (home / "alertmanager.yml").write_text(yaml.safe_dump(am))
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={home / 'alertmanager.yml'}",
-            f"--storage.path={home / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-            "--log.level=warn",
-        ],
-        stdout=(home / "alertmanager.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _ready(url), 15, "alertmanager ready", interval=0.1)
-        yield healer, url
+        with prom.alertmanager(home, am) as url:
+            yield healer, url
     finally:
-        proc.terminate()
-        proc.wait(10)
         kill_demos(str(tmp_path))
-
-
-def _ready(url: str) -> bool:
-    try:
-        return http_get(url + "/-/ready", timeout=1)[0] == 200
-    except OSError:
-        return False
 
 
 def send(am: str, machine: str, ends_in: float) -> None:
@@ -170,8 +143,6 @@ def test_a_prometheus_rule_alert_routed_by_alertmanager_heals_the_machine(
     """The whole chain: a real Prometheus evaluates a rule over a loopback exporter's per-machine series and
     sends the alert to the real Alertmanager, which routes it to healerd; when the value drops, the resolved
     notification clears the virtual check."""
-    from .test_prometheus_check import Exporter
-
     h, am = setup
     members = h.wait_fleet_up(30)
     token = {"Authorization": "Bearer alerts-token"}
@@ -194,40 +165,27 @@ def test_a_prometheus_rule_alert_routed_by_alertmanager_heals_the_machine(
         ]
     }
     (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
-    prom = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+    config = {
         "rule_files": [str(tmp_path / "rules.yml")],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [am.removeprefix("http://")]}]}]},
         "scrape_configs": [{"job_name": "demo", "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}]}],
     }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom))
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            require_binary("prometheus"),
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "prometheus.log").open("w"),
-    )
     try:
-        victim = sorted(members)[0]
-        exporter.depth[victim] = 500.0
-        h.wait(
-            lambda: (c := h.machines()[victim]["checks"].get("alert:QueueFull")) and c["hard_state"] == "CRITICAL",
-            40,
-            "the rule's alert to reach healerd through Alertmanager",
-        )
-        assert h.machines()[victim]["checks"]["alert:QueueFull"]["message"].startswith("alert QueueFull firing")
-        h.wait(lambda: h.incident_for(victim), 10, "an incident (held: observe)")
-        exporter.depth[victim] = 0.0  # the rule stops firing: Prometheus ends it, Alertmanager sends resolved
-        h.wait(
-            lambda: h.machines()[victim]["checks"]["alert:QueueFull"]["hard_state"] == "OK", 60, "the resolved notice"
-        )
-        h.wait(lambda: h.incident_for(victim)["state"] == "resolved", 10, "the incident to end")
+        with prom.prometheus(tmp_path / "prometheus", config):
+            _the_chain(h, exporter, sorted(members)[0])
     finally:
-        proc.terminate()
-        proc.wait(10)
         exporter.shutdown()
+
+
+def _the_chain(h: Healer, exporter: Exporter, victim: str) -> None:
+    exporter.depth[victim] = 500.0
+    h.wait(
+        lambda: (c := h.machines()[victim]["checks"].get("alert:QueueFull")) and c["hard_state"] == "CRITICAL",
+        40,
+        "the rule's alert to reach healerd through Alertmanager",
+    )
+    assert h.machines()[victim]["checks"]["alert:QueueFull"]["message"].startswith("alert QueueFull firing")
+    h.wait(lambda: h.incident_for(victim), 10, "an incident (held: observe)")
+    exporter.depth[victim] = 0.0  # the rule stops firing: Prometheus ends it, Alertmanager sends resolved
+    h.wait(lambda: h.machines()[victim]["checks"]["alert:QueueFull"]["hard_state"] == "OK", 60, "the resolved notice")
+    h.wait(lambda: h.incident_for(victim)["state"] == "resolved", 10, "the incident to end")

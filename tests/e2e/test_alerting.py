@@ -14,7 +14,6 @@ import asyncio
 import itertools
 import json
 import sqlite3
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import Fleet, free_port, require_binary
+from conftest import Fleet, free_port
 from test_notifiers import (
     assert_slack_limits,
     assert_webhook_body,
@@ -34,6 +33,7 @@ from test_notifiers import (
     verify_signature,
 )
 
+from . import prom
 from .fleet import Healer, demo_pids, fleet_config, kill_demos, set_fault
 from .helpers import (
     DaemonProcess,
@@ -481,47 +481,9 @@ def test_ten_machines_failing_together_are_one_slack_message(
 
 @pytest.fixture
 def alertmanager(tmp_path: Path) -> Iterator[str]:
-    binary = require_binary(ALERTMANAGER)
-    port = free_port()
-    home = tmp_path / "alertmanager"
-    home.mkdir()
-    (home / "alertmanager.yml").write_text(
-        "route:\n  receiver: blackhole\n  group_wait: 1s\nreceivers:\n  - name: blackhole\n"
-    )
-    log = (home / "alertmanager.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={home / 'alertmanager.yml'}",
-            f"--storage.path={home / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-            "--log.level=warn",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            assert proc.poll() is None, (home / "alertmanager.log").read_text()
-            try:
-                return http_get(url + "/-/ready", timeout=1)[0] == 200
-            except OSError:
-                return False
-
-        wait_until(ready, 15, "alertmanager to be ready", interval=0.05)
+    route = {"route": {"receiver": "blackhole", "group_wait": "1s"}, "receivers": [{"name": "blackhole"}]}
+    with prom.alertmanager(tmp_path / "alertmanager", route) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
 
 
 def am_alerts(url: str, **query: str) -> list[dict[str, Any]]:

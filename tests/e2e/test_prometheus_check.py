@@ -6,101 +6,32 @@ crosses the critical range turns CRITICAL, is healed, and its replacement reads 
 from __future__ import annotations
 
 import json
-import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from conftest import free_port, require_binary
+from conftest import free_port
 
+from . import prom
 from .fleet import DETECT, Healer, fleet_config, kill_demos, set_fault
 from .helpers import StartDaemon, wait_until
+from .prom import Exporter
 
 pytestmark = pytest.mark.e2e
 
 
-class Exporter(ThreadingHTTPServer):
-    """GET /metrics: `demo_queue_depth{machine=…}` for every machine healerd knows (0 unless set)."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.depth: dict[str, float] = {}
-        self.healerd_url = ""
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Exporter
-
-    def do_GET(self) -> None:
-        ids: list[str] = []
-        if self.server.healerd_url:
-            try:
-                with urllib.request.urlopen(self.server.healerd_url + "/api/v1/machines", timeout=2) as resp:
-                    ids = [m["id"] for m in json.loads(resp.read())["machines"]]
-            except OSError:
-                pass
-        lines = ["# TYPE demo_queue_depth gauge"]
-        lines += [f'demo_queue_depth{{machine="{i}"}} {self.server.depth.get(i, 0.0)}' for i in ids]
-        body = ("\n".join(lines) + "\n").encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[tuple[str, Exporter]]:
-    binary = require_binary("prometheus")
     exporter = Exporter()
-    port = free_port()
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "demo", "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}]}],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "prometheus.log").open("w"),
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            with urllib.request.urlopen(url + "/-/ready", timeout=1) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
-
+    scrape = {"scrape_configs": [{"job_name": "demo", "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}]}]}
     try:
-        wait_until(ready, 30, "Prometheus ready", interval=0.2)
-        yield url, exporter
+        with prom.prometheus(tmp_path / "prometheus", scrape) as url:
+            yield url, exporter
     finally:
-        proc.terminate()
-        proc.wait(10)
         exporter.shutdown()
 
 
@@ -190,31 +121,21 @@ def test_the_kits_rule_fires_in_a_real_prometheus_when_a_remediation_fails(
     """Prometheus scrapes healerd with monitoring/healerd-rules.yml loaded; a remediation fails (the known-good
     image is broken): increase(healerd_remediations_total[5m]) counts that first failure (the series existed at
     0 before it) and HealerdRemediationFailed fires."""
-    binary = require_binary("prometheus")
     config = fleet_config(tmp_path, free_port(), remediation={"boot_timeout": "2s"})
     healer = Healer(start_daemon(config, wait="listening"), tmp_path, config)
     rules = Path(__file__).resolve().parents[2] / "monitoring" / "healerd-rules.yml"
-    port = free_port()
-    prom = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+    scrape = {
         "rule_files": [str(rules)],
         "scrape_configs": [
             {"job_name": "healerd", "static_configs": [{"targets": [healer.url.removeprefix("http://")]}]}
         ],
     }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom))
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "prometheus.log").open("w"),
-    )
-    api = f"http://127.0.0.1:{port}/api/v1"
+    with prom.prometheus(tmp_path / "prometheus", scrape) as url:
+        _remediation_failure_seen_by_prometheus(healer, f"{url}/api/v1")
+    kill_demos(str(tmp_path))
 
+
+def _remediation_failure_seen_by_prometheus(healer: Healer, api: str) -> None:
     def query(expr: str) -> list[dict[str, Any]]:
         url = f"{api}/query?" + urllib.parse.urlencode({"query": expr})
         try:
@@ -224,34 +145,27 @@ def test_the_kits_rule_fires_in_a_real_prometheus_when_a_remediation_fails(
         except OSError:
             return []
 
-    try:
-        members = healer.wait_fleet_up(30)
-        failed = 'healerd_remediations_total{service="web",outcome="failed"}'
-        wait_until(lambda: query(failed), 30, "Prometheus to scrape the failed-remediations counter at 0")
-        assert float(query(failed)[0]["value"][1]) == 0
+    members = healer.wait_fleet_up(30)
+    failed = 'healerd_remediations_total{service="web",outcome="failed"}'
+    wait_until(lambda: query(failed), 30, "Prometheus to scrape the failed-remediations counter at 0")
+    assert float(query(failed)[0]["value"][1]) == 0
 
-        def bad_known_good(cfg: dict[str, Any]) -> None:
-            cfg["images"]["demo-web"]["known_good"] = "v2-broken"
+    def bad_known_good(cfg: dict[str, Any]) -> None:
+        cfg["images"]["demo-web"]["known_good"] = "v2-broken"
 
-        healer.reload(bad_known_good)
-        victim = sorted(members)[0]
-        set_fault(members[victim], "down")
-        healer.wait(
-            lambda: any(i["state"] == "failed" for i in healer.incidents()), DETECT + 30, "a failed remediation"
-        )
-        counted = wait_until(
-            lambda: [r for r in query(f"increase({failed}[5m])") if float(r["value"][1]) > 0],
-            20,
-            "increase() to count the first failed remediation",
-        )
-        assert float(counted[0]["value"][1]) > 0
-        firing = wait_until(
-            lambda: query('ALERTS{alertname="HealerdRemediationFailed", alertstate="firing"}'),
-            20,
-            "HealerdRemediationFailed to fire",
-        )
-        assert firing[0]["metric"]["service"] == "web" and firing[0]["metric"]["severity"] == "critical"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        kill_demos(str(tmp_path))
+    healer.reload(bad_known_good)
+    victim = sorted(members)[0]
+    set_fault(members[victim], "down")
+    healer.wait(lambda: any(i["state"] == "failed" for i in healer.incidents()), DETECT + 30, "a failed remediation")
+    counted = wait_until(
+        lambda: [r for r in query(f"increase({failed}[5m])") if float(r["value"][1]) > 0],
+        20,
+        "increase() to count the first failed remediation",
+    )
+    assert float(counted[0]["value"][1]) > 0
+    firing = wait_until(
+        lambda: query('ALERTS{alertname="HealerdRemediationFailed", alertstate="firing"}'),
+        20,
+        "HealerdRemediationFailed to fire",
+    )
+    assert firing[0]["metric"]["service"] == "web" and firing[0]["metric"]["severity"] == "critical"
