@@ -49,7 +49,6 @@ from .helpers import (
 pytestmark = pytest.mark.e2e
 
 SECRET = "correct horse battery staple"
-ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 
 
 # ---------------------------------------------------------------------------------------------------------
