@@ -44,6 +44,8 @@ class CheckEnv:
         self._pool: Pool | None = None
         self._tls: dict[bool, ResumingContext] = {}
         self.subprocess_slots = asyncio.Semaphore(64)
+        #: what the checks of one kind share between machines (the prometheus check's batched answers)
+        self.shared: dict[object, object] = {}
 
     def http_pool(self) -> Pool:
         """The daemon's one pool of kept-alive connections for HTTP checks."""

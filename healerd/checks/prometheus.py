@@ -5,6 +5,7 @@ time is UNKNOWN with the reason: it never remediates on its own."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -15,7 +16,7 @@ from yarl import URL
 
 from .._neterrors import describe
 from .._urls import HttpUrl
-from ..durations import format_duration
+from ..durations import format_duration, parse_duration
 from ..nagios import Range
 from ..results import CheckResult, PerfDatum, Status
 from ..targets import Target
@@ -32,6 +33,17 @@ class PrometheusConfig(CheckOptions):
     warning: str | None = None
     critical: str | None = None
     tls_verify: bool = True
+    #: batch: one query for every machine (a query that does not name the machine), the machine's value taken
+    #: from the series whose `batch_label` is `batch_value` (templated: "{id}", "{address}" …)
+    batch_label: str | None = None
+    batch_value: str = "{id}"
+    #: a batched answer serves the machines checked within this long of it
+    batch_window: float = 5.0
+
+    @field_validator("batch_window", mode="before")
+    @classmethod
+    def _window(cls, v: object) -> float:
+        return parse_duration(v, at_most=3600, what="batch_window")
 
     @field_validator("warning", "critical")
     @classmethod
@@ -66,6 +78,15 @@ class PrometheusCheck(Check[PrometheusConfig]):
 
     async def run(self) -> CheckResult:
         started = time.perf_counter()
+        answer = await (self._batched() if self.config.batch_label else self._fetch())
+        if isinstance(answer, CheckResult):
+            return answer
+        if self.config.batch_label:
+            return self._judge(_pick(answer, self.config.batch_label, self.config.batch_value), started)
+        return self._judge(_value(answer), started)
+
+    async def _fetch(self) -> dict[str, object] | CheckResult:
+        """The query's answer (its `data`), or the UNKNOWN result saying why there is none."""
         try:
             response = await self.env.http_pool().request(
                 self._key,
@@ -79,7 +100,6 @@ class PrometheusCheck(Check[PrometheusConfig]):
             )
         except (OSError, InvalidResponse, Disconnected, BodyCut) as exc:
             return CheckResult.unknown(f"Prometheus at {self.config.url}: {describe(exc)}")
-        took = format_duration(time.perf_counter() - started)
         try:
             answer = json.loads(response.body)
         except ValueError:
@@ -88,15 +108,43 @@ class PrometheusCheck(Check[PrometheusConfig]):
             return CheckResult.unknown(
                 f"the query failed (HTTP {response.status}): {answer.get('error', 'no error text')}"
             )
-        value = _value(answer.get("data", {}))
+        data = answer.get("data")
+        return data if isinstance(data, dict) else CheckResult.unknown("Prometheus answered without data")
+
+    async def _batched(self) -> dict[str, object] | CheckResult:
+        """One query for every machine checked within batch_window of it (same Prometheus, same query)."""
+        key = ("prometheus", self.config.url, self.config.query)
+        now = time.monotonic()
+        entry = self.env.shared.get(key)
+        if not (isinstance(entry, tuple) and now - entry[0] < self.config.batch_window):
+            entry = (now, asyncio.ensure_future(self._fetch()))
+            self.env.shared[key] = entry
+        answer: dict[str, object] | CheckResult = await asyncio.shield(entry[1])
+        return answer
+
+    def _judge(self, value: float | str, started: float) -> CheckResult:
         if isinstance(value, str):
             return CheckResult.unknown(value)
+        took = format_duration(time.perf_counter() - started)
         perf = (PerfDatum("value", value, ""), PerfDatum("time", round(time.perf_counter() - started, 6), "s"))
         shown = f"{value:g}"
         for status, rng in ((Status.CRITICAL, self._critical), (Status.WARNING, self._warning)):
             if rng is not None and rng.alerts(value):
                 return CheckResult(status, f"{shown} (outside {rng.text}) in {took}", perf)
         return CheckResult(Status.OK, f"{shown} in {took}", perf)
+
+
+def _pick(data: dict[str, object], label: str, wanted: str) -> float | str:
+    """From a batched answer (a vector), the value of the series whose `label` is `wanted`."""
+    result = data.get("result")
+    if data.get("resultType") != "vector" or not isinstance(result, list):
+        return f"a batched query must give an instant vector, not a {data.get('resultType')}"
+    found = [s for s in result if isinstance(s, dict) and s.get("metric", {}).get(label) == wanted]
+    if not found:
+        return f"no data: no series with {label}={wanted!r} in the batched answer ({len(result)} series)"
+    if len(found) > 1:
+        return f"{len(found)} series with {label}={wanted!r}; aggregate the query by {label}"
+    return _value({"resultType": "vector", "result": found})
 
 
 def _value(data: dict[str, object]) -> float | str:

@@ -6,6 +6,7 @@ crosses the critical range turns CRITICAL, is healed, and its replacement reads 
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.parse
 import urllib.request
@@ -169,3 +170,60 @@ def _remediation_failure_seen_by_prometheus(healer: Healer, api: str) -> None:
         "HealerdRemediationFailed to fire",
     )
     assert firing[0]["metric"]["service"] == "web" and firing[0]["metric"]["severity"] == "critical"
+
+
+def test_a_batched_query_serves_every_machine_with_one_query_per_window(
+    prometheus: tuple[str, Exporter], tmp_path: Path, start_daemon: StartDaemon
+) -> None:
+    """batch_label: one query of Prometheus serves the checks of all three machines within batch_window (counted
+    on Prometheus's own request counter), and a machine crossing the range is still CRITICAL on its own."""
+    url, exporter = prometheus
+    config = fleet_config(tmp_path, free_port())
+    config["services"]["web"]["checks"].append(
+        {
+            "name": "queue",
+            "kind": "prometheus",
+            "url": url,
+            "query": "demo_queue_depth",
+            "batch_label": "machine",
+            "batch_value": "{id}",
+            "batch_window": "2s",
+            "critical": "~:100",
+            "interval": "1s",
+            "timeout": "800ms",
+            "fall": 2,
+            "rise": 1,
+        }
+    )
+    healer = Healer(start_daemon(config, wait="listening"), tmp_path, config)
+    exporter.healerd_url = healer.url
+    try:
+        members = healer.wait_fleet_up(40)
+        healer.wait(
+            lambda: all(healer.machines()[m]["checks"]["queue"]["status"] == "OK" for m in members), 20, "all OK"
+        )
+
+        def queries() -> float:
+            with urllib.request.urlopen(url + "/metrics", timeout=3) as resp:
+                text = resp.read().decode()
+            found = re.search(r'prometheus_http_requests_total\{code="200",handler="/api/v1/query"\} (\S+)', text)
+            return float(found.group(1)) if found else 0.0
+
+        before, runs_before = queries(), _runs(healer)
+        time.sleep(10)
+        asked, runs = queries() - before, _runs(healer) - runs_before
+        print(f"\n{runs:.0f} check runs of 3 machines in 10 s answered by {asked:.0f} queries of Prometheus")
+        assert runs >= 24 and asked <= runs / 2, (runs, asked)
+        victim = sorted(members)[0]
+        exporter.depth[victim] = 500.0
+        healer.wait(
+            lambda: healer.machines()[victim]["checks"]["queue"]["status"] == "CRITICAL", DETECT + 5, "CRITICAL"
+        )
+        others = [m for m in members if m != victim]
+        assert all(healer.machines()[m]["checks"]["queue"]["status"] == "OK" for m in others)
+    finally:
+        kill_demos(str(tmp_path))
+
+
+def _runs(healer: Healer) -> float:
+    return healer.daemon.metrics().total("healerd_check_runs_total", check="queue")
