@@ -189,3 +189,33 @@ def _the_chain(h: Healer, exporter: Exporter, victim: str) -> None:
     exporter.depth[victim] = 0.0  # the rule stops firing: Prometheus ends it, Alertmanager sends resolved
     h.wait(lambda: h.machines()[victim]["checks"]["alert:QueueFull"]["hard_state"] == "OK", 60, "the resolved notice")
     h.wait(lambda: h.incident_for(victim)["state"] == "resolved", 10, "the incident to end")
+
+
+def test_an_alert_not_renewed_by_its_end_expires_to_ok(setup: tuple[Healer, str]) -> None:
+    """An alert posted straight to healerd (as Alertmanager does) that nobody renews past its endsAt is over."""
+    import time
+
+    h, _ = setup
+    members = h.wait_fleet_up(30)
+    token = {"Authorization": "Bearer alerts-token"}
+    assert post_json(h.url + "/api/v1/mode", {"mode": "observe"}, headers=token)[0] == 200
+    victim = sorted(members)[0]
+    alert = {
+        "status": "firing",
+        "labels": {"alertname": "Stale", "service": "web", "machine": members[victim], "severity": "warning"},
+        "annotations": {"description": "by address"},
+        "startsAt": rfc3339(time.time()),
+        "endsAt": rfc3339(time.time() + 2),
+    }
+    status, body = post_json(h.url + "/api/v1/alerts", {"version": "4", "alerts": [alert]}, headers=token)
+    assert status == 200 and body["results"] == [
+        {"service": "web", "machine": victim, "check": "alert:Stale", "status": "WARNING"}
+    ], body  # matched by its address, WARNING by its severity
+    h.wait(lambda: (c := check_of_named(h, victim, "alert:Stale")) and c["status"] == "WARNING", 5, "WARNING")
+    h.wait(lambda: check_of_named(h, victim, "alert:Stale")["status"] == "OK", 10, "the alert to expire")  # type: ignore[index]
+    assert "expired: not renewed by its endsAt" in check_of_named(h, victim, "alert:Stale")["message"]  # type: ignore[index]
+
+
+def check_of_named(h: Healer, machine: str, check: str) -> dict[str, Any] | None:
+    m = h.machines().get(machine)
+    return m["checks"].get(check) if m else None
