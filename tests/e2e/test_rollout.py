@@ -73,7 +73,9 @@ class RolloutFleet(DemoFleet):
                         "max_unavailable": 0,
                         "drain": "500ms",
                         "probation_timeout": "30s",
-                        "judge": {"max_error_rate": "1%", "max_latency_ratio": 1.5, "min_results": 8},
+                        # 8 results a side (not the default 50) keep the bake short: their p95 is one slow answer
+                        # on a loaded box, so the ratio allowed is 2 (v3-slow is 3x: still rejected)
+                        "judge": {"max_error_rate": "1%", "max_latency_ratio": 2.0, "min_results": 8},
                         **self.rollout,
                     },
                 }
@@ -273,7 +275,7 @@ def test_promote_v2_refreshes_the_fleet_with_no_failed_request(fleet: RolloutFle
     assert {"bake", "refresh", "completed"} <= seen_stages, seen_stages
     judge = view["judge"]
     assert judge["outcome"] == "pass" and judge["canary_results"] >= 8 and judge["baseline_results"] >= 8, judge
-    assert judge["latency_ratio_p50"] < 1.5, judge
+    assert judge["latency_ratio_p50"] < 2.0, judge
 
     # the traffic: never a failed request, never fewer than desired - max_unavailable targets
     assert client.failures == [], client.failures[:10]
@@ -334,7 +336,7 @@ def test_a_slower_candidate_is_rejected_on_latency(fleet: RolloutFleet) -> None:
     assert view["stage"] == "rolled_back", view
     judge = view["judge"]
     print(f"\nv3-slow: {view['reason']}; figures {json.dumps({k: v for k, v in judge.items() if k != 'reason'})}")
-    assert judge["outcome"] == "fail" and judge["latency_ratio_p50"] > 1.5, judge
+    assert judge["outcome"] == "fail" and judge["latency_ratio_p50"] > 2.0, judge
     assert "latency" in view["reason"] and "v3-slow" in view["reason"], view["reason"]
     # nothing of v3 remains; the fleet is the one from before, known_good unchanged
     assert "v3-slow" not in fleet.versions_running().values()
