@@ -17,6 +17,8 @@ from .config.models import JudgeConfig
 #: durations kept per side (reservoir sampling beyond): percentiles of 4,000 samples are within a fraction of a
 #: percent of the whole population's, and the rollout record stays small
 RESERVOIR = 4000
+#: the 95th percentile of fewer results than this is their maximum (one slow answer): p95 is judged only from here
+P95_MIN = 20
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -118,7 +120,8 @@ def judge(canary: Samples, baseline: Samples, limits: JudgeConfig) -> Verdict:
             f"(at most {limits.max_error_rate:.2%} more allowed)",
             figures,
         )
-    for q in (50, 95):
+    figures["p95_judged"] = min(canary.results, baseline.results) >= P95_MIN
+    for q in (50, 95) if figures["p95_judged"] else (50,):
         ratio = figures[f"latency_ratio_p{q}"]
         if ratio is not None and ratio > limits.max_latency_ratio:
             return Verdict(

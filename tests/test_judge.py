@@ -56,6 +56,7 @@ def test_a_canary_three_times_slower_fails_naming_p50_and_the_ratio() -> None:
         "canary_p95": 0.06,
         "baseline_p95": 0.02,
         "latency_ratio_p95": 3.0,
+        "p95_judged": True,
     }
     json.dumps(verdict.figures)  # stored as JSON: no nan, no objects
 
@@ -291,3 +292,13 @@ def test_a_faster_canary_with_fewer_errors_never_fails(pairs: list[tuple[bool, f
     canary = [(ok or i < fixed, d * k) for i, (ok, d) in enumerate(pairs)]  # some errors gone, every check faster
     verdict = judge(from_pairs(canary), from_pairs(pairs), JudgeConfig(min_results=10))
     assert verdict.outcome == "pass", verdict.reason
+
+
+def test_p95_is_judged_only_from_20_results_a_side() -> None:
+    """Below 20 results the 95th percentile is the slowest answer: one cold request must not reject a build."""
+    few = Samples(results=10, errors=0, durations=[0.02] * 9 + [0.2])
+    base = Samples(results=10, errors=0, durations=[0.02] * 10)
+    verdict = judge(few, base, JudgeConfig(min_results=8))
+    assert verdict.passed and verdict.figures["p95_judged"] is False, verdict.reason
+    many = Samples(results=40, errors=0, durations=[0.02] * 30 + [0.2] * 10)
+    assert judge(many, Samples(results=40, errors=0, durations=[0.02] * 40), JudgeConfig(min_results=8)).failed

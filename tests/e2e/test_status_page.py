@@ -114,9 +114,12 @@ def test_held_back_by_max_unhealthy_says_why_without_a_click(browser: Chromium, 
     set_fault(members[a], "down")
     set_fault(members[b], "down")
     healer.wait(
-        lambda: [i for i in healer.incidents() if i["details"].get("suppressed") == "max_unhealthy"],
+        lambda: (
+            [i for i in healer.incidents() if i["details"].get("suppressed") == "max_unhealthy"]
+            and all(healer.machines()[m]["condition"] == "down" for m in (a, b))
+        ),
         DETECT + 5,
-        "remediation held back by max_unhealthy",
+        "remediation held back by max_unhealthy, both machines hard down",
     )
     page = look(browser, healer, "03-held-back-max-unhealthy")
     seen = outside_details(page.dom)
