@@ -36,26 +36,27 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[str, Exporter]]:
         exporter.shutdown()
 
 
+def queue_fleet(tmp_path: Path, start_daemon: StartDaemon, **check: Any) -> Healer:
+    """healerd on the demo fleet with a `queue` prometheus check (every 1 s, fall 2, rise 1) besides its health."""
+    config = fleet_config(tmp_path, free_port())
+    config["services"]["web"]["checks"].append(
+        {"name": "queue", "kind": "prometheus", "interval": "1s", "timeout": "800ms", "fall": 2, "rise": 1, **check}
+    )
+    return Healer(start_daemon(config, wait="listening"), tmp_path, config)
+
+
 def test_a_prometheus_query_crossing_its_threshold_heals_the_machine(
     prometheus: tuple[str, Exporter], tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
     url, exporter = prometheus
-    config = fleet_config(tmp_path, free_port())
-    config["services"]["web"]["checks"].append(
-        {
-            "name": "queue",
-            "kind": "prometheus",
-            "url": url,
-            "query": 'max(demo_queue_depth{{machine="{id}"}})',  # PromQL's braces doubled (a template)
-            "warning": "~:50",
-            "critical": "~:100",
-            "interval": "1s",
-            "timeout": "800ms",
-            "fall": 2,
-            "rise": 1,
-        }
+    healer = queue_fleet(
+        tmp_path,
+        start_daemon,
+        url=url,
+        query='max(demo_queue_depth{{machine="{id}"}})',  # PromQL's braces doubled (a template)
+        warning="~:50",
+        critical="~:100",
     )
-    healer = Healer(start_daemon(config, wait="listening"), tmp_path, config)
     exporter.healerd_url = healer.url
     try:
         members = healer.wait_fleet_up(40)
@@ -90,17 +91,7 @@ def test_a_prometheus_query_crossing_its_threshold_heals_the_machine(
 
 
 def test_prometheus_away_is_unknown_with_the_reason(tmp_path: Path, start_daemon: StartDaemon) -> None:
-    config = fleet_config(tmp_path, free_port())
-    config["services"]["web"]["checks"].append(
-        {
-            "name": "queue",
-            "kind": "prometheus",
-            "url": f"http://127.0.0.1:{free_port()}",
-            "query": "up",
-            "interval": "1s",
-        }
-    )
-    healer = Healer(start_daemon(config, wait="listening"), tmp_path, config)
+    healer = queue_fleet(tmp_path, start_daemon, url=f"http://127.0.0.1:{free_port()}", query="up")
     try:
 
         def unknown() -> dict[str, Any] | None:
@@ -178,24 +169,16 @@ def test_a_batched_query_serves_every_machine_with_one_query_per_window(
     """batch_label: one query of Prometheus serves the checks of all three machines within batch_window (counted
     on Prometheus's own request counter), and a machine crossing the range is still CRITICAL on its own."""
     url, exporter = prometheus
-    config = fleet_config(tmp_path, free_port())
-    config["services"]["web"]["checks"].append(
-        {
-            "name": "queue",
-            "kind": "prometheus",
-            "url": url,
-            "query": "demo_queue_depth",
-            "batch_label": "machine",
-            "batch_value": "{id}",
-            "batch_window": "2s",
-            "critical": "~:100",
-            "interval": "1s",
-            "timeout": "800ms",
-            "fall": 2,
-            "rise": 1,
-        }
+    healer = queue_fleet(
+        tmp_path,
+        start_daemon,
+        url=url,
+        query="demo_queue_depth",
+        batch_label="machine",
+        batch_value="{id}",
+        batch_window="2s",
+        critical="~:100",
     )
-    healer = Healer(start_daemon(config, wait="listening"), tmp_path, config)
     exporter.healerd_url = healer.url
     try:
         members = healer.wait_fleet_up(40)
