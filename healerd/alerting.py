@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import structlog
 
+from ._aio import wait_event
 from .events import Event, new_id
 from .notifiers import Delivery, Notifier, NotifierOptions
 from .notifiers.alertmanager import AlertmanagerNotifier
@@ -232,8 +233,7 @@ class Alerting(AlertingViews):
         items arrive: an idle daemon does not poll the store (the first pass takes what a previous run left)."""
         delay: float | None = 0.0
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._regroup.wait(), delay)
+            await wait_event(self._regroup, delay)
             self._regroup.clear()
             try:
                 delay = await self._group_once(time.time())
@@ -316,8 +316,7 @@ class Alerting(AlertingViews):
                 wait = 1.0
             if wait > 0:
                 wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), wait)
+                await wait_event(wake, wait)
 
     async def _deliver_next(self, name: str) -> float:
         """Try the oldest pending message of the notifier; returns how long to wait before the next try."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import gc
 import signal
 import ssl
@@ -16,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from . import api, api_alerts, api_cluster, api_rollout, api_status, openfiles
+from ._aio import pending_tasks
 from .alert_inputs import AlertInputs
 from .alerting import Alerting
 from .checks import CheckEnv
@@ -41,6 +43,7 @@ SETTLE_EVERY = 30.0  # seconds between freezes of what survived (see _keep_memor
 SETTLE_FULL_EVERY = 3600.0
 PRUNE_INTERVAL = 600.0
 ALERT_FLUSH_SECONDS = 2.0  # at shutdown, pending notifications get this long; the rest go out after restart
+SLOW_STOP = 4.0  # seconds: a stop still going after this says what it waits for
 
 
 class Daemon:
@@ -391,10 +394,26 @@ async def serve(config: Config, mode: Mode | None = None, crash_at: str | None =
             loop.remove_signal_handler(sig)
         for task in background:
             task.cancel()
-        await runner.cleanup()
+        slow = loop.call_later(SLOW_STOP, _report_slow_stop)
+        faulthandler.dump_traceback_later(SLOW_STOP * 3)  # a loop blocked outright: every thread's stack
+        try:
+            await runner.cleanup()
+        finally:
+            slow.cancel()
+            faulthandler.cancel_dump_traceback_later()
         sd.close()
     log.info("stopped")
     return 0
+
+
+def _report_slow_stop() -> None:
+    """Say what a stop that takes long still waits for (systemd kills the daemon at TimeoutStopSec)."""
+    log.warning(
+        f"stopping takes longer than {SLOW_STOP:g}s; still running",
+        tasks=pending_tasks()[:30],
+        hint="notifications being flushed and remediations being interrupted take a few seconds; "
+        "anything else is a bug worth reporting with this line",
+    )
 
 
 def _settle_memory() -> None:

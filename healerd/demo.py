@@ -136,7 +136,8 @@ async def health(request: web.Request) -> web.StreamResponse:
         stopping = state["stopping"]
         assert isinstance(stopping, asyncio.Event)
         with contextlib.suppress(TimeoutError):  # held until the server stops (or HANG_SECONDS pass)
-            await asyncio.wait_for(stopping.wait(), HANG_SECONDS)
+            async with asyncio.timeout(HANG_SECONDS):
+                await stopping.wait()
         _abort(request, rst=False)
         return web.Response(status=503)  # never written: the transport is gone
     elif mode == "reset":

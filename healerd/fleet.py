@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from ._aio import wait_event
 from .actions import StepFailed
 from .config import Config, ServiceConfig
 from .events import Event, EventType, Severity, new_id
@@ -254,8 +255,7 @@ class Fleet:
                         f"{machine_id} failed probation ({why}); it is quarantined and does not enter rotation",
                         terminal=True,
                     )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(result.wait(), 0.2)
+                await wait_event(result, 0.2)
 
     async def put_in_service(self, svc: ServiceConfig, machine_id: str) -> None:
         m = await self.machine(svc.name, machine_id)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from structlog.contextvars import bound_contextvars
 
+from ._aio import wait_event
 from .config import Config, Mode, ServiceConfig
 from .controls import Controls
 from .events import Event, EventType
@@ -175,8 +176,7 @@ class RemediationEngine:
         next_at = math.inf
         while True:
             delay = min(RECONCILE_INTERVAL, max(MIN_INTERVAL, next_at - time.time()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+            await wait_event(self._wake, delay)
             self._wake.clear()
             next_at = math.inf
             try:

@@ -256,7 +256,8 @@ class Runbook:
             ctx = StepContext(self.host, inc, svc, step, dict(outputs))
             log.info("step started", attempt=attempts)
             try:
-                out = await asyncio.wait_for(action().run(ctx), step.timeout)
+                async with asyncio.timeout(step.timeout):
+                    out = await action().run(ctx)
             except StepFailed as exc:
                 error, terminal = str(exc), exc.terminal
             except TimeoutError:

@@ -17,7 +17,14 @@ class Haproxy:
     """`haproxy -D` on a config in a temporary folder; `reload()` starts a new process with -sf, as
     `systemctl reload` does, which forgets every runtime change."""
 
-    def __init__(self, folder: Path, servers: list[tuple[str, str]], level: str = "admin", extra: str = "") -> None:
+    def __init__(
+        self,
+        folder: Path,
+        servers: list[tuple[str, str]],
+        level: str = "admin",
+        extra: str = "",
+        timeout_server: str = "5s",
+    ) -> None:
         self.binary = require_binary("haproxy")
         self.folder = folder
         self.socket = str(folder / "admin.sock")
@@ -32,7 +39,7 @@ defaults
     mode http
     timeout connect 1s
     timeout client 5s
-    timeout server 5s
+    timeout server {timeout_server}
     retries 0
 frontend fe
     bind 127.0.0.1:{self.port}

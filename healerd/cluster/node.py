@@ -248,10 +248,10 @@ class Cluster(ClusterViews):
         try:
             # a slow round that ends in time still counts: the deadline runs from its start
             disputed = self.confirmer.disputed() if self.epoch is not None else None
-            found = await asyncio.wait_for(
-                self.lease.round(self.monitor.owned_machines(), self._owned_checks(), take=take, disputed=disputed),
-                self.ttl / 2,
-            )
+            async with asyncio.timeout(self.ttl / 2):
+                found = await self.lease.round(
+                    self.monitor.owned_machines(), self._owned_checks(), take=take, disputed=disputed
+                )
         except (TimeoutError, OSError, Exception) as exc:
             self.metrics.counter("cluster_lease_errors").inc()
             error = f"{type(exc).__name__}: {exc}".strip()

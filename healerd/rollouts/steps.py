@@ -5,7 +5,6 @@ quarantined), and the holds a rollout waits in (paused, an incident being remedi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from .._aio import wait_event
 from ..config import Mode, ServiceConfig
 from ..events import Event
 from ..health import Condition, ProbationOutcome, ServiceState
@@ -192,8 +192,7 @@ class RolloutSteps:
                     return f"its checks failed ({health.problem() if health else 'no result'})"
                 if time.time() > deadline:
                     return f"its checks did not pass within {self.p.probation_timeout:g}s"
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(result.wait(), 0.5)
+                await wait_event(result, 0.5)
 
     async def _retire_id(self, machine_id: str, why: str) -> None:
         m = self.monitor.machine(self.r.service, machine_id) or await self.host.store.machines.get(
@@ -286,5 +285,4 @@ class RolloutSteps:
 
     async def _sleep(self, seconds: float) -> None:
         self.wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), seconds)
+        await wait_event(self.wake, seconds)

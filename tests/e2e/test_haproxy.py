@@ -74,8 +74,8 @@ def demo_state(address: str) -> dict[str, Any]:
 def setup(tmp_path: Path) -> Iterator[Any]:
     made: list[Any] = []
 
-    def make(**rotation: Any) -> tuple[Haproxy, dict[str, Any], Path]:
-        h = Haproxy(tmp_path, [])
+    def make(timeout_server: str = "5s", **rotation: Any) -> tuple[Haproxy, dict[str, Any], Path]:
+        h = Haproxy(tmp_path, [], timeout_server=timeout_server)
         made.append(h)
         port = free_port()
         config = demo_fleet(tmp_path, port)
@@ -195,12 +195,13 @@ def slow_requests(url: str, n: int, seconds: float) -> list[threading.Thread]:
 def test_healerd_killed_during_a_drain_finishes_it_after_a_restart_with_nothing_duplicated(
     setup: Any, tmp_path: Path
 ) -> None:
-    h, config, path = setup(drain_timeout="20s")
+    # the held sessions must outlast detection on a loaded box (DETECT) and HAProxy must not cut them first
+    h, config, path = setup(timeout_server="60s", drain_timeout="40s")
     daemon, healer = start_behind(h, config, path, tmp_path)
     try:
         victim, m = sorted(healer.in_service().items())[0]
         launched_before = launched_ids(tmp_path)
-        held = slow_requests(f"http://127.0.0.1:{h.port}/app", 6, 8.0)  # two sessions on each server
+        held = slow_requests(f"http://127.0.0.1:{h.port}/app", 6, 20.0)  # two sessions on each server
         wait_until(lambda: servers(h)[victim] and _sessions(h, victim) > 0, 5, "sessions held on the victim")
         set_fault(m["address"], "down")
         wait_until(lambda: servers(h)[victim].draining, 20, f"{victim} draining in HAProxy", interval=0.05)
@@ -208,7 +209,7 @@ def test_healerd_killed_during_a_drain_finishes_it_after_a_restart_with_nothing_
         assert servers(h)[victim].draining and not servers(h)[victim].maint
         incident = restart_and_finish(daemon, healer, victim)
         for t in held:
-            t.join(15)
+            t.join(30)
         state = servers(h)
         assert state[victim].maint
         new = launched_ids(tmp_path) - launched_before
