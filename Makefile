@@ -57,10 +57,11 @@ lint: deps
 typecheck: deps
 	$(BIN)/mypy healerd
 
-# The end-to-end tests mostly wait on real daemons and timers: three workers keep two cores busy.
+# The end-to-end tests mostly wait on real daemons and timers: three workers keep two cores busy; work
+# stealing keeps the long scenarios from piling up on one worker at the end.
 PYTEST_WORKERS ?= 3
 unit: deps debs
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist worksteal
 
 test: lint typecheck unit
 
