@@ -10,19 +10,15 @@ and does not lose one; healerd waits with it (ruff bans `asyncio.wait_for` in he
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 
-async def wait_event(event: asyncio.Event, seconds: float | None) -> bool:
-    """Wait until `event` is set or `seconds` pass; whether it is set. A cancellation always propagates."""
-    if event.is_set():
-        return True
-    try:
+async def wait_event(event: asyncio.Event, seconds: float | None) -> None:
+    """Wait until `event` is set or `seconds` pass. A cancellation always propagates."""
+    with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
             await event.wait()
-    except TimeoutError:
-        return event.is_set()
-    return True
 
 
 def pending_tasks() -> list[str]:

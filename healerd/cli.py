@@ -14,7 +14,7 @@ from .alerting import Alerting
 from .checks import CheckEnv
 from .cli_api import ApiError, _api, _api_args, _load, _when
 from .config import Config, ConfigError, Mode
-from .durations import parse_duration
+from .durations import format_age, parse_duration
 from .machines import Lifecycle
 from .metrics import Metrics
 from .plugins import PROVIDER_KINDS, ROTATION_KINDS
@@ -441,7 +441,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             for name, c in m["checks"].items()
             if c["hard_state"] != "OK" or c["flapping"]
         ]
-        since = f"{now - m['since']:.0f}s" if m.get("since") else "-"
+        since = format_age(now - m["since"]) if m.get("since") else "-"
         rows.append(
             [
                 m["service"],

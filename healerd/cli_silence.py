@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import time
 from typing import Any
 
-from .cli_api import _api, _api_args
+from .cli_api import _api, _api_args, _when
 
 
 def add_parsers(sub: Any) -> None:
@@ -67,10 +66,6 @@ def _target(s: dict[str, Any]) -> str:
         f"machine {s['machine']}" if s.get("machine") else "",
     ]
     return ", ".join(p for p in parts if p)
-
-
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 
 def _user() -> str:

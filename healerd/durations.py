@@ -71,6 +71,18 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:g}h"
 
 
+def format_age(seconds: float) -> str:
+    """How long ago, or how long left, rounded for a reader: 42s, 17m, 3.1h, 2.5d."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
 def parse_count_or_percent(value: object) -> tuple[int, bool]:
     """`2` -> (2, False); `50%` -> (50, True). Percentages are 0-100."""
     if isinstance(value, bool):

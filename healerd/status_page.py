@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .durations import format_age
 from .health import Condition, ServiceState
 from .history import MACHINE_WIDTH, SERVICE_WIDTH
 from .incidents import IncidentState
@@ -60,17 +61,6 @@ HELD: dict[str, str] = {
 }
 #: reasons that need a human now (highlighted as such)
 NEEDS_HUMAN = {"retry_limit", "max_unhealthy"}
-
-
-def ago(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
 
 
 def sparkline(values: list[float | None], width: int = 120, height: int = 20) -> str:
@@ -148,7 +138,7 @@ def _machine_entry(monitor: Monitor, service: str, mid: str, now: float) -> dict
         "lifecycle": mh.lifecycle.value,
         "condition": mh.condition.value,
         "icon": ICONS.get(mh.condition.value, "?"),
-        "since": ago(now - mh.since) if mh.since else "-",
+        "since": format_age(now - mh.since) if mh.since else "-",
         "problem": mh.problem(),
         "checks": [
             {
@@ -214,7 +204,11 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
     hour_ago = now - 3600
     bar_start = (now // SERVICE_WIDTH) * SERVICE_WIDTH - (BAR_BUCKETS - 1) * SERVICE_WIDTH
     silences = [
-        {**s, "until": time.strftime("%Y-%m-%d %H:%M", time.localtime(s["ends_at"])), "left": ago(s["ends_at"] - now)}
+        {
+            **s,
+            "until": time.strftime("%Y-%m-%d %H:%M", time.localtime(s["ends_at"])),
+            "left": format_age(s["ends_at"] - now),
+        }
         for s in await _safe(engine.silences(now), [])
     ]
     incidents = sorted(engine.incidents.values(), key=lambda i: i.opened_at)
@@ -295,7 +289,7 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
                 "state": view["state"],
                 "icon": ICONS.get(view["state"], "?"),
                 "reason": view["reason"],
-                "since": ago(now - svc.since) if svc.since else "-",
+                "since": format_age(now - svc.since) if svc.since else "-",
                 "since_ts": svc.since,
                 "counts": view["machines"],
                 "desired": view["desired"],
@@ -309,9 +303,7 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
                 "healthy_total": len(healthy),
                 "healthy_hidden": max(0, len(healthy) - healthy_shown),
                 "held": held,
-                "rollout": rollout
-                if rollout and (rollout["active"] or now - (rollout["ended_at"] or 0) < 3600)
-                else None,
+                "rollout": _recent(rollout, now),
                 "silenced": [s for s in silences if s.get("service") in (None, name)],
                 "down": svc.state is ServiceState.DOWN,
             }
@@ -326,7 +318,7 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
                 "service": inc.service,
                 "machine": inc.machine,
                 "state": inc.state.value,
-                "age": ago(now - inc.opened_at),
+                "age": format_age(now - inc.opened_at),
                 "summary": inc.summary,
                 "step": f"step {step['index'] + 1}: {step['action']} ({step['state']})" if step else "",
                 "words": words,
@@ -335,10 +327,10 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
         )
     quarantined = sorted(await _safe(engine.quarantined(), []), key=lambda q: -q["quarantined_at"])
     for q in quarantined:
-        q["age"] = ago(now - q["quarantined_at"]) if q["quarantined_at"] else "-"
+        q["age"] = format_age(now - q["quarantined_at"]) if q["quarantined_at"] else "-"
     events = await _safe(store.events.recent(limit=EVENTS_SHOWN), [])
     for e in events:
-        e["age"] = ago(now - e["timestamp"])
+        e["age"] = format_age(now - e["timestamp"])
     status = engine.status()
     return {
         "now": now,
