@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,11 +156,14 @@ class HaproxyRotation(Rotation):
     async def sync(self, machines: list[Machine]) -> None:
         await self.reconcile(machines)
 
-    async def reconcile(self, machines: list[Machine]) -> list[str]:
-        """Make the backend serve exactly `machines` (those in service); returns what had to be re-applied."""
+    async def reconcile(self, machines: list[Machine], leaving: Sequence[Machine] = ()) -> list[str]:
+        """Make the backend serve exactly `machines` (those in service); returns what had to be re-applied.
+
+        The servers of `leaving` machines (a playbook or a retirement is draining them) are left as they are:
+        putting one in maint here would cut its drain short, and its remover sees it already out."""
         servers = await self.api.servers(self.opts.backend)
         fixed: list[str] = []
-        wanted = set()
+        wanted = {s.name for m in leaving if (s := self._find(servers, m)) is not None}
         for m in machines:
             s = self._find(servers, m)
             if s is not None:

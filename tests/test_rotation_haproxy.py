@@ -110,6 +110,37 @@ async def test_after_a_reload_the_backend_is_made_right_again(haproxy: Any, flee
     assert await rot.reconcile(serving) == []  # nothing left to do
 
 
+async def test_reconciling_during_a_drain_leaves_the_leaving_machine_draining(
+    haproxy: Any, fleet_factory: Any, tmp_path: Path
+) -> None:
+    """The reconcile loop runs while a playbook drains a machine: it must not cut the drain short by putting
+    the server in maint (the remover would then see it already out and stop waiting for its sessions)."""
+    fleet: Fleet = fleet_factory(2)
+    h = haproxy()
+    rot = rotation(h, tmp_path)
+    leaving, staying = machine(fleet, 0), machine(fleet, 1)
+    await rot.sync([leaving, staying])
+    fleet[0].mode, fleet[0].slow_seconds = "slow", 2.0
+    async with aiohttp.ClientSession() as session:
+        held = [asyncio.create_task(session.get(f"http://127.0.0.1:{h.port}/health")) for _ in range(2)]
+        api = RuntimeApi(h.socket)
+        while await api.sessions("web", "web-0") == 0:  # noqa: ASYNC110 (polls HAProxy)
+            await asyncio.sleep(0.02)
+        removing = asyncio.create_task(rot.remove(leaving))
+        while not (await api.servers("web"))["web-0"].draining:  # noqa: ASYNC110 (polls HAProxy)
+            await asyncio.sleep(0.02)
+        assert await rot.reconcile([staying], [leaving]) == []
+        state = (await api.servers("web"))["web-0"]
+        assert state.draining and not state.maint, state
+        await removing  # the drain ends when the held request does
+        for t in held:
+            (await t).release()
+    assert fleet[0].hits >= 1
+    servers = await api.servers("web")
+    assert servers["web-0"].maint and servers["web-1"].ready
+    assert await rot.reconcile([staying]) == []  # once out, the loop keeps it out
+
+
 async def test_pre_declared_slots_are_re_pointed(haproxy: Any, fleet_factory: Any, tmp_path: Path) -> None:
     fleet: Fleet = fleet_factory(2)
     h = haproxy(extra="    server-template slot 3 0.0.0.0:9 check inter 300ms rise 1 init-addr none")

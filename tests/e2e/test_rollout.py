@@ -73,9 +73,10 @@ class RolloutFleet(DemoFleet):
                         "max_unavailable": 0,
                         "drain": "500ms",
                         "probation_timeout": "30s",
-                        # 8 results a side (not the default 50) keep the bake short: their p95 is one slow answer
-                        # on a loaded box, so the ratio allowed is 2 (v3-slow is 3x: still rejected)
-                        "judge": {"max_error_rate": "1%", "max_latency_ratio": 2.0, "min_results": 8},
+                        # 8 results a side (not the default 50) keep the bake short. Of 8, one answer slower than
+                        # max_latency on a loaded box is 12.5% errors and its p95: so up to 15% more errors and a
+                        # ratio of 2 are allowed (v3-slow is 3x: still rejected; v2-broken fails its probation)
+                        "judge": {"max_error_rate": "15%", "max_latency_ratio": 2.0, "min_results": 8},
                         **self.rollout,
                     },
                 }
@@ -508,8 +509,8 @@ def test_kill_9_at_a_stage_boundary_resumes_once(fleet: RolloutFleet, point: str
     stage_at_crash = record["stage"]
     daemon = fleet.start("resumed")
     view = wait_rollout_end(fleet, daemon)
-    assert view["stage"] == outcome, (stage_at_crash, view)
-    print(f"\nkilled at {point} (stage {stage_at_crash} in the record): resumed to {view['stage']}")
+    assert view["stage"] == outcome, (stage_at_crash, view["reason"], view.get("judge"), fleet.describe())
+    print(f"\nkilled at {point} (stage {stage_at_crash} in the record): resumed to {view['stage']}: {view['reason']}")
     final = (outcome == "completed" and "v2") or "v1"
     members = assert_fleet_is(fleet, daemon, final)
     if outcome == "rolled_back":
