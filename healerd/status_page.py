@@ -40,10 +40,10 @@ EVENTS_SHOWN = 30
 SPANS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 ICONS = {"optimal": "✔", "degraded": "▲", "down": "✖", "up": "✔", "impaired": "▲", "flapping": "↯", "pending": "○"}
 
-#: why a remediation is not happening, in words an on-call engineer acts on (the reason's own detail follows)
+#: why a remediation is not happening, in words an on-call engineer acts on; the gate's own detail follows in
+#: parentheses (its figures and what healerd does meanwhile), so these do not say it again
 HELD: dict[str, str] = {
-    "max_unhealthy": "held back: too much of the service fails at once (max_unhealthy) — healerd suspects its own "
-    "checks or network and replaces nothing; look at the service by hand",
+    "max_unhealthy": "held back: too much of the service fails at once (max_unhealthy); look at the service by hand",
     "storm_cooldown": "held back: cooling down after a storm (max_unhealthy) before remediating again",
     "unconfirmed": "held back: the other vantage points do not see it down (unconfirmed); asked again shortly",
     "silenced": "silenced: a maintenance window covers it; nothing is remediated",
@@ -56,8 +56,7 @@ HELD: dict[str, str] = {
     "backoff": "waiting: backing off after a failed remediation of this machine",
     "retry_limit": "a human is needed: the retry limit is reached, healerd will not try again",
     "static": "alert only: this service's machines are not healerd's to replace",
-    "dependency_down": "held back: a service it depends on is down (dependency_down); nothing is replaced until "
-    "it is back",
+    "dependency_down": "held back: a service it depends on is down (dependency_down)",
 }
 #: reasons that need a human now (highlighted as such)
 NEEDS_HUMAN = {"retry_limit", "max_unhealthy"}
