@@ -80,16 +80,22 @@ class Fleet:
             else:
                 self.known_good[name] = stored.known_good if stored.known_good in image.versions else image.known_good
 
-    async def sync_rotation(self, svc: ServiceConfig) -> None:
+    def rotation_split(self, svc: ServiceConfig, remediating: set[str]) -> tuple[list[Machine], list[Machine]]:
+        """The machines in service that the rotation serves, and those on their way out (their incident is
+        remediating, or they are being retired): what takes those out drains them first, so the rotation's
+        sync and reconcile leave them to it."""
+        serving: list[Machine] = []
+        leaving: list[Machine] = []
+        for m in self.monitor.machines.get(svc.name, {}).values():
+            if m.lifecycle is Lifecycle.IN_SERVICE:
+                (leaving if m.id in remediating or "retiring" in m.attributes else serving).append(m)
+        return serving, leaving
+
+    async def sync_rotation(self, svc: ServiceConfig, remediating: set[str]) -> None:
         rotation = self.rotations.get(svc.name)
         if rotation is None:
             return
-        members = [
-            m
-            for m in self.monitor.machines.get(svc.name, {}).values()
-            if m.lifecycle is Lifecycle.IN_SERVICE and "retiring" not in m.attributes
-        ]
-        await rotation.sync(members)
+        await rotation.sync(*self.rotation_split(svc, remediating))
 
     async def resume_launches(self) -> None:
         """Machines recorded as launching to fill a fleet when healerd stopped are started again."""

@@ -435,13 +435,7 @@ class RotationReconciler:
             return due
         interval = min((c.interval for c in service.checks), default=5.0)
         self._due[service.name] = now + interval
-        # machines being remediated or retired are on their way out, and what takes them out (a playbook's
-        # rotation.remove, a retirement) drains them first: their servers are left to it, neither put back nor cut
-        remediating = {i.machine for i in self.incidents.of(service.name) if i.state is IncidentState.REMEDIATING}
-        serving: list[Machine] = []
-        leaving: list[Machine] = []
-        for m in _serving(self.monitor, service.name):
-            (leaving if m.id in remediating or "retiring" in m.attributes else serving).append(m)
+        serving, leaving = self.fleet.rotation_split(service, self.incidents.machines_remediating(service.name))
         with bound_contextvars(service=service.name):
             try:
                 fixed = await rotation.reconcile(serving, leaving)  # type: ignore[attr-defined]

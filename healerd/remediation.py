@@ -132,9 +132,9 @@ class RemediationEngine:
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
         await self.controls.load()
-        for svc in self.config.services.values():
-            await self.fleet.sync_rotation(svc)
         await self.book.load()
+        for svc in self.config.services.values():  # a machine a resumed playbook is draining is left to it
+            await self.fleet.sync_rotation(svc, self.book.machines_remediating(svc.name))
         self._update_gauges()
         await self.runbook.resume()
         await self.fleet.resume_launches()
@@ -261,9 +261,6 @@ class RemediationEngine:
 
     def announce_replaced(self, inc: Incident, outputs: dict[str, Any]) -> None:
         self.fleet.announce_replaced(inc, outputs)
-
-    async def sync_rotation(self, svc: ServiceConfig) -> None:
-        await self.fleet.sync_rotation(svc)
 
     # -- quarantine, incidents, views (API, CLI) -------------------------------------------------------------
     async def quarantined(self) -> list[dict[str, Any]]:

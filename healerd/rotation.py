@@ -8,6 +8,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -45,8 +46,9 @@ class Rotation:
         """Addresses in rotation now."""
         raise NotImplementedError
 
-    async def sync(self, machines: list[Machine]) -> None:
-        """Make the rotation exactly these machines (at start, after a crash)."""
+    async def sync(self, machines: list[Machine], leaving: Sequence[Machine] = ()) -> None:
+        """Make the rotation exactly these machines (at start, after a crash). The `leaving` ones (being
+        remediated or retired: a step drains and removes them) are left as they are, neither put back nor cut."""
         raise NotImplementedError
 
 
@@ -62,7 +64,7 @@ class NoRotation(Rotation):
     async def addresses(self) -> list[str]:
         return []
 
-    async def sync(self, machines: list[Machine]) -> None:
+    async def sync(self, machines: list[Machine], leaving: Sequence[Machine] = ()) -> None:
         return None
 
 
@@ -142,10 +144,12 @@ class FileRotation(Rotation):
     async def members(self) -> dict[str, str]:
         return await asyncio.to_thread(self._read)
 
-    async def sync(self, machines: list[Machine]) -> None:
+    async def sync(self, machines: list[Machine], leaving: Sequence[Machine] = ()) -> None:
         async with self._lock:
+            members = await asyncio.to_thread(self._read)
             want = {m.id: m.address for m in machines}
-            if want != await asyncio.to_thread(self._read) or not self.path.exists():
+            want.update({m.id: members[m.id] for m in leaving if m.id in members})
+            if want != members or not self.path.exists():
                 await asyncio.to_thread(self._write, want)
 
 
@@ -227,9 +231,10 @@ class Elbv2Rotation(Rotation):
     async def addresses(self) -> list[str]:
         return sorted(await self.members())
 
-    async def sync(self, machines: list[Machine]) -> None:
-        """Register the in-service machines that are missing. Other targets are left alone: they may not be
-        healerd's, and the machines healerd quarantines were deregistered by the quarantine step itself."""
+    async def sync(self, machines: list[Machine], leaving: Sequence[Machine] = ()) -> None:
+        """Register the in-service machines that are missing. Other targets (and the `leaving` machines) are
+        left alone: they may not be healerd's, and the machines healerd quarantines were deregistered by the
+        quarantine step itself."""
         current = await self.members()
         for m in machines:
             if m.attributes.get("instance_id", m.id) not in current:

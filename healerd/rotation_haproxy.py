@@ -153,8 +153,8 @@ class HaproxyRotation(Rotation):
     async def addresses(self) -> list[str]:
         return sorted(set((await self.members()).values()))
 
-    async def sync(self, machines: list[Machine]) -> None:
-        await self.reconcile(machines)
+    async def sync(self, machines: list[Machine], leaving: Sequence[Machine] = ()) -> None:
+        await self.reconcile(machines, leaving)
 
     async def reconcile(self, machines: list[Machine], leaving: Sequence[Machine] = ()) -> list[str]:
         """Make the backend serve exactly `machines` (those in service); returns what had to be re-applied.

@@ -139,6 +139,20 @@ async def test_sync_makes_the_rotation_exactly_the_given_machines(tmp_path: Path
     assert file_sd(path) == []
 
 
+async def test_sync_leaves_a_leaving_machine_where_its_step_left_it(tmp_path: Path) -> None:
+    """At start, after a crash: a machine being remediated stays out if its rotation.remove already ran, and
+    stays in (for the resumed step to drain and remove) if it had not."""
+    path = tmp_path / "web.json"
+    r = rotation(tmp_path, path)
+    for i in (1, 2, 3):
+        await r.add(machine(i))
+    await r.remove(machine(1))  # its playbook took it out before the crash
+    await r.sync([machine(3)], leaving=[machine(1), machine(2)])
+    assert members(path) == {"web-002": "127.0.0.1:20002", "web-003": "127.0.0.1:20003"}
+    await r.sync([machine(3)])  # no longer leaving (quarantined: not in service): out
+    assert members(path) == {"web-003": "127.0.0.1:20003"}
+
+
 async def test_sync_writes_the_file_when_it_is_missing(tmp_path: Path) -> None:
     path = tmp_path / "web.json"
     r = rotation(tmp_path, path)

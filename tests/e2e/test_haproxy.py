@@ -207,7 +207,22 @@ def test_healerd_killed_during_a_drain_finishes_it_after_a_restart_with_nothing_
         wait_until(lambda: servers(h)[victim].draining, 20, f"{victim} draining in HAProxy", interval=0.05)
         daemon.kill9()  # between drain and maint: the victim's sessions are still open
         assert servers(h)[victim].draining and not servers(h)[victim].maint
-        incident = restart_and_finish(daemon, healer, victim)
+        seen: list[ServerState] = []
+        watching = threading.Event()
+
+        def watch() -> None:  # the victim's server from the restart to the end: never put back to ready
+            while not watching.is_set():
+                seen.append(servers(h)[victim])
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            incident = restart_and_finish(daemon, healer, victim)
+        finally:
+            watching.set()
+            watcher.join(5)
+        assert seen and not [s for s in seen if s.ready], f"{victim} taken back into the backend after the restart"
         for t in held:
             t.join(30)
         state = servers(h)
