@@ -1,4 +1,5 @@
-"""Ages as `healerd status` (FOR), the status page and the silence list show them: rounded for a reader."""
+"""Ages as `healerd status` (FOR) and the status page (since, age, a silence's time left) show them: rounded for
+a reader."""
 
 from __future__ import annotations
 
