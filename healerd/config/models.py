@@ -44,6 +44,9 @@ class AlertInputsConfig(Strict):
     machine_label: str = "machine"
     fall: int = Field(default=1, ge=1, le=100)
     rise: int = Field(default=1, ge=1, le=100)
+    #: virtual checks one machine may have at once, and the whole fleet (a new alert name past them is refused)
+    max_per_machine: int = Field(default=50, ge=1, le=10_000)
+    max_total: int = Field(default=5000, ge=1, le=1_000_000)
 
 
 class DaemonConfig(Strict):
