@@ -69,7 +69,7 @@ class Daemon:
             config, self.monitor, self.store, self.bus, self.metrics, mode, crash_at=crash_at
         )
         self.api_token = _read_token(config)
-        self.alert_inputs = AlertInputs(self.monitor, config)
+        self.alert_inputs = AlertInputs(self.monitor, config, metrics=self.metrics)
         self._prime_metrics()
         self.cluster: Cluster | None = None
         if cluster is not None:

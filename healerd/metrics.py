@@ -97,6 +97,14 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("cluster_fenced_writes", "counter", "Leader-only writes of this node refused by epoch.", ()),
     MetricDef("cluster_lease_errors", "counter", "Lease rounds that failed (database unreachable, timeout).", ()),
     MetricDef("cluster_mirror_lag_seconds", "gauge", "Age of the newest result taken from another node.", ()),
+    MetricDef("alert_inputs_checks", "gauge", "Virtual checks alert:<name> that exist now (firing or resolved).", ()),
+    MetricDef(
+        "alert_inputs_refused",
+        "counter",
+        "Alerts posted to /api/v1/alerts that were not taken, by reason (per_machine, total, name_too_long, "
+        "unmatched).",
+        ("reason",),
+    ),
 )
 
 
@@ -148,6 +156,7 @@ OUTCOMES: dict[str, tuple[str, ...]] = {
     "notifications": ("delivered", "retry", "rate_limited", "dead"),
     "rollouts": ("completed", "rolled_back"),
     "config_reloads": ("success", "failure"),
+    "alert_inputs_refused": ("per_machine", "total", "name_too_long", "unmatched"),
 }
 
 
@@ -156,6 +165,8 @@ def prime(metrics: Metrics, config: Config, reasons: Iterable[str], event_types:
     new ones, existing values are kept)."""
     for outcome in OUTCOMES["config_reloads"]:
         metrics.counter("config_reloads").labels(outcome)
+    for reason in OUTCOMES["alert_inputs_refused"]:
+        metrics.counter("alert_inputs_refused").labels(reason)
     for kind in event_types:
         metrics.counter("events").labels(kind)
     for name in config.notifiers:

@@ -119,6 +119,12 @@ class ResultWatchers:
         if events:
             self._publish(events)
 
+    def remove_input(self, key: CheckKey, now: float) -> None:
+        """A virtual check whose input is over (a resolved alert): out of the book, the machine recomputed."""
+        events = self.book.remove_check(key, now)
+        if events:
+            self._publish(events)
+
     def __init__(self) -> None:
         #: machines someone waits on (a replacement on probation): set at each of their results
         self._watchers: dict[tuple[str, str], asyncio.Event] = {}

@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 
 import structlog
 
-from .engine import ThreadedDatabase
+from .engine import Connection, ThreadedDatabase
 from .interface import StoreError
 from .schema import MIGRATIONS, statements
+from .text import printable_parameters
 
 log = structlog.get_logger("healerd.store")
 T = TypeVar("T")
@@ -57,6 +58,22 @@ def move_aside(state_dir: Path) -> Path | None:
         if src.exists():
             src.rename(f"{target}{suffix}")
     return target
+
+
+class _Printable:
+    """sqlite3's connection with every text parameter made printable (as PostgreSQL's adapter does), so that
+    both stores hold the same text."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: sqlite3.Connection) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        return self.raw.execute(sql, printable_parameters(parameters))
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        return self.raw.executemany(sql, (printable_parameters(p) for p in parameters))
 
 
 class SqliteDatabase(ThreadedDatabase):
@@ -150,20 +167,23 @@ class SqliteDatabase(ThreadedDatabase):
         return fn(*args)
 
     @property
-    def conn(self) -> sqlite3.Connection:
+    def conn(self) -> Connection:
         """The connection, for code running on the store's thread (inside `call`/`read`) only."""
+        return _Printable(self._raw())
+
+    def _raw(self) -> sqlite3.Connection:
         if self._conn is None:
             raise RuntimeError("the state store is not open")
         return self._conn
 
     @contextlib.contextmanager
-    def transaction(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+    def transaction(self, immediate: bool = False) -> Iterator[Connection]:
         """BEGIN … COMMIT on the store's thread; whatever fails in between (COMMIT included) rolls back, so the
         next transaction can start."""
-        conn = self.conn
+        conn = self._raw()
         conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
         try:
-            yield conn
+            yield _Printable(conn)
             conn.execute("COMMIT")
         except BaseException:
             rollback(conn)

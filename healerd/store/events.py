@@ -11,6 +11,7 @@ from typing import Any
 
 from ..events import Event
 from .engine import Connection, ThreadedDatabase
+from .text import to_json
 
 
 class Events:
@@ -52,7 +53,7 @@ class Events:
                     e.severity.value,
                     e.status,
                     e.summary,
-                    json.dumps(e.details, default=str),
+                    to_json(e.details),
                 )
                 for e in events
             ],

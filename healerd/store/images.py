@@ -8,6 +8,7 @@ from typing import Any
 
 from .engine import ThreadedDatabase
 from .interface import KnownGood, VersionRecord
+from .text import to_json
 
 _COLS = "family, version, state, reason, promoted_by, updated_at, evidence"
 _UPSERT = (
@@ -22,7 +23,7 @@ _KNOWN_GOOD = (
 
 
 def _row(record: VersionRecord) -> tuple[Any, ...]:
-    return (*record[:6], json.dumps(record.evidence, default=str))
+    return (*record[:6], to_json(record.evidence))
 
 
 class Images:

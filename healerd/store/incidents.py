@@ -11,6 +11,7 @@ from typing import Any
 
 from .engine import ThreadedDatabase
 from .interface import Failures, IncidentRecord
+from .text import to_json
 
 _COLS = (
     "id, service, machine, state, playbook, opened_at, updated_at, resolved_at, summary, replacement, error, details"
@@ -34,7 +35,7 @@ class Incidents:
 
     async def save(self, incident: IncidentRecord) -> None:
         """Insert or replace the whole incident."""
-        row = (*incident[:11], json.dumps(incident.details, default=str))
+        row = (*incident[:11], to_json(incident.details))
         await self._db.fenced(
             lambda: self._db.conn.execute(
                 f"INSERT INTO incidents ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -99,7 +100,7 @@ class Incidents:
     async def end_step(
         self, incident: str, idx: int, state: str, now: float, outputs: dict[str, Any], error: str | None
     ) -> None:
-        encoded = json.dumps(outputs, default=str)
+        encoded = to_json(outputs)
         await self._db.fenced(
             lambda: self._db.conn.execute(
                 "UPDATE steps SET state=?, ended_at=?, outputs=?, error=? WHERE incident=? AND idx=?",

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..machines import Lifecycle, Machine
 from .engine import ThreadedDatabase
+from .text import to_json
 
 _COLS = "service, id, address, lifecycle, attributes"
 
@@ -23,7 +24,7 @@ class Machines:
     async def save(self, machines: Sequence[Machine], provider: str, now: float) -> None:
         """Insert or update (address, lifecycle, provider, attributes) in one transaction."""
         rows = [
-            (m.service, m.id, m.address, m.lifecycle.value, provider, json.dumps(m.attributes), now, now)
+            (m.service, m.id, m.address, m.lifecycle.value, provider, to_json(m.attributes), now, now)
             for m in machines
         ]
 

@@ -13,6 +13,7 @@ from typing import Any
 from .engine import ThreadedDatabase
 from .interface import Compose, OutboxItem, PendingMessage
 from .meta import Meta
+from .text import to_json
 
 _MESSAGE_COLS = (
     "id, notifier, service, state, attempts, created_at, updated_at, delivered_at, last_status, last_error, events"
@@ -30,7 +31,7 @@ class Outbox:
     # -- items ----------------------------------------------------------------------------------------------
     async def enqueue(self, items: Sequence[OutboxItem]) -> None:
         """Commit routed events, all or none."""
-        rows = [(i.notifier, i.service, json.dumps(i.event, default=str), i.created_at) for i in items]
+        rows = [(i.notifier, i.service, to_json(i.event), i.created_at) for i in items]
 
         def write() -> None:
             with self._db.transaction() as conn:
@@ -67,7 +68,7 @@ class Outbox:
                 made = compose([json.loads(e) for _, e in items])
                 conn.execute(
                     _INSERT_MESSAGE,
-                    (message_id, notifier, service, now, now, now, json.dumps(made.payload), len(items)),
+                    (message_id, notifier, service, now, now, now, to_json(made.payload), len(items)),
                 )
                 conn.executemany("UPDATE outbox_items SET message=? WHERE seq=?", [(message_id, s) for s, _ in items])
                 if made.meta:
@@ -79,7 +80,7 @@ class Outbox:
     # -- messages -------------------------------------------------------------------------------------------
     async def add_message(self, message_id: str, notifier: str, service: str, now: float, payload: Any) -> None:
         """A message made of no outbox item (Alertmanager's periodic re-post)."""
-        row = (message_id, notifier, service, now, now, now, json.dumps(payload), 0)
+        row = (message_id, notifier, service, now, now, now, to_json(payload), 0)
         await self._db.fenced(lambda: self._db.conn.execute(_INSERT_MESSAGE, row))
 
     async def next_pending(self, notifier: str) -> PendingMessage | None:

@@ -25,6 +25,7 @@ from .base import BaseStore
 from .engine import Connection, Fenced, ThreadedDatabase
 from .interface import StoreError
 from .pg_schema import MIGRATIONS
+from .text import printable_parameters
 
 log = structlog.get_logger("healerd.store")
 T = TypeVar("T")
@@ -52,17 +53,18 @@ def _placeholders(sql: str) -> str:
 
 
 class _Adapter:
-    """psycopg's connection with the sqlite3 calls the repositories make."""
+    """psycopg's connection with the sqlite3 calls the repositories make; every text parameter made printable
+    (PostgreSQL refuses NUL in text)."""
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
 
     def execute(self, sql: str, parameters: Any = (), /) -> Any:
-        return self.raw.execute(_placeholders(sql), parameters or None)
+        return self.raw.execute(_placeholders(sql), printable_parameters(parameters) or None)
 
     def executemany(self, sql: str, parameters: Any, /) -> Any:
         cur = self.raw.cursor()
-        cur.executemany(_placeholders(sql), list(parameters))
+        cur.executemany(_placeholders(sql), [printable_parameters(p) for p in parameters])
         return cur
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from ..health import CheckKey
 from ..results import CheckResult, PerfDatum, Status
 from .engine import Connection, ThreadedDatabase
+from .text import to_json
 
 _UPSERT = (
     "INSERT INTO results (service, machine, check_name, slot, seq, ts, status, message, duration, metrics)"
@@ -34,7 +35,7 @@ class Results:
     def add(self, key: CheckKey, result: CheckResult, ts: float) -> None:
         seq = self._seq.get(key, 0) + 1
         self._seq[key] = seq
-        metrics = json.dumps([m.as_dict() for m in result.metrics]) if result.metrics else "[]"
+        metrics = to_json([m.as_dict() for m in result.metrics]) if result.metrics else "[]"
         self._pending.append(
             (
                 key.service,

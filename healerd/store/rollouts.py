@@ -8,6 +8,7 @@ from typing import Any
 
 from .engine import ThreadedDatabase
 from .interface import RolloutRecord
+from .text import to_json
 
 _COLS = "id, service, image, version, previous, stage, active, paused, reason, started_at, updated_at, ended_at, data"
 _UPDATE = ", ".join(f"{c}=excluded.{c}" for c in _COLS.split(", ")[1:])
@@ -23,7 +24,7 @@ class Rollouts:
 
     async def save(self, rollout: RolloutRecord) -> None:
         """Insert or replace the whole rollout (leader-only: fenced)."""
-        row = (*rollout[:6], int(rollout.active), int(rollout.paused), *rollout[8:12], json.dumps(rollout.data))
+        row = (*rollout[:6], int(rollout.active), int(rollout.paused), *rollout[8:12], to_json(rollout.data))
         await self._db.fenced(
             lambda: self._db.conn.execute(
                 f"INSERT INTO rollouts ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
