@@ -91,7 +91,7 @@ def test_errors_in_separate_sections_are_all_listed(tmp_path: Path) -> None:
         (("id: web-2", "id: web-1"), "machine id 'web-1' appears twice"),
         (('"127.0.0.1:8002"', '"127.0.0.1"'), "expected host:port"),
         (("status: [200, 204]", "status: [200, 999]"), "between 100 and 599"),
-        (("fall: 4", "fall: 0"), "greater than or equal to 1"),
+        (("fall: 4", "fall: 0"), "must be at least 1, got 0"),
         (("http://{address}/health", "http://{address}/{"), "literal brace"),
         (("http://{address}/health", "ftp://{address}/"), "must start with http://"),
     ],
@@ -257,8 +257,7 @@ def test_a_problem_quotes_a_long_wrong_value_only_in_part(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as info:
         load_config(path)
     (problem,) = info.value.problems
-    assert "at most 10000 items" in problem.message
-    assert problem.message.endswith(" ...)") and len(problem.message) < 400
+    assert problem.message == "lists 10001 items, more than the 10000 allowed; remove some"
 
 
 # -- cluster -------------------------------------------------------------------------------------------------
@@ -280,7 +279,10 @@ def test_a_cluster_section_loads_with_its_defaults(tmp_path: Path) -> None:
     ("cluster", "expected"),
     [
         ("node: a", "set one of store (the PostgreSQL connection string) or store_file"),
-        ("store: mysql://db/healerd", "store must be a PostgreSQL connection string like postgresql://"),
+        (
+            "store: mysql://db/healerd",
+            "expected a PostgreSQL connection string, starting with postgresql://, not mysql://",
+        ),
         ("store: postgresql://db/h\nlease_ttl: 1s", "lease_ttl 1s is too short"),
         ("store: postgresql://db/h\nlease_ttl: 1h", "lease_ttl 1h is more than 5m; use 5m or less"),
         ("store: postgresql://db/h\nconfirm_from: 0", "confirm_from"),

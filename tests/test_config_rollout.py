@@ -133,14 +133,14 @@ BAD = [
     pytest.param(
         "    rollout:\n      judge:\n        max_latency_ratio: 0.5\n",
         "images.demo-web.rollout.judge.max_latency_ratio",
-        "greater than or equal to 1 (got 0.5)",
+        "must be at least 1, got 0.5; use 1 or more",
         "max_latency_ratio:",
         id="latency-ratio-under-1",
     ),
     pytest.param(
         "    rollout:\n      judge:\n        min_results: 0\n",
         "images.demo-web.rollout.judge.min_results",
-        "greater than or equal to 1 (got 0)",
+        "must be at least 1, got 0; use 1 or more",
         "min_results:",
         id="no-results-needed",
     ),
@@ -188,7 +188,7 @@ def test_every_rollout_mistake_is_listed_at_once(tmp_path: Path) -> None:
     assert f"healerd.yaml:{line_of(text, 'dran:')}: images.demo-web.rollout.dran: unknown key 'dran'" in rendered
     assert (
         f"healerd.yaml:{line_of(text, 'max_latency_ratio:')}: images.demo-web.rollout.judge.max_latency_ratio: "
-        "Input should be greater than or equal to 1 (got 0.5)"
+        "must be at least 1, got 0.5; use 1 or more"
     ) in rendered
 
 

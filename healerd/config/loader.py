@@ -16,6 +16,7 @@ from ..playbooks import load_playbooks
 from ..plugins import CHECK_KINDS, PROVIDER_KINDS
 from ..targets import did_you_mean
 from .document import NAMED, key_problems, nul_problems, read_text, refuse_big, strings_only
+from .dsn import dsn_problem
 from .kinds import CHECKS, NOTIFIERS, PROVIDERS, ExtensionPoint, kind_and_options
 from .models import (
     AlertInputsConfig,
@@ -31,7 +32,7 @@ from .models import (
     ServiceConfig,
 )
 from .names import name_problem
-from .network import check_exposure, check_files, file_problem
+from .network import check_exposure, check_files, file_problem, folder_problem
 from .problems import Collector, ConfigError, Loc, Problem, vocabulary
 from .services import load_service
 
@@ -168,8 +169,17 @@ def _cluster(data: dict[str, Any], daemon: DaemonConfig, base: Path, out: Collec
             "store_file": resolve_against(base, cluster.store_file) if cluster.store_file else None,
         }
     )
-    if cluster.store_file is not None and (problem := file_problem(cluster.store_file, "the connection string")):
-        out.add(("cluster", "store_file"), problem)
+    if cluster.store_file is not None:
+        problem = file_problem(cluster.store_file, "the connection string")
+        if problem is None:
+            # read as the store will read it, and judged as cluster.store is
+            try:
+                wrong = dsn_problem(read_secret(cluster.store_file, None, "cluster.store_file") or "")
+            except ValueError as exc:
+                wrong = str(exc)
+            problem = wrong and f"in {cluster.store_file}: {wrong}"
+        if problem:
+            out.add(("cluster", "store_file"), problem)
     if daemon.api_token_file is None:
         out.add(
             ("cluster",),
@@ -198,6 +208,8 @@ def _daemon(data: dict[str, Any], base: Path, out: Collector, warnings: list[str
             "tls_key_file": resolve_against(base, daemon.tls_key_file) if daemon.tls_key_file else None,
         }
     )
+    if (problem := folder_problem(daemon.state_dir)) is not None:
+        out.add(("daemon", "state_dir"), problem)
     check_files(daemon.api_token_file, daemon.tls_cert_file, daemon.tls_key_file, out)
     if "listen" in raw and not any(p.path[:2] == ("daemon", "listen") for p in out.problems):
         check_exposure(daemon.listen, daemon.listen_host, daemon.api_token_file, out, warnings, filename)
@@ -312,7 +324,9 @@ def _dependencies(services: dict[str, ServiceConfig], raw_services: dict[str, An
     for svc in services.values():
         for i, dep in enumerate(svc.depends_on):
             where = ("services", svc.name, "depends_on", i)
-            if dep == svc.name:
+            if dep in svc.depends_on[:i]:
+                out.add(where, f"{dep!r} is listed twice in depends_on; remove one of them")
+            elif dep == svc.name:
                 out.add(where, "a service cannot depend on itself; remove it")
             elif dep not in raw_services:
                 known = ", ".join(raw_services)

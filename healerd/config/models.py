@@ -5,6 +5,7 @@ Durations are stored as float seconds; paths are resolved against the config fil
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +25,24 @@ from ..checks.base import Check, CheckOptions
 from ..durations import DAY, YEAR, parse_count_or_percent, parse_duration
 from ..modes import Mode
 from ..results import Status
+from .dsn import dsn_problem
 from .names import name_problem
-from .network import host_header, listen_address
+from .network import advertise_address, host_header, listen_address
 
 
 def _duration(v: object, info: ValidationInfo, at_most: float = YEAR) -> float:
     return parse_duration(v, at_most=at_most, what=info.field_name or "duration")
+
+
+def _above_zero(v: float | None, info: ValidationInfo, example: str) -> float | None:
+    """A duration that means nothing at 0 (a timeout, a bake): refused there, with an example of a good one."""
+    if v is not None and v <= 0:
+        raise ValueError(f"{info.field_name} must be above 0 (got {v:g}s); use a duration like {example}")
+    return v
+
+
+#: Prometheus's label names, which Alertmanager's alerts carry
+_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 class Strict(BaseModel):
@@ -44,6 +57,27 @@ class AlertInputsConfig(Strict):
     machine_label: str = "machine"
     fall: int = Field(default=1, ge=1, le=100)
     rise: int = Field(default=1, ge=1, le=100)
+
+    @field_validator("service_label", "machine_label")
+    @classmethod
+    def _label(cls, v: str, info: ValidationInfo) -> str:
+        if not _LABEL.fullmatch(v):
+            fixed = re.sub(r"^[^a-zA-Z_]+", "", re.sub(r"[^a-zA-Z0-9_]+", "_", v))
+            raise ValueError(
+                f"{info.field_name} {v!r} is no Prometheus label name (letters, digits and '_', not starting with "
+                f"a digit); name the label your alerts carry{f', e.g. {fixed!r}' if fixed else ''}"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _two_labels(self) -> AlertInputsConfig:
+        if self.service_label == self.machine_label:
+            raise ValueError(
+                f"service_label and machine_label are both {self.machine_label!r}: one label cannot name both the "
+                "service and the machine; set them to two labels (like service and instance)"
+            )
+        return self
+
     #: virtual checks one machine may have at once, and the whole fleet (a new alert name past them is refused)
     max_per_machine: int = Field(default=50, ge=1, le=10_000)
     max_total: int = Field(default=5000, ge=1, le=1_000_000)
@@ -88,12 +122,10 @@ class ClusterConfig(Strict):
     """`cluster:` (DESIGN §14): nodes share one PostgreSQL database; absent, healerd runs alone on SQLite."""
 
     #: the PostgreSQL connection string (postgresql://user@host/db); or store_file: a file holding it
-    store: str | None = Field(default=None, max_length=4096)
+    store: str | None = None
     store_file: Path | None = None
     #: this node's unique name (default: the host name)
-    node: str = Field(
-        default_factory=socket.gethostname, min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
-    )
+    node: str = Field(default_factory=socket.gethostname)
     #: host:port where the other nodes reach this node's API (default: daemon.listen)
     advertise: str | None = None
     #: the leader lease: renewed every lease_ttl / 3; another node leads within lease_ttl of the leader's death
@@ -114,16 +146,33 @@ class ClusterConfig(Strict):
     @field_validator("advertise")
     @classmethod
     def _advertise(cls, v: str | None) -> str | None:
-        return None if v is None else listen_address(v)
+        return None if v is None else advertise_address(v)
 
-    @field_validator("store")
+    @field_validator("node")
     @classmethod
-    def _store(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("postgresql://", "postgres://")) and "=" not in v:
+    def _node(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", v):
+            fixed = re.sub(r"^[^A-Za-z0-9]+", "", re.sub(r"[^A-Za-z0-9._-]+", "-", v))[:63]
             raise ValueError(
-                "store must be a PostgreSQL connection string like postgresql://healerd@db.example/healerd "
-                "(or key=value pairs: host=db dbname=healerd)"
+                f"node name {v[:100]!r} cannot be used: write 1 to 63 letters, digits, '.', '_' or '-', starting with "
+                f"a letter or digit{f', e.g. {fixed!r}' if fixed and fixed != v else ''}"
             )
+        return v
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _store(cls, v: object) -> object:
+        """Read by libpq's parser, as the store will; no message quotes the password (pydantic's would)."""
+        if v is None:
+            return v
+        if not isinstance(v, str):
+            raise ValueError(
+                f"expected the connection string as text, got {type(v).__name__}; write it like "
+                "postgresql://healerd@db.example:5432/healerd"
+            )
+        problem = dsn_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")
@@ -170,17 +219,25 @@ class CheckCommon(BaseModel):
     def _durations(cls, v: object, info: ValidationInfo) -> float:
         return _duration(v, info)
 
-    @field_validator("interval")
+    @field_validator("interval", "retry_interval")
     @classmethod
-    def _positive(cls, v: float) -> float:
-        if v < 0.05:
-            raise ValueError("interval must be at least 50ms")
+    def _often(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is not None and v < 0.05:
+            raise ValueError(f"{info.field_name} must be at least 50ms (got {v:g}s); checks cannot run more often")
         return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: float | None, info: ValidationInfo) -> float | None:
+        return _above_zero(v, info, "1s (at most the interval)")
+
+    @field_validator("unknown_alert_after")
+    @classmethod
+    def _unknown_after(cls, v: float, info: ValidationInfo) -> float | None:
+        return _above_zero(v, info, "5m")
 
     @model_validator(mode="after")
     def _relations(self) -> CheckCommon:
-        if self.timeout is not None and self.timeout <= 0:
-            raise ValueError("timeout must be greater than 0")
         if self.timeout is not None and self.timeout > self.interval:
             raise ValueError(
                 f"timeout ({self.timeout:g}s) is longer than interval ({self.interval:g}s); "
@@ -257,6 +314,11 @@ class RemediationConfig(Strict):
     @classmethod
     def _per_day(cls, v: object, info: ValidationInfo) -> float:
         return _duration(v, info, at_most=DAY)
+
+    @field_validator("probation_timeout")
+    @classmethod
+    def _probation(cls, v: float, info: ValidationInfo) -> float | None:
+        return _above_zero(v, info, "10m (the time a new machine has to pass its checks)")
 
     @field_validator("keep_for", mode="before")
     @classmethod
@@ -351,6 +413,16 @@ class RolloutConfig(Strict):
     @classmethod
     def _durations(cls, v: object, info: ValidationInfo) -> float | None:
         return None if v is None else _duration(v, info, at_most=DAY)
+
+    @field_validator("bake")
+    @classmethod
+    def _bake(cls, v: float, info: ValidationInfo) -> float | None:
+        return _above_zero(v, info, "5m (a canary is judged on what it did during the bake)")
+
+    @field_validator("probation_timeout")
+    @classmethod
+    def _probation(cls, v: float, info: ValidationInfo) -> float | None:
+        return _above_zero(v, info, "10m (the time a new machine has to pass its checks)")
 
     @model_validator(mode="after")
     def _room(self) -> RolloutConfig:

@@ -26,12 +26,31 @@ def ip_or_none(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
 def listen_address(v: str) -> str:
     """`host:port` the API can listen on (an IP address or a host name, IPv6 in brackets); ValueError if not."""
     host, sep, port = v.rpartition(":")
-    if not sep or not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+    if not sep or not host:
         raise ValueError(f"expected host:port like 127.0.0.1:9464, got {v!r}")
+    if not port:
+        raise ValueError(f"expected host:port like 127.0.0.1:9464, got {v!r}: the port is missing; add it after ':'")
+    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(
+            f"expected host:port like 127.0.0.1:9464, got {v!r}: port {port[:20]!r} is not a port from 1 to 65535; "
+            "fix the port"
+        )
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if ip_or_none(bare) is None and not _HOSTNAME.fullmatch(bare):
         raise ValueError(
             f"{host!r} is not an IP address or a host name; listen on an address like 127.0.0.1:9464 or [::1]:9464"
+        )
+    return v
+
+
+def advertise_address(v: str) -> str:
+    """`host:port` where the other nodes of a cluster reach this one: a listen address, but not a wildcard."""
+    listen_address(v)
+    host = v.rpartition(":")[0].strip("[]")
+    if (ip := ip_or_none(host)) is not None and ip.is_unspecified:
+        raise ValueError(
+            f"{v} is the wildcard address: the other nodes cannot reach this node there; set advertise to the "
+            f"address they reach it at, like 10.0.0.7:{v.rpartition(':')[2]}"
         )
     return v
 
@@ -173,3 +192,19 @@ def file_problem(path: Path, what: str = "the value") -> str | None:
     except ValueError as exc:
         return str(exc)
     return None if text.strip() else f"{path} is empty; put {what} in it"
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why healerd could not keep its state in the folder `path` (None when it can, or can create it)."""
+    for at in (path, *path.parents):
+        try:
+            if at.is_dir():
+                return None
+            found = at.exists()
+        except OSError as exc:  # a name too long, a loop of links
+            return f"{at} cannot be used as a folder: {exc.strerror or exc}; set state_dir to a folder"
+        if found:
+            if at == path:
+                return f"{path} is a file, not a folder; set state_dir to a folder (healerd creates it if missing)"
+            return f"{at} is a file, so the folder {path} cannot be made in it; set state_dir to a folder elsewhere"
+    return None

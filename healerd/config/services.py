@@ -190,7 +190,13 @@ def _check(
         out.add((*path, *rel), message)
     if found is not None and len(out.problems) == before:
         _, cls, options = found
-        for rel, message in cls.preflight(options, env):
+        try:
+            preflight = list(cls.preflight(options, env))
+        except OSError as exc:  # a plugin's name longer than a file name can be, say
+            name = str(exc.filename or "")
+            shown = name if len(name) <= 80 else name[:77] + "..."
+            preflight = [((), f"cannot look up {shown!r}: {exc.strerror or exc}; fix the name or path it uses")]
+        for rel, message in preflight:
             out.add((*path, *rel), message)
     if len(out.problems) > before or common is None or found is None:
         return None
