@@ -33,6 +33,7 @@ from .api_models import (
     parse_query,
     path_value,
 )
+from .store import STORE_FAULTS, Fenced
 
 if TYPE_CHECKING:
     from .alerting import Alerting
@@ -63,11 +64,16 @@ ALERTING: web.AppKey[Alerting] = web.AppKey("alerting")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
+#: what the state store's database raises when it fails (its OSErrors are told apart by the store's fault)
+_DATABASE_ERRORS = tuple(e for e in STORE_FAULTS if not issubclass(e, OSError))
 
 #: Methods that only read; every other method changes something and must send JSON.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: How long a client may take to send its (at most MAX_BODY bytes) body.
 BODY_TIMEOUT = 10.0
+#: How long a connection may stay without a whole request head (a client trickling its headers) or idle
+#: between requests: the server's keep-alive timer, which aiohttp also runs from the connection's start.
+HEADER_TIMEOUT = 10.0
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
@@ -230,10 +236,40 @@ def _refuse_token(request: web.Request, settings: ApiSettings) -> web.Response |
     return None
 
 
+#: on every answer: nothing may frame it, sniff it into another type or learn where its links came from; a
+#: page that wants more (the status page: its own script and style) sets its own Content-Security-Policy
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _store_failing(request: web.Request, exc: BaseException) -> web.Response:
+    """The state store failed under a request (disk full, database away): 503 saying what still works."""
+    store = request.app[STORE]
+    reason = store.fault or f"{type(exc).__name__}: {exc}"
+    return json_error(
+        503,
+        "state store failing",
+        f"the state store {store.where} is failing ({reason[:300]}), so this request could not be "
+        f"{'read' if request.method in SAFE_METHODS else 'saved'}. Checks, alerts, the status page, /healthz and "
+        f"/api/v1/machines go on; retry once it works again. {store.remedy}",
+    )
+
+
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every request: Host and Origin, then JSON for changes and the bearer token, then the handler; a refusal
-    or a failure answers JSON `{"error", "detail"}`."""
+    or a failure answers JSON `{"error", "detail"}`. Every answer carries SECURITY_HEADERS."""
+    response = await _answer(request, handler)
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     try:
         refusal = _refuse_foreign(request, settings) or _refuse_body(request) or _refuse_token(request, settings)
@@ -256,13 +292,31 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
                 404, "not found", f"no endpoint {request.method[:20]} {request.path[:200]}; see docs/api.md"
             )
         return json_error(exc.status, exc.reason, exc.text if exc.text != f"{exc.status}: {exc.reason}" else None)
+    except Fenced:
+        return json_error(
+            409,
+            "not the leader",
+            "this node lost the cluster's lease while saving the change; send it to the new leader "
+            "(healerd cluster status shows it)",
+        )
+    except _DATABASE_ERRORS as exc:
+        return _store_failing(request, exc)
+    except ClientGone as exc:  # the client's problem, not healerd's: nobody reads the answer
+        request.app.logger.debug("request body cut short: %s", exc)
+        return json_error(400, "body cut short", str(exc))
     except Exception as exc:  # an API bug answers 500 in JSON; the daemon keeps running
+        if isinstance(exc, OSError) and request.app[STORE].fault:  # the disk under the store
+            return _store_failing(request, exc)
         request.app.logger.exception("API handler failed")
         return json_error(500, "internal error", f"{type(exc).__name__}: {exc}")
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Typed input
+
+
+class ClientGone(Exception):
+    """The client closed the connection, or broke its chunked encoding, before its body ended."""
 
 
 async def _read_body(request: web.Request) -> bytes:
@@ -279,6 +333,8 @@ async def _read_body(request: web.Request) -> bytes:
                 size += len(chunk)
     except TimeoutError:
         raise InputError("body too slow", f"send the body within {BODY_TIMEOUT:g}s", status=408) from None
+    except (web.RequestPayloadError, ConnectionError) as exc:
+        raise ClientGone(f"the body ended after {size} bytes: {exc or type(exc).__name__}") from None
     return b"".join(chunks)
 
 
@@ -300,10 +356,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    # a failing load balancer is said, but healerd is ready all the same: it monitors, and retries it
+    faults = request.app[ENGINE].rotation_faults
+    failing = {"rotations": {s: {"status": "failing", "error": e} for s, e in sorted(faults.items())}} if faults else {}
     if request.app[MONITOR].ready:
-        return json_response({"status": "ready"})
+        return json_response({"status": "ready", **failing})
     pending = request.app[MONITOR].checks_without_result
-    return json_response({"status": "starting", "checks_without_result": pending}, status=503)
+    return json_response({"status": "starting", "checks_without_result": pending, **failing}, status=503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -438,10 +497,30 @@ async def set_mode(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     if change.service is not None and change.service not in settings.config.services:
         return json_error(404, "unknown service", f"no service named {change.service!r}; see GET /api/v1/services")
+    unsaved: BaseException | None = None
+    # the engine changes its state first, then saves it: a change the store cannot save still applies
     if change.changes_mode:
-        await engine.set_mode(change.mode, change.service)
+        try:
+            await engine.set_mode(change.mode, change.service)
+        except _DATABASE_ERRORS as exc:
+            unsaved = exc
     if change.changes_paused:
-        await engine.set_paused(change.paused)
+        try:
+            await engine.set_paused(change.paused)
+        except _DATABASE_ERRORS as exc:
+            unsaved = exc
+    if unsaved is not None:
+        status = engine.status()
+        mode = status["service_modes"][change.service] if change.service else status["mode"]
+        now = f"mode {mode}" + (f" for {change.service}" if change.service else "") + (", paused" * status["paused"])
+        store = request.app[STORE]
+        return json_error(
+            503,
+            "change not saved",
+            f"the change applies now ({now}) but the state store {store.where} is failing "
+            f"({(store.fault or str(unsaved))[:300]}), so it is not saved: a restart would return to the saved "
+            f"mode. Send it again once the store works. {store.remedy}",
+        )
     return json_response(engine.status())
 
 

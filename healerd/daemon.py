@@ -340,7 +340,9 @@ async def serve(config: Config, mode: Mode | None = None, crash_at: str | None =
     """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads the config. Returns the exit status."""
     daemon = Daemon(config, mode, crash_at)
     app = daemon.build_app()
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    # keepalive_timeout also bounds how long a connection may take to send a request's head (a client trickling
+    # its headers is cut off after it), as aiohttp has no header timeout of its own
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, keepalive_timeout=api.HEADER_TIMEOUT)
     loop = asyncio.get_running_loop()
     sd = SystemdNotifier()
     background: set[asyncio.Task[Any]] = set()

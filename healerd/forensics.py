@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,12 @@ def _sha256(path: Path) -> str:
 
 
 def verify(bundle: Path) -> list[str]:
-    """Problems with a bundle (empty when every file matches its manifest hash)."""
+    """Problems with a bundle (empty when every file matches its manifest hash). A symbolic link is never
+    followed: healerd writes none, so one is a problem, not a file to hash (it could lead to /dev/zero)."""
+    if bundle.is_symlink():
+        return [f"{bundle.name} is a symbolic link, not a bundle healerd wrote"]
     try:
-        manifest = json.loads((bundle / "manifest.json").read_text())
+        manifest = json.loads(_read_plain(bundle / "manifest.json"))
     except (OSError, ValueError) as exc:
         return [f"manifest.json unreadable: {exc}"]
     problems = []
@@ -32,11 +36,81 @@ def verify(bundle: Path) -> list[str]:
         problems.append(f"{extra} is not in the manifest (added after collection)")
     for name, digest in manifest.get("files", {}).items():
         p = bundle / name
-        if not p.is_file():
-            problems.append(f"{name} is missing")
+        if not _plain_name(name) or not p.is_file() or p.is_symlink():
+            problems.append(f"{name} is missing" if not p.is_symlink() else f"{name} is a symbolic link")
         elif _sha256(p) != digest:
             problems.append(f"{name} does not match its SHA-256")
     return problems
+
+
+def _plain_name(name: object) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\0" not in name
+
+
+def _read_plain(path: Path, limit: int = 1 << 20) -> bytes:
+    """The first `limit` bytes of a regular file, never through a symbolic link (O_NOFOLLOW)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path.name} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(limit)
+    finally:
+        os.close(fd)
+
+
+def listing(root: Path, incident: str) -> dict[str, Any] | None:
+    """The bundle of `incident` under `root` as the API shows it: each file of its manifest with its SHA-256 and
+    size (None when it is missing or not a regular file), and the manifest. None when there is no bundle.
+
+    Nothing outside `root` is looked at: the bundle's folder and files are opened relative to `root` without
+    following symbolic links (one planted in the forensics folder is reported as missing, never stat'ed)."""
+    if not _plain_name(incident):
+        return None
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        root_fd = os.open(root, flags)
+    except OSError:
+        return None
+    try:
+        try:
+            fd = os.open(incident, flags, dir_fd=root_fd)
+        except OSError:  # missing, or a symbolic link
+            return None
+        try:
+            return _listing(fd, root / incident, incident)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(root_fd)
+
+
+def _listing(fd: int, path: Path, incident: str) -> dict[str, Any] | None:
+    try:
+        manifest_fd = os.open("manifest.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(manifest_fd).st_mode):
+            return None
+        with os.fdopen(manifest_fd, "rb", closefd=False) as f:
+            manifest = json.loads(f.read(1 << 20))
+    except ValueError:
+        manifest = {"unreadable": "manifest.json is not JSON"}
+    finally:
+        os.close(manifest_fd)
+    listed = manifest.get("files") if isinstance(manifest, dict) else None
+    files = []
+    for name, digest in sorted(listed.items()) if isinstance(listed, dict) else []:
+        size = None
+        if _plain_name(name):
+            try:
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                info = None
+            size = info.st_size if info is not None and stat.S_ISREG(info.st_mode) else None
+        files.append({"name": name, "sha256": digest, "bytes": size})
+    return {"incident": incident, "path": str(path), "files": files, "manifest": manifest}
 
 
 def write_bundle(root: Path, incident: str, files: dict[str, Any]) -> Path:

@@ -34,9 +34,7 @@ def post_alerts(daemon: DaemonProcess, alerts: list[dict[str, Any]]) -> Answer:
 
 
 def alert_checks(daemon: DaemonProcess) -> dict[str, list[str]]:
-    return {
-        mid: sorted(c for c in m["checks"] if c.startswith("alert:")) for mid, m in daemon.machines().items()
-    }
+    return {mid: sorted(c for c in m["checks"] if c.startswith("alert:")) for mid, m in daemon.machines().items()}
 
 
 def rss_kib(pid: int) -> int:
