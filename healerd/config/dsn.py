@@ -123,7 +123,7 @@ def redact(dsn: str) -> str:
         if a >= last:
             text += [dsn[last:a], MASK]
             last = b
-    return "".join([*text, dsn[last:]])
+    return mask("".join([*text, dsn[last:]]), dsn)  # the password written elsewhere too (in the port, say)
 
 
 def mask(text: str, dsn: str) -> str:

@@ -11,12 +11,14 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import free_port
+from pg import PgServer
 
 from .fleet import Healer, demo_pids, fleet_config, kill_demos, set_fault
-from .helpers import StartDaemon, http_get, run_cli
+from .helpers import StartDaemon, http_check, http_get, make_config, run_cli, wait_until, write_config
 from .test_alerting import Hit, Loopback, Receiver, loopback  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
@@ -104,5 +106,69 @@ def test_planted_secrets_appear_nowhere(tmp_path: Path, loopback: Loopback, star
         where: [s for s in (SLACK_TOKEN, "pl4nted-slack-t0ken", WEBHOOK_SECRET, API_TOKEN) if s in text]
         for where, text in places.items()
     }
+    leaks = {k: v for k, v in leaks.items() if v}
+    assert leaks == {}, json.dumps(leaks, indent=1)
+
+
+STORE_PASSWORD = "pl4nted-pg-pa55w0rd"
+#: what of the store's password a message might show: a piece on either side of a bad escape, the whole
+STORE_PIECES = ("pl4nted-pg", "pa55w0rd")
+
+
+def test_the_store_password_appears_nowhere(tmp_path: Path, pg: PgServer, start_daemon: StartDaemon) -> None:
+    """A connection string with a password: refused by `validate` and `run` when libpq cannot read it, or when it
+    is too long, without quoting it; used by a node on a real store, and by one whose store does not answer,
+    without it in their logs (debug), their API or their page."""
+    token = tmp_path / "api-token"
+    token.write_text(API_TOKEN + "\n")
+    good = pg.new_database().replace("healerd@", f"healerd:{STORE_PASSWORD}@")
+    escaped = good.replace(STORE_PASSWORD, "pl4nted-pg%zz-pa55w0rd")  # a '%' the password meant, unencoded
+    dsn_file = tmp_path / "store-dsn"
+    dsn_file.write_text(escaped + "\n")
+    dsn_file.chmod(0o600)
+
+    def config(name: str, **cluster: str) -> dict[str, Any]:
+        base = make_config(tmp_path, free_port(), [("m1", f"127.0.0.1:{free_port()}")], [http_check(interval="1s")])
+        base["daemon"].update(log_level="debug", api_token_file=str(token))
+        base["cluster"] = {"node": f"healerd-{name}", "lease_ttl": "3s", **cluster}
+        return base
+
+    places: dict[str, str] = {}
+    for name, cluster in {
+        "escape": {"store": escaped},
+        "long": {"store": good + "?application_name=" + "x" * 4100},
+        "file": {"store_file": str(dsn_file)},
+    }.items():
+        path = write_config(tmp_path / f"{name}.yaml", config(name, **cluster))
+        out = run_cli("validate", "-c", str(path))
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out
+        key = "cluster.store_file" if name == "file" else "cluster.store"
+        assert f": {key}: " in out.stderr and "postgresql://healerd:***@127.0.0.1" in out.stderr, out.stderr
+        places[f"validate {name}"] = out.stdout + out.stderr
+    assert "percent-encode the password's special characters (% as %25" in places["validate escape"]
+
+    refused = start_daemon(config("refused", store=escaped), wait="no", name="refused")
+    wait_until(lambda: refused.returncode is not None, 20, "healerd run to refuse the config")
+    assert refused.returncode == 2 and "percent-encode" in refused.output(), refused.describe()
+    places["run refused"] = refused.output()
+
+    node = start_daemon(config("a", store=good), wait="listening", name="node-a")
+    wait_until(
+        lambda: node.json("/api/v1/cluster")["leader"] == "healerd-a", 20, "node a to lead", describe=node.describe
+    )
+    for path in ("/api/v1/cluster", "/", "/metrics", "/readyz", "/api/v1/events?limit=1000"):
+        status, body = http_get(node.url + path)
+        assert status in (200, 503), (path, status)
+        places[f"GET {path}"] = body.decode(errors="replace")
+    assert "healerd-a" in places["GET /api/v1/cluster"]
+
+    closed = good.replace(f":{pg.port}/", f":{free_port()}/")  # nothing listens there: every connection refused
+    lost = start_daemon(config("b", store=closed), wait="no", name="node-b")
+    wait_until(lambda: lost.output().count("refused") >= 2 or lost.returncode is not None, 30, "node b to try")
+    node.stop()
+    lost.stop()
+    places["log a"], places["log b"] = node.output(), lost.output()
+
+    leaks = {where: [p for p in STORE_PIECES if p in text] for where, text in places.items()}
     leaks = {k: v for k, v in leaks.items() if v}
     assert leaks == {}, json.dumps(leaks, indent=1)
