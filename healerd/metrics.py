@@ -82,6 +82,12 @@ METRICS: tuple[MetricDef, ...] = (
         "Times the load balancer had lost the rotation and it was re-applied.",
         ("service",),
     ),
+    MetricDef(
+        "rotation_up",
+        "gauge",
+        "1 while the service's load balancer answered when last compared with the rotation, 0 while it fails.",
+        ("service",),
+    ),
     MetricDef("rollouts", "counter", "Rollouts ended, by outcome (completed, rolled_back).", ("service", "outcome")),
     MetricDef(
         "rollout_stage",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +15,13 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port
+from conftest import Fleet, free_port
+from pg import PgServer
 
 from . import prom
+from .cluster import TOKEN, ClusterRig
 from .fleet import DETECT, Healer, fleet_config, kill_demos, post_json
-from .helpers import StartDaemon
+from .helpers import DaemonProcess, StartDaemon, http_check, make_config, wait_until
 from .prom import Exporter
 
 pytestmark = pytest.mark.e2e
@@ -66,7 +69,6 @@ def setup(tmp_path: Path, start_daemon: StartDaemon) -> Iterator[tuple[Healer, s
 
 def send(am: str, machine: str, ends_in: float) -> None:
     """What Prometheus's rule evaluation posts to Alertmanager (an alert, or its end with endsAt now)."""
-    import time
 
     now = time.time()
     alert = {
@@ -193,7 +195,6 @@ def _the_chain(h: Healer, exporter: Exporter, victim: str) -> None:
 
 def test_an_alert_not_renewed_by_its_end_expires_to_ok(setup: tuple[Healer, str]) -> None:
     """An alert posted straight to healerd (as Alertmanager does) that nobody renews past its endsAt is over."""
-    import time
 
     h, _ = setup
     members = h.wait_fleet_up(30)
@@ -219,3 +220,63 @@ def test_an_alert_not_renewed_by_its_end_expires_to_ok(setup: tuple[Healer, str]
 def check_of_named(h: Healer, machine: str, check: str) -> dict[str, Any] | None:
     m = h.machines().get(machine)
     return m["checks"].get(check) if m else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Text from outside: an alert name with NUL and control characters
+
+
+def nul_config(tmp_path: Path, fleet: Fleet) -> dict[str, Any]:
+    cfg = make_config(tmp_path, free_port(), [("web-1", fleet[0].address)], [http_check(interval="1s")])
+    cfg["daemon"]["mode"] = "observe"
+    return cfg
+
+
+def _nul_alert_is_taken_stored_and_shown_escaped(daemon: DaemonProcess, token: dict[str, str]) -> None:
+    raw = "Disk\x00Full\x1b[2J"
+    shown = "alert:Disk\\x00Full\\x1b[2J"
+    alert = {
+        "status": "firing",
+        "labels": {"alertname": raw, "service": "web", "machine": "web-1"},
+        "annotations": {"summary": "sda\x00 is full"},
+    }
+    status, body = post_json(daemon.url + "/api/v1/alerts", {"version": "4", "alerts": [alert]}, headers=token)
+    assert status == 200 and body["results"][0]["check"] == shown, body
+    check = wait_until(lambda: daemon.machines()["web-1"]["checks"].get(shown), 10, "the virtual check")
+    assert check["message"] == f"alert {shown.removeprefix('alert:')} firing: sda\\x00 is full", check
+    # stored: the machine's fall and its incident are in the store's event log, escaped
+    events = wait_until(
+        lambda: [e for e in daemon.events() if e["type"] == "machine.unhealthy" and e["machine"] == "web-1"],
+        10,
+        "the machine.unhealthy event, read back from the store",
+    )
+    assert "\\x00" in json.dumps(events) and "\\u0000" not in json.dumps(events), events
+    incident = wait_until(lambda: daemon.json("/api/v1/incidents")["incidents"], 10, "the incident, stored")
+    assert incident[0]["machine"] == "web-1"
+    status, page = daemon.get("/")
+    assert status == 200 and b"Disk\\x00Full" in page and b"\x00" not in page and b"\x1b" not in page
+    time.sleep(2)  # a few flushes of the store
+    assert [e for e in daemon.events() if e["type"] == "store.degraded"] == []
+    assert daemon.metrics().get("healerd_store_writable") == 1
+    assert "store is failing" not in daemon.output(), daemon.describe()
+
+
+def test_an_alert_named_with_a_nul_is_stored_and_shown_escaped_on_sqlite(
+    tmp_path: Path, fleet_factory: Any, start_daemon: StartDaemon
+) -> None:
+    daemon = start_daemon(nul_config(tmp_path, fleet_factory(1)))
+    _nul_alert_is_taken_stored_and_shown_escaped(daemon, {})
+
+
+def test_an_alert_named_with_a_nul_is_stored_and_shown_escaped_on_postgresql(
+    tmp_path: Path, fleet_factory: Any, pg: PgServer
+) -> None:
+    rig = ClusterRig(tmp_path, pg.new_database(), nul_config(tmp_path, fleet_factory(1)), ttl=3.0, confirm_from=1)
+    try:
+        node = rig.start("a")
+        rig.wait_leader()
+        wait_until(lambda: node.get("/readyz")[0] == 200, 15, "the leader ready", describe=node.describe)
+        _nul_alert_is_taken_stored_and_shown_escaped(node, {"Authorization": f"Bearer {TOKEN}"})
+    finally:
+        problems = rig.stop_all()
+    assert not problems, problems
