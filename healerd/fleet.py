@@ -16,6 +16,7 @@ from .actions import StepFailed
 from .config import Config, ServiceConfig
 from .events import Event, EventType, Severity, new_id
 from .health import CheckKey, ProbationOutcome, probation_outcome
+from .incidents import IncidentState
 from .machines import PROBATION, Lifecycle, Machine, Origin, launched_for
 from .plugins import ROTATION_KINDS
 from .providers.base import LaunchRequest, Provider, ProviderError
@@ -51,6 +52,8 @@ class Fleet:
         self.metrics = metrics
         self.incidents = incidents
         self.rotations: dict[str, Rotation] = {}
+        #: service -> why its load balancer failed the last time healerd compared it (absent: it answered)
+        self.rotation_faults: dict[str, str] = {}
         self.known_good: dict[str, str] = {}
 
     async def apply(self, config: Config) -> None:
@@ -80,22 +83,48 @@ class Fleet:
             else:
                 self.known_good[name] = stored.known_good if stored.known_good in image.versions else image.known_good
 
-    def rotation_split(self, svc: ServiceConfig, remediating: set[str]) -> tuple[list[Machine], list[Machine]]:
+    def rotation_split(self, svc: ServiceConfig) -> tuple[list[Machine], list[Machine]]:
         """The machines in service that the rotation serves, and those on their way out (their incident is
         remediating, or they are being retired): what takes those out drains them first, so the rotation's
-        sync and reconcile leave them to it."""
+        sync and reconcile leave them to it. A machine whose remediation failed (a human is needed) is in
+        neither: healerd had set out to take it out, so the rotation does not serve it meanwhile."""
+        remediating = self.incidents.machines_remediating(svc.name)
+        escalated = {i.machine for i in self.incidents.of(svc.name) if i.state is IncidentState.FAILED}
         serving: list[Machine] = []
         leaving: list[Machine] = []
         for m in self.monitor.machines.get(svc.name, {}).values():
-            if m.lifecycle is Lifecycle.IN_SERVICE:
+            if m.lifecycle is Lifecycle.IN_SERVICE and m.id not in escalated:
                 (leaving if m.id in remediating or "retiring" in m.attributes else serving).append(m)
         return serving, leaving
 
-    async def sync_rotation(self, svc: ServiceConfig, remediating: set[str]) -> None:
+    async def sync_rotation(self, svc: ServiceConfig) -> None:
+        """At start: the rotation made what healerd says. One that reconciles is left to the reconcile loop,
+        which does it in the background; a load balancer that cannot be reached does not stop the start."""
         rotation = self.rotations.get(svc.name)
-        if rotation is None:
+        if rotation is None or rotation.reconciles:
             return
-        await rotation.sync(*self.rotation_split(svc, remediating))
+        try:
+            await rotation.sync(*self.rotation_split(svc))
+        except ProviderError as exc:
+            self.rotation_checked(svc.name, str(exc))
+        else:
+            self.rotation_checked(svc.name, None)
+
+    def rotation_checked(self, service: str, error: str | None) -> None:
+        """What the service's load balancer did when healerd last compared it (None: it answered). Said once
+        when it starts failing and once when it answers again; /readyz and healerd_rotation_up show it."""
+        self.metrics.gauge("rotation_up").labels(service).set(0 if error else 1)
+        if error is None:
+            if self.rotation_faults.pop(service, None) is not None:
+                log.warning("the load balancer answers again", service=service)
+            return
+        if service not in self.rotation_faults:
+            log.error(
+                "the load balancer fails; monitoring goes on, healerd tries again every check interval",
+                service=service,
+                error=error,
+            )
+        self.rotation_faults[service] = error
 
     async def resume_launches(self) -> None:
         """Machines recorded as launching to fill a fleet when healerd stopped are started again."""

@@ -10,6 +10,7 @@ needs to run by itself; changes of health also wake the engine (and its 1 s ceil
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import TYPE_CHECKING, Protocol
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from .monitor import Monitor
     from .quarantine import Quarantine
     from .rollouts import Rollouts
+    from .rotation import Rotation
     from .runbook import Runbook
     from .store import BaseStore
 
@@ -413,39 +415,61 @@ class RetentionReconciler:
 
 class RotationReconciler:
     """A load balancer that forgets (HAProxy's runtime changes are lost on a reload or a restart) is compared
-    with healerd's rotation every check interval, and what it lost is applied again, with an event."""
+    with healerd's rotation every check interval, and what it lost is applied again, with an event. Each pass
+    runs in the background: a load balancer that is slow or silent holds up nothing but its own next pass."""
 
-    def __init__(
-        self, monitor: Monitor, fleet: Fleet, bus: EventBus, metrics: Metrics, incidents: IncidentBook
-    ) -> None:
-        self.monitor = monitor
+    def __init__(self, fleet: Fleet, bus: EventBus, metrics: Metrics) -> None:
         self.fleet = fleet
         self.bus = bus
         self.metrics = metrics
-        self.incidents = incidents
         self._due: dict[str, float] = {}
-        self._failing: dict[str, str] = {}
+        self._passes: dict[str, asyncio.Task[None]] = {}
 
     async def reconcile(self, service: ServiceConfig, now: float) -> float:
         rotation = self.fleet.rotations.get(service.name)
-        if rotation is None or not getattr(rotation, "reconciles", False):
+        if rotation is None or not rotation.reconciles:
             return NEVER
         due = self._due.get(service.name, 0.0)
         if now < due:
             return due
         interval = min((c.interval for c in service.checks), default=5.0)
         self._due[service.name] = now + interval
-        serving, leaving = self.fleet.rotation_split(service, self.incidents.machines_remediating(service.name))
+        running = self._passes.get(service.name)
+        if running is None or running.done():
+            self._passes[service.name] = asyncio.create_task(
+                self._pass(service, rotation), name=f"healerd-rotation-{service.name}"
+            )
+        return now + interval
+
+    @property
+    def running(self) -> list[asyncio.Task[None]]:
+        """The passes going on now, one task per service at most."""
+        return [t for t in self._passes.values() if not t.done()]
+
+    async def stop(self) -> None:
+        tasks = self.running
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._passes.clear()
+        self._due.clear()
+        self.fleet.rotation_faults.clear()  # what a node no longer compares, it does not report
+
+    async def _pass(self, service: ServiceConfig, rotation: Rotation) -> None:
         with bound_contextvars(service=service.name):
+            # split when the pass starts (not when it was asked for): a drain may have begun meanwhile
+            serving, leaving = self.fleet.rotation_split(service)
             try:
-                fixed = await rotation.reconcile(serving, leaving)  # type: ignore[attr-defined]
+                fixed = await rotation.reconcile(serving, leaving)
             except ProviderError as exc:
-                if self._failing.get(service.name) != str(exc):
-                    self._failing[service.name] = str(exc)
-                    log.error("cannot compare the rotation with the load balancer; retried", error=str(exc))
-                return now + interval
-            if self._failing.pop(service.name, None) is not None:
-                log.warning("the load balancer answers again")
+                self.fleet.rotation_checked(service.name, str(exc))
+                return
+            except Exception as exc:  # a bug, or an answer nobody foresaw: its traceback once, not every pass
+                if service.name not in self.fleet.rotation_faults:
+                    log.exception("comparing the rotation with the load balancer failed")
+                self.fleet.rotation_checked(service.name, f"{type(exc).__name__}: {exc}")
+                return
+            self.fleet.rotation_checked(service.name, None)
             for what in fixed:
                 self.metrics.counter("rotation_repairs").labels(service.name).inc()
                 log.warning("rotation repaired", repair=what)
@@ -459,4 +483,3 @@ class RotationReconciler:
                         details={"repair": what, "rotation": rotation.kind},
                     )
                 )
-        return now + interval

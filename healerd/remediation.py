@@ -90,13 +90,14 @@ class RemediationEngine:
         self.rollouts.crash_at = crash_at
         self.rollouts.wake_engine = self._wake.set
         self.views = Views(config, store, self.journal, self.controls, self.book)
+        self.rotation_passes = RotationReconciler(self.fleet, bus, metrics)
         self.reconcilers: tuple[Reconciler, ...] = (
             IncidentReconciler(monitor, store, bus, metrics, self.controls, self.book, self.runbook, self.rollouts),
             ProbationReconciler(monitor, self.fleet),
             FillReconciler(monitor, store, self.fleet, self.controls, self.book, self.rollouts),
             SurplusReconciler(monitor, self.fleet, self.controls, self.book, self.rollouts),
             RetentionReconciler(monitor, self.quarantines),
-            RotationReconciler(monitor, self.fleet, bus, metrics, self.book),
+            self.rotation_passes,
         )
         self.config = config
         bus.subscribe(self._on_event, mirrored=True)
@@ -134,7 +135,7 @@ class RemediationEngine:
         await self.controls.load()
         await self.book.load()
         for svc in self.config.services.values():  # a machine a resumed playbook is draining is left to it
-            await self.fleet.sync_rotation(svc, self.book.machines_remediating(svc.name))
+            await self.fleet.sync_rotation(svc)
         self._update_gauges()
         await self.runbook.resume()
         await self.fleet.resume_launches()
@@ -147,6 +148,7 @@ class RemediationEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
             self._loop_task = None
+        await self.rotation_passes.stop()
         await self.rollouts.stop()
         await self.runbook.stop()
 
@@ -304,6 +306,11 @@ class RemediationEngine:
     @property
     def rotations(self) -> dict[str, Rotation]:
         return self.fleet.rotations
+
+    @property
+    def rotation_faults(self) -> dict[str, str]:
+        """service -> why its load balancer failed when last compared (none while every one answers)."""
+        return self.fleet.rotation_faults
 
     @property
     def known_good(self) -> dict[str, str]:

@@ -29,6 +29,9 @@ class Rotation:
 
     kind: ClassVar[str] = ""
     Config: ClassVar[type[RotationOptions]] = RotationOptions
+    #: True for a load balancer that forgets (HAProxy on a reload): the reconcile loop compares it with the
+    #: rotation every check interval (`reconcile`), and also brings it in line at start
+    reconciles: ClassVar[bool] = False
 
     def __init__(self, service: str, options: BaseModel, state_dir: Path, provider: Any = None) -> None:
         self.service = service
@@ -49,6 +52,10 @@ class Rotation:
     async def sync(self, machines: list[Machine], leaving: Sequence[Machine] = ()) -> None:
         """Make the rotation exactly these machines (at start, after a crash). The `leaving` ones (being
         remediated or retired: a step drains and removes them) are left as they are, neither put back nor cut."""
+        raise NotImplementedError
+
+    async def reconcile(self, machines: list[Machine], leaving: Sequence[Machine] = ()) -> list[str]:
+        """Like `sync`, for the rotations that reconcile; returns what had to be re-applied, in words."""
         raise NotImplementedError
 
 

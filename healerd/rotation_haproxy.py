@@ -4,26 +4,73 @@ Server names in the backend are machine ids. Remove = `drain`, wait until the se
 reach 0 (at most `drain_timeout`), then `maint`. Add = a dynamic server (`add server`, HAProxy 2.6) or a
 free pre-declared slot (`server_template` prefix) re-pointed with `set server … addr`, then `enable health`
 and `state ready`; done only once HAProxy reports it ready. HAProxy forgets runtime changes on reload:
-`reconcile` compares `show servers state` with healerd's rotation and re-applies what is missing.
+`reconcile` compares `show servers state` with healerd's rotation and re-applies what is missing. A world
+error during add or remove (HAProxy unreachable, silent, restarting) is retried with backoff for `retry_for`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import structlog
 from pydantic import Field, field_validator
 
 from .durations import parse_duration
 from .haproxy import HaproxyError, RuntimeApi, ServerState
 from .machines import Machine
+from .paths import resolve_path
 from .rotation import Rotation, RotationOptions
+
+log = structlog.get_logger("healerd.remediation")
 
 DRAIN_POLL = 0.2
 CONFIG_MAINT = 0x04  # `disabled` in the config: HAProxy cannot enable it at run time
+#: the first wait before a failed call is tried again, doubled each time up to RETRY_MAX
+RETRY_FIRST = 0.5
+RETRY_MAX = 5.0
+#: the longest path of a Unix socket (sun_path holds 108 bytes with the closing NUL)
+UNIX_PATH_MAX = 107
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+SOCKET_FIX = (
+    "write the path of HAProxy's Unix stats socket (e.g. /run/haproxy/admin.sock; a relative path is "
+    "taken from the config file's folder) or host:port of its TCP stats socket (e.g. 127.0.0.1:9999)"
+)
+
+
+def socket_option(v: str) -> str:
+    """The stats socket as the runtime API client will open it: an absolute Unix socket path (a relative one
+    resolved against the config's folder, as every path of the config), or host:port with a port 1-65535."""
+    if _CONTROL.search(v):
+        raise ValueError(f"{v!r} has a control character (a line break, a tab); {SOCKET_FIX}")
+    if "/" in v or ":" not in v:
+        path = str(resolve_path(Path(v)))
+        if len(path.encode()) > UNIX_PATH_MAX:
+            raise ValueError(
+                f"{path[:60]}... is {len(path.encode())} bytes long, and a Unix socket path can be at most "
+                f"{UNIX_PATH_MAX}: move HAProxy's stats socket to a shorter path (e.g. /run/haproxy/admin.sock)"
+            )
+        return path
+    host, _, port = v.rpartition(":")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{v!r} has {f'port {port!r}' if port else 'no port'}, not a port 1-65535; {SOCKET_FIX}")
+    if not bare or (_ip(bare) is None and not _HOSTNAME.fullmatch(bare)):
+        raise ValueError(f"{host!r} in {v!r} is not an IP address or a host name; {SOCKET_FIX}")
+    return v
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 class HaproxyOptions(RotationOptions):
@@ -40,16 +87,53 @@ class HaproxyOptions(RotationOptions):
     timeout: float = 5.0
     #: an added server must be up by HAProxy's own health check within this long
     ready_timeout: float = 30.0
+    #: an add or a remove that cannot reach HAProxy (a reload, a restart) is tried again for this long
+    retry_for: float = 30.0
 
-    @field_validator("drain_timeout", "timeout", "ready_timeout", mode="before")
+    @field_validator("drain_timeout", "timeout", "ready_timeout", "retry_for", mode="before")
     @classmethod
     def _durations(cls, v: object) -> float:
         return parse_duration(v, at_most=3600.0)
 
+    @field_validator("timeout", "ready_timeout")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(
+                f"got {v:g}s: it must be more than 0s, or healerd would give up on HAProxy at once; write e.g. 5s"
+            )
+        return v
 
-def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
+    @field_validator("socket")
+    @classmethod
+    def _socket(cls, v: str) -> str:
+        return socket_option(v)
+
+    @field_validator("server_options")
+    @classmethod
+    def _server_options(cls, v: str) -> str:
+        bad = sorted({c for c in v if c == ";" or _CONTROL.match(c)})
+        if bad:
+            shown = v if len(v) <= 80 else v[:77] + "..."
+            raise ValueError(
+                f"{shown!r} has {' and '.join(repr(c) for c in bad)}: HAProxy's runtime API would take that as the "
+                "end of the `add server` command and run what follows as another command; write the server "
+                'options on one line, separated by spaces, e.g. "check inter 2s"'
+            )
+        return v
+
+
+def _split(machine: Machine) -> tuple[str, int]:
+    """The machine's host and port as HAProxy's commands take them; only an IP address or a host name is
+    ever written into a command."""
+    host, _, port = machine.address.rpartition(":")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if (_ip(bare) is None and not _HOSTNAME.fullmatch(bare)) or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise HaproxyError(
+            f"{machine.id}'s address {machine.address!r} is not host:port with an IP address or a host name: "
+            "it is not written into HAProxy's commands; fix the machine's address"
+        )
+    return bare, int(port)
 
 
 class HaproxyRotation(Rotation):
@@ -60,6 +144,31 @@ class HaproxyRotation(Rotation):
     def __init__(self, service: str, options: Any, state_dir: Path, provider: Any = None) -> None:
         super().__init__(service, options, state_dir, provider)
         self.api = RuntimeApi(self.opts.socket, self.opts.timeout)
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[None]]) -> None:
+        """`call` (an add or a remove, which checks the world first: safe to run again), tried again with
+        backoff while HAProxy cannot be reached, at most `retry_for`; HAProxy's own refusals are not retried."""
+        started = time.monotonic()
+        delay, attempts = RETRY_FIRST, 1
+        while True:
+            try:
+                await call()
+            except HaproxyError as exc:
+                spent = time.monotonic() - started
+                if not exc.transient or spent + delay > self.opts.retry_for:
+                    if attempts == 1:
+                        raise
+                    raise HaproxyError(f"{exc} (tried {attempts} times in {spent:.0f}s)", exc.transient) from None
+                if attempts == 1:
+                    log.warning(
+                        "HAProxy failed; retried with backoff", doing=what, error=str(exc), for_s=self.opts.retry_for
+                    )
+            else:
+                if attempts > 1:
+                    log.info("HAProxy answered again", doing=what, attempts=attempts)
+                return
+            await asyncio.sleep(delay)
+            delay, attempts = min(RETRY_MAX, delay * 2), attempts + 1
 
     @property
     def opts(self) -> HaproxyOptions:
@@ -81,8 +190,11 @@ class HaproxyRotation(Rotation):
 
     # -- add ----------------------------------------------------------------------------------------------
     async def add(self, machine: Machine) -> None:
+        await self._retrying(f"adding {machine.id}", lambda: self._add(machine))
+
+    async def _add(self, machine: Machine) -> None:
         servers = await self.api.servers(self.opts.backend)
-        host, port = _split(machine.address)
+        host, port = _split(machine)
         found = self._find(servers, machine)
         if found is None and self.opts.server_template:
             found = self._free_slot(servers)
@@ -116,7 +228,8 @@ class HaproxyRotation(Rotation):
         try:
             await self.api.change(f"enable health {self._path(name)}")
         except HaproxyError as exc:
-            if "health checks are not configured" not in str(exc) and "no health check" not in str(exc):
+            said = str(exc).lower()  # 2.6 says "Health check was not configured on this server, cannot enable."
+            if "not configured" not in said and "no health check" not in said:
                 raise
 
     async def _wait_ready(self, name: str, machine: Machine) -> None:
@@ -136,13 +249,18 @@ class HaproxyRotation(Rotation):
 
     # -- remove -------------------------------------------------------------------------------------------
     async def remove(self, machine: Machine) -> None:
+        await self._retrying(f"removing {machine.id}", lambda: self._remove(machine))
+
+    async def _remove(self, machine: Machine) -> None:
         found = self._find(await self.api.servers(self.opts.backend), machine)
         if found is None or found.maint:
             return  # not in the backend, or already out: nothing to do
         path = self._path(found.name)
         await self.api.change(f"set server {path} state drain")
         deadline = time.monotonic() + self.opts.drain_timeout
-        while await self.api.sessions(self.opts.backend, found.name) > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 (polls HAProxy)
+        while (  # noqa: ASYNC110 (polls HAProxy)
+            await self.api.sessions(self.opts.backend, found.name, found.sid) > 0 and time.monotonic() < deadline
+        ):
             await asyncio.sleep(DRAIN_POLL)
         await self.api.change(f"set server {path} state maint")
 
@@ -169,7 +287,7 @@ class HaproxyRotation(Rotation):
             if s is not None:
                 wanted.add(s.name)
             if s is None or not s.ready or s.address != m.address:
-                await self.add(m)
+                await self._add(m)  # not retried here: the reconcile loop comes back every interval
                 fixed.append(f"{m.id} put back in {self.opts.backend} ({'missing' if s is None else _state(s)})")
                 servers = await self.api.servers(self.opts.backend)
                 wanted.add(added.name if (added := self._find(servers, m)) else m.id)
