@@ -43,8 +43,9 @@ def redact(dsn: str) -> str:
         parts = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         return "(a connection string that does not parse)"
-    parts.pop("password", None)
-    return " ".join(f"{k}={v}" for k, v in parts.items() if v is not None)
+    # libpq marks its secrets (password, sslpassword, ...) and debug options; neither is shown
+    hidden = {o.keyword.decode() for o in psycopg.pq.Conninfo.get_defaults() if o.dispchar}
+    return " ".join(f"{k}={v}" for k, v in parts.items() if v is not None and k not in hidden)
 
 
 @functools.lru_cache(maxsize=512)

@@ -111,8 +111,9 @@ def test_planted_secrets_appear_nowhere(tmp_path: Path, loopback: Loopback, star
 
 
 STORE_PASSWORD = "pl4nted-pg-pa55w0rd"
-#: what of the store's password a message might show: a piece on either side of a bad escape, the whole
-STORE_PIECES = ("pl4nted-pg", "pa55w0rd")
+SSL_PASSWORD = "pl4nted-key-passphr4se"  # libpq's sslpassword: the client key's passphrase, a secret as well
+#: what of the store's secrets a message might show: a piece on either side of a bad escape, the whole
+STORE_PIECES = ("pl4nted-pg", "pa55w0rd", SSL_PASSWORD)
 
 
 def test_the_store_password_appears_nowhere(tmp_path: Path, pg: PgServer, start_daemon: StartDaemon) -> None:
@@ -121,7 +122,7 @@ def test_the_store_password_appears_nowhere(tmp_path: Path, pg: PgServer, start_
     without it in their logs (debug), their API or their page."""
     token = tmp_path / "api-token"
     token.write_text(API_TOKEN + "\n")
-    good = pg.new_database().replace("healerd@", f"healerd:{STORE_PASSWORD}@")
+    good = pg.new_database().replace("healerd@", f"healerd:{STORE_PASSWORD}@") + f"?sslpassword={SSL_PASSWORD}"
     escaped = good.replace(STORE_PASSWORD, "pl4nted-pg%zz-pa55w0rd")  # a '%' the password meant, unencoded
     dsn_file = tmp_path / "store-dsn"
     dsn_file.write_text(escaped + "\n")
@@ -136,7 +137,7 @@ def test_the_store_password_appears_nowhere(tmp_path: Path, pg: PgServer, start_
     places: dict[str, str] = {}
     for name, cluster in {
         "escape": {"store": escaped},
-        "long": {"store": good + "?application_name=" + "x" * 4100},
+        "long": {"store": good + "&application_name=" + "x" * 4100},
         "file": {"store_file": str(dsn_file)},
     }.items():
         path = write_config(tmp_path / f"{name}.yaml", config(name, **cluster))
