@@ -14,7 +14,7 @@ from .api_models import InputError, NoQuery, decode_json
 
 ALERT_INPUTS: web.AppKey[AlertInputs] = web.AppKey("alert_inputs")
 #: what a refusal past a bound answers: the request was understood, part of it cannot be taken now (Alertmanager
-#: does not retry a 4xx, and sends the alert again at its repeat_interval)
+#: retries only a 5xx; a refused alert comes again with a later notification of its group)
 PARTLY_REFUSED = 422
 
 
