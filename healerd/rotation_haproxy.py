@@ -147,18 +147,21 @@ class HaproxyRotation(Rotation):
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[None]]) -> None:
         """`call` (an add or a remove, which checks the world first: safe to run again), tried again with
-        backoff while HAProxy cannot be reached, at most `retry_for`; HAProxy's own refusals are not retried."""
-        started = time.monotonic()
+        backoff while HAProxy cannot be reached, for at most `retry_for` from the first failure (a long drain
+        before it does not use the time up); HAProxy's own refusals are not retried."""
+        failing_since: float | None = None
         delay, attempts = RETRY_FIRST, 1
         while True:
             try:
                 await call()
             except HaproxyError as exc:
-                spent = time.monotonic() - started
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                spent = now - failing_since
                 if not exc.transient or spent + delay > self.opts.retry_for:
                     if attempts == 1:
                         raise
-                    raise HaproxyError(f"{exc} (tried {attempts} times in {spent:.0f}s)", exc.transient) from None
+                    raise HaproxyError(f"{exc} (tried {attempts} times in {spent:.1f}s)", exc.transient) from None
                 if attempts == 1:
                     log.warning(
                         "HAProxy failed; retried with backoff", doing=what, error=str(exc), for_s=self.opts.retry_for
