@@ -25,9 +25,16 @@ async def leader_only(request: web.Request, handler: Handler) -> web.StreamRespo
         or request.method in SAFE_METHODS
         or request.path == PROBE_PATH
         or not request.path.startswith("/api/")
-        or cluster.acting()
+        or cluster.leads()
     ):
         return await handler(request)
+    if cluster.acting():  # it holds the lease, and its takeover is still being tried
+        return json_error(
+            503,
+            "taking over",
+            f"this node ({cluster.node}) holds the cluster's lease and is still taking over "
+            f"({cluster.takeover_error() or 'starting'}); retry in a few seconds",
+        )
     view = cluster.view()
     leader = next((n for n in view["nodes"] if n["leader"]), None)
     where = f"{leader['node']} at {leader['advertise']}" if leader else "(none right now: a takeover is under way)"

@@ -6,13 +6,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 from conftest import lead
 from pg import PgServer
+from psycopg_pool import PoolTimeout
+from structlog.testing import capture_logs
 
 from healerd.cluster.confirm import Vantage, Verdict
 from healerd.cluster.shard import owner, ranked
+from healerd.config import load_config
+from healerd.daemon import Daemon
 from healerd.health import CheckKey
 from healerd.machines import Lifecycle, Machine
 from healerd.results import CheckResult, Status
@@ -174,3 +180,74 @@ def test_a_verdict_names_each_vantage_point_and_the_odd_one_out() -> None:
     assert "hd-b is the odd one out" in verdict.detail
     silent = Verdict(False, 2, (Vantage("hd-b", True, "down"), Vantage("hd-c", None, "did not answer")))
     assert "odd one out" not in silent.detail  # silence is not disagreement
+
+
+async def test_a_takeover_that_fails_on_the_store_is_retried_and_the_node_says_it_does_not_lead_meanwhile(
+    pg: PgServer, tmp_path: Path
+) -> None:
+    """After an outage the store may still be reconnecting when this node wins the lease: its takeover is
+    tried again until it succeeds, and until then neither the API nor the metric calls the node the leader."""
+    config_path = tmp_path / "healerd.yaml"
+    (tmp_path / "token").write_text("t0ken\n")
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "daemon": {"listen": "127.0.0.1:1", "state_dir": "state", "api_token_file": "token"},
+                "providers": {"lab": {"kind": "static"}},
+                "services": {
+                    "web": {
+                        "provider": "lab",
+                        "desired": 1,
+                        "machines": [{"id": "m1", "address": "127.0.0.1:9"}],
+                        "checks": [{"name": "up", "kind": "tcp", "interval": "1s", "timeout": "500ms"}],
+                    }
+                },
+                "cluster": {"store": pg.new_database(), "node": "a", "advertise": "127.0.0.1:1", "lease_ttl": "3s"},
+            }
+        )
+    )
+    daemon = Daemon(load_config(config_path))
+    cluster = daemon.cluster
+    assert cluster is not None
+    attempts: list[int] = []
+    followed: list[float] = []
+
+    async def on_lead(epoch: int) -> None:
+        attempts.append(epoch)
+        if len(attempts) <= 2:
+            raise PoolTimeout("couldn't get a connection after 10.00 sec")
+
+    async def on_follow() -> None:
+        followed.append(time.monotonic())
+
+    def claims() -> tuple[bool, float | None]:
+        return cluster.view()["this_node_leads"], daemon.metrics.registry.get_sample_value(
+            "healerd_cluster_leader", {"node": "a"}
+        )
+
+    await daemon.store.open()
+    try:
+        with capture_logs() as logs:
+            await cluster.join()
+            cluster.run(on_lead, on_follow)
+            while not attempts:  # noqa: ASYNC110 (waits for the lease round)
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+            assert cluster.acting() and claims() == (False, 0.0)  # it holds the lease, it does not lead
+            view = cluster.view()
+            assert view["taking_over"] and "couldn't get a connection" in view["takeover_error"]
+            assert "is taking over (retrying: the store fails" in cluster.line()
+            deadline = time.monotonic() + 5
+            while not cluster.leads() and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            await cluster._round(take=True)  # the gauges as the next lease round sets them
+            assert claims() == (True, 1.0)
+            assert attempts == [1, 1, 1] and len(followed) == 2  # each failed attempt undone before the next
+            assert cluster.view()["takeover_error"] is None
+        said = [e["event"] for e in logs]
+        assert said.count("taking over failed; retrying until it succeeds or the lease goes") == 1
+        assert said.count("took over after retrying") == 1
+        assert daemon.metrics.registry.get_sample_value("healerd_cluster_takeover_retries_total") == 2
+    finally:
+        await cluster.stop()
+        await daemon.store.close()

@@ -34,6 +34,8 @@ from .shard import owner, shard_key
 log = structlog.get_logger("healerd.cluster")
 
 Transition = Callable[[], Awaitable[None]]
+TAKEOVER_BACKOFF = 0.5  # seconds before the first retry of a failed takeover, doubled each time
+TAKEOVER_BACKOFF_MAX = 5.0
 
 
 class ClusterViews:
@@ -56,6 +58,12 @@ class ClusterViews:
     def acting(self) -> bool:
         raise NotImplementedError
 
+    def leads(self) -> bool:
+        raise NotImplementedError
+
+    def takeover_error(self) -> str | None:
+        raise NotImplementedError
+
     def _owned_checks(self) -> int:
         return sum(1 for bc in self.monitor.checks.values() if bc.active)
 
@@ -67,7 +75,7 @@ class ClusterViews:
         text = (
             f"cluster: {len(live)} live node(s) ({', '.join(sorted(m.node for m in live))}), "
             f"leader {leader or 'none (takeover under way)'} at epoch {found.epoch if found else 0}; "
-            f"this node {self.node} {'leads' if self.acting() else 'follows'} and checks "
+            f"this node {self.node} {self._role()} and checks "
             f"{self.monitor.owned_machines()} machine(s)"
         )
         need, capped = self.confirmer.effective()
@@ -80,6 +88,14 @@ class ClusterViews:
         if self.last_error:
             text += f"; DATABASE UNREACHABLE: {self.last_error}"
         return text
+
+    def _role(self) -> str:
+        if self.leads():
+            return "leads"
+        if self.acting():
+            error = self.takeover_error()
+            return "is taking over" + (f" (retrying: {error})" if error else "")
+        return "follows"
 
     def view(self) -> dict[str, Any]:
         """GET /api/v1/cluster (DESIGN §14), from the last round."""
@@ -97,7 +113,9 @@ class ClusterViews:
                     "last_seen": m.last_seen,
                     "seen_ago": round(m.age, 3),
                     "live": m.age < self.ttl,
-                    "leader": found is not None and m.node == found.leader and found.expires_in > 0,
+                    "leader": self.leads()
+                    if m.node == self.node
+                    else found is not None and m.node == found.leader and found.expires_in > 0,
                     "machines": self.monitor.owned_machines() if m.node == self.node else m.machines,
                     "checks": self._owned_checks() if m.node == self.node else m.checks,
                     "disputed": m.disputed,
@@ -112,7 +130,9 @@ class ClusterViews:
             "lease_expires_in": round(found.expires_in, 3) if found and leader else None,
             "lease_ttl": self.ttl,
             "node": self.node,
-            "this_node_leads": self.acting(),
+            "this_node_leads": self.leads(),
+            "taking_over": self.acting() and not self.leads(),
+            "takeover_error": self.takeover_error(),
             "confirm_from": {"configured": self.config.confirm_from, "effective": need, "note": capped},
             "nodes": nodes,
             "database": self.store.where,
@@ -154,6 +174,8 @@ class Cluster(ClusterViews):
         self._changer: asyncio.Task[None] | None = None
         self._on_lead: Callable[[int], Awaitable[None]] | None = None
         self._on_follow: Transition | None = None
+        self._leading = False  # the engine runs: the takeover finished and no step-down came since
+        self._takeover_error: str | None = None
         self.last_error: str | None = None
         #: a follower's views of what the leader decides (incidents, modes), refreshed at each round
         self.on_follower_round: Transition | None = None
@@ -173,8 +195,18 @@ class Cluster(ClusterViews):
         return self.acting()
 
     def acting(self) -> bool:
-        """True while this node holds the lease and its local deadline has not passed."""
+        """True while this node holds the lease and its local deadline has not passed: its writes are not fenced."""
         return self.epoch is not None and asyncio.get_running_loop().time() < self._deadline
+
+    def leads(self) -> bool:
+        """True while this node holds the lease and exercises it: its takeover finished (the engine runs).
+
+        What the API, the status page and healerd_cluster_leader say: a node whose takeover keeps failing
+        holds the lease but does nothing a leader does, and says so."""
+        return self._leading and self.acting()
+
+    def takeover_error(self) -> str | None:
+        return self._takeover_error if self.epoch is not None and not self._leading else None
 
     async def confirm(self, service: str, machine: str, timeout: float) -> Verdict:
         return await self.confirmer.confirm(service, machine, timeout)
@@ -339,33 +371,68 @@ class Cluster(ClusterViews):
 
     async def _apply_changes(self) -> None:
         """Start or stop leading, one change at a time, in order; only the last wish counts."""
-        leading = False
+        wish = await self._changes.get()
         while True:
-            wish = await self._changes.get()
             while not self._changes.empty():
                 wish = self._changes.get_nowait()
-            if wish is None:
-                if leading and self._on_follow is not None:
-                    await self._safely(self._on_follow, "stepping down")
-                return
-            if leading and self._on_follow is not None:
+            if self._leading and self._on_follow is not None:
                 await self._safely(self._on_follow, "stepping down")
-                leading = False
-            if wish and wish == self.epoch and self._on_lead is not None:
-                await self._safely(functools.partial(self._on_lead, wish), "taking over")
-                leading = True
+            self._leading = False
+            if wish is None:
+                return
+            newer = await self._take_over(wish) if wish and wish == self.epoch else None
+            wish = newer[0] if newer is not None else await self._changes.get()
 
-    async def _safely(self, fn: Transition, what: str) -> None:
+    async def _take_over(self, epoch: int) -> tuple[int | None] | None:
+        """Start leading at `epoch`; a failed attempt (the store still reconnecting after an outage, say) is
+        undone and tried again with backoff for as long as this node holds that epoch: a node never keeps a
+        lease it does not exercise. Returns a newer wish that came meanwhile (a step-down, a stop)."""
+        attempt = 0
+        while epoch == self.epoch and self._on_lead is not None:
+            if await self._safely(functools.partial(self._on_lead, epoch), "taking over"):
+                self._leading = epoch == self.epoch
+                self._takeover_error = None
+                if attempt:
+                    log.warning("took over after retrying", node=self.node, epoch=epoch, attempts=attempt + 1)
+                return None
+            error = self._takeover_error
+            if self._on_follow is not None:  # undo what the failed attempt started
+                await self._safely(self._on_follow, "undoing a failed takeover")
+            self._takeover_error = error
+            attempt += 1
+            self.metrics.counter("cluster_takeover_retries").inc()
+            if attempt == 1:
+                log.warning(
+                    "taking over failed; retrying until it succeeds or the lease goes",
+                    node=self.node,
+                    epoch=epoch,
+                    error=self._takeover_error,
+                )
+            try:
+                async with asyncio.timeout(min(TAKEOVER_BACKOFF_MAX, TAKEOVER_BACKOFF * 2 ** (attempt - 1))):
+                    return (await self._changes.get(),)
+            except TimeoutError:
+                continue
+        return None
+
+    async def _safely(self, fn: Transition, what: str) -> bool:
+        """Run a leadership change; False (and why, in takeover_error) when it failed."""
         try:
             await fn()
         except asyncio.CancelledError:
             raise
         except Fenced as exc:  # the lease went while taking over: the next change follows
+            self._takeover_error = f"the lease went meanwhile: {exc}"
             log.warning(f"{what} cut short: the lease went meanwhile", node=self.node, reason=str(exc))
         except STORE_FAULTS as exc:
+            self._takeover_error = f"the store fails: {exc}"
             log.warning(f"{what} cut short: the store fails", node=self.node, error=str(exc))
-        except Exception:
+        except Exception as exc:
+            self._takeover_error = f"{type(exc).__name__}: {exc}"
             log.exception(f"{what} failed", node=self.node)
+        else:
+            return True
+        return False
 
     def _gauges(self, found: Round) -> None:
         live = found.live(self.ttl)
@@ -377,6 +444,7 @@ class Cluster(ClusterViews):
         leader.clear()
         shard.clear()
         for m in live:
-            leader.labels(m.node).set(1 if m.node == found.leader else 0)
+            # this node by what it does, the others by the lease row
+            leader.labels(m.node).set(int(self.leads()) if m.node == self.node else int(m.node == found.leader))
             # its own shard as it is now; the others' as their last heartbeat said
             shard.labels(m.node).set(self.monitor.owned_machines() if m.node == self.node else m.machines)

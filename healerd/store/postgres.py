@@ -32,6 +32,8 @@ T = TypeVar("T")
 
 WORKERS = 4
 CONNECT_TIMEOUT = 5.0
+#: how long the pool keeps trying one connection before it gives up on it (the next caller asks anew)
+RECONNECT_FOR = 4.0
 #: no statement of healerd's may hold a connection longer (a lock wait, a server in trouble)
 STATEMENT_TIMEOUT_MS = 15_000
 _LOCK_SCHEMA = "SELECT pg_advisory_xact_lock(hashtext('healerd schema'))"
@@ -85,6 +87,12 @@ class PgDatabase(ThreadedDatabase):
             max_size=WORKERS,
             open=False,
             timeout=CONNECT_TIMEOUT * 2,
+            # psycopg's pool doubles its wait between reconnection attempts for reconnect_timeout (5 min by
+            # default): after a 30 s outage its next attempt could be 30 s away, and every caller waits for
+            # a connection in vain. Short attempts end soon; the next caller starts a fresh one at once.
+            reconnect_timeout=RECONNECT_FOR,
+            # a server restarted meanwhile left dead connections in the pool: one is not handed out
+            check=ConnectionPool.check_connection,
             name=f"healerd-{node}",
             kwargs={
                 "application_name": f"healerd/{node}",

@@ -1,0 +1,120 @@
+"""A cluster whose PostgreSQL database goes away and comes back: it heals again, and nothing is lost.
+
+Three real nodes on the throw-away PostgreSQL server; the server is stopped, a machine breaks while it is
+away, and the server comes back. What an operator relies on: the broken machine is healed within
+lease_ttl + fall * interval + a boot + 5 s of the database's return, every notification queued meanwhile
+reaches the receiver once, and no node ever claims a leadership it is not exercising.
+
+The suite runs one outage of 36 s (psycopg's pool would wait another 28 s before its next attempt);
+`HEALERD_OUTAGES=5,12,20,30,36,45,60,8,25,50 pytest -s -k outage` soaks it.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pg import PgServer
+
+from .cluster import ClusterRig
+from .fleet import FALL, INTERVAL, kill_demos, launched_ids, set_fault
+from .test_alerting import Loopback, Receiver
+from .test_cluster import demo_cluster, incidents, wait_fleet
+
+pytestmark = pytest.mark.e2e
+
+OUTAGES = [float(s) for s in os.environ.get("HEALERD_OUTAGES", "36").split(",")]
+LEASE_TTL = float(os.environ.get("HEALERD_OUTAGE_TTL", "6"))
+BOOT = 3.0  # a demo machine's start and probation (rise results) on a busy box
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    loopback = Loopback()
+    try:
+        yield loopback.serve(Receiver())
+    finally:
+        loopback.close()
+
+
+def claims(rig: ClusterRig) -> list[str]:
+    """The nodes that say they lead, by their own view."""
+    out = []
+    for node in rig.live():
+        try:
+            if node.cluster()["this_node_leads"]:
+                out.append(node.name)
+        except (OSError, ValueError, AssertionError):
+            continue
+    return out
+
+
+def test_a_cluster_heals_a_machine_broken_while_its_database_was_away_and_delivers_what_it_queued(
+    pg: PgServer, tmp_path: Path, receiver: Receiver
+) -> None:
+    rig = demo_cluster(tmp_path, pg, receiver)
+    rig.ttl = LEASE_TTL
+    try:
+        for name in "abc":
+            rig.start(name)
+        figures = []
+        for round_, outage in enumerate(OUTAGES):
+            fleet = wait_fleet(rig, 60)
+            victim = sorted(fleet)[round_ % len(fleet)]
+            launched_before = launched_ids(tmp_path)
+            pg.stop()
+            stopped = time.monotonic()
+            try:
+                time.sleep(min(outage / 3, 5.0))
+                set_fault(fleet[victim]["address"], "down")
+                time.sleep(max(0.0, outage - (time.monotonic() - stopped)))
+            finally:
+                pg.start()
+            back = time.monotonic()
+
+            def healed(victim: str = victim) -> dict[str, Any] | None:
+                leader = rig.leader()
+                if leader is None:
+                    return None
+                try:
+                    rows = incidents(leader)
+                except OSError:  # a node busy reconnecting answers late: asked again
+                    return None
+                done = [i for i in rows if i["machine"] == victim and i["state"] == "resolved"]
+                return done[0] if done else None
+
+            bound = LEASE_TTL + FALL * INTERVAL + BOOT + 5
+            incident = rig.wait(healed, bound + 60, f"round {round_}: {victim} healed after a {outage:g}s outage")
+            took = time.monotonic() - back
+            new = launched_ids(tmp_path) - launched_before
+            assert len(new) == 1, f"round {round_}: {len(new)} machines launched for one incident: {sorted(new)}"
+            assert incident["replacement"] in new
+            leaders = claims(rig)
+            assert len(leaders) == 1, f"round {round_}: nodes claiming the lead: {leaders}\n{rig.describe()}"
+            figures.append((outage, round(took, 1)))
+            assert took <= bound, f"round {round_}: healed {took:.1f}s after the database's return (bound {bound:g}s)"
+
+        leader = rig.wait_leader()
+
+        def settled() -> dict[str, Any] | None:
+            view: dict[str, Any] = leader.json("/api/v1/notifications?limit=500")
+            states = collections.Counter(m["state"] for m in view["messages"])
+            return view if states and set(states) == {"delivered"} else None
+
+        view = rig.wait(settled, 30, "every notification delivered")
+        ids = [h.id for h in receiver.snapshot() if 200 <= h.status < 300]
+        assert {m["id"] for m in view["messages"]} == set(ids), "a message was lost"
+        twice = [i for i, n in collections.Counter(ids).items() if n > 1]
+        assert not twice, f"messages delivered twice: {twice}"
+        opened = [e for h in receiver.accepted() for e in h.body["events"] if e["type"] == "incident.opened"]
+        assert len(opened) == len(OUTAGES)
+        print(f"\n(outage s, healed s after the database's return): {figures}; messages: {len(ids)}, none twice")
+    finally:
+        problems = rig.stop_all()
+        kill_demos(str(tmp_path))
+    assert not problems, "\n".join(problems)
