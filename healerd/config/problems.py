@@ -79,7 +79,10 @@ _LONG_QUOTE = re.compile(r"'([^'\n]{" + str(GOT_MAX) + r",})'")
 
 
 def shorten(message: str) -> str:
-    """The message with every long quoted value cut (a name of 5,000 characters is not quoted whole, twice)."""
+    """A long message with every long quoted value cut (a name of 5,000 characters is not quoted whole, twice);
+    one of ordinary length is left alone, its apostrophes too."""
+    if len(message) <= 3 * GOT_MAX:
+        return message
     return _LONG_QUOTE.sub(lambda m: f"'{m[1][: GOT_MAX - 5]}...'", message)
 
 
