@@ -71,8 +71,10 @@ class AlertInputs:
     resolved: dict[CheckKey, float] = field(default_factory=dict, init=False)
     #: the virtual checks of each (service, machine)
     _by_machine: dict[tuple[str, str], set[CheckKey]] = field(default_factory=dict, init=False, repr=False)
-    #: bounds reached, as logged ("total", or "per_machine service/machine"): said once, and once when freed
-    _at_bound: set[str] = field(default_factory=set, init=False, repr=False)
+    #: machines that refused a new name (at max_per_machine), and whether max_total refused one: the log says
+    #: once when the first is reached and once when none is any more, not once per machine or per alert
+    _full: set[tuple[str, str]] = field(default_factory=set, init=False, repr=False)
+    _total_full: bool = field(default=False, init=False, repr=False)
     _unmatched_since_log: int = field(default=0, init=False, repr=False)
     _unmatched_logged_at: float = field(default=0.0, init=False, repr=False)
 
@@ -88,11 +90,12 @@ class AlertInputs:
         taken: list[dict[str, Any]] = []
         unmatched: list[dict[str, Any]] = []
         refused: list[dict[str, Any]] = []
+        by_address: dict[str, dict[str, str]] = {}  # per service, built once per message: no scan per alert
         for alert in payload.get("alerts", []):
             labels = {str(k): str(v) for k, v in (alert.get("labels") or {}).items()}
             name = printable(labels.get("alertname", ""))
             service, machine = labels.get(opts.service_label, ""), labels.get(opts.machine_label, "")
-            mid = self._machine(service, machine)
+            mid = self._machine(service, machine, by_address)
             if not name or mid is None:
                 unmatched.append(
                     {
@@ -149,7 +152,7 @@ class AlertInputs:
         if len(mine) >= opts.max_per_machine:
             oldest = min((k for k in mine if k in self.resolved), key=self.resolved.__getitem__, default=None)
             if oldest is None:
-                self._reached(f"per_machine {key.service}/{key.machine}", opts.max_per_machine)
+                self._reached_machine((key.service, key.machine), opts.max_per_machine)
                 return {
                     "reason": Refusal.PER_MACHINE.value,
                     "why": f"machine {key.machine} already has {len(mine)} alerts firing, the bound "
@@ -159,7 +162,7 @@ class AlertInputs:
             self._remove(oldest, now)
         if self.count >= opts.max_total:
             if not self.resolved:
-                self._reached("total", opts.max_total)
+                self._reached_total(opts.max_total)
                 return {
                     "reason": Refusal.TOTAL.value,
                     "why": f"the fleet already has {self.count} alerts firing, the bound (alert_inputs.max_total: "
@@ -191,11 +194,18 @@ class AlertInputs:
         return len(done)
 
     # -- the book ---------------------------------------------------------------------------------------------
-    def _machine(self, service: str, label: str) -> str | None:
-        machines = self.monitor.machines.get(service, {})
+    def _machine(self, service: str, label: str, by_address: dict[str, dict[str, str]]) -> str | None:
+        """The id of the machine `label` names in `service` (its id, or its address), or None."""
+        machines = self.monitor.machines.get(service)
+        if machines is None:
+            return None
         if label in machines:
             return label
-        return next((m.id for m in machines.values() if m.address == label), None)
+        if service not in by_address:
+            index = by_address[service] = {}
+            for m in machines.values():
+                index.setdefault(m.address, m.id)  # two machines at one address: the first, as listed
+        return by_address[service].get(label)
 
     def _observe(self, key: CheckKey, result: CheckResult, now: float) -> None:
         opts = self.config.alert_inputs
@@ -227,27 +237,38 @@ class AlertInputs:
         self._freed(where)
 
     # -- bounds: counted, and logged once each way ------------------------------------------------------------
-    def _reached(self, bound: str, limit: int) -> None:
-        if bound not in self._at_bound:
-            self._at_bound.add(bound)
+    def _reached_machine(self, where: tuple[str, str], limit: int) -> None:
+        if not self._full:
             log.warning(
-                "alert inputs at their bound: new alert names are refused until some resolve",
-                bound=bound,
-                limit=limit,
-                hint="raise alert_inputs.max_per_machine / max_total if so many distinct alerts are expected",
+                "alert inputs: a machine has as many alerts as it may; its new alert names are refused until some "
+                "resolve",
+                service=where[0],
+                machine=where[1],
+                bound=f"alert_inputs.max_per_machine: {limit}",
+                hint="raise it if so many distinct alerts per machine are expected; healerd_alert_inputs_refused_total "
+                "counts the refused ones",
             )
+        self._full.add(where)
+
+    def _reached_total(self, limit: int) -> None:
+        if not self._total_full:
+            log.warning(
+                "alert inputs: the fleet has as many alerts as it may; new alert names are refused until some resolve",
+                bound=f"alert_inputs.max_total: {limit}",
+                hint="raise it if so many distinct alerts are expected; healerd_alert_inputs_refused_total counts "
+                "the refused ones",
+            )
+        self._total_full = True
 
     def _freed(self, where: tuple[str, str]) -> None:
-        if not self._at_bound:
-            return
         opts = self.config.alert_inputs
-        for bound, below in (
-            (f"per_machine {where[0]}/{where[1]}", len(self._by_machine.get(where, ())) < opts.max_per_machine),
-            ("total", self.count < opts.max_total),
-        ):
-            if below and bound in self._at_bound:
-                self._at_bound.discard(bound)
-                log.info("alert inputs below their bound again: new alert names are taken", bound=bound)
+        if where in self._full and len(self._by_machine.get(where, ())) < opts.max_per_machine:
+            self._full.discard(where)
+            if not self._full:
+                log.info("alert inputs: no machine is at alert_inputs.max_per_machine any more")
+        if self._total_full and self.count < opts.max_total:
+            self._total_full = False
+            log.info("alert inputs: the fleet is below alert_inputs.max_total again")
 
     def _count_refused(self, unmatched: list[dict[str, Any]], refused: list[dict[str, Any]], now: float) -> None:
         if self.metrics is not None:
