@@ -24,8 +24,7 @@ class Machines:
     async def save(self, machines: Sequence[Machine], provider: str, now: float) -> None:
         """Insert or update (address, lifecycle, provider, attributes) in one transaction."""
         rows = [
-            (m.service, m.id, m.address, m.lifecycle.value, provider, to_json(m.attributes), now, now)
-            for m in machines
+            (m.service, m.id, m.address, m.lifecycle.value, provider, to_json(m.attributes), now, now) for m in machines
         ]
 
         def write() -> None:
