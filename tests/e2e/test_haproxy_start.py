@@ -106,7 +106,7 @@ def test_healerd_starts_and_monitors_without_haproxy_and_fills_the_backend_once_
         assert opened < 2.0, f"api-0's incident opened {opened:.2f}s after it broke"
         assert grown < 8 * 1024, f"healerd's RSS grew {grown} KiB in ~{passes:.0f} passes against a {kind} socket"
         assert daemon.output().count("the load balancer fails") == 1, daemon.output()
-        assert fake.connections >= 3 or kind in ("absent", "refusing")
+        assert fake.connections >= 2 or kind in ("absent", "refusing")  # tried again, not given up on
     finally:
         fake.stop()
 
