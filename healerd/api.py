@@ -253,9 +253,9 @@ def _store_failing(request: web.Request, exc: BaseException) -> web.Response:
     return json_error(
         503,
         "state store failing",
-        f"the state store {store.where} is failing ({reason[:300]}), so this request could not be "
-        f"{'read' if request.method in SAFE_METHODS else 'saved'}. Checks, alerts, the status page, /healthz and "
-        f"/api/v1/machines go on; retry once it works again. {store.remedy}",
+        f"the state store {store.where} is failing ({reason[:300]}), so healerd could not "
+        f"{'read what this request asks for' if request.method in SAFE_METHODS else 'save this change'}. Checks, "
+        f"alerts, the status page, /healthz and /api/v1/machines go on; retry once it works again. {store.remedy}",
     )
 
 
