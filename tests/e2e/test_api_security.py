@@ -23,8 +23,8 @@ from conftest import Fleet, free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from healerd import api
-from healerd.api_models import ModeChange, Release, Resolve, SilenceCreate
+from healerd import api, api_alerts, api_cluster, api_rollout, api_status
+from healerd.api_models import ModeChange, Release, Resolve, RolloutStart, SilenceCreate
 
 from .fleet import DETECT, Healer, demo_pids, fleet_config, kill_demos, pid_alive, set_fault
 from .helpers import DaemonProcess, StartDaemon, http_check, http_get, make_config, run_cli, wait_until
@@ -119,8 +119,10 @@ def no_handler_failures(daemon: DaemonProcess) -> None:
 
 
 def _routes() -> list[tuple[str, str]]:
+    """Every route the daemon serves (the page and its history, rollouts, the cluster's, the alert receiver)."""
     app = web.Application()
-    api.add_routes(app)
+    for module in (api, api_alerts, api_cluster, api_rollout, api_status):
+        module.add_routes(app)
     return sorted({(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None})
 
 
@@ -128,7 +130,10 @@ ROUTES = _routes()
 PATHS = sorted({path for _, path in ROUTES})
 PARAM = re.compile(r"\{(\w+)\}")
 #: every key any body takes, to send each with wrong types
-BODY_KEYS = sorted({key for model in (ModeChange, SilenceCreate, Release, Resolve) for key in model.model_fields})
+BODY_KEYS = sorted(
+    {key for model in (ModeChange, SilenceCreate, Release, Resolve, RolloutStart) for key in model.model_fields}
+    | {"alerts", "version"}
+)
 WRONG_VALUES: list[Any] = [None, True, -1, 10**400, 1e308, "", "x" * 5000, [1, [2]], {"a": {"b": 1}}, "../../etc"]
 
 
