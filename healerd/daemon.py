@@ -123,7 +123,10 @@ class Daemon:
 
     # -- lifecycle (aiohttp cleanup contexts, started in order and stopped in reverse) ---------------------
     async def _store_ctx(self, app: web.Application) -> AsyncIterator[None]:
-        await self.store.open()
+        if isinstance(self.store, PgStore):  # a cluster node checks its fleet even while its database is away
+            await self.store.open_or_keep_trying()
+        else:
+            await self.store.open()
         flusher = asyncio.create_task(self._flush_loop(), name="healerd-store-flush")
         yield
         flusher.cancel()
@@ -151,7 +154,10 @@ class Daemon:
         report = await self.monitor.apply(self.config)
         for provider in self.monitor.providers.values():
             await provider.start()
-        restored = await self.monitor.restore()
+        restored = 0
+        if self.store.fault is None:  # else a cluster's database is away at start: no history to replay
+            with contextlib.suppress(*STORE_FAULTS):
+                restored = await self.monitor.restore()
         self.monitor.scheduler.start()
         log.info(
             "monitoring started",

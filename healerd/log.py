@@ -47,6 +47,8 @@ def configure(fmt: str = "console", level: str = "info", stream: Any = None) -> 
     root.setLevel(max(_LEVELS[level], logging.WARNING))
     logging.getLogger("apscheduler").setLevel(logging.ERROR)  # a skipped tick shows as lag
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # each failed connection attempt of the PostgreSQL pool: the store says once that it fails, and when it is back
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     logging.getLogger("aiohttp.server").addFilter(_malformed_requests)
 
 

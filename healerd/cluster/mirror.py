@@ -40,6 +40,7 @@ class Mirror:
         self._results: Cursor = ("0", 0)
         self._changes = Changes(store.pg)
         self._task: asyncio.Task[None] | None = None
+        self._marked = False  # not yet when the database was away at start
         self.applied = 0  # results taken from other nodes since start
         self.lag = 0.0  # seconds between the newest result applied and its being applied
 
@@ -49,6 +50,7 @@ class Mirror:
         horizon = await self._changes.horizon()
         start = str(max(0, int(horizon) - 1))
         self._machines = self._results = (start, 0)
+        self._marked = True
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="healerd-cluster-mirror")
@@ -62,6 +64,8 @@ class Mirror:
     async def _loop(self) -> None:
         while True:
             try:
+                if not self._marked:
+                    await self.mark()
                 await self.follow_once()
             except asyncio.CancelledError:
                 raise

@@ -217,7 +217,16 @@ class Cluster(ClusterViews):
         self.monitor.owns = self.owns
         self.monitor.emits = self.emits
         self.monitor.writes = self.acting
-        await self._round(take=False)
+        try:
+            await self._round(take=False)
+        except Exception:  # the database is away: this node checks every machine until it answers
+            log.warning(
+                "joined alone: the cluster's database does not answer; this node checks every machine and "
+                "remediates nothing until it does (retrying)",
+                node=self.node,
+                error=self.last_error,
+            )
+            return
         log.info(
             "joined the cluster",
             node=self.node,
@@ -225,7 +234,8 @@ class Cluster(ClusterViews):
             nodes=sorted(self.live_names),
             leader=self.last.leader if self.last else None,
         )
-        await self.mirror.mark()
+        with contextlib.suppress(*STORE_FAULTS):  # else the mirror marks where to follow from once it can
+            await self.mirror.mark()
 
     def run(self, on_lead: Callable[[int], Awaitable[None]], on_follow: Transition) -> None:
         """Start leading when the lease comes to this node, and following the others' changes."""

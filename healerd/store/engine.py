@@ -117,6 +117,13 @@ class ThreadedDatabase:
         """`listener(reason)` when the store starts failing, `listener(None)` when it works again."""
         self._fault_listeners.append(listener)
 
+    def report(self, exc: BaseException | None) -> None:
+        """Say that the store fails (`exc`) or works again (None) when no statement did: opening it, say."""
+        if exc is not None:
+            self._failed(exc)
+        elif self.fault is not None:
+            self._recovered()
+
     def _failed(self, exc: BaseException) -> None:
         self.errors += 1
         if self.fault is None:

@@ -34,6 +34,11 @@ WORKERS = 4
 CONNECT_TIMEOUT = 5.0
 #: how long the pool keeps trying one connection before it gives up on it (the next caller asks anew)
 RECONNECT_FOR = 4.0
+#: how long a statement waits for a connection while the store is failing
+FAULT_WAIT = 0.05
+#: a database away at start is tried again after 1 s, 2 s, 4 s … at most 10 s apart
+OPEN_RETRY = 1.0
+OPEN_RETRY_MAX = 10.0
 #: no statement of healerd's may hold a connection longer (a lock wait, a server in trouble)
 STATEMENT_TIMEOUT_MS = 15_000
 _LOCK_SCHEMA = "SELECT pg_advisory_xact_lock(hashtext('healerd schema'))"
@@ -122,7 +127,9 @@ class PgDatabase(ThreadedDatabase):
         )
 
     def _open(self, then: Callable[[], None]) -> None:
-        self._pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
+        # not open(wait=True): a pool whose first wait times out is closed for good, and a node whose
+        # database is away at start opens it again later (PgStore.open_or_keep_trying)
+        self._pool.open()
         with self._pool.connection() as conn:
             conn.execute(_LOCK_SCHEMA)
             conn.execute("CREATE TABLE IF NOT EXISTS healerd_schema (version INTEGER NOT NULL)")
@@ -152,16 +159,21 @@ class PgDatabase(ThreadedDatabase):
             raise StoreError(self.explain(exc)) from None
 
     def _run_connected(self, fn: Callable[[], T]) -> T:
-        self._pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
+        self._pool.open()
         return self._run(fn)
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._pool.close)
+        # not on the store's threads: while the server is away they may all be waiting for a connection, which
+        # closing the pool ends at once (PoolClosed)
+        await asyncio.to_thread(self._pool.close)
         self.shutdown()
 
     # -- running statements -----------------------------------------------------------------------------
     def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        with self._pool.connection() as raw:  # commits when fn returns, rolls back when it raises
+        # while the server is known to be away, a caller (the status page, the API) learns it at once instead
+        # of waiting the pool's whole timeout; the first statement that goes through ends the fault
+        wait = FAULT_WAIT if self.fault is not None else None
+        with self._pool.connection(timeout=wait) as raw:  # commits when fn returns, rolls back when it raises
             self._local.conn = _Adapter(raw)
             try:
                 return fn(*args)
@@ -226,6 +238,7 @@ class PgStore(BaseStore):
         idle_timeout: float = 5.0,
     ) -> None:
         self.pg = PgDatabase(dsn, node, pgbouncer, idle_timeout)
+        self._opener: asyncio.Task[None] | None = None
         super().__init__(self.pg, history, event_log_size)
 
     @property
@@ -239,10 +252,39 @@ class PgStore(BaseStore):
     async def open(self) -> None:
         await self.pg.open(then=self.results.load_sequences)
 
+    async def open_or_keep_trying(self) -> bool:
+        """Open now; or, the server away, say so (the store's fault, once) and keep trying in the background
+        with backoff, returning False: a cluster node whose database is down at start still checks its fleet.
+        Until it opens, every use of the store fails as in an outage, and is retried as then."""
+        try:
+            await self.open()
+            return True
+        except StoreError as exc:
+            self.pg.report(exc)
+        self._opener = asyncio.create_task(self._keep_opening(), name="healerd-store-open")
+        return False
+
+    async def _keep_opening(self) -> None:
+        delay = OPEN_RETRY
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.open()
+            except StoreError:
+                delay = min(delay * 2, OPEN_RETRY_MAX)
+                continue
+            self.pg.report(None)
+            return
+
     async def open_readonly(self) -> bool:
         return await self.pg.open_readonly()
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.flush()
+        if self._opener is not None:
+            self._opener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._opener
+        if self.pg.fault is None:  # a failing server would hold the stop for the pool's timeout
+            with contextlib.suppress(Exception):
+                await self.flush()
         await self.pg.close()

@@ -24,7 +24,7 @@ from pg import PgServer
 from .cluster import ClusterRig
 from .fleet import FALL, INTERVAL, kill_demos, launched_ids, set_fault
 from .test_alerting import Loopback, Receiver
-from .test_cluster import demo_cluster, incidents, wait_fleet
+from .test_cluster import MACHINES, counting_server, demo_cluster, incidents, static_fleet, wait_fleet, window  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -117,4 +117,34 @@ def test_a_cluster_heals_a_machine_broken_while_its_database_was_away_and_delive
     finally:
         problems = rig.stop_all()
         kill_demos(str(tmp_path))
+    assert not problems, "\n".join(problems)
+
+
+def test_a_node_started_while_its_database_is_down_checks_its_fleet_and_leads_once_it_is_back(
+    pg: PgServer,
+    tmp_path: Path,
+    counting_server: Any,  # noqa: F811 (the fixture, imported)
+) -> None:
+    address, counts, lock = counting_server
+    rig = ClusterRig(tmp_path, pg.new_database(), static_fleet(tmp_path, address), ttl=3.0)
+    pg.stop()
+    try:
+        node = rig.start("a")
+        node.wait_ready(15)
+        seen = window(counts, lock, 2.0)
+        assert len(seen) == MACHINES and min(seen.values()) >= 2, "checks do not run without the database"
+        view = node.cluster()
+        assert view["database_error"] and not view["this_node_leads"], view
+        assert node.metrics().get("healerd_store_writable") == 0
+        assert node.get("/healthz")[0] == 200 and node.get("/")[0] == 200
+    finally:
+        pg.start()
+    rig.wait(lambda: node.cluster()["this_node_leads"], 20, "the node to lead once its database answers")
+    rig.wait(lambda: node.metrics().get("healerd_store_writable") == 1, 10, "the store to work again")
+    rig.wait(lambda: node.events(type="store.degraded"), 10, "the store's outage recorded")
+    problems = rig.stop_all()
+    log = node.output()
+    assert log.count("joined alone") == 1, log
+    assert log.count("the state store is failing") == 1, log
+    assert log.count("the state store works again") == 1, log
     assert not problems, "\n".join(problems)
