@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -31,6 +32,22 @@ if TYPE_CHECKING:
     from .store import BaseStore
 
 log = structlog.get_logger("healerd.remediation")
+
+
+def _launched_at(m: Machine) -> float:
+    return float(m.attributes.get("launched_at") or 0.0)
+
+
+def retirement_order(machines: Iterable[Machine], known_good: str | None) -> list[Machine]:
+    """The order in which scale-in retires machines: first those not on the known-good version (a machine
+    released from quarantine may run a version replaced since; one whose version is not recorded cannot be
+    vouched for), then the newest. A fleet on one version thus keeps its longest-proven machines."""
+
+    def key(m: Machine) -> tuple[bool, float, str]:
+        stale = known_good is not None and m.attributes.get("image_version") != known_good
+        return (stale, _launched_at(m), m.id)
+
+    return sorted(machines, key=key, reverse=True)
 
 
 class Fleet:

@@ -4,7 +4,7 @@ needs to run by itself; changes of health also wake the engine (and its 1 s ceil
 - `IncidentReconciler`: opens an incident per machine failure, passes it through the safety gates, resolves it.
 - `ProbationReconciler`: machines launched to fill the fleet enter service once their checks pass.
 - `FillReconciler`: launches machines up to `desired`.
-- `SurplusReconciler`: retires the newest healthy machine above `desired`.
+- `SurplusReconciler`: retires healthy machines above `desired`, those not on the known-good version first.
 - `RetentionReconciler`: ends quarantines older than `keep_for` (a warning first).
 """
 
@@ -19,6 +19,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from .events import Event, EventType, Severity
+from .fleet import retirement_order
 from .health import Condition, ProbationOutcome, ServiceState
 from .incidents import Incident, IncidentState
 from .machines import PROBATION, Lifecycle, Machine, Origin
@@ -316,8 +317,9 @@ class FillReconciler:
 
 class SurplusReconciler:
     """More machines in service than `desired` (a machine released back to rotation, a lowered desired):
-    the newest surplus machine leaves rotation and is retired, never quarantined, and only while the
-    healthy machines left still reach `desired` (so never below min_healthy)."""
+    one surplus machine at a time (not on the known-good version first, then the newest: `retirement_order`)
+    leaves rotation and is retired, never quarantined, and only while the healthy machines left still reach
+    `desired` (so never below min_healthy)."""
 
     def __init__(
         self, monitor: Monitor, fleet: Fleet, controls: Controls, incidents: IncidentBook, rollouts: Rollouts
@@ -350,7 +352,8 @@ class SurplusReconciler:
                 max_concurrent=1 << 30,
             )
             decision = decide(gate)
-            victim = max(healthy, key=lambda m: (float(m.attributes.get("launched_at") or 0.0), m.id))
+            known_good = self.fleet.known_good.get(service.image) if service.image else None
+            victim = retirement_order(healthy, known_good)[0]
             if not decision.allowed:
                 if service.name not in self._held:
                     self._held.add(service.name)
@@ -363,7 +366,11 @@ class SurplusReconciler:
                     )
                 return decision.retry_at or NEVER
             self._held.discard(service.name)
-            await self.fleet.retire(service, victim, f"{len(in_service)} in service for desired {service.desired}")
+            why = f"{len(in_service)} in service for desired {service.desired}"
+            version = victim.attributes.get("image_version")
+            if known_good and version != known_good:
+                why += f"; it runs {version or 'an unrecorded version'}, not the known-good {known_good}"
+            await self.fleet.retire(service, victim, why)
             return NEVER
 
 

@@ -332,3 +332,25 @@ async def test_the_engine_sleeps_until_the_earliest_time_a_reconciler_asks_for(r
 
     assert await rig.engine.reconcile(since + 1) == since + 3000  # the retention warning comes first
     assert await rig.engine.reconcile(since + 3001) == min(since + 3600, launched_at + 7200)
+
+
+async def test_surplus_retires_a_machine_released_back_on_an_old_version_not_the_known_good_replacement(
+    rig_factory: Any, logs: Logs
+) -> None:
+    # v2 was promoted; web-old (v1) was quarantined and replaced by web-new (v2, the newest machine), then
+    # released back to rotation: one machine too many, and the one to go is the v1 machine
+    rig = await rig_factory(desired=3)
+    rig.engine.fleet.known_good["demo-web"] = "v2"
+    await rig.add("web-old", image_version="v1", launched_at=str(rig.t0 - 1000), launched_for="release")
+    for i, mid in enumerate(("web-a", "web-b")):
+        await rig.add(mid, image_version="v2", launched_at=str(rig.t0 - 100 + i))
+    await rig.add("web-new", image_version="v2", launched_at=str(rig.t0 - 10))
+    rig.up("web-old", "web-a", "web-b", "web-new")
+    surplus = rig.reconciler(SurplusReconciler)
+    for tick in range(3):
+        await surplus.reconcile(rig.service, rig.t0 + tick)
+
+    assert rig.provider.retired == ["web-old"]
+    assert rig.rotation() == {"web-a", "web-b", "web-new"}
+    (retired,) = rig.of(EventType.MACHINE_RETIRED)
+    assert "it runs v1, not the known-good v2" in retired.summary, retired.summary
