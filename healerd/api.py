@@ -509,19 +509,18 @@ async def set_mode(request: web.Request) -> web.Response:
             await engine.set_paused(change.paused)
         except _DATABASE_ERRORS as exc:
             unsaved = exc
-    if unsaved is not None:
+    if unsaved is not None:  # it applies: the answer says so (200), and that it is not saved
         status = engine.status()
         mode = status["service_modes"][change.service] if change.service else status["mode"]
         now = f"mode {mode}" + (f" for {change.service}" if change.service else "") + (", paused" * status["paused"])
         store = request.app[STORE]
-        return json_error(
-            503,
-            "change not saved",
+        warning = (
             f"the change applies now ({now}) but the state store {store.where} is failing "
             f"({(store.fault or str(unsaved))[:300]}), so it is not saved: a restart would return to the saved "
-            f"mode. Send it again once the store works. {store.remedy}",
+            f"mode. Send it again once the store works. {store.remedy}"
         )
-    return json_response(engine.status())
+        return json_response({**status, "saved": False, "warning": warning})
+    return json_response({**engine.status(), "saved": True})
 
 
 async def silences(request: web.Request) -> web.Response:
@@ -538,6 +537,14 @@ async def add_silence(request: web.Request) -> web.Response:
     silence = await request.app[ENGINE].add_silence(
         body.service, body.machine, body.duration, body.comment, body.created_by
     )
+    if not silence["saved"]:  # it applies now; 202: the store will have it once it can write again
+        store = request.app[STORE]
+        silence["warning"] = (
+            f"the silence applies now, but the state store {store.where} is failing ({(store.fault or '')[:300]}): "
+            "it is kept in memory and saved as soon as the store works again (a restart before that loses it). "
+            f"{store.remedy}"
+        )
+        return json_response(silence, status=202)
     return json_response(silence, status=201)
 
 

@@ -380,6 +380,8 @@ def cmd_mode(args: argparse.Namespace) -> int:
         modes = ", ".join(f"{k}={v}" for k, v in out["service_modes"].items())
         paused = " (paused)" if out["paused"] else ""
         print(f"mode {out['mode']}{paused}; services: {modes}; open incidents: {out['incidents_open']}")
+        if out.get("warning"):
+            print(f"warning: {out['warning']}")
     return 0
 
 

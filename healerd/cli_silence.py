@@ -42,6 +42,8 @@ def cmd_silence(args: argparse.Namespace) -> int:
             print(json.dumps(made, indent=2))
         else:
             print(f"silence {made['id']}: {_target(made)} until {_when(made['ends_at'])}")
+            if made.get("warning"):
+                print(f"warning: {made['warning']}")
         return 0
     if args.action == "rm":
         gone = _api(args, f"/api/v1/silences/{args.id}", {}, delete=True)

@@ -3,6 +3,8 @@ and the storm cooldowns after a max_unhealthy short-circuit. Runtime switches pe
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -12,6 +14,7 @@ import structlog
 
 from .config import Config, Mode
 from .events import new_id
+from .store import STORE_FAULTS
 
 if TYPE_CHECKING:
     from .store import BaseStore
@@ -38,6 +41,11 @@ class Controls:
         self.paused = False
         self.storm_until: dict[str, float] = {}
         self._silences: tuple[float, list[dict[str, Any]]] | None = None  # the last `now` asked, and its answer
+        #: silence changes that apply but that the store could not write yet (a full disk)
+        self._unsaved_adds: dict[str, dict[str, Any]] = {}
+        self._unsaved_deletes: set[str] = set()
+        self._saving: asyncio.Task[None] | None = None
+        store.on_fault(self._store_fault)
 
     async def load(self) -> None:
         mode = await self.store.meta.get("mode")
@@ -89,28 +97,75 @@ class Controls:
     async def add_silence(
         self, service: str | None, machine: str | None, duration: float, comment: str, created_by: str = ""
     ) -> dict[str, Any]:
+        """The new silence, with `saved`: False when the store could not write it (a full disk): it applies
+        now all the same, and is written as soon as the store works again (a restart before that loses it)."""
         now = time.time()
-        sid = new_id(now)
-        await self.store.silences.add(sid, service, machine, now, now + duration, comment, created_by)
-        self._silences = None
-        return {
-            "id": sid,
+        row: dict[str, Any] = {
+            "id": new_id(now),
             "service": service,
             "machine": machine,
             "starts_at": now,
             "ends_at": now + duration,
             "comment": comment,
+            "created_by": created_by,
         }
+        self._silences = None
+        if self.unsaved:
+            await self._save_unsaved()
+        try:
+            await self._write_add(row)
+        except STORE_FAULTS:
+            self._unsaved_adds[row["id"]] = row
+            log.warning("silence kept in memory: the state store cannot save it now", silence=row["id"])
+            return {**row, "saved": False}
+        return {**row, "saved": True}
 
     async def delete_silence(self, sid: str) -> bool:
-        deleted = await self.store.silences.delete(sid)
         self._silences = None
         self.wake()
-        return deleted
+        if self._unsaved_adds.pop(sid, None) is not None:
+            return True
+        try:
+            return await self.store.silences.delete(sid)
+        except STORE_FAULTS:
+            if not any(s["id"] == sid for s in await self.store.silences.active(time.time())):
+                return False
+            self._unsaved_deletes.add(sid)
+            log.warning("silence ended in memory: the state store cannot save it now", silence=sid)
+            return True
 
     async def silences(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Those running or to come: the stored ones and those waiting to be saved (written first if it can)."""
         now = time.time() if now is None else now
-        return await self.store.silences.active(now)
+        if self._unsaved_adds or self._unsaved_deletes:
+            await self._save_unsaved()
+        stored = [s for s in await self.store.silences.active(now) if s["id"] not in self._unsaved_deletes]
+        return stored + [s for s in self._unsaved_adds.values() if s["ends_at"] > now]
+
+    @property
+    def unsaved(self) -> int:
+        """Silence changes that apply but wait for the store."""
+        return len(self._unsaved_adds) + len(self._unsaved_deletes)
+
+    async def _write_add(self, s: dict[str, Any]) -> None:
+        await self.store.silences.add(
+            s["id"], s["service"], s["machine"], s["starts_at"], s["ends_at"], s["comment"], s["created_by"]
+        )
+
+    def _store_fault(self, reason: str | None) -> None:
+        """The store works again: write what waits for it now, not at the next look at the silences."""
+        if reason is None and self.unsaved and (self._saving is None or self._saving.done()):
+            self._saving = asyncio.get_running_loop().create_task(self._save_unsaved(), name="healerd-silences-save")
+
+    async def _save_unsaved(self) -> None:
+        with contextlib.suppress(*STORE_FAULTS):  # kept for the next time: the store said it fails
+            for sid, row in list(self._unsaved_adds.items()):
+                await self._write_add(row)
+                del self._unsaved_adds[sid]
+            for sid in list(self._unsaved_deletes):
+                await self.store.silences.delete(sid)
+                self._unsaved_deletes.discard(sid)
+            log.info("silence changes kept in memory are saved")
 
     async def silenced(self, service: str, machine: str, now: float) -> bool:
         """Whether a silence covers the machine ("" for the whole service) at `now`; read once per `now`, so

@@ -5,12 +5,13 @@ Events are buffered like results and written by `Store.flush`; a failed write ke
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..events import Event
-from .engine import Connection, ThreadedDatabase
+from .engine import STORE_FAULTS, Connection, ThreadedDatabase
 from .text import to_json
 
 
@@ -67,8 +68,17 @@ class Events:
         limit: int = 100,
         types: list[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Newest first, as the API shows them (buffered ones included)."""
-        await self._flush()
+        """Newest first, as the API shows them (buffered ones included: written first, or, when the store
+        cannot write — a full disk — read from the buffer, since reads still work)."""
+        with contextlib.suppress(*STORE_FAULTS):  # the store said so once; what it has, and what waits
+            await self._flush()
+        waiting = [
+            e
+            for e in reversed(self._pending)
+            if (not service or e.service == service)
+            and (not machine or e.machine == machine)
+            and (not types or e.type.value in types)
+        ][:limit]
 
         def q() -> list[dict[str, Any]]:
             sql = (
@@ -104,7 +114,11 @@ class Events:
                 for r in self._db.conn.execute(sql, args)
             ]
 
-        return await self._db.read(q)
+        stored = await self._db.read(q)
+        if not waiting:
+            return stored
+        ids = {e.id for e in waiting}
+        return [*(_row(e) for e in waiting), *(r for r in stored if r["id"] not in ids)][:limit]
 
     async def prune(self) -> None:
         """Keep the newest `log_size` events."""
@@ -115,3 +129,20 @@ class Events:
                 self._db.conn.execute("DELETE FROM events WHERE seq <= ?", (row[0] - self.log_size,))
 
         await self._db.call(q)
+
+
+def _row(e: Event) -> dict[str, Any]:
+    """An event not written yet, as a stored one reads."""
+    return {
+        "id": e.id,
+        "timestamp": e.timestamp,
+        "type": e.type.value,
+        "service": e.service,
+        "machine": e.machine,
+        "check": e.check,
+        "incident": e.incident,
+        "severity": e.severity.value,
+        "status": e.status,
+        "summary": e.summary,
+        "details": e.details,
+    }
