@@ -40,6 +40,13 @@ def parse_duration(value: object, *, at_most: float = YEAR, what: str = "duratio
     return seconds
 
 
+def require_above_zero(seconds: float, *, what: str, example: str) -> float:
+    """A duration that means nothing at 0 (a timeout, a bake), refused there with an example of a good one."""
+    if seconds <= 0:
+        raise ValueError(f"{what} must be above 0 (got {seconds:g}s); use a duration like {example}")
+    return seconds
+
+
 def _show(value: float) -> str:
     """How YAML spells a non-finite number, which is how the user wrote it."""
     if math.isnan(value):

@@ -10,8 +10,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import _yaml
+from ._pydantic_words import Loc, misread_numbers, refusals
 from ._yaml import format_path
-from .durations import parse_duration
+from .durations import parse_duration, require_above_zero
 from .plugins import ACTIONS
 from .targets import did_you_mean
 
@@ -35,7 +36,14 @@ class StepModel(BaseModel):
     @field_validator("timeout", mode="before")
     @classmethod
     def _timeout(cls, v: object) -> float | None:
-        return None if v is None else parse_duration(v)
+        if v is None:
+            return None
+        # a step given no time at all fails before it starts: a timeout of 0 is a typo, never a plan
+        return require_above_zero(parse_duration(v, what="timeout"), what="timeout", example="2m")
+
+
+#: the keys of a step, for did-you-mean hints (`with` is a Python word: the model's field is with_)
+STEP_KEYS = ["action", "with", "timeout", "retries", "on_failure"]
 
 
 class PlaybookModel(BaseModel):
@@ -43,7 +51,7 @@ class PlaybookModel(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    steps: list[dict[str, Any]] = Field(min_length=1)
+    steps: list[Any] = Field(min_length=1)  # each one validated alone, so that every bad step is told
 
 
 @dataclass(frozen=True)
@@ -95,52 +103,73 @@ def load_playbooks(folders: list[Path]) -> tuple[dict[str, Playbook], list[Playb
             except (OSError, UnicodeDecodeError, _yaml.YamlSyntaxError) as exc:
                 problems.append(PlaybookProblem(path, getattr(exc, "line", None), "", f"cannot read: {exc}"))
                 continue
-
-            def add(loc: tuple[str | int, ...], message: str, path: Path = path, index: Any = index) -> None:
-                problems.append(PlaybookProblem(path, index.line(loc), format_path(loc), message))
-
-            def add_errors(
-                prefix: tuple[str | int, ...], exc: ValidationError, fields: list[str], add: Any = add
-            ) -> None:
-                for err in exc.errors(include_url=False):
-                    loc = (*prefix, *err["loc"])
-                    if err["type"] == "extra_forbidden" and err["loc"]:
-                        key = str(err["loc"][-1])
-                        add(loc, f"unknown key {key!r}{did_you_mean(key, fields)}; remove it or fix its spelling")
-                    else:
-                        add(loc, err["msg"].removeprefix("Value error, "))
-
-            try:
-                model = PlaybookModel.model_validate(data)
-            except ValidationError as exc:
-                add_errors((), exc, list(PlaybookModel.model_fields))
-                continue
-            steps: list[Step] = []
-            for i, raw in enumerate(model.steps):
-                loc: tuple[str | int, ...] = ("steps", i)
-                try:
-                    sm = StepModel.model_validate(raw)
-                except ValidationError as exc:
-                    add_errors(loc, exc, ["action", "with", "timeout", "retries", "on_failure"])
-                    continue
-                action = ACTIONS.get(sm.action)
-                if action is None:
-                    add(
-                        (*loc, "action"),
-                        f"unknown action {sm.action!r}{did_you_mean(sm.action, ACTIONS.kinds())}; "
-                        f"actions: {', '.join(ACTIONS.kinds())}",
-                    )
-                    continue
-                try:
-                    params = action.Params.model_validate(sm.with_)
-                except ValidationError as exc:
-                    add_errors((*loc, "with"), exc, list(action.Params.model_fields))
-                    continue
-                steps.append(
-                    Step(i, sm.action, params, sm.timeout or action.default_timeout, sm.retries, sm.on_failure)
-                )
-            if len(steps) == len(model.steps):
-                books[model.name] = Playbook(
-                    model.name, model.description, tuple(steps), path, tuple(s.action for s in steps)
-                )
+            found = _FileProblems(path, index)
+            book = _playbook(data, found)
+            problems.extend(found.problems)
+            if book is not None:
+                books[book.name] = book
     return books, problems
+
+
+@dataclass
+class _FileProblems:
+    """The problems of one playbook file, each placed on its line."""
+
+    path: Path
+    index: _yaml.LineIndex
+    problems: list[PlaybookProblem] = field(default_factory=list)
+
+    def add(self, loc: Loc, message: str, at: Loc | None = None) -> None:
+        line = self.index.line(loc if at is None else at)
+        self.problems.append(PlaybookProblem(self.path, line, format_path(loc), message))
+
+    def pydantic(self, prefix: Loc, exc: ValidationError, keys: list[str]) -> None:
+        for r in refusals(exc, keys, prefix):
+            self.add(r.loc, r.message, r.at)
+
+    def numbers(self, prefix: Loc, model: BaseModel, raw: object) -> bool:
+        """True when `model` took no number the author cannot have meant (true for 1, .nan)."""
+        found = list(misread_numbers(model, raw, prefix))
+        for loc, message in found:
+            self.add(loc, message)
+        return not found
+
+
+def _playbook(data: object, found: _FileProblems) -> Playbook | None:
+    """The playbook in `data`, or None after reporting every problem to `found`."""
+    try:
+        model = PlaybookModel.model_validate(data)
+    except ValidationError as exc:
+        found.pydantic((), exc, list(PlaybookModel.model_fields))
+        return None
+    steps = [step for i, raw in enumerate(model.steps) if (step := _step(i, raw, found)) is not None]
+    if len(steps) < len(model.steps):
+        return None
+    return Playbook(model.name, model.description, tuple(steps), found.path, tuple(s.action for s in steps))
+
+
+def _step(i: int, raw: object, found: _FileProblems) -> Step | None:
+    loc: Loc = ("steps", i)
+    try:
+        sm = StepModel.model_validate(raw)
+    except ValidationError as exc:
+        found.pydantic(loc, exc, STEP_KEYS)
+        return None
+    if not found.numbers(loc, sm, raw):
+        return None
+    action = ACTIONS.get(sm.action)
+    if action is None:
+        found.add(
+            (*loc, "action"),
+            f"unknown action {sm.action!r}{did_you_mean(sm.action, ACTIONS.kinds())}; "
+            f"use one of the actions {', '.join(ACTIONS.kinds())}",
+        )
+        return None
+    try:
+        params = action.Params.model_validate(sm.with_)
+    except ValidationError as exc:
+        found.pydantic((*loc, "with"), exc, list(action.Params.model_fields))
+        return None
+    if not found.numbers((*loc, "with"), params, sm.with_):
+        return None
+    return Step(i, sm.action, params, sm.timeout or action.default_timeout, sm.retries, sm.on_failure)
