@@ -112,10 +112,12 @@ def render(view: dict[str, Any], short: bool = False) -> str:
     if judge.get("canary_results") is not None:
         lines.append(
             "  judge: {outcome}; canary {canary_results} results, error rate {cer:.2%}, p50 {cp50} p95 {cp95}; "
-            "baseline {baseline_results}, {ber:.2%}, p50 {bp50} p95 {bp95}; ratio p50 {r50} p95 {r95}".format(
+            "baseline {baseline_results} from {baseline_machines} machine(s), {ber:.2%}, p50 {bp50} p95 {bp95}; "
+            "ratio p50 {r50} p95 {r95}".format(
                 outcome=judge.get("outcome"),
                 canary_results=judge["canary_results"],
                 baseline_results=judge["baseline_results"],
+                baseline_machines=judge.get("baseline_machines", "?"),  # records of older versions do not say
                 cer=judge["canary_error_rate"],
                 ber=judge["baseline_error_rate"],
                 cp50=_ms(judge.get("canary_p50")),

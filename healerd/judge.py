@@ -1,6 +1,7 @@
 """The canary judge (pure): the candidate's check results against the known-good machines' results of the same
 window. Error rate is the share of non-OK results; latency is compared at the median and the 95th percentile.
 
+The baseline is the results of the machines `in_baseline`: of the known-good version, in service and healthy.
 A verdict is `pass`, `fail` or `wait` (too few results on a side: never promoted on no data). Its figures go
 into the rollout record, the events and the alert, so a rejection can be read and argued with.
 """
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config.models import JudgeConfig
+from .health import Condition
+from .machines import Lifecycle, Machine
 
 #: durations kept per side (reservoir sampling beyond): percentiles of 4,000 samples are within a fraction of a
 #: percent of the whole population's, and the rollout record stays small
@@ -32,16 +35,33 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
+def in_baseline(machine: Machine | None, condition: Condition | None, known_good: str) -> bool:
+    """Whether a machine's result counts in the baseline the candidate is judged against: it runs the known-good
+    version, is in service (not on its way out) and healthy. A machine that is down measures its own failure,
+    not the version: counted, it would make any candidate look good."""
+    return (
+        machine is not None
+        and machine.lifecycle is Lifecycle.IN_SERVICE
+        and "retiring" not in machine.attributes
+        and machine.attributes.get("image_version") == known_good
+        and condition is Condition.UP
+    )
+
+
 @dataclass
 class Samples:
-    """One side's results: how many, how many not OK, and a uniform sample of their durations."""
+    """One side's results: how many, how many not OK, a uniform sample of their durations, and which machines
+    they came from."""
 
     results: int = 0
     errors: int = 0
     durations: list[float] = field(default_factory=list)
+    machines: set[str] = field(default_factory=set)
     _rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
 
-    def add(self, ok: bool, duration: float) -> None:
+    def add(self, ok: bool, duration: float, machine: str = "") -> None:
+        if machine:
+            self.machines.add(machine)
         self.results += 1
         if not ok:
             self.errors += 1
@@ -57,12 +77,22 @@ class Samples:
         return self.errors / self.results if self.results else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"results": self.results, "errors": self.errors, "durations": [round(d, 6) for d in self.durations]}
+        return {
+            "results": self.results,
+            "errors": self.errors,
+            "durations": [round(d, 6) for d in self.durations],
+            "machines": sorted(self.machines),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Samples:
         d = d or {}
-        return cls(int(d.get("results", 0)), int(d.get("errors", 0)), [float(x) for x in d.get("durations", [])])
+        return cls(
+            int(d.get("results", 0)),
+            int(d.get("errors", 0)),
+            [float(x) for x in d.get("durations", [])],
+            {str(x) for x in d.get("machines", [])},
+        )
 
 
 @dataclass(frozen=True)
@@ -92,6 +122,8 @@ def judge(canary: Samples, baseline: Samples, limits: JudgeConfig) -> Verdict:
     figures: dict[str, Any] = {
         "canary_results": canary.results,
         "baseline_results": baseline.results,
+        "canary_machines": len(canary.machines),
+        "baseline_machines": len(baseline.machines),
         "canary_error_rate": round(canary.error_rate, 6),
         "baseline_error_rate": round(baseline.error_rate, 6),
         "max_error_rate": limits.max_error_rate,
@@ -137,6 +169,6 @@ def judge(canary: Samples, baseline: Samples, limits: JudgeConfig) -> Verdict:
         "pass",
         f"error rate {canary.error_rate:.2%} (baseline {baseline.error_rate:.2%}), latency "
         f"{ratios or 'not measured'} the baseline's, over {canary.results} canary and {baseline.results} baseline "
-        "results",
+        f"results (from {len(baseline.machines)} baseline machine{'' if len(baseline.machines) == 1 else 's'})",
         figures,
     )

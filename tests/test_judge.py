@@ -14,16 +14,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from healerd.config.models import JudgeConfig
-from healerd.judge import RESERVOIR, Samples, judge, percentile
+from healerd.health import Condition
+from healerd.judge import RESERVOIR, Samples, in_baseline, judge, percentile
+from healerd.machines import Lifecycle, Machine
 
 LIMITS = JudgeConfig()  # max_error_rate 1%, max_latency_ratio 1.5, min_results 50, latency_floor 5 ms
 
 
-def samples(n: int, duration: float, errors: int = 0) -> Samples:
-    """n results of `duration` seconds each, the first `errors` of them not OK."""
+def samples(n: int, duration: float, errors: int = 0, machines: int = 2) -> Samples:
+    """n results of `duration` seconds each, the first `errors` of them not OK, from `machines` machines in turn."""
     s = Samples(_rng=random.Random(0))
     for i in range(n):
-        s.add(i >= errors, duration)
+        s.add(i >= errors, duration, f"web-{i % machines}")
     return s
 
 
@@ -45,6 +47,8 @@ def test_a_canary_three_times_slower_fails_naming_p50_and_the_ratio() -> None:
     assert verdict.figures == {  # what goes into the rollout record and the alert
         "canary_results": 100,
         "baseline_results": 100,
+        "canary_machines": 2,
+        "baseline_machines": 2,
         "canary_error_rate": 0.0,
         "baseline_error_rate": 0.0,
         "max_error_rate": 0.01,
@@ -90,7 +94,7 @@ def test_the_same_error_rate_as_a_noisy_baseline_passes() -> None:
     assert verdict.figures["canary_error_rate"] == verdict.figures["baseline_error_rate"] == 0.05
     assert verdict.reason == (
         "error rate 5.00% (baseline 5.00%), latency p50 0.952x and p95 0.952x the baseline's, "
-        "over 200 canary and 200 baseline results"
+        "over 200 canary and 200 baseline results (from 2 baseline machines)"
     )
 
 
@@ -221,10 +225,10 @@ def test_the_reservoir_is_a_sample_of_the_whole_stream_not_its_beginning() -> No
 def test_samples_survive_the_rollout_record_as_json_and_go_on_counting() -> None:
     s = Samples(_rng=random.Random(2))
     for i in range(RESERVOIR + 500):
-        s.add(i % 7 != 0, 0.0123456789 + i / 1e5)
+        s.add(i % 7 != 0, 0.0123456789 + i / 1e5, f"web-{i % 3}")
     stored = json.loads(json.dumps(s.as_dict()))
     again = Samples.from_dict(stored)
-    assert (again.results, again.errors) == (s.results, s.errors)
+    assert (again.results, again.errors, again.machines) == (s.results, s.errors, s.machines)
     assert again.durations == pytest.approx(s.durations, abs=1e-6)  # rounded to the microsecond
     assert judge(again, samples(100, 0.020), LIMITS).figures == judge(s, samples(100, 0.020), LIMITS).figures
     again.add(False, 0.5)  # a resumed bake keeps counting from where it was
@@ -234,6 +238,59 @@ def test_samples_survive_the_rollout_record_as_json_and_go_on_counting() -> None
 def test_samples_from_nothing_are_empty() -> None:
     assert Samples.from_dict(None) == Samples() == Samples.from_dict({})
     assert Samples().error_rate == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the baseline: machines of the known-good version, in service and healthy
+
+
+def _m(version: str = "v1", lifecycle: Lifecycle = Lifecycle.IN_SERVICE, **attrs: str) -> Machine:
+    return Machine("web", "web-1", "127.0.0.1:1", lifecycle, {"image_version": version, **attrs})
+
+
+@pytest.mark.parametrize(
+    ("machine", "condition", "counted"),
+    [
+        (_m(), Condition.UP, True),
+        (_m(), Condition.DOWN, False),  # down: its errors and timeouts are its failure, not v1's
+        (_m(), Condition.IMPAIRED, False),
+        (_m(), Condition.FLAPPING, False),
+        (_m(), Condition.PENDING, False),
+        (_m(), None, False),
+        (_m("v0"), Condition.UP, False),  # released back from quarantine on an older version
+        (_m(retiring="1700000000"), Condition.UP, False),  # on its way out, draining
+        (_m(lifecycle=Lifecycle.PROBATION), Condition.UP, False),
+        (_m(lifecycle=Lifecycle.QUARANTINED), Condition.UP, False),
+        (None, Condition.UP, False),
+    ],
+)
+def test_the_baseline_counts_only_healthy_machines_of_the_known_good_version_in_service(
+    machine: Machine | None, condition: Condition | None, counted: bool
+) -> None:
+    assert in_baseline(machine, condition, "v1") is counted
+
+
+def test_a_down_machine_left_out_of_the_baseline_does_not_pass_a_worse_candidate() -> None:
+    # two healthy v1 machines, and one v1 machine down during the bake (35% errors, 800 ms); the candidate
+    # fails 12% of its checks. With the down machine's results the baseline has 11.67% errors: the candidate
+    # would pass as "0.33% more".
+    results = [(f"web-{i % 2}", True, 0.020) for i in range(200)] + [
+        ("web-down", i % 20 >= 7, 0.800) for i in range(100)
+    ]
+    canary = samples(100, 0.020, errors=12, machines=1)
+    everything, baseline = Samples(_rng=random.Random(0)), Samples(_rng=random.Random(0))
+    for mid, ok, duration in results:
+        everything.add(ok, duration, mid)
+        if in_baseline(_m(), Condition.DOWN if mid == "web-down" else Condition.UP, "v1"):
+            baseline.add(ok, duration, mid)
+
+    assert judge(canary, everything, LIMITS).passed
+
+    verdict = judge(canary, baseline, LIMITS)
+    assert verdict.failed
+    assert verdict.reason == "error rate 12.00% against the baseline's 0.00% (at most 1.00% more allowed)"
+    assert (verdict.figures["baseline_machines"], verdict.figures["baseline_results"]) == (2, 200)
+    assert verdict.figures["baseline_p95"] == 0.02
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -19,8 +19,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from ..events import EventType, Severity
-from ..judge import Samples, Verdict, judge
-from ..machines import Lifecycle
+from ..judge import Samples, Verdict, in_baseline, judge
 from ..providers.base import ProviderError
 from ..results import CheckResult, Status
 from ..store import STORE_FAULTS, Fenced, VersionRecord
@@ -110,11 +109,12 @@ class RolloutRun(RolloutSteps):
             if key.service != r.service or ts < started:
                 return
             if key.machine in canaries:
-                canary.add(result.status is Status.OK, result.duration)
+                canary.add(result.status is Status.OK, result.duration, key.machine)
                 return
-            m = self.monitor.machine(r.service, key.machine)
-            if m is not None and m.lifecycle is Lifecycle.IN_SERVICE and "retiring" not in m.attributes:
-                baseline.add(result.status is Status.OK, result.duration)
+            health = self.monitor.book.machine(r.service, key.machine)
+            condition = health.condition if health is not None else None
+            if in_baseline(self.monitor.machine(r.service, key.machine), condition, r.previous):
+                baseline.add(result.status is Status.OK, result.duration, key.machine)
 
         self.monitor.taps.append(tap)
         try:
