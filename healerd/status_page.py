@@ -339,6 +339,7 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
         "cluster": p.cluster.line() if p.cluster is not None else None,
         "store_fault": store.fault,
         "store_remedy": store.remedy if store.fault else "",
+        "rotation_faults": dict(sorted(engine.fleet.rotation_faults.items())),
         "services": services,
         "incidents": incident_rows,
         "quarantined": quarantined[:ROWS_SHOWN],

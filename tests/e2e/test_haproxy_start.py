@@ -84,6 +84,8 @@ def test_healerd_starts_and_monitors_without_haproxy_and_fills_the_backend_once_
         failing = wait_until(lambda: readyz(daemon).get("rotations"), 10, "/readyz to show the rotation failing")
         assert failing["web"]["status"] == "failing" and SAYS[kind] in failing["web"]["error"], failing
         assert daemon.metrics().get("healerd_rotation_up", service="web") == 0.0
+        status, page = daemon.get("/")
+        assert status == 200 and b"The load balancer of web does not answer" in page, page[:2000]
         machines = daemon.machines()
         assert {m: machines[m]["checks"]["health"]["status"] for m in ("web-0", "web-1")} == {
             "web-0": "OK",
@@ -118,6 +120,7 @@ def test_healerd_starts_and_monitors_without_haproxy_and_fills_the_backend_once_
         took = time.monotonic() - up
         wait_until(lambda: "rotations" not in readyz(daemon), 5, "/readyz to stop showing the rotation failing")
         assert daemon.metrics().get("healerd_rotation_up", service="web") == 1.0
+        assert b"does not answer" not in daemon.get("/")[1]
         assert daemon.output().count("the load balancer answers again") == 1
         assert daemon.alive() and "Traceback" not in daemon.output()
         print(
