@@ -356,6 +356,10 @@ class HealthBook:
         else:
             old = category(m)
             svc.booting += (lifecycle in _BOOTING) - (m.lifecycle in _BOOTING)
+            if m.lifecycle is Lifecycle.QUARANTINED:
+                # out of quarantine: what its stopped checks said last is history, its checks start again
+                m.checks = {name: c for name, c in m.checks.items() if self._checks.get(c.key) is c}
+                m.condition, m.since = m.compute(), now
             m.lifecycle = lifecycle
             svc.move(old, category(m))
         return self._service_changed(svc, now) if refresh else []
@@ -409,6 +413,7 @@ class HealthBook:
         return ch
 
     def remove_check(self, key: CheckKey, now: float) -> list[Event]:
+        """Stop taking results of a check. A quarantined machine keeps the check's last state on show."""
         ch = self._checks.pop(key, None)
         svc = self.services.get(key.service)
         if ch is None or svc is None:
@@ -418,6 +423,10 @@ class HealthBook:
         if key.machine:
             m = svc.machines.get(key.machine)
             if m is not None:
+                if m.lifecycle is Lifecycle.QUARANTINED:
+                    # its checks stop, and what they said last stays: it reads as what it was taken out for
+                    # (down, and why), not `pending`
+                    return []
                 m.checks.pop(key.check, None)
                 return self._machine_changed(svc, m, now)
             return []

@@ -323,3 +323,40 @@ def test_probation_fails_on_fall_failures_in_a_row_not_on_a_leftover_hard_state(
     assert outcome(probation_check([OK, CRIT]), now=1030.0) is ProbationOutcome.PENDING  # one failure, fall 2
     recovering = probation_check([CRIT, CRIT, OK])  # hard CRITICAL left from booting, OK again
     assert outcome(recovering, now=1030.0) is ProbationOutcome.PENDING
+
+
+# -- a quarantined machine ---------------------------------------------------------------------------------
+def test_a_quarantined_machine_reads_its_last_condition_and_why_not_pending() -> None:
+    book, clock = make_book(), Clock()
+    key = CheckKey("web", "m0", "health")
+    feed(book, "m0", OK, clock, 2)
+    hung = CheckResult(Status.CRITICAL, "no answer within 300ms (timed out)")
+    feed(book, "m0", hung, clock, 3)
+    assert book.machine("web", "m0").condition is Condition.DOWN  # type: ignore[union-attr]
+
+    # quarantined, as the monitor does it: the lifecycle first, then its checks stop
+    book.set_machine("web", "m0", Lifecycle.QUARANTINED, clock.tick())
+    assert book.remove_check(key, clock.tick()) == []
+    m = book.machine("web", "m0")
+    assert m is not None and m.condition is Condition.DOWN
+    assert m.problem() == "health CRITICAL: no answer within 300ms (timed out)"
+    assert book.check(key) is None  # no result of it is taken any more
+    assert book.observe(key, OK, clock.tick()) == [] and m.condition is Condition.DOWN
+    assert book.services["web"].counts() == {"healthy": 2, "impaired": 0, "down": 0}  # not in service
+
+    # released back on probation: its checks start from scratch
+    book.set_machine("web", "m0", Lifecycle.PROBATION, clock.tick())
+    assert m.condition is Condition.PENDING and m.checks == {}
+    book.set_check(key, Thresholds())
+    feed(book, "m0", OK, clock)
+    assert m.condition is Condition.UP and m.checks["health"].last == OK
+
+
+def test_a_quarantined_machine_leaves_the_book_when_it_is_terminated() -> None:
+    book, clock = make_book(), Clock()
+    feed(book, "m0", CRIT, clock, 3)
+    book.set_machine("web", "m0", Lifecycle.QUARANTINED, clock.tick())
+    book.remove_check(CheckKey("web", "m0", "health"), clock.tick())
+    book.remove_machine("web", "m0", clock.tick())
+    assert book.machine("web", "m0") is None
+    assert book.services["web"].pending == 2  # the other two machines' checks, never run here
