@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from .durations import parse_duration
+from .durations import parse_duration, require_above_zero
 from .machines import Machine
 from .paths import resolve_path
 from .providers.base import ProviderError
@@ -168,8 +168,10 @@ class Elbv2Options(RotationOptions):
 
     @field_validator("drain_timeout", "healthy_timeout", mode="before")
     @classmethod
-    def _durations(cls, v: object) -> float:
-        return parse_duration(v)
+    def _durations(cls, v: object, info: ValidationInfo) -> float:
+        # a wait of 0 gives up before the target group could drain a target or see it healthy
+        what = info.field_name or "duration"
+        return require_above_zero(parse_duration(v, what=what), what=what, example="5m")
 
 
 class Elbv2Rotation(Rotation):

@@ -25,6 +25,37 @@ CLUSTER = (
 TWO_SERVICES = BASE + "  db:\n    provider: lab\n    machines: [{id: db-1, address: '127.0.0.1:8101'}]\n"
 
 
+#: an AWS fleet behind an ALB target group, valid as it is
+AWS = """\
+daemon:
+  state_dir: ./state
+providers:
+  prod:
+    kind: aws
+    region: eu-west-1
+images:
+  web-lt:
+    provider: prod
+    versions:
+      v1: {launch_template: {id: lt-0abc, version: "1"}}
+    known_good: v1
+services:
+  web:
+    provider: prod
+    image: web-lt
+    desired: 2
+    discovery: {asg: web-asg}
+    rotation:
+      kind: elbv2
+      target_group_arns: ["arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/web/0123456789abcdef"]
+      healthy_timeout: 20s
+"""
+
+
+def notifier(option: str) -> str:
+    return f"notifiers:\n  hook: {{kind: webhook, url: 'http://127.0.0.1:9/hook', {option}}}\n"
+
+
 def store(dsn: str) -> str:
     return swap("store: postgresql://healerd@127.0.0.1:5432/healerd", f"store: {json.dumps(dsn)}", CLUSTER)
 
@@ -198,6 +229,62 @@ CASES = [
         "probation_timeout must be above 0 (got 0s); use a duration like 10m",
         "probation_timeout:",
     ),
+    case(
+        "notifier-timeout-0",
+        notifier("timeout: 0s") + BASE,
+        "notifiers.hook.timeout",
+        "timeout must be above 0 (got 0s); use a duration like 10s",
+        "hook:",
+    ),
+    case(
+        "notifier-max-backoff-0",
+        notifier("max_backoff: 0ms") + BASE,
+        "notifiers.hook.max_backoff",
+        "max_backoff must be above 0 (got 0s); use a duration like 5m",
+        "hook:",
+    ),
+    case(
+        "notifier-rate-limit-negative",
+        notifier("rate_limit: -1") + BASE,
+        "notifiers.hook.rate_limit",
+        "must be at least 0, got -1; use 0 or more",
+        "hook:",
+    ),
+    case(
+        "alertmanager-repost-interval-0",
+        "notifiers:\n  am: {kind: alertmanager, url: 'http://127.0.0.1:9093', repost_interval: 0s}\n" + BASE,
+        "notifiers.am.repost_interval",
+        "repost_interval must be above 0 (got 0s); use a duration like 1m",
+        "am:",
+    ),
+    case(
+        "aws-launch-timeout-0",
+        swap("region: eu-west-1", "region: eu-west-1\n    launch_timeout: 0s", AWS),
+        "providers.prod.launch_timeout",
+        "launch_timeout must be above 0 (got 0s); use a duration like 10m",
+        "launch_timeout:",
+    ),
+    case(
+        "aws-drain-timeout-0",
+        swap("region: eu-west-1", "region: eu-west-1\n    drain_timeout: 0s", AWS),
+        "providers.prod.drain_timeout",
+        "drain_timeout must be above 0 (got 0s); use a duration like 5m",
+        "drain_timeout:",
+    ),
+    case(
+        "elbv2-drain-timeout-0",
+        swap("healthy_timeout: 20s", "healthy_timeout: 20s\n      drain_timeout: 0s", AWS),
+        "services.web.rotation.drain_timeout",
+        "drain_timeout must be above 0 (got 0s); use a duration like 5m",
+        "drain_timeout:",
+    ),
+    case(
+        "elbv2-healthy-timeout-0",
+        swap("healthy_timeout: 20s", "healthy_timeout: 0s", AWS),
+        "services.web.rotation.healthy_timeout",
+        "healthy_timeout must be above 0 (got 0s); use a duration like 5m",
+        "healthy_timeout:",
+    ),
     # -- alert inputs: the labels of Prometheus's alerts ----------------------------------------------------
     case(
         "alert-label-empty",
@@ -288,6 +375,14 @@ def test_validate_refuses_them_with_exit_2(
     assert result.stdout == "" and "Traceback" not in result.stderr
     assert f"{config}:{line}: {path}: " in result.stderr and hint in result.stderr, result.stderr
     assert SECRET not in result.stderr
+
+
+def test_durations_that_mean_something_at_0_are_taken(tmp_path: Path) -> None:
+    """A group_wait of 0 sends at once and a rate_limit of 0 does not limit: both are taken, as the AWS fleet."""
+    config = setup(tmp_path, notifier("group_wait: 0s, rate_limit: 0") + BASE, {})
+    assert load_config(config).notifiers["hook"].options.group_wait == 0.0
+    config.write_text(AWS)
+    assert load_config(config).services["web"].rotation_kind == "elbv2"
 
 
 # ---------------------------------------------------------------------------------------------------------

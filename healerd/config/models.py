@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from ..checks.base import Check, CheckOptions
-from ..durations import DAY, YEAR, parse_count_or_percent, parse_duration
+from ..durations import DAY, YEAR, parse_count_or_percent, parse_duration, require_above_zero
 from ..modes import Mode
 from ..results import Status
 from .dsn import dsn_problem
@@ -36,9 +36,7 @@ def _duration(v: object, info: ValidationInfo, at_most: float = YEAR) -> float:
 
 def _above_zero(v: float | None, info: ValidationInfo, example: str) -> float | None:
     """A duration that means nothing at 0 (a timeout, a bake): refused there, with an example of a good one."""
-    if v is not None and v <= 0:
-        raise ValueError(f"{info.field_name} must be above 0 (got {v:g}s); use a duration like {example}")
-    return v
+    return None if v is None else require_above_zero(v, what=info.field_name or "duration", example=example)
 
 
 #: Prometheus's label names, which Alertmanager's alerts carry

@@ -10,7 +10,7 @@ import aiohttp
 from pydantic import field_validator
 
 from .._urls import HttpUrl
-from ..durations import parse_duration
+from ..durations import parse_duration, require_above_zero
 from .base import Delivery, Notifier, NotifierOptions
 from .webhook import event_link, rfc3339
 
@@ -40,7 +40,8 @@ class AlertmanagerOptions(NotifierOptions):
     @field_validator("repost_interval", mode="before")
     @classmethod
     def _repost(cls, v: object) -> float:
-        return parse_duration(v)
+        # 0 would post every firing alert again on every pass of the outbox
+        return require_above_zero(parse_duration(v, what="repost_interval"), what="repost_interval", example="1m")
 
 
 #: what each alert means and what to do first, for on-call (the event's own summary says what happened)

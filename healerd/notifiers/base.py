@@ -9,10 +9,10 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .._neterrors import describe
-from ..durations import parse_duration
+from ..durations import parse_duration, require_above_zero
 from ..events import EventType, Severity
 
 SEVERITY_ORDER = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
@@ -27,15 +27,25 @@ class NotifierOptions(BaseModel):
     events: list[EventType] | None = None  # only these types (default: all)
     send_resolved: bool = True
     group_wait: float = 3.0
-    rate_limit: float = 0.0  # messages per second, 0 = unlimited
+    rate_limit: float = Field(default=0.0, ge=0)  # messages per second, 0 = unlimited
     timeout: float = 10.0
     max_attempts: int = Field(default=3, ge=1)  # for permanent (4xx) errors before the dead letter
     max_backoff: float = 300.0
 
     @field_validator("group_wait", "timeout", "max_backoff", mode="before")
     @classmethod
-    def _durations(cls, v: object) -> float:
-        return parse_duration(v)
+    def _durations(cls, v: object, info: ValidationInfo) -> float:
+        return parse_duration(v, what=info.field_name or "duration")
+
+    @field_validator("timeout", "max_backoff")
+    @classmethod
+    def _above_zero(cls, v: float, info: ValidationInfo) -> float:
+        # no time for an answer, or retries with no pause between them; 0 of group_wait sends at once
+        return require_above_zero(v, what=info.field_name or "duration", example=_EXAMPLES[info.field_name or ""])
+
+
+#: a good value of each duration refused at 0, for its message
+_EXAMPLES = {"timeout": "10s", "max_backoff": "5m"}
 
 
 SECRET_MAX = 16384

@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from ..durations import parse_duration
+from ..durations import parse_duration, require_above_zero
 from ..machines import Lifecycle, Machine
 from . import aws_group
 from .aws_isolation import AwsIsolation
@@ -69,8 +69,11 @@ class AwsOptions(ProviderOptions):
 
     @field_validator("launch_timeout", "drain_timeout", mode="before")
     @classmethod
-    def _durations(cls, v: object) -> float:
-        return parse_duration(v)
+    def _durations(cls, v: object, info: ValidationInfo) -> float:
+        # a wait of 0 gives up before the instance could start or drain
+        what = info.field_name or "duration"
+        example = "10m" if what == "launch_timeout" else "5m"
+        return require_above_zero(parse_duration(v, what=what), what=what, example=example)
 
 
 class LaunchTemplateRef(BaseModel):
