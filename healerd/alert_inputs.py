@@ -37,6 +37,8 @@ NAME_MAX = 200
 TEXT_MAX = 500
 #: how long a resolved alert's virtual check stays (OK) before it is removed
 RESOLVED_KEPT = 300.0
+#: alerts listed per kind (taken, unmatched, refused) in the answer to one message; the totals are given too
+LISTED = 50
 #: unmatched alerts are logged at most this often (with how many there were)
 UNMATCHED_LOG_EVERY = 60.0
 
@@ -117,7 +119,20 @@ class AlertInputs:
                     continue
             taken.append(self._apply(key, alert, labels, resolved, now))
         self._count_refused(unmatched, refused, now)
-        return {"accepted": len(taken), "results": taken, "unmatched": unmatched, "refused": refused}
+        # the answer stays small whatever the message: the first ones of each list, and how many there were
+        return {
+            "accepted": len(taken),
+            "results": taken[:LISTED],
+            "unmatched": unmatched[:LISTED],
+            "refused": refused[:LISTED],
+            "unmatched_total": len(unmatched),
+            "refused_total": len(refused),
+            **(
+                {"listed": f"the first {LISTED} of each list"}
+                if max(len(taken), len(unmatched), len(refused)) > LISTED
+                else {}
+            ),
+        }
 
     def _apply(
         self, key: CheckKey, alert: dict[str, Any], labels: dict[str, str], resolved: bool, now: float

@@ -71,7 +71,7 @@ async def receive(request: web.Request) -> web.Response:
 def _refusal(answer: dict[str, Any]) -> str:
     refused = answer["refused"]
     return (
-        f"{len(refused)} alert(s) refused, {answer['accepted']} taken (the taken ones apply): "
+        f"{answer['refused_total']} alert(s) refused, {answer['accepted']} taken (the taken ones apply): "
         f"{refused[0]['why']} (refused lists each alert with its reason)"
     )
 

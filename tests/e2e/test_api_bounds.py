@@ -118,6 +118,11 @@ def test_bad_alerts_are_refused_naming_the_field(tmp_path: Path, fleet_factory: 
     answer = post_alerts(daemon, [alert(long_name, "web-1")])
     assert answer.status == 422 and answer.json()["refused"][0]["reason"] == "name_too_long"
     assert alert_checks(daemon)["web-1"] == []  # nothing of the refused requests was taken
+    # a message of many small alerts for machines that do not exist: the answer lists a few and counts them all
+    answer = post_alerts(daemon, [alert(f"X{i}", f"nosuch-{i}") for i in range(600)])
+    body = answer.json()
+    assert answer.status == 200 and body["unmatched_total"] == 600 and len(body["unmatched"]) == 50, str(body)[:500]
+    assert len(answer.body) < 40_000, f"an answer of {len(answer.body)} bytes"
     no_handler_failures(daemon)
 
 
