@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
+import re
 from dataclasses import dataclass, field
 
 from .targets import Target
@@ -58,3 +60,46 @@ def launched_for(origin: Origin, incident: str | None = None) -> str:
         assert incident, "an incident's replacement names its incident"
         return incident
     return origin.value
+
+
+#: a host name: dot-separated labels of letters, digits, '-' (and '_', which container networks use)
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
+ADDRESS_FIX = "write host:port, like 10.0.0.5:8080, [fd00::5]:8080 or web-1.example.com:8080"
+
+
+def address_problem(address: str, *, port_required: bool = True) -> str | None:
+    """What makes `address` unusable as a machine's address, or None. An address lands in check URLs and load
+    balancer commands through `{address}`, `{host}` and `{port}`: only an IPv4 address, an IPv6 address in
+    brackets or a DNS name, and a port 1-65535 (optional for a provider that gives bare IPs) are taken."""
+    if len(address) > 260:
+        return f"it is {len(address)} characters long (a host name is at most 253); {ADDRESS_FIX}"
+    host, sep, written = address.rpartition(":")
+    port: str | None = written
+    if not sep or (host and not host.endswith("]") and ":" in host):  # no port, or a bare IPv6 address
+        host, port = address, None
+    if port is None and ":" in address and _ip(address) is not None:
+        return "an IPv6 address goes in brackets before its port, like [fd00::5]:8080"
+    if port is None and port_required:
+        return f"the port is missing; {ADDRESS_FIX}"
+    if port == "":
+        return f"the port is missing after ':'; {ADDRESS_FIX}"
+    if port is not None and (not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535):
+        return f"the port {port[:20]!r} is not a port from 1 to 65535; {ADDRESS_FIX}"
+    bracketed = host.startswith("[") and host.endswith("]")
+    bare = host[1:-1] if bracketed else host
+    ip = _ip(bare)
+    if bracketed and (ip is None or ip.version != 6):
+        return f"{host!r} is not an IPv6 address in brackets; {ADDRESS_FIX}"
+    if not bracketed and (ip is None or ip.version != 4) and not _HOSTNAME.fullmatch(bare):
+        why = "is empty" if not bare else "is not an IP address or a host name"
+        if any(c.isspace() or c == ";" or not c.isprintable() for c in bare):
+            why += " (spaces, ';' and control characters cannot be in one)"
+        return f"the host {bare[:60]!r} {why}; {ADDRESS_FIX}"
+    return None
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None

@@ -89,7 +89,7 @@ def test_errors_in_separate_sections_are_all_listed(tmp_path: Path) -> None:
         (("min_healthy: 50%", "min_healthy: 5"), "min_healthy (5) is more than desired (3)"),
         (("min_healthy: 50%", "min_healthy: 150%"), "cannot exceed 100%"),
         (("id: web-2", "id: web-1"), "machine id 'web-1' appears twice"),
-        (('"127.0.0.1:8002"', '"127.0.0.1"'), "expected host:port"),
+        (('"127.0.0.1:8002"', '"127.0.0.1"'), "the port is missing; write host:port"),
         (("status: [200, 204]", "status: [200, 999]"), "between 100 and 599"),
         (("fall: 4", "fall: 0"), "must be at least 1, got 0"),
         (("http://{address}/health", "http://{address}/{"), "literal brace"),

@@ -285,6 +285,48 @@ CASES = [
         "healthy_timeout must be above 0 (got 0s); use a duration like 5m",
         "healthy_timeout:",
     ),
+    # -- a machine's address lands in check URLs and HAProxy's commands ------------------------------------
+    *(
+        case(
+            f"address-{name}",
+            swap('address: "127.0.0.1:8001"', f"address: {address}"),
+            "services.web.machines[0].address",
+            f"machine 'web-1' has the address {shown}: {why}",
+            "web-1",
+        )
+        for name, address, shown, why in [
+            ("with-a-space", "'127.0.0.1 :8001'", "'127.0.0.1 :8001'", "the host '127.0.0.1 ' is not an IP address"),
+            (
+                "with-a-semicolon",
+                "'web;disable:8001'",
+                "'web;disable:8001'",
+                "the host 'web;disable' is not an IP address or a host name (spaces, ';'",
+            ),
+            (
+                "with-a-newline",
+                '"web\\nshow:8001"',
+                "'web\\nshow:8001'",
+                "the host 'web\\nshow' is not an IP address or a host name (spaces",
+            ),
+            (
+                "with-a-control",
+                '"web\\x01:8001"',
+                "'web\\x01:8001'",
+                "the host 'web\\x01' is not an IP address or a host name (spaces",
+            ),
+            ("without-a-port", "127.0.0.1", "'127.0.0.1'", "the port is missing; write host:port, like 10.0.0.5:8080"),
+            ("with-an-empty-port", "'127.0.0.1:'", "'127.0.0.1:'", "the port is missing after ':'"),
+            ("port-99999", "127.0.0.1:99999", "'127.0.0.1:99999'", "the port '99999' is not a port from 1 to 65535"),
+            ("port-0", "127.0.0.1:0", "'127.0.0.1:0'", "the port '0' is not a port from 1 to 65535"),
+            ("ipv6-bare", "'fd00::5:8001'", "'fd00::5:8001'", "an IPv6 address goes in brackets before its port"),
+            (
+                "ipv4-in-brackets",
+                "'[10.0.0.5]:8001'",
+                "'[10.0.0.5]:8001'",
+                "'[10.0.0.5]' is not an IPv6 address in brackets",
+            ),
+        ]
+    ),
     # -- alert inputs: the labels of Prometheus's alerts ----------------------------------------------------
     case(
         "alert-label-empty",

@@ -463,7 +463,7 @@ CASES = [
         "machine-port-zero",
         swap("127.0.0.1:8001", "127.0.0.1:0"),
         "services.web.machines[0].address",
-        "port 1-65535",
+        "the port '0' is not a port from 1 to 65535",
         ":0",
     ),
     case("unknown-top-level-key", BASE + "servics: {}\n", "servics", "did you mean 'services'", "servics"),

@@ -23,6 +23,7 @@ from pydantic import (
 
 from ..checks.base import Check, CheckOptions
 from ..durations import DAY, YEAR, parse_count_or_percent, parse_duration, require_above_zero
+from ..machines import address_problem
 from ..modes import Mode
 from ..results import Status
 from .dsn import dsn_problem
@@ -280,10 +281,11 @@ class MachineSpec(Strict):
 
     @field_validator("address")
     @classmethod
-    def _address(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ValueError(f"expected host:port like 10.0.0.5:8080 (port 1-65535), got {v!r}")
+    def _address(cls, v: str, info: ValidationInfo) -> str:
+        # it lands in check URLs and HAProxy's commands: a space, ';' or a newline must never reach them
+        if (problem := address_problem(v)) is not None:
+            who = f"machine {info.data['id']!r}" if isinstance(info.data.get("id"), str) else "the machine"
+            raise ValueError(f"{who} has the address {v!r}: {problem}")
         return v
 
 
