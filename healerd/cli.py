@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
+import os
 import sys
 import time
 from typing import Any
 
-from . import __version__, cli_rollout, cli_silence, daemon
+from . import __version__, cli_demo, cli_rollout, cli_silence, daemon
 from .alerting import Alerting
 from .checks import CheckEnv
-from .cli_api import ApiError, _api, _api_args, _load, _when
+from .cli_api import (
+    EXIT_FAILED,
+    EXIT_PIPE,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    ApiError,
+    _api,
+    _api_args,
+    _load,
+    _when,
+)
 from .config import Config, ConfigError, Mode
 from .durations import format_age, parse_duration
 from .machines import Lifecycle
@@ -24,11 +36,44 @@ from .runner import run_check
 from .store import Store, StoreError
 from .targets import Target, render_model
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = EXIT_USAGE
+
+EPILOG = f"""\
+Commands that talk to a daemon (status, incidents, quarantine, mode, silence, rollout, images, cluster) talk to
+the daemon of -c CONFIG (its daemon.listen, api_token_file, tls_cert_file); without -c, to the one of
+/etc/healerd/healerd.yaml when readable, else http://127.0.0.1:9464; --url wins.
+
+exit status:
+  0    done
+  {EXIT_FAILED}    healerd refused (not allowed, a conflict, its own failure) or what was asked failed
+  {EXIT_USAGE}    a usage error or bad input: a typo'd command, a config that cannot be read, an unknown
+       service, machine or incident
+  {EXIT_UNREACHABLE}    no daemon answered at the address (not running, another port, a certificate not trusted)
+  {EXIT_PIPE}  the output was closed early (| head)
+  healerd check exits with the worst check status instead: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, suggesting the closest command when a command or action is mistyped."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        choices = action.choices
+        if choices is None or value in choices:
+            return
+        names = [str(c) for c in choices]
+        close = difflib.get_close_matches(str(value), names, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise argparse.ArgumentError(action, f"invalid choice: {value!r}{hint} (choose from {', '.join(names)})")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="healerd", description="Self-healing monitoring daemon.")
+    p = _Parser(
+        prog="healerd",
+        description="Self-healing monitoring daemon.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"healerd {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -94,11 +139,25 @@ def _parser() -> argparse.ArgumentParser:
     _api_args(clsub.add_parser("status", help="the leader, its epoch, and every node with its shard"))
     cli_rollout.add_parsers(sub)
     cli_silence.add_parsers(sub)
+    cli_demo.add_parsers(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        code = _dispatch(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+    except BrokenPipeError:
+        # the reader went away (`| head`): stop quietly; stdout goes to /dev/null so that Python's own flush
+        # at exit does not complain either
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE
+    return code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
@@ -124,9 +183,14 @@ def main(argv: list[str] | None = None) -> int:
             return cli_rollout.cmd_rollout(args)
         if args.command == "silence":
             return cli_silence.cmd_silence(args)
-    except (ApiError, StoreError) as exc:
+        if args.command == "demo":
+            return cli_demo.cmd_demo(args)
+    except ApiError as exc:
         print(str(exc), file=sys.stderr)
-        return 1
+        return exc.exit_code
+    except StoreError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     return 2
@@ -194,6 +258,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         _print_table(
             ["SERVICE", "MACHINE", "CHECK", "STATUS", "TIME", "MESSAGE"],
             [[s, m or "(service)", c, r.status.name, f"{r.duration * 1000:.0f}ms", r.message] for s, m, c, r in rows],
+            empty=f"no checks configured for service {args.service}" if args.service else "no checks configured",
         )
     worst = int(Status.worst([r.status for *_, r in rows]))
     for problem in asyncio.run(_rotation_problems(config, args.service)):
@@ -259,11 +324,12 @@ async def _run_all_once(config: Config, only: str | None) -> list[tuple[str, str
     return [(s, m, c, r) for (s, m, c, _), r in zip(jobs, results, strict=True)]
 
 
-def _print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)] if rows else []
+def _print_table(header: list[str], rows: list[list[str]], empty: str = "nothing to list") -> None:
+    """Rows aligned under `header`; `empty` (what there is none of) when there are no rows."""
     if not rows:
-        print("no checks configured")
+        print(empty)
         return
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     widths[-1] = 0
     for row in [header, *rows]:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -279,14 +345,19 @@ def cmd_incidents(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(view, indent=2))
             return 0
-        print(f"incident {view['id']}  {view['state']}  service {view['service']}  machine {view['machine']}")
+        machine = f"  machine {view['machine']}" if view.get("machine") else ""
+        print(f"incident {view['id']}  {view['state']}  service {view['service']}{machine}")
         print(f"  {view['summary']}")
         if view.get("replacement"):
             print(f"  replacement: {view['replacement']}")
         if view.get("error"):
             print(f"  error: {view['error']}")
         print()
-        _print_table(["TIME", "WHAT"], [[_when(t["timestamp"]), t["summary"]] for t in view["timeline"]])
+        _print_table(
+            ["TIME", "WHAT"],
+            [[_when(t["timestamp"]), t["summary"]] for t in view["timeline"]],
+            empty="nothing in its timeline yet",
+        )
         return 0
     rows = _api(args, "/api/v1/incidents")["incidents"]
     if args.json:
@@ -299,13 +370,14 @@ def cmd_incidents(args: argparse.Namespace) -> int:
                 r["id"],
                 r["state"],
                 r["service"],
-                r["machine"],
+                r["machine"] or "-",
                 _when(r["opened_at"]),
                 r["replacement"] or "-",
                 r["summary"],
             ]
             for r in rows
         ],
+        empty="no incidents",
     )
     return 0
 
@@ -322,13 +394,14 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
                 [
                     r["id"],
                     r["service"],
-                    r["address"],
+                    r["address"] or "-",
                     r["incident"] or "-",
                     _when(r["quarantined_at"]),
                     r["bundle"] or "-",
                 ]
                 for r in rows
             ],
+            empty="no machines in quarantine",
         )
         return 0
     if args.action == "release":
@@ -377,7 +450,7 @@ def cmd_mode(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        modes = ", ".join(f"{k}={v}" for k, v in out["service_modes"].items())
+        modes = ", ".join(f"{k}={v}" for k, v in out["service_modes"].items()) or "none"
         paused = " (paused)" if out["paused"] else ""
         print(f"mode {out['mode']}{paused}; services: {modes}; open incidents: {out['incidents_open']}")
         if out.get("warning"):
@@ -409,7 +482,9 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         ]
         for n in view["nodes"]
     ]
-    _print_table(["NODE (* leader)", "ADVERTISE", "STATE", "LAST SEEN", "MACHINES", "CHECKS", "VERSION"], rows)
+    _print_table(
+        ["NODE (* leader)", "ADVERTISE", "STATE", "LAST SEEN", "MACHINES", "CHECKS", "VERSION"], rows, empty="no nodes"
+    )
     return 0
 
 
@@ -428,11 +503,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                 str(s["machines"]["healthy"]),
                 str(s["machines"]["impaired"]),
                 str(s["machines"]["down"]),
-                str(s["desired"]),
-                s["reason"],
+                str(s["desired"]) if s.get("desired") is not None else "-",
+                s["reason"] or "",
             ]
             for s in services
         ],
+        empty="no services",
     )
     print()
     now = time.time()
@@ -448,7 +524,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             [
                 m["service"],
                 m["id"],
-                m["address"],
+                m["address"] or "-",
                 m["lifecycle"],
                 m["condition"],
                 since,
@@ -456,7 +532,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 " ".join(bad),
             ]
         )
-    _print_table(["SERVICE", "MACHINE", "ADDRESS", "LIFECYCLE", "CONDITION", "FOR", "VERSION", "PROBLEMS"], rows)
+    _print_table(
+        ["SERVICE", "MACHINE", "ADDRESS", "LIFECYCLE", "CONDITION", "FOR", "VERSION", "PROBLEMS"],
+        rows,
+        empty="no machines",
+    )
     silences = _api(args, "/api/v1/silences")["silences"]
     if silences:
         print()

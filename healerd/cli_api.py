@@ -1,31 +1,48 @@
-"""What the CLI's commands that talk to a running daemon share: the API's address and token, one request."""
+"""What the CLI's commands that talk to a running daemon share: which daemon, one request, the exit codes."""
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import ssl
 import sys
 import time
 import urllib.error
 import urllib.request
 from http import HTTPMethod
-from pathlib import Path
 from typing import Any
 
+from .cli_endpoint import DEFAULT_CONFIG, DEFAULT_TOKEN_FILE, EndpointError, endpoint, read_token
 from .config import Config, ConfigError, load_config
 
-DEFAULT_URL = "http://127.0.0.1:9464"
-#: The API token's usual place (docs/security.md); read when neither --token-file nor -c is given.
-DEFAULT_TOKEN_FILE = Path("/etc/healerd/api-token")
+#: exit statuses of every command but `check` (which exits with the worst check status, as a Nagios plugin)
+EXIT_OK = 0
+#: the daemon refused (not allowed, a conflict, its own failure) or what was asked did not succeed
+EXIT_FAILED = 1
+#: the command line or what it names is wrong: a typo'd command, a bad config, an unknown service or machine
+EXIT_USAGE = 2
+#: no daemon answered at the address (not running, another port, a TLS certificate not trusted)
+EXIT_UNREACHABLE = 3
+#: stdout was closed early (`| head`): the command stops quietly, as a program ended by SIGPIPE
+EXIT_PIPE = 141
+
+#: the API's answers that mean the request named something unknown or was malformed
+_USAGE_STATUSES = {400, 404, 405, 413, 422}
 
 
 def _api_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's API (default {DEFAULT_URL})")
+    p.add_argument(
+        "-c",
+        "--config",
+        help=f"talk to the daemon of this config: its daemon.listen, api_token_file, tls_cert_file "
+        f"(default: {DEFAULT_CONFIG} when readable, else http://127.0.0.1:9464)",
+    )
+    p.add_argument("--url", help="the daemon's API, e.g. https://healerd.example.com:9464 (wins over -c's listen)")
     p.add_argument(
         "--token-file",
-        help=f"file holding the API bearer token (default: the api_token_file of -c CONFIG, else {DEFAULT_TOKEN_FILE})",
+        help=f"file holding the API bearer token (default: the config's api_token_file, else {DEFAULT_TOKEN_FILE})",
     )
-    p.add_argument("-c", "--config", help="the daemon's config file, to read its api_token_file")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -38,30 +55,11 @@ def _load(path: str) -> Config | None:
 
 
 class ApiError(Exception):
-    pass
+    """A command that talked to a daemon failed; `exit_code` is the status the CLI exits with."""
 
-
-def _token(args: argparse.Namespace) -> str | None:
-    """The bearer token: --token-file, else the api_token_file of -c CONFIG, else DEFAULT_TOKEN_FILE if readable."""
-    path: Path | None
-    if getattr(args, "token_file", None):
-        path = Path(args.token_file)
-    elif getattr(args, "config", None):
-        config = _load(args.config)
-        if config is None:
-            raise ApiError(f"cannot take the API token from {args.config}: fix the errors above or pass --token-file")
-        path = config.daemon.api_token_file
-        if path is None:
-            return None
-    else:
-        try:  # optional: a daemon without a token, or a user who may not read it, just goes without
-            return DEFAULT_TOKEN_FILE.read_text().strip() or None
-        except OSError:
-            return None
-    try:
-        return path.read_text().strip() or None
-    except OSError as exc:
-        raise ApiError(f"cannot read the token file {path}: {exc.strerror or exc}") from None
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _api(
@@ -69,32 +67,44 @@ def _api(
 ) -> Any:
     """GET `path`, or POST `body` (JSON, as the API requires for every change), or with `delete` DELETE it (a JSON
     body too); errors become one ApiError."""
-    base = args.url.rstrip("/")
+    try:
+        ep = endpoint(args)
+        token = read_token(ep, change=body is not None)
+    except EndpointError as exc:
+        raise ApiError(str(exc), EXIT_USAGE) from None
     headers = {"Accept": "application/json"}
     data = None
     if body is not None:
         data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
-    token = _token(args)
     if token:
         headers["Authorization"] = "Bearer " + token
     method = HTTPMethod.DELETE if delete else HTTPMethod.POST if body is not None else HTTPMethod.GET
-    req = urllib.request.Request(base + path, data=data, headers=headers, method=method)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
+        req = urllib.request.Request(ep.url + path, data=data, headers=headers, method=method)
+    except ValueError as exc:  # not a URL at all
+        raise ApiError(f"--url {ep.url!r}: {exc}; give one like http://127.0.0.1:9464", EXIT_USAGE) from None
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ep.context) as resp:
+            raw = resp.read()
     except urllib.error.HTTPError as exc:
         try:
             err = json.loads(exc.read())
             message = f"{err.get('error')}: {err.get('detail')}" if err.get("detail") else str(err.get("error"))
-        except ValueError:
+        except (ValueError, AttributeError):
             message = str(exc.reason)
-        raise ApiError(f"healerd refused ({exc.code}): {message}") from None
-    except (urllib.error.URLError, OSError) as exc:
+        code = EXIT_USAGE if exc.code in _USAGE_STATUSES else EXIT_FAILED
+        raise ApiError(f"healerd at {ep.url} refused ({exc.code}): {message}", code) from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ApiError(
-            f"cannot reach healerd at {base}: {reason}; is it running? (healerd run -c FILE, or --url)"
-        ) from None
+        hint = "is it running? (healerd run -c FILE; or say which daemon with -c CONFIG or --url)"
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            hint = "the CLI trusts the system's CAs and the daemon.tls_cert_file of -c CONFIG; or use --url"
+        raise ApiError(f"cannot reach healerd at {ep.url} ({ep.source}): {reason}; {hint}", EXIT_UNREACHABLE) from None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise ApiError(f"{ep.url}{path} answered something that is not JSON: is it healerd? ({ep.source})") from None
 
 
 def _when(ts: float | None) -> str:

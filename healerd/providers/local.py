@@ -101,8 +101,9 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
-def find_owned(state_dir: str, service: str) -> dict[str, tuple[int, dict[str, str]]]:
-    """Machine processes (process group leaders) launched by the healerd of `state_dir` for `service`."""
+def find_owned(state_dir: str, service: str | None) -> dict[str, tuple[int, dict[str, str]]]:
+    """Machine processes (process group leaders) launched by the healerd of `state_dir` for `service` (None:
+    for any service)."""
     found: dict[str, tuple[int, dict[str, str]]] = {}
     needle = f"{OWNER}={state_dir}".encode()
     for entry in Path("/proc").iterdir():
@@ -113,7 +114,7 @@ def find_owned(state_dir: str, service: str) -> dict[str, tuple[int, dict[str, s
             continue
         env = _environ(pid)
         with contextlib.suppress(OSError):
-            if env.get("HEALERD_SERVICE") == service and MARKER in env and os.getpgid(pid) == pid:
+            if service in (None, env.get("HEALERD_SERVICE")) and MARKER in env and os.getpgid(pid) == pid:
                 found[env[MARKER]] = (pid, env)
     return found
 
