@@ -433,6 +433,23 @@ class HealthBook:
         svc.service_checks.pop(key.check, None)
         return self._service_changed(svc, now)
 
+    def recall(self, key: CheckKey, thresholds: Thresholds, history: Iterable[tuple[float, CheckResult]]) -> bool:
+        """After a restart: a quarantined machine's stopped check as its stored results left it, on show and not
+        run (no events). False when `key` is not a check of a quarantined machine."""
+        svc = self.services.get(key.service)
+        m = svc.machines.get(key.machine) if svc is not None and key.machine else None
+        if m is None or m.lifecycle is not Lifecycle.QUARANTINED or key in self._checks:
+            return False
+        ch = CheckHealth(key, thresholds)
+        for ts, result in history:
+            ch.observe(result, ts)
+        m.checks[key.check] = ch
+        m.condition = m.compute()
+        m.since = max((c.since or 0.0 for c in m.checks.values()), default=0.0) or m.since
+        if m.condition not in (Condition.PENDING, Condition.FLAPPING):
+            m.reported = m.condition
+        return True
+
     def check(self, key: CheckKey) -> CheckHealth | None:
         return self._checks.get(key)
 

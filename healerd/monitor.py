@@ -335,7 +335,11 @@ class Monitor(MonitorViews, ResultWatchers):
         restored = 0
         for key, entries in history.items():
             ch = self.book.check(key)
-            if ch is None:
+            if ch is None:  # not run; a quarantined machine's check still shows what it saw last
+                svc = self.services.get(key.service)
+                spec = next((s for s in svc.checks if s.name == key.check), None) if svc is not None else None
+                if spec is not None:
+                    self.book.recall(key, thresholds(spec), entries)
                 continue
             for ts, result in entries:
                 self.book.observe(key, result, ts, replay=True)

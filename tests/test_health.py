@@ -360,3 +360,17 @@ def test_a_quarantined_machine_leaves_the_book_when_it_is_terminated() -> None:
     book.remove_machine("web", "m0", clock.tick())
     assert book.machine("web", "m0") is None
     assert book.services["web"].pending == 2  # the other two machines' checks, never run here
+
+
+def test_after_a_restart_a_quarantined_machine_reads_what_its_stored_results_say() -> None:
+    book = make_book(n=2)
+    book.set_machine("web", "m9", Lifecycle.QUARANTINED, 5.0)  # loaded from the store: no check runs for it
+    key = CheckKey("web", "m9", "health")
+    hung = CheckResult(Status.CRITICAL, "no answer within 300ms (timed out)")
+    stored = [(1.0, OK), (2.0, hung), (3.0, hung), (4.0, hung)]
+    assert book.recall(key, Thresholds(fall=3), stored)
+    m = book.machine("web", "m9")
+    assert m is not None and (m.condition, m.since) == (Condition.DOWN, 4.0)
+    assert m.problem() == "health CRITICAL: no answer within 300ms (timed out)"
+    assert book.check(key) is None and book.services["web"].pending == 2  # shown, not run nor awaited
+    assert not book.recall(CheckKey("web", "m0", "health"), Thresholds(), stored)  # in service: it runs

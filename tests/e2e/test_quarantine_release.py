@@ -81,6 +81,14 @@ def test_a_hung_machine_reads_down_in_quarantine_and_scale_in_retires_it_not_the
     (entry,) = re.findall(rf'data-machine="{hung}".*?</tr>', page, re.S)
     assert html.escape(message) in entry, entry
 
+    # --- and so it still reads once healerd restarted (from its stored results) ---------------------------
+    assert healer.daemon.stop() == 0
+    healer.daemon.start().wait_listening()
+    again = healer.wait(lambda: healer.machines().get(hung), 10, f"{hung} listed after the restart")
+    assert (again["lifecycle"], again["condition"]) == ("quarantined", "down"), again
+    assert again["checks"]["health"]["message"] == message, again
+    healer.wait_fleet_up()
+
     # --- released back to rotation: one over desired, and the v1 machine goes, not the v2 replacement -------
     assert healer.machines()[replacement]["version"] == "v2"
     set_fault(members[hung], "ok")
