@@ -78,8 +78,11 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         view = _api(args, path)
     if args.json:
         print(json.dumps(view, indent=2))
-    else:
-        print(render(view))
+        return 0
+    if args.action in ("pause", "resume", "abort"):
+        done = {"pause": "paused", "resume": "resumed", "abort": "aborting (rolling back)"}[args.action]
+        print(f"rollout {view['id']} of {view['image']} {view['version']} to {view['service']}: {done}")
+    print(render(view))
     return 0
 
 
@@ -98,10 +101,18 @@ def _follow(args: argparse.Namespace) -> int:
         time.sleep(POLL)
 
 
+#: what a rollout waits for while paused; stale in the answer to `resume` (the rollout has not looked again yet)
+_PAUSED_HOLD = "held: the rollout is paused"
+
+
 def render(view: dict[str, Any], short: bool = False) -> str:
     state = view["stage"] + ("" if view["active"] else " (ended)") + (", paused" if view["paused"] else "")
-    head = f"{view['service']}: {view['image']} {view['version']} (from {view['previous']}) {state}"
-    extra = [f"waiting: {view['waiting']}"] if view["waiting"] else []
+    previous = f" (from {view['previous']})" if view.get("previous") else ""
+    head = f"{view['service']}: {view['image']} {view['version']}{previous} {state}"
+    waiting = view["waiting"] or ""
+    if waiting.startswith(_PAUSED_HOLD) and not view["paused"]:
+        waiting = ""
+    extra = [f"waiting: {waiting}"] if waiting else []
     if view["reason"]:
         extra.append(view["reason"])
     if short:
@@ -110,32 +121,25 @@ def render(view: dict[str, Any], short: bool = False) -> str:
     lines += [f"  {x}" for x in extra]
     judge = view.get("judge") or {}
     if judge.get("canary_results") is not None:
-        lines.append(
-            "  judge: {outcome}; canary {canary_results} results, error rate {cer:.2%}, p50 {cp50} p95 {cp95}; "
-            "baseline {baseline_results} from {baseline_machines} machine(s), {ber:.2%}, p50 {bp50} p95 {bp95}; "
-            "ratio p50 {r50} p95 {r95}".format(
-                outcome=judge.get("outcome"),
-                canary_results=judge["canary_results"],
-                baseline_results=judge["baseline_results"],
-                baseline_machines=judge.get("baseline_machines", "?"),  # records of older versions do not say
-                cer=judge["canary_error_rate"],
-                ber=judge["baseline_error_rate"],
-                cp50=_ms(judge.get("canary_p50")),
-                cp95=_ms(judge.get("canary_p95")),
-                bp50=_ms(judge.get("baseline_p50")),
-                bp95=_ms(judge.get("baseline_p95")),
-                r50=judge.get("latency_ratio_p50"),
-                r95=judge.get("latency_ratio_p95"),
-            )
-        )
+        sides = [f"canary {_side(judge, 'canary')}", f"baseline {_side(judge, 'baseline')}"]
+        ratios = [f"p{q} {r:g}x" for q in (50, 95) if (r := judge.get(f"latency_ratio_p{q}")) is not None]
+        if ratios:
+            sides.append(f"latency ratio {' '.join(ratios)}")
+        lines.append(f"  judge: {judge.get('outcome') or 'not yet'}; " + "; ".join(sides))
     progress = view.get("progress") or {}
     if "new" in progress:
         target, new, old, desired = (progress[k] for k in ("target", "new", "old", "desired"))
         lines.append(f"  refresh to {target}: {new} new, {old} old, desired {desired}")
     for m in view["machines"]:
-        lines.append(f"  {m['machine']:<16} {m['version']:<12} {m['role']:<8} {m['lifecycle']:<11} {m['condition']}")
+        version, role, condition = m["version"] or "-", m["role"] or "-", m["condition"] or "not checked yet"
+        lines.append(f"  {m['machine']:<16} {version:<12} {role:<8} {m['lifecycle']:<11} {condition}")
     return "\n".join(lines)
 
 
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.1f}ms"
+def _side(judge: dict[str, Any], side: str) -> str:
+    """One side's figures, only those it has (no p50 of no results)."""
+    parts = [f"{judge.get(f'{side}_results', 0)} results"]
+    if (rate := judge.get(f"{side}_error_rate")) is not None:
+        parts.append(f"error rate {rate:.2%}")
+    parts += [f"p{q} {v * 1000:.1f}ms" for q in (50, 95) if (v := judge.get(f"{side}_p{q}")) is not None]
+    return ", ".join(parts)

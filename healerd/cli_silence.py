@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import sys
 from typing import Any
 
-from .cli_api import _api, _api_args, _when
+from .cli_api import EXIT_USAGE, _api, _api_args, _when
 
 
 def add_parsers(sub: Any) -> None:
@@ -20,6 +21,9 @@ def add_parsers(sub: Any) -> None:
     add.add_argument("--for", dest="duration", default="1h", help="how long, e.g. 30m or 2h (default 1h, at most 30d)")
     add.add_argument("--comment", default="", help="why (shown on the status page and in healerd status)")
     add.add_argument("--by", default="", help="who (default: your user name)")
+    add.add_argument(
+        "--force", action="store_true", help="silence a machine healerd does not know yet (one about to be launched)"
+    )
     _api_args(add)
     _api_args(ssub.add_parser("list", help="the silences running or to come"))
     rm = ssub.add_parser("rm", help="end a silence now")
@@ -30,9 +34,11 @@ def add_parsers(sub: Any) -> None:
 def cmd_silence(args: argparse.Namespace) -> int:
     if args.action == "add":
         if not args.service and not args.machine:
-            print("healerd silence add needs --service S and/or --machine M")
-            return 2
+            print("healerd silence add needs --service S and/or --machine M", file=sys.stderr)
+            return EXIT_USAGE
         body: dict[str, Any] = {"duration": args.duration, "comment": args.comment, "created_by": args.by or _user()}
+        if args.force:
+            body["force"] = True
         if args.service:
             body["service"] = args.service
         if args.machine:
@@ -54,7 +60,7 @@ def cmd_silence(args: argparse.Namespace) -> int:
         print(json.dumps(view, indent=2))
         return 0
     if not view["silences"]:
-        print("no silences")
+        print("no silences running or to come")
     for s in view["silences"]:
         who = f" by {s['created_by']}" if s.get("created_by") else ""
         why = f": {s['comment']}" if s.get("comment") else ""
