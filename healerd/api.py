@@ -531,9 +531,9 @@ async def silences(request: web.Request) -> web.Response:
 async def add_silence(request: web.Request) -> web.Response:
     _query(request, NoQuery)
     body = await body_of(request, SilenceCreate)
-    settings = request.app[SETTINGS]
-    if body.service is not None and body.service not in settings.config.services:
-        return json_error(404, "unknown service", f"no service named {body.service!r}; see GET /api/v1/services")
+    refused = _silence_target_refused(request.app[MONITOR], body)
+    if refused is not None:
+        return refused
     silence = await request.app[ENGINE].add_silence(
         body.service, body.machine, body.duration, body.comment, body.created_by
     )
@@ -546,6 +546,40 @@ async def add_silence(request: web.Request) -> web.Response:
         )
         return json_response(silence, status=202)
     return json_response(silence, status=201)
+
+
+#: known names a refusal lists, at most
+_NAMES_SHOWN = 20
+
+
+def _names(kind: str, names: list[str]) -> str:
+    shown = ", ".join(names[:_NAMES_SHOWN])
+    if not names:
+        return f"no {kind} known"
+    return f"known {kind} ({len(names)}{f', the first {_NAMES_SHOWN}' if len(names) > _NAMES_SHOWN else ''}): {shown}"
+
+
+def _silence_target_refused(monitor: Monitor, body: SilenceCreate) -> web.Response | None:
+    """404 naming the known ones when a silence names a service or machine that does not exist: a typo would
+    silence nothing and tell nobody. A machine not launched yet is silenced with `force`."""
+    services = monitor.book.services
+    if body.service is not None and body.service not in services:
+        return json_error(
+            404, "unknown service", f"no service named {body.service!r}; {_names('services', sorted(services))}"
+        )
+    if body.machine is None or body.force:
+        return None
+    scope = [body.service] if body.service is not None else sorted(services)
+    if any(body.machine in services[name].machines for name in scope):
+        return None
+    where = f" in service {body.service}" if body.service is not None else ""
+    known = sorted(m for name in scope for m in services[name].machines)
+    return json_error(
+        404,
+        "unknown machine",
+        f"no machine {body.machine!r}{where}; {_names('machines', known)}; to silence a machine not launched yet, "
+        'send "force": true (healerd silence add --force)',
+    )
 
 
 async def delete_silence(request: web.Request) -> web.Response:

@@ -223,6 +223,8 @@ class SilenceCreate(Body):
     duration: SilenceDuration = 3600.0
     comment: Text1000 = ""
     created_by: Text200 = ""
+    #: silence a machine the daemon does not know (yet): one about to be launched
+    force: StrictBool = False
 
     @model_validator(mode="after")
     def _target(self) -> SilenceCreate:
