@@ -11,7 +11,6 @@ error during add or remove (HAProxy unreachable, silent, restarting) is retried 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,7 +22,7 @@ from pydantic import Field, field_validator
 
 from .durations import parse_duration
 from .haproxy import HaproxyError, RuntimeApi, ServerState
-from .machines import Machine
+from .machines import Machine, address_problem
 from .paths import resolve_path
 from .rotation import Rotation, RotationOptions
 
@@ -36,7 +35,6 @@ RETRY_FIRST = 0.5
 RETRY_MAX = 5.0
 #: the longest path of a Unix socket (sun_path holds 108 bytes with the closing NUL)
 UNIX_PATH_MAX = 107
-_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SOCKET_FIX = (
     "write the path of HAProxy's Unix stats socket (e.g. /run/haproxy/admin.sock; a relative path is "
@@ -57,20 +55,10 @@ def socket_option(v: str) -> str:
                 f"{UNIX_PATH_MAX}: move HAProxy's stats socket to a shorter path (e.g. /run/haproxy/admin.sock)"
             )
         return path
-    host, _, port = v.rpartition(":")
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"{v!r} has {f'port {port!r}' if port else 'no port'}, not a port 1-65535; {SOCKET_FIX}")
-    if not bare or (_ip(bare) is None and not _HOSTNAME.fullmatch(bare)):
-        raise ValueError(f"{host!r} in {v!r} is not an IP address or a host name; {SOCKET_FIX}")
+    problem = address_problem(v)
+    if problem is not None:
+        raise ValueError(f"{v!r}: {problem.split('; write host:port')[0]}; {SOCKET_FIX}")
     return v
-
-
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
 
 
 class HaproxyOptions(RotationOptions):
@@ -128,7 +116,7 @@ def _split(machine: Machine) -> tuple[str, int]:
     ever written into a command."""
     host, _, port = machine.address.rpartition(":")
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if (_ip(bare) is None and not _HOSTNAME.fullmatch(bare)) or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if address_problem(machine.address) is not None:
         raise HaproxyError(
             f"{machine.id}'s address {machine.address!r} is not host:port with an IP address or a host name: "
             "it is not written into HAProxy's commands; fix the machine's address"

@@ -14,10 +14,10 @@ from healerd.config import load_config
 BAD = {
     "inject": ({"server_options": "check; disable frontend fe"}, "server_options", "';'"),
     "newline": ({"server_options": "check\ndisable frontend fe"}, "server_options", "'\\n'"),
-    "no-port": ({"socket": "127.0.0.1:"}, "socket", "'127.0.0.1:' has no port, not a port 1-65535"),
-    "big-port": ({"socket": "127.0.0.1:99999"}, "socket", "has port '99999', not a port 1-65535"),
-    "word-port": ({"socket": "haproxy:stats"}, "socket", "has port 'stats', not a port 1-65535"),
-    "bad-host": ({"socket": "bad host!:9999"}, "socket", "'bad host!' in 'bad host!:9999' is not an IP address"),
+    "no-port": ({"socket": "127.0.0.1:"}, "socket", "'127.0.0.1:': the port is missing after ':'"),
+    "big-port": ({"socket": "127.0.0.1:99999"}, "socket", "the port '99999' is not a port from 1 to 65535"),
+    "word-port": ({"socket": "haproxy:stats"}, "socket", "the port 'stats' is not a port from 1 to 65535"),
+    "bad-host": ({"socket": "bad host!:9999"}, "socket", "the host 'bad host!' is not an IP address or a host name"),
     "zero-timeout": ({"timeout": "0s"}, "timeout", "got 0s: it must be more than 0s"),
     "long-path": ({"socket": "/run/" + "x" * 120 + ".sock"}, "socket", "a Unix socket path can be at most 107"),
 }

@@ -3,6 +3,7 @@ on the throw-away PostgreSQL server, each with its own config file and log."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import json
@@ -138,3 +139,15 @@ class ClusterRig:
 
 def elapsed_since(start: float) -> float:
     return time.monotonic() - start
+
+
+def wait_delivered(rig: ClusterRig, leader: Node, timeout: float = 30.0) -> dict[str, Any]:
+    """The leader's outbox once every message in it is delivered."""
+
+    def settled() -> dict[str, Any] | None:
+        view: dict[str, Any] = leader.json("/api/v1/notifications?limit=500")
+        states = collections.Counter(m["state"] for m in view["messages"])
+        return view if states and set(states) == {"delivered"} else None
+
+    view: dict[str, Any] = rig.wait(settled, timeout, "every notification delivered")
+    return view

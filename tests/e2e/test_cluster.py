@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from pg import PgServer
 
-from .cluster import ClusterRig, Node
+from .cluster import ClusterRig, Node, wait_delivered
 from .fleet import DESIRED, fleet_config, kill_demos, launched_ids, set_fault
 from .helpers import make_config, run_cli, wait_until
 from .test_alerting import Loopback, Receiver
@@ -298,12 +298,7 @@ def test_leader_killed_during_a_remediation_another_node_finishes_it_with_one_re
         # every message reached the receiver once: the new leaders delivered what the old ones left
         leader = rig.wait_leader()
 
-        def settled() -> dict[str, Any] | None:
-            view: dict[str, Any] = leader.json("/api/v1/notifications?limit=500")
-            states = collections.Counter(m["state"] for m in view["messages"])
-            return view if states and set(states) == {"delivered"} else None
-
-        view = rig.wait(settled, 20, "every notification delivered")
+        view = wait_delivered(rig, leader, 20)
         hits = [h for h in receiver.snapshot() if 200 <= h.status < 300]
         ids = [h.id for h in hits]
         assert {m["id"] for m in view["messages"]} == set(ids), "a message was lost"

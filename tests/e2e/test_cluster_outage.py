@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from pg import PgServer
 
-from .cluster import ClusterRig
+from .cluster import ClusterRig, wait_delivered
 from .fleet import FALL, INTERVAL, kill_demos, launched_ids, set_fault
 from .test_alerting import Loopback, Receiver
 from .test_cluster import MACHINES, counting_server, demo_cluster, incidents, static_fleet, wait_fleet, window  # noqa: F401 (a fixture)
@@ -101,12 +101,7 @@ def test_a_cluster_heals_a_machine_broken_while_its_database_was_away_and_delive
 
         leader = rig.wait_leader()
 
-        def settled() -> dict[str, Any] | None:
-            view: dict[str, Any] = leader.json("/api/v1/notifications?limit=500")
-            states = collections.Counter(m["state"] for m in view["messages"])
-            return view if states and set(states) == {"delivered"} else None
-
-        view = rig.wait(settled, 30, "every notification delivered")
+        view = wait_delivered(rig, leader, 30)
         ids = [h.id for h in receiver.snapshot() if 200 <= h.status < 300]
         assert {m["id"] for m in view["messages"]} == set(ids), "a message was lost"
         twice = [i for i, n in collections.Counter(ids).items() if n > 1]
