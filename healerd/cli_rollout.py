@@ -139,6 +139,8 @@ def render(view: dict[str, Any], short: bool = False) -> str:
 def _side(judge: dict[str, Any], side: str) -> str:
     """One side's figures, only those it has (no p50 of no results)."""
     parts = [f"{judge.get(f'{side}_results', 0)} results"]
+    if (machines := judge.get(f"{side}_machines")) is not None:  # records of older versions do not say
+        parts[0] += f" from {machines} machine{'' if machines == 1 else 's'}"
     if (rate := judge.get(f"{side}_error_rate")) is not None:
         parts.append(f"error rate {rate:.2%}")
     parts += [f"p{q} {v * 1000:.1f}ms" for q in (50, 95) if (v := judge.get(f"{side}_p{q}")) is not None]

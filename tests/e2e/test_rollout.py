@@ -277,6 +277,8 @@ def test_promote_v2_refreshes_the_fleet_with_no_failed_request(fleet: RolloutFle
     judge = view["judge"]
     assert judge["outcome"] == "pass" and judge["canary_results"] >= 8 and judge["baseline_results"] >= 8, judge
     assert judge["latency_ratio_p50"] < 2.0, judge
+    # the baseline: the three v1 machines in service, healthy; the canary is its own side
+    assert (judge["baseline_machines"], judge["canary_machines"]) == (DESIRED, 1), judge
 
     # the traffic: never a failed request, never fewer than desired - max_unavailable targets
     assert client.failures == [], client.failures[:10]
@@ -306,6 +308,7 @@ def test_promote_v2_refreshes_the_fleet_with_no_failed_request(fleet: RolloutFle
     assert assert_fleet_is(fleet, again, "v2") == members
     status = run_cli("rollout", "status", SERVICE, "--url", again.url)
     assert status.returncode == 0 and "completed" in status.stdout, status.stdout
+    assert f"baseline {judge['baseline_results']} results from {DESIRED} machines" in status.stdout, status.stdout
 
 
 def test_max_unavailable_takes_an_old_machine_out_before_its_replacement(fleet: RolloutFleet) -> None:
