@@ -24,6 +24,7 @@ from .events import Event, new_id
 from .notifiers import Delivery, Notifier, NotifierOptions
 from .notifiers.alertmanager import AlertmanagerNotifier
 from .plugins import NOTIFIER_KINDS
+from .reminders import Reminders
 from .store import STORE_FAULTS, Composed, OutboxItem
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ class Alerting(AlertingViews):
         self._leading: list[asyncio.Task[None]] = []  # grouping and re-posting, while this node delivers
         self._poll: float | None = None
         self._sending: set[str] = set()  # notifiers with a delivery on its way
+        self.reminders = Reminders()  # open incidents not acknowledged, told again every renotify_interval
         #: in a cluster: True while this node leads (checked right before a message goes out)
         self.may_deliver: Callable[[], bool] = lambda: True
 
@@ -125,9 +127,11 @@ class Alerting(AlertingViews):
         for n in self.notifiers.values():
             if isinstance(n, AlertmanagerNotifier):
                 n.load_state(await self.store.meta.get(f"alertmanager:{n.name}"))
+        self.reminders.seed(await self.store.incidents.unresolved(), time.time())
         self._leading = [
             asyncio.create_task(self._grouper(), name="healerd-outbox-grouper"),
             asyncio.create_task(self._reposter(), name="healerd-alertmanager-repost"),
+            asyncio.create_task(self._reminder(), name="healerd-reminders"),
         ]
         self._start_workers()
         await self.update_depth()
@@ -190,6 +194,7 @@ class Alerting(AlertingViews):
     # -- routing: bus subscriber --------------------------------------------------------------------------
     def on_event(self, event: Event) -> None:
         if self.routes.get(event.service):
+            self.reminders.observe(event.as_dict())
             self._queue.put_nowait(event)
 
     async def _writer(self) -> None:
@@ -300,6 +305,19 @@ class Alerting(AlertingViews):
                     except STORE_FAULTS:  # reposted at the next interval
                         continue
                     self._wake[n.name].set()
+
+    async def _reminder(self) -> None:
+        """Every second: the reminders due (an incident still open, not acknowledged) enter the outbox."""
+        while True:
+            await asyncio.sleep(1.0)
+            items = self.reminders.due(time.time(), self.routes, self.notifiers)
+            if not items:
+                continue
+            try:
+                await self.store.outbox.enqueue(items)
+            except STORE_FAULTS:  # the store said so once; the next interval reminds again
+                continue
+            self._regroup.set()
 
     # -- delivery -----------------------------------------------------------------------------------------
     async def _deliver_loop(self, name: str) -> None:

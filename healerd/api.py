@@ -7,6 +7,7 @@ import hmac
 import ipaddress
 import json
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -17,6 +18,7 @@ from pydantic import BaseModel
 
 from .api_models import (
     MAX_BODY,
+    Acknowledge,
     EventsQuery,
     IncidentsQuery,
     InputError,
@@ -372,10 +374,15 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+def _service_view(request: web.Request, name: str) -> dict[str, Any]:
+    """The service as the monitor sees it, and why healerd is not acting on it (held back, cooling down)."""
+    return {**request.app[MONITOR].service_view(name), **request.app[ENGINE].views.why_not_acting(name, time.time())}
+
+
 async def services(request: web.Request) -> web.Response:
     _query(request, NoQuery)
     monitor = request.app[MONITOR]
-    return json_response({"services": [monitor.service_view(n) for n in sorted(monitor.book.services)]})
+    return json_response({"services": [_service_view(request, n) for n in sorted(monitor.book.services)]})
 
 
 async def service(request: web.Request) -> web.Response:
@@ -384,7 +391,7 @@ async def service(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name not in monitor.book.services:
         return json_error(404, "unknown service", f"no service named {name!r}; see GET /api/v1/services")
-    view = monitor.service_view(name)
+    view = _service_view(request, name)
     view["machine_list"] = [monitor.machine_view(name, m) for m in sorted(monitor.book.services[name].machines)]
     return json_response(view)
 
@@ -456,6 +463,24 @@ async def incident_resolve(request: web.Request) -> web.Response:
         return json_error(404, "unknown incident", str(exc))
     except RuntimeError as exc:
         return json_error(409, "cannot resolve now", str(exc))
+
+
+async def incident_ack(request: web.Request) -> web.Response:
+    _query(request, NoQuery)
+    body = await body_of(request, Acknowledge)
+    try:
+        return json_response(await request.app[ENGINE].acknowledge(request.match_info["id"], body.by, body.comment))
+    except LookupError as exc:
+        return json_error(404, "unknown incident", str(exc))
+
+
+async def storm_clear(request: web.Request) -> web.Response:
+    _query(request, NoQuery)
+    body = await body_of(request, Resolve)
+    name = request.match_info["name"]
+    if name not in request.app[SETTINGS].config.services:
+        return json_error(404, "unknown service", f"no service named {name!r}; see GET /api/v1/services")
+    return json_response(await request.app[ENGINE].clear_storm(name, body.by))
 
 
 async def quarantine(request: web.Request) -> web.Response:
@@ -608,6 +633,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/incidents", incidents)
     app.router.add_get("/api/v1/incidents/{id}", incident)
     app.router.add_post("/api/v1/incidents/{id}/resolve", incident_resolve)
+    app.router.add_post("/api/v1/incidents/{id}/ack", incident_ack)
+    app.router.add_post("/api/v1/services/{name}/storm/clear", storm_clear)
     app.router.add_get("/api/v1/quarantine", quarantine)
     app.router.add_post("/api/v1/quarantine/{machine}/release", quarantine_release)
     app.router.add_post("/api/v1/quarantine/{machine}/terminate", quarantine_terminate)

@@ -239,7 +239,16 @@ class Release(Body):
 
 
 class Resolve(Body):
+    """resolve an incident by hand, clear a storm cooldown: who asks (optional)."""
+
     by: Text200 = ""
+
+
+class Acknowledge(Body):
+    """POST /api/v1/incidents/{id}/ack: a human is on it (no more reminders); who, and what they say."""
+
+    by: Text200 = ""
+    comment: Text1000 = ""
 
 
 BakeDuration = Annotated[float, BeforeValidator(_duration(lambda s: 0 < s <= DAY, "above 0s, at most 1d"))]

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from . import __version__, cli_demo, cli_rollout, cli_silence, daemon
+from . import __version__, cli_demo, cli_incidents, cli_rollout, cli_silence, daemon
 from .alerting import Alerting
 from .checks import CheckEnv
 from .cli_api import (
@@ -109,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     inc.add_argument("id", nargs="?", help="an incident id")
     inc.add_argument("--resolve", action="store_true", help="mark the incident resolved by hand")
     _api_args(inc)
+    cli_incidents.add_incident_args(inc)  # healerd incidents ack ID [--comment TEXT]
 
     q = sub.add_parser("quarantine", help="quarantined machines: list, release, terminate")
     qsub = q.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -140,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_rollout.add_parsers(sub)
     cli_silence.add_parsers(sub)
     cli_demo.add_parsers(sub)
+    cli_incidents.add_parsers(sub)
     return p
 
 
@@ -167,8 +169,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             return cmd_check(args)
         if args.command == "status":
             return cmd_status(args)
+        if args.command == "incidents" and args.id == "ack":
+            return cli_incidents.cmd_ack(args)
         if args.command == "incidents":
             return cmd_incidents(args)
+        if args.command == "storm":
+            return cli_incidents.cmd_storm(args)
         if args.command == "quarantine":
             return cmd_quarantine(args)
         if args.command == "mode":
@@ -352,6 +358,8 @@ def cmd_incidents(args: argparse.Namespace) -> int:
             print(f"  replacement: {view['replacement']}")
         if view.get("error"):
             print(f"  error: {view['error']}")
+        for line in cli_incidents.incident_lines(view):
+            print(line)
         print()
         _print_table(
             ["TIME", "WHAT"],
@@ -537,6 +545,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows,
         empty="no machines",
     )
+    held = cli_incidents.why_not_acting(services)  # why healerd is not acting: held back, cooling down
+    if held:
+        print()
+        print("\n".join(held))
     silences = _api(args, "/api/v1/silences")["silences"]
     if silences:
         print()

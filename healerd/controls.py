@@ -175,6 +175,15 @@ class Controls:
         return covers(self._silences[1], service, machine)
 
     # -- storm cooldown -------------------------------------------------------------------------------------
+    async def clear_storm(self, service: str, now: float) -> float:
+        """End the service's storm cooldown now; returns the seconds it had left (0: none was running). It
+        applies even if the store cannot save it (a restart would bring the cooldown back)."""
+        until = self.storm_until.pop(service, 0.0)
+        self.wake()
+        if until:
+            await self.store.meta.set("storm_until", json.dumps(self.storm_until))
+        return max(0.0, until - now)
+
     async def storm(self, service: str, until: float) -> None:
         """Start or extend a storm cooldown; persisted, so a restart makes the same decisions."""
         before = self.storm_until.get(service, 0.0)

@@ -33,6 +33,9 @@ class EventType(enum.StrEnum):
     REMEDIATION_SUPPRESSED = "remediation.suppressed"
     INCIDENT_OPENED = "incident.opened"
     INCIDENT_RESOLVED = "incident.resolved"
+    INCIDENT_ACKNOWLEDGED = "incident.acknowledged"  # a human is on it: no more reminders
+    INCIDENT_REMINDER = "incident.reminder"  # still open and not acknowledged (a notifier's renotify_interval)
+    STORM_CLEARED = "remediation.storm_cleared"  # an operator ended a storm cooldown
     CHECK_UNKNOWN = "check.unknown"
     STORE_DEGRADED = "store.degraded"
     MACHINE_RETIRED = "machine.retired"

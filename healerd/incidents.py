@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from .events import Event, EventType, Severity, new_id
+from .safety import Reason, what_to_do
 from .store.interface import IncidentRecord
 
 if TYPE_CHECKING:
@@ -28,6 +29,9 @@ class IncidentState(enum.StrEnum):
     FAILED = "failed"  # escalated to a human; no automatic retry
     RESOLVED = "resolved"
 
+
+#: the holds that are safety gates (not "static": a service healerd only alerts on)
+HELD_REASONS = frozenset(r.value for r in Reason)
 
 ACTIVE = (IncidentState.OPEN, IncidentState.REMEDIATING, IncidentState.REMEDIATED, IncidentState.FAILED)
 
@@ -46,6 +50,29 @@ class Incident:
     replacement: str | None = None
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    acked_at: float | None = None
+    acked_by: str = ""
+    ack_comment: str = ""
+
+    @property
+    def acknowledged(self) -> dict[str, Any] | None:
+        """Who acknowledged it, when, and what they said (None while nobody has)."""
+        if self.acked_at is None:
+            return None
+        return {"by": self.acked_by, "at": self.acked_at, "comment": self.ack_comment}
+
+    @property
+    def held(self) -> dict[str, Any] | None:
+        """Why healerd is not remediating it now (None when it is, or when it is past that point)."""
+        reason = self.details.get("suppressed")
+        if self.state is not IncidentState.OPEN or not reason or reason not in HELD_REASONS:
+            return None
+        return {
+            "reason": reason,
+            "detail": self.details.get("suppressed_detail", ""),
+            "since": self.details.get("held_since"),
+            "what_to_do": what_to_do(reason, self.service),
+        }
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +88,8 @@ class Incident:
             "replacement": self.replacement,
             "error": self.error,
             "details": self.details,
+            "held": self.held,
+            "acknowledged": self.acknowledged,
         }
 
     @classmethod
@@ -78,6 +107,9 @@ class Incident:
             replacement=r.replacement,
             error=r.error,
             details=dict(r.details),
+            acked_at=r.acked_at,
+            acked_by=r.acked_by,
+            ack_comment=r.ack_comment,
         )
 
     def record(self) -> IncidentRecord:
@@ -94,6 +126,9 @@ class Incident:
             self.replacement,
             self.error,
             self.details,
+            self.acked_at,
+            self.acked_by,
+            self.ack_comment,
         )
 
 
@@ -165,6 +200,19 @@ class IncidentBook:
             )
         )
 
+    async def acknowledge(self, inc: Incident, by: str, comment: str) -> None:
+        """A human is on it: said once on the bus (and to on-call); no reminder is sent about it any more."""
+        inc.acked_at, inc.acked_by, inc.ack_comment = time.time(), by, comment
+        await self.save(inc)
+        said = f": {comment}" if comment else ""
+        self.emit(
+            EventType.INCIDENT_ACKNOWLEDGED,
+            inc,
+            f"incident {inc.id} acknowledged by {by or 'someone'}{said}",
+            acknowledged=inc.acknowledged,
+        )
+        log.info("incident acknowledged", by=by, comment=comment)
+
     async def resolve(self, inc: Incident, why: str) -> None:
         # The wall clock, not the reconcile's `now`: a remediation whose last step ended during this pass
         # must not end after the incident it belongs to.
@@ -172,6 +220,8 @@ class IncidentBook:
         inc.resolved_at = time.time()
         await self.save(inc)
         self.active.pop(inc.id, None)
-        self.emit(EventType.INCIDENT_RESOLVED, inc, f"incident {inc.id} resolved: {why}", firing=False)
+        # the message that ends it says who was on it
+        ack: dict[str, Any] = {"acknowledged": inc.acknowledged} if inc.acknowledged else {}
+        self.emit(EventType.INCIDENT_RESOLVED, inc, f"incident {inc.id} resolved: {why}", firing=False, **ack)
         log.info("incident resolved", why=why)
         self.on_change()

@@ -56,6 +56,12 @@ METRICS: tuple[MetricDef, ...] = (
     ),
     MetricDef("remediations_in_progress", "gauge", "Remediations running now.", ("service",)),
     MetricDef("remediation_suppressed", "counter", "Remediations held back by a safety gate.", ("service", "reason")),
+    MetricDef(
+        "incidents_held",
+        "gauge",
+        "Open incidents a safety gate holds back now, by the gate (0 for every gate that holds none).",
+        ("service", "reason"),
+    ),
     MetricDef("quarantined_machines", "gauge", "Machines in quarantine.", ("service",)),
     MetricDef("notifications", "counter", "Notification deliveries by outcome.", ("notifier", "outcome")),
     MetricDef("notification_queue_depth", "gauge", "Notifications waiting in the outbox.", ("notifier",)),
@@ -192,6 +198,7 @@ def prime(metrics: Metrics, config: Config, reasons: Iterable[str], event_types:
     for svc in config.services.values():
         for reason in reasons:
             metrics.counter("remediation_suppressed").labels(svc.name, reason)
+            metrics.gauge("incidents_held").labels(svc.name, reason)
         metrics.counter("rotation_repairs").labels(svc.name)
         if svc.managed:
             for outcome in OUTCOMES["remediations"]:

@@ -125,7 +125,20 @@ class IncidentReconciler:
                         next_at = min(next_at, retry_at if retry_at is not None else NEVER)
                     elif inc.state is not IncidentState.REMEDIATING and health.state is ServiceState.OPTIMAL:
                         await self.incidents.resolve(inc, "the service is optimal again")
+            self._count_held(service.name)
             return next_at
+
+    def _count_held(self, service: str) -> None:
+        """healerd_incidents_held: the service's open incidents by the gate holding each back now (0 for the
+        others), so an alert on it lasts exactly as long as the hold."""
+        counts = dict.fromkeys((r.value for r in Reason), 0)
+        for inc in self.incidents.of(service):
+            held = inc.held
+            if held is not None:
+                counts[held["reason"]] += 1
+        gauge = self.metrics.gauge("incidents_held")
+        for reason, n in counts.items():
+            gauge.labels(service, reason).set(n)
 
     def _failure_over(self, service: str, machine_id: str) -> str:
         """Why the failure an open incident is about has ended ('' while it lasts)."""
@@ -169,19 +182,25 @@ class IncidentReconciler:
         return Decision(False, Reason.UNCONFIRMED, f"not confirmed: {verdict.detail}", again)
 
     async def _hold(self, svc: ServiceConfig, inc: Incident, decision: Decision) -> None:
+        """A new reason holds the incident back: saved, counted, and said once (event, log, every notifier)."""
         assert decision.reason is not None
         inc.details["suppressed"] = decision.reason.value
         inc.details["suppressed_detail"] = decision.detail
+        inc.details["held_since"] = time.time()
         await self.incidents.save(inc)
         self.metrics.counter("remediation_suppressed").labels(svc.name, decision.reason.value).inc()
+        self._count_held(svc.name)
         critical = decision.reason in (Reason.MAX_UNHEALTHY, Reason.RETRY_LIMIT)
+        held = inc.held or {}
+        todo = f" What to do: {held['what_to_do']}" if held.get("what_to_do") else ""
         self.incidents.emit(
             EventType.REMEDIATION_SUPPRESSED,
             inc,
-            f"remediation of {inc.machine} held back: {decision.detail}",
+            f"remediation of {inc.machine} held back ({decision.reason.value}): {decision.detail}.{todo}",
             Severity.CRITICAL if critical else Severity.WARNING,
             reason=decision.reason.value,
             detail=decision.detail,
+            held=held,
         )
         log.warning("remediation held back", reason=decision.reason.value, detail=decision.detail)
         if decision.reason is Reason.DRY_RUN:

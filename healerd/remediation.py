@@ -21,7 +21,7 @@ from structlog.contextvars import bound_contextvars
 from ._aio import wait_event
 from .config import Config, Mode, ServiceConfig
 from .controls import Controls
-from .events import Event, EventType
+from .events import Event, EventType, Severity
 from .fleet import Fleet
 from .forensics import write_bundle
 from .health import CheckKey
@@ -289,6 +289,41 @@ class RemediationEngine:
         with bound_contextvars(service=inc.service, machine=inc.machine, incident=inc.id):
             await self.book.resolve(inc, f"resolved by hand{f' ({who})' if who else ''}")
         return inc.as_dict()
+
+    async def acknowledge(self, incident_id: str, by: str, comment: str) -> dict[str, Any]:
+        """A human is on the incident: no more reminders; who and when show wherever it does."""
+        inc = self.book.active.get(incident_id)
+        if inc is None:
+            raise LookupError(f"{incident_id} is not an open incident (see GET /api/v1/incidents?state=open)")
+        with bound_contextvars(service=inc.service, machine=inc.machine, incident=inc.id):
+            await self.book.acknowledge(inc, by, comment)
+        return inc.as_dict()
+
+    async def clear_storm(self, service: str, by: str) -> dict[str, Any]:
+        """End the service's storm cooldown now (recorded with who); the engine looks at its incidents again at
+        once. Returns what was cleared: the seconds the cooldown had left (0: none was running)."""
+        now = time.time()
+        left = await self.controls.clear_storm(service, now)
+        if left:
+            who = by or "api"
+            with bound_contextvars(service=service):
+                log.warning("storm cooldown cleared", by=who, seconds_left=round(left))
+                held: list[Incident | None] = [i for i in self.book.of(service) if i.held is not None]
+                summary = f"storm cooldown of {service} cleared by {who} ({left:.0f}s were left): remediation may act"
+                for inc in held or [None]:  # in each held incident's timeline, or once for the service
+                    self.bus.publish(
+                        Event(
+                            EventType.STORM_CLEARED,
+                            service,
+                            summary,
+                            time.time(),
+                            machine=inc.machine if inc else None,
+                            incident=inc.id if inc else None,
+                            severity=Severity.INFO,
+                            details={"by": who, "seconds_left": round(left, 1)},
+                        )
+                    )
+        return {"service": service, "cleared": bool(left), "seconds_left": round(left, 1), "by": by or "api"}
 
     def status(self) -> dict[str, Any]:
         return self.views.status()

@@ -31,6 +31,36 @@ class Reason(enum.StrEnum):
     DEPENDENCY_DOWN = "dependency_down"
 
 
+#: what an operator can do about each gate ({service} is filled in): the status, the API, the incident's timeline
+#: and every notifier say it next to the gate's figures
+WHAT_TO_DO: dict[Reason, str] = {
+    Reason.PAUSED: "resume remediation: healerd mode resume",
+    Reason.SILENCED: "wait for the silence to end, or end it: healerd silence list, then healerd silence rm ID",
+    Reason.OBSERVE: "let healerd act: healerd mode auto --service {service}",
+    Reason.FLAPPING: "find why the machine keeps changing state; healerd replaces it once it stays down",
+    Reason.MAX_UNHEALTHY: "check the monitoring path first (network, checks); if the machines really are down, "
+    "replace them by hand or raise max_unhealthy; healerd acts again once no more than max_unhealthy fail",
+    Reason.STORM_COOLDOWN: "wait for the cooldown to end, or end it now: healerd storm clear {service}",
+    Reason.MAX_CONCURRENT: "nothing: the next remediation starts when the running one ends",
+    Reason.MAX_PER_HOUR: "find why so many machines were replaced (a bad image, a dependency); raise "
+    "remediation.max_per_hour only if the replacements were right",
+    Reason.RETRY_LIMIT: "a human decides: healerd incidents ID shows the failed attempts; fix the cause, then "
+    "healerd incidents ID --resolve",
+    Reason.BACKOFF: "nothing: healerd tries again by itself when the backoff ends",
+    Reason.DRY_RUN: "let healerd act: healerd mode auto --service {service}",
+    Reason.UNCONFIRMED: "check the network between the other healerd nodes and the machine: they see it up",
+    Reason.DEPENDENCY_DOWN: "bring back the service it depends on (healerd status says why it is down)",
+}
+
+
+def what_to_do(reason: Reason | str, service: str) -> str:
+    """What an operator can do about a gate that holds, in words they can paste."""
+    try:
+        return WHAT_TO_DO[Reason(reason)].format(service=service)
+    except ValueError:  # a hold that is not a gate (alert only, for a service healerd does not replace)
+        return ""
+
+
 class Confirmation(Protocol):
     """What the vantage points said (a cluster's confirmer): enough of them see the machine down, or not."""
 

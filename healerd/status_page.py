@@ -175,11 +175,31 @@ def _held(incidents: Iterable[Incident]) -> list[dict[str, Any]]:
             continue
         words, human = held_words(inc)
         key = words if len(groups) < ROWS_SHOWN else "…"
-        g = groups.setdefault(key, {"words": words, "human": human, "machines": [], "incident": inc.id, "count": 0})
+        held = inc.held or {}
+        g = groups.setdefault(
+            key,
+            {
+                "words": words,
+                "human": human,
+                "machines": [],
+                "incident": inc.id,
+                "count": 0,
+                "what_to_do": held.get("what_to_do", ""),
+            },
+        )
         g["count"] += 1
         if len(g["machines"]) < NAMED:
             g["machines"].append(inc.machine)
     return sorted(groups.values(), key=lambda g: (not g["human"], -g["count"]))
+
+
+def _acknowledged(inc: Incident, now: float) -> str:
+    """'acknowledged by alice 4m ago: on it' ('' while nobody has)."""
+    ack = inc.acknowledged
+    if ack is None:
+        return ""
+    said = f": {ack['comment']}" if ack["comment"] else ""
+    return f"acknowledged by {ack['by'] or 'someone'} {format_age(now - ack['at'])} ago{said}"
 
 
 def held_words(inc: Incident) -> tuple[str, bool]:
@@ -282,6 +302,7 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
             entry["points"] = sparkline([_avg(c) for c in series(rows, start, MACHINE_WIDTH, MACHINE_POINTS)], 90, 16)
         rollout = await _safe(engine.rollouts.view(name), None)
         held = _held(i for i in incidents if i.service == name)
+        storm = engine.views.why_not_acting(name, now)["storm_cooldown"]
         services.append(
             {
                 "name": name,
@@ -302,6 +323,7 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
                 "healthy_total": len(healthy),
                 "healthy_hidden": max(0, len(healthy) - healthy_shown),
                 "held": held,
+                "storm": {**storm, "left": format_age(storm["seconds_left"])} if storm else None,
                 "rollout": _recent(rollout, now),
                 "silenced": [s for s in silences if s.get("service") in (None, name)],
                 "down": svc.state is ServiceState.DOWN,
@@ -322,6 +344,7 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
                 "step": f"step {step['index'] + 1}: {step['action']} ({step['state']})" if step else "",
                 "words": words,
                 "human": human,
+                "acknowledged": _acknowledged(inc, now),
             }
         )
     quarantined = sorted(await _safe(engine.quarantined(), []), key=lambda q: -q["quarantined_at"])

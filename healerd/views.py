@@ -66,6 +66,22 @@ class Views:
         events = await self.store.events.recent(limit=1000)
         return {**inc.as_dict(), "steps": steps, "timeline": timeline(inc.id, events, steps)}
 
+    def why_not_acting(self, service: str, now: float) -> dict[str, Any]:
+        """Why healerd is not remediating the service's incidents: each held one with its gate, the gate's
+        figures, since when and what to do; and the storm cooldown running, with its time left."""
+        held = [
+            {"incident": inc.id, "machine": inc.machine, **h}
+            for inc in self.incidents.of(service)
+            if (h := inc.held) is not None
+        ]
+        until = self.controls.storm_until.get(service, 0.0)
+        storm = (
+            {"until": until, "seconds_left": round(until - now, 1), "what_to_do": f"healerd storm clear {service}"}
+            if until > now
+            else None
+        )
+        return {"held": held, "storm_cooldown": storm}
+
     def status(self) -> dict[str, Any]:
         active = self.incidents.active.values()
         return {

@@ -59,7 +59,17 @@ _MEANING = {
 
 def _describe(name: str, e: dict[str, Any]) -> str:
     where = " ".join(f"{k} {e[k]}" for k in ("service", "machine", "incident") if e.get(k))
-    return f"{_MEANING.get(name, name)} ({where}). {e['summary']}"
+    text = f"{_MEANING.get(name, name)} ({where}). {e['summary']}"
+    held = (e.get("details") or {}).get("held")
+    if isinstance(held, dict) and held.get("reason") and held.get("what_to_do") and "What to do" not in text:
+        text += f" Held back by {held['reason']}: {held.get('detail', '')}. What to do: {held['what_to_do']}"
+    return text
+
+
+def _acknowledged(ack: dict[str, Any]) -> str:
+    said = f": {ack['comment']}" if ack.get("comment") else ""
+    when = rfc3339(ack["at"]) if isinstance(ack.get("at"), int | float) else "?"
+    return f"by {ack.get('by') or 'someone'} at {when}{said}"[:1000]
 
 
 def _key(labels: dict[str, str]) -> str:
@@ -83,6 +93,7 @@ class AlertmanagerNotifier(Notifier):
         return event["type"] in (
             "incident.opened",
             "incident.resolved",
+            "incident.acknowledged",
             "remediation.failed",
             "remediation.suppressed",
             "machine.flapping",
@@ -142,6 +153,8 @@ class AlertmanagerNotifier(Notifier):
                 alerts.append(
                     self._fire(self._alert(_FAILED if t == "remediation.failed" else _HELD, e, e["severity"]))
                 )
+            elif t == "incident.acknowledged":
+                alerts += self._annotate(e)
             elif t == "incident.resolved":
                 alerts += self._resolve({"service": e["service"], "incident": e.get("incident") or "-"}, e["timestamp"])
             elif t == "machine.flapping":
@@ -179,6 +192,19 @@ class AlertmanagerNotifier(Notifier):
                         self._fire(self._alert(_SERVICE[new], e, e["severity"], machine=False, incident=False))
                     )
         return {"alerts": alerts}
+
+    def _annotate(self, e: dict[str, Any]) -> list[dict[str, Any]]:
+        """The incident's firing alerts again, with who acknowledged it (annotation `acknowledged`): same
+        labels, so Alertmanager updates them rather than opening new ones."""
+        ack = (e.get("details") or {}).get("acknowledged")
+        if not e.get("incident") or not isinstance(ack, dict):
+            return []
+        out = []
+        for alert in self.firing.values():
+            if alert["labels"].get("incident") == e["incident"] and alert["labels"].get("service") == e["service"]:
+                alert["annotations"] = {**alert["annotations"], "acknowledged": _acknowledged(ack)}
+                out.append(alert)
+        return out
 
     def test_alert(self, event: dict[str, Any], ends_at: float) -> dict[str, Any]:
         """A short-lived alert that does not touch the firing set."""

@@ -31,6 +31,16 @@ class NotifierOptions(BaseModel):
     timeout: float = 10.0
     max_attempts: int = Field(default=3, ge=1)  # for permanent (4xx) errors before the dead letter
     max_backoff: float = 300.0
+    #: remind on-call of an incident still open and not acknowledged this often (None: never)
+    renotify_interval: float | None = None
+
+    @field_validator("renotify_interval", mode="before")
+    @classmethod
+    def _renotify(cls, v: object) -> float | None:
+        if v is None:
+            return None
+        # 0 would remind on every pass of the outbox
+        return require_above_zero(parse_duration(v, what="renotify_interval"), what="renotify_interval", example="4h")
 
     @field_validator("group_wait", "timeout", "max_backoff", mode="before")
     @classmethod

@@ -11,7 +11,7 @@ from pydantic import field_validator, model_validator
 
 from ..paths import resolve_path
 from .base import Delivery, Notifier, NotifierOptions, read_secret
-from .webhook import event_link, group_summary, headline
+from .webhook import event_link, group_summary, headline, rfc3339, why_not_acting
 
 HEADER_MAX = 150
 SECTION_MAX = 3000
@@ -27,6 +27,8 @@ _DID = {
     "remediation.succeeded": "remediated",
     "remediation.failed": "remediation FAILED, needs a human",
     "remediation.suppressed": "held back",
+    "remediation.storm_cleared": "storm cooldown cleared",
+    "incident.acknowledged": "acknowledged",
 }
 _ICON = {"critical": ":red_circle:", "warning": ":large_orange_circle:", "info": ":large_blue_circle:"}
 
@@ -93,6 +95,16 @@ class SlackNotifier(Notifier):
             ("Incident", self._list(incidents, 5)),
             ("What healerd did", self._list(did, 10) if did else "watching"),
         ]
+        extra = why_not_acting(events, head)
+        if "held" in extra:
+            h = extra["held"]
+            todo = f"\nWhat to do: {h['what_to_do']}" if h.get("what_to_do") else ""
+            fields.append(("Held back", f"{h.get('reason')}: {h.get('detail')}{todo}"))
+        if "acknowledged" in extra:
+            a = extra["acknowledged"]
+            said = f": {a['comment']}" if a.get("comment") else ""
+            when = rfc3339(a["at"]) if isinstance(a.get("at"), int | float) else "?"
+            fields.append(("Acknowledged", f"by {a.get('by') or 'someone'} at {when}{said}"))
         blocks: list[dict[str, Any]] = [
             {"type": "header", "text": {"type": "plain_text", "text": header, "emoji": True}},
             {

@@ -64,6 +64,31 @@ def affected_machines(events: list[dict[str, Any]]) -> list[str]:
     )
 
 
+def latest_detail(events: list[dict[str, Any]], head: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """The newest `details[key]` of the group (`held`, `acknowledged`), preferring the headline's incident."""
+    found = [e["details"][key] for e in events if isinstance(e.get("details"), dict) and e["details"].get(key)]
+    mine = [
+        e["details"][key]
+        for e in events
+        if e.get("incident") == head.get("incident") and isinstance(e.get("details"), dict) and e["details"].get(key)
+    ]
+    value = (mine or found or [None])[-1]
+    return value if isinstance(value, dict) else None
+
+
+def why_not_acting(events: list[dict[str, Any]], head: dict[str, Any]) -> dict[str, Any]:
+    """What a message adds to its headline's details: the gate holding healerd back (while the group ends
+    firing) and who acknowledged the incident."""
+    out: dict[str, Any] = {}
+    held = latest_detail(events, head, "held") if head["status"] == "firing" else None
+    if held:
+        out["held"] = held
+    acked = latest_detail(events, head, "acknowledged")
+    if acked:
+        out["acknowledged"] = acked
+    return out
+
+
 def event_link(base_url: str, event: dict[str, Any]) -> str:
     if not base_url:
         return ""
@@ -98,7 +123,7 @@ class WebhookNotifier(Notifier):
             "machine": head.get("machine"),
             "incident": head.get("incident"),
             "summary": summary,
-            "details": head.get("details", {}),
+            "details": {**head.get("details", {}), **why_not_acting(events, head)},
             "timestamp": rfc3339(head["timestamp"]),
             "url": event_link(self.base_url, head),
             "events": [

@@ -14,7 +14,8 @@ from .interface import Failures, IncidentRecord
 from .text import to_json
 
 _COLS = (
-    "id, service, machine, state, playbook, opened_at, updated_at, resolved_at, summary, replacement, error, details"
+    "id, service, machine, state, playbook, opened_at, updated_at, resolved_at, summary, replacement, error, details,"
+    " acked_at, acked_by, ack_comment"
 )
 
 
@@ -22,7 +23,7 @@ _UPDATE = ", ".join(f"{c}=excluded.{c}" for c in _COLS.split(", ")[1:])
 
 
 def _incident(row: tuple[Any, ...]) -> IncidentRecord:
-    return IncidentRecord._make((*row[:11], json.loads(row[11])))
+    return IncidentRecord._make((*row[:11], json.loads(row[11]), *row[12:15]))
 
 
 class Incidents:
@@ -35,10 +36,10 @@ class Incidents:
 
     async def save(self, incident: IncidentRecord) -> None:
         """Insert or replace the whole incident."""
-        row = (*incident[:11], to_json(incident.details))
+        row = (*incident[:11], to_json(incident.details), *incident[12:15])
         await self._db.fenced(
             lambda: self._db.conn.execute(
-                f"INSERT INTO incidents ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+                f"INSERT INTO incidents ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 f" ON CONFLICT (id) DO UPDATE SET {_UPDATE}",
                 row,
             )

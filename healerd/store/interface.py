@@ -37,6 +37,10 @@ class IncidentRecord(NamedTuple):
     replacement: str | None
     error: str | None
     details: dict[str, Any]
+    #: a human acknowledged it (on it: no more reminders): when, who, and what they said
+    acked_at: float | None = None
+    acked_by: str = ""
+    ack_comment: str = ""
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX history_age ON history (bucket);
     """,
+    # an incident a human acknowledged: who, when, what they said
+    """
+    ALTER TABLE incidents ADD COLUMN acked_at REAL;
+    ALTER TABLE incidents ADD COLUMN acked_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE incidents ADD COLUMN ack_comment TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 
