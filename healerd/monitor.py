@@ -17,10 +17,11 @@ from typing import Any
 import structlog
 
 from .checks import CheckEnv
+from .checks.base import Check, Unbuildable
 from .config import CheckSpec, Config, ServiceConfig
 from .events import Event, EventBus
 from .health import CheckKey, Condition, HealthBook, ServiceState, Thresholds
-from .machines import Lifecycle, Machine
+from .machines import Lifecycle, Machine, address_problem
 from .metrics import Metrics
 from .plugins import PROVIDER_KINDS
 from .providers import Provider
@@ -175,6 +176,7 @@ class Monitor(MonitorViews, ResultWatchers):
         self.providers: dict[str, Provider] = {}
         self.services: dict[str, ServiceConfig] = {}
         self._pending_first: set[CheckKey] = set()
+        self._bad_addresses: dict[tuple[str, str], str] = {}  # (service, machine) -> the address said unusable
         ResultWatchers.__init__(self)
         self._ready_latched = False
         self._runs = metrics.counter("check_runs")
@@ -188,6 +190,24 @@ class Monitor(MonitorViews, ResultWatchers):
         self.writes: Callable[[], bool] = lambda: True
         bus.subscribe(self._on_event, mirrored=True)
         store.history.states = self._states_counted
+
+    def _say_if_unusable(self, m: Machine) -> None:
+        """A provider's machine whose address cannot go into a check's URL or a load balancer's command: said
+        once per address (its checks then read UNKNOWN with the reason; nothing is written with it)."""
+        key = (m.service, m.id)
+        problem = address_problem(m.address, port_required=False)
+        if problem is None:
+            self._bad_addresses.pop(key, None)
+        elif self._bad_addresses.get(key) != m.address:
+            self._bad_addresses[key] = m.address
+            log.error(
+                "a machine's address is unusable",
+                service=m.service,
+                machine=m.id,
+                address=m.address[:100],
+                problem=problem,
+                hint="the provider gave it: fix the machine's address where the provider reads it",
+            )
 
     # -- readiness ----------------------------------------------------------------------------------------
     @property
@@ -227,6 +247,7 @@ class Monitor(MonitorViews, ResultWatchers):
                 self._forget_up(svc.name, gone)
             self.machines[svc.name] = {m.id: m for m in machines}
             for m in machines:
+                self._say_if_unusable(m)
                 self.book.set_machine(svc.name, m.id, m.lifecycle, now, refresh=False)
                 if m.id not in old and m.lifecycle in MONITORED:
                     self._machine_up.labels(svc.name, m.id).set(1)
@@ -322,8 +343,12 @@ class Monitor(MonitorViews, ResultWatchers):
             self._machine_up.remove(service, machine_id)
 
     def bind(self, key: CheckKey, spec: CheckSpec, target: Target) -> BoundCheck:
-        options = render_model(spec.options, target.fields())
-        check = spec.check_class(options, target, self.env)
+        check: Check[Any]
+        try:
+            options = render_model(spec.options, target.fields())
+            check = spec.check_class(options, target, self.env)
+        except (ValueError, TypeError) as exc:  # e.g. a provider's address that makes no URL: said by every run
+            check = Unbuildable(target, self.env, f"cannot run {spec.kind} on {target.address[:100]!r}: {exc}"[:500])
         bc = BoundCheck(key=key, spec=spec, check=check, address=target.address)
         bc.metric_children = {s: self._runs.labels(key.service, key.check, s.name) for s in Status}
         bc.duration_child = self._durations.labels(key.service, key.check)

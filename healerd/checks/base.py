@@ -97,3 +97,17 @@ class Check(Generic[ConfigT]):
         """Problems that would make every run fail, found at validation (e.g. a plugin that is missing or
         not executable): (path within the check's options, message naming the fix)."""
         return []
+
+
+class Unbuildable(Check[CheckOptions]):
+    """Stands in for a check that could not be built for its target (a machine address that makes no URL):
+    every run reads UNKNOWN with the reason, so the check is seen failing instead of crashing its binding."""
+
+    kind = "unbuildable"
+
+    def __init__(self, target: Target, env: CheckEnv, reason: str) -> None:
+        super().__init__(CheckOptions(), target, env)
+        self.reason = reason
+
+    async def run(self) -> CheckResult:
+        return CheckResult(Status.UNKNOWN, self.reason)
