@@ -85,20 +85,21 @@ unit: test-deps debs
 
 test: lint typecheck unit
 
-# The Debian package: dist/healerd_$(VERSION)_<arch>.deb, built by dpkg-buildpackage from a copy of this tree
+# The Debian package: $(DIST)/healerd_$(VERSION)_<arch>.deb, built by dpkg-buildpackage from a copy of this tree
 # (without the venv, caches and state), so the build never writes into the working tree.
 DEB_BUILD_DIR ?= build/deb
+DIST          ?= dist
 deb: PACKAGES = $(DEB_BUILD_PACKAGES)
 deb: debs
-	@rm -rf $(DEB_BUILD_DIR) && mkdir -p $(DEB_BUILD_DIR)/healerd-$(VERSION) dist
+	@rm -rf $(DEB_BUILD_DIR) && mkdir -p $(DEB_BUILD_DIR)/healerd-$(VERSION) $(DIST)
 	@tar -cf - --exclude-vcs --exclude=./dist --exclude=./build --exclude=./$(VENV) --exclude=./.healerd \
 	  --exclude='*.egg-info' --exclude=__pycache__ --exclude='./.*_cache' --exclude=./.hypothesis . \
 	  | tar -xf - -C $(DEB_BUILD_DIR)/healerd-$(VERSION)
 	@echo "building the Debian package (log: $(DEB_BUILD_DIR)/build.log)"
 	@cd $(DEB_BUILD_DIR)/healerd-$(VERSION) && dpkg-buildpackage -b -uc -us >../build.log 2>&1 \
 	  || { tail -n 40 ../build.log; exit 1; }
-	@mv $(DEB_BUILD_DIR)/healerd_$(VERSION)_*.deb dist/
-	@ls dist/healerd_$(VERSION)_*.deb
+	@mv $(DEB_BUILD_DIR)/healerd_$(VERSION)_*.deb $(DIST)/
+	@ls $(DIST)/healerd_$(VERSION)_*.deb
 
 # `make install` builds the same layout as the package for $(PREFIX), written under $(DESTDIR). Only a
 # DESTDIR-free install touches this host's users, tmpfiles and systemd.
