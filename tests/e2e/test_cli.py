@@ -173,10 +173,10 @@ def test_status_shows_services_and_machines_of_a_running_daemon(
     assert "health=CRITICAL" in by_machine["web-2"][-1], result.stdout
 
 
-def test_status_without_a_daemon_exits_1_with_a_clear_message(tmp_path: Path) -> None:
+def test_status_without_a_daemon_exits_3_with_a_clear_message(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     result = run_cli("status", "--url", url)
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.returncode == 3, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert f"cannot reach healerd at {url}" in result.stderr, result.stderr
     assert "is it running?" in result.stderr
