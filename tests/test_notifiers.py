@@ -795,3 +795,72 @@ def test_alertmanager_alerts_say_what_they_mean_and_link_a_runbook() -> None:
     assert notes["runbook_url"] == "https://wiki.example/healerd#healerdincident"
     assert notes["description"].startswith("a machine is down; healerd opened an incident")
     assert "service web" in notes["description"] and INC in notes["description"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Why healerd is not acting, and who is on it, in every notifier's message
+
+HELD = {
+    "reason": "max_unhealthy",
+    "detail": "2 machines unhealthy at once, more than max_unhealthy (1)",
+    "since": T0 + 0.2,
+    "what_to_do": "check the monitoring path first",
+}
+ACK = {"by": "alice", "at": T0 + 60, "comment": "on it"}
+
+
+def held_story() -> list[dict[str, Any]]:
+    """A machine down and held back by a warning-level gate: the incident (critical) heads the message."""
+    return [
+        ev(EventType.INCIDENT_OPENED, machine="web-1", incident=INC, severity=Severity.CRITICAL),
+        ev(
+            EventType.REMEDIATION_SUPPRESSED,
+            t=T0 + 0.2,
+            incident=INC,
+            severity=Severity.WARNING,
+            summary="remediation of web-1 held back (max_unhealthy): 2 machines unhealthy",
+            details={"reason": "max_unhealthy", "held": HELD},
+        ),
+    ]
+
+
+def test_every_notifier_says_which_gate_holds_back_with_its_figures_and_what_to_do() -> None:
+    hook = notifier("webhook", url="http://127.0.0.1:1/hook").build(held_story(), new_id(T0))
+    assert hook["type"] == "incident.opened" and hook["details"]["held"] == HELD  # though not the headline's own
+    assert_webhook_body(hook)
+
+    slack = notifier("slack", webhook_url_env="HOME").build(held_story(), new_id(T0))
+    fields = [f["text"] for b in slack["blocks"] if b["type"] == "section" for f in b.get("fields", [])]
+    (held,) = [f for f in fields if f.startswith("*Held back*")]
+    assert "max_unhealthy: 2 machines unhealthy at once, more than max_unhealthy (1)" in held
+    assert "What to do: check the monitoring path first" in held
+
+    am = notifier("alertmanager", url="http://127.0.0.1:9093")
+    alerts = am.build(held_story(), new_id(T0))["alerts"]
+    (alert,) = [a for a in alerts if a["labels"]["alertname"] == "HealerdRemediationHeldBack"]
+    description = alert["annotations"]["description"]
+    assert "Held back by max_unhealthy: 2 machines unhealthy at once, more than max_unhealthy (1)" in description
+    assert "What to do: check the monitoring path first" in description
+
+    recovered = [ev(EventType.INCIDENT_RESOLVED, incident=INC, firing=False)]
+    assert "held" not in notifier("webhook", url="http://127.0.0.1:1/hook").build(recovered, "m")["details"]
+
+
+def test_an_acknowledgement_shows_in_each_notifier() -> None:
+    acked = ev(EventType.INCIDENT_ACKNOWLEDGED, incident=INC, summary="acknowledged", details={"acknowledged": ACK})
+    resolved = ev(EventType.INCIDENT_RESOLVED, incident=INC, firing=False, details={"acknowledged": ACK})
+
+    hook = notifier("webhook", url="http://127.0.0.1:1/hook").build([resolved], new_id(T0))
+    assert hook["status"] == "resolved" and hook["details"]["acknowledged"] == ACK
+
+    slack = notifier("slack", webhook_url_env="HOME").build([resolved], new_id(T0))
+    fields = [f["text"] for b in slack["blocks"] if b["type"] == "section" for f in b.get("fields", [])]
+    assert "*Acknowledged*\nby alice at 2025-10-09T08:54:20.250Z: on it" in fields
+
+    am = notifier("alertmanager", url="http://127.0.0.1:9093")
+    (fired,) = am.build(held_story()[:1], new_id(T0))["alerts"]
+    assert am.wants(acked)
+    (updated,) = am.build([acked], new_id(T0 + 61))["alerts"]
+    assert updated["labels"] == fired["labels"] and "endsAt" not in updated  # the same alert, still firing
+    assert updated["annotations"]["acknowledged"] == "by alice at 2025-10-09T08:54:20.250Z: on it"
+    assert am.repost() == {"alerts": [updated]}  # re-posted with it while it fires

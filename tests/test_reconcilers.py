@@ -354,3 +354,38 @@ async def test_surplus_retires_a_machine_released_back_on_an_old_version_not_the
     assert rig.rotation() == {"web-a", "web-b", "web-new"}
     (retired,) = rig.of(EventType.MACHINE_RETIRED)
     assert "it runs v1, not the known-good v2" in retired.summary, retired.summary
+
+
+async def test_the_held_gauge_counts_open_incidents_by_the_gate_holding_them_now(rig_factory: Any) -> None:
+    """healerd_incidents_held follows the hold, not the decisions: 2 while both are held, by their gate now, 0
+    once it ends; what to do comes with the figures, once per change of reason."""
+    rig = await rig_factory()  # auto; max_unhealthy 50% of 3 = 1 machine
+    incidents = rig.reconciler(IncidentReconciler)
+    await fleet_of(rig, "web-0", "web-1", "web-2")
+    rig.down("web-0", "web-1")
+    for tick in range(1, 4):
+        await incidents.reconcile(rig.service, rig.t0 + tick)
+
+    assert rig.sample("healerd_incidents_held", service="web", reason="max_unhealthy") == 2.0
+    assert rig.sample("healerd_incidents_held", service="web", reason="storm_cooldown") == 0.0
+    held = [i.held for i in rig.engine.incidents.values()]
+    assert all(h and h["reason"] == "max_unhealthy" and "more than max_unhealthy (1)" in h["detail"] for h in held)
+    assert all(h and h["what_to_do"].startswith("check the monitoring path") for h in held)
+    said = rig.of(EventType.REMEDIATION_SUPPRESSED)
+    assert len(said) == 2 and all("What to do: check the monitoring path" in e.summary for e in said)
+    assert all(e.details["held"]["reason"] == "max_unhealthy" for e in said)
+
+    rig.up("web-1")
+    await incidents.reconcile(rig.service, rig.t0 + 4)
+    await incidents.reconcile(rig.service, rig.t0 + 5)
+    assert rig.sample("healerd_incidents_held", service="web", reason="max_unhealthy") == 0.0
+    assert rig.sample("healerd_incidents_held", service="web", reason="storm_cooldown") == 1.0
+    (left,) = rig.engine.incidents.values()
+    assert left.held is not None and "healerd storm clear web" in left.held["what_to_do"]
+
+    assert (await rig.engine.clear_storm("web", "alice"))["cleared"] is True
+    await incidents.reconcile(rig.service, rig.t0 + 6)
+    assert rig.sample("healerd_incidents_held", service="web", reason="storm_cooldown") == 0.0
+    assert left.state is IncidentState.REMEDIATING
+    (cleared,) = rig.of(EventType.STORM_CLEARED)
+    assert cleared.incident == left.id and "by alice" in cleared.summary

@@ -97,3 +97,17 @@ async def test_the_remediation_log_counts_launches_and_failures(store: Store) ->
     await store.incidents.log_failure("web", "m1", 500.0, "I4")
     await store.incidents.log_failure("web", "m9", 600.0, "I5")
     assert await store.incidents.failures("web", "m1") == Failures(2, 500.0)
+
+
+async def test_an_acknowledgement_is_kept_with_the_incident(store: Store) -> None:
+    """Who acknowledged it, when and what they said survive a save of the rest and a reopening of the store."""
+    first = incident("I1")
+    await store.incidents.save(first)
+    assert (await store.incidents.get("I1")) == first and first.acked_at is None
+    acked = first._replace(acked_at=5.5, acked_by="alice", ack_comment="on it: the disk is full")
+    await store.incidents.save(acked)
+    assert await store.incidents.get("I1") == acked
+    later = acked._replace(state="resolved", resolved_at=9.0, details={"suppressed": "observe"})
+    await store.incidents.save(later)
+    (row,) = await store.incidents.recent()
+    assert (row.acked_at, row.acked_by, row.ack_comment) == (5.5, "alice", "on it: the disk is full")
