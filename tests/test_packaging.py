@@ -17,11 +17,15 @@ from conftest import require_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "packaging" / "healerd.yaml"
-VERSION = re.search(r'__version__ = "(.+)"', (ROOT / "healerd" / "_version.py").read_text())[1]  # type: ignore[index]
+VERSION = re.findall(r'__version__ = "(.+)"', (ROOT / "healerd" / "_version.py").read_text())[0]
 
 
-def _run(*args: str | Path, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, **kw)  # type: ignore[call-overload, no-any-return]
+def _run(
+    *args: str | Path, timeout: float = 60, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env, check=False
+    )
 
 
 def _validate(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -224,11 +228,16 @@ def test_deb_holds_the_venv_at_its_final_path_and_names_no_build_folder(deb: tup
     # not enabled at install (only re-enabled if it was), started only where systemd runs
     assert "was-enabled 'healerd.service'" in postinst and "if [ -d /run/systemd/system ]" in postinst
 
-    # the packaged healerd runs, from its own interpreter, on the packaged template
+    # the packaged healerd runs, on the interpreter the package depends on, with only its own libraries
+    assert os.readlink(root / "usr/lib/healerd/bin/python3.11") == "../../../bin/python3.11"  # /usr/bin/python3.11
+    python = require_binary("/usr/bin/python3.11")
     config = root / "template.yaml"
     config.write_text(TEMPLATE.read_text().replace("/etc/healerd", str(root / "etc/healerd")))
-    ran = _run(root / "usr/lib/healerd/bin/python", "-m", "healerd", "validate", "--allow-empty", "-c", config)
+    site = root / "usr/lib/healerd/lib/python3.11/site-packages"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1"}
+    ran = _run(python, "-S", "-m", "healerd", "validate", "--allow-empty", "-c", config, env=env, cwd=tmp_path)
     assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "0 service(s)" in ran.stdout
 
 
 def test_deb_installs_runs_from_path_and_removes_cleanly(deb: tuple[Path, Path]) -> None:
