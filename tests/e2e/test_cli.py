@@ -161,7 +161,7 @@ def test_status_shows_services_and_machines_of_a_running_daemon(
     result = run_cli("status", "--url", daemon.url)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    services_part, machines_part, *why_not_acting = result.stdout.split("\n\n")
+    services_part, machines_part, *_why_not_acting = result.stdout.split("\n\n")
     header, rows = _table(services_part)
     assert header[:3] == ["SERVICE", "STATE", "HEALTHY"], result.stdout
     assert rows[0][:5] == ["web", "degraded", "1", "0", "1"], result.stdout
