@@ -51,7 +51,10 @@ def add_parsers(sub: Any) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     path = Path(args.config)
     if not path.exists() and args.config == DEMO_CONFIG:
-        print(f"no {DEMO_CONFIG} here: run this in healerd's folder (where make run runs), or pass -c CONFIG")
+        print(
+            f"no {DEMO_CONFIG} here: run this in healerd's folder (where make run runs), or pass -c CONFIG",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     config = _load(args.config)
     if config is None:

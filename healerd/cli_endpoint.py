@@ -139,7 +139,8 @@ def _resolve(args: argparse.Namespace) -> Endpoint:
         url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{settings.listen.rpartition(':')[2]}"
         source = f"daemon.listen of {settings.path}"
     else:
-        url, source = DEFAULT_URL, f"the default address; no {DEFAULT_CONFIG} to read"
+        why = "this user may not read it" if DEFAULT_CONFIG.exists() else "there is none"
+        url, source = DEFAULT_URL, f"the default address: {DEFAULT_CONFIG} not read, {why}; -c CONFIG names another"
     context = None
     if url.startswith("https:"):
         context = ssl.create_default_context()
