@@ -156,14 +156,15 @@ def _resolve(args: argparse.Namespace) -> Endpoint:
 
 
 def read_token(ep: Endpoint, change: bool) -> str | None:
-    """The bearer token to send. A token file that cannot be read is an error for a change; a read goes
-    without (reads need no token unless the daemon says so, and then its 401 says it)."""
+    """The bearer token to send. A token file named by --token-file or the config that cannot be read is an
+    error (a typo'd path must not pass unnoticed); the usual place, when unreadable, is skipped (a daemon that
+    needs a token says so with its 401)."""
     if ep.token_file is None:
         return None
     try:
         return ep.token_file.read_text().strip() or None
     except OSError as exc:
-        if not ep.token_required or not change:
+        if not ep.token_required:  # the usual place, absent: the daemon's 401 says a token is needed
             return None
         raise EndpointError(
             f"cannot read the API token file {ep.token_file}: {exc.strerror or exc}; run as a user who may read it "

@@ -376,7 +376,7 @@ def test_same_origin_json_and_the_cli_still_work(tmp_path: Path, fleet_factory: 
     assert result.returncode == 0, result.stdout + result.stderr
     assert (daemon.json("/api/v1/mode")["mode"], daemon.json("/api/v1/mode")["paused"]) == ("observe", False)
     result = run_cli("quarantine", "terminate", "web-1", "--url", daemon.url)
-    assert result.returncode == 1 and "not quarantined" in result.stderr, "terminate reaches the daemon with JSON"
+    assert result.returncode == 2 and "not quarantined" in result.stderr, "terminate reaches the daemon with JSON"
     no_handler_failures(daemon)
 
 
@@ -494,7 +494,7 @@ def test_token_is_required_compared_safely_and_read_by_the_cli(
     assert result.returncode == 0, result.stderr
     assert daemon.json("/api/v1/mode")["paused"] is True
     result = run_cli("mode", "--url", daemon.url, "--token-file", str(tmp_path / "missing"))
-    assert result.returncode == 1 and "cannot read the token file" in result.stderr
+    assert result.returncode == 2 and "cannot read the API token file" in result.stderr, result
     no_handler_failures(daemon)
 
 
