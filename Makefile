@@ -26,8 +26,8 @@ DOC_DIR        ?= /usr/local/share/doc/healerd
 ETC            ?= /etc/healerd
 DESTDIR        ?=
 
-# A quiet first start: one line per step; pip's own chatter only when something fails.
-PIP_QUIET := --quiet --disable-pip-version-check --no-input
+# A quiet first start: one line per step; pip speaks only of errors (-qq: a host's pip.conf can make -q chatty).
+PIP_QUIET := -qq --disable-pip-version-check --no-input
 
 $(BIN)/python:
 	@echo "setting up $(VENV) (first run only)"
