@@ -280,6 +280,8 @@ class Cluster(ClusterViews):
                     await self.on_follower_round()
             except asyncio.CancelledError:
                 raise
+            except STORE_FAULTS:  # a follower's view of the leader's incidents: the store said it fails, once
+                pass
             except Exception:
                 log.exception("cluster round failed")
             await asyncio.sleep(delay)

@@ -23,6 +23,7 @@ from pg import PgServer
 
 from .cluster import ClusterRig, wait_delivered
 from .fleet import FALL, INTERVAL, kill_demos, launched_ids, set_fault
+from .helpers import wait_until
 from .test_alerting import Loopback, Receiver
 from .test_cluster import MACHINES, counting_server, demo_cluster, incidents, static_fleet, wait_fleet, window  # noqa: F401 (a fixture)
 
@@ -97,6 +98,23 @@ def test_a_cluster_heals_a_machine_broken_while_its_database_was_away_and_delive
             leaders = claims(rig)
             assert len(leaders) == 1, f"round {round_}: nodes claiming the lead: {leaders}\n{rig.describe()}"
             figures.append((outage, round(took, 1)))
+
+            def told(iid: str = incident["id"]) -> bool:
+                return any(
+                    e["type"] == "incident.opened" and e.get("incident") == iid
+                    for h in receiver.accepted()
+                    for e in h.body["events"]
+                )
+
+            def outbox() -> str:
+                leader = rig.leader()
+                if leader is None:
+                    return rig.describe()
+                opened = leader.json("/api/v1/events?type=incident.opened&limit=20")
+                sent = leader.json("/api/v1/notifications?limit=50")
+                return f"incident.opened events: {opened}\noutbox: {sent}\n{rig.describe()}"
+
+            wait_until(told, 30, f"round {round_}: on-call told of incident {incident['id']}", describe=outbox)
             assert took <= bound, f"round {round_}: healed {took:.1f}s after the database's return (bound {bound:g}s)"
 
         leader = rig.wait_leader()
