@@ -38,12 +38,14 @@ def percentile(values: list[float], q: float) -> float:
 def in_baseline(machine: Machine | None, condition: Condition | None, known_good: str) -> bool:
     """Whether a machine's result counts in the baseline the candidate is judged against: it runs the known-good
     version, is in service (not on its way out) and healthy. A machine that is down measures its own failure,
-    not the version: counted, it would make any candidate look good."""
+    not the version: counted, it would make any candidate look good. A machine whose version healerd never
+    recorded (one an Auto Scaling group or the operator started before healerd knew it) runs the known-good
+    version, as healerd launches from it when no version is named."""
     return (
         machine is not None
         and machine.lifecycle is Lifecycle.IN_SERVICE
         and "retiring" not in machine.attributes
-        and machine.attributes.get("image_version") == known_good
+        and (machine.attributes.get("image_version") or known_good) == known_good
         and condition is Condition.UP
     )
 

@@ -258,6 +258,8 @@ def _m(version: str = "v1", lifecycle: Lifecycle = Lifecycle.IN_SERVICE, **attrs
         (_m(), Condition.PENDING, False),
         (_m(), None, False),
         (_m("v0"), Condition.UP, False),  # released back from quarantine on an older version
+        (_m(""), Condition.UP, True),  # its version never recorded (found in an Auto Scaling group): known-good
+        (Machine("web", "web-1", "127.0.0.1:1"), Condition.UP, True),
         (_m(retiring="1700000000"), Condition.UP, False),  # on its way out, draining
         (_m(lifecycle=Lifecycle.PROBATION), Condition.UP, False),
         (_m(lifecycle=Lifecycle.QUARANTINED), Condition.UP, False),

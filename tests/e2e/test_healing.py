@@ -477,7 +477,7 @@ def test_quarantine_cli_release_refuse_list_terminate(start_fleet: StartFleet, t
     assert sick not in healer.machines()
     assert (bundle / "manifest.json").is_file(), "terminating a machine must keep its evidence bundle"
     out = run_cli("quarantine", "terminate", sick, *url)
-    assert out.returncode == 1 and "not a quarantined machine" in out.stderr, out
+    assert out.returncode == 2 and "not a quarantined machine" in out.stderr, out
 
 
 # ---------------------------------------------------------------------------------------------------------
