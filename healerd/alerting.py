@@ -50,10 +50,23 @@ class AlertingViews:
             per.setdefault(name, {"pending": 0, "delivered": 0, "dead": 0}).update(states)
         dead = [m for m in messages if m["state"] == "dead"]
         return {
-            "notifiers": {name: {"kind": n.kind, **per.get(name, {})} for name, n in self.notifiers.items()},
+            "notifiers": {
+                name: {"kind": n.kind, **per.get(name, {}), **self._failing_view(name)}
+                for name, n in self.notifiers.items()
+            },
             "messages": messages,
             "dead_letters": dead,
         }
+
+    failing: dict[str, tuple[float, str]]
+
+    def _failing_view(self, name: str) -> dict[str, Any]:
+        found = self.failing.get(name)
+        return {"failing_since": found[0], "error": found[1]} if found else {}
+
+    def failing_now(self) -> dict[str, dict[str, Any]]:
+        """The notifiers whose receiver fails now, for /readyz and the page."""
+        return {name: {"status": "failing", **self._failing_view(name)} for name in sorted(self.failing)}
 
     async def send_test(self, name: str) -> Delivery:
         """Send one test message right now (not through the outbox) and return the receiver's answer."""
@@ -74,6 +87,8 @@ class Alerting(AlertingViews):
         self.store = store
         self.metrics = metrics
         self.base_url = base_url
+        #: notifiers whose receiver fails now: since when, and its last error
+        self.failing: dict[str, tuple[float, str]] = {}
         self.notifiers: dict[str, Notifier] = {}
         self.routes: dict[str, tuple[str, ...]] = {}
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -371,6 +386,7 @@ class Alerting(AlertingViews):
             message_id, state, attempts, next_at, now, d.status, error, now if state == "delivered" else None
         )
         self.metrics.counter("notifications").labels(n.name, outcome).inc()
+        self._receiver_answered(n.name, state != "pending", error, now)
         if state == "dead":
             log.error(
                 "notification dead-lettered: the receiver refused it",
@@ -380,8 +396,8 @@ class Alerting(AlertingViews):
                 attempts=attempts,
                 answer=d.body[:200],
             )
-        elif state == "pending":
-            log.warning(
+        elif state == "pending":  # said once per outage of the receiver (above); each retry at debug
+            log.debug(
                 "notification not delivered; will retry",
                 notifier=n.name,
                 message=message_id,
@@ -391,6 +407,24 @@ class Alerting(AlertingViews):
                 attempts=attempts,
             )
         await self.update_depth()
+
+    def _receiver_answered(self, name: str, reached: bool, error: str | None, now: float) -> None:
+        """Say once when a notifier's receiver starts failing (messages stay in the outbox and are retried with
+        backoff) and once when it takes them again; the page, /readyz and healerd_notifier_up show it meanwhile."""
+        self.metrics.gauge("notifier_up").labels(name).set(1 if reached else 0)
+        if reached:
+            since = self.failing.pop(name, None)
+            if since is not None:
+                log.info("the notifier delivers again", notifier=name, failed_for=round(now - since[0], 1))
+        elif name not in self.failing:
+            self.failing[name] = (now, error or "not delivered")
+            log.warning(
+                "the notifier cannot deliver; its messages stay in the outbox and are retried with backoff",
+                notifier=name,
+                error=error,
+            )
+        else:
+            self.failing[name] = (self.failing[name][0], error or "not delivered")
 
     async def update_depth(self) -> None:
         depth = await self.store.outbox.depth()

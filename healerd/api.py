@@ -360,7 +360,12 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     # a failing load balancer is said, but healerd is ready all the same: it monitors, and retries it
     faults = request.app[ENGINE].rotation_faults
-    failing = {"rotations": {s: {"status": "failing", "error": e} for s, e in sorted(faults.items())}} if faults else {}
+    failing: dict[str, Any] = (
+        {"rotations": {s: {"status": "failing", "error": e} for s, e in sorted(faults.items())}} if faults else {}
+    )
+    notifiers = request.app[ALERTING].failing_now()
+    if notifiers:  # likewise a receiver that does not take the messages: they wait in the outbox
+        failing["notifiers"] = notifiers
     if request.app[MONITOR].ready:
         return json_response({"status": "ready", **failing})
     pending = request.app[MONITOR].checks_without_result

@@ -13,7 +13,7 @@ import jinja2
 from aiohttp import web
 
 from . import forensics
-from .api import ENGINE, MONITOR, SETTINGS, STORE, _query, json_error, json_response
+from .api import ALERTING, ENGINE, MONITOR, SETTINGS, STORE, _query, json_error, json_response
 from .api_models import HistoryQuery, NoQuery, StatusQuery
 from .history import MACHINE_WIDTH, SERVICE_WIDTH
 from .status_page import SPANS, PageInput, page_model, result_uptime, uptime
@@ -33,7 +33,13 @@ def setup(app: web.Application) -> None:
 async def status_page(request: web.Request) -> web.StreamResponse:
     query = _query(request, StatusQuery)
     model = await page_model(
-        PageInput(request.app[MONITOR], request.app[ENGINE], request.app[STORE], request.app[SETTINGS].cluster)
+        PageInput(
+            request.app[MONITOR],
+            request.app[ENGINE],
+            request.app[STORE],
+            request.app[SETTINGS].cluster,
+            request.app[ALERTING].failing_now(),
+        )
     )
     template = "main.html" if query.part == "main" else "status.html"
     # The page's one script and one style block carry this answer's nonce: no other inline script (an injected

@@ -89,6 +89,12 @@ METRICS: tuple[MetricDef, ...] = (
         ("service",),
     ),
     MetricDef(
+        "notifier_up",
+        "gauge",
+        "1 while the notifier's receiver took its last message, 0 while it fails (messages wait in the outbox).",
+        ("notifier",),
+    ),
+    MetricDef(
         "rotation_up",
         "gauge",
         "1 while the service's load balancer answered when last compared with the rotation, 0 while it fails.",

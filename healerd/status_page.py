@@ -124,6 +124,8 @@ class PageInput:
     engine: RemediationEngine
     store: BaseStore
     cluster: Cluster | None
+    #: notifiers whose receiver fails now (Alerting.failing_now)
+    notifiers_failing: dict[str, dict[str, Any]] = field(default_factory=dict)
     now: float = field(default_factory=time.time)
 
 
@@ -363,6 +365,9 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
         "store_fault": store.fault,
         "store_remedy": store.remedy if store.fault else "",
         "rotation_faults": dict(sorted(engine.fleet.rotation_faults.items())),
+        "notifiers_failing": {
+            name: {**f, "for": format_age(now - f.get("failing_since", now))} for name, f in p.notifiers_failing.items()
+        },
         "services": services,
         "incidents": incident_rows,
         "quarantined": quarantined[:ROWS_SHOWN],
