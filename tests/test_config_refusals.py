@@ -595,3 +595,4 @@ def test_no_refusal_speaks_pydantic(tmp_path: Path) -> None:
     pydantic = sorted(m for m in messages if any(w in m for w in PYDANTIC_WORDS))
     assert pydantic == [], "\n".join(pydantic[:40])
     assert all(len(m) < 1000 for m in messages), max(messages, key=len)[:300]
+    print(f"config sweep: {len(messages)} distinct refusals, {len(pydantic)} in pydantic's words")
