@@ -23,6 +23,10 @@ from ..runner import run_check
 from ..store.lease import Member
 from .shard import ranked
 
+#: seconds a probe's connection is kept alive: well before the other node's API closes an idle connection
+#: (its header timeout, 10 s), so that a probe never goes out on a connection being closed under it
+KEEPALIVE = 5.0
+
 log = structlog.get_logger("healerd.cluster")
 
 #: how long a node stays "the odd one out" for a machine after the confirmation that found it so
@@ -138,7 +142,8 @@ class Confirmer:
         if member is None:
             return Vantage(node, None, "not a live node")
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(headers={"User-Agent": "healerd"})
+            connector = aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE)
+            self._session = aiohttp.ClientSession(headers={"User-Agent": "healerd"}, connector=connector)
         token = self.token()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         url = f"{self.scheme}://{member.advertise}/api/v1/cluster/probe"
