@@ -1,4 +1,4 @@
-"""The status page of a 10,000-machine fleet (DESIGN §17, issue: served in under 1 s, HTML under 500 KB):
+"""The status page of a 10,000-machine fleet (docs/status-page.md: served in under 1 s, HTML under 500 KB):
 healerd pinned to one core checks 10,000 machines (every 10 s, one nginx), 50 of them on a closed port so
 the page has problems to list first, then all of them (a mass outage); GET / and GET /?part=main are timed
 while the fleet is checked."""

@@ -1,4 +1,4 @@
-"""The cluster's part of the API (DESIGN §14): its view from any node, the probe the leader asks vantage
+"""The cluster's part of the API (docs/cluster.md): its view from any node, the probe the leader asks vantage
 points to run, and the rule that changes go to the leader (a follower answers 409 naming it)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Image promotion's part of the API (DESIGN §16): the images and their versions, a service's rollout, and the
+"""Image promotion's part of the API (docs/rollouts.md): the images and their versions, a service's rollout, and the
 changes to it (start, pause, resume, abort), which need the API token and go to the cluster's leader."""
 
 from __future__ import annotations

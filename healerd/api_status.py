@@ -1,5 +1,5 @@
 """The status page (`GET /`, Jinja2 templates in healerd/templates, autoescaped, no external assets) and the
-history it draws (`GET /api/v1/history`), with the evidence bundle listing it links to (DESIGN §17)."""
+history it draws (`GET /api/v1/history`), with the evidence bundle listing it links to (docs/status-page.md)."""
 
 from __future__ import annotations
 

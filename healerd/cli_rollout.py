@@ -1,4 +1,4 @@
-"""`healerd images list|promote` and `healerd rollout status|pause|resume|abort` (DESIGN §16)."""
+"""`healerd images list|promote` and `healerd rollout status|pause|resume|abort` (docs/rollouts.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The `haproxy` rotation (DESIGN §15): machines in and out of an HAProxy backend through its runtime API.
+"""The `haproxy` rotation (docs/haproxy.md): machines in and out of an HAProxy backend through its runtime API.
 
 Server names in the backend are machine ids. Remove = `drain`, wait until the server's current sessions
 reach 0 (at most `drain_timeout`), then `maint`. Add = a dynamic server (`add server`, HAProxy 2.6) or a

@@ -1,4 +1,4 @@
-"""What the on-call status page shows (DESIGN §17), gathered for its template: per service its state and since
+"""What the on-call status page shows (docs/status-page.md), gathered for its template: per service its state and since
 when, uptime over 1 h / 24 h / 7 d, a bar of the last hour and a latency sparkline per check; the problems
 first (open incidents with their age, current step and why nothing is happening), quarantined machines,
 silences, the event feed; healthy machines folded and capped, so a fleet of 10,000 stays one quick page.

@@ -1,4 +1,4 @@
-"""`depends_on` in the config (DESIGN §18): the services named exist, none depends on itself, and no circle."""
+"""`depends_on` in the config (docs/remediation.md): the services named exist, none depends on itself, and no circle."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`images.<name>.rollout` in the config (DESIGN §16): the defaults when it is absent, a full section with
+"""`images.<name>.rollout` in the config (docs/rollouts.md): the defaults when it is absent, a full section with
 durations and rates as people write them, and every mistake reported with its YAML path and line."""
 
 from __future__ import annotations

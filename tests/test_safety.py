@@ -41,7 +41,7 @@ CLOSING: dict[Reason, dict[str, Any]] = {
     Reason.BACKOFF: {"failures": 1, "last_failure": NOW - 10, "backoff": 60},
     Reason.DRY_RUN: {"mode": Mode.DRY_RUN},
 }
-#: the order the gates are decided in (DESIGN §4: never make an outage worse; dry-run last)
+#: the order the gates are decided in (docs/remediation.md: never make an outage worse; dry-run last)
 PRECEDENCE = list(CLOSING)
 
 

@@ -1,4 +1,4 @@
-"""healerd as a cluster on PostgreSQL (DESIGN §14): one leader with fencing, checks sharded over the live
+"""healerd as a cluster on PostgreSQL (docs/cluster.md): one leader with fencing, checks sharded over the live
 nodes, confirmation from several vantage points, takeover from the journal."""
 
 from .confirm import Confirmer, Verdict, probe

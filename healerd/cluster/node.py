@@ -98,7 +98,7 @@ class ClusterViews:
         return "follows"
 
     def view(self) -> dict[str, Any]:
-        """GET /api/v1/cluster (DESIGN §14), from the last round."""
+        """GET /api/v1/cluster (docs/cluster.md), from the last round."""
         found = self.last
         need, capped = self.confirmer.effective()
         now = time.time()

@@ -118,7 +118,7 @@ class DaemonConfig(Strict):
 
 
 class ClusterConfig(Strict):
-    """`cluster:` (DESIGN §14): nodes share one PostgreSQL database; absent, healerd runs alone on SQLite."""
+    """`cluster:` (docs/cluster.md): nodes share one PostgreSQL database; absent, healerd runs alone on SQLite."""
 
     #: the PostgreSQL connection string (postgresql://user@host/db); or store_file: a file holding it
     store: str | None = None
@@ -290,7 +290,7 @@ class MachineSpec(Strict):
 
 
 class RemediationConfig(Strict):
-    """Per-service remediation policy and its safety gates (DESIGN §4)."""
+    """Per-service remediation policy and its safety gates (docs/remediation.md)."""
 
     playbook: str = "replace-machine"
     mode: Mode | None = None  # overrides daemon.mode for this service
@@ -366,7 +366,7 @@ def _rate(v: object) -> float:
 
 
 class JudgeConfig(Strict):
-    """How a canary is judged against the known-good machines of the same window (DESIGN §16)."""
+    """How a canary is judged against the known-good machines of the same window (docs/rollouts.md)."""
 
     #: the canary's share of non-OK results may exceed the baseline's by at most this much
     max_error_rate: float = 0.01
@@ -392,7 +392,7 @@ class JudgeConfig(Strict):
 
 
 class RolloutConfig(Strict):
-    """How a new version of an image is tried and rolled over the fleet (DESIGN §16)."""
+    """How a new version of an image is tried and rolled over the fleet (docs/rollouts.md)."""
 
     #: machines launched from the candidate, in addition to the fleet, and judged during the bake
     canary: int = Field(default=1, ge=0, le=1000)

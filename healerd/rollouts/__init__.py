@@ -1,4 +1,4 @@
-"""Image promotion by evidence (DESIGN §16): canary, bake, judgement, rolling refresh, automatic rollback.
+"""Image promotion by evidence (docs/rollouts.md): canary, bake, judgement, rolling refresh, automatic rollback.
 
 `Rollouts` (control) starts, pauses, resumes and aborts them and resumes them after a restart or a takeover;
 `RolloutRun` (run) drives one through its stages; `record` holds the record and its view.

@@ -1,4 +1,4 @@
-"""Image promotion by evidence (DESIGN §16): the rollout record, and `Rollouts`, which starts, pauses, resumes
+"""Image promotion by evidence (docs/rollouts.md): the rollout record, and `Rollouts`, which starts, pauses, resumes
 and aborts rollouts, resumes them after a restart (or a takeover) and shows them.
 
 One rollout at a time per service, run by `RolloutRun` (run.py) in its own task; every step is

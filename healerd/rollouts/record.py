@@ -1,4 +1,4 @@
-"""The rollout record (DESIGN §16): its stages, the mutable form a run keeps, and what the API shows of it."""
+"""The rollout record (docs/rollouts.md): its stages, the mutable form a run keeps, and what the API shows of it."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ class Rollout:
 
 
 def rollout_view(r: RolloutRecord, monitor: Monitor | None = None) -> dict[str, Any]:
-    """What the API and the CLI show of a rollout (DESIGN §16), with its machines as this node sees them."""
+    """What the API and the CLI show of a rollout (docs/rollouts.md), with its machines as this node sees them."""
     data = r.data
     params = data.get("params", {})
     machines = []

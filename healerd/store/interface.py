@@ -1,7 +1,7 @@
 """What healerd needs from its state store: one small repository per concern, async, plain values in and out.
 
 SQLite implements it (`healerd.store.sqlite`, the embedded default); PostgreSQL is to implement the same
-interface (DESIGN §14). Nothing here names a database type: rows come back as the values below, as
+interface (docs/cluster.md). Nothing here names a database type: rows come back as the values below, as
 `Machine`/`CheckResult`, or as JSON-ready dicts, and JSON columns are decoded by the store.
 """
 

@@ -1,4 +1,4 @@
-"""The state store on PostgreSQL, shared by the nodes of a cluster (DESIGN §14).
+"""The state store on PostgreSQL, shared by the nodes of a cluster (docs/cluster.md).
 
 The repositories are SQLite's: the connection adapter turns their `?` placeholders into psycopg's, and each
 `call` is one transaction on a connection of psycopg's pool, run on the store's threads. Leader-only writes

@@ -1,4 +1,4 @@
-"""Alerts as check inputs end to end (DESIGN §18): a real Alertmanager (Debian's prometheus-alertmanager) routes
+"""Alerts as check inputs end to end (docs/checks.md): a real Alertmanager (Debian's prometheus-alertmanager) routes
 an alert about a demo machine to healerd's `POST /api/v1/alerts`; the machine's virtual check
 `alert:<alertname>` turns CRITICAL, goes through the safety gates (observe: held, one incident), the resolved
 notification clears it (the incident ends), and in auto the same alert gets the machine healed."""

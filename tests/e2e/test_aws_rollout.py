@@ -1,4 +1,4 @@
-"""Image promotion (DESIGN §16) on AWS end to end: a real `healerd run` rolls launch template version 2 over an
+"""Image promotion (docs/rollouts.md) on AWS end to end: a real `healerd run` rolls launch template version 2 over an
 Auto Scaling group of 3 on version 1 in moto (ThreadedMotoServer on loopback), through the recording proxy of
 aws_fixtures.py.
 

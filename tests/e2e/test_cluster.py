@@ -1,4 +1,4 @@
-"""healerd as a cluster (DESIGN §14): real nodes sharing a real PostgreSQL database (a throw-away server made by
+"""healerd as a cluster (docs/cluster.md): real nodes sharing a real PostgreSQL database (a throw-away server made by
 Debian's initdb/pg_ctl), against machines on loopback.
 
 What an operator relies on: every machine is checked by exactly one node and the load moves when nodes come

@@ -1,4 +1,4 @@
-"""`depends_on` end to end (DESIGN §18): web depends on db. With db down, a failing web machine is held back
+"""`depends_on` end to end (docs/remediation.md): web depends on db. With db down, a failing web machine is held back
 (reason dependency_down, the dependency named) and nothing is launched; once db is back, web is healed."""
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from .test_healing import _demo_info, _hold, _nothing_done, _reap_demo_machines 
 
 pytestmark = pytest.mark.e2e
 
-#: what a network check says when its target does not answer within the fleet's 300 ms timeout (DESIGN §13)
+#: what a network check says when its target does not answer within the fleet's 300 ms timeout (docs/checks.md)
 NO_ANSWER = f"no answer within {TIMEOUT * 1000:.0f}ms"
 #: from the fault to a healed service: detection, quarantine, replacement launch and probation, with room
 #: for a loaded 2-core box running three fleets at once

@@ -1,4 +1,4 @@
-"""Healing behind Debian's real HAProxy (DESIGN §15): the demo fleet (local provider) in an HAProxy backend
+"""Healing behind Debian's real HAProxy (docs/haproxy.md): the demo fleet (local provider) in an HAProxy backend
 that healerd drives through the admin socket, with a client loop going through HAProxy the whole time.
 
 What an operator relies on: a heal drops no request and sends none to the sick machine once it is

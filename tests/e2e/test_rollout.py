@@ -1,4 +1,4 @@
-"""Image promotion on the demo fleet (DESIGN §16): a real `healerd run` with the local provider, its machines
+"""Image promotion on the demo fleet (docs/rollouts.md): a real `healerd run` with the local provider, its machines
 `python -m healerd.demo` processes, image versions that differ the way builds do: v2 as good as v1, v3-slow
 three times slower (healthy, but worse), v2-broken failing its checks from the start.
 
