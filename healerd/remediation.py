@@ -91,8 +91,11 @@ class RemediationEngine:
         self.rollouts.wake_engine = self._wake.set
         self.views = Views(config, store, self.journal, self.controls, self.book)
         self.rotation_passes = RotationReconciler(self.fleet, bus, metrics)
+        self.incident_passes = IncidentReconciler(
+            monitor, store, bus, metrics, self.controls, self.book, self.runbook, self.rollouts
+        )
         self.reconcilers: tuple[Reconciler, ...] = (
-            IncidentReconciler(monitor, store, bus, metrics, self.controls, self.book, self.runbook, self.rollouts),
+            self.incident_passes,
             ProbationReconciler(monitor, self.fleet),
             FillReconciler(monitor, store, self.fleet, self.controls, self.book, self.rollouts),
             SurplusReconciler(monitor, self.fleet, self.controls, self.book, self.rollouts),
@@ -165,9 +168,7 @@ class RemediationEngine:
     def join_cluster(self, may_act: Callable[[], bool], confirm: Confirm) -> None:
         """In a cluster: act only while leading, and have other vantage points confirm before remediating."""
         self.runbook.may_act = may_act
-        incidents = self.reconcilers[0]
-        assert isinstance(incidents, IncidentReconciler)
-        incidents.confirm = confirm
+        self.incident_passes.confirm = confirm
 
     # -- the loop --------------------------------------------------------------------------------------------
     def _on_event(self, event: Event) -> None:
