@@ -1,9 +1,12 @@
-"""Architecture report for healerd/: big modules and classes, import cycles, SQL outside the store.
+"""Architecture report for healerd/: big modules and classes, import cycles, SQL outside the store, and
+citations of documents kept outside the repository.
 
 It reports and always exits 0; `make arch` runs it. Import edges are read with `ast` from every module,
-function-local imports included and `if TYPE_CHECKING:` blocks left out. Importing `healerd.a.b` also runs
-`healerd/a/__init__.py` first, so that counts as an edge to `healerd.a` too, unless the importer is itself
-inside `healerd.a` (then that package is already being imported).
+function-local imports included; the cycles are reported twice, without and with the `if TYPE_CHECKING:`
+blocks (a cycle closed only by type annotations still ties the modules together for a reader). Importing
+`healerd.a.b` also runs `healerd/a/__init__.py` first, so that counts as an edge to `healerd.a` too, unless the
+importer is itself inside `healerd.a` (then that package is already being imported). A class's size counts
+the healerd classes it inherits that no other class inherits (a mixin used once is part of that class).
 """
 
 from __future__ import annotations
@@ -39,13 +42,14 @@ def is_type_checking(test: ast.expr) -> bool:
     )
 
 
-def runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
-    """Every node, except the bodies of `if TYPE_CHECKING:` (their `else:` runs, so it is kept)."""
+def runtime_nodes(tree: ast.AST, typing_too: bool = False) -> Iterator[ast.AST]:
+    """Every node, except the bodies of `if TYPE_CHECKING:` (their `else:` runs, so it is kept) unless
+    `typing_too`."""
     stack = [tree]
     while stack:
         node = stack.pop()
         yield node
-        if isinstance(node, ast.If) and is_type_checking(node.test):
+        if not typing_too and isinstance(node, ast.If) and is_type_checking(node.test):
             stack.extend(node.orelse)
             continue
         stack.extend(ast.iter_child_nodes(node))
@@ -60,13 +64,13 @@ def inside(importer: str, package: str) -> bool:
     return importer == package or importer.startswith(package + ".")
 
 
-def imports_of(path: Path, modules: set[str]) -> set[str]:
-    """The healerd modules that importing `path` runs."""
+def imports_of(path: Path, modules: set[str], typing_too: bool = False) -> set[str]:
+    """The healerd modules that importing `path` runs (with `typing_too`, also those it imports for types)."""
     me = module_name(path)
     here = me if is_package(path) else me.rpartition(".")[0]
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     wanted: set[str] = set()  # modules named by an import, before the enclosing packages are added
-    for node in runtime_nodes(tree):
+    for node in runtime_nodes(tree, typing_too):
         if isinstance(node, ast.Import):
             wanted.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -136,6 +140,56 @@ def docstrings(tree: ast.AST) -> set[int]:
     return ids
 
 
+def class_sizes(trees: dict[Path, ast.AST]) -> list[tuple[int, str]]:
+    """Each class's lines plus those of the healerd classes only it inherits (recursively), largest first."""
+    defs: dict[str, tuple[int, str, list[str]]] = {}  # name -> (lines, where, base names)
+    for p, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                bases = [
+                    b.id if isinstance(b, ast.Name) else b.attr
+                    for b in node.bases
+                    if isinstance(b, ast.Name | ast.Attribute)
+                ]
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                defs.setdefault(node.name, (lines, f"{p.relative_to(ROOT)}:{node.lineno} {node.name}", bases))
+    heirs: dict[str, int] = {}
+    for _, _, bases in defs.values():
+        for b in bases:
+            heirs[b] = heirs.get(b, 0) + 1
+
+    def size(name: str, seen: frozenset[str]) -> tuple[int, list[str]]:
+        lines, _, bases = defs[name]
+        mixins = []
+        for b in bases:
+            if b in defs and heirs.get(b) == 1 and b not in seen:
+                more, inner = size(b, seen | {b})
+                lines += more
+                mixins += [b, *inner]
+        return lines, mixins
+
+    out = []
+    for name, (_, where, _) in defs.items():
+        lines, mixins = size(name, frozenset({name}))
+        out.append((lines, where + (f" (with {', '.join(mixins)})" if mixins else "")))
+    return sorted(out, reverse=True)
+
+
+#: a section of a design document kept outside the repository, or a path above it
+ELSEWHERE = re.compile("DESIGN" + r" §|\.\./shared/")
+
+
+def citations_elsewhere() -> list[str]:
+    hits = []
+    for folder in (PACKAGE, "tests", "docs", "bench", "tools"):
+        for p in sorted((ROOT / folder).rglob("*")):
+            if p.suffix in (".py", ".md", ".html") and p.is_file():
+                for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                    if ELSEWHERE.search(line):
+                        hits.append(f"{p.relative_to(ROOT)}:{n}")
+    return hits
+
+
 def in_store(path: Path) -> bool:
     rel = path.relative_to(ROOT).as_posix()
     return rel == f"{PACKAGE}/store.py" or rel.startswith(f"{PACKAGE}/store/")
@@ -165,16 +219,8 @@ def main() -> int:
     over = sum(1 for n, _ in sizes if n > MAX_MODULE_LINES)
     print(f"  {over} module(s) over {MAX_MODULE_LINES} lines")
 
-    print(f"\nLargest classes (lines; flagged over {MAX_CLASS_LINES}):")
-    classes = sorted(
-        (
-            (node.end_lineno or node.lineno) - node.lineno + 1,
-            f"{p.relative_to(ROOT)}:{node.lineno} {node.name}",
-        )
-        for p, tree in trees.items()
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ClassDef)
-    )[::-1]
+    print(f"\nLargest classes (lines, with the healerd classes only they inherit; flagged over {MAX_CLASS_LINES}):")
+    classes = class_sizes(trees)
     for n, where in classes[:SHOW]:
         print(f"  {n:6d}  {where}{'  <-- over ' + str(MAX_CLASS_LINES) if n > MAX_CLASS_LINES else ''}")
     over = sum(1 for n, _ in classes if n > MAX_CLASS_LINES)
@@ -186,6 +232,20 @@ def main() -> int:
     for component in found:
         print(f"  {len(component)} modules: {', '.join(component)}")
     if not found:
+        print("  none")
+    typed = {module_name(p): imports_of(p, modules, typing_too=True) for p in files}
+    print("\nImport cycles counting TYPE_CHECKING imports too:")
+    found = cycles(typed)
+    for component in found:
+        print(f"  {len(component)} modules: {', '.join(component)}")
+    if not found:
+        print("  none")
+
+    print("\nCitations of a document outside the repository (cite docs/ instead):")
+    cited = citations_elsewhere()
+    for hit in cited:
+        print(f"  {hit}")
+    if not cited:
         print("  none")
 
     print(f"\nSQL outside {PACKAGE}/store:")
