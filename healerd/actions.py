@@ -56,6 +56,9 @@ class Action:
     Params: ClassVar[type[BaseModel]] = NoParams
     default_timeout: ClassVar[float] = 120.0
     description: ClassVar[str] = ""
+    #: a step of this action that times out fails the playbook at once, without its retries: waiting longer
+    #: would not change the answer
+    timeout_ends_playbook: ClassVar[bool] = False
 
     async def run(self, ctx: StepContext) -> dict[str, Any]:
         raise NotImplementedError
@@ -112,6 +115,7 @@ class LaunchReplacement(Action):
 class AwaitHealthy(Action):
     kind = "checks.await_healthy"
     default_timeout = 600.0
+    timeout_ends_playbook = True
     description = "run the service's checks on the replacement until they pass rise times in a row"
 
     async def run(self, ctx: StepContext) -> dict[str, Any]:

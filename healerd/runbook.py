@@ -262,7 +262,7 @@ class Runbook:
                 error, terminal = str(exc), exc.terminal
             except TimeoutError:
                 error = f"{step.action} timed out after {step.timeout:g}s"
-                terminal = step.action == "checks.await_healthy"
+                terminal = action.timeout_ends_playbook
             except ProviderError as exc:
                 error = str(exc)
             except asyncio.CancelledError:

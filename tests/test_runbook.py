@@ -11,8 +11,12 @@ from typing import Any
 import pytest
 from remediation_rig import Rig
 
+import healerd.playbooks
+import healerd.runbook
+from healerd.actions import Action, StepContext
 from healerd.events import EventType
 from healerd.incidents import Incident, IncidentState
+from healerd.plugins import ACTIONS
 from healerd.reconcilers import IncidentReconciler
 from healerd.runbook import StepState, retry_delay
 
@@ -88,6 +92,32 @@ async def test_on_failure_continue_goes_on_and_a_timeout_is_a_failure(rig_factor
     (row, _) = (await rig.engine.journal.steps(inc.id)).values()
     assert row["error"] == "machine.launch_replacement timed out after 0.05s"
     assert inc.state is IncidentState.REMEDIATED
+
+
+@pytest.mark.parametrize(("ends", "attempts"), [(True, 1), (False, 3)])
+async def test_an_action_whose_timeout_ends_the_playbook_is_not_retried(
+    rig_factory: Any, monkeypatch: pytest.MonkeyPatch, ends: bool, attempts: int
+) -> None:
+    class Hang(Action):
+        kind = "test.hang"
+        timeout_ends_playbook = ends
+
+        async def run(self, ctx: StepContext) -> dict[str, Any]:
+            await asyncio.Event().wait()
+            return {}
+
+    actions = ACTIONS.copy()
+    actions.register(Hang, "tests")
+    monkeypatch.setattr(healerd.playbooks, "ACTIONS", actions)
+    monkeypatch.setattr(healerd.runbook, "ACTIONS", actions)
+    rig = await rig_factory(playbook=playbook("{action: test.hang, timeout: 50ms, retries: 2}", "action: notify"))
+    inc = await sick(rig)
+    await rig.engine.runbook.begin(rig.service, inc)
+    await rig.settle()
+
+    assert await journal(rig, inc) == [("test.hang", "failed", attempts)]
+    assert inc.state is IncidentState.FAILED
+    assert inc.error == "step 1 (test.hang) failed: test.hang timed out after 0.05s"
 
 
 async def test_stop_interrupts_and_resume_finishes_with_one_replacement(rig_factory: Any) -> None:
