@@ -588,9 +588,10 @@ def test_no_refusal_speaks_pydantic(tmp_path: Path) -> None:
     for value in WRONG:
         for paths in by_depth.values():
             config.write_text(yaml.safe_dump(with_values(FULL, paths, value)))
-            with pytest.raises(ConfigError) as info:
+            try:  # every top-level section empty ({}) is a valid, empty config
                 load_config(config)
-            messages.update(p.render("") for p in info.value.problems)
+            except ConfigError as exc:
+                messages.update(p.render("") for p in exc.problems)
     assert len(messages) > 500, len(messages)  # the sweep reached the keys
     pydantic = sorted(m for m in messages if any(w in m for w in PYDANTIC_WORDS))
     assert pydantic == [], "\n".join(pydantic[:40])

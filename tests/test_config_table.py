@@ -647,7 +647,9 @@ def test_a_name_that_does_not_resolve_still_needs_a_token(tmp_path: Path) -> Non
 
 @pytest.mark.e2e  # runs `healerd validate`
 @pytest.mark.parametrize(
-    "text", ["", "# nothing here yet\n", "{}\n"], ids=["empty-file", "only-comments", "empty-mapping"]
+    "text",
+    ["", "# nothing here yet\n", "{}\n", "services: {}\n"],
+    ids=["empty-file", "only-comments", "empty-mapping", "no-services"],
 )
 def test_an_empty_config_is_refused_by_validate_unless_allowed(tmp_path: Path, text: str) -> None:
     config = write(tmp_path, text)

@@ -95,9 +95,7 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
             notifiers[name] = notifier
 
     services: dict[str, ServiceConfig] = {}
-    raw_services = _named(data, "services", out)
-    if not raw_services and "services" in data:
-        out.add(("services",), "no services defined; add at least one under services:")
+    raw_services = _named(data, "services", out)  # none at all is `validate`'s to refuse (--allow-empty takes it)
     env = CheckEnv(tuple(daemon.check_paths), base)
     for name, raw in raw_services.items():
         svc = load_service(name, raw, providers, images, checks, env, out, frozenset(broken_images))
