@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -21,9 +20,10 @@ import structlog
 
 from ._aio import wait_event
 from .events import Event, new_id
-from .notifiers import Delivery, Notifier, NotifierOptions
+from .notifiers import Notifier
 from .notifiers.alertmanager import AlertmanagerNotifier
 from .plugins import NOTIFIER_KINDS
+from .receipts import Receipts
 from .reminders import Reminders
 from .store import STORE_FAULTS, Composed, OutboxItem
 
@@ -37,58 +37,12 @@ GROUP_TICK = 0.25  # the finest granularity of group_wait
 FINISH_SENDING = 3.0  # a node that stops leading lets a delivery on its way finish for this long
 
 
-class AlertingViews:
-    """What the API and the CLI ask of alerting: the outbox's state, a test message."""
-
-    store: BaseStore
-    notifiers: dict[str, Notifier]
-
-    async def view(self, limit: int = 50) -> dict[str, Any]:
-        messages = await self.store.outbox.messages(limit)
-        per: dict[str, dict[str, int]] = {name: {"pending": 0, "delivered": 0, "dead": 0} for name in self.notifiers}
-        for name, states in (await self.store.outbox.counts()).items():
-            per.setdefault(name, {"pending": 0, "delivered": 0, "dead": 0}).update(states)
-        dead = [m for m in messages if m["state"] == "dead"]
-        return {
-            "notifiers": {
-                name: {"kind": n.kind, **per.get(name, {}), **self._failing_view(name)}
-                for name, n in self.notifiers.items()
-            },
-            "messages": messages,
-            "dead_letters": dead,
-        }
-
-    failing: dict[str, tuple[float, str]]
-
-    def _failing_view(self, name: str) -> dict[str, Any]:
-        found = self.failing.get(name)
-        return {"failing_since": found[0], "error": found[1]} if found else {}
-
-    def failing_now(self) -> dict[str, dict[str, Any]]:
-        """The notifiers whose receiver fails now, for /readyz and the page."""
-        return {name: {"status": "failing", **self._failing_view(name)} for name in sorted(self.failing)}
-
-    async def send_test(self, name: str) -> Delivery:
-        """Send one test message right now (not through the outbox) and return the receiver's answer."""
-        n = self.notifiers[name]
-        now = time.time()
-        test_id = new_id(now)
-        event = test_event(test_id, now)
-        async with aiohttp.ClientSession(headers={"User-Agent": "healerd"}) as session:
-            if isinstance(n, AlertmanagerNotifier):
-                body = {"alerts": [n.test_alert(event, now + 300)]}
-            else:
-                body = n.build([event], test_id)
-            return await n.deliver(session, body, test_id)
-
-
-class Alerting(AlertingViews):
+class Alerting:
     def __init__(self, store: BaseStore, metrics: Metrics, base_url: str) -> None:
         self.store = store
         self.metrics = metrics
         self.base_url = base_url
-        #: notifiers whose receiver fails now: since when, and its last error
-        self.failing: dict[str, tuple[float, str]] = {}
+        self.receipts = Receipts(store, metrics)  # what the receivers answered; which fail now
         self.notifiers: dict[str, Notifier] = {}
         self.routes: dict[str, tuple[str, ...]] = {}
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -109,19 +63,7 @@ class Alerting(AlertingViews):
 
     # -- configuration ----------------------------------------------------------------------------------
     def configure(self, config: Config) -> None:
-        old = self.notifiers
-        self.notifiers = {}
-        for name, nc in config.notifiers.items():
-            current = old.get(name)
-            if current is not None and current.kind == nc.kind and current.options == nc.options:
-                self.notifiers[name] = current
-            else:
-                cls = NOTIFIER_KINDS.get(nc.kind)
-                assert cls is not None
-                fresh = cls(name, nc.options, self.base_url)
-                if isinstance(fresh, AlertmanagerNotifier) and isinstance(current, AlertmanagerNotifier):
-                    fresh.firing = current.firing  # alerts still firing must still end, whatever changed
-                self.notifiers[name] = fresh
+        self.notifiers = build_notifiers(config, self.notifiers, self.base_url)
         self.routes = {s.name: s.notify for s in config.services.values()}
         self._regroup.set()
         if self._session is not None:
@@ -373,58 +315,11 @@ class Alerting(AlertingViews):
         self._sending.add(name)
         try:
             delivery = await n.deliver(self._session, payload, message_id)
-            await self._record(n, message_id, attempts + 1, delivery)
+            await self.receipts.record(n, message_id, attempts + 1, delivery)
+            await self.update_depth()
         finally:
             self._sending.discard(name)
         return 0.0
-
-    async def _record(self, n: Notifier, message_id: str, attempts: int, d: Delivery) -> None:
-        now = time.time()
-        state, outcome, next_at = next_attempt(d, attempts, n.options, now, random.uniform(0.8, 1.2))
-        error = d.error or (None if d.ok else f"HTTP {d.status}: {d.body[:300]}")
-        await self.store.outbox.record_attempt(
-            message_id, state, attempts, next_at, now, d.status, error, now if state == "delivered" else None
-        )
-        self.metrics.counter("notifications").labels(n.name, outcome).inc()
-        self._receiver_answered(n.name, state != "pending", error, now)
-        if state == "dead":
-            log.error(
-                "notification dead-lettered: the receiver refused it",
-                notifier=n.name,
-                message=message_id,
-                status=d.status,
-                attempts=attempts,
-                answer=d.body[:200],
-            )
-        elif state == "pending":  # said once per outage of the receiver (above); each retry at debug
-            log.debug(
-                "notification not delivered; will retry",
-                notifier=n.name,
-                message=message_id,
-                status=d.status,
-                error=error,
-                retry_in=round(next_at - now, 2),
-                attempts=attempts,
-            )
-        await self.update_depth()
-
-    def _receiver_answered(self, name: str, reached: bool, error: str | None, now: float) -> None:
-        """Say once when a notifier's receiver starts failing (messages stay in the outbox and are retried with
-        backoff) and once when it takes them again; the page, /readyz and healerd_notifier_up show it meanwhile."""
-        self.metrics.gauge("notifier_up").labels(name).set(1 if reached else 0)
-        if reached:
-            since = self.failing.pop(name, None)
-            if since is not None:
-                log.info("the notifier delivers again", notifier=name, failed_for=round(now - since[0], 1))
-        elif name not in self.failing:
-            self.failing[name] = (now, error or "not delivered")
-            log.warning(
-                "the notifier cannot deliver; its messages stay in the outbox and are retried with backoff",
-                notifier=name,
-                error=error,
-            )
-        else:
-            self.failing[name] = (self.failing[name][0], error or "not delivered")
 
     async def update_depth(self) -> None:
         depth = await self.store.outbox.depth()
@@ -433,40 +328,18 @@ class Alerting(AlertingViews):
             gauge.labels(name).set(depth.get(name, 0))
 
 
-def next_attempt(
-    d: Delivery, attempts: int, options: NotifierOptions, now: float, jitter: float
-) -> tuple[str, str, float]:
-    """After an attempt: the message's state, the attempt's outcome (metric label) and when to try again.
-    `jitter` (about 0.8-1.2) spreads retries so receivers coming back are not hit all at once."""
-
-    def backoff() -> float:
-        return min(options.max_backoff, 2.0 ** (attempts - 1)) * jitter
-
-    if d.ok:
-        return "delivered", "delivered", now
-    if d.status == 429:
-        # honour Retry-After, but never let one receiver hold the ordered queue beyond max_backoff
-        wait = d.retry_after if d.retry_after is not None else backoff()
-        return "pending", "rate_limited", now + min(wait, options.max_backoff)
-    if d.permanent:
-        if attempts >= options.max_attempts:
-            return "dead", "dead", now
-        return "pending", "retry", now + backoff()
-    return "pending", "retry", now + max(backoff(), d.retry_after or 0.0)
-
-
-def test_event(test_id: str, now: float) -> dict[str, Any]:
-    """The event `healerd notify test` sends."""
-    return {
-        "id": test_id,
-        "type": "service.state_changed",
-        "status": "firing",
-        "severity": "info",
-        "service": "healerd-test",
-        "machine": None,
-        "incident": None,
-        "check": None,
-        "summary": "test notification from healerd: if you read this, delivery works",
-        "details": {"test": True},
-        "timestamp": now,
-    }
+def build_notifiers(config: Config, old: dict[str, Notifier], base_url: str) -> dict[str, Notifier]:
+    """The configured notifiers; one whose kind and options did not change is kept as it is (`old`)."""
+    notifiers: dict[str, Notifier] = {}
+    for name, nc in config.notifiers.items():
+        current = old.get(name)
+        if current is not None and current.kind == nc.kind and current.options == nc.options:
+            notifiers[name] = current
+        else:
+            cls = NOTIFIER_KINDS.get(nc.kind)
+            assert cls is not None
+            fresh = cls(name, nc.options, base_url)
+            if isinstance(fresh, AlertmanagerNotifier) and isinstance(current, AlertmanagerNotifier):
+                fresh.firing = current.firing  # alerts still firing must still end, whatever changed
+            notifiers[name] = fresh
+    return notifiers

@@ -16,6 +16,7 @@ from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
+from .alerting_views import outbox_view
 from .api_models import (
     MAX_BODY,
     Acknowledge,
@@ -363,7 +364,7 @@ async def readyz(request: web.Request) -> web.Response:
     failing: dict[str, Any] = (
         {"rotations": {s: {"status": "failing", "error": e} for s, e in sorted(faults.items())}} if faults else {}
     )
-    notifiers = request.app[ALERTING].failing_now()
+    notifiers = request.app[ALERTING].receipts.failing_now()
     if notifiers:  # likewise a receiver that does not take the messages: they wait in the outbox
         failing["notifiers"] = notifiers
     if request.app[MONITOR].ready:
@@ -622,7 +623,8 @@ async def delete_silence(request: web.Request) -> web.Response:
 
 async def notifications(request: web.Request) -> web.Response:
     query = _query(request, NotificationsQuery)
-    return json_response(await request.app[ALERTING].view(query.limit))
+    alerting = request.app[ALERTING]
+    return json_response(await outbox_view(alerting.store, alerting.notifiers, alerting.receipts, query.limit))
 
 
 def add_routes(app: web.Application) -> None:

@@ -38,7 +38,7 @@ async def status_page(request: web.Request) -> web.StreamResponse:
             request.app[ENGINE],
             request.app[STORE],
             request.app[SETTINGS].cluster,
-            request.app[ALERTING].failing_now(),
+            request.app[ALERTING].receipts.failing_now(),
         )
     )
     template = "main.html" if query.part == "main" else "status.html"

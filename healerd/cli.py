@@ -12,7 +12,8 @@ import time
 from typing import Any
 
 from . import __version__, cli_demo, cli_incidents, cli_rollout, cli_silence, daemon
-from .alerting import Alerting
+from .alerting import build_notifiers
+from .alerting_views import send_test
 from .checks import CheckEnv
 from .cli_api import (
     EXIT_FAILED,
@@ -28,12 +29,11 @@ from .cli_api import (
 from .config import Config, ConfigError, Mode
 from .durations import format_age, parse_duration
 from .machines import Lifecycle
-from .metrics import Metrics
 from .plugins import PROVIDER_KINDS, ROTATION_KINDS
 from .providers.base import ProviderEnv
 from .results import CheckResult, Status
 from .runner import run_check
-from .store import Store, StoreError
+from .store import StoreError
 from .targets import Target, render_model
 
 EXIT_CONFIG = EXIT_USAGE
@@ -436,9 +436,8 @@ def cmd_notify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    alerting = Alerting(Store(config.daemon.state_dir), Metrics(), f"http://{config.daemon.listen}")
-    alerting.configure(config)
-    answer = asyncio.run(alerting.send_test(args.notifier))
+    notifier = build_notifiers(config, {}, f"http://{config.daemon.listen}")[args.notifier]
+    answer = asyncio.run(send_test(notifier))
     if answer.ok:
         print(f"{args.notifier}: delivered (HTTP {answer.status}) {answer.body.strip()[:500]}")
         return 0

@@ -124,7 +124,7 @@ class PageInput:
     engine: RemediationEngine
     store: BaseStore
     cluster: Cluster | None
-    #: notifiers whose receiver fails now (Alerting.failing_now)
+    #: notifiers whose receiver fails now (Receipts.failing_now)
     notifiers_failing: dict[str, dict[str, Any]] = field(default_factory=dict)
     now: float = field(default_factory=time.time)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from healerd.alerting import next_attempt
 from healerd.notifiers import Delivery, NotifierOptions
+from healerd.receipts import next_attempt
 
 OPTS = NotifierOptions(max_attempts=3, max_backoff=300.0)
 
