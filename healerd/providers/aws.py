@@ -13,14 +13,14 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..durations import parse_duration, require_above_zero
 from ..machines import Lifecycle, Machine
 from . import aws_group
 from .aws_isolation import AwsIsolation
+from .aws_options import AwsOptions
 from .aws_tags import (
     TAG_INCIDENT,
     TAG_MACHINE,
@@ -28,52 +28,10 @@ from .aws_tags import (
     TAG_SERVICE,
     tag_map,
 )
-from .base import LaunchRequest, Provider, ProviderError, ProviderOptions
+from .base import LaunchRequest, Provider, ProviderError
 
 if TYPE_CHECKING:
-    from ..config import ServiceConfig
-
-
-class QuarantineOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    asg_action: Literal["detach", "standby"] = "detach"
-    # healerd launches the replacement itself: decrementing keeps the group from launching a second one
-    # from *its* template; the replacement is attached (desired back up) once it is in service.
-    asg_decrement: bool = True
-    isolation_security_group: str | None = None  # default: created per VPC, no ingress, no egress
-    two_step: bool = False  # first an all-open group (existing flows become untracked), then the isolation one
-    snapshot: bool = True
-    termination_protection: bool = True
-
-
-class S3Options(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    bucket: str
-    prefix: str = "healerd/forensics/"
-    sse: Literal["AES256", "aws:kms"] | None = "AES256"
-    kms_key_id: str | None = None
-
-
-class AwsOptions(ProviderOptions):
-    region: str
-    profile: str | None = None
-    role_arn: str | None = None
-    endpoint_url: str | None = None
-    max_workers: int = Field(default=8, ge=1, le=64)
-    max_attempts: int = Field(default=10, ge=1, le=50)  # botocore retries, adaptive mode
-    port: int | None = Field(default=None, ge=1, le=65535)  # machine address = private IP[:port]
-    launch_timeout: float = 600.0
-    drain_timeout: float = 300.0
-    quarantine: QuarantineOptions = Field(default_factory=QuarantineOptions)
-    s3: S3Options | None = None
-
-    @field_validator("launch_timeout", "drain_timeout", mode="before")
-    @classmethod
-    def _durations(cls, v: object, info: ValidationInfo) -> float:
-        # a wait of 0 gives up before the instance could start or drain
-        what = info.field_name or "duration"
-        example = "10m" if what == "launch_timeout" else "5m"
-        return require_above_zero(parse_duration(v, what=what), what=what, example=example)
+    from ..specs import ServiceSpec
 
 
 class LaunchTemplateRef(BaseModel):
@@ -218,7 +176,7 @@ class AwsProvider(Provider):
         out = await self.call("ec2", "describe_instances", ",".join(ids or []) or "instances", **kwargs)
         return [i for r in out.get("Reservations", []) for i in r.get("Instances", [])]
 
-    async def list_machines(self, service: ServiceConfig) -> list[Machine]:
+    async def list_machines(self, service: ServiceSpec) -> list[Machine]:
         """Instances of the service: discovered ones, plus what healerd itself tracks in the store."""
         disc = service.discovery or {}
         known: dict[str, Machine] = {}
@@ -360,7 +318,7 @@ class AwsProvider(Provider):
     async def store_evidence(self, bundle: Path, incident: str) -> list[str]:
         return await self.isolation.store_evidence(bundle, incident)
 
-    async def on_in_service(self, machine: Machine, service: ServiceConfig) -> None:
+    async def on_in_service(self, machine: Machine, service: ServiceSpec) -> None:
         """A replacement that passed its checks joins the service's Auto Scaling group (desired back up)."""
         asg = (service.discovery or {}).get("asg")
         if not asg or not self.opts.quarantine.asg_decrement:
@@ -375,14 +333,14 @@ class AwsProvider(Provider):
                 AutoScalingGroupName=asg,
             )
 
-    async def rollout_problem(self, service: ServiceConfig, extra: int) -> str | None:
+    async def rollout_problem(self, service: ServiceSpec, extra: int) -> str | None:
         """A machine entering service joins the Auto Scaling group: the group's MaxSize must leave room."""
         asg = (service.discovery or {}).get("asg")
         if not asg or not self.opts.quarantine.asg_decrement or extra <= 0:
             return None
         return await aws_group.room_problem(self.call, asg, extra)
 
-    async def on_promoted(self, service: ServiceConfig, spec: BaseModel) -> None:
+    async def on_promoted(self, service: ServiceSpec, spec: BaseModel) -> None:
         """The Auto Scaling group's own launches use the promoted launch template version too."""
         asg = (service.discovery or {}).get("asg")
         lt = spec.launch_template if isinstance(spec, AwsImage) else None

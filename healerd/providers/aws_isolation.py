@@ -10,9 +10,10 @@ import base64
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..machines import Machine
+from .aws_options import AwsOptions
 from .aws_tags import (
     ISOLATION_TAG,
     TAG_INCIDENT,
@@ -24,14 +25,24 @@ from .aws_tags import (
 )
 from .base import ProviderError
 
-if TYPE_CHECKING:
-    from .aws import AwsProvider
+
+class AwsClient(Protocol):
+    """What the quarantine half uses of the provider: its options and its AWS calls."""
+
+    @property
+    def opts(self) -> AwsOptions: ...
+
+    async def call(self, service: str, operation: str, resource: str = "", **kwargs: Any) -> Any: ...
+
+    async def describe_instances(
+        self, ids: list[str] | None = None, filters: list[dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]: ...
 
 
 class AwsIsolation:
     """The quarantine and forensics half of the aws provider; calls AWS through the provider's client."""
 
-    def __init__(self, aws: AwsProvider) -> None:
+    def __init__(self, aws: AwsClient) -> None:
         self.aws = aws
 
     async def leave_group(self, machine: Machine, inst: dict[str, Any], action: str, decrement: bool) -> str:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from ..machines import Machine
 
 if TYPE_CHECKING:
-    from ..config import ServiceConfig
+    from ..specs import ServiceSpec
     from ..store import BaseStore
 
 
@@ -63,7 +63,7 @@ class Provider:
     async def close(self) -> None:
         """Called at shutdown."""
 
-    async def list_machines(self, service: ServiceConfig) -> list[Machine]:
+    async def list_machines(self, service: ServiceSpec) -> list[Machine]:
         raise NotImplementedError
 
     # -- lifecycle: only providers with an ImageVersion implement these --------------------------------
@@ -81,15 +81,15 @@ class Provider:
     async def release(self, machine: Machine) -> None:
         """Undo the isolation (the machine keeps running)."""
 
-    async def on_in_service(self, machine: Machine, service: ServiceConfig) -> None:
+    async def on_in_service(self, machine: Machine, service: ServiceSpec) -> None:
         """Called when a machine enters service (e.g. join a cloud scaling group)."""
 
-    async def rollout_problem(self, service: ServiceConfig, extra: int) -> str | None:
+    async def rollout_problem(self, service: ServiceSpec, extra: int) -> str | None:
         """Why the service cannot hold `extra` machines above its size for a rollout (a cloud group's maximum),
         or None."""
         return None
 
-    async def on_promoted(self, service: ServiceConfig, spec: BaseModel) -> None:
+    async def on_promoted(self, service: ServiceSpec, spec: BaseModel) -> None:
         """A version became the service's known-good one (a rollout promoted it, or rolled back to it): e.g.
         point a cloud scaling group's own launches at it."""
 

@@ -24,7 +24,7 @@ from ..machines import Lifecycle, Machine, Origin, launched_for
 from .base import LaunchRequest, Provider, ProviderError, ProviderOptions
 
 if TYPE_CHECKING:
-    from ..config import ServiceConfig
+    from ..specs import ServiceSpec
 
 log = structlog.get_logger("healerd.providers.local")
 MARKER = "HEALERD_MACHINE_ID"
@@ -145,7 +145,7 @@ class LocalProvider(Provider):
         assert self.env is not None
         return self.env.state_dir / "machines" / f"{machine_id}.log"
 
-    async def list_machines(self, service: ServiceConfig) -> list[Machine]:
+    async def list_machines(self, service: ServiceSpec) -> list[Machine]:
         """Machines of the service known to the store and not yet released or terminated (none without one),
         plus machines this healerd launched that are running but missing from the store: adopted on probation
         (their checks decide whether they serve), never left running unmanaged."""

@@ -8,13 +8,13 @@ from ..machines import Lifecycle, Machine
 from .base import Provider
 
 if TYPE_CHECKING:
-    from ..config import ServiceConfig
+    from ..specs import ServiceSpec
 
 
 class StaticProvider(Provider):
     kind = "static"
 
-    async def list_machines(self, service: ServiceConfig) -> list[Machine]:
+    async def list_machines(self, service: ServiceSpec) -> list[Machine]:
         return [
             Machine(service=service.name, id=m.id, address=m.address, lifecycle=Lifecycle.IN_SERVICE)
             for m in service.machines
