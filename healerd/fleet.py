@@ -18,7 +18,7 @@ from .config import Config, ServiceConfig
 from .events import Event, EventType, Severity, new_id
 from .health import CheckKey, ProbationOutcome, probation_outcome
 from .incidents import IncidentState
-from .machines import PROBATION, Lifecycle, Machine, Origin, launched_for
+from .machines import PROBATION, Lifecycle, Machine, Origin, launched_at, launched_for
 from .plugins import ROTATION_KINDS
 from .providers.base import LaunchRequest, Provider, ProviderError
 from .rotation import Rotation
@@ -273,15 +273,19 @@ class Fleet:
         )
         return ready
 
-    def probation(self, svc: ServiceConfig, machine_id: str, now: float) -> ProbationOutcome:
+    def probation(
+        self, svc: ServiceConfig, machine_id: str, now: float, *, timeout: float, started: float | None = None
+    ) -> ProbationOutcome:
         m = self.monitor.machine(svc.name, machine_id)
         checks = [(self.monitor.book.check(CheckKey(svc.name, machine_id, s.name)), s.rise, s.fall) for s in svc.checks]
         return probation_outcome(
             checks,
-            launched_at=float((m.attributes.get("launched_at") if m else None) or now),
+            launched_at=launched_at(m, now),
             boot_timeout=svc.remediation.boot_timeout,
             now=now,
             booted=m is not None and m.origin is Origin.RELEASE,  # released from quarantine: booted long ago
+            timeout=timeout,
+            started=started,
         )
 
     async def await_healthy(self, svc: ServiceConfig, machine_id: str, timeout: float, incident: str | None) -> None:
@@ -290,16 +294,17 @@ class Fleet:
             return
         if m.lifecycle is not Lifecycle.PROBATION:
             raise StepFailed(f"{machine_id} is {m.lifecycle.value}, not in probation", terminal=True)
-        deadline = time.monotonic() + max(0.0, timeout - 1.0)
+        started = time.time()
         # Decided at each of its check results (not on a poll: a passing replacement enters rotation at once);
         # the short ceiling catches the boot grace and the deadline running out between results.
         with self.monitor.watch(svc.name, machine_id) as result:
             while True:
                 result.clear()
-                outcome = self.probation(svc, machine_id, time.time())
+                # a second under the step's own timeout: the machine is quarantined before the step is cancelled
+                outcome = self.probation(svc, machine_id, time.time(), timeout=max(0.0, timeout - 1.0), started=started)
                 if outcome is ProbationOutcome.PASSED:
                     return
-                if outcome is ProbationOutcome.FAILED or time.monotonic() > deadline:
+                if outcome is ProbationOutcome.FAILED or outcome is ProbationOutcome.TIMED_OUT:
                     failed = outcome is ProbationOutcome.FAILED
                     why = "its checks failed" if failed else f"its checks did not pass within {timeout:g}s"
                     await self.quarantine(svc, machine_id, incident or PROBATION, False)

@@ -62,6 +62,11 @@ def launched_for(origin: Origin, incident: str | None = None) -> str:
     return origin.value
 
 
+def launched_at(m: Machine | None, now: float) -> float:
+    """When the machine was launched, as recorded in its attributes; `now` when nothing was recorded."""
+    return float((m.attributes.get("launched_at") if m else None) or now)
+
+
 #: a host name: dot-separated labels of letters, digits, '-' (and '_', which container networks use)
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
 ADDRESS_FIX = "write host:port, like 10.0.0.5:8080, [fd00::5]:8080 or web-1.example.com:8080"

@@ -20,9 +20,9 @@ from structlog.contextvars import bound_contextvars
 
 from .events import Event, EventType, Severity
 from .fleet import retirement_order
-from .health import Condition, ProbationOutcome, ServiceState
+from .health import Condition, ProbationOutcome, ServiceState, probation_deadline
 from .incidents import Incident, IncidentState
-from .machines import PROBATION, Lifecycle, Machine, Origin
+from .machines import PROBATION, Lifecycle, Machine, Origin, launched_at
 from .providers.base import ProviderError
 from .safety import Confirm, Decision, GateInput, Reason, decide, troubled
 
@@ -256,16 +256,16 @@ class ProbationReconciler:
                 if m.lifecycle is not Lifecycle.PROBATION or m.origin is not Origin.FILL:
                     continue
                 with bound_contextvars(machine=m.id):
-                    outcome = self.fleet.probation(service, m.id, now)
-                    deadline = float(m.attributes.get("launched_at", now)) + service.remediation.probation_timeout
+                    timeout = service.remediation.probation_timeout
+                    outcome = self.fleet.probation(service, m.id, now, timeout=timeout)
                     if outcome is ProbationOutcome.PASSED:
                         await self.fleet.put_in_service(service, m.id)
                         log.info("machine in service")
-                    elif outcome is ProbationOutcome.FAILED or now > deadline:
+                    elif outcome is ProbationOutcome.FAILED or outcome is ProbationOutcome.TIMED_OUT:
                         await self.fleet.quarantine(service, m.id, PROBATION, False)
                         log.error("machine failed probation and is quarantined")
                     else:
-                        next_at = min(next_at, deadline)
+                        next_at = min(next_at, probation_deadline(launched_at(m, now), timeout))
         return next_at
 
 

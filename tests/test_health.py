@@ -301,8 +301,22 @@ def probation_check(results: list[CheckResult], fall: int = 2, rise: int = 2) ->
     return ch
 
 
-def outcome(*checks: CheckHealth | None, now: float = 1010.0, booted: bool = False) -> ProbationOutcome:
-    return probation_outcome([(c, 2, 2) for c in checks], launched_at=1000.0, boot_timeout=30.0, now=now, booted=booted)
+def outcome(
+    *checks: CheckHealth | None,
+    now: float = 1010.0,
+    booted: bool = False,
+    timeout: float = 300.0,
+    started: float | None = None,
+) -> ProbationOutcome:
+    return probation_outcome(
+        [(c, 2, 2) for c in checks],
+        launched_at=1000.0,
+        boot_timeout=30.0,
+        now=now,
+        booted=booted,
+        timeout=timeout,
+        started=started,
+    )
 
 
 def test_probation_passes_after_rise_oks_on_every_check() -> None:
@@ -323,6 +337,30 @@ def test_probation_fails_on_fall_failures_in_a_row_not_on_a_leftover_hard_state(
     assert outcome(probation_check([OK, CRIT]), now=1030.0) is ProbationOutcome.PENDING  # one failure, fall 2
     recovering = probation_check([CRIT, CRIT, OK])  # hard CRITICAL left from booting, OK again
     assert outcome(recovering, now=1030.0) is ProbationOutcome.PENDING
+
+
+def test_probation_times_out_only_while_undecided_and_only_past_its_deadline() -> None:
+    clock = Clock()  # launched at 1000, probation_timeout 300 s: the deadline is 1300
+    healthy, failed, pending = probation_check([OK, OK]), probation_check([CRIT, CRIT]), probation_check([OK])
+    assert outcome(healthy, now=clock.tick(100)) is ProbationOutcome.PASSED
+    assert outcome(failed, now=clock.now) is ProbationOutcome.FAILED
+    assert outcome(pending, now=clock.now) is ProbationOutcome.PENDING
+
+    clock.now = 1300.0  # exactly the deadline: still inside it
+    assert outcome(pending, now=clock.now) is ProbationOutcome.PENDING
+    assert outcome(pending, now=clock.tick(0.001)) is ProbationOutcome.TIMED_OUT
+    assert outcome(None, now=clock.now) is ProbationOutcome.TIMED_OUT  # a check that never answered
+    # a decision wins over the deadline: a late pass still passes, a late failure says it failed
+    assert outcome(healthy, now=clock.now) is ProbationOutcome.PASSED
+    assert outcome(failed, now=clock.now) is ProbationOutcome.FAILED
+
+
+def test_a_probation_counted_from_when_a_wait_began_times_out_from_there() -> None:
+    pending = probation_check([OK])
+    assert outcome(pending, now=1059.5, timeout=60.0) is ProbationOutcome.PENDING
+    assert outcome(pending, now=1060.5, timeout=60.0) is ProbationOutcome.TIMED_OUT  # counted from the launch
+    assert outcome(pending, now=1260.0, timeout=60.0, started=1200.0) is ProbationOutcome.PENDING
+    assert outcome(pending, now=1260.5, timeout=60.0, started=1200.0) is ProbationOutcome.TIMED_OUT
 
 
 # -- a quarantined machine ---------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from .._aio import wait_event
 from ..config import Mode, ServiceConfig
 from ..events import Event
 from ..health import Condition, ProbationOutcome, ServiceState
-from ..machines import Lifecycle, Machine, Origin
+from ..machines import Lifecycle, Machine, Origin, launched_at
 from ..providers.base import ProviderError
 from .record import Rollout, Stage
 
@@ -178,19 +178,21 @@ class RolloutSteps:
         m = self.monitor.machine(svc.name, machine_id)
         if m is not None and m.lifecycle is Lifecycle.IN_SERVICE:
             return None
-        deadline = float((m.attributes.get("launched_at") if m else None) or time.time()) + self.p.probation_timeout
+        started = launched_at(m, time.time())
         with self.monitor.watch(svc.name, machine_id) as result:
             while True:
                 result.clear()
                 if self.r.stage is not Stage.ROLLED_BACK and self.r.data.get("abort"):
                     return str(self.r.data["abort"])
-                outcome = self.fleet.probation(svc, machine_id, time.time())
+                outcome = self.fleet.probation(
+                    svc, machine_id, time.time(), timeout=self.p.probation_timeout, started=started
+                )
                 if outcome is ProbationOutcome.PASSED:
                     return None
                 if outcome is ProbationOutcome.FAILED:
                     health = self.monitor.book.machine(svc.name, machine_id)
                     return f"its checks failed ({health.problem() if health else 'no result'})"
-                if time.time() > deadline:
+                if outcome is ProbationOutcome.TIMED_OUT:
                     return f"its checks did not pass within {self.p.probation_timeout:g}s"
                 await wait_event(result, 0.5)
 
