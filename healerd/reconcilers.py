@@ -6,6 +6,8 @@ needs to run by itself; changes of health also wake the engine (and its 1 s ceil
 - `FillReconciler`: launches machines up to `desired`.
 - `SurplusReconciler`: retires healthy machines above `desired`, those not on the known-good version first.
 - `RetentionReconciler`: ends quarantines older than `keep_for` (a warning first).
+- `RotationReconciler`: compares a load balancer that forgets (HAProxy after a reload) with the rotation every
+  check interval and re-applies what is missing; says once when it fails and once when it answers again.
 """
 
 from __future__ import annotations
