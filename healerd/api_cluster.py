@@ -8,6 +8,7 @@ from aiohttp import web
 from .api import SAFE_METHODS, SETTINGS, Handler, body_of, json_error, json_response
 from .api_models import Probe
 from .cluster import Cluster, probe
+from .cluster import views as cluster_views
 
 PROBE_PATH = "/api/v1/cluster/probe"
 
@@ -35,7 +36,7 @@ async def leader_only(request: web.Request, handler: Handler) -> web.StreamRespo
             f"this node ({cluster.node}) holds the cluster's lease and is still taking over "
             f"({cluster.takeover_error() or 'starting'}); retry in a few seconds",
         )
-    view = cluster.view()
+    view = cluster_views.view(cluster)
     leader = next((n for n in view["nodes"] if n["leader"]), None)
     where = f"{leader['node']} at {leader['advertise']}" if leader else "(none right now: a takeover is under way)"
     return json_error(
@@ -54,7 +55,7 @@ async def cluster_view(request: web.Request) -> web.Response:
             "not clustered",
             "this healerd runs alone (SQLite); add a cluster: section to run several (docs/cluster.md)",
         )
-    return json_response(cluster.view())
+    return json_response(cluster_views.view(cluster))
 
 
 async def cluster_probe(request: web.Request) -> web.Response:

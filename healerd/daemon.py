@@ -22,6 +22,7 @@ from .alert_inputs import AlertInputs
 from .alerting import Alerting
 from .checks import CheckEnv
 from .cluster import Cluster
+from .cluster import views as cluster_views
 from .config import Config, ConfigError, Mode, load_config
 from .events import Event, EventBus, EventType, Severity
 from .health import HealthBook
@@ -84,7 +85,7 @@ class Daemon:
                 lambda: self.api_token,
                 scheme,
             )
-            self.remediation.join_cluster(self.cluster.acting, self.cluster.confirm)
+            self.remediation.join_cluster(self.cluster.acting, self.cluster.confirmer.confirm)
             self.cluster.on_follower_round = self.remediation.follow_store
             self.alerting.may_deliver = self.cluster.acting
         self.api_settings = api.ApiSettings(config, self.api_token, self.cluster)
@@ -299,7 +300,7 @@ class Daemon:
         if self.last_reload_error:
             text = f"reload refused ({self.last_reload_error}), previous config running; " + text
         if self.cluster is not None:
-            text += f"; {self.cluster.line()}"
+            text += f"; {cluster_views.line(self.cluster)}"
         if self.store.fault:
             text = f"STATE STORE FAILING ({self.store.fault}); " + text
         return text

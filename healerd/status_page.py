@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .cluster import views as cluster_views
 from .durations import format_age
 from .health import Condition, ServiceState
 from .history import MACHINE_WIDTH, SERVICE_WIDTH
@@ -361,7 +362,7 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
         "updated": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(now)),
         "mode": status["mode"],
         "paused": status["paused"],
-        "cluster": p.cluster.line() if p.cluster is not None else None,
+        "cluster": cluster_views.line(p.cluster) if p.cluster is not None else None,
         "store_fault": store.fault,
         "store_remedy": store.remedy if store.fault else "",
         "rotation_faults": dict(sorted(engine.fleet.rotation_faults.items())),

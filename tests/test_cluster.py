@@ -15,6 +15,7 @@ from pg import PgServer
 from psycopg_pool import PoolTimeout
 from structlog.testing import capture_logs
 
+from healerd.cluster import views as cluster_views
 from healerd.cluster.confirm import Vantage, Verdict
 from healerd.cluster.shard import owner, ranked
 from healerd.config import load_config
@@ -221,7 +222,7 @@ async def test_a_takeover_that_fails_on_the_store_is_retried_and_the_node_says_i
         followed.append(time.monotonic())
 
     def claims() -> tuple[bool, float | None]:
-        return cluster.view()["this_node_leads"], daemon.metrics.registry.get_sample_value(
+        return cluster_views.view(cluster)["this_node_leads"], daemon.metrics.registry.get_sample_value(
             "healerd_cluster_leader", {"node": "a"}
         )
 
@@ -234,16 +235,16 @@ async def test_a_takeover_that_fails_on_the_store_is_retried_and_the_node_says_i
                 await asyncio.sleep(0.02)
             await asyncio.sleep(0.1)
             assert cluster.acting() and claims() == (False, 0.0)  # it holds the lease, it does not lead
-            view = cluster.view()
+            view = cluster_views.view(cluster)
             assert view["taking_over"] and "couldn't get a connection" in view["takeover_error"]
-            assert "is taking over (retrying: the store fails" in cluster.line()
+            assert "is taking over (retrying: the store fails" in cluster_views.line(cluster)
             deadline = time.monotonic() + 5
             while not cluster.leads() and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
             await cluster._round(take=True)  # the gauges as the next lease round sets them
             assert claims() == (True, 1.0)
             assert attempts == [1, 1, 1] and len(followed) == 2  # each failed attempt undone before the next
-            assert cluster.view()["takeover_error"] is None
+            assert cluster_views.view(cluster)["takeover_error"] is None
         said = [e["event"] for e in logs]
         assert said.count("taking over failed; retrying until it succeeds or the lease goes") == 1
         assert said.count("took over after retrying") == 1

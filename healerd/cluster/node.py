@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 
@@ -24,125 +21,18 @@ from ..events import Event
 from ..health import CheckKey
 from ..metrics import Metrics
 from ..monitor import Monitor
-from ..store import STORE_FAULTS, Fenced
+from ..store import STORE_FAULTS
 from ..store.lease import Lease, Member, Round
 from ..store.postgres import PgStore
-from .confirm import Confirmer, Verdict
+from .confirm import Confirmer
 from .mirror import Mirror
 from .shard import owner, shard_key
+from .takeover import Takeovers, Transition
 
 log = structlog.get_logger("healerd.cluster")
 
-Transition = Callable[[], Awaitable[None]]
-TAKEOVER_BACKOFF = 0.5  # seconds before the first retry of a failed takeover, doubled each time
-TAKEOVER_BACKOFF_MAX = 5.0
 
-
-class ClusterViews:
-    """The cluster as the API, the status page and the CLI show it, from the last round."""
-
-    node: str
-    ttl: float
-    last: Round | None
-    monitor: Monitor
-    confirmer: Confirmer
-    config: ClusterConfig
-    store: PgStore
-    mirror: Mirror
-    disputed: int
-    last_error: str | None
-
-    def live(self) -> tuple[Member, ...]:
-        return self.last.live(self.ttl) if self.last else ()
-
-    def acting(self) -> bool:
-        raise NotImplementedError
-
-    def leads(self) -> bool:
-        raise NotImplementedError
-
-    def takeover_error(self) -> str | None:
-        raise NotImplementedError
-
-    def _owned_checks(self) -> int:
-        return sum(1 for bc in self.monitor.checks.values() if bc.active)
-
-    def line(self) -> str:
-        """One line for the status page and systemd's STATUS=."""
-        found = self.last
-        live = self.live()
-        leader = found.leader if found and found.expires_in > 0 else None
-        text = (
-            f"cluster: {len(live)} live node(s) ({', '.join(sorted(m.node for m in live))}), "
-            f"leader {leader or 'none (takeover under way)'} at epoch {found.epoch if found else 0}; "
-            f"this node {self.node} {self._role()} and checks "
-            f"{self.monitor.owned_machines()} machine(s)"
-        )
-        need, capped = self.confirmer.effective()
-        text += f"; confirm_from {need}" + (f" ({capped})" if capped else "")
-        if self.disputed:
-            text += (
-                f"; THIS NODE IS THE ODD ONE OUT: {self.disputed} machine(s) it sees down are up from the other "
-                "nodes (its own network or checks are more likely at fault)"
-            )
-        if self.last_error:
-            text += f"; DATABASE UNREACHABLE: {self.last_error}"
-        return text
-
-    def _role(self) -> str:
-        if self.leads():
-            return "leads"
-        if self.acting():
-            error = self.takeover_error()
-            return "is taking over" + (f" (retrying: {error})" if error else "")
-        return "follows"
-
-    def view(self) -> dict[str, Any]:
-        """GET /api/v1/cluster (docs/cluster.md), from the last round."""
-        found = self.last
-        need, capped = self.confirmer.effective()
-        now = time.time()
-        nodes = []
-        for m in found.members if found else ():
-            if m.age > 10 * self.ttl and m.node != self.node:
-                continue
-            nodes.append(
-                {
-                    "node": m.node,
-                    "advertise": m.advertise,
-                    "last_seen": m.last_seen,
-                    "seen_ago": round(m.age, 3),
-                    "live": m.age < self.ttl,
-                    "leader": self.leads()
-                    if m.node == self.node
-                    else found is not None and m.node == found.leader and found.expires_in > 0,
-                    "machines": self.monitor.owned_machines() if m.node == self.node else m.machines,
-                    "checks": self._owned_checks() if m.node == self.node else m.checks,
-                    "disputed": m.disputed,
-                    "version": m.version,
-                    "started_at": m.started_at,
-                }
-            )
-        leader = found.leader if found and found.expires_in > 0 else None
-        return {
-            "leader": leader,
-            "epoch": found.epoch if found else 0,
-            "lease_expires_in": round(found.expires_in, 3) if found and leader else None,
-            "lease_ttl": self.ttl,
-            "node": self.node,
-            "this_node_leads": self.leads(),
-            "taking_over": self.acting() and not self.leads(),
-            "takeover_error": self.takeover_error(),
-            "confirm_from": {"configured": self.config.confirm_from, "effective": need, "note": capped},
-            "nodes": nodes,
-            "database": self.store.where,
-            "database_error": self.last_error,
-            "mirror_lag": round(self.mirror.lag, 3),
-            "as_of": now,
-        }
-
-
-class Cluster(ClusterViews):
+class Cluster:
     def __init__(
         self,
         config: ClusterConfig,
@@ -170,12 +60,7 @@ class Cluster(ClusterViews):
         self._deadline = 0.0  # loop time until which this node may act as the leader
         self._expiry: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
-        self._changes: asyncio.Queue[int | None] = asyncio.Queue()
-        self._changer: asyncio.Task[None] | None = None
-        self._on_lead: Callable[[int], Awaitable[None]] | None = None
-        self._on_follow: Transition | None = None
-        self._leading = False  # the engine runs: the takeover finished and no step-down came since
-        self._takeover_error: str | None = None
+        self.takeovers: Takeovers | None = None  # leadership changes, one at a time, once running
         self.last_error: str | None = None
         #: a follower's views of what the leader decides (incidents, modes), refreshed at each round
         self.on_follower_round: Transition | None = None
@@ -203,13 +88,17 @@ class Cluster(ClusterViews):
 
         What the API, the status page and healerd_cluster_leader say: a node whose takeover keeps failing
         holds the lease but does nothing a leader does, and says so."""
-        return self._leading and self.acting()
+        return self.takeovers is not None and self.takeovers.leading and self.acting()
 
     def takeover_error(self) -> str | None:
-        return self._takeover_error if self.epoch is not None and not self._leading else None
+        t = self.takeovers
+        return t.error if t is not None and self.epoch is not None and not t.leading else None
 
-    async def confirm(self, service: str, machine: str, timeout: float) -> Verdict:
-        return await self.confirmer.confirm(service, machine, timeout)
+    def live(self) -> tuple[Member, ...]:
+        return self.last.live(self.ttl) if self.last else ()
+
+    def owned_checks(self) -> int:
+        return sum(1 for bc in self.monitor.checks.values() if bc.active)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def join(self) -> None:
@@ -239,9 +128,10 @@ class Cluster(ClusterViews):
 
     def run(self, on_lead: Callable[[int], Awaitable[None]], on_follow: Transition) -> None:
         """Start leading when the lease comes to this node, and following the others' changes."""
-        self._on_lead, self._on_follow = on_lead, on_follow
+        self.takeovers = Takeovers(
+            self.node, self.metrics, epoch=lambda: self.epoch, on_lead=on_lead, on_follow=on_follow
+        )
         self.mirror.start()
-        self._changer = asyncio.create_task(self._apply_changes(), name="healerd-cluster-leadership")
         self._task = asyncio.create_task(self._loop(), name="healerd-cluster-lease")
 
     async def stop(self) -> None:
@@ -255,10 +145,9 @@ class Cluster(ClusterViews):
                 await self._task
         epoch = self.epoch
         self._lose("this node is stopping")
-        if self._changer is not None:
-            self._changes.put_nowait(None)
+        if self.takeovers is not None:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._changer
+                await self.takeovers.stop()
         await self.mirror.stop()
         with contextlib.suppress(Exception):
             if epoch is not None:
@@ -294,7 +183,7 @@ class Cluster(ClusterViews):
             disputed = self.confirmer.disputed() if self.epoch is not None else None
             async with asyncio.timeout(self.ttl / 2):
                 found = await self.lease.round(
-                    self.monitor.owned_machines(), self._owned_checks(), take=take, disputed=disputed
+                    self.monitor.owned_machines(), self.owned_checks(), take=take, disputed=disputed
                 )
         except (TimeoutError, OSError, Exception) as exc:
             self.metrics.counter("cluster_lease_errors").inc()
@@ -362,7 +251,8 @@ class Cluster(ClusterViews):
             self.store.pg.epoch = epoch
             self.metrics.counter("cluster_leader_changes").labels("acquired").inc()
             log.warning("this node leads the cluster", node=self.node, epoch=epoch)
-            self._changes.put_nowait(epoch)
+            if self.takeovers is not None:
+                self.takeovers.wish(epoch)
 
     def _lose(self, why: str) -> None:
         if self._expiry is not None:
@@ -375,76 +265,12 @@ class Cluster(ClusterViews):
         self.store.pg.epoch = None  # from now on every leader-only write of this node is refused
         self._deadline = 0.0
         self.metrics.counter("cluster_leader_changes").labels("lost").inc()
-        self._changes.put_nowait(0)
+        if self.takeovers is not None:
+            self.takeovers.wish(0)
 
     def _fenced(self, reason: str) -> None:
         self.metrics.counter("cluster_fenced_writes").inc()
         self._lose(reason)
-
-    async def _apply_changes(self) -> None:
-        """Start or stop leading, one change at a time, in order; only the last wish counts."""
-        wish = await self._changes.get()
-        while True:
-            while not self._changes.empty():
-                wish = self._changes.get_nowait()
-            if self._leading and self._on_follow is not None:
-                await self._safely(self._on_follow, "stepping down")
-            self._leading = False
-            if wish is None:
-                return
-            newer = await self._take_over(wish) if wish and wish == self.epoch else None
-            wish = newer[0] if newer is not None else await self._changes.get()
-
-    async def _take_over(self, epoch: int) -> tuple[int | None] | None:
-        """Start leading at `epoch`; a failed attempt (the store still reconnecting after an outage, say) is
-        undone and tried again with backoff for as long as this node holds that epoch: a node never keeps a
-        lease it does not exercise. Returns a newer wish that came meanwhile (a step-down, a stop)."""
-        attempt = 0
-        while epoch == self.epoch and self._on_lead is not None:
-            if await self._safely(functools.partial(self._on_lead, epoch), "taking over"):
-                self._leading = epoch == self.epoch
-                self._takeover_error = None
-                if attempt:
-                    log.warning("took over after retrying", node=self.node, epoch=epoch, attempts=attempt + 1)
-                return None
-            error = self._takeover_error
-            if self._on_follow is not None:  # undo what the failed attempt started
-                await self._safely(self._on_follow, "undoing a failed takeover")
-            self._takeover_error = error
-            attempt += 1
-            self.metrics.counter("cluster_takeover_retries").inc()
-            if attempt == 1:
-                log.warning(
-                    "taking over failed; retrying until it succeeds or the lease goes",
-                    node=self.node,
-                    epoch=epoch,
-                    error=self._takeover_error,
-                )
-            try:
-                async with asyncio.timeout(min(TAKEOVER_BACKOFF_MAX, TAKEOVER_BACKOFF * 2 ** (attempt - 1))):
-                    return (await self._changes.get(),)
-            except TimeoutError:
-                continue
-        return None
-
-    async def _safely(self, fn: Transition, what: str) -> bool:
-        """Run a leadership change; False (and why, in takeover_error) when it failed."""
-        try:
-            await fn()
-        except asyncio.CancelledError:
-            raise
-        except Fenced as exc:  # the lease went while taking over: the next change follows
-            self._takeover_error = f"the lease went meanwhile: {exc}"
-            log.warning(f"{what} cut short: the lease went meanwhile", node=self.node, reason=str(exc))
-        except STORE_FAULTS as exc:
-            self._takeover_error = f"the store fails: {exc}"
-            log.warning(f"{what} cut short: the store fails", node=self.node, error=str(exc))
-        except Exception as exc:
-            self._takeover_error = f"{type(exc).__name__}: {exc}"
-            log.exception(f"{what} failed", node=self.node)
-        else:
-            return True
-        return False
 
     def _gauges(self, found: Round) -> None:
         live = found.live(self.ttl)
