@@ -5,15 +5,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from .config import ServiceConfig
     from .incidents import Incident
     from .machines import Machine
-    from .playbooks import Step
+
+#: the service's config: opaque to the actions, which hand it back to the engine (they never read it), so that
+#: actions, registered as plugins, do not depend on the config package that validates them
+S = TypeVar("S")
+S_contra = TypeVar("S_contra", contravariant=True)
 
 
 class StepFailed(Exception):
@@ -28,26 +31,34 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Remediator(Protocol):
+class Remediator(Protocol[S_contra]):
     """What the actions act through (the remediation engine)."""
 
-    async def rotation_remove(self, svc: ServiceConfig, machine_id: str) -> None: ...
-    async def quarantine(self, svc: ServiceConfig, machine_id: str, incident: str, freeze: bool) -> dict[str, Any]: ...
+    async def rotation_remove(self, svc: S_contra, machine_id: str) -> None: ...
+    async def quarantine(self, svc: S_contra, machine_id: str, incident: str, freeze: bool) -> dict[str, Any]: ...
     async def collect_forensics(self, inc: Incident, evidence: dict[str, Any]) -> Path: ...
-    async def launch_replacement(self, svc: ServiceConfig, incident: str | None) -> Machine: ...
-    async def await_healthy(
-        self, svc: ServiceConfig, machine_id: str, timeout: float, incident: str | None
-    ) -> None: ...
-    async def put_in_service(self, svc: ServiceConfig, machine_id: str) -> None: ...
+    async def launch_replacement(self, svc: S_contra, incident: str | None) -> Machine: ...
+    async def await_healthy(self, svc: S_contra, machine_id: str, timeout: float, incident: str | None) -> None: ...
+    async def put_in_service(self, svc: S_contra, machine_id: str) -> None: ...
     def announce_replaced(self, inc: Incident, outputs: dict[str, Any]) -> None: ...
 
 
+class StepSpec(Protocol):
+    """What an action reads of its playbook step."""
+
+    @property
+    def params(self) -> BaseModel: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+
 @dataclass
-class StepContext:
-    engine: Remediator
+class StepContext(Generic[S]):
+    engine: Remediator[S]
     incident: Incident
-    service: ServiceConfig
-    step: Step
+    service: S
+    step: StepSpec
     outputs: dict[str, Any] = field(default_factory=dict)  # what earlier steps produced
 
 
@@ -60,7 +71,7 @@ class Action:
     #: would not change the answer
     timeout_ends_playbook: ClassVar[bool] = False
 
-    async def run(self, ctx: StepContext) -> dict[str, Any]:
+    async def run(self, ctx: StepContext[Any]) -> dict[str, Any]:
         raise NotImplementedError
 
 
@@ -68,7 +79,7 @@ class RotationRemove(Action):
     kind = "rotation.remove"
     description = "take the sick machine out of rotation"
 
-    async def run(self, ctx: StepContext) -> dict[str, Any]:
+    async def run(self, ctx: StepContext[Any]) -> dict[str, Any]:
         await ctx.engine.rotation_remove(ctx.service, ctx.incident.machine)
         return {}
 
@@ -82,7 +93,7 @@ class MachineQuarantine(Action):
     Params = QuarantineParams
     description = "isolate the sick machine and keep it for forensics"
 
-    async def run(self, ctx: StepContext) -> dict[str, Any]:
+    async def run(self, ctx: StepContext[Any]) -> dict[str, Any]:
         params = ctx.step.params
         assert isinstance(params, QuarantineParams)
         evidence = await ctx.engine.quarantine(ctx.service, ctx.incident.machine, ctx.incident.id, params.freeze)
@@ -93,7 +104,7 @@ class ForensicsCollect(Action):
     kind = "forensics.collect"
     description = "write the evidence bundle (timeline, check history, metadata, console output, manifest)"
 
-    async def run(self, ctx: StepContext) -> dict[str, Any]:
+    async def run(self, ctx: StepContext[Any]) -> dict[str, Any]:
         path = await ctx.engine.collect_forensics(ctx.incident, ctx.outputs.get("quarantine", {}))
         return {"bundle": str(path)}
 
@@ -103,7 +114,7 @@ class LaunchReplacement(Action):
     default_timeout = 300.0
     description = "launch a replacement from the known-good image (once per incident)"
 
-    async def run(self, ctx: StepContext) -> dict[str, Any]:
+    async def run(self, ctx: StepContext[Any]) -> dict[str, Any]:
         machine = await ctx.engine.launch_replacement(ctx.service, ctx.incident.id)
         return {
             "replacement": machine.id,
@@ -118,7 +129,7 @@ class AwaitHealthy(Action):
     timeout_ends_playbook = True
     description = "run the service's checks on the replacement until they pass rise times in a row"
 
-    async def run(self, ctx: StepContext) -> dict[str, Any]:
+    async def run(self, ctx: StepContext[Any]) -> dict[str, Any]:
         replacement = ctx.outputs.get("replacement")
         if not replacement:
             raise StepFailed("no replacement to check: machine.launch_replacement must come first", terminal=True)
@@ -130,7 +141,7 @@ class RotationAdd(Action):
     kind = "rotation.add"
     description = "put the replacement in service and in rotation"
 
-    async def run(self, ctx: StepContext) -> dict[str, Any]:
+    async def run(self, ctx: StepContext[Any]) -> dict[str, Any]:
         replacement = ctx.outputs.get("replacement")
         if not replacement:
             raise StepFailed("no replacement to add: machine.launch_replacement must come first", terminal=True)
@@ -143,6 +154,6 @@ class Notify(Action):
     default_timeout = 30.0
     description = "tell on-call what was done (machine.replaced event)"
 
-    async def run(self, ctx: StepContext) -> dict[str, Any]:
+    async def run(self, ctx: StepContext[Any]) -> dict[str, Any]:
         ctx.engine.announce_replaced(ctx.incident, ctx.outputs)
         return {}

@@ -91,7 +91,7 @@ class Runbook:
         journal: StepJournal,
         store: BaseStore,
         metrics: Metrics,
-        host: Remediator,
+        host: Remediator[ServiceConfig],
         crash_at: str | None = None,
         wake: Callable[[], None] = lambda: None,
         on_change: Callable[[], None] = lambda: None,

@@ -102,7 +102,7 @@ async def test_an_action_whose_timeout_ends_the_playbook_is_not_retried(
         kind = "test.hang"
         timeout_ends_playbook = ends
 
-        async def run(self, ctx: StepContext) -> dict[str, Any]:
+        async def run(self, ctx: StepContext[Any]) -> dict[str, Any]:
             await asyncio.Event().wait()
             return {}
 
