@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -395,6 +397,35 @@ class SurplusReconciler:
             return NEVER
 
 
+@dataclass(frozen=True)
+class RetentionPlan:
+    """What retention does at `now`: machines to terminate, machines to warn about (with when their quarantine
+    ends), and when to look again."""
+
+    terminate: tuple[Machine, ...] = ()
+    warn: tuple[tuple[Machine, float], ...] = ()
+    next_at: float = NEVER
+
+
+def retention_plan(machines: Iterable[Machine], keep: float, warning: float, now: float) -> RetentionPlan:
+    """Quarantined machines older than `keep` end; those within `warning` of it are warned about once."""
+    terminate: list[Machine] = []
+    warn: list[tuple[Machine, float]] = []
+    next_at = NEVER
+    for m in machines:
+        if m.lifecycle is not Lifecycle.QUARANTINED:
+            continue
+        ends = float(m.attributes.get("quarantined_at") or now) + keep
+        if now >= ends:
+            terminate.append(m)
+            continue
+        if now >= ends - warning and not m.attributes.get("retention_warned"):
+            warn.append((m, ends))
+        warned = now >= ends - warning or bool(m.attributes.get("retention_warned"))
+        next_at = min(next_at, ends if warned else ends - warning)
+    return RetentionPlan(tuple(terminate), tuple(warn), next_at)
+
+
 class RetentionReconciler:
     """Quarantines older than keep_for end: a warning first (keep_warning before), then termination."""
 
@@ -406,26 +437,18 @@ class RetentionReconciler:
         keep = service.remediation.keep_for
         if not service.managed or keep is None:
             return NEVER
-        warning = service.remediation.keep_warning
-        next_at = NEVER
+        machines = list(self.monitor.machines.get(service.name, {}).values())
+        plan = retention_plan(machines, keep, service.remediation.keep_warning, now)
         with bound_contextvars(service=service.name):
-            for m in list(self.monitor.machines.get(service.name, {}).values()):
-                if m.lifecycle is not Lifecycle.QUARANTINED:
-                    continue
-                ends = float(m.attributes.get("quarantined_at") or now) + keep
+            for m in plan.terminate:
                 with bound_contextvars(machine=m.id, incident=m.attributes.get("incident")):
-                    if now >= ends:
-                        await self.quarantine.terminate(
-                            m.id,
-                            f"terminated: its quarantine reached keep_for ({keep:g}s); evidence and snapshots are kept",
-                        )
-                        log.warning("quarantine retention ended; machine terminated")
-                        continue
-                    if now >= ends - warning and not m.attributes.get("retention_warned"):
-                        await self._warn(m, ends, now)
-                    warned = now >= ends - warning or m.attributes.get("retention_warned")
-                    next_at = min(next_at, ends if warned else ends - warning)
-        return next_at
+                    why = f"terminated: its quarantine reached keep_for ({keep:g}s); evidence and snapshots are kept"
+                    await self.quarantine.terminate(m.id, why)
+                    log.warning("quarantine retention ended; machine terminated")
+            for m, ends in plan.warn:
+                with bound_contextvars(machine=m.id, incident=m.attributes.get("incident")):
+                    await self._warn(m, ends, now)
+        return plan.next_at
 
     async def _warn(self, m: Machine, ends: float, now: float) -> None:
         await self.monitor.put_machine(

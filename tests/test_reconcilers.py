@@ -27,6 +27,7 @@ from healerd.reconcilers import (
     ProbationReconciler,
     RetentionReconciler,
     SurplusReconciler,
+    retention_plan,
 )
 from healerd.results import Status
 
@@ -389,3 +390,28 @@ async def test_the_held_gauge_counts_open_incidents_by_the_gate_holding_them_now
     assert left.state is IncidentState.REMEDIATING
     (cleared,) = rig.of(EventType.STORM_CLEARED)
     assert cleared.incident == left.id and "by alice" in cleared.summary
+
+
+# -- retention, the pure plan -----------------------------------------------------------------------------
+def _quarantined(mid: str, since: float, **attrs: str) -> Machine:
+    return Machine("web", mid, "127.0.0.1:1", Lifecycle.QUARANTINED, {"quarantined_at": str(since), **attrs})
+
+
+@pytest.mark.parametrize(
+    ("machine", "now", "terminated", "warned", "next_at"),
+    [
+        (_quarantined("q", 0.0), 100.0, [], [], 3000.0),  # an hour to go: look again when the warning is due
+        (_quarantined("q", 0.0), 3000.0, [], ["q"], 3600.0),  # 10 minutes left: warn, then look at the end
+        (_quarantined("q", 0.0, retention_warned="3000"), 3100.0, [], [], 3600.0),  # warned once only
+        (_quarantined("q", 0.0), 3600.0, ["q"], [], math.inf),  # keep_for reached
+        (_quarantined("q", 0.0), 9999.0, ["q"], [], math.inf),
+        (Machine("web", "m", "127.0.0.1:1", Lifecycle.IN_SERVICE), 9999.0, [], [], math.inf),  # not quarantined
+    ],
+)
+def test_the_retention_plan_terminates_at_keep_for_after_one_warning(
+    machine: Machine, now: float, terminated: list[str], warned: list[str], next_at: float
+) -> None:
+    plan = retention_plan([machine], keep=3600.0, warning=600.0, now=now)
+    assert [m.id for m in plan.terminate] == terminated
+    assert [m.id for m, _ in plan.warn] == warned
+    assert plan.next_at == next_at
