@@ -8,6 +8,7 @@ from aiohttp import web
 from .api import ENGINE, _query, body_of, json_error, json_response
 from .api_models import NoQuery, RolloutChange, RolloutStart
 from .rollouts import RolloutRefused
+from .rollouts.views import images_view
 
 
 def _refused(exc: RolloutRefused) -> web.Response:
@@ -16,7 +17,7 @@ def _refused(exc: RolloutRefused) -> web.Response:
 
 async def images(request: web.Request) -> web.Response:
     _query(request, NoQuery)
-    return json_response(await request.app[ENGINE].rollouts.images_view())
+    return json_response(await images_view(request.app[ENGINE].config, request.app[ENGINE].store))
 
 
 async def rollout(request: web.Request) -> web.Response:

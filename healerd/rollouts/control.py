@@ -21,7 +21,6 @@ from ..events import Event, EventType, Severity, new_id
 from ..providers.base import ProviderError
 from .record import JUDGING, Rollout, RolloutRefused, Stage, rollout_view, version_record
 from .run import RolloutRun
-from .views import RolloutViews
 
 if TYPE_CHECKING:
     from ..controls import Controls
@@ -35,7 +34,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("healerd.rollout")
 
 
-class Rollouts(RolloutViews):
+class Rollouts:
     """The rollouts of every service: one task each while it runs."""
 
     def __init__(
@@ -133,6 +132,12 @@ class Rollouts(RolloutViews):
             for stage in Stage:
                 if stage is not Stage.COMPLETED:
                     gauge.labels(name, stage.value).set(1 if r is not None and r.stage is stage else 0)
+
+    async def view(self, service: str) -> dict[str, Any] | None:
+        """The service's rollout: the running one, else the last one the store holds (None: never rolled out)."""
+        r = self.active.get(service)
+        record = r.record() if r is not None else await self.store.rollouts.latest(service)
+        return rollout_view(record, self.monitor) if record is not None else None
 
     # -- requests (API, CLI) --------------------------------------------------------------------------------
     async def begin(
