@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -66,6 +66,18 @@ def _reason(decision: Decision) -> str:
     return decision.reason.value if decision.reason else ""
 
 
+def incident_targets(
+    conditions: Mapping[str, Condition], known: Collection[str], candidates: Collection[str]
+) -> list[str]:
+    """The serving machines (id -> condition) whose failure needs an incident now: down, with no incident open
+    for them, and not a rollout's candidate being judged (its rollout rolls back; nothing is healed)."""
+    return [
+        mid
+        for mid, condition in conditions.items()
+        if condition is Condition.DOWN and mid not in known and mid not in candidates
+    ]
+
+
 class IncidentReconciler:
     """One incident per machine failure. An open incident lasts as long as the failure; the safety gates
     decide when it is remediated; once remediated (or escalated) it ends when the service is optimal."""
@@ -108,14 +120,12 @@ class IncidentReconciler:
             )
             if unhealthy > service.max_unhealthy:
                 await self.controls.storm(service.name, now + service.remediation.storm_cooldown)
-            known = self.incidents.machines(service.name)
-            for m in serving:
-                mh = book.machine(service.name, m.id)
-                if m.id not in known and mh is not None and mh.condition is Condition.DOWN:
-                    if self.rollouts.owns(service.name, m.id):
-                        continue  # a candidate being judged: its rollout rolls back, nothing is healed
-                    summary = f"{m.id} is down: {mh.problem()}"
-                    await self.incidents.open(service.name, m.id, service.remediation.playbook, summary, now)
+            conditions = {m.id: mh.condition for m in serving if (mh := book.machine(service.name, m.id)) is not None}
+            candidates = {mid for mid in conditions if self.rollouts.owns(service.name, mid)}
+            for mid in incident_targets(conditions, self.incidents.machines(service.name), candidates):
+                mh = book.machine(service.name, mid)
+                summary = f"{mid} is down: {mh.problem() if mh is not None else 'no health'}"
+                await self.incidents.open(service.name, mid, service.remediation.playbook, summary, now)
             next_at = NEVER
             for inc in self.incidents.of(service.name):
                 with bound_contextvars(machine=inc.machine, incident=inc.id):

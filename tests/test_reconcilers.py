@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 from healerd.config import Mode
 from healerd.controls import Controls
 from healerd.events import EventType
+from healerd.health import Condition
 from healerd.incidents import IncidentState
 from healerd.machines import PROBATION, Lifecycle, Machine, Origin
 from healerd.reconcilers import (
@@ -27,6 +28,7 @@ from healerd.reconcilers import (
     ProbationReconciler,
     RetentionReconciler,
     SurplusReconciler,
+    incident_targets,
     retention_plan,
 )
 from healerd.results import Status
@@ -415,3 +417,20 @@ def test_the_retention_plan_terminates_at_keep_for_after_one_warning(
     assert [m.id for m in plan.terminate] == terminated
     assert [m.id for m, _ in plan.warn] == warned
     assert plan.next_at == next_at
+
+
+# -- which failures need an incident, the pure decision ---------------------------------------------------
+@pytest.mark.parametrize(
+    ("conditions", "known", "candidates", "targets"),
+    [
+        ({"a": Condition.UP, "b": Condition.DOWN}, set(), set(), ["b"]),
+        ({"a": Condition.DOWN, "b": Condition.DOWN}, set(), set(), ["a", "b"]),  # in the fleet's order
+        ({"b": Condition.DOWN}, {"b"}, set(), []),  # one incident per failure: already open
+        ({"b": Condition.DOWN}, set(), {"b"}, []),  # a rollout's candidate: its rollout rolls back
+        ({"b": Condition.IMPAIRED, "c": Condition.FLAPPING, "d": Condition.PENDING}, set(), set(), []),
+    ],
+)
+def test_an_incident_is_opened_for_each_new_failure_of_a_serving_machine(
+    conditions: dict[str, Condition], known: set[str], candidates: set[str], targets: list[str]
+) -> None:
+    assert incident_targets(conditions, known, candidates) == targets
