@@ -36,6 +36,7 @@ from .api_models import (
     parse_query,
     path_value,
 )
+from .monitor_views import machine_view, service_view
 from .store import STORE_FAULTS, Fenced
 
 if TYPE_CHECKING:
@@ -382,7 +383,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 def _service_view(request: web.Request, name: str) -> dict[str, Any]:
     """The service as the monitor sees it, and why healerd is not acting on it (held back, cooling down)."""
-    return {**request.app[MONITOR].service_view(name), **request.app[ENGINE].views.why_not_acting(name, time.time())}
+    monitor = request.app[MONITOR]
+    return {
+        **service_view(monitor.book, monitor.checks, name),
+        **request.app[ENGINE].views.why_not_acting(name, time.time()),
+    }
 
 
 async def services(request: web.Request) -> web.Response:
@@ -398,7 +403,10 @@ async def service(request: web.Request) -> web.Response:
     if name not in monitor.book.services:
         return json_error(404, "unknown service", f"no service named {name!r}; see GET /api/v1/services")
     view = _service_view(request, name)
-    view["machine_list"] = [monitor.machine_view(name, m) for m in sorted(monitor.book.services[name].machines)]
+    view["machine_list"] = [
+        machine_view(monitor.book, monitor.checks, monitor.machines, name, m)
+        for m in sorted(monitor.book.services[name].machines)
+    ]
     return json_response(view)
 
 
@@ -412,7 +420,7 @@ async def machines(request: web.Request) -> web.Response:
         if query.service is not None and name != query.service:
             continue
         for mid in sorted(monitor.book.services[name].machines):
-            view = monitor.machine_view(name, mid)
+            view = machine_view(monitor.book, monitor.checks, monitor.machines, name, mid)
             if query.condition is None or view["condition"] == query.condition:
                 out.append(view)
     return json_response({"machines": out})
@@ -424,7 +432,7 @@ async def machine(request: web.Request) -> web.Response:
     service_name, mid = request.match_info["service"], request.match_info["machine"]
     if monitor.book.machine(service_name, mid) is None:
         return json_error(404, "unknown machine", f"no machine {mid!r} in service {service_name!r}")
-    view = monitor.machine_view(service_name, mid)
+    view = machine_view(monitor.book, monitor.checks, monitor.machines, service_name, mid)
     view["events"] = await request.app[STORE].events.recent(service=service_name, machine=mid, limit=50)
     return json_response(view)
 

@@ -9,20 +9,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from prometheus_client import Counter, Histogram
 
 from .checks import CheckEnv
 from .checks.base import Check, Unbuildable
 from .config import CheckSpec, Config, ServiceConfig
 from .events import Event, EventBus
-from .health import CheckKey, Condition, HealthBook, ServiceState, Thresholds
-from .machines import Lifecycle, Machine, address_problem
+from .health import CheckKey, Condition, HealthBook, Thresholds
+from .machine_addresses import UnusableAddresses
+from .machines import Lifecycle, Machine
 from .metrics import Metrics
+from .monitor_gauges import MONITORED, MonitorGauges
 from .plugins import PROVIDER_KINDS
 from .providers import Provider
 from .providers.base import ProviderEnv
@@ -33,9 +35,6 @@ from .store import BaseStore
 from .targets import Target, render_model
 
 log = structlog.get_logger("healerd.monitor")
-
-#: lifecycles whose machines are checked (probation: checked, not in rotation)
-MONITORED = frozenset({Lifecycle.PROBATION, Lifecycle.IN_SERVICE})
 
 
 @dataclass
@@ -49,108 +48,7 @@ def thresholds(spec: CheckSpec) -> Thresholds:
     return Thresholds(spec.fall, spec.rise, spec.flap_low, spec.flap_high, spec.unknown_alert_after)
 
 
-class MonitorViews:
-    """The monitor's state as the API and the CLI show it."""
-
-    book: HealthBook
-    machines: dict[str, dict[str, Machine]]
-    checks: dict[CheckKey, BoundCheck]
-
-    def service_view(self, name: str) -> dict[str, Any]:
-        svc = self.book.services[name]
-        return {
-            "name": name,
-            "state": svc.state.value,
-            "reason": svc.reason,
-            "since": svc.since,
-            "desired": svc.desired,
-            "min_healthy": svc.min_healthy,
-            "machines": svc.counts() | {"total": len(svc.machines)},
-            "service_checks": {k: self._check_view(c) for k, c in svc.service_checks.items()},
-        }
-
-    def machine_view(self, service: str, machine_id: str) -> dict[str, Any]:
-        m = self.book.services[service].machines[machine_id]
-        machine = self.machines.get(service, {}).get(machine_id)
-        return {
-            "service": service,
-            "id": machine_id,
-            "address": machine.address if machine else "",
-            "version": machine.attributes.get("image_version") if machine else None,
-            "lifecycle": m.lifecycle.value,
-            "condition": m.condition.value,
-            "up": m.condition is not Condition.DOWN,
-            "flapping": m.condition is Condition.FLAPPING,
-            "since": m.since,
-            "checks": {k: self._check_view(c) for k, c in m.checks.items()},
-        }
-
-    def _check_view(self, c: Any) -> dict[str, Any]:
-        last = c.last
-        bc = self.checks.get(c.key)
-        return {
-            "status": last.status.name if last else None,
-            "message": last.message if last else None,
-            "duration": round(last.duration, 6) if last else None,
-            "metrics": [m.as_dict() for m in last.metrics] if last else [],
-            "last_run": c.last_at,
-            "hard_state": c.hard.name,
-            "state_type": c.state_type,
-            "since": c.since,
-            "ok_streak": c.ok_streak,
-            "fail_streak": c.bad_streak,
-            "flapping": c.flapping,
-            "flap_percent": round(c.flap_pct, 1),
-            "interval": bc.spec.interval if bc else None,
-        }
-
-
-class ResultWatchers:
-    """Who wants each check result as it comes, besides the health book."""
-
-    book: HealthBook
-
-    def _publish(self, events: list[Event]) -> None:
-        raise NotImplementedError
-
-    def observe_input(self, key: CheckKey, result: CheckResult, now: float) -> None:
-        """A result that no scheduled check made (an alert from Alertmanager): into the book, watchers, events."""
-        events = self.book.observe(key, result, now)
-        self._after_result(key, result, now)
-        if events:
-            self._publish(events)
-
-    def remove_input(self, key: CheckKey, now: float) -> None:
-        """A virtual check whose input is over (a resolved alert): out of the book, the machine recomputed."""
-        events = self.book.remove_check(key, now)
-        if events:
-            self._publish(events)
-
-    def __init__(self) -> None:
-        #: machines someone waits on (a replacement on probation): set at each of their results
-        self._watchers: dict[tuple[str, str], asyncio.Event] = {}
-        #: called with every result this node gets, its own and the other nodes' (a rollout's judge samples them)
-        self.taps: list[Callable[[CheckKey, CheckResult, float], None]] = []
-
-    def _after_result(self, key: CheckKey, result: CheckResult, ts: float) -> None:
-        for tap in self.taps:
-            tap(key, result, ts)
-        if self._watchers:
-            watcher = self._watchers.get((key.service, key.machine))
-            if watcher is not None:
-                watcher.set()
-
-    @contextlib.contextmanager
-    def watch(self, service: str, machine: str) -> Iterator[asyncio.Event]:
-        """An event set at each result of the machine's checks, while the block runs."""
-        event = self._watchers.setdefault((service, machine), asyncio.Event())
-        try:
-            yield event
-        finally:
-            self._watchers.pop((service, machine), None)
-
-
-class Monitor(MonitorViews, ResultWatchers):
+class Monitor:
     def __init__(
         self,
         book: HealthBook,
@@ -176,38 +74,23 @@ class Monitor(MonitorViews, ResultWatchers):
         self.providers: dict[str, Provider] = {}
         self.services: dict[str, ServiceConfig] = {}
         self._pending_first: set[CheckKey] = set()
-        self._bad_addresses: dict[tuple[str, str], str] = {}  # (service, machine) -> the address said unusable
-        ResultWatchers.__init__(self)
+        self.addresses = UnusableAddresses()  # a provider's machine address that no check can use, said once
+        #: machines someone waits on (a replacement on probation): set at each of their results
+        self._watchers: dict[tuple[str, str], asyncio.Event] = {}
+        #: called with every result this node gets, its own and the other nodes' (a rollout's judge samples them)
+        self.taps: list[Callable[[CheckKey, CheckResult, float], None]] = []
         self._ready_latched = False
         self._runs = metrics.counter("check_runs")
         self._durations = metrics.histogram("check_duration_seconds")
-        self._machine_up = metrics.gauge("machine_up")
         self._missed_runs = metrics.counter("scheduler_missed_runs")
         #: in a cluster (set by it): which checks this node runs, which events are this node's to record, and
         #: whether it may write machine records (the leader); alone, all of them
         self.owns: Callable[[CheckKey], bool] = lambda key: True
         self.emits: Callable[[Event], bool] = lambda event: True
         self.writes: Callable[[], bool] = lambda: True
-        bus.subscribe(self._on_event, mirrored=True)
-        store.history.states = self._states_counted
-
-    def _say_if_unusable(self, m: Machine) -> None:
-        """A provider's machine whose address cannot go into a check's URL or a load balancer's command: said
-        once per address (its checks then read UNKNOWN with the reason; nothing is written with it)."""
-        key = (m.service, m.id)
-        problem = address_problem(m.address, port_required=False)
-        if problem is None:
-            self._bad_addresses.pop(key, None)
-        elif self._bad_addresses.get(key) != m.address:
-            self._bad_addresses[key] = m.address
-            log.error(
-                "a machine's address is unusable",
-                service=m.service,
-                machine=m.id,
-                address=m.address[:100],
-                problem=problem,
-                hint="the provider gave it: fix the machine's address where the provider reads it",
-            )
+        self.gauges = MonitorGauges(metrics, book, store=store, writes=lambda: self.writes())
+        bus.subscribe(self.gauges.on_event, mirrored=True)
+        store.history.states = self.gauges.states_counted
 
     # -- readiness ----------------------------------------------------------------------------------------
     @property
@@ -244,13 +127,13 @@ class Monitor(MonitorViews, ResultWatchers):
             old = self.machines.get(svc.name, {})
             for gone in set(old) - {m.id for m in machines}:
                 self._publish(self.book.remove_machine(svc.name, gone, now))
-                self._forget_up(svc.name, gone)
+                self.gauges.forget_machine(svc.name, gone)
             self.machines[svc.name] = {m.id: m for m in machines}
             for m in machines:
-                self._say_if_unusable(m)
+                self.addresses.say_if_unusable(m)
                 self.book.set_machine(svc.name, m.id, m.lifecycle, now, refresh=False)
                 if m.id not in old and m.lifecycle in MONITORED:
-                    self._machine_up.labels(svc.name, m.id).set(1)
+                    self.gauges.machine_up(svc.name, m.id, True)
                 if m.lifecycle in MONITORED:
                     for spec in svc.checks:
                         wanted[CheckKey(svc.name, m.id, spec.name)] = (spec, m.target)
@@ -276,12 +159,12 @@ class Monitor(MonitorViews, ResultWatchers):
         self.services = dict(config.services)
         for svc in config.services.values():
             self._publish(self.book.refresh(svc.name, now))
-        self.update_service_gauges()
+        self.gauges.update_services()
         return report
 
     def _bind(self, key: CheckKey, spec: CheckSpec, target: Target) -> None:
         self.book.set_check(key, thresholds(spec))
-        bc = self.bind(key, spec, target)
+        bc = bound_check(key, spec, target, self.env, self._runs, self._durations)
         self.checks[key] = bc
         if self.owns(key):
             self._pending_first.add(key)
@@ -319,16 +202,16 @@ class Monitor(MonitorViews, ResultWatchers):
                 key = CheckKey(machine.service, machine.id, spec.name)
                 self._unbind(key)
             self._publish(self.book.remove_machine(machine.service, machine.id, now))
-            self._forget_up(machine.service, machine.id)
-            self.update_service_gauges()
+            self.gauges.forget_machine(machine.service, machine.id)
+            self.gauges.update_services()
             return
         before = machines.get(machine.id)
         machines[machine.id] = machine
         self._publish(self.book.set_machine(machine.service, machine.id, machine.lifecycle, now))
         if machine.lifecycle not in MONITORED:  # launching, quarantined, released: not an outage of the service
-            self._forget_up(machine.service, machine.id)
+            self.gauges.forget_machine(machine.service, machine.id)
         elif before is None or before.lifecycle not in MONITORED:  # checked from now on
-            self._machine_up.labels(machine.service, machine.id).set(1)
+            self.gauges.machine_up(machine.service, machine.id, True)
         for spec in svc.checks:
             key = CheckKey(machine.service, machine.id, spec.name)
             if machine.lifecycle in MONITORED and key not in self.checks:
@@ -336,23 +219,7 @@ class Monitor(MonitorViews, ResultWatchers):
             elif machine.lifecycle not in MONITORED and key in self.checks:
                 self._unbind(key)
                 self.book.remove_check(key, now)
-        self.update_service_gauges()
-
-    def _forget_up(self, service: str, machine_id: str) -> None:
-        with contextlib.suppress(KeyError):
-            self._machine_up.remove(service, machine_id)
-
-    def bind(self, key: CheckKey, spec: CheckSpec, target: Target) -> BoundCheck:
-        check: Check[Any]
-        try:
-            options = render_model(spec.options, target.fields())
-            check = spec.check_class(options, target, self.env)
-        except (ValueError, TypeError) as exc:  # e.g. a provider's address that makes no URL: said by every run
-            check = Unbuildable(target, self.env, f"cannot run {spec.kind} on {target.address[:100]!r}: {exc}"[:500])
-        bc = BoundCheck(key=key, spec=spec, check=check, address=target.address)
-        bc.metric_children = {s: self._runs.labels(key.service, key.check, s.name) for s in Status}
-        bc.duration_child = self._durations.labels(key.service, key.check)
-        return bc
+        self.gauges.update_services()
 
     async def restore(self) -> int:
         """Replay stored recent results so hard states and flap history survive a restart (no events)."""
@@ -374,8 +241,8 @@ class Monitor(MonitorViews, ResultWatchers):
             self.book.resync(name, now)
             for m in self.book.services[name].machines.values():
                 if m.lifecycle in MONITORED:
-                    self._machine_up.labels(name, m.id).set(0 if m.condition is Condition.DOWN else 1)
-        self.update_service_gauges()
+                    self.gauges.machine_up(name, m.id, m.condition is not Condition.DOWN)
+        self.gauges.update_services()
         return restored
 
     # -- results ------------------------------------------------------------------------------------------
@@ -420,6 +287,36 @@ class Monitor(MonitorViews, ResultWatchers):
         if events:
             self._publish(events)
 
+    def observe_input(self, key: CheckKey, result: CheckResult, now: float) -> None:
+        """A result that no scheduled check made (an alert from Alertmanager): into the book, watchers, events."""
+        events = self.book.observe(key, result, now)
+        self._after_result(key, result, now)
+        if events:
+            self._publish(events)
+
+    def remove_input(self, key: CheckKey, now: float) -> None:
+        """A virtual check whose input is over (a resolved alert): out of the book, the machine recomputed."""
+        events = self.book.remove_check(key, now)
+        if events:
+            self._publish(events)
+
+    def _after_result(self, key: CheckKey, result: CheckResult, ts: float) -> None:
+        for tap in self.taps:
+            tap(key, result, ts)
+        if self._watchers:
+            watcher = self._watchers.get((key.service, key.machine))
+            if watcher is not None:
+                watcher.set()
+
+    @contextlib.contextmanager
+    def watch(self, service: str, machine: str) -> Iterator[asyncio.Event]:
+        """An event set at each result of the machine's checks, while the block runs."""
+        event = self._watchers.setdefault((service, machine), asyncio.Event())
+        try:
+            yield event
+        finally:
+            self._watchers.pop((service, machine), None)
+
     def reshard(self) -> tuple[int, int]:
         """Start the checks this node owns now and stop the others (the cluster's membership changed); returns
         (started, stopped). A check that moves here goes on from the history its previous owner built."""
@@ -446,32 +343,18 @@ class Monitor(MonitorViews, ResultWatchers):
     def _missed(self, bc: BoundCheck) -> None:
         self._missed_runs.labels(bc.key.service, bc.key.check).inc()
 
-    def _on_event(self, event: Event) -> None:
-        if event.machine and event.type.value in (
-            "machine.unhealthy",
-            "machine.recovered",
-            "machine.flapping",
-        ):
-            m = self.book.machine(event.service, event.machine)
-            if m is not None and m.lifecycle in MONITORED:
-                self._machine_up.labels(event.service, event.machine).set(0 if m.condition is Condition.DOWN else 1)
-        if event.type.value == "service.state_changed":
-            self.update_service_gauges()
 
-    def _states_counted(self) -> dict[str, bool]:
-        """The services whose time up or down this node counts in the history (the leader's, in a cluster)."""
-        if not self.writes():
-            return {}
-        return {n: s.state is ServiceState.DOWN for n, s in self.book.services.items() if s.settled}
-
-    def update_service_gauges(self) -> None:
-        state_g = self.metrics.gauge("service_state")
-        machines_g = self.metrics.gauge("service_machines")
-        for name, svc in self.book.services.items():
-            for st in ServiceState:
-                state_g.labels(name, st.value).set(1 if svc.state is st else 0)
-            if svc.settled and self.writes():
-                self.store.history.book.service_state(name, svc.state is ServiceState.DOWN, time.time())
-            tally = Tally(m.lifecycle for m in svc.machines.values())
-            for lc in Lifecycle:
-                machines_g.labels(name, lc.value).set(tally.get(lc, 0))
+def bound_check(
+    key: CheckKey, spec: CheckSpec, target: Target, env: CheckEnv, runs: Counter, durations: Histogram
+) -> BoundCheck:
+    """The check of `spec` built for `target`, with its metric series; one that cannot be built says why at each run."""
+    check: Check[Any]
+    try:
+        options = render_model(spec.options, target.fields())
+        check = spec.check_class(options, target, env)
+    except (ValueError, TypeError) as exc:  # e.g. a provider's address that makes no URL: said by every run
+        check = Unbuildable(target, env, f"cannot run {spec.kind} on {target.address[:100]!r}: {exc}"[:500])
+    bc = BoundCheck(key=key, spec=spec, check=check, address=target.address)
+    bc.metric_children = {s: runs.labels(key.service, key.check, s.name) for s in Status}
+    bc.duration_child = durations.labels(key.service, key.check)
+    return bc

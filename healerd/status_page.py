@@ -17,6 +17,7 @@ from .health import Condition, ServiceState
 from .history import MACHINE_WIDTH, SERVICE_WIDTH
 from .incidents import IncidentState
 from .machines import Lifecycle
+from .monitor_views import service_view
 from .store import STORE_FAULTS
 
 if TYPE_CHECKING:
@@ -244,7 +245,7 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
     services = []
     for name in sorted(monitor.book.services):
         svc = monitor.book.services[name]
-        view = monitor.service_view(name)
+        view = service_view(monitor.book, monitor.checks, name)
         availability = await _safe(store.history.buckets(name, "", "", now - 7 * 86400, fresh=False), [])
         checks: list[dict[str, Any]] = []
         for check in await _safe(store.history.checks(name, hour_ago), []):
