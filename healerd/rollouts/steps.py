@@ -8,12 +8,12 @@ import asyncio
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from .._aio import wait_event
-from ..config import Mode, ServiceConfig
+from ..config import Config, Mode, ServiceConfig
 from ..events import Event
 from ..health import Condition, ProbationOutcome, ServiceState
 from ..machines import Lifecycle, Machine, Origin, launched_at
@@ -21,7 +21,35 @@ from ..providers.base import ProviderError
 from .record import Rollout, Stage
 
 if TYPE_CHECKING:
-    from .control import Rollouts
+    from ..controls import Controls
+    from ..events import EventType, Severity
+    from ..fleet import Fleet
+    from ..incidents import IncidentBook
+    from ..metrics import Metrics
+    from ..monitor import Monitor
+    from ..store import BaseStore
+
+
+class RolloutHost(Protocol):
+    """What a rollout's run reads and calls of the rollouts that hold it (rollouts.control.Rollouts)."""
+
+    config: Config
+    store: BaseStore
+    metrics: Metrics
+    fleet: Fleet
+    monitor: Monitor
+    incidents: IncidentBook
+    controls: Controls
+    wakes: dict[str, asyncio.Event]
+    #: fault injection for the crash-safety tests, never armed otherwise
+    crash_at: str | None
+
+    async def save(self, r: Rollout) -> None: ...
+
+    def event(self, r: Rollout, kind: EventType, summary: str, severity: Severity = ..., **details: Any) -> Event: ...
+
+    async def announce(self, r: Rollout, event: Event) -> None: ...
+
 
 log = structlog.get_logger("healerd.rollout")
 
@@ -49,7 +77,7 @@ class RolloutSteps:
     """What a rollout's stages are made of: its record's writes, its machines (found again by slot, launched,
     through probation, retired), the holds it waits in, and the checks that it may go on."""
 
-    def __init__(self, host: Rollouts, r: Rollout) -> None:
+    def __init__(self, host: RolloutHost, r: Rollout) -> None:
         self.host = host
         self.r = r
         self.p = r.params
