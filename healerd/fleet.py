@@ -21,7 +21,7 @@ from .incidents import IncidentState
 from .machines import PROBATION, Lifecycle, Machine, Origin, launched_at, launched_for
 from .plugins import ROTATION_KINDS
 from .providers.base import LaunchRequest, Provider, ProviderError
-from .rotation import Rotation
+from .rotations.base import Rotation
 from .store import VersionRecord
 
 if TYPE_CHECKING:

@@ -33,8 +33,10 @@ from .providers.base import Provider
 from .providers.local import LocalProvider
 from .providers.static import StaticProvider
 from .registry import Registry
-from .rotation import Elbv2Rotation, FileRotation, NoRotation, Rotation
-from .rotation_haproxy import HaproxyRotation
+from .rotations.base import NoRotation, Rotation
+from .rotations.elbv2 import Elbv2Rotation
+from .rotations.file import FileRotation
+from .rotations.haproxy import HaproxyRotation
 
 T = TypeVar("T", bound=type)
 

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .monitor import Monitor
     from .quarantine import Quarantine
     from .rollouts import Rollouts
-    from .rotation import Rotation
+    from .rotations.base import Rotation
     from .runbook import Runbook
     from .store import BaseStore
 

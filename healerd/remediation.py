@@ -39,7 +39,7 @@ from .reconcilers import (
     SurplusReconciler,
 )
 from .rollouts import Rollouts
-from .rotation import Rotation
+from .rotations.base import Rotation
 from .runbook import Runbook, StepJournal
 from .safety import Confirm
 from .store import STORE_FAULTS, Fenced

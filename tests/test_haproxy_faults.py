@@ -16,9 +16,9 @@ from haproxy_rig import FakeStatsSocket, Haproxy
 from remediation_rig import Rig
 from structlog.testing import capture_logs
 
-from healerd.haproxy import RuntimeApi
 from healerd.machines import Machine
-from healerd.rotation_haproxy import HaproxyOptions, HaproxyRotation
+from healerd.rotations.haproxy import HaproxyOptions, HaproxyRotation
+from healerd.rotations.haproxy_api import RuntimeApi
 
 Logs = list[dict[str, Any]]
 MACHINES = ("web-0", "web-1", "web-2")

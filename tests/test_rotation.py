@@ -1,4 +1,4 @@
-"""The file rotation (healerd.rotation.FileRotation): the in-service set as a Prometheus file_sd JSON file.
+"""The file rotation (healerd.rotations.file.FileRotation): the in-service set as a Prometheus file_sd JSON file.
 
 A load balancer or Prometheus reads this file at any moment: it must always be valid JSON in file_sd shape,
 replaced atomically (never seen half-written), and every call must be idempotent (a step re-run after a
@@ -19,7 +19,8 @@ import pytest
 
 from healerd.machines import Lifecycle, Machine
 from healerd.plugins import ROTATION_KINDS
-from healerd.rotation import FileRotation, FileRotationOptions, NoRotation
+from healerd.rotations.base import NoRotation
+from healerd.rotations.file import FileRotation, FileRotationOptions
 
 
 def machine(i: int, service: str = "web") -> Machine:

@@ -15,9 +15,9 @@ from conftest import Fleet, free_port
 from e2e.helpers import run_cli
 from haproxy_rig import Haproxy
 
-from healerd.haproxy import HaproxyError, RuntimeApi
 from healerd.machines import Machine
-from healerd.rotation_haproxy import HaproxyOptions, HaproxyRotation
+from healerd.rotations.haproxy import HaproxyOptions, HaproxyRotation
+from healerd.rotations.haproxy_api import HaproxyError, RuntimeApi
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import pytest
 from conftest import free_port
 from haproxy_rig import Haproxy
 
-from healerd.haproxy import RuntimeApi, ServerState
+from healerd.rotations.haproxy_api import RuntimeApi, ServerState
 
 from .fleet import INTERVAL, Healer, kill_demos, launched_ids, set_fault
 from .fleet import fleet_config as demo_fleet

@@ -16,7 +16,7 @@ import pytest
 from conftest import Fleet, free_port
 from haproxy_rig import FakeStatsSocket, Haproxy
 
-from healerd.haproxy import RuntimeApi
+from healerd.rotations.haproxy_api import RuntimeApi
 
 from .helpers import DaemonProcess, StartDaemon, http_check, make_config, wait_until
 

@@ -9,7 +9,7 @@ import io
 import re
 from dataclasses import dataclass
 
-from .providers.base import ProviderError
+from ..providers.base import ProviderError
 
 #: srv_admin_state bits (HAProxy 2.6 server.h): forced, inherited, config, resolution maintenance; drain
 MAINT_BITS = 0x01 | 0x02 | 0x04 | 0x20

@@ -20,11 +20,11 @@ from typing import Any
 import structlog
 from pydantic import Field, field_validator
 
-from .durations import parse_duration
-from .haproxy import HaproxyError, RuntimeApi, ServerState
-from .machines import Machine, address_problem
-from .paths import resolve_path
-from .rotation import Rotation, RotationOptions
+from ..durations import parse_duration
+from ..machines import Machine, address_problem
+from ..paths import resolve_path
+from .base import Rotation, RotationOptions
+from .haproxy_api import HaproxyError, RuntimeApi, ServerState
 
 log = structlog.get_logger("healerd.remediation")
 
