@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .metrics import Metrics
     from .monitor import Monitor
-    from .remediation import RemediationEngine
+    from .remediation.engine import RemediationEngine
     from .store import BaseStore
 
 

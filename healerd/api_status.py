@@ -12,10 +12,10 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from . import forensics
 from .api import ALERTING, ENGINE, MONITOR, SETTINGS, STORE, _query, json_error, json_response
 from .api_models import HistoryQuery, NoQuery, StatusQuery
 from .history import MACHINE_WIDTH, SERVICE_WIDTH
+from .remediation import forensics
 from .status_page import SPANS, PageInput, page_model, result_uptime, uptime
 
 

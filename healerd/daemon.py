@@ -31,8 +31,8 @@ from .log import log_event
 from .metrics import Metrics, prime
 from .monitor import Monitor
 from .notifiers.base import read_secret
-from .remediation import RemediationEngine
-from .safety import Reason
+from .remediation.engine import RemediationEngine
+from .remediation.safety import Reason
 from .store import STORE_FAULTS, BaseStore, Store, StoreError
 from .store.postgres import PgStore
 from .systemd import Notifier as SystemdNotifier

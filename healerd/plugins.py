@@ -9,16 +9,6 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from .actions import (
-    Action,
-    AwaitHealthy,
-    ForensicsCollect,
-    LaunchReplacement,
-    MachineQuarantine,
-    Notify,
-    RotationAdd,
-    RotationRemove,
-)
 from .checks.base import Check
 from .checks.exec import ExecCheck
 from .checks.http import HttpCheck
@@ -33,6 +23,16 @@ from .providers.base import Provider
 from .providers.local import LocalProvider
 from .providers.static import StaticProvider
 from .registry import Registry
+from .remediation.actions import (
+    Action,
+    AwaitHealthy,
+    ForensicsCollect,
+    LaunchReplacement,
+    MachineQuarantine,
+    Notify,
+    RotationAdd,
+    RotationRemove,
+)
 from .rotations.base import NoRotation, Rotation
 from .rotations.elbv2 import Elbv2Rotation
 from .rotations.file import FileRotation
@@ -57,7 +57,7 @@ ROTATION_KINDS: Registry[type[Rotation]] = _built_in(
     Registry("healerd.rotations", Rotation), NoRotation, FileRotation, Elbv2Rotation, HaproxyRotation
 )
 ACTIONS: Registry[type[Action]] = _built_in(
-    Registry("healerd.actions", Action),
+    Registry("healerd.remediation.actions", Action),
     RotationRemove,
     MachineQuarantine,
     ForensicsCollect,

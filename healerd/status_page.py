@@ -15,16 +15,16 @@ from .cluster import views as cluster_views
 from .durations import format_age
 from .health import Condition, ServiceState
 from .history import MACHINE_WIDTH, SERVICE_WIDTH
-from .incidents import IncidentState
 from .machines import Lifecycle
 from .monitor_views import service_view
+from .remediation.incidents import IncidentState
 from .store import STORE_FAULTS
 
 if TYPE_CHECKING:
     from .cluster import Cluster
-    from .incidents import Incident
     from .monitor import Monitor
-    from .remediation import RemediationEngine
+    from .remediation.engine import RemediationEngine
+    from .remediation.incidents import Incident
     from .store import BaseStore
 
 #: healthy machines listed per service (the others are counted, and the API lists them all)

@@ -22,8 +22,8 @@ from healerd.machines import Lifecycle, Machine
 from healerd.metrics import Metrics
 from healerd.monitor import Monitor
 from healerd.providers.base import LaunchRequest, Provider, ProviderError
-from healerd.reconcilers import Reconciler
-from healerd.remediation import RemediationEngine
+from healerd.remediation.engine import RemediationEngine
+from healerd.remediation.reconcilers import Reconciler
 from healerd.results import CheckResult, Status
 from healerd.store import Store
 

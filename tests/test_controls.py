@@ -1,4 +1,4 @@
-"""The operator's controls (healerd.controls): mode precedence, pause, silences and storm cooldowns, all
+"""The operator's controls (healerd.remediation.controls): mode precedence, pause, silences and storm cooldowns, all
 surviving a restart through the store."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from healerd.config import Config, Mode, load_config
-from healerd.controls import Controls
+from healerd.remediation.controls import Controls
 from healerd.store import Store
 
 CONFIG = """

@@ -1,4 +1,4 @@
-"""Evidence bundles (healerd.forensics): written atomically and once per incident, verifiable later.
+"""Evidence bundles (healerd.remediation.forensics): written atomically and once per incident, verifiable later.
 
 The forensics reader opens `<state_dir>/forensics/<incident>/` days later: every file must be there with the
 SHA-256 its manifest records, a half-written bundle must never carry the final name, and a step re-run after
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from healerd.forensics import verify, write_bundle
+from healerd.remediation.forensics import verify, write_bundle
 
 INCIDENT = "01M80ABCDEFGHJKMNP"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from healerd.forensics import listing, verify, write_bundle
+from healerd.remediation.forensics import listing, verify, write_bundle
 
 INCIDENT = "01M80ABCDEFGHJKMNP"
 

@@ -1,6 +1,6 @@
-"""The canary judge (healerd.judge): the candidate's results against the known-good machines' of the same window.
-A verdict is what decides whether a version is promoted or rolled back, and its reason and figures are what an
-operator reads in the rollout record and the alert: both are asserted here with concrete numbers."""
+"""The canary judge (healerd.rollouts.judge): the candidate's results against the known-good machines' of the
+same window. A verdict is what decides whether a version is promoted or rolled back, and its reason and figures
+are what an operator reads in the rollout record and the alert: both are asserted here with concrete numbers."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from healerd.config.models import JudgeConfig
 from healerd.health import Condition
-from healerd.judge import RESERVOIR, Samples, in_baseline, judge, percentile
 from healerd.machines import Lifecycle, Machine
+from healerd.rollouts.judge import RESERVOIR, Samples, in_baseline, judge, percentile
 
 LIMITS = JudgeConfig()  # max_error_rate 1%, max_latency_ratio 1.5, min_results 50, latency_floor 5 ms
 

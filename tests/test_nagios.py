@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from healerd.nagios import Range, parse_output, parse_perfdata, status_from_exit
+from healerd.checks.nagios import Range, parse_output, parse_perfdata, status_from_exit
 from healerd.results import PerfDatum, Status
 
 # The multi-line example of the Nagios plugin guidelines: perfdata on line one, after the long text's

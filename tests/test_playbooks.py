@@ -1,4 +1,4 @@
-"""Playbooks (healerd.playbooks.load_playbooks): the shipped one, and every mistake reported with its file,
+"""Playbooks (healerd.remediation.playbooks.load_playbooks): the shipped one, and every mistake reported with its file,
 line and YAML path, so an operator can fix a playbook without reading healerd's source."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from e2e.helpers import run_cli
 
-from healerd.actions import QuarantineParams
 from healerd.config import ConfigError, load_config
-from healerd.playbooks import DEFAULT_PLAYBOOK, OnFailure, load_playbooks
 from healerd.plugins import ACTIONS
+from healerd.remediation.actions import QuarantineParams
+from healerd.remediation.playbooks import DEFAULT_PLAYBOOK, OnFailure, load_playbooks
 
 SHIPPED = Path(__file__).resolve().parents[1] / "playbooks"
 

@@ -1,4 +1,4 @@
-"""The remediation reconcilers (healerd.reconcilers), one service at a time with an explicit `now`: what an
+"""The remediation reconcilers (healerd.remediation.reconcilers), one service at a time with an explicit `now`: what an
 operator would notice (incidents, held-back reasons, launches, retirements, quarantines) and what they log.
 
 The bench (tests/remediation_rig.py) is a real store, health book, monitor, file rotation and registry; only
@@ -17,12 +17,12 @@ from remediation_rig import Rig
 from structlog.testing import capture_logs
 
 from healerd.config import Mode
-from healerd.controls import Controls
 from healerd.events import EventType
 from healerd.health import Condition
-from healerd.incidents import IncidentState
 from healerd.machines import PROBATION, Lifecycle, Machine, Origin
-from healerd.reconcilers import (
+from healerd.remediation.controls import Controls
+from healerd.remediation.incidents import IncidentState
+from healerd.remediation.reconcilers import (
     FillReconciler,
     IncidentReconciler,
     ProbationReconciler,

@@ -1,4 +1,4 @@
-"""Playbook execution and its step journal (healerd.runbook): every step journaled before the next starts,
+"""Playbook execution and its step journal (healerd.remediation.runbook): every step journaled before the next starts,
 retries, timeouts, `on_failure`, stop and resume, and the `--crash-at` fault-injection point."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from remediation_rig import Rig
 
-import healerd.playbooks
-import healerd.runbook
-from healerd.actions import Action, StepContext
+import healerd.remediation.playbooks
+import healerd.remediation.runbook
 from healerd.events import EventType
-from healerd.incidents import Incident, IncidentState
 from healerd.plugins import ACTIONS
-from healerd.reconcilers import IncidentReconciler
-from healerd.runbook import StepState, retry_delay
+from healerd.remediation.actions import Action, StepContext
+from healerd.remediation.incidents import Incident, IncidentState
+from healerd.remediation.reconcilers import IncidentReconciler
+from healerd.remediation.runbook import StepState, retry_delay
 
 
 async def sick(rig: Rig) -> Incident:
@@ -108,8 +108,8 @@ async def test_an_action_whose_timeout_ends_the_playbook_is_not_retried(
 
     actions = ACTIONS.copy()
     actions.register(Hang, "tests")
-    monkeypatch.setattr(healerd.playbooks, "ACTIONS", actions)
-    monkeypatch.setattr(healerd.runbook, "ACTIONS", actions)
+    monkeypatch.setattr(healerd.remediation.playbooks, "ACTIONS", actions)
+    monkeypatch.setattr(healerd.remediation.runbook, "ACTIONS", actions)
     rig = await rig_factory(playbook=playbook("{action: test.hang, timeout: 50ms, retries: 2}", "action: notify"))
     inc = await sick(rig)
     await rig.engine.runbook.begin(rig.service, inc)

@@ -1,4 +1,4 @@
-"""The remediation safety decision (healerd.safety.decide): pure, tested with an explicit clock.
+"""The remediation safety decision (healerd.remediation.safety.decide): pure, tested with an explicit clock.
 
 Each gate must hold a remediation back on its own and name itself (the reason is what the operator sees in
 the event, the log, `healerd_remediation_suppressed_total{reason}` and the API); the first gate that holds
@@ -15,8 +15,8 @@ import pytest
 from healerd.config import Mode
 from healerd.health import CheckHealth, CheckKey, MachineHealth, Thresholds
 from healerd.machines import Lifecycle
+from healerd.remediation.safety import Decision, GateInput, Reason, decide, troubled
 from healerd.results import CheckResult, Status
-from healerd.safety import Decision, GateInput, Reason, decide, troubled
 
 NOW = 1_700_000_000.0
 

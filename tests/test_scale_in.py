@@ -1,10 +1,10 @@
-"""Which machine scale-in retires first (healerd.fleet.retirement_order): machines not on the known-good version,
-then the newest; a fleet on one version keeps its longest-proven machines."""
+"""Which machine scale-in retires first (healerd.remediation.fleet.retirement_order): machines not on the known-good
+version, then the newest; a fleet on one version keeps its longest-proven machines."""
 
 from __future__ import annotations
 
-from healerd.fleet import retirement_order
 from healerd.machines import Lifecycle, Machine
+from healerd.remediation.fleet import retirement_order
 
 
 def machine(mid: str, version: str | None, launched_at: float) -> Machine:

@@ -13,7 +13,7 @@ import pytest
 from conftest import lead
 from pg import PgServer
 
-from healerd.judge import Samples
+from healerd.rollouts.judge import Samples
 from healerd.store import Fenced, KnownGood, Store
 from healerd.store.base import BaseStore
 from healerd.store.interface import RolloutRecord, VersionRecord

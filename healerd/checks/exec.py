@@ -10,11 +10,11 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from ..nagios import parse_output, status_from_exit
 from ..results import CheckResult
 from ..targets import Target
 from . import _spawn
 from .base import Check, CheckEnv, CheckOptions
+from .nagios import parse_output, status_from_exit
 
 #: Where distributions install the standard plugins (Debian: monitoring-plugins-*).
 PLUGIN_DIRS = (

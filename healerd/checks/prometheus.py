@@ -17,11 +17,11 @@ from yarl import URL
 from .._neterrors import describe
 from .._urls import HttpUrl
 from ..durations import format_duration, parse_duration
-from ..nagios import Range
 from ..results import CheckResult, PerfDatum, Status
 from ..targets import Target
 from ._http1 import BodyCut, Disconnected, InvalidResponse, build_request, endpoint
 from .base import Check, CheckEnv, CheckOptions
+from .nagios import Range
 
 #: the largest answer read (a query meant for one machine that matches thousands of series is cut, and said so)
 MAX_ANSWER = 1 << 20

@@ -12,8 +12,8 @@ from ..checks.base import CheckEnv
 from ..notifiers.base import read_secret
 from ..openfiles import budget_problem, keepalive_shortfall
 from ..paths import resolve_against, set_config_dir
-from ..playbooks import load_playbooks
 from ..plugins import CHECK_KINDS, PROVIDER_KINDS
+from ..remediation.playbooks import load_playbooks
 from ..targets import did_you_mean
 from .document import NAMED, key_problems, nul_problems, read_text, refuse_big, strings_only
 from .dsn import dsn_problem

@@ -23,12 +23,12 @@ from .record import JUDGING, Rollout, RolloutRefused, Stage, rollout_view, versi
 from .run import RolloutRun
 
 if TYPE_CHECKING:
-    from ..controls import Controls
     from ..events import EventBus
-    from ..fleet import Fleet
-    from ..incidents import IncidentBook
     from ..metrics import Metrics
     from ..monitor import Monitor
+    from ..remediation.controls import Controls
+    from ..remediation.fleet import Fleet
+    from ..remediation.incidents import IncidentBook
     from ..store import BaseStore
 
 log = structlog.get_logger("healerd.rollout")

@@ -19,10 +19,10 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from ..events import EventType, Severity
-from ..judge import Samples, Verdict, in_baseline, judge
 from ..providers.base import ProviderError
 from ..results import CheckResult, Status
 from ..store import STORE_FAULTS, Fenced, VersionRecord
+from .judge import Samples, Verdict, in_baseline, judge
 from .record import Stage, version_record
 from .steps import STORE_RETRY, TICK, Rollback, RolloutSteps, Unconfigured
 

@@ -21,12 +21,12 @@ from ..providers.base import ProviderError
 from .record import Rollout, Stage
 
 if TYPE_CHECKING:
-    from ..controls import Controls
     from ..events import EventType, Severity
-    from ..fleet import Fleet
-    from ..incidents import IncidentBook
     from ..metrics import Metrics
     from ..monitor import Monitor
+    from ..remediation.controls import Controls
+    from ..remediation.fleet import Fleet
+    from ..remediation.incidents import IncidentBook
     from ..store import BaseStore
 
 

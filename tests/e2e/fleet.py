@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from healerd.playbooks import load_playbooks
+from healerd.remediation.playbooks import load_playbooks
 
 from .helpers import DaemonProcess, wait_until, write_config
 

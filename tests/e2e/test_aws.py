@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from healerd.forensics import verify
+from healerd.remediation.forensics import verify
 
 from .aws_fixtures import (
     S3_PREFIX,

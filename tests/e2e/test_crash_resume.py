@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 from conftest import free_port
 
-from healerd.forensics import verify
+from healerd.remediation.forensics import verify
 
 from .fleet import STEPS, port_window
 from .helpers import DaemonProcess, wait_until, write_config

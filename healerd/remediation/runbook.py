@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from structlog.contextvars import bound_contextvars
 
+from ..config import Config, ServiceConfig
+from ..events import EventType, Severity
+from ..plugins import ACTIONS
+from ..providers.base import ProviderError
+from ..store import STORE_FAULTS, Fenced
 from .actions import Remediator, StepContext, StepFailed
-from .config import Config, ServiceConfig
-from .events import EventType, Severity
 from .incidents import Incident, IncidentBook, IncidentState
 from .playbooks import OnFailure, Playbook, Step
-from .plugins import ACTIONS
-from .providers.base import ProviderError
-from .store import STORE_FAULTS, Fenced
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
-    from .store import BaseStore
+    from ..metrics import Metrics
+    from ..store import BaseStore
 
 log = structlog.get_logger("healerd.remediation")
 

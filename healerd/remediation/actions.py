@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
+    from ..machines import Machine
     from .incidents import Incident
-    from .machines import Machine
 
 #: the service's config: opaque to the actions, which hand it back to the engine (they never read it), so that
 #: actions, registered as plugins, do not depend on the config package that validates them

@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from structlog.contextvars import bound_contextvars
 
+from ..config import Config, ServiceConfig
+from ..events import Event, EventType, Severity
+from ..health import CheckKey
+from ..machines import Lifecycle, Machine, Origin, launched_for
 from .actions import StepFailed
-from .config import Config, ServiceConfig
-from .events import Event, EventType, Severity
-from .health import CheckKey
-from .machines import Lifecycle, Machine, Origin, launched_for
 
 if TYPE_CHECKING:
-    from .events import EventBus
+    from ..events import EventBus
+    from ..monitor import Monitor
+    from ..store import BaseStore
     from .fleet import Fleet
-    from .monitor import Monitor
-    from .store import BaseStore
 
 log = structlog.get_logger("healerd.remediation")
 

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 from .incidents import Incident, IncidentBook, IncidentState
 
 if TYPE_CHECKING:
-    from .config import Config
+    from ..config import Config
+    from ..store import BaseStore
     from .controls import Controls
     from .runbook import StepJournal
-    from .store import BaseStore
 
 
 def timeline(incident: str, events: list[dict[str, Any]], steps: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -18,15 +18,18 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from ._aio import wait_event
-from .config import Config, Mode, ServiceConfig
+from .._aio import wait_event
+from ..config import Config, Mode, ServiceConfig
+from ..events import Event, EventType, Severity
+from ..health import CheckKey
+from ..machines import Machine
+from ..rollouts import Rollouts
+from ..rotations.base import Rotation
+from ..store import STORE_FAULTS, Fenced
 from .controls import Controls
-from .events import Event, EventType, Severity
 from .fleet import Fleet
 from .forensics import write_bundle
-from .health import CheckKey
 from .incidents import ACTIVE, Incident, IncidentBook, IncidentState
-from .machines import Machine
 from .playbooks import Playbook, load_playbooks
 from .quarantine import Quarantine
 from .reconcilers import (
@@ -38,18 +41,15 @@ from .reconcilers import (
     RotationReconciler,
     SurplusReconciler,
 )
-from .rollouts import Rollouts
-from .rotations.base import Rotation
 from .runbook import Runbook, StepJournal
 from .safety import Confirm
-from .store import STORE_FAULTS, Fenced
 from .views import Views
 
 if TYPE_CHECKING:
-    from .events import EventBus
-    from .metrics import Metrics
-    from .monitor import Monitor
-    from .store import BaseStore
+    from ..events import EventBus
+    from ..metrics import Metrics
+    from ..monitor import Monitor
+    from ..store import BaseStore
 
 __all__ = ["ACTIVE", "RECONCILE_INTERVAL", "Incident", "IncidentState", "RemediationEngine"]
 

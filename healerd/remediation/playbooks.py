@@ -9,12 +9,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from . import _yaml
-from ._pydantic_words import Loc, misread_numbers, refusals
-from ._yaml import format_path
-from .durations import parse_duration, require_above_zero
-from .plugins import ACTIONS
-from .targets import did_you_mean
+from .. import _yaml
+from .._pydantic_words import Loc, misread_numbers, refusals
+from .._yaml import format_path
+from ..durations import parse_duration, require_above_zero
+from ..plugins import ACTIONS
+from ..targets import did_you_mean
 
 DEFAULT_PLAYBOOK = "replace-machine"
 
@@ -85,7 +85,7 @@ class PlaybookProblem:
 
 
 #: the playbooks shipped with healerd (replace-machine): found wherever the config lives
-BUILTIN = Path(__file__).parent / "_builtin" / "playbooks"
+BUILTIN = Path(__file__).parent.parent / "_builtin" / "playbooks"
 
 
 def load_playbooks(folders: list[Path]) -> tuple[dict[str, Playbook], list[PlaybookProblem]]:

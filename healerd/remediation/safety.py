@@ -10,9 +10,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .health import Condition, MachineHealth
-from .modes import Mode
-from .results import Status
+from ..health import Condition, MachineHealth
+from ..modes import Mode
+from ..results import Status
 
 
 class Reason(enum.StrEnum):

@@ -6,7 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from .results import PerfDatum, Status
+from ..results import PerfDatum, Status
 
 _VALUE = re.compile(r"^([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)([a-zA-Z%]*)$")
 _UOMS = {"", "s", "ms", "us", "%", "b", "kb", "mb", "gb", "tb", "c"}

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .config import Config, Mode
-from .events import new_id
-from .store import STORE_FAULTS
+from ..config import Config, Mode
+from ..events import new_id
+from ..store import STORE_FAULTS
 
 if TYPE_CHECKING:
-    from .store import BaseStore
+    from ..store import BaseStore
 
 log = structlog.get_logger("healerd.remediation")
 

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .events import Event, EventType, Severity, new_id
+from ..events import Event, EventType, Severity, new_id
+from ..store.interface import IncidentRecord
 from .safety import Reason, what_to_do
-from .store.interface import IncidentRecord
 
 if TYPE_CHECKING:
-    from .events import EventBus
-    from .store import BaseStore
+    from ..events import EventBus
+    from ..store import BaseStore
 
 log = structlog.get_logger("healerd.remediation")
 

@@ -13,9 +13,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config.models import JudgeConfig
-from .health import Condition
-from .machines import Lifecycle, Machine
+from ..config.models import JudgeConfig
+from ..health import Condition
+from ..machines import Lifecycle, Machine
 
 #: durations kept per side (reservoir sampling beyond): percentiles of 4,000 samples are within a fraction of a
 #: percent of the whole population's, and the rollout record stays small

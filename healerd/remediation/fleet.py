@@ -12,24 +12,24 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from ._aio import wait_event
+from .._aio import wait_event
+from ..config import Config, ServiceConfig
+from ..events import Event, EventType, Severity, new_id
+from ..health import CheckKey, ProbationOutcome, probation_outcome
+from ..machines import PROBATION, Lifecycle, Machine, Origin, launched_at, launched_for
+from ..plugins import ROTATION_KINDS
+from ..providers.base import LaunchRequest, Provider, ProviderError
+from ..rotations.base import Rotation
+from ..store import VersionRecord
 from .actions import StepFailed
-from .config import Config, ServiceConfig
-from .events import Event, EventType, Severity, new_id
-from .health import CheckKey, ProbationOutcome, probation_outcome
 from .incidents import IncidentState
-from .machines import PROBATION, Lifecycle, Machine, Origin, launched_at, launched_for
-from .plugins import ROTATION_KINDS
-from .providers.base import LaunchRequest, Provider, ProviderError
-from .rotations.base import Rotation
-from .store import VersionRecord
 
 if TYPE_CHECKING:
-    from .events import EventBus
+    from ..events import EventBus
+    from ..metrics import Metrics
+    from ..monitor import Monitor
+    from ..store import BaseStore
     from .incidents import Incident, IncidentBook
-    from .metrics import Metrics
-    from .monitor import Monitor
-    from .store import BaseStore
 
 log = structlog.get_logger("healerd.remediation")
 

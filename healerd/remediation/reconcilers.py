@@ -22,27 +22,27 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from .events import Event, EventType, Severity
+from ..events import Event, EventType, Severity
+from ..health import Condition, ProbationOutcome, ServiceState, probation_deadline
+from ..machines import PROBATION, Lifecycle, Machine, Origin, launched_at
+from ..providers.base import ProviderError
 from .fleet import retirement_order
-from .health import Condition, ProbationOutcome, ServiceState, probation_deadline
 from .incidents import Incident, IncidentState
-from .machines import PROBATION, Lifecycle, Machine, Origin, launched_at
-from .providers.base import ProviderError
 from .safety import Confirm, Decision, GateInput, Reason, decide, troubled
 
 if TYPE_CHECKING:
-    from .config import ServiceConfig
+    from ..config import ServiceConfig
+    from ..events import EventBus
+    from ..metrics import Metrics
+    from ..monitor import Monitor
+    from ..rollouts import Rollouts
+    from ..rotations.base import Rotation
+    from ..store import BaseStore
     from .controls import Controls
-    from .events import EventBus
     from .fleet import Fleet
     from .incidents import IncidentBook
-    from .metrics import Metrics
-    from .monitor import Monitor
     from .quarantine import Quarantine
-    from .rollouts import Rollouts
-    from .rotations.base import Rotation
     from .runbook import Runbook
-    from .store import BaseStore
 
 log = structlog.get_logger("healerd.remediation")
 
