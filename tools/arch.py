@@ -226,20 +226,16 @@ def main() -> int:
     over = sum(1 for n, _ in classes if n > MAX_CLASS_LINES)
     print(f"  {over} class(es) over {MAX_CLASS_LINES} lines")
 
-    graph = {module_name(p): imports_of(p, modules) for p in files}
-    print("\nImport cycles among healerd modules (function-local imports count, TYPE_CHECKING ones do not):")
-    found = cycles(graph)
-    for component in found:
-        print(f"  {len(component)} modules: {', '.join(component)}")
-    if not found:
-        print("  none")
-    typed = {module_name(p): imports_of(p, modules, typing_too=True) for p in files}
-    print("\nImport cycles counting TYPE_CHECKING imports too:")
-    found = cycles(typed)
-    for component in found:
-        print(f"  {len(component)} modules: {', '.join(component)}")
-    if not found:
-        print("  none")
+    for title, typing_too in (
+        ("Import cycles among healerd modules (function-local imports count, TYPE_CHECKING ones do not):", False),
+        ("Import cycles counting TYPE_CHECKING imports too:", True),
+    ):
+        print("\n" + title)
+        found = cycles({module_name(p): imports_of(p, modules, typing_too) for p in files})
+        for component in found:
+            print(f"  {len(component)} modules: {', '.join(component)}")
+        if not found:
+            print("  none")
 
     print("\nCitations of a document outside the repository (cite docs/ instead):")
     cited = citations_elsewhere()
