@@ -264,7 +264,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         _print_table(
             ["SERVICE", "MACHINE", "CHECK", "STATUS", "TIME", "MESSAGE"],
             [[s, m or "(service)", c, r.status.name, f"{r.duration * 1000:.0f}ms", r.message] for s, m, c, r in rows],
-            empty=f"no checks configured for service {args.service}" if args.service else "no checks configured",
+            # checks run against machines: none configured, or none known yet (a service healerd launches)
+            empty=f"no check ran for service {args.service}: no check or no machine to run it on"
+            if args.service
+            else "no check ran: no check configured, or no machine to run one on yet",
         )
     worst = int(Status.worst([r.status for *_, r in rows]))
     for problem in asyncio.run(_rotation_problems(config, args.service)):

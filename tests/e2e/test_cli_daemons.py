@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from conftest import Fleet, free_port, require_binary
 
+from .fleet import REPO
 from .helpers import HEALERD, DaemonProcess, StartDaemon, http_check, make_config, run_cli, write_config
 
 pytestmark = pytest.mark.e2e
@@ -181,6 +183,19 @@ def test_empty_lists_say_what_is_empty(tmp_path: Path, fleet_factory: Any, start
     for args, line in expected.items():
         out = run_cli(*args, "--url", daemon.url)
         assert (out.returncode, out.stdout.strip()) == (0, line), (args, out.stdout, out.stderr)
+    # healerd check of the demo config before its first run: checks configured, no machine launched yet
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    for name in ("config.example.yaml", "playbooks", "checks"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, demo / name)
+        else:
+            shutil.copy(source, demo / name)
+    out = run_cli("check", "-c", str(demo / "config.example.yaml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "no check ran: no check configured, or no machine to run one on yet"
+    assert "no checks configured" not in out.stdout
 
 
 def test_a_silence_of_a_machine_or_service_that_does_not_exist_is_refused(
