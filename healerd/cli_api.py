@@ -69,7 +69,7 @@ def _api(
     body too); errors become one ApiError."""
     try:
         ep = endpoint(args)
-        token = read_token(ep, change=body is not None)
+        token = read_token(ep)
     except EndpointError as exc:
         raise ApiError(str(exc), EXIT_USAGE) from None
     headers = {"Accept": "application/json"}

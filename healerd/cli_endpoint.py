@@ -155,7 +155,7 @@ def _resolve(args: argparse.Namespace) -> Endpoint:
     return Endpoint(url.rstrip("/"), source, token_file, required, context)
 
 
-def read_token(ep: Endpoint, change: bool) -> str | None:
+def read_token(ep: Endpoint) -> str | None:
     """The bearer token to send. A token file named by --token-file or the config that cannot be read is an
     error (a typo'd path must not pass unnoticed); the usual place, when unreadable, is skipped (a daemon that
     needs a token says so with its 401)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,16 +178,19 @@ def class_sizes(trees: dict[Path, ast.AST]) -> list[tuple[int, str]]:
 
 #: a section of a design document kept outside the repository, or a path above it
 ELSEWHERE = re.compile("DESIGN" + r" §|\.\./shared/")
+TEXT = (".py", ".md", ".html", ".yaml", ".yml", ".toml", ".cfg", ".txt", "")
 
 
 def citations_elsewhere() -> list[str]:
+    """Every line of a text file git tracks here that cites a document kept outside the repository."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     hits = []
-    for folder in (PACKAGE, "tests", "docs", "bench", "tools"):
-        for p in sorted((ROOT / folder).rglob("*")):
-            if p.suffix in (".py", ".md", ".html") and p.is_file():
-                for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-                    if ELSEWHERE.search(line):
-                        hits.append(f"{p.relative_to(ROOT)}:{n}")
+    for name in tracked.split():
+        p = ROOT / name
+        if p.suffix in TEXT and p.is_file():
+            for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                if ELSEWHERE.search(line):
+                    hits.append(f"{name}:{n}")
     return hits
 
 
