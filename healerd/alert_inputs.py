@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -65,7 +66,8 @@ def _time(text: object) -> float | None:
 @dataclass
 class AlertInputs:
     monitor: Monitor
-    config: Config
+    #: the config in force (read at each message: a reload changes the bounds and labels)
+    current_config: Callable[[], Config]
     metrics: Metrics | None = field(default=None, kw_only=True)
     #: virtual checks firing now, with when their alert is due to end (expired to OK after it)
     firing: dict[CheckKey, float] = field(default_factory=dict, init=False)
@@ -79,6 +81,10 @@ class AlertInputs:
     _total_full: bool = field(default=False, init=False, repr=False)
     _unmatched_since_log: int = field(default=0, init=False, repr=False)
     _unmatched_logged_at: float = field(default=0.0, init=False, repr=False)
+
+    @property
+    def config(self) -> Config:
+        return self.current_config()
 
     @property
     def count(self) -> int:

@@ -38,7 +38,9 @@ FINISH_SENDING = 3.0  # a node that stops leading lets a delivery on its way fin
 
 
 class Alerting:
-    def __init__(self, store: BaseStore, metrics: Metrics, base_url: str) -> None:
+    def __init__(
+        self, store: BaseStore, metrics: Metrics, *, base_url: str, may_deliver: Callable[[], bool] = lambda: True
+    ) -> None:
         self.store = store
         self.metrics = metrics
         self.base_url = base_url
@@ -59,7 +61,7 @@ class Alerting:
         self._sending: set[str] = set()  # notifiers with a delivery on its way
         self.reminders = Reminders()  # open incidents not acknowledged, told again every renotify_interval
         #: in a cluster: True while this node leads (checked right before a message goes out)
-        self.may_deliver: Callable[[], bool] = lambda: True
+        self.may_deliver = may_deliver
 
     # -- configuration ----------------------------------------------------------------------------------
     def configure(self, config: Config) -> None:

@@ -9,8 +9,7 @@ import json
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -49,14 +48,16 @@ if TYPE_CHECKING:
     from .store import BaseStore
 
 
-@dataclass
-class ApiSettings:
-    """What the API reads of the running config; the daemon updates it on every reload."""
+class ApiSettings(Protocol):
+    """What the API reads of the running daemon: the config and the token in force now (a reload replaces
+    them), and the cluster this node is part of (None: alone)."""
 
-    config: Config
-    api_token: str | None
-    #: the cluster this node is part of (None: alone)
-    cluster: Cluster | None = None
+    @property
+    def config(self) -> Config: ...
+    @property
+    def api_token(self) -> str | None: ...
+    @property
+    def cluster(self) -> Cluster | None: ...
 
 
 #: one typed key per component the API reads: the API depends on them, not on the daemon

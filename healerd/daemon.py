@@ -23,9 +23,11 @@ from .alerting import Alerting
 from .checks import CheckEnv
 from .cluster import Cluster
 from .cluster import views as cluster_views
+from .cluster.membership import Membership
 from .config import Config, ConfigError, Mode, load_config
 from .events import Event, EventBus, EventType, Severity
 from .health import HealthBook
+from .leadership import STANDALONE, Leadership
 from .log import configure as configure_logging
 from .log import log_event
 from .metrics import Metrics, prime
@@ -57,38 +59,55 @@ class Daemon:
         self.book = HealthBook()
         self.store = make_store(config)
         cluster = config.cluster
+        #: in a cluster, which checks and events are this node's and whether it may write; alone, all of them
+        self.membership = Membership(cluster.node) if cluster is not None else None
         self.env = CheckEnv(
-            tuple(config.daemon.check_paths), config.base_dir, max_concurrent=config.daemon.max_concurrent_checks
+            lambda: tuple(self.config.daemon.check_paths),
+            config.base_dir,
+            max_concurrent=config.daemon.max_concurrent_checks,
         )
         self.monitor = Monitor(
-            self.book, self.bus, self.metrics, self.store, self.env, config.daemon.max_concurrent_checks
+            self.book,
+            self.bus,
+            metrics=self.metrics,
+            store=self.store,
+            env=self.env,
+            max_concurrent=config.daemon.max_concurrent_checks,
+            ownership=self.membership or STANDALONE,
         )
         scheme = "https" if config.daemon.tls_cert_file else "http"
-        self.alerting = Alerting(self.store, self.metrics, f"{scheme}://{config.daemon.listen}")
-        self.alerting.configure(config)
-        self.remediation = RemediationEngine(
-            config, self.monitor, self.store, self.bus, self.metrics, mode, crash_at=crash_at
-        )
         self.api_token = _read_token(config)
-        self.alert_inputs = AlertInputs(self.monitor, config, metrics=self.metrics)
-        self._prime_metrics()
         self.cluster: Cluster | None = None
         if cluster is not None:
-            assert isinstance(self.store, PgStore)
+            assert isinstance(self.store, PgStore) and self.membership is not None
             self.cluster = Cluster(
                 cluster,
-                self.store.pg.dsn,
-                cluster.advertise or config.daemon.listen,
-                self.store,
-                self.monitor,
-                self.metrics,
-                lambda: self.api_token,
-                scheme,
+                self.membership,
+                dsn=self.store.pg.dsn,
+                advertise=cluster.advertise or config.daemon.listen,
+                store=self.store,
+                monitor=self.monitor,
+                metrics=self.metrics,
+                token=lambda: self.api_token,
+                scheme=scheme,
             )
-            self.remediation.join_cluster(self.cluster.acting, self.cluster.confirmer.confirm)
-            self.cluster.on_follower_round = self.remediation.follow_store
-            self.alerting.may_deliver = self.cluster.acting
-        self.api_settings = api.ApiSettings(config, self.api_token, self.cluster)
+        leadership: Leadership = self.cluster or STANDALONE
+        self.alerting = Alerting(
+            self.store, self.metrics, base_url=f"{scheme}://{config.daemon.listen}", may_deliver=leadership.acting
+        )
+        self.alerting.configure(config)
+        self.remediation = RemediationEngine(
+            self.current_config,
+            self.monitor,
+            store=self.store,
+            bus=self.bus,
+            metrics=self.metrics,
+            leadership=leadership,
+            mode=mode,
+            crash_at=crash_at,
+        )
+        self.alert_inputs = AlertInputs(self.monitor, self.current_config, metrics=self.metrics)
+        self._prime_metrics()
         self.stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self.last_reload_error: str | None = None
@@ -99,6 +118,10 @@ class Daemon:
         self.bus.subscribe(self.alerting.on_event)
         self.metrics.gauge("store_writable").set(1)
         self.store.on_fault(self._store_fault)
+
+    def current_config(self) -> Config:
+        """The config in force: every part reads it through this (a reload replaces it in one place)."""
+        return self.config
 
     def _store_fault(self, reason: str | None) -> None:
         """The state store started failing (disk full, read-only) or works again: say so, once each way."""
@@ -177,12 +200,11 @@ class Daemon:
         if problems:
             raise RuntimeError("playbooks: " + "; ".join(problems))
         if self.cluster is not None:  # only the leader remediates: it starts when this node takes the lease
-            self.remediation.config = self.config
-            self.cluster.run(self._lead, self._follow)
+            self.cluster.run(self._lead, self._follow, on_follower_round=self.remediation.follow_store)
             yield
             await self.cluster.stop()  # steps down first (another node takes over now), stopping the engine
             return
-        await self.remediation.apply(self.config)
+        await self.remediation.apply()
         await self.remediation.start()
         yield
         await self.remediation.stop()
@@ -190,7 +212,7 @@ class Daemon:
     async def _lead(self, epoch: int) -> None:
         """This node took the cluster's lease: write the fleet's records, resume the journal, deliver alerts."""
         await self.monitor.apply(self.config)
-        await self.remediation.apply(self.config)
+        await self.remediation.apply()
         await self.remediation.start()
         await self.alerting.lead(poll=1.0)
         log.info("leading: remediation, fleet fill, retention and the outbox run on this node", epoch=epoch)
@@ -216,7 +238,7 @@ class Daemon:
 
     def build_app(self) -> web.Application:
         app = web.Application(middlewares=[api.errors_and_auth, api_cluster.leader_only])
-        app[api.SETTINGS] = self.api_settings
+        app[api.SETTINGS] = self
         app[api.MONITOR] = self.monitor
         app[api.ENGINE] = self.remediation
         app[api.STORE] = self.store
@@ -262,17 +284,12 @@ class Daemon:
                 self.last_reload_error = "; ".join(problems)
                 log.error("config reload refused; the running config stays in force", problems=problems)
                 return False
-            report = await self.monitor.apply(new)
-            if self.cluster is None or self.cluster.acting():
-                await self.remediation.apply(new)
-            else:
-                self.remediation.config = new  # the leader writes what the new config changes
-            self.alerting.configure(new)
-            self.env.check_paths = tuple(new.daemon.check_paths)
-            self.config = new
-            self.alert_inputs.config = new
+            self.config = new  # every part reads it from here (current_config)
             self.api_token = _read_token(new)
-            self.api_settings.config, self.api_settings.api_token = new, self.api_token
+            report = await self.monitor.apply(new)
+            if self.cluster is None or self.cluster.acting():  # else the leader writes what the new config changes
+                await self.remediation.apply()
+            self.alerting.configure(new)
             for warning in new.warnings:
                 log.warning(warning, path=str(new.path))
             self.last_reload_error = None

@@ -21,6 +21,7 @@ from .checks.base import Check, Unbuildable
 from .config import CheckSpec, Config, ServiceConfig
 from .events import Event, EventBus
 from .health import CheckKey, Condition, HealthBook, Thresholds
+from .leadership import STANDALONE, Ownership
 from .machine_addresses import UnusableAddresses
 from .machines import Lifecycle, Machine
 from .metrics import Metrics
@@ -53,10 +54,12 @@ class Monitor:
         self,
         book: HealthBook,
         bus: EventBus,
+        *,
         metrics: Metrics,
         store: BaseStore,
         env: CheckEnv,
         max_concurrent: int,
+        ownership: Ownership = STANDALONE,
     ) -> None:
         self.book = book
         self.bus = bus
@@ -83,12 +86,10 @@ class Monitor:
         self._runs = metrics.counter("check_runs")
         self._durations = metrics.histogram("check_duration_seconds")
         self._missed_runs = metrics.counter("scheduler_missed_runs")
-        #: in a cluster (set by it): which checks this node runs, which events are this node's to record, and
-        #: whether it may write machine records (the leader); alone, all of them
-        self.owns: Callable[[CheckKey], bool] = lambda key: True
-        self.emits: Callable[[Event], bool] = lambda event: True
-        self.writes: Callable[[], bool] = lambda: True
-        self.gauges = MonitorGauges(metrics, book, store=store, writes=lambda: self.writes())
+        #: which checks this node runs, which events are its to record, and whether it may write machine
+        #: records (in a cluster: its shard, and whether it leads); alone, all of them
+        self.ownership = ownership
+        self.gauges = MonitorGauges(metrics, book, store=store, writes=ownership.acting)
         bus.subscribe(self.gauges.on_event, mirrored=True)
         store.history.states = self.gauges.states_counted
 
@@ -120,7 +121,7 @@ class Monitor:
             self._publish(self.book.set_service(svc.name, svc.desired, svc.min_healthy, now, grace))
             machines = await self.providers[svc.provider].list_machines(svc)
             # static: the config is the truth; managed: the store is, and what discovery found joins it
-            if self.writes():
+            if self.ownership.acting():
                 await self.store.machines.save(machines, svc.provider, now)
                 if not svc.managed:
                     await self.store.machines.forget(svc.name, {m.id for m in machines})
@@ -166,7 +167,7 @@ class Monitor:
         self.book.set_check(key, thresholds(spec))
         bc = bound_check(key, spec, target, self.env, self._runs, self._durations)
         self.checks[key] = bc
-        if self.owns(key):
+        if self.ownership.owns(key):
             self._pending_first.add(key)
             self.scheduler.add(bc)
         else:
@@ -322,7 +323,7 @@ class Monitor:
         (started, stopped). A check that moves here goes on from the history its previous owner built."""
         started = stopped = 0
         for key, bc in self.checks.items():
-            mine = self.owns(key)
+            mine = self.ownership.owns(key)
             if mine and not bc.active:
                 self.scheduler.add(bc)
                 started += 1
@@ -338,7 +339,7 @@ class Monitor:
 
     def _publish(self, events: list[Event]) -> None:
         for event in events:
-            self.bus.publish(event, mirrored=not self.emits(event))
+            self.bus.publish(event, mirrored=not self.ownership.emits(event))
 
     def _missed(self, bc: BoundCheck) -> None:
         self._missed_runs.labels(bc.key.service, bc.key.check).inc()

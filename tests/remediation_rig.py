@@ -200,14 +200,14 @@ async def make_rig(
     metrics = Metrics(registry)
     bus = EventBus()
     bus.subscribe(store.events.add)  # as the daemon does: the event log feeds incident timelines
-    monitor = Monitor(HealthBook(), bus, metrics, store, CheckEnv((), tmp_path), 8)
+    monitor = Monitor(HealthBook(), bus, metrics=metrics, store=store, env=CheckEnv((), tmp_path), max_concurrent=8)
     provider = RecordingProvider("demo", config.providers["demo"].options, store)
     monitor.providers["demo"] = provider
     t0 = time.time()
     await monitor.apply(config, t0)
-    engine = RemediationEngine(config, monitor, store, bus, metrics)
+    engine = RemediationEngine(lambda: config, monitor, store=store, bus=bus, metrics=metrics)
     assert engine.load_playbooks(config) == []
-    await engine.apply(config)
+    await engine.apply()
     await engine.controls.load()
     engine.runbook.retry_delay = lambda attempts: 0.0
     rig = Rig(tmp_path, config, store, registry, metrics, bus, monitor, provider, engine, t0)

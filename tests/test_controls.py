@@ -3,6 +3,7 @@ surviving a restart through the store."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from healerd.config import Config, Mode, load_config
@@ -27,6 +28,11 @@ services:
 NOW = 1_700_000_000.0
 
 
+def fixed(cfg: Config) -> Callable[[], Config]:
+    """The config in force, as the daemon gives it to its parts."""
+    return lambda: cfg
+
+
 def config(tmp_path: Path, daemon_mode: str = "auto", service_mode: str = "dry-run") -> Config:
     path = tmp_path / "healerd.yaml"
     path.write_text(CONFIG.format(daemon_mode=daemon_mode, service_mode=service_mode))
@@ -42,13 +48,13 @@ class Wakes:
 
 
 async def restarted(controls: Controls) -> Controls:
-    again = Controls(controls.config, controls.store, controls.cli_mode, lambda: None)
+    again = Controls(controls._config, controls.store, cli_mode=controls.cli_mode, wake=lambda: None)
     await again.load()
     return again
 
 
 async def test_mode_precedence_from_runtime_service_down_to_the_daemon_config(tmp_path: Path, store: Store) -> None:
-    controls = Controls(config(tmp_path, "observe"), store, None, lambda: None)
+    controls = Controls(fixed(config(tmp_path, "observe")), store, cli_mode=None, wake=lambda: None)
     await controls.load()
     assert controls.mode_for("web") is Mode.DRY_RUN  # the service's remediation.mode over daemon.mode
     assert controls.mode_for("api") is Mode.OBSERVE  # daemon.mode
@@ -63,7 +69,7 @@ async def test_mode_precedence_from_runtime_service_down_to_the_daemon_config(tm
 
 
 async def test_a_global_switch_clears_per_service_modes_and_back_to_config(tmp_path: Path, store: Store) -> None:
-    controls = Controls(config(tmp_path), store, None, lambda: None)
+    controls = Controls(fixed(config(tmp_path)), store, cli_mode=None, wake=lambda: None)
     await controls.set_mode(Mode.OBSERVE, "api")
     await controls.set_mode(Mode.AUTO)
     assert controls.service_modes == {}
@@ -76,7 +82,7 @@ async def test_a_global_switch_clears_per_service_modes_and_back_to_config(tmp_p
 
 async def test_modes_and_pause_survive_a_restart_and_each_switch_wakes_the_engine(tmp_path: Path, store: Store) -> None:
     wakes = Wakes()
-    controls = Controls(config(tmp_path), store, None, wakes)
+    controls = Controls(fixed(config(tmp_path)), store, cli_mode=None, wake=wakes)
     await controls.set_mode(Mode.OBSERVE)
     await controls.set_mode(Mode.AUTO, "web")
     await controls.set_paused(True)
@@ -90,7 +96,7 @@ async def test_modes_and_pause_survive_a_restart_and_each_switch_wakes_the_engin
 
 async def test_silences_cover_their_service_or_machine_until_they_end(tmp_path: Path, store: Store) -> None:
     wakes = Wakes()
-    controls = Controls(config(tmp_path), store, None, wakes)
+    controls = Controls(fixed(config(tmp_path)), store, cli_mode=None, wake=wakes)
     machine = await controls.add_silence("web", "web-1", 3600, "kernel update")
     await controls.add_silence("api", None, 3600, "migration")
     now = machine["starts_at"] + 1
@@ -109,7 +115,7 @@ async def test_silences_cover_their_service_or_machine_until_they_end(tmp_path: 
 
 
 async def test_a_storm_cooldown_only_extends_and_is_written_when_it_moves(tmp_path: Path, store: Store) -> None:
-    controls = Controls(config(tmp_path), store, None, lambda: None)
+    controls = Controls(fixed(config(tmp_path)), store, cli_mode=None, wake=lambda: None)
     await controls.storm("web", NOW + 300)
     await controls.storm("web", NOW + 300.5)  # a tick later: in memory, not worth a write
     await controls.storm("web", NOW + 100)  # never shortened

@@ -122,7 +122,7 @@ async def test_max_unhealthy_holds_everything_then_the_persisted_cooldown_says_w
     assert {i.details["suppressed"] for i in rig.engine.incidents.values()} == {"max_unhealthy"}
     assert rig.sample("healerd_remediation_suppressed_total", service="web", reason="max_unhealthy") == 2.0
     assert all(e.severity.value == "critical" for e in rig.of(EventType.REMEDIATION_SUPPRESSED))
-    restarted = Controls(rig.config, rig.store, None, lambda: None)
+    restarted = Controls(lambda: rig.config, rig.store, cli_mode=None, wake=lambda: None)
     await restarted.load()
     assert restarted.storm_until == {"web": rig.t0 + 1 + 300}  # remediation.storm_cooldown, persisted
 
@@ -301,7 +301,7 @@ async def test_surplus_is_never_retired_below_desired_healthy(rig_factory: Any) 
 async def test_retention_warns_once_then_terminates_at_keep_for(rig_factory: Any, logs: Logs) -> None:
     rig = await rig_factory(remediation="{keep_for: 1h, keep_warning: 10m}")
     await fleet_of(rig, "web-0", "web-1", "web-2")
-    await rig.engine.fleet.quarantine(rig.service, "web-0", PROBATION, False)
+    await rig.engine.quarantines.quarantine(rig.service, "web-0", PROBATION, False)
     since = float(rig.monitor.machines["web"]["web-0"].attributes["quarantined_at"])
     retention = rig.reconciler(RetentionReconciler)
 
@@ -327,7 +327,7 @@ async def test_retention_warns_once_then_terminates_at_keep_for(rig_factory: Any
 async def test_the_engine_sleeps_until_the_earliest_time_a_reconciler_asks_for(rig_factory: Any) -> None:
     rig = await rig_factory(remediation="{keep_for: 1h, keep_warning: 10m, probation_timeout: 2h}")
     await fleet_of(rig, "web-0", "web-1", "web-2")
-    await rig.engine.fleet.quarantine(rig.service, "web-0", PROBATION, False)
+    await rig.engine.quarantines.quarantine(rig.service, "web-0", PROBATION, False)
     since = float(rig.monitor.machines["web"]["web-0"].attributes["quarantined_at"])
     await rig.reconciler(FillReconciler).reconcile(rig.service, since)  # a fill machine on probation
     (new,) = rig.provider.launched

@@ -37,7 +37,7 @@ async def test_the_remediation_loop_stops_when_woken_as_it_is_stopped(rig_factor
 
 async def test_alerting_steps_down_when_regrouping_as_it_is_told_to(rig_factory: Any) -> None:
     rig = await rig_factory()
-    alerting = Alerting(rig.store, rig.metrics, "http://127.0.0.1:1")
+    alerting = Alerting(rig.store, rig.metrics, base_url="http://127.0.0.1:1")
     alerting.configure(rig.config)
     await alerting.start(lead=False)
     await alerting.lead(poll=1.0)  # as a cluster's leader: the grouper also polls for other nodes' items

@@ -6,6 +6,7 @@ The framework (runner.py) owns timeouts, exception capture, timing and metrics; 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
 
@@ -32,12 +33,14 @@ class CheckEnv:
 
     def __init__(
         self,
-        check_paths: tuple[Path, ...] = (),
+        check_paths: tuple[Path, ...] | Callable[[], tuple[Path, ...]] = (),
         base_dir: Path | None = None,
+        *,
         open_files: int | None = None,
         max_concurrent: int = 5000,
     ) -> None:
-        self.check_paths = check_paths
+        #: where drop-in scripts are looked for: fixed, or read at each use from the config in force
+        self._check_paths = check_paths if callable(check_paths) else lambda: check_paths
         self.base_dir = base_dir or Path.cwd()
         # Sockets for checks: those of the checks that may run at once, the rest for kept-alive connections.
         self.max_connections, self.max_idle_hosts = openfiles.split(max_concurrent, open_files or openfiles.limits()[0])
@@ -46,6 +49,10 @@ class CheckEnv:
         self.subprocess_slots = asyncio.Semaphore(64)
         #: what the checks of one kind share between machines (the prometheus check's batched answers)
         self.shared: dict[object, object] = {}
+
+    @property
+    def check_paths(self) -> tuple[Path, ...]:
+        return self._check_paths()
 
     def http_pool(self) -> Pool:
         """The daemon's one pool of kept-alive connections for HTTP checks."""

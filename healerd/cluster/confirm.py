@@ -88,6 +88,7 @@ class Confirmer:
         self,
         node: str,
         monitor: Monitor,
+        *,
         members: Callable[[], Sequence[Member]],
         need: int,
         token: Callable[[], str | None],

@@ -24,9 +24,9 @@ from ..monitor import Monitor
 from ..store import STORE_FAULTS
 from ..store.lease import Lease, Member, Round
 from ..store.postgres import PgStore
-from .confirm import Confirmer
+from .confirm import Confirmer, Verdict
+from .membership import Membership
 from .mirror import Mirror
-from .shard import owner, shard_key
 from .takeover import Takeovers, Transition
 
 log = structlog.get_logger("healerd.cluster")
@@ -36,6 +36,8 @@ class Cluster:
     def __init__(
         self,
         config: ClusterConfig,
+        membership: Membership,
+        *,
         dsn: str,
         advertise: str,
         store: PgStore,
@@ -45,6 +47,7 @@ class Cluster:
         scheme: str,
     ) -> None:
         self.config = config
+        self.membership = membership  # the monitor was given it: who owns what, whether this node may write
         self.node = config.node
         self.ttl = config.lease_ttl
         self.advertise = advertise
@@ -53,35 +56,42 @@ class Cluster:
         self.metrics = metrics
         self.lease = Lease(dsn, self.node, advertise, self.ttl, config.pgbouncer)
         self.mirror = Mirror(store, monitor, self.node)
-        self.confirmer = Confirmer(self.node, monitor, self.live, config.confirm_from, token, scheme)
+        self.confirmer = Confirmer(
+            self.node, monitor, members=self.live, need=config.confirm_from, token=token, scheme=scheme
+        )
         self.last: Round | None = None
-        self.live_names: frozenset[str] = frozenset({self.node})
-        self.epoch: int | None = None  # the epoch this node leads at, None when it follows
-        self._deadline = 0.0  # loop time until which this node may act as the leader
         self._expiry: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.takeovers: Takeovers | None = None  # leadership changes, one at a time, once running
         self.last_error: str | None = None
         #: a follower's views of what the leader decides (incidents, modes), refreshed at each round
-        self.on_follower_round: Transition | None = None
+        self._on_follower_round: Transition | None = None
         #: machines the leader found that only this node sees down (it is the odd one out)
         self.disputed = 0
         self._stopped = False
         store.pg.on_fenced(self._fenced)
 
-    # -- what the monitor and the engine ask --------------------------------------------------------------
+    # -- what the monitor and the engine ask (Leadership) ------------------------------------------------
     def owns(self, key: CheckKey) -> bool:
-        return owner(shard_key(key), self.live_names) == self.node
+        return self.membership.owns(key)
 
     def emits(self, event: Event) -> bool:
-        """Machine events are recorded by the node that checks the machine; service-wide ones by the leader."""
-        if event.machine:
-            return owner(f"{event.service}\x00{event.machine}", self.live_names) == self.node
-        return self.acting()
+        return self.membership.emits(event)
 
     def acting(self) -> bool:
-        """True while this node holds the lease and its local deadline has not passed: its writes are not fenced."""
-        return self.epoch is not None and asyncio.get_running_loop().time() < self._deadline
+        return self.membership.acting()
+
+    async def confirm(self, service: str, machine: str, timeout: float) -> Verdict:
+        """Ask `confirm_from` vantage points (this node among them) whether they see the machine down."""
+        return await self.confirmer.confirm(service, machine, timeout)
+
+    @property
+    def epoch(self) -> int | None:
+        return self.membership.epoch
+
+    @property
+    def live_names(self) -> frozenset[str]:
+        return self.membership.live_names
 
     def leads(self) -> bool:
         """True while this node holds the lease and exercises it: its takeover finished (the engine runs).
@@ -103,9 +113,6 @@ class Cluster:
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def join(self) -> None:
         """The first round, before the monitor binds its checks: this node learns its shard."""
-        self.monitor.owns = self.owns
-        self.monitor.emits = self.emits
-        self.monitor.writes = self.acting
         try:
             await self._round(take=False)
         except Exception:  # the database is away: this node checks every machine until it answers
@@ -126,8 +133,16 @@ class Cluster:
         with contextlib.suppress(*STORE_FAULTS):  # else the mirror marks where to follow from once it can
             await self.mirror.mark()
 
-    def run(self, on_lead: Callable[[int], Awaitable[None]], on_follow: Transition) -> None:
-        """Start leading when the lease comes to this node, and following the others' changes."""
+    def run(
+        self,
+        on_lead: Callable[[int], Awaitable[None]],
+        on_follow: Transition,
+        *,
+        on_follower_round: Transition | None = None,
+    ) -> None:
+        """Start leading when the lease comes to this node, and following the others' changes; while following,
+        `on_follower_round` refreshes this node's views of what the leader decides, at each round."""
+        self._on_follower_round = on_follower_round
         self.takeovers = Takeovers(
             self.node, self.metrics, epoch=lambda: self.epoch, on_lead=on_lead, on_follow=on_follow
         )
@@ -165,8 +180,8 @@ class Cluster:
                 found = await self._round(take=True)
                 if found is not None and found.leader != self.node and found.expires_in < period:
                     delay = max(0.05, found.expires_in + 0.05)  # be there when it expires
-                if found is not None and not self.acting() and self.on_follower_round is not None:
-                    await self.on_follower_round()
+                if found is not None and not self.acting() and self._on_follower_round is not None:
+                    await self._on_follower_round()
             except asyncio.CancelledError:
                 raise
             except STORE_FAULTS:  # a follower's view of the leader's incidents: the store said it fails, once
@@ -212,7 +227,7 @@ class Cluster:
         if live == self.live_names:
             return
         joined, left = sorted(live - self.live_names), sorted(self.live_names - live)
-        self.live_names = live
+        self.membership.live_names = live
         started, stopped = self.monitor.reshard()
         log.info(
             "cluster membership changed",
@@ -240,14 +255,14 @@ class Cluster:
     # -- leadership -----------------------------------------------------------------------------------------
     def _renewed(self, epoch: int, started: float) -> None:
         loop = asyncio.get_running_loop()
-        self._deadline = started + self.ttl - self.ttl / 6
+        self.membership.deadline = started + self.ttl - self.ttl / 6
         if self._expiry is not None:
             self._expiry.cancel()
-        self._expiry = loop.call_at(self._deadline, self._lose, "the lease could not be renewed in time")
+        self._expiry = loop.call_at(self.membership.deadline, self._lose, "the lease could not be renewed in time")
         if self.epoch != epoch:
             if self.epoch is not None:
                 self._lose(f"the lease came back at a new epoch {epoch}")
-            self.epoch = epoch
+            self.membership.epoch = epoch
             self.store.pg.epoch = epoch
             self.metrics.counter("cluster_leader_changes").labels("acquired").inc()
             log.warning("this node leads the cluster", node=self.node, epoch=epoch)
@@ -261,9 +276,9 @@ class Cluster:
         if self.epoch is None:
             return
         log.warning("this node stops leading", node=self.node, epoch=self.epoch, reason=why)
-        self.epoch = None
+        self.membership.epoch = None
         self.store.pg.epoch = None  # from now on every leader-only write of this node is refused
-        self._deadline = 0.0
+        self.membership.deadline = 0.0
         self.metrics.counter("cluster_leader_changes").labels("lost").inc()
         if self.takeovers is not None:
             self.takeovers.wish(0)

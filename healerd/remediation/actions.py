@@ -27,20 +27,34 @@ class StepFailed(Exception):
         self.terminal = terminal
 
 
+class ProbationFailed(StepFailed):
+    """A machine on probation failed its checks or ran out of time: whoever waited on it quarantines it."""
+
+    def __init__(self, machine_id: str, why: str) -> None:
+        super().__init__(
+            f"{machine_id} failed probation ({why}); it is quarantined and does not enter rotation", terminal=True
+        )
+
+
 class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Remediator(Protocol[S_contra]):
-    """What the actions act through (the remediation engine)."""
+class FleetHands(Protocol[S_contra]):
+    """What the actions do to the fleet (the remediation's `Fleet`)."""
 
     async def rotation_remove(self, svc: S_contra, machine_id: str) -> None: ...
-    async def quarantine(self, svc: S_contra, machine_id: str, incident: str, freeze: bool) -> dict[str, Any]: ...
-    async def collect_forensics(self, inc: Incident, evidence: dict[str, Any]) -> Path: ...
     async def launch_replacement(self, svc: S_contra, incident: str | None) -> Machine: ...
     async def await_healthy(self, svc: S_contra, machine_id: str, timeout: float, incident: str | None) -> None: ...
     async def put_in_service(self, svc: S_contra, machine_id: str) -> None: ...
     def announce_replaced(self, inc: Incident, outputs: dict[str, Any]) -> None: ...
+
+
+class QuarantineHands(Protocol[S_contra]):
+    """What the actions do to a sick machine they keep (the remediation's `Quarantine`)."""
+
+    async def quarantine(self, svc: S_contra, machine_id: str, incident: str, freeze: bool) -> dict[str, Any]: ...
+    async def collect_forensics(self, inc: Incident, evidence: dict[str, Any]) -> Path: ...
 
 
 class StepSpec(Protocol):
@@ -55,7 +69,8 @@ class StepSpec(Protocol):
 
 @dataclass
 class StepContext(Generic[S]):
-    engine: Remediator[S]
+    fleet: FleetHands[S]
+    quarantine: QuarantineHands[S]
     incident: Incident
     service: S
     step: StepSpec
@@ -80,7 +95,7 @@ class RotationRemove(Action):
     description = "take the sick machine out of rotation"
 
     async def run(self, ctx: StepContext[Any]) -> dict[str, Any]:
-        await ctx.engine.rotation_remove(ctx.service, ctx.incident.machine)
+        await ctx.fleet.rotation_remove(ctx.service, ctx.incident.machine)
         return {}
 
 
@@ -96,7 +111,7 @@ class MachineQuarantine(Action):
     async def run(self, ctx: StepContext[Any]) -> dict[str, Any]:
         params = ctx.step.params
         assert isinstance(params, QuarantineParams)
-        evidence = await ctx.engine.quarantine(ctx.service, ctx.incident.machine, ctx.incident.id, params.freeze)
+        evidence = await ctx.quarantine.quarantine(ctx.service, ctx.incident.machine, ctx.incident.id, params.freeze)
         return {"quarantine": evidence}
 
 
@@ -105,7 +120,7 @@ class ForensicsCollect(Action):
     description = "write the evidence bundle (timeline, check history, metadata, console output, manifest)"
 
     async def run(self, ctx: StepContext[Any]) -> dict[str, Any]:
-        path = await ctx.engine.collect_forensics(ctx.incident, ctx.outputs.get("quarantine", {}))
+        path = await ctx.quarantine.collect_forensics(ctx.incident, ctx.outputs.get("quarantine", {}))
         return {"bundle": str(path)}
 
 
@@ -115,7 +130,7 @@ class LaunchReplacement(Action):
     description = "launch a replacement from the known-good image (once per incident)"
 
     async def run(self, ctx: StepContext[Any]) -> dict[str, Any]:
-        machine = await ctx.engine.launch_replacement(ctx.service, ctx.incident.id)
+        machine = await ctx.fleet.launch_replacement(ctx.service, ctx.incident.id)
         return {
             "replacement": machine.id,
             "replacement_address": machine.address,
@@ -133,7 +148,11 @@ class AwaitHealthy(Action):
         replacement = ctx.outputs.get("replacement")
         if not replacement:
             raise StepFailed("no replacement to check: machine.launch_replacement must come first", terminal=True)
-        await ctx.engine.await_healthy(ctx.service, replacement, ctx.step.timeout, ctx.incident.id)
+        try:
+            await ctx.fleet.await_healthy(ctx.service, replacement, ctx.step.timeout, ctx.incident.id)
+        except ProbationFailed:
+            await ctx.quarantine.quarantine(ctx.service, replacement, ctx.incident.id, False)
+            raise
         return {"healthy": replacement}
 
 
@@ -145,7 +164,7 @@ class RotationAdd(Action):
         replacement = ctx.outputs.get("replacement")
         if not replacement:
             raise StepFailed("no replacement to add: machine.launch_replacement must come first", terminal=True)
-        await ctx.engine.put_in_service(ctx.service, replacement)
+        await ctx.fleet.put_in_service(ctx.service, replacement)
         return {"in_service": replacement}
 
 
@@ -155,5 +174,5 @@ class Notify(Action):
     description = "tell on-call what was done (machine.replaced event)"
 
     async def run(self, ctx: StepContext[Any]) -> dict[str, Any]:
-        ctx.engine.announce_replaced(ctx.incident, ctx.outputs)
+        ctx.fleet.announce_replaced(ctx.incident, ctx.outputs)
         return {}

@@ -31,8 +31,10 @@ class Controls:
     """Mode precedence, highest first: a per-service switch at run time, the global switch at run time,
     `healerd run --mode`, the service's `remediation.mode`, `daemon.mode`."""
 
-    def __init__(self, config: Config, store: BaseStore, cli_mode: Mode | None, wake: Callable[[], None]) -> None:
-        self.config = config
+    def __init__(
+        self, config: Callable[[], Config], store: BaseStore, *, cli_mode: Mode | None, wake: Callable[[], None]
+    ) -> None:
+        self._config = config
         self.store = store
         self.cli_mode = cli_mode
         self.wake = wake  # a switch changed: the engine looks again now
@@ -46,6 +48,10 @@ class Controls:
         self._unsaved_deletes: set[str] = set()
         self._saving: asyncio.Task[None] | None = None
         store.on_fault(self._store_fault)
+
+    @property
+    def config(self) -> Config:
+        return self._config()
 
     async def load(self) -> None:
         mode = await self.store.meta.get("mode")

@@ -12,23 +12,20 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from structlog.contextvars import bound_contextvars
 
 from .._aio import wait_event
-from ..config import Config, Mode, ServiceConfig
+from ..config import Config, Mode
 from ..events import Event, EventType, Severity
-from ..health import CheckKey
-from ..machines import Machine
+from ..leadership import STANDALONE, Leadership
 from ..rollouts import Rollouts
 from ..rotations.base import Rotation
 from ..store import STORE_FAULTS, Fenced
 from .controls import Controls
 from .fleet import Fleet
-from .forensics import write_bundle
 from .incidents import ACTIVE, Incident, IncidentBook, IncidentState
 from .playbooks import Playbook, load_playbooks
 from .quarantine import Quarantine
@@ -42,7 +39,6 @@ from .reconcilers import (
     SurplusReconciler,
 )
 from .runbook import Runbook, StepJournal
-from .safety import Confirm
 from .views import Views
 
 if TYPE_CHECKING:
@@ -64,14 +60,17 @@ MIN_INTERVAL = 0.05
 class RemediationEngine:
     def __init__(
         self,
-        config: Config,
+        config: Callable[[], Config],
         monitor: Monitor,
+        *,
         store: BaseStore,
         bus: EventBus,
         metrics: Metrics,
+        leadership: Leadership = STANDALONE,
         mode: Mode | None = None,
         crash_at: str | None = None,
     ) -> None:
+        self._config = config
         self.monitor = monitor
         self.store = store
         self.bus = bus
@@ -79,42 +78,64 @@ class RemediationEngine:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self.book = IncidentBook(store, bus, on_change=self._update_gauges)
-        self.controls = Controls(config, store, mode, self._wake.set)
-        self.fleet = Fleet(config, monitor, store, bus, metrics, self.book)
+        self.controls = Controls(config, store, cli_mode=mode, wake=self._wake.set)
+        self.fleet = Fleet(config, monitor, store=store, bus=bus, metrics=metrics, incidents=self.book)
         self.journal = StepJournal(store)
+        self.views = Views(config, store, journal=self.journal, controls=self.controls, incidents=self.book)
+        self.quarantines = Quarantine(config, monitor, store=store, bus=bus, fleet=self.fleet, views=self.views)
         self.runbook = Runbook(
-            config, self.book, self.journal, store, metrics, self, crash_at, self._wake.set, self._update_gauges
+            config,
+            self.book,
+            journal=self.journal,
+            store=store,
+            metrics=metrics,
+            fleet=self.fleet,
+            quarantine=self.quarantines,
+            may_act=leadership.acting,
+            crash_at=crash_at,
+            wake=self._wake.set,
+            on_change=self._update_gauges,
         )
-        self.quarantines = Quarantine(config, monitor, store, bus, self.fleet)
-        self.rollouts = Rollouts(config, monitor, store, bus, metrics, self.fleet, self.book, self.controls)
-        self.rollouts.crash_at = crash_at
-        self.rollouts.wake_engine = self._wake.set
-        self.views = Views(config, store, self.journal, self.controls, self.book)
-        self.rotation_passes = RotationReconciler(self.fleet, bus, metrics)
+        self.rollouts = Rollouts(
+            config,
+            monitor,
+            store=store,
+            bus=bus,
+            metrics=metrics,
+            fleet=self.fleet,
+            incidents=self.book,
+            controls=self.controls,
+            wake_engine=self._wake.set,
+            crash_at=crash_at,
+        )
+        self.rotation_passes = RotationReconciler(self.fleet, bus, metrics=metrics)
         self.incident_passes = IncidentReconciler(
-            monitor, store, bus, metrics, self.controls, self.book, self.runbook, self.rollouts
+            monitor,
+            store,
+            bus=bus,
+            metrics=metrics,
+            controls=self.controls,
+            incidents=self.book,
+            runbook=self.runbook,
+            rollouts=self.rollouts,
+            leadership=leadership,
         )
         self.reconcilers: tuple[Reconciler, ...] = (
             self.incident_passes,
-            ProbationReconciler(monitor, self.fleet),
-            FillReconciler(monitor, store, self.fleet, self.controls, self.book, self.rollouts),
-            SurplusReconciler(monitor, self.fleet, self.controls, self.book, self.rollouts),
+            ProbationReconciler(monitor, self.fleet, quarantines=self.quarantines),
+            FillReconciler(
+                monitor, store, fleet=self.fleet, controls=self.controls, incidents=self.book, rollouts=self.rollouts
+            ),
+            SurplusReconciler(monitor, self.fleet, controls=self.controls, incidents=self.book, rollouts=self.rollouts),
             RetentionReconciler(monitor, self.quarantines),
             self.rotation_passes,
         )
-        self.config = config
         bus.subscribe(self._on_event, mirrored=True)
 
     # -- configuration --------------------------------------------------------------------------------------
     @property
     def config(self) -> Config:
-        return self._config
-
-    @config.setter
-    def config(self, config: Config) -> None:
-        self._config = config
-        for part in (self.controls, self.fleet, self.runbook, self.quarantines, self.views, self.rollouts):
-            part.config = config
+        return self._config()
 
     def load_playbooks(self, config: Config) -> list[str]:
         books, problems = load_playbooks(list(config.daemon.playbook_paths))
@@ -126,12 +147,12 @@ class RemediationEngine:
                 f"playbook {m!r} not found in {', '.join(map(str, config.daemon.playbook_paths))}"
                 for m in sorted(missing)
             ]
-        self.runbook.playbooks = books
+        self.runbook.use(books)
         return []
 
-    async def apply(self, config: Config) -> None:
-        self.config = config
-        await self.fleet.apply(config)
+    async def apply(self) -> None:
+        """The config changed (or this node starts leading): the fleet's rotations and images follow it."""
+        await self.fleet.apply()
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -164,11 +185,6 @@ class RemediationEngine:
         if self._loop_task is None:
             await self.controls.load()
             await self.book.load()
-
-    def join_cluster(self, may_act: Callable[[], bool], confirm: Confirm) -> None:
-        """In a cluster: act only while leading, and have other vantage points confirm before remediating."""
-        self.runbook.may_act = may_act
-        self.incident_passes.confirm = confirm
 
     # -- the loop --------------------------------------------------------------------------------------------
     def _on_event(self, event: Event) -> None:
@@ -223,47 +239,6 @@ class RemediationEngine:
 
     async def silences(self, now: float | None = None) -> list[dict[str, Any]]:
         return await self.controls.silences(now)
-
-    # -- what the actions act through (actions.Remediator) ---------------------------------------------------
-    async def rotation_remove(self, svc: ServiceConfig, machine_id: str) -> None:
-        await self.fleet.rotation_remove(svc, machine_id)
-
-    async def quarantine(self, svc: ServiceConfig, machine_id: str, incident: str, freeze: bool) -> dict[str, Any]:
-        return await self.fleet.quarantine(svc, machine_id, incident, freeze)
-
-    async def collect_forensics(self, inc: Incident, evidence: dict[str, Any]) -> Path:
-        svc = self.config.services[inc.service]
-        m = await self.fleet.machine(inc.service, inc.machine)
-        provider = self.fleet.provider(svc)
-        checks = {
-            spec.name: await self.store.results.recent(CheckKey(inc.service, m.id, spec.name), 50)
-            for spec in svc.checks
-        }
-        files: dict[str, Any] = {
-            "incident.json": await self.incident_view(inc.id),
-            "checks.json": checks,
-            "machine.json": await provider.describe(m),
-            "console.log": await provider.console(m),
-            "evidence.json": evidence,
-        }
-        root = self.config.daemon.state_dir / "forensics"
-        bundle = await asyncio.to_thread(write_bundle, root, inc.id, files)
-        keys = await provider.store_evidence(bundle, inc.id)
-        if keys:
-            log.info("evidence bundle mirrored", incident=inc.id, objects=len(keys))
-        return bundle
-
-    async def launch_replacement(self, svc: ServiceConfig, incident: str | None) -> Machine:
-        return await self.fleet.launch_replacement(svc, incident)
-
-    async def await_healthy(self, svc: ServiceConfig, machine_id: str, timeout: float, incident: str | None) -> None:
-        await self.fleet.await_healthy(svc, machine_id, timeout, incident)
-
-    async def put_in_service(self, svc: ServiceConfig, machine_id: str) -> None:
-        await self.fleet.put_in_service(svc, machine_id)
-
-    def announce_replaced(self, inc: Incident, outputs: dict[str, Any]) -> None:
-        self.fleet.announce_replaced(inc, outputs)
 
     # -- quarantine, incidents, views (API, CLI) -------------------------------------------------------------
     async def quarantined(self) -> list[dict[str, Any]]:

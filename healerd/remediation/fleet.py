@@ -1,13 +1,13 @@
-"""What healerd does to machines: rotation in and out, quarantine, launch from the known-good image,
-probation, entering service, retirement. Each call checks the world first and is idempotent."""
+"""What healerd does to machines: rotation in and out, launch from the known-good image, probation,
+entering service, retirement (quarantine is `quarantine.Quarantine`). Each call checks the world first and
+is idempotent."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -16,12 +16,12 @@ from .._aio import wait_event
 from ..config import Config, ServiceConfig
 from ..events import Event, EventType, Severity, new_id
 from ..health import CheckKey, ProbationOutcome, probation_outcome
-from ..machines import PROBATION, Lifecycle, Machine, Origin, launched_at, launched_for
+from ..machines import Lifecycle, Machine, Origin, launched_at, launched_for
 from ..plugins import ROTATION_KINDS
 from ..providers.base import LaunchRequest, Provider, ProviderError
 from ..rotations.base import Rotation
 from ..store import VersionRecord
-from .actions import StepFailed
+from .actions import ProbationFailed, StepFailed
 from .incidents import IncidentState
 
 if TYPE_CHECKING:
@@ -55,14 +55,15 @@ class Fleet:
 
     def __init__(
         self,
-        config: Config,
+        config: Callable[[], Config],
         monitor: Monitor,
+        *,
         store: BaseStore,
         bus: EventBus,
         metrics: Metrics,
         incidents: IncidentBook,
     ) -> None:
-        self.config = config
+        self._config = config
         self.monitor = monitor
         self.store = store
         self.bus = bus
@@ -73,9 +74,13 @@ class Fleet:
         self.rotation_faults: dict[str, str] = {}
         self.known_good: dict[str, str] = {}
 
-    async def apply(self, config: Config) -> None:
+    @property
+    def config(self) -> Config:
+        return self._config()
+
+    async def apply(self) -> None:
         """Rotations follow the config; so do known-good images, unless a promotion recorded another one."""
-        self.config = config
+        config = self.config
         for svc in config.services.values():
             current = self.rotations.get(svc.name)
             cls = ROTATION_KINDS.get(svc.rotation_kind)
@@ -166,36 +171,10 @@ class Fleet:
             raise StepFailed(f"machine {machine_id} of {service} is not known", terminal=True)
         return m
 
-    # -- rotation and quarantine -------------------------------------------------------------------------------
+    # -- rotation -------------------------------------------------------------------------------------
     async def rotation_remove(self, svc: ServiceConfig, machine_id: str) -> None:
         m = await self.machine(svc.name, machine_id)
         await self.rotations[svc.name].remove(m)
-
-    async def quarantine(self, svc: ServiceConfig, machine_id: str, incident: str, freeze: bool) -> dict[str, Any]:
-        m = await self.machine(svc.name, machine_id)
-        if m.lifecycle is Lifecycle.QUARANTINED:
-            return dict(json.loads(m.attributes.get("evidence", "{}")))
-        await self.rotations[svc.name].remove(m)
-        evidence = await self.provider(svc).quarantine(m, incident, freeze)
-        attrs = {
-            **m.attributes,
-            "quarantined_at": str(time.time()),
-            "incident": incident,
-            "evidence": json.dumps(evidence, default=str),
-        }
-        await self.monitor.put_machine(Machine(m.service, m.id, m.address, Lifecycle.QUARANTINED, attrs))
-        inc = self.incidents.active.get(incident)
-        if inc is not None:
-            self.incidents.emit(
-                EventType.MACHINE_QUARANTINED,
-                inc,
-                f"{m.id} quarantined (kept for forensics)",
-                Severity.WARNING,
-                machine=m.id,
-                evidence=evidence,
-            )
-        self.update_gauges()
-        return evidence
 
     # -- launch, probation, service ----------------------------------------------------------------------------
     async def launch_replacement(self, svc: ServiceConfig, incident: str | None) -> Machine:
@@ -307,11 +286,7 @@ class Fleet:
                 if outcome is ProbationOutcome.FAILED or outcome is ProbationOutcome.TIMED_OUT:
                     failed = outcome is ProbationOutcome.FAILED
                     why = "its checks failed" if failed else f"its checks did not pass within {timeout:g}s"
-                    await self.quarantine(svc, machine_id, incident or PROBATION, False)
-                    raise StepFailed(
-                        f"{machine_id} failed probation ({why}); it is quarantined and does not enter rotation",
-                        terminal=True,
-                    )
+                    raise ProbationFailed(machine_id, why)  # the caller quarantines it
                 await wait_event(result, 0.2)
 
     async def put_in_service(self, svc: ServiceConfig, machine_id: str) -> None:

@@ -1,10 +1,14 @@
-"""Quarantined machines as the operator handles them (API, CLI): the list, release (optionally back to
-rotation once its checks pass again) and termination; the evidence bundle is always kept."""
+"""Quarantine, all of it: taking a sick machine out of rotation and isolating it (kept, not terminated), its
+evidence bundle, and what the operator does with it later (API, CLI): the list, release (optionally back
+to rotation once its checks pass again) and termination. The evidence bundle is always kept."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -13,26 +17,95 @@ from structlog.contextvars import bound_contextvars
 from ..config import Config, ServiceConfig
 from ..events import Event, EventType, Severity
 from ..health import CheckKey
-from ..machines import Lifecycle, Machine, Origin, launched_for
-from .actions import StepFailed
+from ..machines import PROBATION, Lifecycle, Machine, Origin, launched_for
+from .actions import ProbationFailed, StepFailed
+from .forensics import write_bundle
 
 if TYPE_CHECKING:
     from ..events import EventBus
     from ..monitor import Monitor
     from ..store import BaseStore
     from .fleet import Fleet
+    from .incidents import Incident
+    from .views import Views
 
 log = structlog.get_logger("healerd.remediation")
 
 
 class Quarantine:
-    def __init__(self, config: Config, monitor: Monitor, store: BaseStore, bus: EventBus, fleet: Fleet) -> None:
-        self.config = config
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        monitor: Monitor,
+        *,
+        store: BaseStore,
+        bus: EventBus,
+        fleet: Fleet,
+        views: Views,
+    ) -> None:
+        self._config = config
         self.monitor = monitor
         self.store = store
         self.bus = bus
         self.fleet = fleet
+        self.views = views  # the incident as the API shows it, for the evidence bundle
 
+    @property
+    def config(self) -> Config:
+        return self._config()
+
+    # -- what the playbook's steps do (machine.quarantine, forensics.collect) ------------------------------
+    async def quarantine(self, svc: ServiceConfig, machine_id: str, incident: str, freeze: bool) -> dict[str, Any]:
+        """Out of rotation, isolated by its provider, kept: returns the provider's evidence (idempotent)."""
+        m = await self.fleet.machine(svc.name, machine_id)
+        if m.lifecycle is Lifecycle.QUARANTINED:
+            return dict(json.loads(m.attributes.get("evidence", "{}")))
+        await self.fleet.rotations[svc.name].remove(m)
+        evidence = await self.fleet.provider(svc).quarantine(m, incident, freeze)
+        attrs = {
+            **m.attributes,
+            "quarantined_at": str(time.time()),
+            "incident": incident,
+            "evidence": json.dumps(evidence, default=str),
+        }
+        await self.monitor.put_machine(Machine(m.service, m.id, m.address, Lifecycle.QUARANTINED, attrs))
+        inc = self.fleet.incidents.active.get(incident)
+        if inc is not None:
+            self.fleet.incidents.emit(
+                EventType.MACHINE_QUARANTINED,
+                inc,
+                f"{m.id} quarantined (kept for forensics)",
+                Severity.WARNING,
+                machine=m.id,
+                evidence=evidence,
+            )
+        self.fleet.update_gauges()
+        return evidence
+
+    async def collect_forensics(self, inc: Incident, evidence: dict[str, Any]) -> Path:
+        """The evidence bundle: the incident, its checks' last results, the machine and its console."""
+        svc = self.config.services[inc.service]
+        m = await self.fleet.machine(inc.service, inc.machine)
+        provider = self.fleet.provider(svc)
+        checks = {
+            spec.name: await self.store.results.recent(CheckKey(inc.service, m.id, spec.name), 50)
+            for spec in svc.checks
+        }
+        files: dict[str, Any] = {
+            "incident.json": await self.views.incident_view(inc.id),
+            "checks.json": checks,
+            "machine.json": await provider.describe(m),
+            "console.log": await provider.console(m),
+            "evidence.json": evidence,
+        }
+        root = self.config.daemon.state_dir / "forensics"
+        bundle = await asyncio.to_thread(write_bundle, root, inc.id, files)
+        keys = await provider.store_evidence(bundle, inc.id)
+        if keys:
+            log.info("evidence bundle mirrored", incident=inc.id, objects=len(keys))
+        return bundle
+
+    # -- what the operator does (API, CLI) -------------------------------------------------------------------
     def event(self, m: Machine, summary: str, now: float, firing: bool, details: dict[str, Any]) -> None:
         self.bus.publish(
             Event(
@@ -99,6 +172,9 @@ class Quarantine:
             await self.monitor.put_machine(Machine(m.service, m.id, m.address, Lifecycle.PROBATION, attrs))
             try:
                 await self.fleet.await_healthy(svc, m.id, timeout, m.attributes.get("incident"))
+            except ProbationFailed as exc:
+                await self.quarantine(svc, m.id, m.attributes.get("incident") or PROBATION, False)
+                raise RuntimeError(f"{m.id} was not returned to rotation: {exc}") from None
             except StepFailed as exc:
                 raise RuntimeError(f"{m.id} was not returned to rotation: {exc}") from None
             await self.fleet.put_in_service(svc, m.id)

@@ -24,11 +24,12 @@ from structlog.contextvars import bound_contextvars
 
 from ..events import Event, EventType, Severity
 from ..health import Condition, ProbationOutcome, ServiceState, probation_deadline
+from ..leadership import STANDALONE, Leadership
 from ..machines import PROBATION, Lifecycle, Machine, Origin, launched_at
 from ..providers.base import ProviderError
 from .fleet import retirement_order
 from .incidents import Incident, IncidentState
-from .safety import Confirm, Decision, GateInput, Reason, decide, troubled
+from .safety import Decision, GateInput, Reason, decide, troubled
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
@@ -86,12 +87,14 @@ class IncidentReconciler:
         self,
         monitor: Monitor,
         store: BaseStore,
+        *,
         bus: EventBus,
         metrics: Metrics,
         controls: Controls,
         incidents: IncidentBook,
         runbook: Runbook,
         rollouts: Rollouts,
+        leadership: Leadership = STANDALONE,
     ) -> None:
         self.monitor = monitor
         self.store = store
@@ -102,7 +105,7 @@ class IncidentReconciler:
         self.runbook = runbook
         self.rollouts = rollouts
         #: in a cluster: asks the vantage points (service, machine, timeout) before a remediation starts
-        self.confirm: Confirm | None = None
+        self.leadership = leadership
         self._unconfirmed_until: dict[str, float] = {}
 
     async def reconcile(self, service: ServiceConfig, now: float) -> float:
@@ -169,7 +172,7 @@ class IncidentReconciler:
     async def _consider(self, svc: ServiceConfig, inc: Incident, now: float, unhealthy: int) -> float | None:
         """Remediate now, or hold back (said once per reason); returns when a holding gate opens by itself."""
         decision = decide(await self._gate_input(svc, inc, now, unhealthy))
-        if decision.allowed and self.confirm is not None:
+        if decision.allowed:
             decision = await self._confirmed(svc, inc, now)
         if decision.allowed:
             self._unconfirmed_until.pop(inc.id, None)
@@ -182,12 +185,13 @@ class IncidentReconciler:
     async def _confirmed(self, svc: ServiceConfig, inc: Incident, now: float) -> Decision:
         """Other vantage points must see the machine down too (a cluster's confirm_from); asked again after one
         check interval when they do not."""
-        assert self.confirm is not None
         again = self._unconfirmed_until.get(inc.id)
         if again is not None and now < again:
             return Decision(False, Reason.UNCONFIRMED, str(inc.details.get("suppressed_detail", "")), again)
         timeout = max((c.timeout for c in svc.checks), default=5.0) + 2.0
-        verdict = await self.confirm(svc.name, inc.machine, timeout)
+        verdict = await self.leadership.confirm(svc.name, inc.machine, timeout)
+        if verdict is None:  # alone: nobody else to ask
+            return Decision.go()
         if verdict.confirmed:
             inc.details["confirmed_by"] = verdict.detail
             return Decision.go()
@@ -257,9 +261,10 @@ class ProbationReconciler:
     """Machines launched to fill the fleet (not by an incident) enter service once their checks pass, and
     are quarantined when they fail or outlast `probation_timeout`."""
 
-    def __init__(self, monitor: Monitor, fleet: Fleet) -> None:
+    def __init__(self, monitor: Monitor, fleet: Fleet, *, quarantines: Quarantine) -> None:
         self.monitor = monitor
         self.fleet = fleet
+        self.quarantines = quarantines
 
     async def reconcile(self, service: ServiceConfig, now: float) -> float:
         if not service.managed:
@@ -276,7 +281,7 @@ class ProbationReconciler:
                         await self.fleet.put_in_service(service, m.id)
                         log.info("machine in service")
                     elif outcome is ProbationOutcome.FAILED or outcome is ProbationOutcome.TIMED_OUT:
-                        await self.fleet.quarantine(service, m.id, PROBATION, False)
+                        await self.quarantines.quarantine(service, m.id, PROBATION, False)
                         log.error("machine failed probation and is quarantined")
                     else:
                         next_at = min(next_at, probation_deadline(launched_at(m, now), timeout))
@@ -291,6 +296,7 @@ class FillReconciler:
         self,
         monitor: Monitor,
         store: BaseStore,
+        *,
         fleet: Fleet,
         controls: Controls,
         incidents: IncidentBook,
@@ -355,7 +361,7 @@ class SurplusReconciler:
     `desired` (so never below min_healthy)."""
 
     def __init__(
-        self, monitor: Monitor, fleet: Fleet, controls: Controls, incidents: IncidentBook, rollouts: Rollouts
+        self, monitor: Monitor, fleet: Fleet, *, controls: Controls, incidents: IncidentBook, rollouts: Rollouts
     ) -> None:
         self.monitor = monitor
         self.fleet = fleet
@@ -479,7 +485,7 @@ class RotationReconciler:
     with healerd's rotation every check interval, and what it lost is applied again, with an event. Each pass
     runs in the background: a load balancer that is slow or silent holds up nothing but its own next pass."""
 
-    def __init__(self, fleet: Fleet, bus: EventBus, metrics: Metrics) -> None:
+    def __init__(self, fleet: Fleet, bus: EventBus, *, metrics: Metrics) -> None:
         self.fleet = fleet
         self.bus = bus
         self.metrics = metrics

@@ -22,7 +22,7 @@ from ..events import EventType, Severity
 from ..plugins import ACTIONS
 from ..providers.base import ProviderError
 from ..store import STORE_FAULTS, Fenced
-from .actions import Remediator, StepContext, StepFailed
+from .actions import FleetHands, QuarantineHands, StepContext, StepFailed
 from .incidents import Incident, IncidentBook, IncidentState
 from .playbooks import OnFailure, Playbook, Step
 
@@ -86,33 +86,45 @@ class Runbook:
 
     def __init__(
         self,
-        config: Config,
+        config: Callable[[], Config],
         incidents: IncidentBook,
+        *,
         journal: StepJournal,
         store: BaseStore,
         metrics: Metrics,
-        host: Remediator[ServiceConfig],
+        fleet: FleetHands[ServiceConfig],
+        quarantine: QuarantineHands[ServiceConfig],
+        may_act: Callable[[], bool] = lambda: True,
         crash_at: str | None = None,
         wake: Callable[[], None] = lambda: None,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
-        self.config = config
+        self._config = config
         self.incidents = incidents
         self.journal = journal
         self.store = store
         self.metrics = metrics
-        self.host = host  # what the actions act through (StepContext.engine)
+        self.fleet = fleet  # what the actions act through (StepContext.fleet, .quarantine)
+        self.quarantine = quarantine
         #: Fault injection for the crash-safety tests, armed only by `healerd run --crash-at ACTION[:after]`
         #: (never by the environment): SIGKILL when that step has been journaled as started (or, with
         #: `:after`, when its action has run but its success is not yet journaled).
         self.crash_at = crash_at
         #: in a cluster: True while this node holds the leader lease (checked before every step's action)
-        self.may_act: Callable[[], bool] = lambda: True
+        self.may_act = may_act
         self.wake = wake  # a remediation ended: the engine looks again now
         self.on_change = on_change  # a remediation started or ended (gauges follow)
         self.playbooks: dict[str, Playbook] = {}
         self.retry_delay: Callable[[int], float] = retry_delay
         self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def config(self) -> Config:
+        return self._config()
+
+    def use(self, playbooks: dict[str, Playbook]) -> None:
+        """The playbooks loaded (at start, at each reload that passes): remediations started from now use them."""
+        self.playbooks = playbooks
 
     # -- starting and stopping -----------------------------------------------------------------------------
     async def begin(self, svc: ServiceConfig, inc: Incident) -> None:
@@ -253,7 +265,7 @@ class Runbook:
             if not self.may_act():  # a leader that lost its lease while the journal write was on its way
                 raise Fenced(f"step {step.index + 1} ({step.action}) not run: this node no longer leads")
             self._crash_point(step.action, "before")
-            ctx = StepContext(self.host, inc, svc, step, dict(outputs))
+            ctx = StepContext(self.fleet, self.quarantine, inc, svc, step, dict(outputs))
             log.info("step started", attempt=attempts)
             try:
                 async with asyncio.timeout(step.timeout):

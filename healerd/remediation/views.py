@@ -3,6 +3,7 @@ mode and counts of the engine."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .incidents import Incident, IncidentBook, IncidentState
@@ -46,13 +47,23 @@ def timeline(incident: str, events: list[dict[str, Any]], steps: list[dict[str, 
 
 class Views:
     def __init__(
-        self, config: Config, store: BaseStore, journal: StepJournal, controls: Controls, incidents: IncidentBook
+        self,
+        config: Callable[[], Config],
+        store: BaseStore,
+        *,
+        journal: StepJournal,
+        controls: Controls,
+        incidents: IncidentBook,
     ) -> None:
-        self.config = config
+        self._config = config
         self.store = store
         self.journal = journal
         self.controls = controls
         self.incidents = incidents
+
+    @property
+    def config(self) -> Config:
+        return self._config()
 
     async def incident_list(self, limit: int = 100, state: str | None = None) -> list[dict[str, Any]]:
         return [Incident.from_record(r).as_dict() for r in await self.store.incidents.recent(limit, state)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -39,16 +40,19 @@ class Rollouts:
 
     def __init__(
         self,
-        config: Config,
+        config: Callable[[], Config],
         monitor: Monitor,
+        *,
         store: BaseStore,
         bus: EventBus,
         metrics: Metrics,
         fleet: Fleet,
         incidents: IncidentBook,
         controls: Controls,
+        wake_engine: Callable[[], None] = lambda: None,
+        crash_at: str | None = None,
     ) -> None:
-        self.config = config
+        self._config = config
         self.monitor = monitor
         self.store = store
         self.bus = bus
@@ -57,13 +61,17 @@ class Rollouts:
         self.incidents = incidents
         self.controls = controls
         #: fault injection for the crash-safety tests (`healerd run --crash-at rollout.<stage>`), never armed otherwise
-        self.crash_at: str | None = None
-        self.wake_engine: Any = lambda: None
+        self.crash_at = crash_at
+        self.wake_engine = wake_engine
         self.active: dict[str, Rollout] = {}  # by service
         self.wakes: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._started = False
         self._saving = asyncio.Lock()
+
+    @property
+    def config(self) -> Config:
+        return self._config()
 
     # -- what the engine's reconcilers ask ------------------------------------------------------------------
     def busy(self, service: str) -> bool:

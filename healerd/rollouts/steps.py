@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 class RolloutHost(Protocol):
     """What a rollout's run reads and calls of the rollouts that hold it (rollouts.control.Rollouts)."""
 
-    config: Config
+    @property
+    def config(self) -> Config: ...
+
     store: BaseStore
     metrics: Metrics
     fleet: Fleet
