@@ -237,8 +237,9 @@ def probation_outcome(
 def _checks_outcome(checks: Iterable[tuple[CheckHealth | None, int, int]], booting: bool) -> ProbationOutcome:
     passed = True
     for ch, rise, fall in checks:
-        if ch is None:
-            return ProbationOutcome.PENDING
+        if ch is None:  # no result yet: not passed, but a later check may have failed already
+            passed = False
+            continue
         if ch.ok_streak < rise or ch.hard is not Status.OK:
             passed = False
         # `fall` failures in a row now (a hard state left over from booting is recovering, not failing)

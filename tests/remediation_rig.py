@@ -126,6 +126,11 @@ class Rig:
     t0: float
     events: list[Event] = field(default_factory=list)
 
+    async def reload(self, config: Config) -> None:
+        """What a reload does: the new config is the one in force, and the fleet follows it."""
+        self.config = config
+        await self.engine.apply()
+
     @property
     def service(self) -> Any:
         return self.config.services["web"]
@@ -205,11 +210,15 @@ async def make_rig(
     monitor.providers["demo"] = provider
     t0 = time.time()
     await monitor.apply(config, t0)
-    engine = RemediationEngine(lambda: config, monitor, store=store, bus=bus, metrics=metrics)
+    rigs: list[Rig] = []  # the config in force is the rig's: a test reloads through Rig.reload
+    engine = RemediationEngine(
+        lambda: rigs[0].config if rigs else config, monitor, store=store, bus=bus, metrics=metrics
+    )
     assert engine.load_playbooks(config) == []
     await engine.apply()
     await engine.controls.load()
     engine.runbook.retry_delay = lambda attempts: 0.0
     rig = Rig(tmp_path, config, store, registry, metrics, bus, monitor, provider, engine, t0)
+    rigs.append(rig)
     bus.subscribe(rig.events.append)
     return rig

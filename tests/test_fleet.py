@@ -57,7 +57,7 @@ async def test_an_incident_gets_one_replacement_from_the_known_good_image_ever(r
     assert new.id not in rig.rotation()  # on probation: no traffic yet
     assert await rig.store.incidents.launches_since("web", rig.t0 - 1, by_incidents=True) == 1
 
-    await fleet.quarantine(rig.service, new.id, inc.id, False)  # the replacement failed its checks
+    await rig.engine.quarantines.quarantine(rig.service, new.id, inc.id, False)  # the replacement failed its checks
     with pytest.raises(StepFailed, match="is quarantined; not launching another") as failed:
         await fleet.launch_replacement(rig.service, inc.id)
     assert failed.value.terminal and rig.provider.launched == [new.id]
@@ -66,19 +66,19 @@ async def test_an_incident_gets_one_replacement_from_the_known_good_image_ever(r
 async def test_a_promotion_survives_a_reload_and_the_configs_own_change_of_known_good_wins(rig_factory: Any) -> None:
     rig: Rig = await rig_factory()
     engine = rig.engine
-    await engine.apply(config_with(rig, ["v1", "v2", "v3"], "v1"))
+    await rig.reload(config_with(rig, ["v1", "v2", "v3"], "v1"))
     await promote(rig, "v2", "v1")
-    await engine.apply(config_with(rig, ["v1", "v2", "v3"], "v1"))  # a reload with the same known_good
+    await rig.reload(config_with(rig, ["v1", "v2", "v3"], "v1"))  # a reload with the same known_good
     assert engine.known_good == {"demo-web": "v2"}
     launched = await engine.fleet.launch_replacement(engine.config.services["web"], None)
     assert (launched.attributes["image_version"], launched.origin) == ("v2", Origin.FILL)
 
-    await engine.apply(config_with(rig, ["v1", "v2", "v3"], "v3"))  # the operator changed known_good
+    await rig.reload(config_with(rig, ["v1", "v2", "v3"], "v3"))  # the operator changed known_good
     assert engine.known_good == {"demo-web": "v3"}
     assert (await rig.store.images.get("demo-web")).known_good == "v3"  # type: ignore[union-attr]
 
     await promote(rig, "v2", "v3")
-    await engine.apply(config_with(rig, ["v1", "v3"], "v3"))  # the promoted version is no longer configured
+    await rig.reload(config_with(rig, ["v1", "v3"], "v3"))  # the promoted version is no longer configured
     assert engine.known_good == {"demo-web": "v3"}
 
 
@@ -176,8 +176,8 @@ async def test_quarantining_twice_isolates_once_and_keeps_the_first_evidence(rig
     await fleet_of(rig, "web-0", "web-1", "web-2")
     inc = await rig.engine.book.open("web", "web-0", "replace-machine", "web-0 is down", rig.t0)
 
-    first = await rig.engine.fleet.quarantine(rig.service, "web-0", inc.id, True)
-    second = await rig.engine.fleet.quarantine(rig.service, "web-0", inc.id, True)  # a retried step
+    first = await rig.engine.quarantines.quarantine(rig.service, "web-0", inc.id, True)
+    second = await rig.engine.quarantines.quarantine(rig.service, "web-0", inc.id, True)  # a retried step
 
     assert first == second == {"frozen": True}
     assert rig.provider.quarantined == ["web-0"]

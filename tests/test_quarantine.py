@@ -25,7 +25,7 @@ async def quarantined_rig(rig_factory: Any) -> tuple[Rig, str]:
         await rig.add(m, launched_at=str(rig.t0 - 100 + i), image_version="v1")
     rig.up("web-0", "web-1", "web-2")
     inc = await rig.engine.book.open("web", "web-0", "replace-machine", "web-0 is down", rig.t0)
-    await rig.engine.quarantine(rig.service, "web-0", inc.id, True)
+    await rig.engine.quarantines.quarantine(rig.service, "web-0", inc.id, True)
     return rig, inc.id
 
 
@@ -191,10 +191,10 @@ async def test_a_quarantine_the_provider_refuses_is_not_recorded_so_a_retry_does
 
     monkeypatch.setattr(rig.provider, "quarantine", refuse)
     with pytest.raises(ProviderError, match="RequestLimitExceeded"):
-        await rig.engine.quarantine(rig.service, "web-0", inc.id, False)
+        await rig.engine.quarantines.quarantine(rig.service, "web-0", inc.id, False)
     assert rig.lifecycle("web-0") is Lifecycle.IN_SERVICE and await rig.engine.quarantined() == []
     assert not rig.of(EventType.MACHINE_QUARANTINED)
 
     monkeypatch.undo()
-    assert await rig.engine.quarantine(rig.service, "web-0", inc.id, False) == {"frozen": False}
+    assert await rig.engine.quarantines.quarantine(rig.service, "web-0", inc.id, False) == {"frozen": False}
     assert rig.lifecycle("web-0") is Lifecycle.QUARANTINED and rig.provider.quarantined == ["web-0"]

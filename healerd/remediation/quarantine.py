@@ -159,6 +159,7 @@ class Quarantine:
             await self.fleet.provider(svc).release(m)
             if not to_rotation:
                 await self.monitor.put_machine(Machine(m.service, m.id, m.address, Lifecycle.RELEASED, m.attributes))
+                self.fleet.update_gauges()
                 self._announce_end(m, "released from quarantine (no longer managed)")
                 return {
                     "machine": m.id,
@@ -170,6 +171,7 @@ class Quarantine:
                 self.monitor.book.remove_check(CheckKey(m.service, m.id, spec.name), time.time())
             attrs = {**m.attributes, "launched_for": launched_for(Origin.RELEASE)}
             await self.monitor.put_machine(Machine(m.service, m.id, m.address, Lifecycle.PROBATION, attrs))
+            self.fleet.update_gauges()  # no longer quarantined, whatever its checks say next
             try:
                 await self.fleet.await_healthy(svc, m.id, timeout, m.attributes.get("incident"))
             except ProbationFailed as exc:
