@@ -15,8 +15,9 @@ import structlog
 from .._aio import wait_event
 from ..config import Config, Mode, ServiceConfig
 from ..events import Event
-from ..health import Condition, ProbationOutcome, ServiceState
+from ..health import Condition, ServiceState
 from ..machines import Lifecycle, Machine, Origin, launched_at
+from ..probation import ProbationOutcome
 from ..providers.base import ProviderError
 from .record import Rollout, Stage
 
