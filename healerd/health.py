@@ -1,7 +1,7 @@
 """Health classification, pure: soft/hard states, flap detection, machine condition and service state.
 
 Nothing here does I/O or reads a clock: callers pass `now` and publish the returned events. This is the
-only place in healerd that decides health.
+only place in healerd that decides health; probation.py judges a new machine's probation from these states.
 """
 
 from __future__ import annotations
