@@ -1,10 +1,11 @@
-"""The HTTP API, status page, health endpoints and /metrics (aiohttp)."""
+"""The HTTP API's frame and its core endpoints (aiohttp): the components it reads through typed `AppKey`s, the
+middleware that refuses (api_access.py) and answers every failure in JSON, typed input; /healthz, /readyz,
+/metrics, and the services, machines, events, scheduler, incidents, quarantine, mode, silences and notifications
+under /api/v1. The status page, rollouts, cluster and Alertmanager endpoints live in the other api_*.py."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 import json
 import math
 import time
@@ -16,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from .alerting_views import outbox_view
+from .api_access import SAFE_METHODS, check_access
 from .api_models import (
     MAX_BODY,
     Acknowledge,
@@ -72,14 +74,11 @@ M = TypeVar("M", bound=BaseModel)
 #: what the state store's database raises when it fails (its OSErrors are told apart by the store's fault)
 _DATABASE_ERRORS = tuple(e for e in STORE_FAULTS if not issubclass(e, OSError))
 
-#: Methods that only read; every other method changes something and must send JSON.
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: How long a client may take to send its (at most MAX_BODY bytes) body.
 BODY_TIMEOUT = 10.0
 #: How long a connection may stay without a whole request head (a client trickling its headers) or idle
 #: between requests: the server's keep-alive timer, which aiohttp also runs from the connection's start.
 HEADER_TIMEOUT = 10.0
-_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 def _finite(value: Any) -> Any:
@@ -106,139 +105,6 @@ def json_response(value: Any, status: int = 200, headers: dict[str, str] | None 
 
 def json_error(status: int, error: str, detail: Any = None, headers: dict[str, str] | None = None) -> web.Response:
     return json_response({"error": error, "detail": detail}, status=status, headers=headers)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Who may talk to the API: Host and Origin (DNS rebinding, cross-site requests), JSON only for changes
-
-Authority = tuple[str, int | None]
-
-
-def _authority(text: str) -> Authority | None:
-    """(host, port) of a Host header or an origin's host[:port], host lower-cased; None when malformed."""
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            return None
-        port = rest[1:] if rest else None
-    elif text.count(":") > 1:
-        return None  # an IPv6 address must be bracketed
-    else:
-        host, sep, port = text.partition(":")
-        port = port if sep else None
-    if port is not None and not (port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 65535):
-        return None
-    host = host.lower().removesuffix(".")
-    try:
-        host = ipaddress.ip_address(host).compressed
-    except ValueError:
-        if not host or len(host) > 253 or not all(c.isascii() and (c.isalnum() or c in "-._") for c in host):
-            return None
-    return host, int(port) if port is not None else None
-
-
-def _shown(authority: Authority) -> str:
-    host, port = authority
-    host = f"[{host}]" if ":" in host else host
-    return host if port is None else f"{host}:{port}"
-
-
-def accepted_hosts(settings: ApiSettings) -> list[Authority]:
-    """The Host values this daemon answers: its listen address, the loopback names when it listens on
-    loopback (or on every address), and `daemon.allowed_hosts`."""
-    cfg = settings.config.daemon
-    listen = _authority(cfg.listen) or (cfg.listen_host.lower(), cfg.listen_port)
-    out = [listen]
-    try:
-        ip = ipaddress.ip_address(listen[0])
-        local = ip.is_loopback or ip.is_unspecified
-    except ValueError:
-        local = listen[0] == "localhost"
-    if local:
-        out += [(name, cfg.listen_port) for name in _LOOPBACK_NAMES if (name, cfg.listen_port) != listen]
-    for entry in getattr(cfg, "allowed_hosts", None) or []:  # a config without the key allows no more
-        parsed = _authority(str(entry))
-        if parsed is not None and parsed not in out:
-            out.append(parsed)
-    return out
-
-
-def _matches(wanted: Authority, accepted: list[Authority]) -> bool:
-    host, port = wanted
-    for a_host, a_port in accepted:
-        if host != a_host:
-            continue
-        # an entry without a port accepts any; a request without a port means the scheme's (80 or 443)
-        if a_port is None or port == a_port or (port is None and a_port in (80, 443)):
-            return True
-    return False
-
-
-def _refuse_foreign(request: web.Request, settings: ApiSettings) -> web.Response | None:
-    """403 for a Host that is not this daemon's (DNS rebinding) or an Origin that is not the same site."""
-    hosts = request.headers.getall(hdrs.HOST, [])
-    if len(hosts) > 1:
-        return json_error(400, "bad Host", "send one Host header")
-    accepted = accepted_hosts(settings)
-    listed = ", ".join(_shown(a) for a in accepted)
-    # No Host at all is HTTP/1.0 from a script; a browser always sends one, so it cannot be a rebinding.
-    if hosts:
-        authority = _authority(hosts[0])
-        if authority is None or not _matches(authority, accepted):
-            return json_error(
-                403,
-                "unknown Host",
-                f"Host {hosts[0][:200]!r} is not one of {listed}; add it to daemon.allowed_hosts "
-                "if clients reach healerd by that name",
-            )
-    origins = request.headers.getall(hdrs.ORIGIN, [])
-    if origins:
-        scheme, sep, rest = origins[0].partition("://")
-        authority = _authority(rest) if sep and scheme.lower() in ("http", "https") else None
-        if len(origins) > 1 or authority is None or not _matches(authority, accepted):
-            return json_error(
-                403,
-                "foreign Origin",
-                f"Origin {origins[0][:200]!r} is not this daemon ({listed}); healerd answers no cross-site "
-                "requests and sends no CORS headers: call the API from the healerd CLI or curl, which send no Origin",
-            )
-    return None
-
-
-def _refuse_body(request: web.Request) -> web.Response | None:
-    """415 unless a request that changes something says JSON; 413 for a declared body over MAX_BODY."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        return json_error(413, "body too large", f"the body may be at most {MAX_BODY} bytes")
-    if request.method in SAFE_METHODS:
-        return None
-    # A web page can send text/plain, form and multipart bodies to any site without asking; application/json
-    # needs a CORS preflight, which healerd never grants.
-    json_type = hdrs.CONTENT_TYPE in request.headers and request.content_type == "application/json"
-    if not json_type or (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
-        got = request.headers.get(hdrs.CONTENT_TYPE)
-        return json_error(
-            415,
-            "JSON only",
-            f"{request.method} needs Content-Type: application/json (got {got[:100] if got else 'none'!r}); "
-            "send it even without a body, e.g. curl -H 'Content-Type: application/json' -d '{}'",
-        )
-    return None
-
-
-def _refuse_token(request: web.Request, settings: ApiSettings) -> web.Response | None:
-    if request.method in SAFE_METHODS or settings.api_token is None:
-        return None
-    header = request.headers.get(hdrs.AUTHORIZATION, "")
-    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    # bytes: compare_digest refuses str with non-ASCII characters
-    if not token or not hmac.compare_digest(token.encode(errors="replace"), settings.api_token.encode()):
-        return json_error(
-            401,
-            "unauthorized",
-            "send Authorization: Bearer <token> (the api_token_file's content; "
-            "the healerd CLI reads it with --token-file FILE or -c CONFIG)",
-        )
-    return None
 
 
 #: on every answer: nothing may frame it, sniff it into another type or learn where its links came from; a
@@ -277,9 +143,7 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     try:
-        refusal = _refuse_foreign(request, settings) or _refuse_body(request) or _refuse_token(request, settings)
-        if refusal is not None:
-            return refusal
+        check_access(request, settings.config.daemon, settings.api_token)
         for key, value in request.match_info.items():
             path_value(key, value)
         return await handler(request)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .api import SAFE_METHODS, SETTINGS, Handler, body_of, json_error, json_response
+from .api import SETTINGS, Handler, body_of, json_error, json_response
+from .api_access import SAFE_METHODS
 from .api_models import Probe
 from .cluster import Cluster, probe
 from .cluster import views as cluster_views

@@ -10,13 +10,12 @@ from healerd.health import (
     CheckKey,
     Condition,
     HealthBook,
-    ProbationOutcome,
     ServiceState,
     Thresholds,
     flap_percent,
-    probation_outcome,
 )
 from healerd.machines import Lifecycle
+from healerd.probation import ProbationOutcome, probation_outcome
 from healerd.results import CheckResult, Status
 
 OK = CheckResult(Status.OK, "fine")

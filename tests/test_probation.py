@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from healerd.health import CheckHealth, CheckKey, ProbationOutcome, Thresholds, probation_deadline, probation_outcome
+from healerd.health import CheckHealth, CheckKey, Thresholds
+from healerd.probation import ProbationOutcome, probation_deadline, probation_outcome
 from healerd.results import CheckResult, Status
 
 LAUNCHED = 1000.0

@@ -15,9 +15,10 @@ import structlog
 from .._aio import wait_event
 from ..config import Config, ServiceConfig
 from ..events import Event, EventType, Severity, new_id
-from ..health import CheckKey, ProbationOutcome, probation_outcome
+from ..health import CheckKey
 from ..machines import Lifecycle, Machine, Origin, launched_at, launched_for
 from ..plugins import ROTATION_KINDS
+from ..probation import ProbationOutcome, probation_outcome
 from ..providers.base import LaunchRequest, Provider, ProviderError
 from ..rotations.base import Rotation
 from ..store import VersionRecord

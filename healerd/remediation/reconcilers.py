@@ -23,9 +23,10 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from ..events import Event, EventType, Severity
-from ..health import Condition, ProbationOutcome, ServiceState, probation_deadline
+from ..health import Condition, ServiceState
 from ..leadership import STANDALONE, Leadership
 from ..machines import PROBATION, Lifecycle, Machine, Origin, launched_at
+from ..probation import ProbationOutcome, probation_deadline
 from ..providers.base import ProviderError
 from .fleet import retirement_order
 from .incidents import Incident, IncidentState

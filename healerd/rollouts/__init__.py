@@ -1,8 +1,8 @@
 """Image promotion by evidence (docs/rollouts.md): canary, bake, judgement, rolling refresh, automatic rollback.
 
 `Rollouts` (control) starts, pauses, resumes and aborts them and resumes them after a restart or a takeover;
-`RolloutRun` (run) drives one through its stages; `record` holds the record and its view; `views` the images'
-view.
+`RolloutRun` (run) drives one through its stages, acting through its `steps`, `machines` and `refresh`; `record`
+holds the record and its view; `views` the images' view.
 """
 
 from .control import Rollouts

@@ -23,11 +23,14 @@ from ..providers.base import ProviderError
 from ..results import CheckResult, Status
 from ..store import STORE_FAULTS, Fenced, VersionRecord
 from .judge import Samples, Verdict, in_baseline, judge
-from .record import Stage, version_record
-from .steps import STORE_RETRY, TICK, Rollback, RolloutSteps, Unconfigured
+from .machines import RolloutMachines
+from .record import Rollout, Stage, version_record
+from .refresh import FleetRefresh
+from .steps import STORE_RETRY, Rollback, RolloutSteps, Unconfigured
 
 if TYPE_CHECKING:
     from ..health import CheckKey
+    from .steps import RolloutHost
 
 log = structlog.get_logger("healerd.rollout")
 
@@ -35,8 +38,18 @@ log = structlog.get_logger("healerd.rollout")
 SAMPLE_SAVE = 5.0
 
 
-class RolloutRun(RolloutSteps):
-    """One rollout through its stages (see the module's docstring)."""
+class RolloutRun:
+    """One rollout through its stages (see the module's docstring): the stages decide, their steps
+    (`RolloutSteps`), machines (`RolloutMachines`) and refresh (`FleetRefresh`) act."""
+
+    def __init__(self, host: RolloutHost, r: Rollout) -> None:
+        self.host = host
+        self.r = r
+        self.p = r.params
+        self.monitor = host.monitor
+        self.steps = RolloutSteps(host, r)
+        self.machines = RolloutMachines(host, r, steps=self.steps)
+        self.refresh = FleetRefresh(host, r, steps=self.steps, machines=self.machines)
 
     # -- the run ------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -65,7 +78,7 @@ class RolloutRun(RolloutSteps):
         r = self.r
         while r.active:
             try:
-                if not self._configured():
+                if not self.steps.configured():
                     raise Unconfigured(r.service)
                 if r.stage is Stage.CANARY:
                     await self._canary()
@@ -74,7 +87,7 @@ class RolloutRun(RolloutSteps):
                 elif r.stage is Stage.PROMOTED:
                     await self._promote()
                 elif r.stage is Stage.REFRESH:
-                    await self._refresh(r.version, reverting=False)
+                    await self.refresh.run(r.version, reverting=False)
                     await self._complete()
                 elif r.stage is Stage.ROLLED_BACK:
                     await self._revert()
@@ -88,14 +101,16 @@ class RolloutRun(RolloutSteps):
 
     # -- canary -------------------------------------------------------------------------------------------
     async def _canary(self) -> None:
-        await self._hold()
-        machines = [await self._machine_for(f"canary-{i}", self.r.version, "canary") for i in range(self.p.canary)]
-        self._progress(canary=[m.id for m in machines])
-        await self._ready(machines, "canary")
+        await self.steps.hold()
+        machines = [
+            await self.machines.machine_for(f"canary-{i}", self.r.version, "canary") for i in range(self.p.canary)
+        ]
+        self.steps.progress(canary=[m.id for m in machines])
+        await self.machines.ready(machines, "canary")
         self.r.data["canaries"] = [m.id for m in machines]
         self.r.data["bake_started_at"] = time.time()
         log.info("canary in rotation; baking", canaries=[m.id for m in machines], bake=self.p.bake)
-        await self._enter(Stage.BAKE)
+        await self.steps.enter(Stage.BAKE)
 
     # -- bake ---------------------------------------------------------------------------------------------
     async def _bake(self) -> None:
@@ -119,11 +134,11 @@ class RolloutRun(RolloutSteps):
         self.monitor.taps.append(tap)
         try:
             while True:
-                await self._hold(bake=True)
+                await self.steps.hold(bake=True)
                 now = time.time()
                 for cid in canaries:
-                    self._canary_fine(cid)
-                self._service_fine()
+                    self.steps.canary_fine(cid)
+                self.steps.service_fine()
                 verdict = judge(canary, baseline, self.p.judge)
                 r.data["samples"] = {"canary": canary.as_dict(), "baseline": baseline.as_dict()}
                 r.data["judge"] = {"outcome": verdict.outcome, "reason": verdict.reason, **verdict.figures}
@@ -139,7 +154,7 @@ class RolloutRun(RolloutSteps):
                         )
                     r.data["waiting"] = f"bake extended: {verdict.reason}"
                 await self.host.save(r)
-                await self._sleep(min(SAMPLE_SAVE, max(0.05, started + self.p.bake - now)))
+                await self.steps.sleep(min(SAMPLE_SAVE, max(0.05, started + self.p.bake - now)))
         finally:
             self.monitor.taps.remove(tap)
 
@@ -147,7 +162,7 @@ class RolloutRun(RolloutSteps):
         self.r.data.pop("samples", None)  # the figures stay in `judge`
         self.r.data.pop("waiting", None)
         log.info("canary judged", outcome=verdict.outcome, reason=verdict.reason)
-        await self._enter(Stage.PROMOTED, f"the judge passed {self.r.version}: {verdict.reason}")
+        await self.steps.enter(Stage.PROMOTED, f"the judge passed {self.r.version}: {verdict.reason}")
 
     # -- promotion ----------------------------------------------------------------------------------------
     async def _promote(self) -> None:
@@ -165,8 +180,8 @@ class RolloutRun(RolloutSteps):
             await self.host.store.images.promote(
                 r.image, record, r.previous, self.host.config.images[r.image].known_good
             )
-            self.fleet.known_good[r.image] = r.version
-            await self._tell_provider(r.version)
+            self.host.fleet.known_good[r.image] = r.version
+            await self.steps.tell_provider(r.version)
             r.data["promoted_at"] = now
             promoted = self.host.event(
                 r,
@@ -177,11 +192,11 @@ class RolloutRun(RolloutSteps):
             )
             await self.host.announce(r, promoted)
             log.info("candidate promoted", previous=r.previous)
-        await self._enter(Stage.REFRESH)
+        await self.steps.enter(Stage.REFRESH)
 
     async def _complete(self) -> None:
         r = self.r
-        took = self._end() - r.started_at
+        took = self.steps.end() - r.started_at
         self.host.metrics.counter("rollouts").labels(r.service, "completed").inc()
         done = self.host.event(
             r,
@@ -189,7 +204,7 @@ class RolloutRun(RolloutSteps):
             f"rollout of {r.version} to {r.service} completed in {took:.0f}s",
             duration=round(took, 3),
         )
-        await self._enter(Stage.COMPLETED, f"{r.service} runs {r.version} on every machine", done)
+        await self.steps.enter(Stage.COMPLETED, f"{r.service} runs {r.version} on every machine", done)
 
     # -- rollback -----------------------------------------------------------------------------------------
     async def _roll_back(self, reason: str, figures: dict[str, Any]) -> None:
@@ -214,8 +229,8 @@ class RolloutRun(RolloutSteps):
                 {},
             )
             await self.host.store.images.promote(r.image, back, None, image.known_good)
-            self.fleet.known_good[r.image] = r.previous
-            await self._tell_provider(r.previous)
+            self.host.fleet.known_good[r.image] = r.previous
+            await self.steps.tell_provider(r.previous)
         await self.host.store.images.mark(
             version_record(r, "rejected", reason, now, {"rollout": r.id, "stage": at, "judge": r.data.get("judge", {})})
         )
@@ -228,25 +243,25 @@ class RolloutRun(RolloutSteps):
             failed_stage=at,
             judge=r.data.get("judge", {}),
         )
-        await self._enter(Stage.ROLLED_BACK, reason, back_event)
+        await self.steps.enter(Stage.ROLLED_BACK, reason, back_event)
 
     async def _revert(self) -> None:
         r = self.r
         if r.promoted:
             try:
-                await self._refresh(r.previous, reverting=True)
+                await self.refresh.run(r.previous, reverting=True)
             except (Rollback, ProviderError) as exc:
                 return await self._stuck(f"could not refresh {r.service} back to {r.previous}: {exc}")
-        for m in self._mine():
-            await self._retire(m, f"rollout of {r.version} rolled back")
-        self._end()
+        for m in self.machines.mine():
+            await self.machines.retire(m, f"rollout of {r.version} rolled back")
+        self.steps.end()
         await self.host.save(r)
         self.host.metrics.counter("rollouts").labels(r.service, "rolled_back").inc()
-        log.info("rollout rolled back", machines_left=len(self._mine()))
+        log.info("rollout rolled back", machines_left=len(self.machines.mine()))
 
     async def _stuck(self, why: str) -> None:
         r = self.r
-        self._end()
+        self.steps.end()
         r.reason = f"{r.reason}; {why}: a human is needed"
         self.host.metrics.counter("rollouts").labels(r.service, "rolled_back").inc()
         stuck = self.host.event(
@@ -258,72 +273,3 @@ class RolloutRun(RolloutSteps):
         )
         await self.host.announce(r, stuck)
         log.error("the rollback is stuck; a human is needed", reason=why)
-
-    # -- refresh ------------------------------------------------------------------------------------------
-    async def _refresh(self, target: str, *, reverting: bool) -> None:
-        """Replace the machines not of `target`, max_surge + max_unavailable at a time, until `desired` of
-        `target` serve. Each wave is recorded before it acts: victims, replacements, who is out already."""
-        r, svc = self.r, self.svc
-        role = "revert" if reverting else "refresh"
-        while True:
-            await self._hold(abortable=not reverting)
-            if not reverting:
-                self._service_fine()
-            wave = r.data.get("wave")
-            if wave and wave.get("target") == target:
-                await self._wave(wave, target, role)
-                r.data.pop("wave", None)
-                await self.host.save(r)
-                continue
-            serving = [m for m in self._serving()]
-            new = [m for m in serving if m.attributes.get("image_version") == target]
-            old = sorted(
-                (m for m in serving if m.attributes.get("image_version") != target),
-                key=lambda m: (float(m.attributes.get("launched_at") or 0.0), m.id),
-            )
-            self._progress(target=target, new=len(new), old=len(old), desired=svc.desired)
-            if not old:
-                if len(new) >= svc.desired:
-                    return
-                if self._healing():  # an incident is replacing a machine: it fills the gap, not the rollout
-                    await self._sleep(TICK)
-                    continue
-                wave = {"target": target, "victims": [], "extra": svc.desired - len(new), "out": []}
-            elif len(new) + len(old) > svc.desired:
-                # above desired (the canary was extra): the oldest old machine goes without a replacement
-                await self._retire(old[0], f"refreshed to {target} (above desired)")
-                continue
-            else:
-                k = min(len(old), self.p.max_surge + self.p.max_unavailable)
-                wave = {
-                    "target": target,
-                    "victims": [m.id for m in old[:k]],
-                    "out_first": min(self.p.max_unavailable, k),
-                    "out": [],
-                }
-            r.data["wave"] = wave
-            await self.host.save(r)
-
-    async def _wave(self, wave: dict[str, Any], target: str, role: str) -> None:
-        r = self.r
-        victims: list[str] = wave.get("victims", [])
-        out: list[str] = wave.setdefault("out", [])
-        for vid in victims[: wave.get("out_first", 0)]:
-            if vid not in out:
-                await self._room_for_one_out(reverting=role == "revert")
-                await self._retire_id(vid, f"replaced by {target} (taken out first: max_unavailable)")
-                out.append(vid)
-                await self.host.save(r)
-        slots = [f"for-{vid}" for vid in victims] + [
-            f"extra-{r.data.get('waves', 0)}-{i}" for i in range(wave.get("extra", 0))
-        ]
-        machines = [await self._machine_for(slot, target, role) for slot in slots]
-        self._crash_point("rollout.launched")
-        await self._ready(machines, role)
-        for vid in victims:
-            if vid not in out:
-                await self._retire_id(vid, f"replaced by {target}")
-                out.append(vid)
-                await self.host.save(r)
-                self._crash_point("rollout.retired")
-        r.data["waves"] = int(r.data.get("waves", 0)) + 1

@@ -1,6 +1,6 @@
-"""What a rollout's stages are made of (`RolloutSteps`, which `RolloutRun` drives): writing its record, finding
-its machines again by slot or launching them, taking them through probation, retiring machines (drained, never
-quarantined), and the holds a rollout waits in (paused, an incident being remediated, not in mode auto)."""
+"""What a rollout's stages are made of, besides its machines (machines.py) and the refresh (refresh.py):
+`RolloutSteps` writes its record, waits in its holds (paused, an incident being remediated, not in mode auto) and
+checks that it may go on. `RolloutHost` types what all of them read of the rollouts that hold a run."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import structlog
 from .._aio import wait_event
 from ..config import Config, Mode, ServiceConfig
 from ..events import Event
-from ..health import Condition, ProbationOutcome, ServiceState
-from ..machines import Lifecycle, Machine, Origin, launched_at
+from ..health import Condition, ServiceState
+from ..machines import Lifecycle
 from ..providers.base import ProviderError
 from .record import Rollout, Stage
 
@@ -59,8 +59,6 @@ log = structlog.get_logger("healerd.rollout")
 TICK = 1.0
 #: seconds before a run the store failed under goes on
 STORE_RETRY = 5.0
-LIVE = (Lifecycle.LAUNCHING, Lifecycle.PROBATION, Lifecycle.IN_SERVICE)
-GONE = (Lifecycle.TERMINATED, Lifecycle.RELEASED)
 
 
 class Rollback(Exception):
@@ -76,13 +74,11 @@ class Unconfigured(Exception):
 
 
 class RolloutSteps:
-    """What a rollout's stages are made of: its record's writes, its machines (found again by slot, launched,
-    through probation, retired), the holds it waits in, and the checks that it may go on."""
+    """A rollout's record's writes, the holds it waits in, and the checks that it may go on."""
 
     def __init__(self, host: RolloutHost, r: Rollout) -> None:
         self.host = host
         self.r = r
-        self.p = r.params
         self.fleet = host.fleet
         self.monitor = host.monitor
         self.wake = host.wakes[r.service]
@@ -91,7 +87,7 @@ class RolloutSteps:
     def svc(self) -> ServiceConfig:
         return self.host.config.services[self.r.service]
 
-    def _configured(self) -> bool:
+    def configured(self) -> bool:
         """False when the service or its image left the config (the rollout waits, recorded, for a restart with
         them); a Rollback when the candidate version did (nothing may be launched from it any more)."""
         r, config = self.r, self.host.config
@@ -103,7 +99,7 @@ class RolloutSteps:
             raise Rollback(f"version {r.version} was removed from the config of image {r.image}")
         return True
 
-    async def _enter(self, stage: Stage, reason: str = "", announce: Event | None = None) -> None:
+    async def enter(self, stage: Stage, reason: str = "", announce: Event | None = None) -> None:
         """The rollout is at `stage` (recorded with the event announcing it, then the event is published)."""
         self.r.stage = stage
         if reason:
@@ -113,28 +109,15 @@ class RolloutSteps:
         else:
             await self.host.save(self.r)
         log.info("rollout stage", stage=stage.value, reason=reason or None)
-        self._crash_point(f"rollout.{stage.value}")
+        self.crash_point(f"rollout.{stage.value}")
 
-    def _crash_point(self, where: str) -> None:
+    def crash_point(self, where: str) -> None:
         if self.host.crash_at and self.host.crash_at == where:
             log.warning("fault injection: killing healerd", at=where)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    async def _room_for_one_out(self, reverting: bool) -> None:
-        """Wait until taking one more machine out leaves at least max(min_healthy, desired - max_unavailable)."""
-        svc = self.svc
-        floor = max(svc.min_healthy, svc.desired - self.p.max_unavailable)
-        while True:
-            up = [m for m in self._serving() if self._condition(m.id) is Condition.UP]
-            if len(up) - 1 >= floor:
-                self._wait_reason("")
-                return
-            self._wait_reason(f"{len(up)} healthy in rotation: taking one out would leave fewer than {floor}")
-            await self._hold(abortable=not reverting)
-            await self._sleep(TICK)
-
     # -- checks that the rollout may go on, and telling the provider ---------------------------------------
-    def _canary_fine(self, machine_id: str) -> None:
+    def canary_fine(self, machine_id: str) -> None:
         m = self.monitor.machine(self.r.service, machine_id)
         if m is None or m.lifecycle is not Lifecycle.IN_SERVICE:
             raise Rollback(f"canary {machine_id} left service ({m.lifecycle.value if m else 'gone'})")
@@ -142,12 +125,12 @@ class RolloutSteps:
         if health is not None and health.condition is Condition.DOWN:
             raise Rollback(f"canary {machine_id} is down: {health.problem()}")
 
-    def _service_fine(self) -> None:
+    def service_fine(self) -> None:
         health = self.monitor.book.services.get(self.r.service)
         if health is not None and health.settled and health.state is ServiceState.DOWN:
             raise Rollback(f"{self.r.service} fell below min_healthy ({self.svc.min_healthy} machines)")
 
-    async def _tell_provider(self, version: str) -> None:
+    async def tell_provider(self, version: str) -> None:
         spec = self.host.config.images[self.r.image].versions.get(version)
         if spec is None:
             return
@@ -156,121 +139,13 @@ class RolloutSteps:
         except ProviderError as exc:  # the rollout goes on: healerd launches from the version it names itself
             log.error("the provider could not be told the known-good version", version=version, error=str(exc))
 
-    # -- machines -----------------------------------------------------------------------------------------
-    async def _machine_for(self, slot: str, version: str, role: str) -> Machine:
-        """The machine of this rollout's `slot`: found again if it was recorded, else launched from `version`."""
-        svc = self.svc
-        provider = self.fleet.provider(svc)
-        for m in await self.host.store.machines.load(svc.name):
-            if (
-                m.attributes.get("rollout") != self.r.id
-                or m.attributes.get("rollout_slot") != slot
-                or m.attributes.get("became")
-            ):
-                continue
-            m = self.monitor.machine(svc.name, m.id) or m
-            if m.lifecycle is Lifecycle.LAUNCHING:
-                return await self.fleet.start(svc, m, None)
-            if m.lifecycle in (Lifecycle.PROBATION, Lifecycle.IN_SERVICE):
-                if not await provider.alive(m):
-                    return await self.fleet.start(svc, m, None)
-                return m
-            raise Rollback(f"{m.id} ({role} machine of {version}) is {m.lifecycle.value}: it failed earlier")
-        attributes = {
-            "launched_for": Origin.ROLLOUT.value,
-            "rollout": self.r.id,
-            "rollout_slot": slot,
-            "rollout_role": role,
-        }
-        try:
-            machine = await self.fleet.launch(svc, version, attributes)
-        except ProviderError as exc:
-            raise Rollback(f"launching a {role} machine of {version} failed: {exc}") from None
-        self._crash_point(f"rollout.launched:{role}")
-        return machine
-
-    async def _ready(self, machines: list[Machine], role: str) -> None:
-        """Each machine passes probation and enters rotation; one that fails is retired and the rollout fails."""
-        outcomes = await asyncio.gather(*(self._probation(m.id) for m in machines))
-        if self.r.stage is not Stage.ROLLED_BACK and self.r.data.get("abort"):
-            raise Rollback(str(self.r.data["abort"]))
-        failed = [(m, why) for m, why in zip(machines, outcomes, strict=True) if why]
-        for m, _ in failed:
-            await self._retire_id(m.id, f"failed probation as a {role} machine")
-        if failed:
-            m, why = failed[0]
-            raise Rollback(f"{role} machine {m.id} of {m.attributes.get('image_version')} failed probation: {why}")
-        for m in machines:
-            await self.fleet.put_in_service(self.svc, m.id)
-
-    async def _probation(self, machine_id: str) -> str | None:
-        svc = self.svc
-        m = self.monitor.machine(svc.name, machine_id)
-        if m is not None and m.lifecycle is Lifecycle.IN_SERVICE:
-            return None
-        started = launched_at(m, time.time())
-        with self.monitor.watch(svc.name, machine_id) as result:
-            while True:
-                result.clear()
-                if self.r.stage is not Stage.ROLLED_BACK and self.r.data.get("abort"):
-                    return str(self.r.data["abort"])
-                outcome = self.fleet.probation(
-                    svc, machine_id, time.time(), timeout=self.p.probation_timeout, started=started
-                )
-                if outcome is ProbationOutcome.PASSED:
-                    return None
-                if outcome is ProbationOutcome.FAILED:
-                    health = self.monitor.book.machine(svc.name, machine_id)
-                    return f"its checks failed ({health.problem() if health else 'no result'})"
-                if outcome is ProbationOutcome.TIMED_OUT:
-                    return f"its checks did not pass within {self.p.probation_timeout:g}s"
-                await wait_event(result, 0.5)
-
-    async def _retire_id(self, machine_id: str, why: str) -> None:
-        m = self.monitor.machine(self.r.service, machine_id) or await self.host.store.machines.get(
-            self.r.service, machine_id
-        )
-        if m is not None:
-            await self._retire(m, why)
-
-    async def _retire(self, m: Machine, why: str) -> None:
-        """Out of rotation, drained, released or terminated; never a quarantined machine (an incident keeps it)."""
-        m = self.monitor.machine(m.service, m.id) or m
-        if m.lifecycle in GONE or m.lifecycle is Lifecycle.QUARANTINED:
-            return
-        await self.fleet.retire(self.svc, m, why, drain=self.p.drain if m.lifecycle is Lifecycle.IN_SERVICE else 0.0)
-
-    def _serving(self) -> list[Machine]:
-        return [
-            m
-            for m in self.monitor.machines.get(self.r.service, {}).values()
-            if m.lifecycle is Lifecycle.IN_SERVICE and "retiring" not in m.attributes
-        ]
-
-    def _mine(self) -> list[Machine]:
-        """This rollout's machines of the candidate still running (launching, on probation or serving)."""
-        return [
-            m
-            for m in self.monitor.machines.get(self.r.service, {}).values()
-            if m.attributes.get("rollout") == self.r.id
-            and m.attributes.get("image_version") == self.r.version
-            and m.lifecycle in LIVE
-        ]
-
-    def _condition(self, machine_id: str) -> Condition | None:
-        health = self.monitor.book.machine(self.r.service, machine_id)
-        return health.condition if health else None
-
-    def _healing(self) -> bool:
-        return bool(self.host.incidents.machines(self.r.service))
-
     # -- holds --------------------------------------------------------------------------------------------
-    async def _hold(self, *, abortable: bool = True, bake: bool = False) -> None:
+    async def hold(self, *, abortable: bool = True, bake: bool = False) -> None:
         """Wait while the rollout or healerd is paused, the service is not in auto, or one of its incidents is
         being remediated (the bake goes on meanwhile: only its verdict waits). An abort fails the rollout."""
         host, r = self.host, self.r
         while True:
-            if not self._configured():
+            if not self.configured():
                 raise Unconfigured(r.service)
             if abortable and r.data.get("abort"):
                 raise Rollback(str(r.data["abort"]))
@@ -285,15 +160,15 @@ class RolloutSteps:
                 why = f"an incident of {r.service} is being remediated"
             if not why:
                 if r.data.get("waiting", "").startswith("held:"):
-                    self._wait_reason("")
+                    self.wait_reason("")
                     await host.save(r)
                 return
-            if self._wait_reason(f"held: {why}"):
+            if self.wait_reason(f"held: {why}"):
                 await host.save(r)
                 log.info("rollout held", reason=why)
-            await self._sleep(TICK)
+            await self.sleep(TICK)
 
-    def _wait_reason(self, why: str) -> bool:
+    def wait_reason(self, why: str) -> bool:
         """Set what the rollout waits for; True when it changed."""
         if self.r.data.get("waiting", "") == why:
             return False
@@ -303,7 +178,7 @@ class RolloutSteps:
             self.r.data.pop("waiting", None)
         return True
 
-    def _end(self) -> float:
+    def end(self) -> float:
         """The rollout ends now (returned): not active, not paused, waiting for nothing."""
         r = self.r
         r.active = r.paused = False
@@ -312,9 +187,9 @@ class RolloutSteps:
             r.data.pop(key, None)
         return r.ended_at
 
-    def _progress(self, **figures: Any) -> None:
+    def progress(self, **figures: Any) -> None:
         self.r.data["progress"] = figures
 
-    async def _sleep(self, seconds: float) -> None:
+    async def sleep(self, seconds: float) -> None:
         self.wake.clear()
         await wait_event(self.wake, seconds)
