@@ -38,6 +38,7 @@ from .api_models import (
     path_value,
 )
 from .monitor_views import machine_view, service_view
+from .providers.base import ProviderError
 from .store import STORE_FAULTS, Fenced
 
 if TYPE_CHECKING:
@@ -226,7 +227,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     # a failing load balancer is said, but healerd is ready all the same: it monitors, and retries it
-    faults = request.app[ENGINE].rotation_faults
+    faults = request.app[ENGINE].fleet.rotation_faults
     failing: dict[str, Any] = (
         {"rotations": {s: {"status": "failing", "error": e} for s, e in sorted(faults.items())}} if faults else {}
     )
@@ -318,13 +319,13 @@ async def scheduler(request: web.Request) -> web.Response:
 async def incidents(request: web.Request) -> web.Response:
     query = _query(request, IncidentsQuery)
     engine = request.app[ENGINE]
-    return json_response({"incidents": await engine.incident_list(state=query.state)})
+    return json_response({"incidents": await engine.views.incident_list(state=query.state)})
 
 
 async def incident(request: web.Request) -> web.Response:
     _query(request, NoQuery)
     engine = request.app[ENGINE]
-    view = await engine.incident_view(request.match_info["id"])
+    view = await engine.views.incident_view(request.match_info["id"])
     if view is None:
         return json_error(
             404, "unknown incident", f"no incident {request.match_info['id']!r}; see GET /api/v1/incidents"
@@ -364,34 +365,48 @@ async def storm_clear(request: web.Request) -> web.Response:
 
 async def quarantine(request: web.Request) -> web.Response:
     _query(request, NoQuery)
-    return json_response({"quarantined": await request.app[ENGINE].quarantined()})
+    return json_response({"quarantined": await request.app[ENGINE].quarantines.listing()})
 
 
 async def quarantine_release(request: web.Request) -> web.Response:
     _query(request, NoQuery)
     body = await body_of(request, Release)
-    engine = request.app[ENGINE]
+    quarantines = request.app[ENGINE].quarantines
+    machine = request.match_info["machine"]
     try:
-        return json_response(await engine.release(request.match_info["machine"], body.to_rotation, body.timeout))
+        return json_response(await quarantines.release(machine, body.to_rotation, body.timeout))
     except LookupError as exc:
         return json_error(404, "not quarantined", str(exc))
     except RuntimeError as exc:
         return json_error(409, "checks failed", str(exc))
+    except ProviderError as exc:
+        return _provider_refused(machine, "release", exc)
 
 
 async def quarantine_terminate(request: web.Request) -> web.Response:
     _query(request, NoQuery)
     await body_of(request, NoBody)
-    engine = request.app[ENGINE]
+    machine = request.match_info["machine"]
     try:
-        return json_response(await engine.terminate(request.match_info["machine"]))
+        return json_response(await request.app[ENGINE].quarantines.terminate(machine))
     except LookupError as exc:
         return json_error(404, "not quarantined", str(exc))
+    except ProviderError as exc:
+        return _provider_refused(machine, "terminate", exc)
+
+
+def _provider_refused(machine: str, what: str, exc: ProviderError) -> web.Response:
+    """The machine's provider refused: nothing changed, and the operator learns why and what to do."""
+    return json_error(
+        409,
+        "provider refused",
+        f"the provider could not {what} {machine} ({exc}); it stays quarantined: fix the cause and try again",
+    )
 
 
 async def get_mode(request: web.Request) -> web.Response:
     _query(request, NoQuery)
-    return json_response(request.app[ENGINE].status())
+    return json_response(request.app[ENGINE].views.status())
 
 
 async def set_mode(request: web.Request) -> web.Response:
@@ -405,16 +420,16 @@ async def set_mode(request: web.Request) -> web.Response:
     # the engine changes its state first, then saves it: a change the store cannot save still applies
     if change.changes_mode:
         try:
-            await engine.set_mode(change.mode, change.service)
+            await engine.controls.set_mode(change.mode, change.service)
         except _DATABASE_ERRORS as exc:
             unsaved = exc
     if change.changes_paused:
         try:
-            await engine.set_paused(change.paused)
+            await engine.controls.set_paused(change.paused)
         except _DATABASE_ERRORS as exc:
             unsaved = exc
     if unsaved is not None:  # it applies: the answer says so (200), and that it is not saved
-        status = engine.status()
+        status = engine.views.status()
         mode = status["service_modes"][change.service] if change.service else status["mode"]
         now = f"mode {mode}" + (f" for {change.service}" if change.service else "") + (", paused" * status["paused"])
         store = request.app[STORE]
@@ -424,12 +439,12 @@ async def set_mode(request: web.Request) -> web.Response:
             f"mode. Send it again once the store works. {store.remedy}"
         )
         return json_response({**status, "saved": False, "warning": warning})
-    return json_response({**engine.status(), "saved": True})
+    return json_response({**engine.views.status(), "saved": True})
 
 
 async def silences(request: web.Request) -> web.Response:
     _query(request, NoQuery)
-    return json_response({"silences": await request.app[ENGINE].silences()})
+    return json_response({"silences": await request.app[ENGINE].controls.silences()})
 
 
 async def add_silence(request: web.Request) -> web.Response:
@@ -438,7 +453,7 @@ async def add_silence(request: web.Request) -> web.Response:
     refused = _silence_target_refused(request.app[MONITOR], body)
     if refused is not None:
         return refused
-    silence = await request.app[ENGINE].add_silence(
+    silence = await request.app[ENGINE].controls.add_silence(
         body.service, body.machine, body.duration, body.comment, body.created_by
     )
     if not silence["saved"]:  # it applies now; 202: the store will have it once it can write again
@@ -489,7 +504,7 @@ def _silence_target_refused(monitor: Monitor, body: SilenceCreate) -> web.Respon
 async def delete_silence(request: web.Request) -> web.Response:
     _query(request, NoQuery)
     await body_of(request, NoBody)
-    if not await request.app[ENGINE].delete_silence(request.match_info["id"]):
+    if not await request.app[ENGINE].controls.delete_silence(request.match_info["id"]):
         return json_error(404, "unknown silence", f"no silence {request.match_info['id']!r}; see GET /api/v1/silences")
     return json_response({"deleted": request.match_info["id"]})
 

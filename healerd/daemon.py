@@ -310,7 +310,7 @@ class Daemon:
         for name, svc in sorted(self.book.services.items()):
             states.setdefault(svc.state.value, []).append(name)
         parts = [f"{state}: {', '.join(names)}" for state, names in sorted(states.items())]
-        engine = self.remediation.status()
+        engine = self.remediation.views.status()
         text = f"{'; '.join(parts) or 'no services'}; incidents open: {engine['incidents_open']}; mode {engine['mode']}"
         if engine["paused"]:
             text += " (paused)"

@@ -232,9 +232,9 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
             "until": time.strftime("%Y-%m-%d %H:%M", time.localtime(s["ends_at"])),
             "left": format_age(s["ends_at"] - now),
         }
-        for s in await _safe(engine.silences(now), [])
+        for s in await _safe(engine.controls.silences(now), [])
     ]
-    incidents = sorted(engine.incidents.values(), key=lambda i: i.opened_at)
+    incidents = sorted(engine.book.active.values(), key=lambda i: i.opened_at)
     steps: dict[str, dict[str, Any]] = {}
     for inc in incidents:
         if inc.state is IncidentState.REMEDIATING:
@@ -351,13 +351,13 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
                 "acknowledged": _acknowledged(inc, now),
             }
         )
-    quarantined = sorted(await _safe(engine.quarantined(), []), key=lambda q: -q["quarantined_at"])
+    quarantined = sorted(await _safe(engine.quarantines.listing(), []), key=lambda q: -q["quarantined_at"])
     for q in quarantined:
         q["age"] = format_age(now - q["quarantined_at"]) if q["quarantined_at"] else "-"
     events = await _safe(store.events.recent(limit=EVENTS_SHOWN), [])
     for e in events:
         e["age"] = format_age(now - e["timestamp"])
-    status = engine.status()
+    status = engine.views.status()
     return {
         "now": now,
         "updated": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(now)),

@@ -144,7 +144,7 @@ class Rig:
         m = Machine(m.service, m.id, m.address, lifecycle, {"port": m.address.rpartition(":")[2], **attrs})
         await self.monitor.put_machine(m, self.t0)
         if lifecycle is Lifecycle.IN_SERVICE:
-            await self.engine.rotations["web"].add(m)
+            await self.engine.fleet.rotations["web"].add(m)
         return m
 
     def feed(self, machine_id: str, status: Status, times: int = 1, now: float | None = None) -> None:

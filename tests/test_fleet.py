@@ -69,17 +69,17 @@ async def test_a_promotion_survives_a_reload_and_the_configs_own_change_of_known
     await rig.reload(config_with(rig, ["v1", "v2", "v3"], "v1"))
     await promote(rig, "v2", "v1")
     await rig.reload(config_with(rig, ["v1", "v2", "v3"], "v1"))  # a reload with the same known_good
-    assert engine.known_good == {"demo-web": "v2"}
+    assert engine.fleet.known_good == {"demo-web": "v2"}
     launched = await engine.fleet.launch_replacement(engine.config.services["web"], None)
     assert (launched.attributes["image_version"], launched.origin) == ("v2", Origin.FILL)
 
     await rig.reload(config_with(rig, ["v1", "v2", "v3"], "v3"))  # the operator changed known_good
-    assert engine.known_good == {"demo-web": "v3"}
+    assert engine.fleet.known_good == {"demo-web": "v3"}
     assert (await rig.store.images.get("demo-web")).known_good == "v3"  # type: ignore[union-attr]
 
     await promote(rig, "v2", "v3")
     await rig.reload(config_with(rig, ["v1", "v3"], "v3"))  # the promoted version is no longer configured
-    assert engine.known_good == {"demo-web": "v3"}
+    assert engine.fleet.known_good == {"demo-web": "v3"}
 
 
 async def test_launches_recorded_before_a_restart_are_started_again(rig_factory: Any) -> None:
@@ -131,7 +131,7 @@ async def test_the_rotation_serves_the_machines_in_service_that_are_not_on_their
     (rig.tmp_path / "rotation.json").write_text("[]")  # a rotation that lost everything, at start
     await rig.engine.fleet.sync_rotation(rig.service)
     assert rig.rotation() == {"web-ok", "web-recovered"}  # the leaving ones are left to what drains them
-    assert rig.engine.rotation_faults == {} and rig.sample("healerd_rotation_up", service="web") == 1.0
+    assert rig.engine.fleet.rotation_faults == {} and rig.sample("healerd_rotation_up", service="web") == 1.0
 
 
 async def test_only_a_machine_on_probation_enters_service(rig_factory: Any) -> None:

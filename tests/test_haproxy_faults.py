@@ -87,9 +87,9 @@ async def test_a_socket_hiccup_during_a_remediation_is_retried_and_the_remediati
     await asyncio.to_thread(away.rename, h.socket)
     await rig.settle()
 
-    (inc,) = await rig.engine.incident_list()
+    (inc,) = await rig.engine.views.incident_list()
     assert inc["state"] in ("remediated", "resolved"), inc
-    view = await rig.engine.incident_view(inc["id"])
+    view = await rig.engine.views.incident_view(inc["id"])
     assert view is not None
     steps = {s["action"]: s for s in view["steps"]}
     assert steps["rotation.remove"]["state"] == "succeeded" and steps["rotation.remove"]["attempts"] == 1
@@ -114,7 +114,7 @@ async def test_an_escalated_machine_is_taken_out_of_the_backend_once_the_socket_
     rig.down("web-0")
     await rig.engine.reconcile(rig.t0 + 1)
     await rig.settle()
-    (inc,) = await rig.engine.incident_list()
+    (inc,) = await rig.engine.views.incident_list()
     assert inc["state"] == "failed" and "rotation.remove" in inc["error"] and "tried" in inc["error"], inc
     assert (await backend(str(away)))["web-0"] == "ready"  # the remove never reached HAProxy
 
@@ -125,7 +125,7 @@ async def test_an_escalated_machine_is_taken_out_of_the_backend_once_the_socket_
     assert (await backend(h.socket))["web-0"] == "maint"
     rig.up("web-0")  # it recovers: the service is optimal again, the incident ends, the machine serves again
     await rotation_pass(rig, rig.t0 + 4)
-    assert (await rig.engine.incident_list())[0]["state"] == "resolved"
+    assert (await rig.engine.views.incident_list())[0]["state"] == "resolved"
     assert (await backend(h.socket))["web-0"] == "ready"
 
 
@@ -143,7 +143,7 @@ async def test_an_answer_that_is_not_haproxys_is_said_once_without_a_traceback_a
     (failing,) = said(logs, "the load balancer fails; monitoring goes on, healerd tries again every check interval")
     assert failing["service"] == "web" and "a line that is not HAProxy's" in failing["error"]
     assert not [e for e in logs if e.get("exc_info")], "a traceback was logged"
-    assert rig.engine.rotation_faults == {"web": failing["error"]}
+    assert rig.engine.fleet.rotation_faults == {"web": failing["error"]}
     assert rig.sample("healerd_rotation_up", service="web") == 0.0
 
     fake.stop()
@@ -153,7 +153,7 @@ async def test_an_answer_that_is_not_haproxys_is_said_once_without_a_traceback_a
     assert await backend(h.socket) == dict.fromkeys(MACHINES, "ready")
     await rotation_pass(rig, rig.t0 + 70)
     assert len(said(logs, "the load balancer answers again")) == 1
-    assert rig.engine.rotation_faults == {}
+    assert rig.engine.fleet.rotation_faults == {}
     assert rig.sample("healerd_rotation_up", service="web") == 1.0
 
 

@@ -61,7 +61,7 @@ async def test_observe_opens_one_incident_and_says_once_why_it_holds_back(rig_fa
     for tick in range(3):
         await incidents.reconcile(rig.service, rig.t0 + tick)
 
-    (inc,) = rig.engine.incidents.values()
+    (inc,) = rig.engine.book.active.values()
     assert (inc.machine, inc.state) == ("web-0", IncidentState.OPEN)
     assert inc.details["suppressed"] == "observe"
     assert len(rig.of(EventType.INCIDENT_OPENED)) == 1
@@ -80,16 +80,16 @@ async def test_an_observed_incident_resolves_when_its_machine_recovers(rig_facto
     await fleet_of(rig, "web-0", "web-1", "web-2")
     rig.down("web-0")
     await incidents.reconcile(rig.service, rig.t0 + 1)
-    (inc,) = rig.engine.incidents.values()
+    (inc,) = rig.engine.book.active.values()
 
     rig.up("web-0")
     await incidents.reconcile(rig.service, rig.t0 + 2)
     await incidents.reconcile(rig.service, rig.t0 + 3)
 
-    assert rig.engine.incidents == {}
+    assert rig.engine.book.active == {}
     (resolved,) = rig.of(EventType.INCIDENT_RESOLVED)
     assert resolved.incident == inc.id and "web-0 recovered (up)" in resolved.summary
-    (stored,) = await rig.engine.incident_list()
+    (stored,) = await rig.engine.views.incident_list()
     assert stored["state"] == "resolved" and stored["resolved_at"] is not None
     assert len(lines(logs, "incident resolved")) == 1
     assert len(rig.of(EventType.INCIDENT_OPENED)) == 1  # never opened again while it stays up
@@ -101,13 +101,13 @@ async def test_a_new_reason_is_said_again_and_dry_run_logs_each_step_once(rig_fa
     await fleet_of(rig, "web-0", "web-1", "web-2")
     rig.down("web-0")
     await incidents.reconcile(rig.service, rig.t0 + 1)
-    await rig.engine.set_mode(Mode.DRY_RUN)
+    await rig.engine.controls.set_mode(Mode.DRY_RUN)
     await incidents.reconcile(rig.service, rig.t0 + 2)
     await incidents.reconcile(rig.service, rig.t0 + 3)
 
     assert [e["reason"] for e in lines(logs, "remediation held back")] == ["observe", "dry_run"]
     steps = [(e["step"], e["action"]) for e in lines(logs, "dry-run: would run step")]
-    assert steps == list(enumerate(rig.engine.playbooks["replace-machine"].actions, start=1))
+    assert steps == list(enumerate(rig.engine.runbook.playbooks["replace-machine"].actions, start=1))
     assert rig.sample("healerd_remediation_suppressed_total", service="web", reason="dry_run") == 1.0
     assert rig.provider.launched == []
 
@@ -119,7 +119,7 @@ async def test_max_unhealthy_holds_everything_then_the_persisted_cooldown_says_w
     rig.down("web-0", "web-1")
     await incidents.reconcile(rig.service, rig.t0 + 1)
 
-    assert {i.details["suppressed"] for i in rig.engine.incidents.values()} == {"max_unhealthy"}
+    assert {i.details["suppressed"] for i in rig.engine.book.active.values()} == {"max_unhealthy"}
     assert rig.sample("healerd_remediation_suppressed_total", service="web", reason="max_unhealthy") == 2.0
     assert all(e.severity.value == "critical" for e in rig.of(EventType.REMEDIATION_SUPPRESSED))
     restarted = Controls(lambda: rig.config, rig.store, cli_mode=None, wake=lambda: None)
@@ -130,9 +130,9 @@ async def test_max_unhealthy_holds_everything_then_the_persisted_cooldown_says_w
     await incidents.reconcile(rig.service, rig.t0 + 2)  # web-1's incident ends (it still counted this pass)
     next_at = await incidents.reconcile(rig.service, rig.t0 + 3)
 
-    (left,) = rig.engine.incidents.values()
+    (left,) = rig.engine.book.active.values()
     assert (left.machine, left.details["suppressed"]) == ("web-0", "storm_cooldown")
-    assert next_at == rig.engine.storm_until["web"] == rig.t0 + 2 + 300  # the gate's retry_at
+    assert next_at == rig.engine.controls.storm_until["web"] == rig.t0 + 2 + 300  # the gate's retry_at
     assert rig.provider.launched == []
 
 
@@ -144,7 +144,7 @@ async def test_auto_mode_remediates_with_exactly_one_replacement(rig_factory: An
         await rig.engine.reconcile(rig.t0 + tick)
         await rig.settle()
 
-    (inc,) = await rig.engine.incident_list()
+    (inc,) = await rig.engine.views.incident_list()
     assert inc["state"] == "resolved"  # remediated, then the service was optimal again
     assert rig.provider.launched == [inc["replacement"]]
     replacement = rig.monitor.machine("web", inc["replacement"])
@@ -166,13 +166,13 @@ async def test_a_remediated_incident_resolves_only_once_the_service_is_optimal(r
     rig.feed("web-1", Status.WARNING, 2)  # impaired: the service stays degraded after the replacement
     await incidents.reconcile(rig.service, rig.t0 + 1)
     await rig.settle()
-    (inc,) = rig.engine.incidents.values()
+    (inc,) = rig.engine.book.active.values()
     await incidents.reconcile(rig.service, rig.t0 + 2)
-    assert inc.state is IncidentState.REMEDIATED and inc.id in rig.engine.incidents
+    assert inc.state is IncidentState.REMEDIATED and inc.id in rig.engine.book.active
 
     rig.up("web-1")
     await incidents.reconcile(rig.service, rig.t0 + 3)
-    assert rig.engine.incidents == {}
+    assert rig.engine.book.active == {}
     (resolved,) = rig.of(EventType.INCIDENT_RESOLVED)
     assert "the service is optimal again" in resolved.summary
 
@@ -247,7 +247,7 @@ async def test_fill_launches_up_to_desired_once(rig_factory: Any, logs: Logs) ->
 async def test_fill_held_back_says_so_once(rig_factory: Any, logs: Logs) -> None:
     rig = await rig_factory()
     await fleet_of(rig, "web-0", "web-1")
-    await rig.engine.set_paused(True)
+    await rig.engine.controls.set_paused(True)
     fill = rig.reconciler(FillReconciler)
     for tick in range(3):
         assert await fill.reconcile(rig.service, rig.t0 + tick) == math.inf
@@ -262,9 +262,9 @@ async def test_fill_never_launches_around_an_incident(rig_factory: Any) -> None:
     await fleet_of(rig, "web-0", "web-1", "web-2")
     rig.down("web-0")
     await rig.reconciler(IncidentReconciler).reconcile(rig.service, rig.t0)
-    assert len(rig.engine.incidents) == 1
+    assert len(rig.engine.book.active) == 1
     await rig.monitor.put_machine(Machine("web", "web-1", "127.0.0.1:1", Lifecycle.TERMINATED))  # one short now
-    await rig.engine.set_mode(Mode.AUTO)
+    await rig.engine.controls.set_mode(Mode.AUTO)
 
     await rig.reconciler(FillReconciler).reconcile(rig.service, rig.t0 + 1)
     assert rig.provider.launched == []  # the incident handles (or escalated) the gap
@@ -371,7 +371,7 @@ async def test_the_held_gauge_counts_open_incidents_by_the_gate_holding_them_now
 
     assert rig.sample("healerd_incidents_held", service="web", reason="max_unhealthy") == 2.0
     assert rig.sample("healerd_incidents_held", service="web", reason="storm_cooldown") == 0.0
-    held = [i.held for i in rig.engine.incidents.values()]
+    held = [i.held for i in rig.engine.book.active.values()]
     assert all(h and h["reason"] == "max_unhealthy" and "more than max_unhealthy (1)" in h["detail"] for h in held)
     assert all(h and h["what_to_do"].startswith("check the monitoring path") for h in held)
     said = rig.of(EventType.REMEDIATION_SUPPRESSED)
@@ -383,7 +383,7 @@ async def test_the_held_gauge_counts_open_incidents_by_the_gate_holding_them_now
     await incidents.reconcile(rig.service, rig.t0 + 5)
     assert rig.sample("healerd_incidents_held", service="web", reason="max_unhealthy") == 0.0
     assert rig.sample("healerd_incidents_held", service="web", reason="storm_cooldown") == 1.0
-    (left,) = rig.engine.incidents.values()
+    (left,) = rig.engine.book.active.values()
     assert left.held is not None and "healerd storm clear web" in left.held["what_to_do"]
 
     assert (await rig.engine.clear_storm("web", "alice"))["cleared"] is True

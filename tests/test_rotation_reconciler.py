@@ -70,7 +70,7 @@ def said(logs: Logs, event: str) -> Logs:
 
 async def forgetful_rig(rig_factory: Any, *ids: str) -> tuple[Rig, ForgetfulFile]:
     rig: Rig = await rig_factory()
-    current = rig.engine.rotations["web"]
+    current = rig.engine.fleet.rotations["web"]
     lb = ForgetfulFile("web", current.options, state_dir=rig.tmp_path)
     rig.engine.fleet.rotations["web"] = lb
     for i, m in enumerate(ids):
@@ -145,7 +145,7 @@ async def test_it_compares_once_per_check_interval_and_one_pass_at_a_time(rig_fa
     # meanwhile the rest of remediation goes on
     rig.down("web-0")
     await rig.engine.reconcile(rig.t0 + 2)
-    assert [i.machine for i in rig.engine.incidents.values()] == ["web-0"]
+    assert [i.machine for i in rig.engine.book.active.values()] == ["web-0"]
 
     lb.hold.set()
     await asyncio.gather(*passes.running)
@@ -164,7 +164,7 @@ async def test_a_failing_load_balancer_is_said_once_shown_and_tried_again_until_
 
     assert lb.compared == 4
     assert rig.sample("healerd_rotation_up", service="web") == 0.0
-    assert rig.engine.rotation_faults == {"web": "load balancer 10.0.0.1: connection refused"}
+    assert rig.engine.fleet.rotation_faults == {"web": "load balancer 10.0.0.1: connection refused"}
     (failing,) = said(logs, FAILS)
     assert (failing["service"], failing["error"]) == ("web", "load balancer 10.0.0.1: connection refused")
     assert not [e for e in logs if e.get("exc_info")]  # the world's error, not a bug: no traceback
@@ -175,7 +175,7 @@ async def test_a_failing_load_balancer_is_said_once_shown_and_tried_again_until_
     await rotation_pass(rig, rig.t0 + 5)
     assert rig.rotation() == {"web-0", "web-1", "web-2"}  # what it missed meanwhile is applied
     assert rig.sample("healerd_rotation_up", service="web") == 1.0
-    assert rig.engine.rotation_faults == {}
+    assert rig.engine.fleet.rotation_faults == {}
     assert len(said(logs, ANSWERS)) == 1 and len(said(logs, FAILS)) == 1
 
 
@@ -190,7 +190,7 @@ async def test_an_unwritable_rotation_file_is_reported_once_with_its_traceback_t
         await rotation_pass(rig, rig.t0 + tick)
 
     assert rig.sample("healerd_rotation_up", service="web") == 0.0
-    fault = rig.engine.rotation_faults["web"]
+    fault = rig.engine.fleet.rotation_faults["web"]
     assert fault.startswith("RuntimeError: rotation file") and "fix or delete it" in fault, fault
     traced = [e for e in logs if e.get("exc_info")]
     assert [e["event"] for e in traced] == ["comparing the rotation with the load balancer failed"]
@@ -200,7 +200,7 @@ async def test_an_unwritable_rotation_file_is_reported_once_with_its_traceback_t
     await rotation_pass(rig, rig.t0 + 3)
     assert rig.rotation() == {"web-0", "web-1"}
     assert rig.sample("healerd_rotation_up", service="web") == 1.0
-    assert rig.engine.rotation_faults == {} and len(said(logs, ANSWERS)) == 1
+    assert rig.engine.fleet.rotation_faults == {} and len(said(logs, ANSWERS)) == 1
 
 
 async def test_a_rotation_that_does_not_forget_is_never_compared(rig_factory: Any) -> None:
@@ -216,7 +216,7 @@ async def test_stop_cancels_a_pass_that_hangs_and_forgets_the_faults(rig_factory
     rig, lb = await forgetful_rig(rig_factory, "web-0", "web-1")
     lb.error = ProviderError("load balancer 10.0.0.1: timed out")
     await rotation_pass(rig, rig.t0)
-    assert rig.engine.rotation_faults == {"web": "load balancer 10.0.0.1: timed out"}
+    assert rig.engine.fleet.rotation_faults == {"web": "load balancer 10.0.0.1: timed out"}
     lb.hold = asyncio.Event()  # never set: the next comparison hangs
     await rig.engine.rotation_passes.reconcile(rig.service, rig.t0 + 1)
     await asyncio.sleep(0)
@@ -227,7 +227,7 @@ async def test_stop_cancels_a_pass_that_hangs_and_forgets_the_faults(rig_factory
 
     assert hanging.cancelled()
     assert rig.engine.rotation_passes.running == []
-    assert rig.engine.rotation_faults == {}  # what this node no longer compares, it does not report
+    assert rig.engine.fleet.rotation_faults == {}  # what this node no longer compares, it does not report
     lb.error, lb.hold = None, None
     await rotation_pass(rig, rig.t0 + 1.5)  # started again: due at once, not at the old interval
     assert lb.compared == 3 and rig.sample("healerd_rotation_up", service="web") == 1.0

@@ -45,10 +45,10 @@ async def test_every_step_is_journaled_in_order_and_the_view_shows_it(rig_factor
     await rig.settle()
 
     assert inc.state is IncidentState.REMEDIATED
-    actions = rig.engine.playbooks["replace-machine"].actions
+    actions = rig.engine.runbook.playbooks["replace-machine"].actions
     assert await journal(rig, inc) == [(a, "succeeded", 1) for a in actions]
     await rig.store.flush()
-    view = await rig.engine.incident_view(inc.id)
+    view = await rig.engine.views.incident_view(inc.id)
     assert view is not None and view["replacement"] == rig.provider.launched[0]
     summaries = [t["summary"] for t in view["timeline"] if t["kind"] == "step"]
     assert summaries[:2] == ["step 1 rotation.remove started (attempt 1)", "step 1 rotation.remove succeeded"]
@@ -75,7 +75,7 @@ async def test_a_failing_step_is_retried_then_the_incident_escalates_once(rig_fa
     # resolved by hand, the machine still down: the next attempt on it backs off
     await rig.engine.resolve_by_hand(inc.id, "on-call")
     await rig.reconciler(IncidentReconciler).reconcile(rig.service, rig.t0 + 10)
-    (again,) = rig.engine.incidents.values()
+    (again,) = rig.engine.book.active.values()
     assert (again.machine, again.details["suppressed"]) == ("web-0", "backoff")
 
 
@@ -176,7 +176,7 @@ async def test_fault_injection_is_armed_only_by_the_constructor(
 ) -> None:
     monkeypatch.setenv("HEALERD_CRASH_AT", "machine.quarantine")
     rig = await rig_factory()
-    assert rig.engine.crash_at is None
+    assert rig.engine.runbook.crash_at is None
     kills: list[int] = []
     monkeypatch.setattr(os, "kill", lambda pid, sig: kills.append(sig))
     inc = await sick(rig)

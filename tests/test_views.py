@@ -67,19 +67,19 @@ async def test_the_incident_list_shows_each_incident_and_filters_by_state(rig_fa
     for tick in range(3):
         await rig.engine.reconcile(rig.t0 + tick)
         await rig.settle()
-    await rig.engine.set_mode(Mode.OBSERVE)
+    await rig.engine.controls.set_mode(Mode.OBSERVE)
     rig.down("web-1")
     await rig.engine.reconcile(rig.t0 + 3)
 
-    listed = await rig.engine.incident_list()
+    listed = await rig.engine.views.incident_list()
     assert sorted((i["machine"], i["state"]) for i in listed) == [("web-0", "resolved"), ("web-1", "open")]
     resolved = next(i for i in listed if i["machine"] == "web-0")
     assert resolved["replacement"] == rig.provider.launched[0] and resolved["resolved_at"] is not None
     assert resolved["playbook"] == "replace-machine" and resolved["held"] is None
     held = next(i for i in listed if i["machine"] == "web-1")
     assert held["held"]["reason"] == "observe" and held["resolved_at"] is None
-    assert [i["machine"] for i in await rig.engine.incident_list(state="open")] == ["web-1"]
-    assert len(await rig.engine.incident_list(limit=1)) == 1
+    assert [i["machine"] for i in await rig.engine.views.incident_list(state="open")] == ["web-1"]
+    assert len(await rig.engine.views.incident_list(limit=1)) == 1
 
 
 async def test_one_incident_shows_its_steps_and_timeline(rig_factory: Any) -> None:
@@ -89,19 +89,19 @@ async def test_one_incident_shows_its_steps_and_timeline(rig_factory: Any) -> No
     await rig.engine.reconcile(rig.t0)
     await rig.settle()
     await rig.store.flush()
-    (inc,) = rig.engine.incidents.values()
+    (inc,) = rig.engine.book.active.values()
 
-    view = await rig.engine.incident_view(inc.id)
+    view = await rig.engine.views.incident_view(inc.id)
 
     assert view is not None and (view["id"], view["state"]) == (inc.id, "remediated")
-    actions = list(rig.engine.playbooks["replace-machine"].actions)
+    actions = list(rig.engine.runbook.playbooks["replace-machine"].actions)
     assert [(s["action"], s["state"]) for s in view["steps"]] == [(a, "succeeded") for a in actions]
     stamps = [t["timestamp"] for t in view["timeline"]]
     assert stamps == sorted(stamps)
     types = [t["type"] for t in view["timeline"]]
     assert types[0] == "incident.opened" and "machine.quarantined" in types
     assert [t for t in types if t.startswith("step.")] == [f"step.{a}" for a in actions for _ in (0, 1)]
-    assert await rig.engine.incident_view("no-such-incident") is None
+    assert await rig.engine.views.incident_view("no-such-incident") is None
 
 
 async def test_why_not_acting_names_each_held_incident_and_the_storm_cooldown_left(rig_factory: Any) -> None:
@@ -114,7 +114,7 @@ async def test_why_not_acting_names_each_held_incident_and_the_storm_cooldown_le
     why = rig.engine.views.why_not_acting("web", now + 100)
     assert sorted(h["machine"] for h in why["held"]) == ["web-0", "web-1"]
     assert all(h["reason"] == "max_unhealthy" and h["what_to_do"] for h in why["held"])
-    assert {h["incident"] for h in why["held"]} == set(rig.engine.incidents)
+    assert {h["incident"] for h in why["held"]} == set(rig.engine.book.active)
     until = now + 300  # storm_cooldown
     assert why["storm_cooldown"] == {"until": until, "seconds_left": 200.0, "what_to_do": "healerd storm clear web"}
 
@@ -125,7 +125,7 @@ async def test_why_not_acting_names_each_held_incident_and_the_storm_cooldown_le
 async def test_the_status_shows_the_modes_and_the_counts(rig_factory: Any) -> None:
     rig: Rig = await rig_factory(mode=Mode.OBSERVE)
     await fleet_of(rig, "web-0", "web-1", "web-2")
-    assert rig.engine.status() == {
+    assert rig.engine.views.status() == {
         "mode": "observe",
         "paused": False,
         "service_modes": {"web": "observe"},
@@ -135,10 +135,10 @@ async def test_the_status_shows_the_modes_and_the_counts(rig_factory: Any) -> No
 
     rig.down("web-0")
     await rig.engine.reconcile(rig.t0)
-    await rig.engine.set_mode(Mode.DRY_RUN, "web")
-    await rig.engine.set_paused(True)
-    (inc,) = rig.engine.incidents.values()
+    await rig.engine.controls.set_mode(Mode.DRY_RUN, "web")
+    await rig.engine.controls.set_paused(True)
+    (inc,) = rig.engine.book.active.values()
     inc.state = IncidentState.REMEDIATING  # as while its playbook runs
-    status = rig.engine.status()
+    status = rig.engine.views.status()
     assert (status["mode"], status["paused"], status["service_modes"]) == ("observe", True, {"web": "dry-run"})
     assert (status["incidents_open"], status["remediating"]) == (1, 1)

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from ..plugins import CHECK_KINDS, NOTIFIER_KINDS, PROVIDER_KINDS, ROTATION_KINDS
 from ..registry import Registry
-from ..targets import did_you_mean
+from ..words import did_you_mean
 from .problems import Collector, Loc, vocabulary
 
 

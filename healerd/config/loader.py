@@ -14,7 +14,7 @@ from ..openfiles import budget_problem, keepalive_shortfall
 from ..paths import resolve_against, set_config_dir
 from ..plugins import CHECK_KINDS, PROVIDER_KINDS
 from ..remediation.playbooks import load_playbooks
-from ..targets import did_you_mean
+from ..words import did_you_mean
 from .document import NAMED, key_problems, nul_problems, read_text, refuse_big, strings_only
 from .dsn import dsn_problem
 from .kinds import CHECKS, NOTIFIERS, PROVIDERS, ExtensionPoint, kind_and_options

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ValidationError
 
 from .. import _yaml
-from .._pydantic_words import Loc as Loc  # the config modules name places with it
-from .._pydantic_words import misread_numbers, refusals, shorten
 from .._yaml import format_path
+from ..words import Loc as Loc  # the config modules name places with it
+from ..words import misread_numbers, refusals, shorten
 
 
 @dataclass(frozen=True)

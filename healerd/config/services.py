@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from ..checks.base import CheckEnv
 from ..durations import parse_count_or_percent
 from ..results import Status
-from ..targets import SERVICE_TEMPLATE_FIELDS, TEMPLATE_FIELDS, did_you_mean, find_template_problems
+from ..targets import SERVICE_TEMPLATE_FIELDS, TEMPLATE_FIELDS
+from ..words import did_you_mean, find_template_problems
 from .kinds import ROTATIONS, ExtensionPoint, kind_and_options
 from .models import (
     CheckCommon,

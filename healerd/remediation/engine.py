@@ -22,12 +22,11 @@ from ..config import Config, Mode
 from ..events import Event, EventType, Severity
 from ..leadership import STANDALONE, Leadership
 from ..rollouts import Rollouts
-from ..rotations.base import Rotation
 from ..store import STORE_FAULTS, Fenced
 from .controls import Controls
 from .fleet import Fleet
 from .incidents import ACTIVE, Incident, IncidentBook, IncidentState
-from .playbooks import Playbook, load_playbooks
+from .playbooks import load_playbooks
 from .quarantine import Quarantine
 from .reconcilers import (
     FillReconciler,
@@ -216,46 +215,18 @@ class RemediationEngine:
             if svc.name not in self.monitor.book.services:
                 continue
             for reconciler in self.reconcilers:
-                next_at = min(next_at, await reconciler.reconcile(svc, now))
+                try:
+                    next_at = min(next_at, await reconciler.reconcile(svc, now))
+                except STORE_FAULTS:
+                    raise  # the loop handles these: nothing is decided without the store or the lease
+                except (asyncio.CancelledError, Fenced):
+                    raise
+                except Exception:  # one reconciler failing for one service leaves the others to do their work
+                    log.exception("reconcile failed; retrying", service=svc.name, reconciler=type(reconciler).__name__)
+                    next_at = min(next_at, now + RECONCILE_INTERVAL)
         return next_at
 
-    # -- modes, pause, silences ------------------------------------------------------------------------------
-    def mode_for(self, service: str) -> Mode:
-        return self.controls.mode_for(service)
-
-    async def set_mode(self, mode: Mode | None, service: str | None = None) -> None:
-        await self.controls.set_mode(mode, service)
-
-    async def set_paused(self, paused: bool) -> None:
-        await self.controls.set_paused(paused)
-
-    async def add_silence(
-        self, service: str | None, machine: str | None, duration: float, comment: str, created_by: str = ""
-    ) -> dict[str, Any]:
-        return await self.controls.add_silence(service, machine, duration, comment, created_by)
-
-    async def delete_silence(self, sid: str) -> bool:
-        return await self.controls.delete_silence(sid)
-
-    async def silences(self, now: float | None = None) -> list[dict[str, Any]]:
-        return await self.controls.silences(now)
-
-    # -- quarantine, incidents, views (API, CLI) -------------------------------------------------------------
-    async def quarantined(self) -> list[dict[str, Any]]:
-        return await self.quarantines.listing()
-
-    async def release(self, machine_id: str, to_rotation: bool, timeout: float = 60.0) -> dict[str, Any]:
-        return await self.quarantines.release(machine_id, to_rotation, timeout)
-
-    async def terminate(self, machine_id: str, why: str = "terminated (its evidence bundle is kept)") -> dict[str, Any]:
-        return await self.quarantines.terminate(machine_id, why)
-
-    async def incident_list(self, limit: int = 100, state: str | None = None) -> list[dict[str, Any]]:
-        return await self.views.incident_list(limit, state)
-
-    async def incident_view(self, incident_id: str) -> dict[str, Any] | None:
-        return await self.views.incident_view(incident_id)
-
+    # -- what an operator does to incidents (API, CLI) -------------------------------------------------------
     async def resolve_by_hand(self, incident_id: str, who: str) -> dict[str, Any]:
         inc = self.book.active.get(incident_id)
         if inc is None:
@@ -300,44 +271,6 @@ class RemediationEngine:
                         )
                     )
         return {"service": service, "cleared": bool(left), "seconds_left": round(left, 1), "by": by or "api"}
-
-    def status(self) -> dict[str, Any]:
-        return self.views.status()
-
-    # -- state the callers read -------------------------------------------------------------------------------
-    @property
-    def incidents(self) -> dict[str, Incident]:
-        """The active (not resolved) incidents, by id."""
-        return self.book.active
-
-    @property
-    def playbooks(self) -> dict[str, Playbook]:
-        return self.runbook.playbooks
-
-    @property
-    def rotations(self) -> dict[str, Rotation]:
-        return self.fleet.rotations
-
-    @property
-    def rotation_faults(self) -> dict[str, str]:
-        """service -> why its load balancer failed when last compared (none while every one answers)."""
-        return self.fleet.rotation_faults
-
-    @property
-    def known_good(self) -> dict[str, str]:
-        return self.fleet.known_good
-
-    @property
-    def storm_until(self) -> dict[str, float]:
-        return self.controls.storm_until
-
-    @property
-    def paused(self) -> bool:
-        return self.controls.paused
-
-    @property
-    def crash_at(self) -> str | None:
-        return self.runbook.crash_at
 
     def _update_gauges(self) -> None:
         self.fleet.update_gauges()

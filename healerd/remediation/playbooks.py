@@ -10,11 +10,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .. import _yaml
-from .._pydantic_words import Loc, misread_numbers, refusals
 from .._yaml import format_path
 from ..durations import parse_duration, require_above_zero
 from ..plugins import ACTIONS
-from ..targets import did_you_mean
+from ..words import Loc, did_you_mean, misread_numbers, refusals
 
 DEFAULT_PLAYBOOK = "replace-machine"
 

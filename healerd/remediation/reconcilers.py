@@ -443,12 +443,18 @@ def retention_plan(machines: Iterable[Machine], keep: float, warning: float, now
     return RetentionPlan(tuple(terminate), tuple(warn), next_at)
 
 
+#: seconds between attempts to terminate a quarantine past keep_for that the provider refused
+TERMINATE_RETRY = 60.0
+
+
 class RetentionReconciler:
     """Quarantines older than keep_for end: a warning first (keep_warning before), then termination."""
 
     def __init__(self, monitor: Monitor, quarantine: Quarantine) -> None:
         self.monitor = monitor
         self.quarantine = quarantine
+        #: machine -> the provider's last refusal to terminate it, and when to try again
+        self._refused: dict[str, tuple[str, float]] = {}
 
     async def reconcile(self, service: ServiceConfig, now: float) -> float:
         keep = service.remediation.keep_for
@@ -457,15 +463,28 @@ class RetentionReconciler:
         machines = list(self.monitor.machines.get(service.name, {}).values())
         plan = retention_plan(machines, keep, service.remediation.keep_warning, now)
         with bound_contextvars(service=service.name):
+            next_at = plan.next_at
             for m in plan.terminate:
                 with bound_contextvars(machine=m.id, incident=m.attributes.get("incident")):
                     why = f"terminated: its quarantine reached keep_for ({keep:g}s); evidence and snapshots are kept"
-                    await self.quarantine.terminate(m.id, why)
+                    refused, retry_at = self._refused.get(m.id, ("", 0.0))
+                    if now < retry_at:
+                        next_at = min(next_at, retry_at)
+                        continue
+                    try:
+                        await self.quarantine.terminate(m.id, why)
+                    except ProviderError as exc:  # kept quarantined and tried again later; said once per error
+                        if str(exc) != refused:
+                            log.error("quarantine retention ended; the provider refused to terminate", error=str(exc))
+                        self._refused[m.id] = (str(exc), now + TERMINATE_RETRY)
+                        next_at = min(next_at, now + TERMINATE_RETRY)
+                        continue
+                    self._refused.pop(m.id, None)
                     log.warning("quarantine retention ended; machine terminated")
             for m, ends in plan.warn:
                 with bound_contextvars(machine=m.id, incident=m.attributes.get("incident")):
                     await self._warn(m, ends, now)
-        return plan.next_at
+        return next_at
 
     async def _warn(self, m: Machine, ends: float, now: float) -> None:
         await self.monitor.put_machine(

@@ -1,19 +1,26 @@
-"""pydantic's validation errors in healerd's words: each names the wrong value and says how to fix it.
+"""What is wrong with a config or a playbook, in healerd's words: pydantic's validation errors (each names the
+wrong value and says how to fix it), bad `{field}` templates, and the close spelling a mistyped name was
+probably meant to be (`did_you_mean`).
 
 The config loader and the playbook loader both speak through it; it imports neither of them.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+import string
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from .targets import did_you_mean
+from .targets import TEMPLATE_FIELDS
+
+_FORMATTER = string.Formatter()
 
 #: a place in a YAML document: keys and list indexes from its top
 Loc = tuple[str | int, ...]
@@ -265,3 +272,47 @@ def misread_numbers(value: object, raw: object, path: Loc) -> Iterator[tuple[Loc
         for key, item in value.items():
             if key in raw:
                 yield from misread_numbers(item, raw[key], (*path, key))
+
+
+def did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def template_problems(value: str, allowed: tuple[str, ...] = TEMPLATE_FIELDS) -> list[str]:
+    """Problems with the `{field}` references in one string (empty when it is a valid template)."""
+    try:
+        parts = list(_FORMATTER.parse(value))
+    except ValueError as exc:
+        return [f"bad template {value!r}: {exc}; write a literal brace as {{{{ or }}}}"]
+    problems = []
+    for _literal, name, spec, conv in parts:
+        if name is None:
+            continue
+        if name not in allowed:
+            hint = did_you_mean(name, allowed)
+            what = "unknown template field" if name not in TEMPLATE_FIELDS else "template field not available here"
+            problems.append(
+                f"{what} {{{name}}} in {value!r}{hint}; "
+                f"known fields: {', '.join('{' + f + '}' for f in allowed)} "
+                "(write a literal brace as {{ or }})"
+            )
+        elif spec or conv:
+            problems.append(f"template field {{{name}}} takes no format spec or conversion in {value!r}")
+    return problems
+
+
+def find_template_problems(
+    value: Any, allowed: tuple[str, ...] = TEMPLATE_FIELDS
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """Walk raw config data; every bad template with its relative path."""
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    if isinstance(value, str):
+        out.extend(((), p) for p in template_problems(value, allowed))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out.extend(((i, *path), p) for path, p in find_template_problems(v, allowed))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            out.extend(((str(k), *path), p) for path, p in find_template_problems(v, allowed))
+    return out
