@@ -283,7 +283,7 @@ async def _rotation_problems(config: Config, only: str | None) -> list[str]:
         cls = ROTATION_KINDS.get(svc.rotation_kind)
         if (only and svc.name != only) or cls is None or not hasattr(cls, "problem"):
             continue
-        rotation = cls(svc.name, svc.rotation or cls.Config(), config.daemon.state_dir)
+        rotation = cls(svc.name, svc.rotation or cls.Config(), state_dir=config.daemon.state_dir)
         problem = await rotation.problem()  # type: ignore[attr-defined]
         if problem:
             out.append(f"service {svc.name}: rotation {svc.rotation_kind}: {problem}")

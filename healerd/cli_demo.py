@@ -152,7 +152,7 @@ async def _forget(config: Config, stopped: list[DemoMachine]) -> str:
     finding every machine down (and holding back); a note when that could not be done."""
     if config.cluster is not None:
         return "the machines are still recorded in the cluster's store: the next start replaces them"
-    store = Store(config.daemon.state_dir, config.daemon.history, config.daemon.event_log_size)
+    store = Store(config.daemon.state_dir, config.daemon.history, event_log_size=config.daemon.event_log_size)
     try:
         await store.open()
         now = time.time()

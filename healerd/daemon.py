@@ -27,11 +27,12 @@ from .cluster.membership import Membership
 from .config import Config, ConfigError, Mode, load_config
 from .events import Event, EventBus, EventType, Severity
 from .health import HealthBook
-from .leadership import STANDALONE, Leadership
+from .leadership import STANDALONE, Leadership, Ownership
 from .log import configure as configure_logging
 from .log import log_event
 from .metrics import Metrics, prime
 from .monitor import Monitor
+from .monitor_gauges import counted_states
 from .notifiers.base import read_secret
 from .remediation.engine import RemediationEngine
 from .remediation.safety import Reason
@@ -50,17 +51,18 @@ SLOW_STOP = 4.0  # seconds: a stop still going after this says what it waits for
 
 
 class Daemon:
-    def __init__(self, config: Config, mode: Mode | None = None, crash_at: str | None = None) -> None:
+    def __init__(self, config: Config, mode: Mode | None = None, *, crash_at: str | None = None) -> None:
         self.config = config
         self.mode = mode or config.daemon.mode
         self.started_at = time.time()
         self.metrics = Metrics()
         self.bus = EventBus()
         self.book = HealthBook()
-        self.store = make_store(config)
         cluster = config.cluster
         #: in a cluster, which checks and events are this node's and whether it may write; alone, all of them
         self.membership = Membership(cluster.node) if cluster is not None else None
+        ownership: Ownership = self.membership or STANDALONE
+        self.store = make_store(config, states=lambda: counted_states(self.book, ownership.acting))
         self.env = CheckEnv(
             lambda: tuple(self.config.daemon.check_paths),
             config.base_dir,
@@ -73,7 +75,7 @@ class Daemon:
             store=self.store,
             env=self.env,
             max_concurrent=config.daemon.max_concurrent_checks,
-            ownership=self.membership or STANDALONE,
+            ownership=ownership,
         )
         scheme = "https" if config.daemon.tls_cert_file else "http"
         self.api_token = _read_token(config)
@@ -323,15 +325,22 @@ class Daemon:
         return text
 
 
-def make_store(config: Config) -> BaseStore:
-    """SQLite in state_dir (alone), or the cluster's PostgreSQL database."""
+def make_store(config: Config, *, states: Callable[[], dict[str, bool]] = dict) -> BaseStore:
+    """SQLite in state_dir (alone), or the cluster's PostgreSQL database; `states` says which services' time
+    up or down the history counts."""
     cluster, daemon = config.cluster, config.daemon
     if cluster is None:
-        return Store(daemon.state_dir, daemon.history, daemon.event_log_size)
+        return Store(daemon.state_dir, daemon.history, event_log_size=daemon.event_log_size, states=states)
     dsn = cluster.store if cluster.store_file is None else read_secret(cluster.store_file, None, "cluster.store_file")
     assert dsn is not None  # the config has one of store, store_file
     return PgStore(
-        dsn, cluster.node, daemon.history, daemon.event_log_size, cluster.pgbouncer, idle_timeout=cluster.lease_ttl / 3
+        dsn,
+        cluster.node,
+        history=daemon.history,
+        event_log_size=daemon.event_log_size,
+        pgbouncer=cluster.pgbouncer,
+        idle_timeout=cluster.lease_ttl / 3,
+        states=states,
     )
 
 
@@ -362,7 +371,7 @@ def _read_token(config: Config) -> str | None:
 
 async def serve(config: Config, mode: Mode | None = None, crash_at: str | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads the config. Returns the exit status."""
-    daemon = Daemon(config, mode, crash_at)
+    daemon = Daemon(config, mode, crash_at=crash_at)
     app = daemon.build_app()
     # keepalive_timeout also bounds how long a connection may take to send a request's head (a client trickling
     # its headers is cut off after it), as aiohttp has no header timeout of its own

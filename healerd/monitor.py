@@ -91,7 +91,6 @@ class Monitor:
         self.ownership = ownership
         self.gauges = MonitorGauges(metrics, book, store=store, writes=ownership.acting)
         bus.subscribe(self.gauges.on_event, mirrored=True)
-        store.history.states = self.gauges.states_counted
 
     # -- readiness ----------------------------------------------------------------------------------------
     @property
@@ -354,7 +353,7 @@ def bound_check(
         options = render_model(spec.options, target.fields())
         check = spec.check_class(options, target, env)
     except (ValueError, TypeError) as exc:  # e.g. a provider's address that makes no URL: said by every run
-        check = Unbuildable(target, env, f"cannot run {spec.kind} on {target.address[:100]!r}: {exc}"[:500])
+        check = Unbuildable(target, env, reason=f"cannot run {spec.kind} on {target.address[:100]!r}: {exc}"[:500])
     bc = BoundCheck(key=key, spec=spec, check=check, address=target.address)
     bc.metric_children = {s: runs.labels(key.service, key.check, s.name) for s in Status}
     bc.duration_child = durations.labels(key.service, key.check)

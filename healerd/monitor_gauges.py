@@ -18,6 +18,14 @@ from .store import BaseStore
 MONITORED = frozenset({Lifecycle.PROBATION, Lifecycle.IN_SERVICE})
 
 
+def counted_states(book: HealthBook, writes: Callable[[], bool]) -> dict[str, bool]:
+    """The services whose time up or down this node counts in the history, and whether each is down now: every
+    settled service while this node `writes` (the leader, in a cluster), else none."""
+    if not writes():
+        return {}
+    return {n: s.state is ServiceState.DOWN for n, s in book.services.items() if s.settled}
+
+
 class MonitorGauges:
     def __init__(self, metrics: Metrics, book: HealthBook, *, store: BaseStore, writes: Callable[[], bool]) -> None:
         self.metrics = metrics
@@ -44,12 +52,6 @@ class MonitorGauges:
                 self.machine_up(event.service, event.machine, m.condition is not Condition.DOWN)
         if event.type.value == "service.state_changed":
             self.update_services()
-
-    def states_counted(self) -> dict[str, bool]:
-        """The services whose time up or down this node counts in the history (the leader's, in a cluster)."""
-        if not self._writes():
-            return {}
-        return {n: s.state is ServiceState.DOWN for n, s in self.book.services.items() if s.settled}
 
     def update_services(self) -> None:
         state_g = self.metrics.gauge("service_state")

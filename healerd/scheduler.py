@@ -68,6 +68,7 @@ class WheelScheduler:
         self,
         dispatch: Dispatch,
         max_concurrent: int,
+        *,
         on_lag: Callable[[float], None] | None = None,
         on_missed: Callable[[BoundCheck], None] | None = None,
         tick: float = 0.05,

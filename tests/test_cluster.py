@@ -37,7 +37,7 @@ async def test_one_node_holds_the_lease_and_the_epoch_grows_at_each_new_holder(p
     dsn = pg.new_database()
     store = PgStore(dsn, "a")
     await store.open()  # creates the tables
-    a, b = Lease(dsn, "a", "127.0.0.1:1", ttl=3.0), Lease(dsn, "b", "127.0.0.1:2", ttl=3.0)
+    a, b = Lease(dsn, "a", advertise="127.0.0.1:1", ttl=3.0), Lease(dsn, "b", advertise="127.0.0.1:2", ttl=3.0)
     try:
         first = await a.round(0, 0)
         assert (first.leader, first.epoch) == ("a", 1)
@@ -61,7 +61,7 @@ async def test_an_expired_lease_goes_to_the_next_node_by_the_databases_clock(pg:
     dsn = pg.new_database()
     store = PgStore(dsn, "a")
     await store.open()
-    a, b = Lease(dsn, "a", "x:1", ttl=3.0), Lease(dsn, "b", "x:2", ttl=3.0)
+    a, b = Lease(dsn, "a", advertise="x:1", ttl=3.0), Lease(dsn, "b", advertise="x:2", ttl=3.0)
     try:
         await a.round(0, 0)
         await asyncio.sleep(1.0)

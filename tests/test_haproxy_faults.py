@@ -52,7 +52,7 @@ def use_haproxy(rig: Rig, socket: str, **options: Any) -> None:
     """The rig's service behind HAProxy's backend `web` (servers added without a health check of HAProxy's:
     the rig's machines are records, with nothing listening)."""
     opts = HaproxyOptions(socket=socket, backend="web", server_options="", **options)
-    rig.engine.fleet.rotations["web"] = HaproxyRotation("web", opts, rig.tmp_path)
+    rig.engine.fleet.rotations["web"] = HaproxyRotation("web", opts, state_dir=rig.tmp_path)
 
 
 async def fleet_of(rig: Rig) -> None:
@@ -160,7 +160,7 @@ async def test_an_answer_that_is_not_haproxys_is_said_once_without_a_traceback_a
 async def test_a_step_is_not_retried_when_haproxy_itself_refuses(haproxy: Any, tmp_path: Path) -> None:
     """A refusal is HAProxy's answer, not the world's: retrying it would only delay the step's failure."""
     h = haproxy()
-    rotation = HaproxyRotation("web", HaproxyOptions(socket=h.socket, backend="nosuch"), tmp_path)
+    rotation = HaproxyRotation("web", HaproxyOptions(socket=h.socket, backend="nosuch"), state_dir=tmp_path)
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(Exception, match="is there a backend nosuch"):

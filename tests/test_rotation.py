@@ -28,7 +28,7 @@ def machine(i: int, service: str = "web") -> Machine:
 
 
 def rotation(tmp_path: Path, path: Path | None = None) -> FileRotation:
-    return FileRotation("web", FileRotationOptions(path=path), tmp_path / "state")
+    return FileRotation("web", FileRotationOptions(path=path), state_dir=tmp_path / "state")
 
 
 def file_sd(path: Path) -> list[dict[str, Any]]:
@@ -246,7 +246,7 @@ async def test_a_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
 
 
 async def test_no_rotation_does_nothing(tmp_path: Path) -> None:
-    r = NoRotation("web", NoRotation.Config(), tmp_path)
+    r = NoRotation("web", NoRotation.Config(), state_dir=tmp_path)
     await r.add(machine(1))
     await r.remove(machine(1))
     await r.sync([machine(2)])

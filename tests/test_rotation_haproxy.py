@@ -36,7 +36,7 @@ def haproxy(tmp_path: Path) -> Iterator[Any]:
 
 def rotation(h: Haproxy, tmp_path: Path, **options: Any) -> HaproxyRotation:
     opts = HaproxyOptions(socket=h.socket, backend="web", **{"drain_timeout": "5s", **options})
-    return HaproxyRotation("web", opts, tmp_path)
+    return HaproxyRotation("web", opts, state_dir=tmp_path)
 
 
 def machine(fleet: Fleet, i: int) -> Machine:
@@ -157,7 +157,9 @@ async def test_pre_declared_slots_are_re_pointed(haproxy: Any, fleet_factory: An
 
 
 async def test_a_missing_socket_or_one_without_level_admin_is_named_with_the_fix(haproxy: Any, tmp_path: Path) -> None:
-    missing = HaproxyRotation("web", HaproxyOptions(socket=str(tmp_path / "nope.sock"), backend="web"), tmp_path)
+    missing = HaproxyRotation(
+        "web", HaproxyOptions(socket=str(tmp_path / "nope.sock"), backend="web"), state_dir=tmp_path
+    )
     problem = await missing.problem()
     assert problem is not None and "cannot reach HAProxy's runtime API" in problem and "level admin" in problem
     h = haproxy(level="user")
@@ -166,7 +168,7 @@ async def test_a_missing_socket_or_one_without_level_admin_is_named_with_the_fix
     assert problem is not None and "level admin" in problem, problem
     with pytest.raises(HaproxyError, match="level admin"):
         await rot.add(Machine("web", "web-9", "127.0.0.1:9"))
-    wrong = HaproxyRotation("web", HaproxyOptions(socket=h.socket, backend="nosuch"), tmp_path)
+    wrong = HaproxyRotation("web", HaproxyOptions(socket=h.socket, backend="nosuch"), state_dir=tmp_path)
     assert "is there a backend nosuch" in (await wrong.problem() or "")
 
 

@@ -47,7 +47,7 @@ async def spawn(program: str, argv: list[str], env: Mapping[str, str], cap: int)
 
     Raises OSError when it cannot be started (missing, not executable)."""
     pid, rfd = _start(program, argv, env)
-    return await _Run(asyncio.get_running_loop(), pid, rfd, cap).result()
+    return await _Run(asyncio.get_running_loop(), pid, rfd=rfd, cap=cap).result()
 
 
 #: How often the daemon's descriptors are re-sealed (see `seal`).
@@ -115,7 +115,7 @@ class _Run:
 
     __slots__ = ("cap", "code", "done", "kept", "loop", "pid", "pidfd", "rfd", "truncated")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, pid: int, rfd: int, cap: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, pid: int, *, rfd: int, cap: int) -> None:
         self.loop = loop
         self.pid, self.rfd, self.cap = pid, rfd, cap
         self.pidfd = -1

@@ -112,7 +112,7 @@ class Unbuildable(Check[CheckOptions]):
 
     kind = "unbuildable"
 
-    def __init__(self, target: Target, env: CheckEnv, reason: str) -> None:
+    def __init__(self, target: Target, env: CheckEnv, *, reason: str) -> None:
         super().__init__(CheckOptions(), target, env)
         self.reason = reason
 

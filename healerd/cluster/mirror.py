@@ -32,7 +32,7 @@ BATCH = 20_000
 
 
 class Mirror:
-    def __init__(self, store: PgStore, monitor: Monitor, node: str) -> None:
+    def __init__(self, store: PgStore, monitor: Monitor, *, node: str) -> None:
         self.store = store
         self.monitor = monitor
         self.node = node

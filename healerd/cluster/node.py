@@ -54,8 +54,8 @@ class Cluster:
         self.store = store
         self.monitor = monitor
         self.metrics = metrics
-        self.lease = Lease(dsn, self.node, advertise, self.ttl, config.pgbouncer)
-        self.mirror = Mirror(store, monitor, self.node)
+        self.lease = Lease(dsn, self.node, advertise=advertise, ttl=self.ttl, pgbouncer=config.pgbouncer)
+        self.mirror = Mirror(store, monitor, node=self.node)
         self.confirmer = Confirmer(
             self.node, monitor, members=self.live, need=config.confirm_from, token=token, scheme=scheme
         )

@@ -90,8 +90,8 @@ class Fleet:
                 self.rotations[svc.name] = cls(
                     svc.name,
                     svc.rotation or cls.Config(),
-                    config.daemon.state_dir,
-                    self.monitor.providers.get(svc.provider),
+                    state_dir=config.daemon.state_dir,
+                    provider=self.monitor.providers.get(svc.provider),
                 )
         for name, image in config.images.items():
             stored = await self.store.images.get(name)

@@ -135,7 +135,7 @@ class Incident:
 class IncidentBook:
     """The active (not resolved) incidents, by id; every change is saved before it is announced."""
 
-    def __init__(self, store: BaseStore, bus: EventBus, on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, store: BaseStore, bus: EventBus, *, on_change: Callable[[], None] = lambda: None) -> None:
         self.store = store
         self.bus = bus
         self.on_change = on_change  # an incident opened or resolved (gauges follow)

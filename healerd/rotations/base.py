@@ -25,7 +25,7 @@ class Rotation:
     #: rotation every check interval (`reconcile`), and also brings it in line at start
     reconciles: ClassVar[bool] = False
 
-    def __init__(self, service: str, options: BaseModel, state_dir: Path, provider: Any = None) -> None:
+    def __init__(self, service: str, options: BaseModel, *, state_dir: Path, provider: Any = None) -> None:
         self.service = service
         self.options = options
         self.state_dir = state_dir

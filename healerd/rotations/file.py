@@ -36,8 +36,8 @@ class FileRotation(Rotation):
     kind = "file"
     Config = FileRotationOptions
 
-    def __init__(self, service: str, options: BaseModel, state_dir: Path, provider: Any = None) -> None:
-        super().__init__(service, options, state_dir, provider)
+    def __init__(self, service: str, options: BaseModel, *, state_dir: Path, provider: Any = None) -> None:
+        super().__init__(service, options, state_dir=state_dir, provider=provider)
         assert isinstance(options, FileRotationOptions)
         self.path = options.path or state_dir / f"rotation-{service}.json"
         self._lock = asyncio.Lock()

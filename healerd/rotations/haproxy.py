@@ -129,8 +129,8 @@ class HaproxyRotation(Rotation):
     Config = HaproxyOptions
     reconciles = True
 
-    def __init__(self, service: str, options: Any, state_dir: Path, provider: Any = None) -> None:
-        super().__init__(service, options, state_dir, provider)
+    def __init__(self, service: str, options: Any, *, state_dir: Path, provider: Any = None) -> None:
+        super().__init__(service, options, state_dir=state_dir, provider=provider)
         self.api = RuntimeApi(self.opts.socket, self.opts.timeout)
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[None]]) -> None:

@@ -76,7 +76,7 @@ class ServerState:
 
 
 class RuntimeApi:
-    def __init__(self, socket: str, timeout: float = 5.0, max_answer: int = MAX_ANSWER) -> None:
+    def __init__(self, socket: str, timeout: float = 5.0, *, max_answer: int = MAX_ANSWER) -> None:
         self.socket = socket
         self.timeout = timeout
         self.max_answer = max_answer

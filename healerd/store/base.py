@@ -25,12 +25,19 @@ from .silences import Silences
 class BaseStore:
     """Every repository is an attribute (`store.incidents.save(…)`)."""
 
-    def __init__(self, db: ThreadedDatabase, history: int, event_log_size: int) -> None:
+    def __init__(
+        self,
+        db: ThreadedDatabase,
+        history: int,
+        *,
+        event_log_size: int,
+        states: Callable[[], dict[str, bool]] = dict,
+    ) -> None:
         self._db = db
         self.machines = Machines(db)
-        self.results = Results(db, history, self.flush)
-        self.events = Events(db, event_log_size, self.flush)
-        self.history = History(db, self.flush)
+        self.results = Results(db, history, flush=self.flush)
+        self.events = Events(db, event_log_size, flush=self.flush)
+        self.history = History(db, self.flush, states=states)
         self.incidents = Incidents(db)
         self.images = Images(db)
         self.rollouts = Rollouts(db)

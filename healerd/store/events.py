@@ -16,7 +16,7 @@ from .text import to_json
 
 
 class Events:
-    def __init__(self, db: ThreadedDatabase, log_size: int, flush: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, db: ThreadedDatabase, log_size: int, *, flush: Callable[[], Awaitable[None]]) -> None:
         self._db = db
         self.log_size = log_size
         self._flush = flush

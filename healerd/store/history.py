@@ -24,12 +24,19 @@ _COLS = "bucket, width, runs, ok, warning, critical, unknown, dur_sum, up_s, dow
 
 
 class History:
-    def __init__(self, db: ThreadedDatabase, flush: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        db: ThreadedDatabase,
+        flush: Callable[[], Awaitable[None]],
+        *,
+        states: Callable[[], dict[str, bool]] = dict,
+    ) -> None:
         self._db = db
         self._flush = flush
         self.book = HistoryBook()
-        #: the services whose state (down or not) this node counts, set by the monitor (in a cluster: the leader)
-        self.states: Callable[[], dict[str, bool]] = dict
+        #: the services whose time up or down this node counts, and whether each is down now (the daemon's
+        #: health book; in a cluster, the leader's only)
+        self.states = states
         self._force = False
         self._pruned_at = 0.0
 

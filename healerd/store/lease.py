@@ -74,7 +74,7 @@ class Round:
 
 
 class Lease:
-    def __init__(self, dsn: str, node: str, advertise: str, ttl: float, pgbouncer: bool = False) -> None:
+    def __init__(self, dsn: str, node: str, *, advertise: str, ttl: float, pgbouncer: bool = False) -> None:
         self.pgbouncer = pgbouncer
         self.dsn = dsn
         self.node = node

@@ -77,7 +77,7 @@ class _Adapter:
 
 
 class PgDatabase(ThreadedDatabase):
-    def __init__(self, dsn: str, node: str, pgbouncer: bool = False, idle_timeout: float = 5.0) -> None:
+    def __init__(self, dsn: str, node: str, *, pgbouncer: bool = False, idle_timeout: float = 5.0) -> None:
         super().__init__(WORKERS, "healerd-pg")
         self.dsn = dsn
         self.node = node
@@ -232,14 +232,16 @@ class PgStore(BaseStore):
         self,
         dsn: str,
         node: str,
+        *,
         history: int = 30,
         event_log_size: int = 100_000,
         pgbouncer: bool = False,
         idle_timeout: float = 5.0,
+        states: Callable[[], dict[str, bool]] = dict,
     ) -> None:
-        self.pg = PgDatabase(dsn, node, pgbouncer, idle_timeout)
+        self.pg = PgDatabase(dsn, node, pgbouncer=pgbouncer, idle_timeout=idle_timeout)
         self._opener: asyncio.Task[None] | None = None
-        super().__init__(self.pg, history, event_log_size)
+        super().__init__(self.pg, history, event_log_size=event_log_size, states=states)
 
     @property
     def where(self) -> str:

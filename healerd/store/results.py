@@ -24,7 +24,7 @@ ResultRow = tuple[str, str, str, int, int, float, int, str, float, str]
 
 
 class Results:
-    def __init__(self, db: ThreadedDatabase, history: int, flush: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, db: ThreadedDatabase, history: int, *, flush: Callable[[], Awaitable[None]]) -> None:
         self._db = db
         self.keep = history  # results kept per check
         self._flush = flush

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,9 +24,16 @@ class Store(BaseStore):
     damage = staticmethod(damage)
     move_aside = staticmethod(move_aside)
 
-    def __init__(self, state_dir: Path, history: int = 30, event_log_size: int = 100_000) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        history: int = 30,
+        *,
+        event_log_size: int = 100_000,
+        states: Callable[[], dict[str, bool]] = dict,
+    ) -> None:
         self._sqlite = SqliteDatabase(state_dir / "state.db")
-        super().__init__(self._sqlite, history, event_log_size)
+        super().__init__(self._sqlite, history, event_log_size=event_log_size, states=states)
 
     @property
     def path(self) -> Path:
