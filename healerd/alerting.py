@@ -340,7 +340,7 @@ def build_notifiers(config: Config, old: dict[str, Notifier], base_url: str) -> 
         else:
             cls = NOTIFIER_KINDS.get(nc.kind)
             assert cls is not None
-            fresh = cls(name, nc.options, base_url)
+            fresh = cls(name, nc.options, base_url=base_url)
             if isinstance(fresh, AlertmanagerNotifier) and isinstance(current, AlertmanagerNotifier):
                 fresh.firing = current.firing  # alerts still firing must still end, whatever changed
             notifiers[name] = fresh

@@ -302,8 +302,10 @@ async def _run_all_once(config: Config, only: str | None) -> list[tuple[str, str
             if only and svc.name != only:
                 continue
             prov = config.providers[svc.provider]
-            provider = PROVIDER_KINDS.get(prov.kind)(  # type: ignore[misc]
-                prov.name, prov.options, ProviderEnv(config.daemon.state_dir, store if has_store else None)
+            kind = PROVIDER_KINDS.get(prov.kind)
+            assert kind is not None  # the config names only known kinds
+            provider = kind(
+                prov.name, prov.options, env=ProviderEnv(config.daemon.state_dir, store if has_store else None)
             )
             machines = await provider.list_machines(svc)
             if not machines and svc.managed:
@@ -313,11 +315,13 @@ async def _run_all_once(config: Config, only: str | None) -> list[tuple[str, str
                 if machine.lifecycle not in (Lifecycle.PROBATION, Lifecycle.IN_SERVICE):
                     continue
                 for spec in svc.checks:
-                    check = spec.check_class(render_model(spec.options, machine.target.fields()), machine.target, env)
+                    check = spec.check_class(
+                        render_model(spec.options, machine.target.fields()), machine.target, env=env
+                    )
                     jobs.append((svc.name, machine.id, spec.name, run_check(check, spec.timeout, spec.timeout_status)))
             for spec in svc.service_checks:
                 target = Target(svc.name, "")
-                check = spec.check_class(render_model(spec.options, target.fields()), target, env)
+                check = spec.check_class(render_model(spec.options, target.fields()), target, env=env)
                 jobs.append((svc.name, "", spec.name, run_check(check, spec.timeout, spec.timeout_status)))
         sem = asyncio.Semaphore(256)
 

@@ -113,7 +113,7 @@ class Monitor:
             if current is None or current.kind != p.kind or current.options != p.options:
                 cls = PROVIDER_KINDS.get(p.kind)
                 assert cls is not None
-                self.providers[name] = cls(name, p.options, ProviderEnv(config.daemon.state_dir, self.store))
+                self.providers[name] = cls(name, p.options, env=ProviderEnv(config.daemon.state_dir, self.store))
         wanted: dict[CheckKey, tuple[CheckSpec, Target]] = {}
         for svc in config.services.values():
             grace = svc.remediation.boot_timeout if svc.managed else 0.0
@@ -351,7 +351,7 @@ def bound_check(
     check: Check[Any]
     try:
         options = render_model(spec.options, target.fields())
-        check = spec.check_class(options, target, env)
+        check = spec.check_class(options, target, env=env)
     except (ValueError, TypeError) as exc:  # e.g. a provider's address that makes no URL: said by every run
         check = Unbuildable(target, env, reason=f"cannot run {spec.kind} on {target.address[:100]!r}: {exc}"[:500])
     bc = BoundCheck(key=key, spec=spec, check=check, address=target.address)

@@ -165,7 +165,7 @@ async def lead(store: PgStore, epoch: int = 1) -> None:
         )
 
     await store.pg.call(write)
-    store.pg.epoch = epoch
+    store.pg.lead_at(epoch)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -44,7 +44,7 @@ async def env(tmp_path: Path) -> AsyncIterator[CheckEnv]:
 
 
 def exec_check(env: CheckEnv, command: list[str], /, target: Target = TARGET, **options: object) -> ExecCheck:
-    return ExecCheck(ExecConfig(command=command, **options), target, env)
+    return ExecCheck(ExecConfig(command=command, **options), target, env=env)
 
 
 def script(tmp_path: Path, name: str, body: str) -> Path:
@@ -213,13 +213,13 @@ async def test_argv_templates_are_rendered_from_the_target(env: CheckEnv) -> Non
     assert rendered.command == ["check_tcp", "-H", "127.0.0.1", "-p", str(port)]
     assert raw.command == ["check_tcp", "-H", "{host}", "-p", "{port}"]  # the spec is shared, not mutated
     async with server:
-        result = await run_check(ExecCheck(rendered, target, env), timeout=5)
+        result = await run_check(ExecCheck(rendered, target, env=env), timeout=5)
     assert result.status is Status.OK, result.message
     assert f"127.0.0.1 port {port}" in result.message
 
     # the same spec rendered for a machine whose port is closed reaches that port
     closed = Target("web", "web-2", f"127.0.0.1:{free_port()}")
-    result = await run_check(ExecCheck(render_model(raw, closed.fields()), closed, env), timeout=5)
+    result = await run_check(ExecCheck(render_model(raw, closed.fields()), closed, env=env), timeout=5)
     assert result.status is Status.CRITICAL
     assert closed.port in result.message
 

@@ -45,7 +45,7 @@ async def raw_server() -> AsyncIterator[RawServer]:
 
 
 def check(env: CheckEnv, url: str, **options: object) -> HttpCheck:
-    return HttpCheck(HttpConfig(url=url, **options), Target("web", "m1", "127.0.0.1:1"), env)  # type: ignore[arg-type]
+    return HttpCheck(HttpConfig(url=url, **options), Target("web", "m1", "127.0.0.1:1"), env=env)  # type: ignore[arg-type]
 
 
 async def answer(raw: bytes) -> Handler:

@@ -50,7 +50,7 @@ async def test_idle_connections_to_many_hosts_are_bounded_and_the_pooled_hosts_k
     try:
         before = open_sockets()
         checks = [
-            HttpCheck(HttpConfig(url=f"http://127.0.0.1:{p}/health"), Target("web", f"m{p}", f"127.0.0.1:{p}"), env)
+            HttpCheck(HttpConfig(url=f"http://127.0.0.1:{p}/health"), Target("web", f"m{p}", f"127.0.0.1:{p}"), env=env)
             for p in ports
         ]
         for _ in range(2):

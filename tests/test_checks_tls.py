@@ -75,7 +75,7 @@ async def env(tmp_path: Path) -> AsyncIterator[CheckEnv]:
 
 
 def https_check(env: CheckEnv, url: str, machine: str = "m1", verify: bool = False) -> HttpCheck:
-    return HttpCheck(HttpConfig(url=url, tls_verify=verify), Target("web", machine, "127.0.0.1:1"), env)
+    return HttpCheck(HttpConfig(url=url, tls_verify=verify), Target("web", machine, "127.0.0.1:1"), env=env)
 
 
 async def test_fresh_connections_resume_the_tls_session(env: CheckEnv, https_server: Serve) -> None:

@@ -94,7 +94,7 @@ async def test_a_write_of_an_older_epoch_is_refused_and_says_why(pg: PgServer) -
         assert await new.incidents.steps("I1") == []  # nothing of the refused write is there
         await new.incidents.start_step("I1", 0, "rotation.remove", "running", 1, 2.0)
         assert [s["state"] for s in await new.incidents.steps("I1")] == ["running"]
-        old.pg.epoch = None  # a node that does not lead at all is refused too
+        old.pg.lead_at(None)  # a node that does not lead at all is refused too
         with pytest.raises(Fenced, match="does not hold the leader lease"):
             await old.machines.upsert(Machine("web", "m2", "127.0.0.1:1"), "lab", 3.0)
         assert await new.machines.get("web", "m2") is None

@@ -265,7 +265,7 @@ def ev(
 def notifier(kind: str, **options: Any) -> Any:
     cls = NOTIFIER_KINDS.get(kind)
     assert cls is not None
-    return cls(kind, cls.Config.model_validate(options), BASE_URL)
+    return cls(kind, cls.Config.model_validate(options), base_url=BASE_URL)
 
 
 INC = new_id(T0)

@@ -23,7 +23,7 @@ async def test_a_machine_gets_only_the_environment_its_image_declares(
     monkeypatch.setenv("HEALERD_TEST_SECRET", "s3cr3t-token-of-the-daemon")
     store = Store(tmp_path / "state")
     await store.open()
-    provider = LocalProvider("demo", LocalOptions(), ProviderEnv(tmp_path / "state", store))
+    provider = LocalProvider("demo", LocalOptions(), env=ProviderEnv(tmp_path / "state", store))
     out = tmp_path / "env.json"
     machine = Machine("web", "web-1", "127.0.0.1:20001", Lifecycle.LAUNCHING, {"port": "20001"})
     await store.machines.upsert(machine, "demo", 0.0)

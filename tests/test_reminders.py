@@ -16,7 +16,7 @@ T0 = 1_760_000_000.0
 def hook(name: str, **options: Any) -> Any:
     cls = NOTIFIER_KINDS.get("webhook")
     assert cls is not None
-    return cls(name, cls.Config.model_validate({"url": "http://127.0.0.1:1/", **options}), "")
+    return cls(name, cls.Config.model_validate({"url": "http://127.0.0.1:1/", **options}), base_url="")
 
 
 def event(type_: EventType, t: float, **details: Any) -> dict[str, Any]:

@@ -31,7 +31,7 @@ class Probe(Check[Options]):
     Config = Options
 
     def __init__(self) -> None:
-        super().__init__(Options(), TARGET, CheckEnv())
+        super().__init__(Options(), TARGET, env=CheckEnv())
         self.started = asyncio.Event()
         self.cancelled = 0
         self.finished = False
@@ -325,7 +325,7 @@ async def test_dropin_from_check_paths_is_a_check_kind_that_runs(tmp_path: Path)
     try:
         for machine in cfg.services["web"].machines:
             target = Target("web", machine.id, machine.address)
-            check: Check[Any] = spec.check_class(render_model(spec.options, target.fields()), target, env)
+            check: Check[Any] = spec.check_class(render_model(spec.options, target.fields()), target, env=env)
             results.append(await run_check(check, spec.timeout))
     finally:
         await env.close()
@@ -412,7 +412,7 @@ async def test_network_check_that_gets_no_answer_is_critical_naming_the_timeout(
     env = CheckEnv()
     try:
         check = HttpCheck(
-            HttpConfig(url=f"http://127.0.0.1:{port}/health"), Target("web", "m1", f"127.0.0.1:{port}"), env
+            HttpConfig(url=f"http://127.0.0.1:{port}/health"), Target("web", "m1", f"127.0.0.1:{port}"), env=env
         )
         result = await run_check(check, timeout=0.8)
         assert result.status is Status.CRITICAL

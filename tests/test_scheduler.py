@@ -25,7 +25,7 @@ def spec(name: str = "c", interval: float = 0.2, retry: float | None = None) -> 
 
 def bound(i: int, s: CheckSpec) -> BoundCheck:
     target = Target("svc", f"m{i}", "127.0.0.1:9")
-    return BoundCheck(CheckKey("svc", f"m{i}", s.name), s, TcpCheck(TcpConfig(), target, CheckEnv()))
+    return BoundCheck(CheckKey("svc", f"m{i}", s.name), s, TcpCheck(TcpConfig(), target, env=CheckEnv()))
 
 
 async def test_each_check_runs_once_per_interval_spread_over_it() -> None:

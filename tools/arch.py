@@ -1,5 +1,6 @@
-"""Architecture report for healerd/: big modules and classes, import cycles, SQL outside the store, and
-citations of documents kept outside the repository.
+"""Architecture report for healerd/: big modules and classes, import cycles, SQL outside the store,
+citations of documents kept outside the repository, constructors that take more than two positional
+parameters, and attributes of a collaborator assigned from outside it (`self.part.attr = ...`).
 
 It reports and always exits 0; `make arch` runs it. Import edges are read with `ast` from every module,
 function-local imports included; the cycles are reported twice, without and with the `if TYPE_CHECKING:`
@@ -194,6 +195,50 @@ def citations_elsewhere() -> list[str]:
     return hits
 
 
+def positional_constructors(trees: dict[Path, ast.AST]) -> list[str]:
+    """Classes whose __init__ takes more than two positional parameters (exceptions, which are values, aside)."""
+    out = []
+    for p, tree in trees.items():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            bases = {
+                b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else "" for b in node.bases
+            }
+            if any(b.endswith(("Error", "Exception", "Refused", "Failed")) for b in bases):
+                continue
+            for f in node.body:
+                if isinstance(f, ast.FunctionDef) and f.name == "__init__":
+                    positional = [a.arg for a in f.args.posonlyargs + f.args.args][1:]
+                    if len(positional) > 2:
+                        out.append(f"{p.relative_to(ROOT)}:{f.lineno} {node.name}({', '.join(positional)})")
+    return out
+
+
+def assigned_from_outside(trees: dict[Path, ast.AST]) -> list[str]:
+    """`self.part.attr = ...`: a class setting an attribute of one of its parts, instead of giving it at
+    construction or calling a method of the part."""
+    out = []
+    for p, tree in trees.items():
+        for node in ast.walk(tree):
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, ast.AnnAssign)
+                else []
+            )
+            for t in targets:
+                for leaf in t.elts if isinstance(t, ast.Tuple) else [t]:
+                    chain = leaf
+                    depth = 0
+                    while isinstance(chain, ast.Attribute):
+                        chain, depth = chain.value, depth + 1
+                    if depth >= 2 and isinstance(chain, ast.Name) and chain.id == "self":
+                        out.append(f"{p.relative_to(ROOT)}:{node.lineno} {ast.unparse(leaf)}")
+    return out
+
+
 def in_store(path: Path) -> bool:
     rel = path.relative_to(ROOT).as_posix()
     return rel == f"{PACKAGE}/store.py" or rel.startswith(f"{PACKAGE}/store/")
@@ -246,6 +291,20 @@ def main() -> int:
     for hit in cited:
         print(f"  {hit}")
     if not cited:
+        print("  none")
+
+    print("\nConstructors taking more than two positional parameters (past them, keyword-only):")
+    wide = positional_constructors(trees)
+    for hit in wide:
+        print(f"  {hit}")
+    if not wide:
+        print("  none")
+
+    print("\nAttributes of a part assigned by its holder (self.part.attr = ...):")
+    outside = assigned_from_outside(trees)
+    for hit in outside:
+        print(f"  {hit}")
+    if not outside:
         print("  none")
 
     print(f"\nSQL outside {PACKAGE}/store:")

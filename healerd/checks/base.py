@@ -91,7 +91,7 @@ class Check(Generic[ConfigT]):
     #: holds a socket while it runs (and between runs with keep-alive): counted against the open-file limit
     uses_socket: ClassVar[bool] = False
 
-    def __init__(self, config: ConfigT, target: Target, env: CheckEnv) -> None:
+    def __init__(self, config: ConfigT, target: Target, *, env: CheckEnv) -> None:
         self.config = config
         self.target = target
         self.env = env
@@ -113,7 +113,7 @@ class Unbuildable(Check[CheckOptions]):
     kind = "unbuildable"
 
     def __init__(self, target: Target, env: CheckEnv, *, reason: str) -> None:
-        super().__init__(CheckOptions(), target, env)
+        super().__init__(CheckOptions(), target, env=env)
         self.reason = reason
 
     async def run(self) -> CheckResult:

@@ -87,8 +87,8 @@ class ExecCheck(Check[ExecConfig]):
         problem = plugin_problem(options.command[0], env)
         return [(("command", 0), problem)] if problem else []
 
-    def __init__(self, config: ExecConfig, target: Target, env: CheckEnv) -> None:
-        super().__init__(config, target, env)
+    def __init__(self, config: ExecConfig, target: Target, *, env: CheckEnv) -> None:
+        super().__init__(config, target, env=env)
         # Prepared once per (check, machine), not per run: the environment and where the plugin is.
         self._env = {**os.environ, **config.env, "LC_ALL": "C", "LC_NUMERIC": "C"}
         self._program: str | None = None

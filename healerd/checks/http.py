@@ -65,8 +65,8 @@ class HttpCheck(Check[HttpConfig]):
     timeout_status = Status.CRITICAL
     uses_socket = True
 
-    def __init__(self, config: HttpConfig, target: Target, env: CheckEnv) -> None:
-        super().__init__(config, target, env)
+    def __init__(self, config: HttpConfig, target: Target, *, env: CheckEnv) -> None:
+        super().__init__(config, target, env=env)
         # Everything a run needs is prepared once per (check, machine): the request's bytes, where it goes.
         url = URL(config.url)
         self._key, host_header = endpoint(url)

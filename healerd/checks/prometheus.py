@@ -66,8 +66,8 @@ class PrometheusCheck(Check[PrometheusConfig]):
     timeout_status = Status.UNKNOWN  # Prometheus not answering says nothing about the machine
     uses_socket = True
 
-    def __init__(self, config: PrometheusConfig, target: Target, env: CheckEnv) -> None:
-        super().__init__(config, target, env)
+    def __init__(self, config: PrometheusConfig, target: Target, *, env: CheckEnv) -> None:
+        super().__init__(config, target, env=env)
         url = URL(config.url)
         self._key, host_header = endpoint(url)
         path = url.raw_path.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": config.query})

@@ -18,6 +18,18 @@ class Membership:
         self.epoch: int | None = None  # the epoch this node leads at, None when it follows
         self.deadline = 0.0  # loop time until which this node may act as the leader
 
+    # -- what the cluster's lease loop tells it ---------------------------------------------------------------
+    def nodes(self, live: frozenset[str]) -> None:
+        self.live_names = live
+
+    def leading(self, epoch: int, deadline: float) -> None:
+        """This node holds the lease at `epoch` and may act until `deadline` (loop time)."""
+        self.epoch, self.deadline = epoch, deadline
+
+    def following(self) -> None:
+        self.epoch, self.deadline = None, 0.0
+
+    # -- what the monitor asks -------------------------------------------------------------------------------
     def owns(self, key: CheckKey) -> bool:
         return owner(shard_key(key), self.live_names) == self.node
 

@@ -227,7 +227,7 @@ class Cluster:
         if live == self.live_names:
             return
         joined, left = sorted(live - self.live_names), sorted(self.live_names - live)
-        self.membership.live_names = live
+        self.membership.nodes(live)
         started, stopped = self.monitor.reshard()
         log.info(
             "cluster membership changed",
@@ -255,15 +255,16 @@ class Cluster:
     # -- leadership -----------------------------------------------------------------------------------------
     def _renewed(self, epoch: int, started: float) -> None:
         loop = asyncio.get_running_loop()
-        self.membership.deadline = started + self.ttl - self.ttl / 6
+        deadline = started + self.ttl - self.ttl / 6
+        if self.epoch is not None and self.epoch != epoch:
+            self._lose(f"the lease came back at a new epoch {epoch}")
+        acquired = self.epoch != epoch
+        self.membership.leading(epoch, deadline)
         if self._expiry is not None:
             self._expiry.cancel()
-        self._expiry = loop.call_at(self.membership.deadline, self._lose, "the lease could not be renewed in time")
-        if self.epoch != epoch:
-            if self.epoch is not None:
-                self._lose(f"the lease came back at a new epoch {epoch}")
-            self.membership.epoch = epoch
-            self.store.pg.epoch = epoch
+        self._expiry = loop.call_at(deadline, self._lose, "the lease could not be renewed in time")
+        if acquired:
+            self.store.pg.lead_at(epoch)
             self.metrics.counter("cluster_leader_changes").labels("acquired").inc()
             log.warning("this node leads the cluster", node=self.node, epoch=epoch)
             if self.takeovers is not None:
@@ -276,9 +277,8 @@ class Cluster:
         if self.epoch is None:
             return
         log.warning("this node stops leading", node=self.node, epoch=self.epoch, reason=why)
-        self.membership.epoch = None
-        self.store.pg.epoch = None  # from now on every leader-only write of this node is refused
-        self.membership.deadline = 0.0
+        self.membership.following()
+        self.store.pg.lead_at(None)  # from now on every leader-only write of this node is refused
         self.metrics.counter("cluster_leader_changes").labels("lost").inc()
         if self.takeovers is not None:
             self.takeovers.wish(0)

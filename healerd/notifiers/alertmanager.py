@@ -80,8 +80,8 @@ class AlertmanagerNotifier(Notifier):
     kind = "alertmanager"
     Config = AlertmanagerOptions
 
-    def __init__(self, name: str, options: NotifierOptions, base_url: str = "") -> None:
-        super().__init__(name, options, base_url)
+    def __init__(self, name: str, options: NotifierOptions, *, base_url: str = "") -> None:
+        super().__init__(name, options, base_url=base_url)
         self.firing: dict[str, dict[str, Any]] = {}  # persisted by the alerting engine (state())
 
     @property

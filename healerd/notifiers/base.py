@@ -150,7 +150,7 @@ class Notifier:
     kind: ClassVar[str] = ""
     Config: ClassVar[type[NotifierOptions]] = NotifierOptions
 
-    def __init__(self, name: str, options: NotifierOptions, base_url: str = "") -> None:
+    def __init__(self, name: str, options: NotifierOptions, *, base_url: str = "") -> None:
         self.name = name
         self.options = options
         self.base_url = base_url  # healerd's own API, for links

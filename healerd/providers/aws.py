@@ -77,8 +77,8 @@ class AwsProvider(Provider):
     Config = AwsOptions
     ImageVersion = AwsImage
 
-    def __init__(self, name: str, options: BaseModel, env: Any = None) -> None:
-        super().__init__(name, options, env)
+    def __init__(self, name: str, options: BaseModel, *, env: Any = None) -> None:
+        super().__init__(name, options, env=env)
         self._pool = ThreadPoolExecutor(max_workers=self.opts.max_workers, thread_name_prefix=f"healerd-aws-{name}")
         self._clients: dict[str, Any] = {}
         self.calls: list[str] = []  # every AWS operation made (for the IAM policy check and the audit)

@@ -52,7 +52,7 @@ class Provider:
     #: set by providers that launch machines from images
     ImageVersion: ClassVar[type[BaseModel] | None] = None
 
-    def __init__(self, name: str, options: BaseModel, env: ProviderEnv | None = None) -> None:
+    def __init__(self, name: str, options: BaseModel, *, env: ProviderEnv | None = None) -> None:
         self.name = name
         self.options = options
         self.env = env

@@ -82,7 +82,7 @@ class PgDatabase(ThreadedDatabase):
         self.dsn = dsn
         self.node = node
         self.where = {"store": redact(dsn)}
-        #: the leader epoch this node holds (set by the cluster's lease), None when it does not lead
+        #: the leader epoch this node holds (the cluster's lease says, through lead_at), None when it does not lead
         self.epoch: int | None = None
         self._fenced_listeners: list[Callable[[str], None]] = []
         self._local = threading.local()
@@ -117,6 +117,10 @@ class PgDatabase(ThreadedDatabase):
             await asyncio.get_running_loop().run_in_executor(self._executor, self._open, then)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise StoreError(self.explain(exc)) from None
+
+    def lead_at(self, epoch: int | None) -> None:
+        """Leader-only writes carry this epoch from now on (None: every one of them is refused)."""
+        self.epoch = epoch
 
     def explain(self, exc: BaseException) -> str:
         text = str(exc).strip().replace("\n", " ") or type(exc).__name__
