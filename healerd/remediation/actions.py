@@ -1,5 +1,6 @@
 """Playbook actions: one table (the registry), one small class per action. Each checks the world first
-and is idempotent, so a step re-run after a crash does the right thing."""
+and is idempotent, so a step re-run after a crash does the right thing. An action acts on the fleet
+(`FleetHands`) and on the quarantine (`QuarantineHands`), never on the engine."""
 
 from __future__ import annotations
 

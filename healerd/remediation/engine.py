@@ -1,8 +1,10 @@
 """The remediation engine: the composition root of remediation and its loop.
 
-It builds the collaborators (controls, incidents, fleet, runbook, quarantine, views), runs the reconcilers
-for every service until the earliest time one of them asks for (or an event wakes it), and keeps the small
-API its callers use (the daemon, the HTTP API, the playbook actions).
+It builds the collaborators (controls, incidents, fleet, views, quarantine, runbook, rollouts, reconcilers),
+runs the reconcilers for every service until the earliest time one of them asks for (or an event wakes it;
+one failing for one service leaves the others to their work), and does the few operator actions that span
+parts (resolve, acknowledge, clear a storm). Callers reach everything else through the part that owns it:
+`engine.controls`, `engine.views`, `engine.quarantines`, `engine.book`, `engine.fleet`.
 """
 
 from __future__ import annotations
