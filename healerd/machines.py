@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import json
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from .targets import Target
 
@@ -53,6 +55,49 @@ class Machine:
             return Origin(value)
         return Origin.INCIDENT if value else Origin.NONE
 
+    # -- what healerd records in its attributes, typed (the attributes stay strings in the store) -----------
+    @property
+    def launch_time(self) -> float | None:
+        """When healerd launched it (None: not recorded, such as a static machine)."""
+        return _number(self.attributes.get("launched_at"))
+
+    @property
+    def image_version(self) -> str | None:
+        return self.attributes.get("image_version") or None
+
+    @property
+    def incident(self) -> str | None:
+        """The incident that quarantined it, or that it replaces a machine for (`probation`: none)."""
+        return self.attributes.get("incident") or None
+
+    @property
+    def quarantined_at(self) -> float | None:
+        return _number(self.attributes.get("quarantined_at"))
+
+    @property
+    def evidence(self) -> dict[str, Any]:
+        """What its provider kept when it was quarantined (snapshots, the isolation it applied)."""
+        try:
+            found = json.loads(self.attributes.get("evidence") or "{}")
+        except ValueError:
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    @property
+    def retiring(self) -> bool:
+        """On its way out (scale-in, a rollout's old version): nothing puts it back in rotation."""
+        return "retiring" in self.attributes
+
+    @property
+    def retention_warned(self) -> bool:
+        """Its quarantine's end (keep_for) has been announced."""
+        return bool(self.attributes.get("retention_warned"))
+
+    @property
+    def became(self) -> str | None:
+        """The id its provider gave it, when the provider names machines itself (this record is the placeholder)."""
+        return self.attributes.get("became") or None
+
 
 def launched_for(origin: Origin, incident: str | None = None) -> str:
     """The `launched_for` attribute value for a machine of this origin (an incident's id for INCIDENT)."""
@@ -64,7 +109,15 @@ def launched_for(origin: Origin, incident: str | None = None) -> str:
 
 def launched_at(m: Machine | None, now: float) -> float:
     """When the machine was launched, as recorded in its attributes; `now` when nothing was recorded."""
-    return float((m.attributes.get("launched_at") if m else None) or now)
+    launched = m.launch_time if m else None
+    return now if launched is None else launched
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
 
 
 #: a host name: dot-separated labels of letters, digits, '-' (and '_', which container networks use)

@@ -39,7 +39,7 @@ def machine_view(
         "service": service,
         "id": machine_id,
         "address": machine.address if machine else "",
-        "version": machine.attributes.get("image_version") if machine else None,
+        "version": machine.image_version if machine else None,
         "lifecycle": m.lifecycle.value,
         "condition": m.condition.value,
         "up": m.condition is not Condition.DOWN,

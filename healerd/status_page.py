@@ -137,7 +137,7 @@ def _machine_entry(monitor: Monitor, service: str, mid: str, now: float) -> dict
     return {
         "id": mid,
         "address": m.address if m else "",
-        "version": m.attributes.get("image_version") if m else None,
+        "version": m.image_version if m else None,
         "lifecycle": mh.lifecycle.value,
         "condition": mh.condition.value,
         "icon": ICONS.get(mh.condition.value, "?"),

@@ -204,7 +204,7 @@ class AwsIsolation:
 
     async def release(self, machine: Machine) -> None:
         """Undo the isolation: original security groups back, protection off, back into its ASG."""
-        evidence = json.loads(machine.attributes.get("evidence", "{}"))
+        evidence = machine.evidence
         for eid, groups in evidence.get("original_security_groups", {}).items():
             if groups:
                 await self.aws.call(

@@ -135,7 +135,7 @@ class LaunchReplacement(Action):
         return {
             "replacement": machine.id,
             "replacement_address": machine.address,
-            "image_version": machine.attributes.get("image_version"),
+            "image_version": machine.image_version,
         }
 
 

@@ -36,7 +36,7 @@ log = structlog.get_logger("healerd.remediation")
 
 
 def _launched_at(m: Machine) -> float:
-    return float(m.attributes.get("launched_at") or 0.0)
+    return m.launch_time or 0.0
 
 
 def retirement_order(machines: Iterable[Machine], known_good: str | None) -> list[Machine]:
@@ -45,7 +45,7 @@ def retirement_order(machines: Iterable[Machine], known_good: str | None) -> lis
     vouched for), then the newest. A fleet on one version thus keeps its longest-proven machines."""
 
     def key(m: Machine) -> tuple[bool, float, str]:
-        stale = known_good is not None and m.attributes.get("image_version") != known_good
+        stale = known_good is not None and m.image_version != known_good
         return (stale, _launched_at(m), m.id)
 
     return sorted(machines, key=key, reverse=True)
@@ -117,7 +117,7 @@ class Fleet:
         leaving: list[Machine] = []
         for m in self.monitor.machines.get(svc.name, {}).values():
             if m.lifecycle is Lifecycle.IN_SERVICE and m.id not in escalated:
-                (leaving if m.id in remediating or "retiring" in m.attributes else serving).append(m)
+                (leaving if m.id in remediating or m.retiring else serving).append(m)
         return serving, leaving
 
     async def sync_rotation(self, svc: ServiceConfig) -> None:
@@ -228,7 +228,7 @@ class Fleet:
         """Start a machine recorded as launching; it comes back on probation."""
         assert svc.image is not None
         image = self.config.images[svc.image]
-        version = machine.attributes.get("image_version") or image.known_good
+        version = machine.image_version or image.known_good
         spec = image.versions.get(version) or image.versions[image.known_good]
         launched = await self.provider(svc).launch(
             LaunchRequest(svc.name, machine.id, svc.image, version, spec, incident)

@@ -59,7 +59,7 @@ class Quarantine:
         """Out of rotation, isolated by its provider, kept: returns the provider's evidence (idempotent)."""
         m = await self.fleet.machine(svc.name, machine_id)
         if m.lifecycle is Lifecycle.QUARANTINED:
-            return dict(json.loads(m.attributes.get("evidence", "{}")))
+            return dict(m.evidence)
         await self.fleet.rotations[svc.name].remove(m)
         evidence = await self.fleet.provider(svc).quarantine(m, incident, freeze)
         attrs = {
@@ -114,7 +114,7 @@ class Quarantine:
                 summary,
                 now,
                 machine=m.id,
-                incident=m.attributes.get("incident"),
+                incident=m.incident,
                 severity=Severity.WARNING if firing or "retention" in details else Severity.INFO,
                 firing=firing,
                 details=details,
@@ -129,17 +129,17 @@ class Quarantine:
         out = []
         for m in await self.store.machines.load():
             if m.lifecycle is Lifecycle.QUARANTINED:
-                bundle = self.config.daemon.state_dir / "forensics" / m.attributes.get("incident", "-")
+                bundle = self.config.daemon.state_dir / "forensics" / (m.incident or "-")
                 out.append(
                     {
                         "service": m.service,
                         "id": m.id,
                         "address": m.address,
-                        "incident": m.attributes.get("incident"),
-                        "quarantined_at": float(m.attributes.get("quarantined_at", 0) or 0),
-                        "image_version": m.attributes.get("image_version"),
+                        "incident": m.incident,
+                        "quarantined_at": m.quarantined_at or 0.0,
+                        "image_version": m.image_version,
                         "bundle": str(bundle) if bundle.is_dir() else None,
-                        "evidence": json.loads(m.attributes.get("evidence", "{}")),
+                        "evidence": m.evidence,
                     }
                 )
         return out
@@ -155,7 +155,7 @@ class Quarantine:
 
     async def release(self, machine_id: str, to_rotation: bool, timeout: float = 60.0) -> dict[str, Any]:
         m, svc = await self._quarantined(machine_id)
-        with bound_contextvars(service=m.service, machine=m.id, incident=m.attributes.get("incident")):
+        with bound_contextvars(service=m.service, machine=m.id, incident=m.incident):
             await self.fleet.provider(svc).release(m)
             if not to_rotation:
                 await self.monitor.put_machine(Machine(m.service, m.id, m.address, Lifecycle.RELEASED, m.attributes))
@@ -173,9 +173,9 @@ class Quarantine:
             await self.monitor.put_machine(Machine(m.service, m.id, m.address, Lifecycle.PROBATION, attrs))
             self.fleet.update_gauges()  # no longer quarantined, whatever its checks say next
             try:
-                await self.fleet.await_healthy(svc, m.id, timeout, m.attributes.get("incident"))
+                await self.fleet.await_healthy(svc, m.id, timeout, m.incident)
             except ProbationFailed as exc:
-                await self.quarantine(svc, m.id, m.attributes.get("incident") or PROBATION, False)
+                await self.quarantine(svc, m.id, m.incident or PROBATION, False)
                 raise RuntimeError(f"{m.id} was not returned to rotation: {exc}") from None
             except StepFailed as exc:
                 raise RuntimeError(f"{m.id} was not returned to rotation: {exc}") from None
@@ -185,7 +185,7 @@ class Quarantine:
 
     async def terminate(self, machine_id: str, why: str = "terminated (its evidence bundle is kept)") -> dict[str, Any]:
         m, svc = await self._quarantined(machine_id)
-        with bound_contextvars(service=m.service, machine=m.id, incident=m.attributes.get("incident")):
+        with bound_contextvars(service=m.service, machine=m.id, incident=m.incident):
             await self.fleet.provider(svc).terminate(m)
             await self.monitor.put_machine(Machine(m.service, m.id, m.address, Lifecycle.TERMINATED, m.attributes))
             self.fleet.update_gauges()

@@ -407,7 +407,7 @@ class SurplusReconciler:
                 return decision.retry_at or NEVER
             self._held.discard(service.name)
             why = f"{len(in_service)} in service for desired {service.desired}"
-            version = victim.attributes.get("image_version")
+            version = victim.image_version
             if known_good and version != known_good:
                 why += f"; it runs {version or 'an unrecorded version'}, not the known-good {known_good}"
             await self.fleet.retire(service, victim, why)
@@ -432,13 +432,14 @@ def retention_plan(machines: Iterable[Machine], keep: float, warning: float, now
     for m in machines:
         if m.lifecycle is not Lifecycle.QUARANTINED:
             continue
-        ends = float(m.attributes.get("quarantined_at") or now) + keep
+        since = m.quarantined_at
+        ends = (now if since is None else since) + keep
         if now >= ends:
             terminate.append(m)
             continue
-        if now >= ends - warning and not m.attributes.get("retention_warned"):
+        if now >= ends - warning and not m.retention_warned:
             warn.append((m, ends))
-        warned = now >= ends - warning or bool(m.attributes.get("retention_warned"))
+        warned = now >= ends - warning or m.retention_warned
         next_at = min(next_at, ends if warned else ends - warning)
     return RetentionPlan(tuple(terminate), tuple(warn), next_at)
 
@@ -465,7 +466,7 @@ class RetentionReconciler:
         with bound_contextvars(service=service.name):
             next_at = plan.next_at
             for m in plan.terminate:
-                with bound_contextvars(machine=m.id, incident=m.attributes.get("incident")):
+                with bound_contextvars(machine=m.id, incident=m.incident):
                     why = f"terminated: its quarantine reached keep_for ({keep:g}s); evidence and snapshots are kept"
                     refused, retry_at = self._refused.get(m.id, ("", 0.0))
                     if now < retry_at:
@@ -482,7 +483,7 @@ class RetentionReconciler:
                     self._refused.pop(m.id, None)
                     log.warning("quarantine retention ended; machine terminated")
             for m, ends in plan.warn:
-                with bound_contextvars(machine=m.id, incident=m.attributes.get("incident")):
+                with bound_contextvars(machine=m.id, incident=m.incident):
                     await self._warn(m, ends, now)
         return next_at
 

@@ -45,7 +45,7 @@ def in_baseline(machine: Machine | None, condition: Condition | None, known_good
         machine is not None
         and machine.lifecycle is Lifecycle.IN_SERVICE
         and "retiring" not in machine.attributes
-        and (machine.attributes.get("image_version") or known_good) == known_good
+        and (machine.image_version or known_good) == known_good
         and condition is Condition.UP
     )
 

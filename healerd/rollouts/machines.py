@@ -39,11 +39,7 @@ class RolloutMachines:
         svc = self.steps.svc
         provider = self.fleet.provider(svc)
         for m in await self.host.store.machines.load(svc.name):
-            if (
-                m.attributes.get("rollout") != self.r.id
-                or m.attributes.get("rollout_slot") != slot
-                or m.attributes.get("became")
-            ):
+            if m.attributes.get("rollout") != self.r.id or m.attributes.get("rollout_slot") != slot or m.became:
                 continue
             m = self.monitor.machine(svc.name, m.id) or m
             if m.lifecycle is Lifecycle.LAUNCHING:
@@ -131,9 +127,7 @@ class RolloutMachines:
         return [
             m
             for m in self.monitor.machines.get(self.r.service, {}).values()
-            if m.attributes.get("rollout") == self.r.id
-            and m.attributes.get("image_version") == self.r.version
-            and m.lifecycle in LIVE
+            if m.attributes.get("rollout") == self.r.id and m.image_version == self.r.version and m.lifecycle in LIVE
         ]
 
     def condition(self, machine_id: str) -> Condition | None:

@@ -112,7 +112,7 @@ def rollout_view(r: RolloutRecord, monitor: Monitor | None = None) -> dict[str, 
                     {
                         "machine": m.id,
                         "address": m.address,
-                        "version": m.attributes.get("image_version", ""),
+                        "version": m.image_version or "",
                         "role": m.attributes.get("rollout_role", ""),
                         "lifecycle": m.lifecycle.value,
                         "condition": health.condition.value if health else None,

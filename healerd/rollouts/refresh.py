@@ -40,10 +40,10 @@ class FleetRefresh:
                 await self.host.save(r)
                 continue
             serving = [m for m in self.machines.serving()]
-            new = [m for m in serving if m.attributes.get("image_version") == target]
+            new = [m for m in serving if m.image_version == target]
             old = sorted(
-                (m for m in serving if m.attributes.get("image_version") != target),
-                key=lambda m: (float(m.attributes.get("launched_at") or 0.0), m.id),
+                (m for m in serving if m.image_version != target),
+                key=lambda m: (m.launch_time or 0.0, m.id),
             )
             self.steps.progress(target=target, new=len(new), old=len(old), desired=svc.desired)
             if not old:
