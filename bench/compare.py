@@ -1,7 +1,7 @@
 """Two revisions of healerd measured in one run: CPU per check and the heal loop, new / old.
 
     python -m bench.compare main                      # this working tree against main
-    python -m bench.compare v0.3.0 HEAD --rounds 5    # two commits
+    python -m bench.compare HEAD~3 HEAD --rounds 5    # two commits
     python -m bench.compare main --scenarios heal --heals 10
 
 Each revision is exported (`git archive`) to a temporary directory and its daemon run from there, by this
