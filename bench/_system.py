@@ -42,12 +42,17 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def _signal(pid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # gone since it was looked at
+        os.kill(pid, signum)
+
+
 def stop_started(grace: float = 10.0) -> list[int]:
     """Stop what the bench started and is still running (SIGTERM, then SIGKILL after `grace` seconds), each
     only while its command line still names it; returns the pids it had to stop."""
     alive = [pid for pid, mark in STARTED.items() if _running_as(pid, mark)]
     for pid in alive:
-        os.kill(pid, signal.SIGTERM)
+        _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(_running_as(pid, STARTED[pid]) for pid in alive):
         for pid in alive:
@@ -55,7 +60,7 @@ def stop_started(grace: float = 10.0) -> list[int]:
         time.sleep(0.1)
     for pid in alive:
         if _running_as(pid, STARTED[pid]):
-            os.kill(pid, signal.SIGKILL)
+            _signal(pid, signal.SIGKILL)
         _reap(pid)
     STARTED.clear()
     return alive
