@@ -13,7 +13,7 @@ VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' healerd/_version.py)
 # What `make deb` needs from Debian: its packaging tools, and the Python the package's venv runs on.
 DEB_BUILD_PACKAGES := debhelper dpkg-dev python3.11 python3.11-venv
 
-.PHONY: run test lint typecheck unit deps test-deps debs deb bench arch install uninstall clean
+.PHONY: run test lint typecheck unit deps test-deps debs deb bench bench-compare arch install uninstall clean
 
 # `make install`: the same layout as the package, under /usr/local (DESTDIR= stages it for packaging).
 INSTALL_PYTHON ?= /usr/bin/python3
@@ -62,6 +62,12 @@ debs:
 bench: PACKAGES = $(BENCH_PACKAGES)
 bench: test-deps debs
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# This working tree's healerd against BENCH_BASE's, in one run (new / old per figure; exits 1 past the tolerance).
+BENCH_BASE ?= main
+bench-compare: PACKAGES = $(BENCH_PACKAGES)
+bench-compare: test-deps debs
+	$(BIN)/python -m bench.compare $(BENCH_BASE) $(BENCH_ARGS)
 
 # Module and class sizes, import cycles, SQL outside the store: a report for reviewers (always exits 0).
 arch: | $(BIN)/python

@@ -52,8 +52,10 @@ def log(msg: str) -> None:
 
 
 # -- cost per check ---------------------------------------------------------------------------------------
-def healerd_cost(machines: list[tuple[str, str]], check: dict[str, Any], seconds: float) -> dict[str, Any]:
-    a, b = measure(machines, check, 3, seconds)
+def healerd_cost(
+    machines: list[tuple[str, str]], check: dict[str, Any], seconds: float, tree: Path | None = None
+) -> dict[str, Any]:
+    a, b = measure(machines, check, 3, seconds, tree)
     checks = b["metrics"]["runs"] - a["metrics"]["runs"]
     cpu = b["cpu"] - a["cpu"]
     return {
@@ -182,21 +184,25 @@ COST_TARGETS = (
 )
 
 
+def healerd_target_cost(nginx: Nginx, key: str, seconds: float, tree: Path | None = None) -> dict[str, Any]:
+    """healerd's cost per check on the COST_TARGETS row `key`: 1,000 machines on one address, every second."""
+    _, _, scheme, port_attr, reuse = next(row for row in COST_TARGETS if row[0] == key)
+    port = getattr(nginx, port_attr)
+    check = http_check(f"{scheme}://127.0.0.1:{port}/health/{{id}}", "1s", "900ms", reuse=reuse)
+    return healerd_cost(same_address(1000, port), check, seconds, tree)
+
+
 def scenario_cost(nginx: Nginx, quick: bool, only: set[str] | None = None) -> dict[str, Any]:
     seconds = 10 if quick else 30
     probes = 3000 if quick else 10000
     out: dict[str, Any] = {}
     blackbox: dict[str, dict[str, Any]] = {}
-    for key, title, scheme, port_attr, reuse in COST_TARGETS:
+    for key, title, scheme, port_attr, _ in COST_TARGETS:
         if only and key not in only:
             continue
         port = getattr(nginx, port_attr)
-        url = f"{scheme}://127.0.0.1:{port}/health/{{id}}"
         log(f"cost: {title}: healerd")
-        row = {
-            "title": title,
-            "healerd": healerd_cost(same_address(1000, port), http_check(url, "1s", "900ms", reuse=reuse), seconds),
-        }
+        row = {"title": title, "healerd": healerd_target_cost(nginx, key, seconds)}
         log(f"  {row['healerd']}")
         bb_key = f"{scheme}:{port}"
         if bb_key not in blackbox:

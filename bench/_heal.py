@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ._system import free_port, taskset, wait_port
+from ._system import free_port, source_env, start, taskset, wait_port
 
 CONFIG = """daemon:
   listen: 127.0.0.1:{port}
@@ -70,17 +70,20 @@ def _wait(pred: Any, timeout: float, what: str) -> Any:
     raise TimeoutError(what)
 
 
-def scenario_heal(heals: int, log: Any) -> dict[str, Any]:
+def scenario_heal(heals: int, log: Any, tree: Path | None = None) -> dict[str, Any]:
+    """`heals` heals one after another, healerd run from `tree` (None: the one Python finds)."""
     tmp = Path(tempfile.mkdtemp(prefix="healerd-bench-heal-"))
     port = free_port()
     state = tmp / "state"
     (tmp / "healerd.yaml").write_text(CONFIG.format(port=port, state=state, low=23000, high=23999))
     out = (tmp / "healerd.log").open("w")
-    proc = subprocess.Popen(
+    proc = start(
         [*taskset(0), sys.executable, "-m", "healerd", "run", "-c", str(tmp / "healerd.yaml")],
+        str(tmp / "healerd.yaml"),
         stdout=out,
         stderr=subprocess.STDOUT,
         cwd=tmp,
+        env=source_env(tree),
     )
     base = f"http://127.0.0.1:{port}"
     rows: list[dict[str, Any]] = []

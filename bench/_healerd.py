@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ._system import cpu_seconds, free_port, rss_bytes, taskset, wait_port
+from ._system import cpu_seconds, free_port, rss_bytes, source_env, start, taskset, wait_port
 
 SERVICE_MAX = 10000
 
@@ -67,6 +67,8 @@ def distinct_addresses(n: int, port: int) -> list[tuple[str, str]]:
 
 
 class Healerd:
+    """healerd on a generated fleet; `tree`: the source tree to run it from (None: the one Python finds)."""
+
     def __init__(
         self,
         machines: list[tuple[str, str]],
@@ -74,6 +76,7 @@ class Healerd:
         core: int | None = 0,
         nofile: tuple[int, int] | None = None,
         cluster: dict[str, Any] | None = None,
+        tree: Path | None = None,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="healerd-bench-"))
         self.port = free_port()
@@ -87,10 +90,13 @@ class Healerd:
         cfg.write_text(json.dumps(config))  # JSON is YAML
         self.log = (self.dir / "healerd.log").open("w")
         limit = ["prlimit", f"--nofile={nofile[0]}:{nofile[1]}", "--"] if nofile else []
-        self.proc = subprocess.Popen(
+        self.proc = start(
             [*taskset(core), *limit, sys.executable, "-m", "healerd", "run", "-c", str(cfg)],
+            str(cfg),
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            env=source_env(tree),
+            cwd=self.dir if tree else None,
         )
         deadline = time.monotonic() + 180
         while True:
@@ -193,11 +199,15 @@ def fraction_within(buckets_a: dict[float, float], buckets_b: dict[float, float]
 
 
 def measure(
-    machines: list[tuple[str, str]], check: dict[str, Any], warmup: float, seconds: float
+    machines: list[tuple[str, str]],
+    check: dict[str, Any],
+    warmup: float,
+    seconds: float,
+    tree: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Start healerd (pinned to core 0) on `machines` with one `check`, and take a snapshot `warmup` seconds
-    after it is ready and another `seconds` later."""
-    h = Healerd(machines, check, core=0)
+    """Start healerd (pinned to core 0, from `tree`) on `machines` with one `check`, and take a snapshot `warmup`
+    seconds after it is ready and another `seconds` later."""
+    h = Healerd(machines, check, core=0, tree=tree)
     try:
         h.wait_ready()
         time.sleep(warmup)

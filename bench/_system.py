@@ -2,16 +2,74 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+#: pid -> a string its /proc/<pid>/cmdline holds (a path made for that process alone): every long-lived process
+#: the bench started, so that a run cut short can still stop them, and only them (a pid is reused once freed).
+STARTED: dict[int, str] = {}
+
+
+def start(argv: list[str], mark: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+    """`subprocess.Popen`, recorded in STARTED; `mark` must appear in the process's command line."""
+    proc = subprocess.Popen(argv, **kwargs)
+    STARTED[proc.pid] = mark
+    return proc
+
+
+def _running_as(pid: int, mark: str) -> bool:
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False  # exited, not yet reaped
+        return mark in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, IndexError):
+        return False
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):  # reaped by its Popen already, or not our child
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _signal(pid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # gone since it was looked at
+        os.kill(pid, signum)
+
+
+def stop_started(grace: float = 10.0) -> list[int]:
+    """Stop what the bench started and is still running (SIGTERM, then SIGKILL after `grace` seconds), each
+    only while its command line still names it; returns the pids it had to stop."""
+    alive = [pid for pid, mark in STARTED.items() if _running_as(pid, mark)]
+    for pid in alive:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_running_as(pid, STARTED[pid]) for pid in alive):
+        for pid in alive:
+            _reap(pid)
+        time.sleep(0.1)
+    for pid in alive:
+        if _running_as(pid, STARTED[pid]):
+            _signal(pid, signal.SIGKILL)
+        _reap(pid)
+    STARTED.clear()
+    return alive
+
+
+def source_env(tree: Path | None) -> dict[str, str] | None:
+    """The environment that makes `python -m healerd` import healerd from `tree` (None: the inherited one). Run
+    it from a directory without a healerd package: `-m` puts the working directory ahead of PYTHONPATH."""
+    return None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
 
 
 def free_port() -> int:
@@ -152,7 +210,7 @@ class Nginx:
             )
         )
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.proc = subprocess.Popen(
+        self.proc = start(
             [
                 *taskset(self.core),
                 binary,
@@ -163,6 +221,7 @@ class Nginx:
                 "-g",
                 "daemon off;",
             ],
+            str(self.prefix / "nginx.conf"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
