@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from ..config import Config, Mode
-from ..config.models import RolloutConfig
+from ..config import Config, Mode, ServiceConfig
+from ..config.models import ImageConfig, RolloutConfig
 from ..events import Event, EventType, Severity, new_id
 from ..providers.base import ProviderError
 from .record import JUDGING, Rollout, RolloutRefused, Stage, rollout_view, version_record
@@ -151,57 +151,17 @@ class Rollouts:
     async def begin(
         self, service: str, version: str, canary: int | None = None, bake: float | None = None, by: str = ""
     ) -> dict[str, Any]:
-        svc = self.config.services.get(service)
-        if svc is None:
-            raise RolloutRefused(
-                404, "unknown service", f"no service {service!r}; services: {', '.join(self.config.services)}"
-            )
-        if svc.image is None or not svc.managed:
-            raise RolloutRefused(
-                409,
-                "service not launched from an image",
-                f"{service} has no image: its machines are not healerd's to replace",
-            )
-        image = self.config.images[svc.image]
-        if version not in image.versions:
-            raise RolloutRefused(
-                404,
-                "unknown version",
-                f"image {svc.image} has no version {version!r}; versions: {', '.join(image.versions)} "
-                "(add it under images.<image>.versions and reload)",
-            )
-        if not self._started:
-            raise RolloutRefused(409, "not acting", "this healerd is not running remediation (a follower or stopping)")
-        current = self.active.get(service)
-        if current is not None:
-            raise RolloutRefused(
-                409,
-                "a rollout is running",
-                f"{service} is rolling out {current.version} ({current.id}, stage {current.stage.value}); wait for it, "
-                f"or `healerd rollout abort {service}`",
-            )
-        known_good = self.fleet.known_good.get(svc.image, image.known_good)
-        if version == known_good:
-            raise RolloutRefused(
-                409, "already known-good", f"{version} is already the known-good version of {svc.image}"
-            )
-        mode = self.controls.mode_for(service)
-        if mode is not Mode.AUTO or self.controls.paused:
-            why = "healerd is paused (resume it)" if self.controls.paused else f"{service} is in mode {mode.value}"
-            raise RolloutRefused(
-                409, "not acting", f"a rollout launches and retires machines, and {why}; switch to auto first"
-            )
-        if self.incidents.remediating(service):
-            raise RolloutRefused(
-                409, "remediation running", f"an incident of {service} is being remediated; try again once it ends"
-            )
-        for other in self.active.values():
-            if other.image == svc.image:
-                raise RolloutRefused(
-                    409,
-                    "image busy",
-                    f"{svc.image} is being rolled out to {other.service} ({other.id}); one at a time per image",
-                )
+        svc, image, known_good = admit(
+            self.config,
+            service,
+            version,
+            acting=self._started,
+            active=self.active,
+            known_good=self.fleet.known_good,
+            mode=self.controls.mode_for(service),
+            paused=self.controls.paused,
+            remediating=self.incidents.remediating(service) > 0,
+        )
         params = image.rollout.model_copy(
             update={k: v for k, v in (("canary", canary), ("bake", bake)) if v is not None}
         )
@@ -216,7 +176,7 @@ class Rollouts:
         r = Rollout(
             new_id(now),
             service,
-            svc.image,
+            image.name,
             version,
             known_good,
             Stage.CANARY if params.canary else Stage.PROMOTED,
@@ -337,3 +297,66 @@ class Rollouts:
             )
             log.info("publishing a rollout event a stop kept back", event_type=event.type.value, event_id=event.id)
             self.publish(r, event)
+
+
+def admit(
+    config: Config,
+    service: str,
+    version: str,
+    *,
+    acting: bool,
+    active: Mapping[str, Rollout],
+    known_good: Mapping[str, str],
+    mode: Mode,
+    paused: bool,
+    remediating: bool,
+) -> tuple[ServiceConfig, ImageConfig, str]:
+    """May a rollout of `version` to `service` start now? Returns the service, its image and its known-good
+    version, or raises RolloutRefused with the status, the reason and what to do."""
+    svc = config.services.get(service)
+    if svc is None:
+        raise RolloutRefused(404, "unknown service", f"no service {service!r}; services: {', '.join(config.services)}")
+    if svc.image is None or not svc.managed:
+        raise RolloutRefused(
+            409,
+            "service not launched from an image",
+            f"{service} has no image: its machines are not healerd's to replace",
+        )
+    image = config.images[svc.image]
+    if version not in image.versions:
+        raise RolloutRefused(
+            404,
+            "unknown version",
+            f"image {svc.image} has no version {version!r}; versions: {', '.join(image.versions)} "
+            "(add it under images.<image>.versions and reload)",
+        )
+    if not acting:
+        raise RolloutRefused(409, "not acting", "this healerd is not running remediation (a follower or stopping)")
+    current = active.get(service)
+    if current is not None:
+        raise RolloutRefused(
+            409,
+            "a rollout is running",
+            f"{service} is rolling out {current.version} ({current.id}, stage {current.stage.value}); wait for it, "
+            f"or `healerd rollout abort {service}`",
+        )
+    good = known_good.get(svc.image, image.known_good)
+    if version == good:
+        raise RolloutRefused(409, "already known-good", f"{version} is already the known-good version of {svc.image}")
+    if mode is not Mode.AUTO or paused:
+        why = "healerd is paused (resume it)" if paused else f"{service} is in mode {mode.value}"
+        raise RolloutRefused(
+            409, "not acting", f"a rollout launches and retires machines, and {why}; switch to auto first"
+        )
+    if remediating:
+        raise RolloutRefused(
+            409, "remediation running", f"an incident of {service} is being remediated; try again once it ends"
+        )
+    for other in active.values():
+        if other.image == svc.image:
+            raise RolloutRefused(
+                409,
+                "image busy",
+                f"{svc.image} is being rolled out to {other.service} ({other.id}); one at a time per image",
+            )
+    return svc, image, good
