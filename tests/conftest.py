@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp import web
 from pg import PgServer, pg_binary, pg_server
 from remediation_rig import Rig, make_rig
+from structlog.testing import capture_logs
 
 from healerd.store import Store
 from healerd.store.base import BaseStore
@@ -104,6 +106,13 @@ class _ThreadedServers:
         asyncio.run_coroutine_threadsafe(_stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+@pytest.fixture
+def logs() -> Iterator[list[dict[str, Any]]]:
+    """The structured log lines of the test, with the service, machine and incident bound when each was said."""
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as entries:
+        yield entries
 
 
 @pytest.fixture

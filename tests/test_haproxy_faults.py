@@ -6,15 +6,13 @@ without a traceback, and so is the recovery."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from haproxy_rig import FakeStatsSocket, Haproxy
 from remediation_rig import Rig
-from structlog.testing import capture_logs
 
 from healerd.machines import Machine
 from healerd.rotations.haproxy import HaproxyOptions, HaproxyRotation
@@ -22,12 +20,6 @@ from healerd.rotations.haproxy_api import RuntimeApi
 
 Logs = list[dict[str, Any]]
 MACHINES = ("web-0", "web-1", "web-2")
-
-
-@pytest.fixture
-def logs() -> Iterator[Logs]:
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as entries:
-        yield entries
 
 
 @pytest.fixture

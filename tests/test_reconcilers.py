@@ -8,13 +8,10 @@ the provider is a recording fake.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import structlog
 from remediation_rig import Rig
-from structlog.testing import capture_logs
 
 from healerd.config import Mode
 from healerd.events import EventType
@@ -34,12 +31,6 @@ from healerd.remediation.reconcilers import (
 from healerd.results import Status
 
 Logs = list[dict[str, Any]]
-
-
-@pytest.fixture
-def logs() -> Iterator[Logs]:
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as entries:
-        yield entries
 
 
 def lines(logs: Logs, event: str) -> Logs:
@@ -72,6 +63,20 @@ async def test_observe_opens_one_incident_and_says_once_why_it_holds_back(rig_fa
     assert (line["service"], line["machine"], line["incident"], line["reason"]) == ("web", "web-0", inc.id, "observe")
     assert rig.provider.launched == [] and rig.provider.quarantined == []
     assert rig.rotation() == {"web-0", "web-1", "web-2"}  # observing changes nothing
+
+
+async def test_the_records_of_a_pass_carry_the_time_of_its_decision(rig_factory: Any) -> None:
+    rig = await rig_factory(mode=Mode.OBSERVE)
+    await fleet_of(rig, "web-0", "web-1", "web-2")
+    rig.down("web-0")
+    decided = rig.t0 + 7.25  # a pass's `now`, not the clock's time when the record was written
+    await rig.reconciler(IncidentReconciler).reconcile(rig.service, decided)
+    (inc,) = rig.engine.book.active.values()
+    stored = await rig.store.incidents.get(inc.id)
+    assert stored is not None
+    assert (stored.opened_at, stored.updated_at, inc.details["held_since"]) == (decided, decided, decided)
+    (view,) = await rig.engine.views.incident_list()
+    assert view["held"]["since"] == decided
 
 
 async def test_an_observed_incident_resolves_when_its_machine_recovers(rig_factory: Any, logs: Logs) -> None:

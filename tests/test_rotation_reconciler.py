@@ -13,13 +13,10 @@ import asyncio
 import json
 import math
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import pytest
-import structlog
 from remediation_rig import Rig
-from structlog.testing import capture_logs
 
 from healerd.events import EventType
 from healerd.machines import Lifecycle, Machine
@@ -56,12 +53,6 @@ class ForgetfulFile(FileRotation):
         return [f"{mid} put back" for mid in sorted(set(after) - set(before))] + [
             f"{mid} taken out" for mid in sorted(set(before) - set(after))
         ]
-
-
-@pytest.fixture
-def logs() -> Iterator[Logs]:
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as entries:
-        yield entries
 
 
 def said(logs: Logs, event: str) -> Logs:

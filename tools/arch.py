@@ -256,6 +256,12 @@ def sql_literals(path: Path, tree: ast.AST) -> Iterator[int]:
             yield line
 
 
+def report(title: str, hits: list[str]) -> None:
+    print("\n" + title)
+    for hit in hits or ["none"]:
+        print(f"  {hit}")
+
+
 def main() -> int:
     files = sorted((ROOT / PACKAGE).rglob("*.py"))
     modules = {module_name(p) for p in files}
@@ -286,38 +292,21 @@ def main() -> int:
         if not found:
             print("  none")
 
-    print("\nCitations of a document outside the repository (cite docs/ instead):")
-    cited = citations_elsewhere()
-    for hit in cited:
-        print(f"  {hit}")
-    if not cited:
-        print("  none")
-
-    print("\nConstructors taking more than two positional parameters (past them, keyword-only):")
-    wide = positional_constructors(trees)
-    for hit in wide:
-        print(f"  {hit}")
-    if not wide:
-        print("  none")
-
-    print("\nAttributes of a part assigned by its holder (self.part.attr = ...):")
-    outside = assigned_from_outside(trees)
-    for hit in outside:
-        print(f"  {hit}")
-    if not outside:
-        print("  none")
-
-    print(f"\nSQL outside {PACKAGE}/store:")
-    hits = [
-        f"{p.relative_to(ROOT)}:{line}"
-        for p, tree in trees.items()
-        if not in_store(p)
-        for line in sorted(set(sql_literals(p, tree)))
-    ]
-    for hit in hits:
-        print(f"  {hit}")
-    if not hits:
-        print("  none")
+    report("Citations of a document outside the repository (cite docs/ instead):", citations_elsewhere())
+    report(
+        "Constructors taking more than two positional parameters (past them, keyword-only):",
+        positional_constructors(trees),
+    )
+    report("Attributes of a part assigned by its holder (self.part.attr = ...):", assigned_from_outside(trees))
+    report(
+        f"SQL outside {PACKAGE}/store:",
+        [
+            f"{p.relative_to(ROOT)}:{line}"
+            for p, tree in trees.items()
+            if not in_store(p)
+            for line in sorted(set(sql_literals(p, tree)))
+        ],
+    )
     return 0
 
 

@@ -164,7 +164,7 @@ class IncidentBook:
 
     async def open(self, service: str, machine: str, playbook: str, summary: str, now: float) -> Incident:
         inc = Incident(new_id(now), service, machine, IncidentState.OPEN, playbook, now, now, summary[:1000])
-        await self.save(inc)
+        await self.save(inc, now)
         self.active[inc.id] = inc
         self.emit(
             EventType.INCIDENT_OPENED, inc, f"incident {inc.id} opened: {inc.summary}", Severity.CRITICAL, now=now
@@ -172,8 +172,10 @@ class IncidentBook:
         self.on_change()
         return inc
 
-    async def save(self, inc: Incident) -> None:
-        inc.updated_at = time.time()
+    async def save(self, inc: Incident, now: float | None = None) -> None:
+        """Write the incident, stamped `now` (the time of the decision that changed it; the clock's time when
+        the change is not a reconcile's, such as a step that ended)."""
+        inc.updated_at = time.time() if now is None else now
         await self.store.incidents.save(inc.record())
 
     def emit(

@@ -180,7 +180,7 @@ class IncidentReconciler:
             await self.runbook.begin(svc, inc)
             return None
         if inc.details.get("suppressed") != _reason(decision):
-            await self._hold(svc, inc, decision)
+            await self._hold(svc, inc, decision, now)
         return decision.retry_at
 
     async def _confirmed(self, svc: ServiceConfig, inc: Incident, now: float) -> Decision:
@@ -200,13 +200,13 @@ class IncidentReconciler:
         self._unconfirmed_until[inc.id] = again
         return Decision(False, Reason.UNCONFIRMED, f"not confirmed: {verdict.detail}", again)
 
-    async def _hold(self, svc: ServiceConfig, inc: Incident, decision: Decision) -> None:
+    async def _hold(self, svc: ServiceConfig, inc: Incident, decision: Decision, now: float) -> None:
         """A new reason holds the incident back: saved, counted, and said once (event, log, every notifier)."""
         assert decision.reason is not None
         inc.details["suppressed"] = decision.reason.value
         inc.details["suppressed_detail"] = decision.detail
-        inc.details["held_since"] = time.time()
-        await self.incidents.save(inc)
+        inc.details["held_since"] = now
+        await self.incidents.save(inc, now)
         self.metrics.counter("remediation_suppressed").labels(svc.name, decision.reason.value).inc()
         self._count_held(svc.name)
         critical = decision.reason in (Reason.MAX_UNHEALTHY, Reason.RETRY_LIMIT)
