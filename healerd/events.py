@@ -30,6 +30,7 @@ class EventType(enum.StrEnum):
     REMEDIATION_STARTED = "remediation.started"
     REMEDIATION_SUCCEEDED = "remediation.succeeded"
     REMEDIATION_FAILED = "remediation.failed"
+    REMEDIATION_ESCALATED = "remediation.escalated"  # a rung of the ladder did not mend it: the next one is tried
     REMEDIATION_SUPPRESSED = "remediation.suppressed"
     INCIDENT_OPENED = "incident.opened"
     INCIDENT_RESOLVED = "incident.resolved"

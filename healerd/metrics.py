@@ -48,6 +48,12 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("service_machines", "gauge", "Machines of the service by lifecycle.", ("service", "lifecycle")),
     MetricDef("remediations", "counter", "Remediations run, by outcome.", ("service", "playbook", "outcome")),
     MetricDef(
+        "remediation_rungs",
+        "counter",
+        "Rungs of the escalation ladder tried, by outcome (healed, replaced, done, failed, timed_out, skipped).",
+        ("service", "playbook", "outcome"),
+    ),
+    MetricDef(
         "remediation_duration_seconds",
         "histogram",
         "How long remediations take.",
@@ -182,6 +188,7 @@ class Metrics:
 #: rule's increase() counts the first event)
 OUTCOMES: dict[str, tuple[str, ...]] = {
     "remediations": ("succeeded", "failed"),
+    "remediation_rungs": ("healed", "replaced", "done", "failed", "timed_out", "skipped"),
     "notifications": ("delivered", "retry", "rate_limited", "dead"),
     "rollouts": ("completed", "rolled_back"),
     "config_reloads": ("success", "failure"),
@@ -209,6 +216,9 @@ def prime(metrics: Metrics, config: Config, reasons: Iterable[str], event_types:
         if svc.managed:
             for outcome in OUTCOMES["remediations"]:
                 metrics.counter("remediations").labels(svc.name, svc.remediation.playbook, outcome)
+        for rung in svc.rungs:
+            for outcome in OUTCOMES["remediation_rungs"]:
+                metrics.counter("remediation_rungs").labels(svc.name, rung.playbook, outcome)
         if svc.image:
             for outcome in OUTCOMES["rollouts"]:
                 metrics.counter("rollouts").labels(svc.name, outcome)

@@ -33,6 +33,7 @@ from .remediation.actions import (
     RotationAdd,
     RotationRemove,
 )
+from .remediation.repair_actions import MachineReboot, MachineRestart, RunCommand
 from .rotations.base import NoRotation, Rotation
 from .rotations.elbv2 import Elbv2Rotation
 from .rotations.file import FileRotation
@@ -65,6 +66,9 @@ ACTIONS: Registry[type[Action]] = _built_in(
     AwaitHealthy,
     RotationAdd,
     Notify,
+    MachineRestart,
+    MachineReboot,
+    RunCommand,
 )
 NOTIFIER_KINDS: Registry[type[Notifier]] = _built_in(
     Registry("healerd.notifiers", Notifier), WebhookNotifier, SlackNotifier, AlertmanagerNotifier

@@ -183,7 +183,7 @@ def test_top_level_problems_and_yaml_syntax_errors(tmp_path: Path) -> None:
     unknown = write(tmp_path, "c-unknown.yaml", "name: c\nstep:\n  - action: notify\n")
     broken = write(tmp_path, "d-broken.yaml", "name: d\nsteps:\n  - action: notify\n  - [unclosed\n")
     books, problems = load_playbooks([tmp_path])
-    assert set(books) == {"replace-machine"}  # only the built-in one
+    assert set(books) == {"replace-machine", "restart-machine", "reboot-machine"}  # only the built-in ones
     files = {p.path for p in problems}
     assert files == {no_steps, bad_name, unknown, broken}, [p.render() for p in problems]
     by_file = {p.path: p for p in problems if p.path != unknown}
@@ -204,7 +204,7 @@ def test_good_playbooks_load_beside_a_broken_one_and_later_folders_win(tmp_path:
     write(first, "broken.yaml", "name: broken\nsteps:\n  - action: nope\n")
     write(second, "replace.yaml", "name: replace\ndescription: second\nsteps:\n  - action: rotation.remove\n")
     books, problems = load_playbooks([first, second, tmp_path / "missing"])
-    assert sorted(books) == ["replace", "replace-machine"]  # replace-machine: built in
+    assert sorted(books) == ["reboot-machine", "replace", "replace-machine", "restart-machine"]  # 3 built in
     assert books["replace"].description == "second"
     assert books["replace"].actions == ("rotation.remove",)
     assert [p.path.name for p in problems] == ["broken.yaml"]

@@ -12,7 +12,7 @@ from ..checks.base import CheckEnv
 from ..notifiers.base import read_secret
 from ..openfiles import budget_problem, keepalive_shortfall
 from ..paths import resolve_against, set_config_dir
-from ..plugins import CHECK_KINDS, PROVIDER_KINDS
+from ..plugins import ACTIONS, CHECK_KINDS, PROVIDER_KINDS
 from ..remediation.playbooks import load_playbooks
 from ..words import did_you_mean
 from .document import NAMED, key_problems, nul_problems, read_text, refuse_big, strings_only
@@ -104,7 +104,7 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
             services[name] = svc
 
     _dependencies(services, raw_services, out)
-    _playbooks(daemon, services, out)
+    _playbooks(daemon, services, providers, out)
     for svc in services.values():
         socket = getattr(svc.rotation, "socket", None) if svc.rotation_kind == "haproxy" else None
         if isinstance(socket, str) and socket.startswith("/") and not Path(socket).exists():
@@ -362,17 +362,51 @@ def _notify_targets(svc: ServiceConfig, notifiers: dict[str, NotifierConfig], ou
             )
 
 
-def _playbooks(daemon: DaemonConfig, services: dict[str, ServiceConfig], out: Collector) -> None:
-    """Every managed service's playbook is found and valid."""
-    if not any(s.managed for s in services.values()):
+def _playbooks(
+    daemon: DaemonConfig, services: dict[str, ServiceConfig], providers: dict[str, ProviderConfig], out: Collector
+) -> None:
+    """Every rung of every service's ladder names a playbook that is found and valid, and whose actions the
+    service's provider can do (a playbook that could not run is refused here, never ignored at 3 am)."""
+    if not any(s.rungs for s in services.values()):
         return
     books, book_problems = load_playbooks(list(daemon.playbook_paths))
     for bp in book_problems:
         out.add(("daemon", "playbook_paths"), f"playbook {bp.render()}")
+    if book_problems:
+        return
     for svc in services.values():
-        if svc.managed and svc.remediation.playbook not in books and not book_problems:
-            out.add(
-                ("services", svc.name, "remediation", "playbook"),
-                f"playbook {svc.remediation.playbook!r} not found in "
-                f"{', '.join(map(str, daemon.playbook_paths))}; playbooks: {', '.join(books) or 'none'}",
-            )
+        ladder = bool(svc.remediation.ladder)
+        for i, rung in enumerate(svc.rungs):
+            where = ("services", svc.name, "remediation", *(("ladder", i, "playbook") if ladder else ("playbook",)))
+            book = books.get(rung.playbook)
+            if book is None:
+                out.add(
+                    where,
+                    f"playbook {rung.playbook!r} not found in {', '.join(map(str, daemon.playbook_paths))}"
+                    f"{did_you_mean(rung.playbook, list(books))}; playbooks: {', '.join(books) or 'none'}",
+                )
+                continue
+            provider = providers.get(svc.provider)
+            missing = _missing_verbs(book.actions, provider)
+            if provider is not None and missing:
+                verb, action = missing[0]
+                out.add(
+                    where,
+                    f"playbook {rung.playbook!r} needs its provider to {verb} machines ({action}), and provider "
+                    f"{provider.name!r} ({provider.kind}) cannot; give the service a playbook or ladder its provider "
+                    f"can run (restart-machine, reboot-machine, a `command` step), or a provider that does {verb}",
+                )
+
+
+def _missing_verbs(actions: tuple[str, ...], provider: ProviderConfig | None) -> list[tuple[str, str]]:
+    """The provider verbs the playbook's actions need that the provider does not do: (verb, action) pairs."""
+    kind = PROVIDER_KINDS.get(provider.kind) if provider is not None else None
+    if kind is None or provider is None:
+        return []
+    can = kind.verbs_for(provider.options)
+    found = []
+    for name in actions:
+        action = ACTIONS.get(name)
+        for verb in sorted(action.verbs - can) if action is not None else ():
+            found.append((verb, name))
+    return found

@@ -27,6 +27,7 @@ from ..machines import address_problem
 from ..modes import Mode
 from ..results import Status
 from .dsn import dsn_problem
+from .ladder import MaxRepairs, Rung, rungs
 from .names import name_problem
 from .network import advertise_address, host_header, listen_address
 
@@ -304,6 +305,8 @@ class RemediationConfig(Strict):
     boot_timeout: float = 300.0  # a new machine's failures count only after it passed once or this elapsed
     keep_for: float | None = None  # quarantined machines are terminated after this (default: kept)
     keep_warning: float = 3600.0  # warn this long before keep_for ends a quarantine
+    ladder: list[Rung] | None = Field(default=None, min_length=1)  # repair before replace: rungs in order
+    max_repairs: MaxRepairs | None = None  # a machine repaired this often goes straight to the last rung
 
     @field_validator("storm_cooldown", "backoff", "keep_warning", mode="before")
     @classmethod
@@ -509,6 +512,11 @@ class ServiceConfig:
     def managed(self) -> bool:
         """True when healerd launches this service's machines (it has an image)."""
         return self.image is not None
+
+    @property
+    def rungs(self) -> tuple[Rung, ...]:
+        """The playbooks tried in order on a sick machine (none: out of rotation, and a human acts)."""
+        return rungs(self.remediation, self.managed)
 
 
 @dataclass(frozen=True)

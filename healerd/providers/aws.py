@@ -76,6 +76,10 @@ class AwsProvider(Provider):
     kind = "aws"
     Config = AwsOptions
     ImageVersion = AwsImage
+    #: restart is a reboot here: healerd does not reach into the instance
+    VERBS = frozenset(
+        {"list", "launch", "quarantine", "release", "terminate", "restart", "reboot", "describe", "console", "alive"}
+    )
 
     def __init__(self, name: str, options: BaseModel, *, env: Any = None) -> None:
         super().__init__(name, options, env=env)
@@ -360,6 +364,14 @@ class AwsProvider(Provider):
             DisableApiTermination={"Value": False},
         )
         await self.call("ec2", "terminate_instances", machine.id, InstanceIds=[machine.id])
+
+    async def reboot(self, machine: Machine) -> Machine:
+        """RebootInstances: the same instance, id and address; EC2 reboots it within a few minutes."""
+        await self.call("ec2", "reboot_instances", machine.id, InstanceIds=[machine.id])
+        return machine
+
+    async def restart(self, machine: Machine) -> Machine:
+        return await self.reboot(machine)
 
     async def retire(self, machine: Machine) -> str:
         """Scale in: leave the Auto Scaling group with a decrement (or it launches one back), then terminate."""

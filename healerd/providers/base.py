@@ -28,6 +28,10 @@ class ProviderError(Exception):
     """A provider call failed; the message names the call and the resource."""
 
 
+class ProviderUnsupported(ProviderError):
+    """The provider does not do this (a verb it lacks): the ladder moves on, the config that needs it is refused."""
+
+
 @dataclass
 class ProviderEnv:
     state_dir: Path
@@ -51,11 +55,23 @@ class Provider:
     Config: ClassVar[type[ProviderOptions]] = ProviderOptions
     #: set by providers that launch machines from images
     ImageVersion: ClassVar[type[BaseModel] | None] = None
+    #: what the kind can do to machines (list, launch, quarantine, release, terminate, restart, reboot,
+    #: describe, console, alive): a playbook whose actions need a verb it lacks is a config error
+    VERBS: ClassVar[frozenset[str]] = frozenset({"list"})
 
     def __init__(self, name: str, options: BaseModel, *, env: ProviderEnv | None = None) -> None:
         self.name = name
         self.options = options
         self.env = env
+
+    @classmethod
+    def verbs_for(cls, options: BaseModel) -> frozenset[str]:
+        """What a provider of this kind with these options does (the config is checked against it)."""
+        return cls.VERBS
+
+    def supports(self, verb: str) -> bool:
+        """Whether this provider does `verb` (a kind whose machines tell it at run time may answer per instance)."""
+        return verb in self.VERBS
 
     async def start(self) -> None:
         """Called once the daemon is up (open clients, adopt machines)."""
@@ -104,6 +120,16 @@ class Provider:
 
     async def alive(self, machine: Machine) -> bool:
         return True
+
+    # -- repair (the escalation ladder): optional -----------------------------------------------------------
+    async def restart(self, machine: Machine) -> Machine:
+        """Restart what the machine runs (its process, its service), keeping the machine; returns it as it is
+        now (its attributes may have changed: a new process id)."""
+        raise ProviderUnsupported(f"provider {self.name} ({self.kind}) cannot restart machines")
+
+    async def reboot(self, machine: Machine) -> Machine:
+        """Reboot the machine, keeping it (its id and address); returns it as it is now."""
+        raise ProviderUnsupported(f"provider {self.name} ({self.kind}) cannot reboot machines")
 
     async def describe(self, machine: Machine) -> dict[str, Any]:
         """Metadata for the forensics bundle."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -135,6 +136,9 @@ class LocalProvider(Provider):
     kind = "local"
     Config = LocalOptions
     ImageVersion = LocalImage
+    VERBS = frozenset(
+        {"list", "launch", "quarantine", "release", "terminate", "restart", "reboot", "describe", "console", "alive"}
+    )
 
     @property
     def opts(self) -> LocalOptions:
@@ -237,6 +241,21 @@ class LocalProvider(Provider):
             "HEALERD_IMAGE": request.image,
             "HEALERD_IMAGE_VERSION": request.version,
         }
+        await asyncio.to_thread(self._remember, machine.id, argv, env)
+        return await self._spawn(machine, argv, env)
+
+    def _launch_path(self, machine_id: str) -> Path:
+        return self.log_path(machine_id).with_suffix(".launch.json")
+
+    def _remember(self, machine_id: str, argv: list[str], env: dict[str, str]) -> None:
+        """How the machine was started, so that a restart starts it again the same way (owner-only file)."""
+        path = self._launch_path(machine_id)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"argv": argv, "env": env}, f)
+
+    async def _spawn(self, machine: Machine, argv: list[str], env: dict[str, str]) -> Machine:
+        log_path = self.log_path(machine.id)
         with log_path.open("ab") as log:
             try:
                 proc = await asyncio.create_subprocess_exec(
@@ -252,6 +271,22 @@ class LocalProvider(Provider):
         # The process outlives healerd; reap it if it exits while we run so it does not linger as a zombie.
         asyncio.get_running_loop().create_task(proc.wait())
         return self._with_pid(machine, proc.pid)
+
+    async def restart(self, machine: Machine) -> Machine:
+        """Stop the machine's process (a frozen one too) and start it again as it was launched: same id, same
+        address."""
+        try:
+            launch = json.loads(await asyncio.to_thread(self._launch_path(machine.id).read_text))
+        except (OSError, ValueError) as exc:
+            raise ProviderError(
+                f"local: cannot restart {machine.id}: how it was started is not known ({exc})"
+            ) from None
+        await self.terminate(machine)
+        return await self._spawn(machine, list(launch["argv"]), dict(launch["env"]))
+
+    async def reboot(self, machine: Machine) -> Machine:
+        """A local machine is a process: rebooting it is restarting it."""
+        return await self.restart(machine)
 
     def _with_pid(self, machine: Machine, pid: int) -> Machine:
         attrs = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -49,6 +49,14 @@ class FleetHands(Protocol[S_contra]):
     async def await_healthy(self, svc: S_contra, machine_id: str, timeout: float, incident: str | None) -> None: ...
     async def put_in_service(self, svc: S_contra, machine_id: str) -> None: ...
     def announce_replaced(self, inc: Incident, outputs: dict[str, Any]) -> None: ...
+    async def machine(self, service: str, machine_id: str) -> Machine: ...
+
+
+class RepairHands(Protocol[S_contra]):
+    """What the actions do to a sick machine they repair and keep (the remediation's `Repair`)."""
+
+    async def restart(self, svc: S_contra, machine_id: str, verb: str) -> None: ...
+    async def await_recovered(self, svc: S_contra, machine_id: str, timeout: float) -> None: ...
 
 
 class QuarantineHands(Protocol[S_contra]):
@@ -72,6 +80,7 @@ class StepSpec(Protocol):
 class StepContext(Generic[S]):
     fleet: FleetHands[S]
     quarantine: QuarantineHands[S]
+    repair: RepairHands[S]
     incident: Incident
     service: S
     step: StepSpec
@@ -83,6 +92,9 @@ class Action:
     Params: ClassVar[type[BaseModel]] = NoParams
     default_timeout: ClassVar[float] = 120.0
     description: ClassVar[str] = ""
+    #: what the service's provider must do for this action to run (a playbook needing a verb the provider
+    #: lacks is refused with the config)
+    verbs: ClassVar[frozenset[str]] = frozenset()
     #: a step of this action that times out fails the playbook at once, without its retries: waiting longer
     #: would not change the answer
     timeout_ends_playbook: ClassVar[bool] = False
@@ -107,6 +119,7 @@ class QuarantineParams(NoParams):
 class MachineQuarantine(Action):
     kind = "machine.quarantine"
     Params = QuarantineParams
+    verbs = frozenset({"quarantine"})
     description = "isolate the sick machine and keep it for forensics"
 
     async def run(self, ctx: StepContext[Any]) -> dict[str, Any]:
@@ -128,6 +141,7 @@ class ForensicsCollect(Action):
 class LaunchReplacement(Action):
     kind = "machine.launch_replacement"
     default_timeout = 300.0
+    verbs = frozenset({"launch"})
     description = "launch a replacement from the known-good image (once per incident)"
 
     async def run(self, ctx: StepContext[Any]) -> dict[str, Any]:
@@ -139,13 +153,26 @@ class LaunchReplacement(Action):
         }
 
 
+class AwaitParams(NoParams):
+    #: whose checks: the replacement a previous step launched, or the sick machine itself (after a repair)
+    target: Literal["replacement", "machine"] = "replacement"
+
+
 class AwaitHealthy(Action):
     kind = "checks.await_healthy"
+    Params = AwaitParams
     default_timeout = 600.0
     timeout_ends_playbook = True
-    description = "run the service's checks on the replacement until they pass rise times in a row"
+    description = (
+        "run the service's checks on the replacement (or the repaired machine) until they pass rise times in a row"
+    )
 
     async def run(self, ctx: StepContext[Any]) -> dict[str, Any]:
+        params = ctx.step.params
+        assert isinstance(params, AwaitParams)
+        if params.target == "machine":
+            await ctx.repair.await_recovered(ctx.service, ctx.incident.machine, ctx.step.timeout)
+            return {"healthy": ctx.incident.machine}
         replacement = ctx.outputs.get("replacement")
         if not replacement:
             raise StepFailed("no replacement to check: machine.launch_replacement must come first", terminal=True)

@@ -28,6 +28,7 @@ from ..store import STORE_FAULTS, Fenced
 from .controls import Controls
 from .fleet import Fleet
 from .incidents import ACTIVE, Incident, IncidentBook, IncidentState
+from .ladder import Ladder
 from .playbooks import load_playbooks
 from .quarantine import Quarantine
 from .reconcilers import (
@@ -39,6 +40,7 @@ from .reconcilers import (
     RotationReconciler,
     SurplusReconciler,
 )
+from .repair import Repair
 from .runbook import Runbook, StepJournal
 from .views import Views
 
@@ -84,6 +86,8 @@ class RemediationEngine:
         self.journal = StepJournal(store)
         self.views = Views(config, store, journal=self.journal, controls=self.controls, incidents=self.book)
         self.quarantines = Quarantine(config, monitor, store=store, bus=bus, fleet=self.fleet, views=self.views)
+        self.repair = Repair(self.fleet, monitor)
+        self.ladder = Ladder(self.book, self.repair, fleet=self.fleet, store=store, metrics=metrics)
         self.runbook = Runbook(
             config,
             self.book,
@@ -92,6 +96,8 @@ class RemediationEngine:
             metrics=metrics,
             fleet=self.fleet,
             quarantine=self.quarantines,
+            repair=self.repair,
+            ladder=self.ladder,
             may_act=leadership.acting,
             crash_at=crash_at,
             wake=self._wake.set,
@@ -119,6 +125,7 @@ class RemediationEngine:
             incidents=self.book,
             runbook=self.runbook,
             rollouts=self.rollouts,
+            ladder=self.ladder,
             leadership=leadership,
         )
         self.reconcilers: tuple[Reconciler, ...] = (

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .controls import Controls
     from .fleet import Fleet
     from .incidents import IncidentBook
+    from .ladder import Ladder
     from .quarantine import Quarantine
     from .runbook import Runbook
 
@@ -95,6 +96,7 @@ class IncidentReconciler:
         incidents: IncidentBook,
         runbook: Runbook,
         rollouts: Rollouts,
+        ladder: Ladder,
         leadership: Leadership = STANDALONE,
     ) -> None:
         self.monitor = monitor
@@ -105,6 +107,7 @@ class IncidentReconciler:
         self.incidents = incidents
         self.runbook = runbook
         self.rollouts = rollouts
+        self.ladder = ladder  # a machine taken out of rotation for an incident returns when it is mended
         #: in a cluster: asks the vantage points (service, machine, timeout) before a remediation starts
         self.leadership = leadership
         self._unconfirmed_until: dict[str, float] = {}
@@ -129,7 +132,8 @@ class IncidentReconciler:
             for mid in incident_targets(conditions, self.incidents.machines(service.name), candidates):
                 mh = book.machine(service.name, mid)
                 summary = f"{mid} is down: {mh.problem() if mh is not None else 'no health'}"
-                await self.incidents.open(service.name, mid, service.remediation.playbook, summary, now)
+                first = service.rungs[0].playbook if service.rungs else ""
+                await self.incidents.open(service.name, mid, first, summary, now)
             next_at = NEVER
             for inc in self.incidents.of(service.name):
                 with bound_contextvars(machine=inc.machine, incident=inc.id):
@@ -137,14 +141,36 @@ class IncidentReconciler:
                         # Not remediated (held back, observing, or alert-only): it lasts as long as the failure.
                         over = self._failure_over(service.name, inc.machine)
                         if over:
-                            await self.incidents.resolve(inc, over)
+                            await self._resolve(service, inc, over)
                             continue
                         retry_at = await self._consider(service, inc, now, unhealthy)
                         next_at = min(next_at, retry_at if retry_at is not None else NEVER)
-                    elif inc.state is not IncidentState.REMEDIATING and health.state is ServiceState.OPTIMAL:
-                        await self.incidents.resolve(inc, "the service is optimal again")
+                    elif inc.state is IncidentState.REMEDIATING:
+                        continue
+                    elif inc.state is IncidentState.FAILED and self._mended(service, inc):
+                        await self._resolve(service, inc, f"{inc.machine} recovered")  # back in rotation
+                    elif health.state is ServiceState.OPTIMAL:
+                        await self._resolve(service, inc, "the service is optimal again")
             self._count_held(service.name)
             return next_at
+
+    def _mended(self, svc: ServiceConfig, inc: Incident) -> bool:
+        """A machine kept out of rotation for a failed remediation passes its checks again (a human mended it)."""
+        m = self.monitor.machine(svc.name, inc.machine)
+        healthy = _condition(self.monitor, svc.name, inc.machine) in (Condition.UP, Condition.IMPAIRED)
+        return (
+            bool(inc.details.get("out_of_rotation"))
+            and m is not None
+            and m.lifecycle is Lifecycle.IN_SERVICE
+            and healthy
+        )
+
+    async def _resolve(self, svc: ServiceConfig, inc: Incident, why: str) -> None:
+        """The failure is over: a machine taken out of rotation for it and healthy again takes traffic again."""
+        if self._mended(svc, inc):
+            await self.ladder.back_in_rotation(svc, inc)
+            why += "; back in rotation"
+        await self.incidents.resolve(inc, why)
 
     def _count_held(self, service: str) -> None:
         """healerd_incidents_held: the service's open incidents by the gate holding each back now (0 for the

@@ -22,8 +22,9 @@ from ..events import EventType, Severity
 from ..plugins import ACTIONS
 from ..providers.base import ProviderError
 from ..store import STORE_FAULTS, Fenced
-from .actions import FleetHands, QuarantineHands, StepContext, StepFailed
+from .actions import FleetHands, QuarantineHands, RepairHands, StepContext, StepFailed
 from .incidents import Incident, IncidentBook, IncidentState
+from .ladder import RUNG_STEPS, Ladder, RungOutcome, RungResult, next_rung, rung_outcome
 from .playbooks import OnFailure, Playbook, Step
 
 if TYPE_CHECKING:
@@ -94,6 +95,8 @@ class Runbook:
         metrics: Metrics,
         fleet: FleetHands[ServiceConfig],
         quarantine: QuarantineHands[ServiceConfig],
+        repair: RepairHands[ServiceConfig],
+        ladder: Ladder,
         may_act: Callable[[], bool] = lambda: True,
         crash_at: str | None = None,
         wake: Callable[[], None] = lambda: None,
@@ -104,8 +107,10 @@ class Runbook:
         self.journal = journal
         self.store = store
         self.metrics = metrics
-        self.fleet = fleet  # what the actions act through (StepContext.fleet, .quarantine)
+        self.fleet = fleet  # what the actions act through (StepContext.fleet, .quarantine, .repair)
         self.quarantine = quarantine
+        self.repair = repair
+        self.ladder = ladder  # where a remediation starts, and what each rung's end leads to
         #: Fault injection for the crash-safety tests, armed only by `healerd run --crash-at ACTION[:after]`
         #: (never by the environment): SIGKILL when that step has been journaled as started (or, with
         #: `:after`, when its action has run but its success is not yet journaled).
@@ -128,12 +133,10 @@ class Runbook:
 
     # -- starting and stopping -----------------------------------------------------------------------------
     async def begin(self, svc: ServiceConfig, inc: Incident) -> None:
-        if not svc.managed:
-            # static machines cannot be replaced: alert only
-            if inc.details.get("suppressed") != "static":
-                inc.details["suppressed"] = "static"
-                await self.incidents.save(inc)
+        if not svc.rungs:  # a machine healerd can neither repair nor replace: out of rotation, a human acts
+            await self._nothing_to_try(svc, inc)
             return
+        await self.ladder.start(svc, inc)
         inc.state = IncidentState.REMEDIATING
         inc.details.pop("suppressed", None)
         inc.details["started_at"] = time.time()
@@ -147,6 +150,18 @@ class Runbook:
         )
         log.info("remediation started", playbook=inc.playbook)
         self.spawn(inc)
+
+    async def _nothing_to_try(self, svc: ServiceConfig, inc: Incident) -> None:
+        await self.ladder.out_of_rotation(svc, inc)
+        why = (
+            f"{inc.machine} is out of rotation and healerd cannot mend it (service {svc.name} has no image to "
+            "replace it from and no remediation.ladder to repair it): a human must act; it returns to rotation "
+            "once its checks pass"
+        )
+        inc.state, inc.error = IncidentState.FAILED, why
+        await self.incidents.save(inc)
+        self.incidents.emit(EventType.REMEDIATION_FAILED, inc, why, Severity.CRITICAL, error=why)
+        log.error("machine out of rotation; a human must act", why=why)
 
     async def resume(self) -> None:
         """Remediations a stop or a crash interrupted go on from their journal."""
@@ -227,31 +242,71 @@ class Runbook:
                 raise Fenced("this node no longer leads")
 
     async def _run_playbook(self, inc: Incident) -> None:
+        """The incident's rung of the ladder, then what its end leads to: healed, replaced, the next rung, or a
+        human."""
         svc = self.config.services.get(inc.service)
+        rung = int(inc.details.get("rung", 0))
+        rungs = svc.rungs if svc is not None else ()
         playbook = self.playbooks.get(inc.playbook)
         started = float(inc.details.get("started_at", time.time()))
-        if svc is None or playbook is None:
+        if svc is None or playbook is None or rung >= len(rungs):
             await self._fail(inc, f"service or playbook {inc.playbook!r} no longer configured", terminal=True)
             return
+        limit = rungs[rung].timeout
+        if limit is not None and "rung_started_at" not in inc.details:
+            inc.details["rung_started_at"] = time.time()
+            await self.incidents.save(inc)
+        left = None if limit is None else float(inc.details["rung_started_at"]) + limit - time.time()
+        try:
+            async with asyncio.timeout(left):
+                await self.ladder.out_of_rotation(svc, inc)
+                result = await self._run_steps(inc, svc, playbook, rung * RUNG_STEPS)
+        except (ProviderError, RuntimeError, OSError) as exc:  # HAProxy away past its retries, a file unwritable
+            result = RungResult(False, error=f"taking {inc.machine} out of rotation (rotation.remove) failed: {exc}")
+        except TimeoutError:
+            result = RungResult(False, error=f"{playbook.name} did not finish within {limit:g}s", timed_out=True)
+        outcome = rung_outcome(result, self.ladder.machine_up(svc, inc.machine), last=rung + 1 == len(rungs))
+        if result.ok and outcome is RungOutcome.FAILED:
+            result = RungResult(
+                False, result.outputs, f"{playbook.name} ran to its end but {inc.machine} is still down"
+            )
+        self.ladder.count(svc, playbook.name, outcome)
+        following = next_rung(rung, len(rungs), outcome)
+        if outcome is RungOutcome.HEALED:
+            await self.ladder.healed(svc, inc, started)
+            self.wake()
+        elif outcome in (RungOutcome.REPLACED, RungOutcome.DONE):
+            inc.details.pop("out_of_rotation", None)  # quarantined or replaced: it does not come back by itself
+            await self._succeeded(inc, started)
+        elif following is not None:
+            await self.ladder.escalate(svc, inc, following, outcome, result.error)
+            self.wake()
+        else:
+            what = result.error if len(rungs) == 1 else f"no rung mended it (the last: {result.error})"
+            if not svc.managed:
+                what += f"; {inc.machine} stays out of rotation until its checks pass: a human must act"
+            await self._fail(inc, what, result.terminal)
+
+    async def _run_steps(self, inc: Incident, svc: ServiceConfig, playbook: Playbook, base: int) -> RungResult:
+        """One playbook's steps, journaled at `base` + the step's index (each rung keeps its own journal)."""
         journal = await self.journal.steps(inc.id)
         outputs: dict[str, Any] = {}
-        for done in journal.values():
-            if done["state"] == StepState.SUCCEEDED:
+        for idx, done in journal.items():
+            if base <= idx < base + RUNG_STEPS and done["state"] == StepState.SUCCEEDED:
                 outputs.update(done["outputs"])
         for step in playbook.steps:
-            row = journal.get(step.index)
+            row = journal.get(base + step.index)
             if row and row["state"] in (StepState.SUCCEEDED, StepState.CONTINUED):
                 continue
             with bound_contextvars(step=step.index + 1, action=step.action):
-                failure = await self._step(inc, svc, step, row["attempts"] if row else 0, outputs)
+                failure = await self._step(inc, svc, step, row["attempts"] if row else 0, outputs, base)
             if failure is not None:
                 error, terminal = failure
-                await self._fail(inc, f"step {step.index + 1} ({step.action}) failed: {error}", terminal)
-                return
-        await self._succeeded(inc, started)
+                return RungResult(False, outputs, f"step {step.index + 1} ({step.action}) failed: {error}", terminal)
+        return RungResult(True, outputs)
 
     async def _step(
-        self, inc: Incident, svc: ServiceConfig, step: Step, attempts: int, outputs: dict[str, Any]
+        self, inc: Incident, svc: ServiceConfig, step: Step, attempts: int, outputs: dict[str, Any], base: int
     ) -> tuple[str, bool] | None:
         """Run one step with its retries. None when the playbook goes on (it succeeded, or failed with
         `on_failure: continue`); else the error and whether it is terminal."""
@@ -261,11 +316,11 @@ class Runbook:
         terminal = False
         for _ in range(step.retries + 1):
             attempts += 1
-            await self.journal.record(inc.id, step.index, step.action, StepState.RUNNING, attempts, start=True)
+            await self.journal.record(inc.id, base + step.index, step.action, StepState.RUNNING, attempts, start=True)
             if not self.may_act():  # a leader that lost its lease while the journal write was on its way
                 raise Fenced(f"step {step.index + 1} ({step.action}) not run: this node no longer leads")
             self._crash_point(step.action, "before")
-            ctx = StepContext(self.fleet, self.quarantine, inc, svc, step, dict(outputs))
+            ctx = StepContext(self.fleet, self.quarantine, self.repair, inc, svc, step, dict(outputs))
             log.info("step started", attempt=attempts)
             try:
                 async with asyncio.timeout(step.timeout):
@@ -287,19 +342,21 @@ class Runbook:
             else:
                 self._crash_point(step.action, "after")
                 outputs.update(out)
-                await self.journal.record(inc.id, step.index, step.action, StepState.SUCCEEDED, attempts, out)
+                await self.journal.record(inc.id, base + step.index, step.action, StepState.SUCCEEDED, attempts, out)
                 log.info("step succeeded", outputs=out)
                 if "replacement" in out and inc.replacement != out["replacement"]:
                     inc.replacement = out["replacement"]
                     await self.incidents.save(inc)
                 return None
-            await self.journal.record(inc.id, step.index, step.action, StepState.FAILED, attempts, error=error)
+            await self.journal.record(inc.id, base + step.index, step.action, StepState.FAILED, attempts, error=error)
             log.warning("step failed", error=error)
             if terminal:
                 break
             await asyncio.sleep(self.retry_delay(attempts))
         if step.on_failure is OnFailure.CONTINUE:
-            await self.journal.record(inc.id, step.index, step.action, StepState.CONTINUED, attempts, error=error)
+            await self.journal.record(
+                inc.id, base + step.index, step.action, StepState.CONTINUED, attempts, error=error
+            )
             return None
         return error, terminal
 

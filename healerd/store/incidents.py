@@ -126,6 +126,19 @@ class Incidents:
     async def log_failure(self, service: str, machine: str, now: float, incident: str) -> None:
         await self._log(service, machine, now, "failed", incident)
 
+    async def log_repair(self, service: str, machine: str, now: float, incident: str) -> None:
+        """A rung of the ladder mended the machine and kept it."""
+        await self._log(service, machine, now, "repaired", incident)
+
+    async def repairs_since(self, service: str, machine: str, since: float) -> int:
+        row = await self._db.read(
+            lambda: self._db.conn.execute(
+                "SELECT COUNT(*) FROM remediation_log WHERE service=? AND machine=? AND kind='repaired' AND ts > ?",
+                (service, machine, since),
+            ).fetchone()
+        )
+        return int(row[0])
+
     async def _log(self, service: str, machine: str, now: float, kind: str, incident: str | None) -> None:
         await self._db.fenced(
             lambda: self._db.conn.execute(

@@ -1,0 +1,53 @@
+"""The escalation ladder of a service: the playbooks tried in order while a machine stays sick (repair
+before replace), and how often a machine may be repaired before it goes straight to the last rung."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..durations import DAY, parse_duration, require_above_zero
+
+if TYPE_CHECKING:
+    from .models import RemediationConfig
+
+
+class Rung(BaseModel):
+    """One rung: a playbook, and how long it may take before the ladder moves on (None: its steps' own)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    playbook: str
+    timeout: float | None = None
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, v: object) -> float | None:
+        if v is None:
+            return None
+        return require_above_zero(parse_duration(v, at_most=DAY, what="timeout"), what="timeout", example="2m")
+
+
+class MaxRepairs(BaseModel):
+    """A machine repaired `count` times within `per` seconds goes straight to the ladder's last rung."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    count: int = Field(ge=1, le=1000)
+    per: float = 3600.0
+
+    @field_validator("per", mode="before")
+    @classmethod
+    def _per(cls, v: object) -> float:
+        return require_above_zero(parse_duration(v, what="per"), what="per", example="1h")
+
+
+def rungs(remediation: RemediationConfig, managed: bool) -> tuple[Rung, ...]:
+    """The rungs of a service, in order: its `ladder`; else its one `playbook` when healerd launches its machines
+    or the playbook was named; else none (machines healerd cannot replace: out of rotation, a human acts)."""
+    if remediation.ladder:
+        return tuple(remediation.ladder)
+    if managed or "playbook" in remediation.model_fields_set:
+        return (Rung(playbook=remediation.playbook),)
+    return ()
