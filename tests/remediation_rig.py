@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,8 @@ class RecordingProvider(Provider):
         self.quarantined: list[str] = []
         self.terminated: list[str] = []
         self.retired: list[str] = []
+        self.restarted: list[str] = []
+        self.on_restart: Callable[[str], None] | None = None  # what a restart does to the machine (a test's script)
         self.launch_error: str | None = None
         self.launch_hangs = False
         self.launch_reached = asyncio.Event()  # set once a launch started (hanging or not)
@@ -106,6 +109,12 @@ class RecordingProvider(Provider):
 
     async def terminate(self, machine: Machine) -> None:
         self.terminated.append(machine.id)
+
+    async def restart(self, machine: Machine) -> Machine:
+        self.restarted.append(machine.id)
+        if self.on_restart is not None:
+            self.on_restart(machine.id)
+        return machine
 
     async def retire(self, machine: Machine) -> str:
         self.retired.append(machine.id)

@@ -23,11 +23,10 @@ from healerd.remediation.reconcilers import (
     FillReconciler,
     IncidentReconciler,
     ProbationReconciler,
-    RetentionReconciler,
     SurplusReconciler,
     incident_targets,
-    retention_plan,
 )
+from healerd.remediation.retention import RetentionReconciler, retention_plan
 from healerd.results import Status
 
 Logs = list[dict[str, Any]]

@@ -3,14 +3,9 @@ before replace), and how often a machine may be repaired before it goes straight
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..durations import DAY, parse_duration, require_above_zero
-
-if TYPE_CHECKING:
-    from .models import RemediationConfig
 
 
 class Rung(BaseModel):
@@ -41,13 +36,3 @@ class MaxRepairs(BaseModel):
     @classmethod
     def _per(cls, v: object) -> float:
         return require_above_zero(parse_duration(v, what="per"), what="per", example="1h")
-
-
-def rungs(remediation: RemediationConfig, managed: bool) -> tuple[Rung, ...]:
-    """The rungs of a service, in order: its `ladder`; else its one `playbook` when healerd launches its machines
-    or the playbook was named; else none (machines healerd cannot replace: out of rotation, a human acts)."""
-    if remediation.ladder:
-        return tuple(remediation.ladder)
-    if managed or "playbook" in remediation.model_fields_set:
-        return (Rung(playbook=remediation.playbook),)
-    return ()

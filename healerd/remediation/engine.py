@@ -36,11 +36,11 @@ from .reconcilers import (
     IncidentReconciler,
     ProbationReconciler,
     Reconciler,
-    RetentionReconciler,
     RotationReconciler,
     SurplusReconciler,
 )
 from .repair import Repair
+from .retention import RetentionReconciler
 from .runbook import Runbook, StepJournal
 from .views import Views
 

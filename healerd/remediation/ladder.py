@@ -176,3 +176,50 @@ class Ladder:
             next=inc.playbook,
         )
         log.warning("rung did not mend the machine; escalating", tried=tried, next=inc.playbook, error=error[:300])
+
+    async def nothing_to_try(self, svc: ServiceConfig, inc: Incident) -> None:
+        """A machine healerd can neither repair nor replace: out of rotation, and a human acts."""
+        await self.out_of_rotation(svc, inc)
+        why = (
+            f"{inc.machine} is out of rotation and healerd cannot mend it (service {svc.name} has no image to "
+            "replace it from and no remediation.ladder to repair it): a human must act; it returns to rotation "
+            "once its checks pass"
+        )
+        inc.state, inc.error = IncidentState.FAILED, why
+        await self.incidents.save(inc)
+        self.incidents.emit(EventType.REMEDIATION_FAILED, inc, why, Severity.CRITICAL, error=why)
+        log.error("machine out of rotation; a human must act", why=why)
+
+    async def remediated(self, inc: Incident, started: float) -> None:
+        """The rung replaced the machine (or did all it could): the service's state ends the incident."""
+        inc.state = IncidentState.REMEDIATED
+        inc.details["finished_at"] = time.time()
+        await self.incidents.save(inc)
+        duration = time.time() - started
+        self.metrics.counter("remediations").labels(inc.service, inc.playbook, "succeeded").inc()
+        self.metrics.histogram("remediation_duration_seconds").labels(inc.service, inc.playbook).observe(duration)
+        self.incidents.emit(
+            EventType.REMEDIATION_SUCCEEDED,
+            inc,
+            f"{inc.machine} remediated in {duration:.0f}s"
+            + (f": replaced by {inc.replacement}" if inc.replacement else ""),
+            replacement=inc.replacement,
+            duration=round(duration, 3),
+        )
+        log.info("remediation succeeded", replacement=inc.replacement, seconds=round(duration, 1))
+
+    async def failed(self, inc: Incident, error: str) -> None:
+        """No rung mended it: a human is needed (and the failure counts toward the machine's retry limit)."""
+        inc.state = IncidentState.FAILED
+        inc.error = error
+        await self.incidents.save(inc)
+        await self.store.incidents.log_failure(inc.service, inc.machine, time.time(), inc.id)
+        self.metrics.counter("remediations").labels(inc.service, inc.playbook, "failed").inc()
+        self.incidents.emit(
+            EventType.REMEDIATION_FAILED,
+            inc,
+            f"remediation of {inc.machine} failed, a human is needed: {error}",
+            Severity.CRITICAL,
+            error=error,
+        )
+        log.error("remediation failed; escalating", error=error)

@@ -134,7 +134,7 @@ class Runbook:
     # -- starting and stopping -----------------------------------------------------------------------------
     async def begin(self, svc: ServiceConfig, inc: Incident) -> None:
         if not svc.rungs:  # a machine healerd can neither repair nor replace: out of rotation, a human acts
-            await self._nothing_to_try(svc, inc)
+            await self.ladder.nothing_to_try(svc, inc)
             return
         await self.ladder.start(svc, inc)
         inc.state = IncidentState.REMEDIATING
@@ -150,18 +150,6 @@ class Runbook:
         )
         log.info("remediation started", playbook=inc.playbook)
         self.spawn(inc)
-
-    async def _nothing_to_try(self, svc: ServiceConfig, inc: Incident) -> None:
-        await self.ladder.out_of_rotation(svc, inc)
-        why = (
-            f"{inc.machine} is out of rotation and healerd cannot mend it (service {svc.name} has no image to "
-            "replace it from and no remediation.ladder to repair it): a human must act; it returns to rotation "
-            "once its checks pass"
-        )
-        inc.state, inc.error = IncidentState.FAILED, why
-        await self.incidents.save(inc)
-        self.incidents.emit(EventType.REMEDIATION_FAILED, inc, why, Severity.CRITICAL, error=why)
-        log.error("machine out of rotation; a human must act", why=why)
 
     async def resume(self) -> None:
         """Remediations a stop or a crash interrupted go on from their journal."""
@@ -250,7 +238,7 @@ class Runbook:
         playbook = self.playbooks.get(inc.playbook)
         started = float(inc.details.get("started_at", time.time()))
         if svc is None or playbook is None or rung >= len(rungs):
-            await self._fail(inc, f"service or playbook {inc.playbook!r} no longer configured", terminal=True)
+            await self.ladder.failed(inc, f"service or playbook {inc.playbook!r} no longer configured")
             return
         limit = rungs[rung].timeout
         if limit is not None and "rung_started_at" not in inc.details:
@@ -259,10 +247,7 @@ class Runbook:
         left = None if limit is None else float(inc.details["rung_started_at"]) + limit - time.time()
         try:
             async with asyncio.timeout(left):
-                await self.ladder.out_of_rotation(svc, inc)
-                result = await self._run_steps(inc, svc, playbook, rung * RUNG_STEPS)
-        except (ProviderError, RuntimeError, OSError) as exc:  # HAProxy away past its retries, a file unwritable
-            result = RungResult(False, error=f"taking {inc.machine} out of rotation (rotation.remove) failed: {exc}")
+                result = await self._out_then_steps(inc, svc, playbook, rung * RUNG_STEPS)
         except TimeoutError:
             result = RungResult(False, error=f"{playbook.name} did not finish within {limit:g}s", timed_out=True)
         outcome = rung_outcome(result, self.ladder.machine_up(svc, inc.machine), last=rung + 1 == len(rungs))
@@ -277,7 +262,8 @@ class Runbook:
             self.wake()
         elif outcome in (RungOutcome.REPLACED, RungOutcome.DONE):
             inc.details.pop("out_of_rotation", None)  # quarantined or replaced: it does not come back by itself
-            await self._succeeded(inc, started)
+            await self.ladder.remediated(inc, started)
+            self.wake()
         elif following is not None:
             await self.ladder.escalate(svc, inc, following, outcome, result.error)
             self.wake()
@@ -285,7 +271,16 @@ class Runbook:
             what = result.error if len(rungs) == 1 else f"no rung mended it (the last: {result.error})"
             if not svc.managed:
                 what += f"; {inc.machine} stays out of rotation until its checks pass: a human must act"
-            await self._fail(inc, what, result.terminal)
+            await self.ladder.failed(inc, what)
+
+    async def _out_then_steps(self, inc: Incident, svc: ServiceConfig, playbook: Playbook, base: int) -> RungResult:
+        """Out of rotation first (whatever the playbook: a machine confirmed down takes no traffic), then the
+        rung's steps."""
+        try:
+            await self.ladder.out_of_rotation(svc, inc)
+        except (ProviderError, RuntimeError) as exc:  # HAProxy away past its retries, a rotation file unwritable
+            return RungResult(False, error=f"taking {inc.machine} out of rotation (rotation.remove) failed: {exc}")
+        return await self._run_steps(inc, svc, playbook, base)
 
     async def _run_steps(self, inc: Incident, svc: ServiceConfig, playbook: Playbook, base: int) -> RungResult:
         """One playbook's steps, journaled at `base` + the step's index (each rung keeps its own journal)."""
@@ -359,36 +354,3 @@ class Runbook:
             )
             return None
         return error, terminal
-
-    async def _succeeded(self, inc: Incident, started: float) -> None:
-        inc.state = IncidentState.REMEDIATED
-        inc.details["finished_at"] = time.time()
-        await self.incidents.save(inc)
-        duration = time.time() - started
-        self.metrics.counter("remediations").labels(inc.service, inc.playbook, "succeeded").inc()
-        self.metrics.histogram("remediation_duration_seconds").labels(inc.service, inc.playbook).observe(duration)
-        self.incidents.emit(
-            EventType.REMEDIATION_SUCCEEDED,
-            inc,
-            f"{inc.machine} remediated in {duration:.0f}s"
-            + (f": replaced by {inc.replacement}" if inc.replacement else ""),
-            replacement=inc.replacement,
-            duration=round(duration, 3),
-        )
-        log.info("remediation succeeded", replacement=inc.replacement, seconds=round(duration, 1))
-        self.wake()
-
-    async def _fail(self, inc: Incident, error: str, terminal: bool) -> None:
-        inc.state = IncidentState.FAILED
-        inc.error = error
-        await self.incidents.save(inc)
-        await self.store.incidents.log_failure(inc.service, inc.machine, time.time(), inc.id)
-        self.metrics.counter("remediations").labels(inc.service, inc.playbook, "failed").inc()
-        self.incidents.emit(
-            EventType.REMEDIATION_FAILED,
-            inc,
-            f"remediation of {inc.machine} failed, a human is needed: {error}",
-            Severity.CRITICAL,
-            error=error,
-        )
-        log.error("remediation failed; escalating", error=error)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .incidents import Incident, IncidentBook, IncidentState
+from .ladder import RUNG_STEPS
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -23,12 +24,14 @@ def timeline(incident: str, events: list[dict[str, Any]], steps: list[dict[str, 
         if e["incident"] == incident
     ]
     for s in steps:
+        rung, step = divmod(s["index"], RUNG_STEPS)
+        label = f"rung {rung + 1} step {step + 1}" if rung else f"step {step + 1}"
         out.append(
             {
                 "timestamp": s["started_at"],
                 "kind": "step",
                 "type": f"step.{s['action']}",
-                "summary": f"step {s['index'] + 1} {s['action']} started (attempt {s['attempts']})",
+                "summary": f"{label} {s['action']} started (attempt {s['attempts']})",
             }
         )
         if s["ended_at"]:
@@ -37,8 +40,7 @@ def timeline(incident: str, events: list[dict[str, Any]], steps: list[dict[str, 
                     "timestamp": s["ended_at"],
                     "kind": "step",
                     "type": f"step.{s['action']}",
-                    "summary": f"step {s['index'] + 1} {s['action']} {s['state']}"
-                    + (f": {s['error']}" if s["error"] else ""),
+                    "summary": f"{label} {s['action']} {s['state']}" + (f": {s['error']}" if s["error"] else ""),
                 }
             )
     out.sort(key=lambda t: t["timestamp"] or 0)
