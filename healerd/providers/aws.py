@@ -76,6 +76,7 @@ class AwsProvider(Provider):
     kind = "aws"
     Config = AwsOptions
     ImageVersion = AwsImage
+    VERBS = frozenset({"list", "launch", "quarantine", "release", "terminate", "describe", "console", "alive"})
 
     def __init__(self, name: str, options: BaseModel, *, env: Any = None) -> None:
         super().__init__(name, options, env=env)

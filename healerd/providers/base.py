@@ -28,6 +28,17 @@ class ProviderError(Exception):
     """A provider call failed; the message names the call and the resource."""
 
 
+class ProviderUnsupported(ProviderError):
+    """The provider cannot do this verb at all (as opposed to failing at it): skip it, or refuse the config
+    that needs it."""
+
+
+#: Every verb a provider can be asked for.
+ALL_VERBS = frozenset(
+    ("list", "launch", "quarantine", "release", "terminate", "restart", "reboot", "describe", "console", "alive")
+)
+
+
 @dataclass
 class ProviderEnv:
     state_dir: Path
@@ -51,11 +62,17 @@ class Provider:
     Config: ClassVar[type[ProviderOptions]] = ProviderOptions
     #: set by providers that launch machines from images
     ImageVersion: ClassVar[type[BaseModel] | None] = None
+    #: the verbs this kind supports (see ALL_VERBS); a kind that only lists machines supports "list"
+    VERBS: ClassVar[frozenset[str]] = frozenset({"list"})
 
     def __init__(self, name: str, options: BaseModel, *, env: ProviderEnv | None = None) -> None:
         self.name = name
         self.options = options
         self.env = env
+
+    def supports(self, verb: str) -> bool:
+        """Whether this provider can do `verb` (one of VERBS)."""
+        return verb in self.VERBS
 
     async def start(self) -> None:
         """Called once the daemon is up (open clients, adopt machines)."""
@@ -95,6 +112,14 @@ class Provider:
 
     async def terminate(self, machine: Machine) -> None:
         raise ProviderError(f"provider {self.name} ({self.kind}) cannot terminate machines")
+
+    async def restart(self, machine: Machine) -> None:
+        """Restart the machine's service in place (the machine keeps its identity and address)."""
+        raise ProviderUnsupported(f"provider {self.name} ({self.kind}) cannot restart machines")
+
+    async def reboot(self, machine: Machine) -> None:
+        """Reboot the machine in place."""
+        raise ProviderUnsupported(f"provider {self.name} ({self.kind}) cannot reboot machines")
 
     async def retire(self, machine: Machine) -> str:
         """Scale in a healthy surplus machine (already out of rotation); returns 'terminated' or 'released'.

@@ -135,6 +135,7 @@ class LocalProvider(Provider):
     kind = "local"
     Config = LocalOptions
     ImageVersion = LocalImage
+    VERBS = frozenset({"list", "launch", "quarantine", "release", "terminate", "describe", "console", "alive"})
 
     @property
     def opts(self) -> LocalOptions:
