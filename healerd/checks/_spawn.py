@@ -51,20 +51,22 @@ async def spawn(
     cap: int,
     *,
     stdin: bytes | None = None,
+    errors: bytearray | None = None,
     errors_cap: int = 0,
     grace: float = 0.0,
 ) -> Outcome:
     """Run `program` with `argv` (argv[0] included) and `env`; read its stdout to EOF and wait for its exit.
 
-    `stdin`: bytes written to its standard input (then closed); `errors_cap` > 0: its stderr is read too and
-    kept up to that many bytes; `grace` > 0: an abandoned run's process group gets SIGTERM and that long to
-    go before SIGKILL. Raises OSError when it cannot be started (missing, not executable)."""
-    if stdin is None and errors_cap <= 0:
+    `stdin`: bytes written to its standard input (then closed); `errors`: its stderr is read into this buffer, up
+    to `errors_cap` bytes (the caller keeps what was said also when the run is abandoned); `grace` > 0: an
+    abandoned run's process group gets SIGTERM and that long to go before SIGKILL. Raises OSError when it
+    cannot be started (missing, not executable)."""
+    if stdin is None and errors is None:
         pid, rfd = _start(program, argv, env)  # the checks' path: nothing more to set up
         return await _Run(asyncio.get_running_loop(), pid, rfd=rfd, cap=cap, grace=grace).result()
-    pid, rfd, wfd, efd = _start_piped(program, argv, env, stdin is not None, errors_cap > 0)
+    pid, rfd, wfd, efd = _start_piped(program, argv, env, stdin is not None, errors is not None)
     run = _Run(asyncio.get_running_loop(), pid, rfd=rfd, cap=cap, grace=grace)
-    run.with_pipes(wfd, stdin or b"", efd, errors_cap)
+    run.with_pipes(wfd, stdin or b"", efd, errors if errors is not None else bytearray(), errors_cap)
     return await run.result()
 
 
@@ -208,9 +210,9 @@ class _Run:
         self.done: asyncio.Future[None] = loop.create_future()
         loop.add_reader(rfd, self._readable)
 
-    def with_pipes(self, wfd: int, data: bytes, efd: int, errors_cap: int) -> None:
-        """Write `data` to the plugin's stdin (then close it) and keep its stderr."""
-        self.efd, self.errors_cap = efd, errors_cap
+    def with_pipes(self, wfd: int, data: bytes, efd: int, errors: bytearray, errors_cap: int) -> None:
+        """Write `data` to the plugin's stdin (then close it) and keep its stderr in `errors`."""
+        self.efd, self.errors, self.errors_cap = efd, errors, errors_cap
         if efd >= 0:
             self.loop.add_reader(efd, self._errors_readable)
         if wfd >= 0:
@@ -305,26 +307,33 @@ class _Run:
             self.rfd = -1
 
     def _finish(self) -> None:
-        """After a normal end nothing is left; after a cancellation (the run's timeout) kill the group (at once,
-        or SIGTERM and SIGKILL `grace` seconds later), stop reading and watch the pidfd to reap the plugin when
-        it is gone."""
+        """After a normal end nothing is left; after a cancellation (the run's timeout) kill the group and watch
+        the pidfd to reap the plugin when it is gone. With a `grace`, the group gets SIGTERM first and its pipes
+        are drained until SIGKILL `grace` seconds later (a plugin's last words must not kill it with SIGPIPE)."""
+        if self.code is None and self.grace > 0:
+            self._close_stdin()
+            kill_group(self.pid, signal.SIGTERM)
+            self.loop.call_later(self.grace, self._kill_unreaped)
+            if self.pidfd < 0 and not self._exited_now():
+                self._watch_exit()
+            return
+        self._close_pipes()
+        if self.code is None:
+            kill_group(self.pid)
+            if self.pidfd < 0 and not self._exited_now():
+                self._watch_exit()
+
+    def _close_pipes(self) -> None:
         self._close_pipe()
         self._close_stdin()
         if self.efd >= 0:
             self.loop.remove_reader(self.efd)
             os.close(self.efd)
             self.efd = -1
-        if self.code is None:
-            if self.grace > 0:
-                kill_group(self.pid, signal.SIGTERM)
-                self.loop.call_later(self.grace, self._kill_unreaped)
-            else:
-                kill_group(self.pid)
-            if self.pidfd < 0 and not self._exited_now():
-                self._watch_exit()
 
     def _kill_unreaped(self) -> None:
-        # not reaped yet: the pid (the group's id) is still ours, whatever the group's leader did
+        # pipes a process outside the group may still hold are let go; a leader not reaped yet is still ours
+        self._close_pipes()
         if self.code is None:
             kill_group(self.pid)
 
