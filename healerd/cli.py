@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from . import __version__, cli_demo, cli_incidents, cli_rollout, cli_silence, daemon
+from . import __version__, cli_demo, cli_incidents, cli_provider, cli_rollout, cli_silence, daemon
 from .alerting import build_notifiers
 from .alerting_views import send_test
 from .checks import CheckEnv
@@ -142,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_silence.add_parsers(sub)
     cli_demo.add_parsers(sub)
     cli_incidents.add_parsers(sub)
+    cli_provider.add_parsers(sub)
     return p
 
 
@@ -191,6 +192,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return cli_silence.cmd_silence(args)
         if args.command == "demo":
             return cli_demo.cmd_demo(args)
+        if args.command == "provider":
+            return cli_provider.cmd_provider(args)
     except ApiError as exc:
         print(str(exc), file=sys.stderr)
         return exc.exit_code

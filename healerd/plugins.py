@@ -20,6 +20,7 @@ from .notifiers.slack import SlackNotifier
 from .notifiers.webhook import WebhookNotifier
 from .providers.aws import AwsProvider
 from .providers.base import Provider
+from .providers.command import CommandProvider
 from .providers.local import LocalProvider
 from .providers.static import StaticProvider
 from .registry import Registry
@@ -52,7 +53,7 @@ CHECK_KINDS: Registry[type[Check[Any]]] = _built_in(
     Registry("healerd.checks", Check), HttpCheck, TcpCheck, ExecCheck, PrometheusCheck
 )
 PROVIDER_KINDS: Registry[type[Provider]] = _built_in(
-    Registry("healerd.providers", Provider), StaticProvider, LocalProvider, AwsProvider
+    Registry("healerd.providers", Provider), StaticProvider, LocalProvider, AwsProvider, CommandProvider
 )
 ROTATION_KINDS: Registry[type[Rotation]] = _built_in(
     Registry("healerd.rotations", Rotation), NoRotation, FileRotation, Elbv2Rotation, HaproxyRotation

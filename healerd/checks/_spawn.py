@@ -3,10 +3,11 @@ the daemon's page tables), its stdout read from a non-blocking pipe watched by t
 exit looked at when its output ends (and through a pidfd if it is still running then): no fork of a large
 process, no subprocess transports, no child watcher.
 
-Guarantees of every run: no shell, no descriptor of the daemon's but stdin and stderr on /dev/null and
-stdout on the pipe, default signal dispositions and an empty signal mask, its own session and process group (killed
-whole when the plugin exits or the run is abandoned), at most `cap` bytes of output kept in memory, and the
-process always reaped, also when the awaiting task is cancelled (a timeout).
+Guarantees of every run: no shell, no descriptor of the daemon's but stdin and stderr on /dev/null (or on
+pipes of their own when the caller gives input or wants stderr) and stdout on the pipe, default signal
+dispositions and an empty signal mask, its own session and process group (killed whole when the plugin exits
+or the run is abandoned), at most `cap` bytes of output kept in memory, and the process always reaped, also
+when the awaiting task is cancelled (a timeout).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Outcome:
     code: int  # as subprocess' returncode: negative for a signal
     output: bytes
     truncated: bool
+    errors: bytes = b""  # stderr (its first `errors_cap` bytes), when asked for
 
 
 _devnull: int | None = None
@@ -42,12 +44,30 @@ def _null() -> int:
     return _devnull
 
 
-async def spawn(program: str, argv: list[str], env: Mapping[str, str], cap: int) -> Outcome:
+async def spawn(
+    program: str,
+    argv: list[str],
+    env: Mapping[str, str],
+    cap: int,
+    *,
+    stdin: bytes | None = None,
+    errors: bytearray | None = None,
+    errors_cap: int = 0,
+    grace: float = 0.0,
+) -> Outcome:
     """Run `program` with `argv` (argv[0] included) and `env`; read its stdout to EOF and wait for its exit.
 
-    Raises OSError when it cannot be started (missing, not executable)."""
-    pid, rfd = _start(program, argv, env)
-    return await _Run(asyncio.get_running_loop(), pid, rfd=rfd, cap=cap).result()
+    `stdin`: bytes written to its standard input (then closed); `errors`: its stderr is read into this buffer, up
+    to `errors_cap` bytes (the caller keeps what was said also when the run is abandoned); `grace` > 0: an
+    abandoned run's process group gets SIGTERM and that long to go before SIGKILL. Raises OSError when it
+    cannot be started (missing, not executable)."""
+    if stdin is None and errors is None:
+        pid, rfd = _start(program, argv, env)  # the checks' path: nothing more to set up
+        return await _Run(asyncio.get_running_loop(), pid, rfd=rfd, cap=cap, grace=grace).result()
+    pid, rfd, wfd, efd = _start_piped(program, argv, env, stdin is not None, errors is not None)
+    run = _Run(asyncio.get_running_loop(), pid, rfd=rfd, cap=cap, grace=grace)
+    run.with_pipes(wfd, stdin or b"", efd, errors if errors is not None else bytearray(), errors_cap)
+    return await run.result()
 
 
 #: How often the daemon's descriptors are re-sealed (see `seal`).
@@ -108,22 +128,96 @@ def _start(program: str, argv: list[str], env: Mapping[str, str]) -> tuple[int, 
     return pid, rfd
 
 
+def _start_piped(
+    program: str, argv: list[str], env: Mapping[str, str], with_stdin: bool, with_stderr: bool
+) -> tuple[int, int, int, int]:
+    """As `_start`, with a pipe to its stdin and/or from its stderr: (pid, stdout, stdin writer, stderr reader),
+    -1 for a pipe not asked for. Our ends are non-blocking; the plugin's are not."""
+    if time.monotonic() - _sealed_at >= SEAL_EVERY:
+        seal()
+    null = _null()
+    ours: list[int] = []  # closed on failure
+    theirs: list[int] = []  # closed once the plugin has its copies
+    try:
+        rfd, out_w = os.pipe2(os.O_CLOEXEC)
+        ours.append(rfd)
+        theirs.append(out_w)
+        in_r, wfd = os.pipe2(os.O_CLOEXEC) if with_stdin else (null, -1)
+        if with_stdin:
+            ours.append(wfd)
+            theirs.append(in_r)
+        efd, err_w = os.pipe2(os.O_CLOEXEC) if with_stderr else (-1, null)
+        if with_stderr:
+            ours.append(efd)
+            theirs.append(err_w)
+        for fd in ours:
+            os.set_blocking(fd, False)
+        pid = os.posix_spawn(
+            program,
+            argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, in_r, 0),
+                (os.POSIX_SPAWN_DUP2, out_w, 1),
+                (os.POSIX_SPAWN_DUP2, err_w, 2),
+            ],
+            setsid=True,
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            setsigmask=(),
+        )
+    except BaseException:
+        for fd in ours + theirs:
+            os.close(fd)
+        raise
+    for fd in theirs:
+        os.close(fd)
+    return pid, rfd, wfd, efd
+
+
 class _Run:
-    """One running plugin: a watcher on its stdout and a future, no task of its own. Its exit is looked at
-    when its output ends (a plugin's usual end: the two come together); only if it is still running then, or
-    the run is abandoned, is a pidfd watched until it exits."""
+    """One running plugin: a watcher on its stdout (and, when asked for, its stdin and stderr) and a future, no
+    task of its own. Its exit is looked at when its output ends (a plugin's usual end: the two come together);
+    only if it is still running then, or the run is abandoned, is a pidfd watched until it exits."""
 
-    __slots__ = ("cap", "code", "done", "kept", "loop", "pid", "pidfd", "rfd", "truncated")
+    __slots__ = (
+        "cap",
+        "code",
+        "done",
+        "efd",
+        "errors",
+        "errors_cap",
+        "grace",
+        "kept",
+        "loop",
+        "pending",
+        "pid",
+        "pidfd",
+        "rfd",
+        "truncated",
+        "wfd",
+    )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, pid: int, *, rfd: int, cap: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, pid: int, *, rfd: int, cap: int, grace: float = 0.0) -> None:
         self.loop = loop
-        self.pid, self.rfd, self.cap = pid, rfd, cap
-        self.pidfd = -1
+        self.pid, self.rfd, self.cap, self.grace = pid, rfd, cap, grace
+        self.pidfd = self.wfd = self.efd = -1
         self.kept = bytearray()
+        self.errors = bytearray()
+        self.errors_cap = 0
+        self.pending = b""
         self.truncated = False
         self.code: int | None = None
         self.done: asyncio.Future[None] = loop.create_future()
         loop.add_reader(rfd, self._readable)
+
+    def with_pipes(self, wfd: int, data: bytes, efd: int, errors: bytearray, errors_cap: int) -> None:
+        """Write `data` to the plugin's stdin (then close it) and keep its stderr in `errors`."""
+        self.efd, self.errors, self.errors_cap = efd, errors, errors_cap
+        if efd >= 0:
+            self.loop.add_reader(efd, self._errors_readable)
+        if wfd >= 0:
+            self.wfd, self.pending = wfd, data
+            self._writable()
 
     async def result(self) -> Outcome:
         try:
@@ -131,28 +225,52 @@ class _Run:
         finally:
             self._finish()
         assert self.code is not None
-        return Outcome(self.code, bytes(self.kept), self.truncated)
+        return Outcome(self.code, bytes(self.kept), self.truncated, bytes(self.errors))
 
     def _readable(self) -> None:
-        while True:
+        eof, cut = _drain(self.rfd, self.kept, self.cap)
+        self.truncated = self.truncated or cut  # kept draining (the plugin must not block on a full pipe)
+        if eof:
+            self._close_pipe()
+            self._output_ended()
+
+    def _errors_readable(self) -> None:
+        eof, _ = _drain(self.efd, self.errors, self.errors_cap)
+        if eof:
+            self.loop.remove_reader(self.efd)
+            os.close(self.efd)
+            self.efd = -1
+            self._output_ended()
+
+    def _writable(self) -> None:
+        while self.pending:
             try:
-                chunk = os.read(self.rfd, _READ)
+                n = os.write(self.wfd, self.pending[:_READ])
             except BlockingIOError:
+                self.loop.add_writer(self.wfd, self._writable)
                 return
             except InterruptedError:
                 continue
-            if not chunk:
-                self._close_pipe()
-                if not self._exited_now():
-                    self._watch_exit()
-                elif not self.done.done():
-                    self.done.set_result(None)
-                return
-            room = self.cap - len(self.kept)
-            if room > 0:
-                self.kept += chunk[:room]
-            if len(chunk) > room:
-                self.truncated = True  # keep draining (the plugin must not block on a full pipe) but drop it
+            except OSError:  # it closed its stdin (or exited) without reading all of it: its business
+                break
+            self.pending = self.pending[n:]
+        self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        if self.wfd >= 0:
+            self.loop.remove_writer(self.wfd)
+            os.close(self.wfd)
+            self.wfd = -1
+            self.pending = b""
+
+    def _output_ended(self) -> None:
+        if self.rfd >= 0 or self.efd >= 0:
+            return  # the other pipe is still open
+        if not self._exited_now():
+            if self.pidfd < 0:
+                self._watch_exit()
+        elif not self.done.done():
+            self.done.set_result(None)
 
     def _exited_now(self) -> bool:
         """Reap the plugin if it has exited. Until reaped it is a zombie whose pid (and so its process group
@@ -179,7 +297,7 @@ class _Run:
         self.loop.remove_reader(self.pidfd)
         os.close(self.pidfd)
         self.pidfd = -1
-        if self.rfd < 0 and not self.done.done():
+        if self.rfd < 0 and self.efd < 0 and not self.done.done():
             self.done.set_result(None)
 
     def _close_pipe(self) -> None:
@@ -189,13 +307,54 @@ class _Run:
             self.rfd = -1
 
     def _finish(self) -> None:
-        """After a normal end nothing is left; after a cancellation (the run's timeout) kill the group, stop
-        reading and watch the pidfd to reap the plugin when it is gone."""
-        self._close_pipe()
+        """After a normal end nothing is left; after a cancellation (the run's timeout) kill the group and watch
+        the pidfd to reap the plugin when it is gone. With a `grace`, the group gets SIGTERM first and its pipes
+        are drained until SIGKILL `grace` seconds later (a plugin's last words must not kill it with SIGPIPE)."""
+        if self.code is None and self.grace > 0:
+            self._close_stdin()
+            kill_group(self.pid, signal.SIGTERM)
+            self.loop.call_later(self.grace, self._kill_unreaped)
+            if self.pidfd < 0 and not self._exited_now():
+                self._watch_exit()
+            return
+        self._close_pipes()
         if self.code is None:
             kill_group(self.pid)
             if self.pidfd < 0 and not self._exited_now():
                 self._watch_exit()
+
+    def _close_pipes(self) -> None:
+        self._close_pipe()
+        self._close_stdin()
+        if self.efd >= 0:
+            self.loop.remove_reader(self.efd)
+            os.close(self.efd)
+            self.efd = -1
+
+    def _kill_unreaped(self) -> None:
+        # pipes a process outside the group may still hold are let go; a leader not reaped yet is still ours
+        self._close_pipes()
+        if self.code is None:
+            kill_group(self.pid)
+
+
+def _drain(fd: int, into: bytearray, cap: int) -> tuple[bool, bool]:
+    """Read what `fd` holds now into `into`, keeping at most `cap` bytes: (end of file, something was cut)."""
+    cut = False
+    while True:
+        try:
+            chunk = os.read(fd, _READ)
+        except BlockingIOError:
+            return False, cut
+        except InterruptedError:
+            continue
+        if not chunk:
+            return True, cut
+        room = cap - len(into)
+        if room > 0:
+            into += chunk[:room]
+        if len(chunk) > room:
+            cut = True
 
 
 def _reap(pid: int) -> int:
@@ -206,6 +365,6 @@ def _reap(pid: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def kill_group(pgid: int) -> None:
+def kill_group(pgid: int, sig: signal.Signals = signal.SIGKILL) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(pgid, sig)

@@ -28,7 +28,7 @@ from .aws_tags import (
     TAG_SERVICE,
     tag_map,
 )
-from .base import LaunchRequest, Provider, ProviderError
+from .base import ALL_VERBS, LaunchRequest, Provider, ProviderError
 
 if TYPE_CHECKING:
     from ..specs import ServiceSpec
@@ -77,9 +77,7 @@ class AwsProvider(Provider):
     Config = AwsOptions
     ImageVersion = AwsImage
     #: restart is a reboot here: healerd does not reach into the instance
-    VERBS = frozenset(
-        {"list", "launch", "quarantine", "release", "terminate", "restart", "reboot", "describe", "console", "alive"}
-    )
+    VERBS = ALL_VERBS
 
     def __init__(self, name: str, options: BaseModel, *, env: Any = None) -> None:
         super().__init__(name, options, env=env)

@@ -32,6 +32,12 @@ class ProviderUnsupported(ProviderError):
     """The provider does not do this (a verb it lacks): the ladder moves on, the config that needs it is refused."""
 
 
+#: Every verb a provider can be asked for.
+ALL_VERBS = frozenset(
+    ("list", "launch", "quarantine", "release", "terminate", "restart", "reboot", "describe", "console", "alive")
+)
+
+
 @dataclass
 class ProviderEnv:
     state_dir: Path

@@ -22,7 +22,7 @@ import structlog
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ..machines import Lifecycle, Machine, Origin, launched_for
-from .base import LaunchRequest, Provider, ProviderError, ProviderOptions
+from .base import ALL_VERBS, LaunchRequest, Provider, ProviderError, ProviderOptions
 
 if TYPE_CHECKING:
     from ..specs import ServiceSpec
@@ -136,9 +136,7 @@ class LocalProvider(Provider):
     kind = "local"
     Config = LocalOptions
     ImageVersion = LocalImage
-    VERBS = frozenset(
-        {"list", "launch", "quarantine", "release", "terminate", "restart", "reboot", "describe", "console", "alive"}
-    )
+    VERBS = ALL_VERBS  # restart and reboot start its process again
 
     @property
     def opts(self) -> LocalOptions:

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 class StaticProvider(Provider):
     kind = "static"
+    VERBS = frozenset({"list"})
 
     async def list_machines(self, service: ServiceSpec) -> list[Machine]:
         return [
