@@ -18,6 +18,7 @@ from healerd.providers.base import LaunchRequest, ProviderError, ProviderUnsuppo
 from healerd.providers.command import CommandProvider
 from healerd.providers.command_protocol import CommandImage, CommandOptions
 from healerd.providers.local import LocalOptions, LocalProvider
+from healerd.providers.static import StaticProvider
 
 MACHINE = Machine("web", "web-1", "127.0.0.1:8080", Lifecycle.IN_SERVICE, {"zone": "lab-a"})
 
@@ -172,9 +173,11 @@ async def test_verbs_not_claimed_are_never_run(tmp_path: Path) -> None:
 async def test_built_in_kinds_say_what_they_support() -> None:
     local = LocalProvider("demo", LocalOptions())
     assert local.supports("launch") and local.supports("quarantine")
-    assert not local.supports("restart") and not local.supports("reboot")
+    assert local.supports("restart") and local.supports("reboot")  # its process, started again
+    static = StaticProvider("lb", StaticProvider.Config())
+    assert static.supports("list") and not static.supports("launch") and not static.supports("restart")
     with pytest.raises(ProviderUnsupported):
-        await local.restart(MACHINE)
+        await static.restart(MACHINE)
 
 
 async def test_a_hang_past_the_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
