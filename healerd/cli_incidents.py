@@ -82,6 +82,21 @@ def incident_lines(view: dict[str, Any]) -> list[str]:
             out.append(f"  what to do: {held['what_to_do']}")
     if view.get("acknowledged"):
         out.append(f"  {acknowledged_line(view['acknowledged'])}")
+    out.extend(ladder_lines(view.get("ladder")))
+    return out
+
+
+def ladder_lines(ladder: dict[str, Any] | None) -> list[str]:
+    """Each rung the incident went through, how it ended, and the rung it is on (or that healed it)."""
+    if not ladder:
+        return []
+    out = [f"  skipped: {ladder['skipped']}"] if ladder.get("skipped") else []
+    for i, tried in enumerate(ladder["tried"], 1):
+        out.append(f"  rung {i}: {tried['playbook']} {tried['outcome']}: {tried['error']}")
+    if ladder.get("healed_by"):
+        out.append(f"  rung {ladder['rung']}: {ladder['healed_by']} healed it (kept, back in rotation)")
+    elif ladder["tried"] or ladder["rung"] > 1:
+        out.append(f"  rung {ladder['rung']}: {ladder['playbook']} (now)")
     return out
 
 

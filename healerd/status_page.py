@@ -18,6 +18,7 @@ from .history import MACHINE_WIDTH, SERVICE_WIDTH
 from .machines import Lifecycle
 from .monitor_views import service_view
 from .remediation.incidents import IncidentState
+from .remediation.ladder import RUNG_STEPS
 from .store import STORE_FAULTS
 
 if TYPE_CHECKING:
@@ -206,6 +207,15 @@ def _acknowledged(inc: Incident, now: float) -> str:
     return f"acknowledged by {ack['by'] or 'someone'} {format_age(now - ack['at'])} ago{said}"
 
 
+def step_words(inc: Incident, step: dict[str, Any] | None) -> str:
+    """The step a remediation is at; on a ladder, with its rung and playbook."""
+    if step is None:
+        return ""
+    rung, index = divmod(step["index"], RUNG_STEPS)
+    where = f"rung {rung + 1} ({inc.playbook}), " if inc.ladder and (rung or inc.ladder["tried"]) else ""
+    return f"{where}step {index + 1}: {step['action']} ({step['state']})"
+
+
 def held_words(inc: Incident) -> tuple[str, bool]:
     """What is (not) happening to the incident, and whether a human is needed."""
     if inc.state is IncidentState.FAILED:
@@ -345,7 +355,7 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
                 "state": inc.state.value,
                 "age": format_age(now - inc.opened_at),
                 "summary": inc.summary,
-                "step": f"step {step['index'] + 1}: {step['action']} ({step['state']})" if step else "",
+                "step": step_words(inc, step),
                 "words": words,
                 "human": human,
                 "acknowledged": _acknowledged(inc, now),

@@ -90,6 +90,21 @@ class Incident:
             "details": self.details,
             "held": self.held,
             "acknowledged": self.acknowledged,
+            "ladder": self.ladder,
+        }
+
+    @property
+    def ladder(self) -> dict[str, Any] | None:
+        """Its way up the escalation ladder: the rung it is on, the rungs tried before and how each ended, and the
+        one that healed it (None before a remediation started)."""
+        if "rung" not in self.details:
+            return None
+        return {
+            "rung": int(self.details["rung"]) + 1,
+            "playbook": self.playbook,
+            "tried": list(self.details.get("rungs", [])),
+            "healed_by": self.details.get("healed_by"),
+            "skipped": self.details.get("rungs_skipped"),
         }
 
     @classmethod
