@@ -153,3 +153,17 @@ async def test_the_timeline_names_each_rung(rig_factory: Any) -> None:
     assert view is not None
     steps = [s["action"] for s in view["steps"]]
     assert steps == ["machine.restart", "checks.await_healthy"]
+
+
+def test_healerd_incidents_id_prints_each_rung_and_how_it_ended() -> None:
+    from healerd.cli_incidents import ladder_lines
+
+    tried = {"playbook": "restart-machine", "outcome": "timed_out", "error": "restart-machine did not finish within 2s"}
+    on_second = {"rung": 2, "playbook": "replace-machine", "tried": [tried], "healed_by": None, "skipped": None}
+    assert ladder_lines(on_second) == [
+        "  rung 1: restart-machine timed_out: restart-machine did not finish within 2s",
+        "  rung 2: replace-machine (now)",
+    ]
+    healed = {"rung": 1, "playbook": "restart-machine", "tried": [], "healed_by": "restart-machine", "skipped": None}
+    assert ladder_lines(healed) == ["  rung 1: restart-machine healed it (kept, back in rotation)"]
+    assert ladder_lines(None) == []
