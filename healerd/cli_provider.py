@@ -51,7 +51,7 @@ def cmd_provider(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     print(f"provider {provider.name}: {what}")
     configure_logging(level="warning", stream=sys.stderr)  # the table says what went wrong; the calls are not news
-    rows = asyncio.run(Conformance(provider, service, request).run())
+    rows = asyncio.run(Conformance(provider, service, launch=request).run())
     _print(rows)
     failed = [r for r in rows if r.failed]
     if failed:

@@ -36,3 +36,13 @@ class MaxRepairs(BaseModel):
     @classmethod
     def _per(cls, v: object) -> float:
         return require_above_zero(parse_duration(v, what="per"), what="per", example="1h")
+
+
+def rungs(ladder: list[Rung] | None, playbook: str, *, named: bool, managed: bool) -> tuple[Rung, ...]:
+    """A service's rungs: its `ladder`; else its one `playbook` when healerd launches its machines (`managed`)
+    or the playbook was `named`; else none (machines healerd cannot replace: out of rotation, a human acts)."""
+    if ladder:
+        return tuple(ladder)
+    if managed or named:
+        return (Rung(playbook=playbook),)
+    return ()

@@ -27,7 +27,7 @@ from ..machines import address_problem
 from ..modes import Mode
 from ..results import Status
 from .dsn import dsn_problem
-from .ladder import MaxRepairs, Rung
+from .ladder import MaxRepairs, Rung, rungs
 from .names import name_problem
 from .network import advertise_address, host_header, listen_address
 
@@ -515,14 +515,9 @@ class ServiceConfig:
 
     @property
     def rungs(self) -> tuple[Rung, ...]:
-        """The playbooks tried in order on a sick machine: the `ladder`; else the one `playbook` when healerd
-        launches the machines or the playbook was named; else none (out of rotation, and a human acts)."""
+        """The playbooks tried in order on a sick machine (none: out of rotation, and a human acts)."""
         r = self.remediation
-        if r.ladder:
-            return tuple(r.ladder)
-        if self.managed or "playbook" in r.model_fields_set:
-            return (Rung(playbook=r.playbook),)
-        return ()
+        return rungs(r.ladder, r.playbook, named="playbook" in r.model_fields_set, managed=self.managed)
 
 
 @dataclass(frozen=True)

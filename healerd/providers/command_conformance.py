@@ -58,7 +58,7 @@ def fix_for(message: str, provider: CommandProvider, verb: str) -> str:
 class Conformance:
     """The run of one test: the provider, the test machine's request, and the rows so far."""
 
-    def __init__(self, provider: CommandProvider, service: ServiceSpec, launch: LaunchRequest) -> None:
+    def __init__(self, provider: CommandProvider, service: ServiceSpec, *, launch: LaunchRequest) -> None:
         self.provider = provider
         self.spec = service
         self.service = service.name
