@@ -167,3 +167,19 @@ def test_healerd_incidents_id_prints_each_rung_and_how_it_ended() -> None:
     healed = {"rung": 1, "playbook": "restart-machine", "tried": [], "healed_by": "restart-machine", "skipped": None}
     assert ladder_lines(healed) == ["  rung 1: restart-machine healed it (kept, back in rotation)"]
     assert ladder_lines(None) == []
+
+
+async def test_what_the_provider_said_during_a_step_shows_in_the_incidents_timeline(rig_factory: Any) -> None:
+    rig: Rig = await rig_factory(remediation=LADDER)
+    await fleet_of(rig, "web-0", "web-1", "web-2")
+    rig.provider.on_restart = lambda mid: rig.up(mid)
+    said = "--- provider restart at 2026-12-07T00:00:00Z (0.20s, exit 0) stderr ---\nvirsh: domain web-0 restarted\n"
+    rig.provider.said = lambda machine_id, since: said if machine_id == "web-0" else ""  # type: ignore[method-assign]
+    rig.down("web-0")
+    await remediate(rig, rig.t0 + 1)
+    (inc,) = await rig.engine.views.incident_list(state="resolved")
+    view = await rig.engine.views.incident_view(inc["id"])
+    assert view is not None
+    ends = [t["summary"] for t in view["timeline"] if t["summary"].startswith("step 1 machine.restart succeeded")]
+    assert ends == ["step 1 machine.restart succeeded; provider stderr: virsh: domain web-0 restarted"]
+    assert view["steps"][0]["outputs"]["provider_said"] == said

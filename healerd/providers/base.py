@@ -127,6 +127,11 @@ class Provider:
     async def alive(self, machine: Machine) -> bool:
         return True
 
+    def said(self, machine_id: str, since: float) -> str:
+        """What the provider said about the machine since `since` (a command provider: its stderr), for the
+        timeline of the incident whose step called it."""
+        return ""
+
     # -- repair (the escalation ladder): optional -----------------------------------------------------------
     async def restart(self, machine: Machine) -> Machine:
         """Restart what the machine runs (its process, its service), keeping the machine; returns it as it is

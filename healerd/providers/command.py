@@ -204,6 +204,11 @@ class CommandProvider(Provider):
         while len(self._calls) > KEPT_MACHINES:
             self._calls.popitem(last=False)
 
+    def said(self, machine_id: str, since: float) -> str:
+        """The stderr of this machine's calls since `since` (its verbs, each with how it ended)."""
+        calls = [c for c in self._calls.get(machine_id, ()) if c.at >= since and c.stderr.strip()]
+        return "".join(call.render() for call in calls)
+
     def kept_stderr(self, machine_id: str) -> str:
         """The stderr of the last calls for this machine, oldest first (for its console and evidence)."""
         return "".join(call.render() for call in self._calls.get(machine_id, ()))

@@ -166,6 +166,10 @@ class Fleet:
     def provider(self, svc: ServiceConfig) -> Provider:
         return self.monitor.providers[svc.provider]
 
+    def provider_said(self, svc: ServiceConfig, machine_id: str, since: float) -> str:
+        """What the service's provider said about the machine since `since` (a command provider's stderr)."""
+        return self.provider(svc).said(machine_id, since)
+
     async def machine(self, service: str, machine_id: str) -> Machine:
         m = self.monitor.machine(service, machine_id) or await self.store.machines.get(service, machine_id)
         if m is None:

@@ -78,6 +78,8 @@ class StepJournal:
         await self.store.incidents.mark_running_steps_interrupted(incident, time.time())
 
 
+#: what a step keeps of its provider's stderr (the tail)
+SAID_KEPT = 2000
 #: seconds between attempts to go on with a remediation the store failed under
 STORE_RETRY = 5.0
 
@@ -300,6 +302,14 @@ class Runbook:
                 return RungResult(False, outputs, f"step {step.index + 1} ({step.action}) failed: {error}", terminal)
         return RungResult(True, outputs)
 
+    def _with_provider_said(
+        self, svc: ServiceConfig, inc: Incident, out: dict[str, Any], since: float
+    ) -> dict[str, Any]:
+        """The step's outputs, with what the provider said (a command provider's stderr) about the machines it
+        acted on: it shows in the incident's timeline."""
+        said = "".join(self.fleet.provider_said(svc, m, since) for m in {inc.machine, out.get("replacement")} if m)
+        return {**out, "provider_said": said[-SAID_KEPT:]} if said else out
+
     async def _step(
         self, inc: Incident, svc: ServiceConfig, step: Step, attempts: int, outputs: dict[str, Any], base: int
     ) -> tuple[str, bool] | None:
@@ -317,6 +327,7 @@ class Runbook:
             self._crash_point(step.action, "before")
             ctx = StepContext(self.fleet, self.quarantine, self.repair, inc, svc, step, dict(outputs))
             log.info("step started", attempt=attempts)
+            began = time.time()
             try:
                 async with asyncio.timeout(step.timeout):
                     out = await action().run(ctx)
@@ -336,6 +347,7 @@ class Runbook:
                 error = f"{step.action} raised {type(exc).__name__}: {exc}"
             else:
                 self._crash_point(step.action, "after")
+                out = self._with_provider_said(svc, inc, out, began)
                 outputs.update(out)
                 await self.journal.record(inc.id, base + step.index, step.action, StepState.SUCCEEDED, attempts, out)
                 log.info("step succeeded", outputs=out)

@@ -40,11 +40,20 @@ def timeline(incident: str, events: list[dict[str, Any]], steps: list[dict[str, 
                     "timestamp": s["ended_at"],
                     "kind": "step",
                     "type": f"step.{s['action']}",
-                    "summary": f"{label} {s['action']} {s['state']}" + (f": {s['error']}" if s["error"] else ""),
+                    "summary": f"{label} {s['action']} {s['state']}"
+                    + (f": {s['error']}" if s["error"] else "")
+                    + (f"; provider stderr: {said}" if (said := _said(s)) else ""),
                 }
             )
     out.sort(key=lambda t: t["timestamp"] or 0)
     return out
+
+
+def _said(step: dict[str, Any]) -> str:
+    """The provider's stderr a step kept, its last lines, for the timeline (the whole of it is in the step)."""
+    said = str((step.get("outputs") or {}).get("provider_said", ""))
+    lines = [line for line in said.splitlines() if line.strip() and not line.startswith("--- provider")]
+    return " / ".join(lines[-3:])[-300:]
 
 
 class Views:
