@@ -372,6 +372,8 @@ def test_without_a_ladder_a_dead_nginx_stays_out_until_a_human_restarts_it(rig: 
     incident = r.incident(victim, "resolved", 20)
     r.healer.wait(lambda: r.in_backend() == r.nginx.addresses, 10, f"{victim} back in the backend")
     back = time.monotonic() - restarted
+    resolved = [e["summary"] for e in r.healer.events("incident.resolved")]
+    assert resolved == [f"incident {incident['id']} resolved: {victim} recovered; back in rotation"]
     assert sorted(r.healer.machines()) == list(MACHINES)
     assert not r.healer.events("remediation.started")
     print(
