@@ -54,17 +54,19 @@ async def spawn(
     errors: bytearray | None = None,
     errors_cap: int = 0,
     grace: float = 0.0,
+    merge_stderr: bool = False,
 ) -> Outcome:
     """Run `program` with `argv` (argv[0] included) and `env`; read its stdout to EOF and wait for its exit.
 
     `stdin`: bytes written to its standard input (then closed); `errors`: its stderr is read into this buffer, up
     to `errors_cap` bytes (the caller keeps what was said also when the run is abandoned); `grace` > 0: an
-    abandoned run's process group gets SIGTERM and that long to go before SIGKILL. Raises OSError when it
+    abandoned run's process group gets SIGTERM and that long to go before SIGKILL; `merge_stderr` (without
+    `errors`): its stderr goes to the stdout pipe, one stream in the order it was written. Raises OSError when it
     cannot be started (missing, not executable)."""
-    if stdin is None and errors is None:
+    if stdin is None and errors is None and not merge_stderr:
         pid, rfd = _start(program, argv, env)  # the checks' path: nothing more to set up
         return await _Run(asyncio.get_running_loop(), pid, rfd=rfd, cap=cap, grace=grace).result()
-    pid, rfd, wfd, efd = _start_piped(program, argv, env, stdin is not None, errors is not None)
+    pid, rfd, wfd, efd = _start_piped(program, argv, env, stdin is not None, errors is not None, merge_stderr)
     run = _Run(asyncio.get_running_loop(), pid, rfd=rfd, cap=cap, grace=grace)
     run.with_pipes(wfd, stdin or b"", efd, errors if errors is not None else bytearray(), errors_cap)
     return await run.result()
@@ -129,7 +131,7 @@ def _start(program: str, argv: list[str], env: Mapping[str, str]) -> tuple[int, 
 
 
 def _start_piped(
-    program: str, argv: list[str], env: Mapping[str, str], with_stdin: bool, with_stderr: bool
+    program: str, argv: list[str], env: Mapping[str, str], with_stdin: bool, with_stderr: bool, merge: bool = False
 ) -> tuple[int, int, int, int]:
     """As `_start`, with a pipe to its stdin and/or from its stderr: (pid, stdout, stdin writer, stderr reader),
     -1 for a pipe not asked for. Our ends are non-blocking; the plugin's are not."""
@@ -146,7 +148,7 @@ def _start_piped(
         if with_stdin:
             ours.append(wfd)
             theirs.append(in_r)
-        efd, err_w = os.pipe2(os.O_CLOEXEC) if with_stderr else (-1, null)
+        efd, err_w = os.pipe2(os.O_CLOEXEC) if with_stderr else (-1, out_w if merge else null)
         if with_stderr:
             ours.append(efd)
             theirs.append(err_w)

@@ -389,21 +389,32 @@ def _playbooks(
             provider = providers.get(svc.provider)
             missing = _missing_verbs(book.actions, provider)
             if provider is not None and missing:
-                verb, action = missing[0]
+                # every verb at once: a user who fixes only the first would be refused again for the next
+                verbs = " and ".join(dict.fromkeys(verb for verb, _ in missing))
+                actions = ", ".join(dict.fromkeys(action for _, action in missing))
+                can = _verbs(provider) or frozenset()
+                runnable = [f"{v}-machine" for v in ("restart", "reboot") if v in can] + ["a `command` step"]
                 out.add(
                     where,
-                    f"playbook {rung.playbook!r} needs its provider to {verb} machines ({action}), and provider "
+                    f"playbook {rung.playbook!r} needs its provider to {verbs} machines ({actions}), and provider "
                     f"{provider.name!r} ({provider.kind}) cannot; give the service a playbook or ladder its provider "
-                    f"can run (restart-machine, reboot-machine, a `command` step), or a provider that does {verb}",
+                    f"can run ({', '.join(runnable)}), or a provider that does {verbs}",
                 )
+
+
+def _verbs(provider: ProviderConfig | None) -> frozenset[str] | None:
+    """What the provider does (None: a kind this loader does not know, refused elsewhere)."""
+    kind = PROVIDER_KINDS.get(provider.kind) if provider is not None else None
+    if kind is None or provider is None:
+        return None
+    return kind.verbs_for(provider.options)
 
 
 def _missing_verbs(actions: tuple[str, ...], provider: ProviderConfig | None) -> list[tuple[str, str]]:
     """The provider verbs the playbook's actions need that the provider does not do: (verb, action) pairs."""
-    kind = PROVIDER_KINDS.get(provider.kind) if provider is not None else None
-    if kind is None or provider is None:
+    can = _verbs(provider)
+    if can is None:
         return []
-    can = kind.verbs_for(provider.options)
     found = []
     for name in actions:
         action = ACTIONS.get(name)

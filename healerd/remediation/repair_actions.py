@@ -8,16 +8,20 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 from typing import Any
 
 from pydantic import Field, field_validator
 
+from ..checks import _spawn
 from ..words import template_problems
 from .actions import Action, NoParams, StepContext, StepFailed
 
 #: what a `command` step keeps of its output (the tail): enough for the timeline, not a log
 OUTPUT_KEPT = 4000
+#: what is read of it at most (the rest is not kept in memory)
+OUTPUT_READ = 1 << 20
 
 
 class MachineRestart(Action):
@@ -94,7 +98,21 @@ class RunCommand(Action):
 
 async def run_tool(argv: list[str], stdin: bytes, env: dict[str, str]) -> tuple[int, str]:
     """Run a tool in its own process group, stdin given, stdout and stderr together; cancelling the step (its
-    timeout) kills the whole group. Returns the exit status and the output."""
+    timeout) kills the whole group. Returns the exit status and the output (its first OUTPUT_READ bytes).
+
+    The exec checks' spawn path where there are pidfds: the tool gets no descriptor of the daemon's but its
+    three pipes. uvloop's subprocesses also hand the child copies of their stdio sockets above stderr, so a
+    server the tool starts (`nginx`, `service app start`) would keep the output open and the step would
+    wait for it until its timeout, however carefully the tool redirects the server's own stdio. What is left of
+    the tool's process group when it exits is killed: a server it leaves running must be in its own session, as
+    a daemon is."""
+    if _spawn.AVAILABLE:
+        program = shutil.which(argv[0], path=env.get("PATH")) or argv[0]
+        try:
+            outcome = await _spawn.spawn(program, argv, env, OUTPUT_READ, stdin=stdin, merge_stderr=True)
+        except OSError as exc:
+            raise StepFailed(f"cannot run {argv[0]}: {exc.strerror or exc}", terminal=True) from None
+        return outcome.code, outcome.output.decode(errors="replace")
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
