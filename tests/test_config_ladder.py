@@ -28,9 +28,10 @@ def refused(tmp_path: Path, text: str) -> str:
 
 def test_a_static_service_naming_a_playbook_that_launches_is_refused_naming_the_verb(tmp_path: Path) -> None:
     said = refused(tmp_path, BASE + "    remediation: {playbook: replace-machine}\n")
-    # its first step a static provider cannot do: quarantine (then launch)
-    assert "services.web.remediation.playbook: playbook 'replace-machine' needs its provider to quarantine" in said
-    assert "provider 'lab' (static) cannot" in said and "restart-machine" in said  # what it could do instead
+    where = "services.web.remediation.playbook"
+    assert f"{where}: playbook 'replace-machine' needs its provider to quarantine and launch machines" in said
+    assert "provider 'lab' (static) cannot" in said and "a `command` step" in said  # what it can do instead
+    assert "restart-machine" not in said  # a static provider cannot restart either
 
 
 def test_a_ladder_rung_the_provider_cannot_run_is_refused_with_its_index(tmp_path: Path) -> None:
