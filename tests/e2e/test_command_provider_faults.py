@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from conftest import require_binary
 
+from .fleet import post_json
 from .helpers import wait_until, write_config
 from .test_command_provider import EXAMPLE, Daemon, Lab, in_service, rotation
 
@@ -140,6 +141,8 @@ def test_a_failing_launch_is_reported_and_the_fleet_fills_once_it_works(make_lab
 @pytest.mark.parametrize("fault", ["exit1", "hang"])
 def test_a_failing_quarantine_is_reported_and_the_machine_replaced_once_it_works(make_lab: Any, fault: str) -> None:
     lab = make_lab()
+    lab.service()["remediation"]["backoff"] = "2s"  # a failed remediation is tried again this soon
+    lab.save()
     daemon = lab.start("healerd")
     members = up(lab, daemon, 3)
     victim = sorted(members)[0]
@@ -160,8 +163,12 @@ def test_a_failing_quarantine_is_reported_and_the_machine_replaced_once_it_works
     assert daemon.get("/healthz")[0] == 200 and daemon.alive()
     assert lab.records()[victim]["quarantined"] is False
 
-    lab.mend()
+    time.sleep(1)
+    assert victim not in rotation(lab) and not lab.calls("quarantine"), "out of rotation, waiting for a human"
 
-    after = up(lab, daemon, 3, timeout=60)
+    lab.mend()  # the operator fixes the executable and resolves the incident: healerd tries again
+    assert post_json(f"{daemon.url}/api/v1/incidents/{incident['id']}/resolve", {"by": "ops"})[0] == 200
+
+    after = up(lab, daemon, 3, timeout=40)
     assert victim not in after
     assert lab.records()[victim]["quarantined"] is True, "quarantined through the executable once it works"
