@@ -172,3 +172,169 @@ def test_a_failing_quarantine_is_reported_and_the_machine_replaced_once_it_works
     after = up(lab, daemon, 3, timeout=40)
     assert victim not in after
     assert lab.records()[victim]["quarantined"] is True, "quarantined through the executable once it works"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. healerd killed while the executable is in a call
+
+
+def one_machine_per_id(lab: FaultyLab, daemon: Daemon) -> None:
+    """Every machine the executable keeps runs one server, and is one healerd knows (none orphaned)."""
+    records = lab.records()
+    servers = lab.servers()
+    assert sorted(r["pid"] for r in records.values()) == sorted(servers), (records, servers)
+    known = {mid for mid, m in daemon.machines().items() if m["lifecycle"] not in ("terminated", "released")}
+    assert known == set(records), (known, set(records))
+
+
+def test_kill_9_while_the_executable_quarantines(make_lab: Any) -> None:
+    lab = make_lab()
+    first = lab.start("healerd-1", EXAMPLE_QUARANTINE_DELAY="4")
+    members = up(lab, first, 3)
+    victim = sorted(members)[0]
+    os.kill(lab.records()[victim]["pid"], signal.SIGSTOP)
+    wait_until(lambda: lab.calls("quarantine"), 30, "the executable in quarantine", describe=lab.describe)
+
+    first.kill9()
+
+    assert lab.calls("quarantine"), "the executable outlives healerd (its own session)"
+    second = lab.start("healerd-2")
+    after = wait_until(
+        lambda: (now := whole(lab, second, 3)) and victim not in now and now,
+        40,
+        "the frozen machine replaced",
+        interval=0.1,
+        describe=lab.describe,
+    )
+    time.sleep(2)  # nothing more comes of the interrupted call
+    assert len(set(after) - set(members)) == 1, "exactly one replacement"
+    assert set(lab.records()) == set(after) | {victim}
+    assert lab.records()[victim]["quarantined"] is True
+    assert victim in {q["id"] for q in second.json("/api/v1/quarantine")["quarantined"]}
+    one_machine_per_id(lab, second)
+    incident = next(i for i in second.json("/api/v1/incidents")["incidents"] if i["machine"] == victim)
+    timeline = [t["summary"] for t in second.json(f"/api/v1/incidents/{incident['id']}")["timeline"]]
+    # the interrupted step ran again (its attempt 2), the one before it did not
+    assert [t for t in timeline if t.startswith("step 2 machine.quarantine")] == [
+        "step 2 machine.quarantine started (attempt 2)",
+        "step 2 machine.quarantine succeeded",
+    ], timeline
+    assert "step 1 rotation.remove started (attempt 1)" in timeline, timeline
+
+
+def test_kill_9_while_the_executable_terminates(make_lab: Any) -> None:
+    """Quarantine retention (keep_for) reaches `terminate`; healerd dies in it and does it again at its restart."""
+    lab = make_lab()
+    lab.service()["remediation"].update(keep_for="3s", keep_warning="1s")
+    lab.save()
+    first = lab.start("healerd-1", EXAMPLE_TERMINATE_DELAY="4")
+    members = up(lab, first, 3)
+    victim = sorted(members)[0]
+    os.kill(lab.records()[victim]["pid"], signal.SIGSTOP)
+    wait_until(lambda: lab.calls("terminate"), 40, "the executable in terminate", describe=lab.describe)
+    after = in_service(first)
+
+    first.kill9()
+
+    assert lab.calls("terminate"), "the executable outlives healerd (its own session)"
+    second = lab.start("healerd-2")
+    ended = wait_until(
+        lambda: [e for e in logged(second, "quarantine retention ended; machine terminated") if e["machine"] == victim],
+        30,
+        f"{victim} terminated by the restarted healerd",
+        interval=0.1,
+        describe=lab.describe,
+    )
+    assert len(ended) == 1
+    assert victim not in second.machines() and not second.json("/api/v1/quarantine")["quarantined"]
+    assert whole(lab, second, 3) == after, "the fleet goes on as it was"
+    time.sleep(2)
+    assert victim not in lab.records() and not lab.calls("terminate")
+    assert set(lab.records()) == set(after)
+    one_machine_per_id(lab, second)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. The ladder: restart before replace
+
+
+def ladder_lab(make_lab: Any, **remediation: Any) -> FaultyLab:
+    lab: FaultyLab = make_lab()
+    rem = lab.service()["remediation"]
+    rem.pop("playbook")
+    rem["ladder"] = [{"playbook": "restart-machine", "timeout": "30s"}, {"playbook": "replace-machine"}]
+    rem.update(remediation)
+    lab.save()
+    return lab
+
+
+def resolved(daemon: Daemon, machine: str) -> list[str]:
+    return [
+        e["summary"] for e in daemon.events() if e["type"] == "incident.resolved" and e.get("machine") == machine
+    ]
+
+
+def test_a_frozen_machine_is_healed_by_restart_then_replaced_when_repaired_too_often(make_lab: Any) -> None:
+    lab = ladder_lab(make_lab, max_repairs={"count": 1, "per": "1h"})
+    daemon = lab.start("healerd")
+    members = up(lab, daemon, 3)
+    victim = sorted(members)[0]
+    launched = {mid: r["launched_at"] for mid, r in lab.records().items()}
+    frozen = lab.records()[victim]["pid"]
+
+    started = time.monotonic()
+    os.kill(frozen, signal.SIGSTOP)
+    wait_until(lambda: victim not in rotation(lab), 20, "the frozen machine out of rotation", describe=lab.describe)
+    wait_until(lambda: whole(lab, daemon, 3) == members, 40, "the same machines back", describe=lab.describe)
+    print(f"\nhealed in place by the executable's restart in {time.monotonic() - started:.1f}s")
+
+    assert {mid: r["launched_at"] for mid, r in lab.records().items()} == launched, "no launch"
+    assert lab.records()[victim]["pid"] != frozen and frozen not in lab.servers(), "a new server, same machine"
+    assert not any(r["quarantined"] for r in lab.records().values()), "no quarantine"
+    assert not daemon.json("/api/v1/quarantine")["quarantined"]
+    said = wait_until(lambda: resolved(daemon, victim), 10, "the incident resolved", describe=lab.describe)
+    assert said[0].endswith("resolved: healed by restart-machine"), said
+
+    started = time.monotonic()
+    os.kill(lab.records()[victim]["pid"], signal.SIGSTOP)  # the same machine fails again within max_repairs.per
+    after = wait_until(
+        lambda: (now := whole(lab, daemon, 3)) and victim not in now and now,
+        40,
+        "the machine replaced",
+        interval=0.1,
+        describe=lab.describe,
+    )
+    print(f"repaired too often: replaced in {time.monotonic() - started:.1f}s")
+    assert len(set(after) - set(members)) == 1 and lab.records()[victim]["quarantined"] is True
+    second = [i for i in daemon.json("/api/v1/incidents")["incidents"] if i["machine"] == victim][0]
+    assert second["playbook"] == "replace-machine"
+    assert "max_repairs" in second["details"]["rungs_skipped"], second
+    steps = {t["type"] for t in daemon.json(f"/api/v1/incidents/{second['id']}")["timeline"]}
+    assert "step.machine.restart" not in steps, steps
+
+
+def test_a_restart_that_does_not_mend_escalates_to_quarantine_and_replacement(make_lab: Any) -> None:
+    lab = ladder_lab(make_lab)
+    lab.brake("restart", "noop")  # the executable says it restarted the machine, and the machine stays frozen
+    daemon = lab.start("healerd")
+    members = up(lab, daemon, 3)
+    victim = sorted(members)[0]
+
+    started = time.monotonic()
+    os.kill(lab.records()[victim]["pid"], signal.SIGSTOP)
+    after = wait_until(
+        lambda: (now := whole(lab, daemon, 3)) and victim not in now and now,
+        70,
+        "the machine replaced",
+        interval=0.1,
+        describe=lab.describe,
+    )
+    print(f"\nrestart did not mend it: replaced in {time.monotonic() - started:.1f}s")
+
+    assert len(set(after) - set(members)) == 1 and lab.records()[victim]["quarantined"] is True
+    incident = [i for i in daemon.json("/api/v1/incidents")["incidents"] if i["machine"] == victim][0]
+    assert incident["playbook"] == "replace-machine"
+    assert [r["playbook"] for r in incident["details"]["rungs"]] == ["restart-machine"], incident
+    assert incident["details"]["rungs"][0]["outcome"] in ("timed_out", "failed"), incident
+    escalated = [e for e in daemon.events() if e["type"] == "remediation.escalated" and e.get("machine") == victim]
+    assert len(escalated) == 1 and "next: replace-machine" in escalated[0]["summary"], escalated
