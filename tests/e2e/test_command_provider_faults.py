@@ -258,6 +258,11 @@ def test_kill_9_while_the_executable_terminates(make_lab: Any) -> None:
 # 3. The ladder: restart before replace
 
 
+def latest_incident(daemon: Daemon, machine: str) -> dict[str, Any]:
+    found = [i for i in daemon.json("/api/v1/incidents")["incidents"] if i["machine"] == machine]
+    return max(found, key=lambda i: float(i["opened_at"]))
+
+
 def ladder_lab(make_lab: Any, **remediation: Any) -> FaultyLab:
     lab: FaultyLab = make_lab()
     rem = lab.service()["remediation"]
@@ -269,9 +274,7 @@ def ladder_lab(make_lab: Any, **remediation: Any) -> FaultyLab:
 
 
 def resolved(daemon: Daemon, machine: str) -> list[str]:
-    return [
-        e["summary"] for e in daemon.events() if e["type"] == "incident.resolved" and e.get("machine") == machine
-    ]
+    return [e["summary"] for e in daemon.events() if e["type"] == "incident.resolved" and e.get("machine") == machine]
 
 
 def test_a_frozen_machine_is_healed_by_restart_then_replaced_when_repaired_too_often(make_lab: Any) -> None:
@@ -306,7 +309,7 @@ def test_a_frozen_machine_is_healed_by_restart_then_replaced_when_repaired_too_o
     )
     print(f"repaired too often: replaced in {time.monotonic() - started:.1f}s")
     assert len(set(after) - set(members)) == 1 and lab.records()[victim]["quarantined"] is True
-    second = [i for i in daemon.json("/api/v1/incidents")["incidents"] if i["machine"] == victim][0]
+    second = latest_incident(daemon, victim)
     assert second["playbook"] == "replace-machine"
     assert "max_repairs" in second["details"]["rungs_skipped"], second
     steps = {t["type"] for t in daemon.json(f"/api/v1/incidents/{second['id']}")["timeline"]}
@@ -332,7 +335,7 @@ def test_a_restart_that_does_not_mend_escalates_to_quarantine_and_replacement(ma
     print(f"\nrestart did not mend it: replaced in {time.monotonic() - started:.1f}s")
 
     assert len(set(after) - set(members)) == 1 and lab.records()[victim]["quarantined"] is True
-    incident = [i for i in daemon.json("/api/v1/incidents")["incidents"] if i["machine"] == victim][0]
+    incident = latest_incident(daemon, victim)
     assert incident["playbook"] == "replace-machine"
     assert [r["playbook"] for r in incident["details"]["rungs"]] == ["restart-machine"], incident
     assert incident["details"]["rungs"][0]["outcome"] in ("timed_out", "failed"), incident
