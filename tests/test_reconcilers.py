@@ -248,6 +248,24 @@ async def test_fill_launches_up_to_desired_once(rig_factory: Any, logs: Logs) ->
     assert (line["service"], line["missing"]) == ("web", 2)
 
 
+async def test_fill_asks_again_for_a_machine_whose_launch_failed(rig_factory: Any, logs: Logs) -> None:
+    rig = await rig_factory()
+    await fleet_of(rig, "web-0", "web-1")
+    fill = rig.reconciler(FillReconciler)
+    rig.provider.launch_error = "provider lab: loopback-httpd launch: exited 1"
+    await fill.reconcile(rig.service, rig.t0)
+    (stalled,) = [m for m in rig.monitor.machines["web"].values() if m.lifecycle is Lifecycle.LAUNCHING]
+    (line,) = lines(logs, "launch failed")
+    assert line["error"] == "provider lab: loopback-httpd launch: exited 1"
+
+    rig.provider.launch_error = None
+    for tick in range(1, 3):
+        await fill.reconcile(rig.service, rig.t0 + tick)
+
+    assert rig.provider.launched == [stalled.id], "the same machine, asked for once more, and no other"
+    assert rig.monitor.machines["web"][stalled.id].lifecycle is Lifecycle.PROBATION
+
+
 async def test_fill_held_back_says_so_once(rig_factory: Any, logs: Logs) -> None:
     rig = await rig_factory()
     await fleet_of(rig, "web-0", "web-1")

@@ -343,7 +343,9 @@ class FillReconciler:
             machines = self.monitor.machines.get(service.name, {}).values()
             live = (Lifecycle.LAUNCHING, Lifecycle.PROBATION, Lifecycle.IN_SERVICE)
             missing = service.desired - sum(1 for m in machines if m.lifecycle in live)
-            if missing <= 0 or self.rollouts.busy(service.name):  # a rollout sets the fleet's size while it runs
+            # a fill launch that failed stays recorded as launching (and counted): it is asked for again
+            stalled = [m for m in machines if m.lifecycle is Lifecycle.LAUNCHING and m.origin is Origin.FILL]
+            if (missing <= 0 and not stalled) or self.rollouts.busy(service.name):  # a rollout sets its size
                 return NEVER
             if self.incidents.machines(service.name):
                 return NEVER  # an incident is handling (or escalated) the gap: never launch around it
@@ -359,7 +361,14 @@ class FillReconciler:
                     )
                 return decision.retry_at or NEVER
             self._held.discard(service.name)
-            log.info("launching machines to reach desired", missing=missing, desired=service.desired)
+            for m in stalled:  # under the same machine_id: a provider that did start it finds it
+                try:
+                    await self.fleet.start(service, m, None)
+                except ProviderError as exc:
+                    log.error("launch failed", machine=m.id, error=str(exc))
+                    return NEVER
+            if missing > 0:
+                log.info("launching machines to reach desired", missing=missing, desired=service.desired)
             for _ in range(missing):
                 try:
                     await self.fleet.launch_replacement(service, None)
