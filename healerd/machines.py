@@ -94,6 +94,11 @@ class Machine:
         return bool(self.attributes.get("retention_warned"))
 
     @property
+    def launch_error(self) -> str | None:
+        """Why its last launch failed (it is still launching: asked for again)."""
+        return self.attributes.get("launch_error") or None
+
+    @property
     def became(self) -> str | None:
         """The id its provider gave it, when the provider names machines itself (this record is the placeholder)."""
         return self.attributes.get("became") or None

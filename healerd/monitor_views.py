@@ -40,6 +40,7 @@ def machine_view(
         "id": machine_id,
         "address": machine.address if machine else "",
         "version": machine.image_version if machine else None,
+        "launch_error": machine.launch_error if machine else None,
         "lifecycle": m.lifecycle.value,
         "condition": m.condition.value,
         "up": m.condition is not Condition.DOWN,

@@ -234,10 +234,18 @@ class Fleet:
         image = self.config.images[svc.image]
         version = machine.image_version or image.known_good
         spec = image.versions.get(version) or image.versions[image.known_good]
-        launched = await self.provider(svc).launch(
-            LaunchRequest(svc.name, machine.id, svc.image, version, spec, incident)
-        )
+        try:
+            launched = await self.provider(svc).launch(
+                LaunchRequest(svc.name, machine.id, svc.image, version, spec, incident)
+            )
+        except ProviderError as exc:  # kept on the record: the API shows why the machine is still launching
+            failed = {**machine.attributes, "launch_error": str(exc)[:1000]}
+            await self.monitor.put_machine(
+                Machine(machine.service, machine.id, machine.address, machine.lifecycle, failed)
+            )
+            raise
         attrs = {**machine.attributes, **launched.attributes}
+        attrs.pop("launch_error", None)
         ready = Machine(launched.service, launched.id, launched.address, Lifecycle.PROBATION, attrs)
         if launched.id != machine.id:
             # the provider names its machines itself (an EC2 instance id): the placeholder record is retired

@@ -314,6 +314,10 @@ class ProbationReconciler:
         return next_at
 
 
+#: the longest wait before a failed fill launch is asked for again
+RELAUNCH_MAX = 30.0
+
+
 class FillReconciler:
     """Launches machines until the service has `desired` (launching, on probation or in service), unless an
     incident is handling the gap or a gate holds (said once)."""
@@ -335,6 +339,8 @@ class FillReconciler:
         self.incidents = incidents
         self.rollouts = rollouts
         self._held: set[str] = set()  # services whose "not launching" was said
+        #: machines whose fill launch failed: attempts so far, and when to ask again (doubling, at most 30 s)
+        self._relaunch: dict[str, tuple[int, float]] = {}
 
     async def reconcile(self, service: ServiceConfig, now: float) -> float:
         if not service.managed:
@@ -362,11 +368,17 @@ class FillReconciler:
                 return decision.retry_at or NEVER
             self._held.discard(service.name)
             for m in stalled:  # under the same machine_id: a provider that did start it finds it
+                attempts, due = self._relaunch.get(m.id, (0, 0.0))
+                if now < due:
+                    return due
                 try:
                     await self.fleet.start(service, m, None)
                 except ProviderError as exc:
-                    log.error("launch failed", machine=m.id, error=str(exc))
-                    return NEVER
+                    due = now + min(RELAUNCH_MAX, 2.0 ** (attempts + 1))
+                    self._relaunch[m.id] = (attempts + 1, due)
+                    log.error("launch failed; asked again later", machine=m.id, error=str(exc), retry_in=due - now)
+                    return due
+                self._relaunch.pop(m.id, None)
             if missing > 0:
                 log.info("launching machines to reach desired", missing=missing, desired=service.desired)
             for _ in range(missing):

@@ -129,6 +129,9 @@ def test_a_failing_launch_is_reported_and_the_fleet_fills_once_it_works(make_lab
     assert not in_service(daemon) and not lab.servers(), "nothing serves while every launch fails"
     launching = [m for m in daemon.machines().values() if m["lifecycle"] == "launching"]
     assert launching, daemon.machines()
+    # the API says why they are still launching: the executable, the verb and the reason
+    said = [m["launch_error"] or "" for m in launching]
+    assert any(e.startswith(f"provider lab: {EXAMPLE} launch: ") and REASONS[fault] in e for e in said), said
 
     lab.mend()
 
