@@ -580,11 +580,13 @@ class Config:
             )
         for svc in self.services.values():
             checks = ", ".join(f"{c.name} ({c.kind} every {c.interval:g}s)" for c in svc.checks) or "none"
+            rungs = " then ".join(r.playbook for r in svc.rungs)
             healing = (
-                f"heals from image {svc.image} (known good {self.images[svc.image].known_good}) with playbook "
-                f"{svc.remediation.playbook}"
+                f"heals from image {svc.image} (known good {self.images[svc.image].known_good}) with {rungs}"
                 if svc.image
-                else "monitored and alerted only"
+                else f"repaired with {rungs}"
+                if rungs
+                else "out of rotation when down; a human repairs it"
             )
             lines.append(
                 f"  service {svc.name}: provider {svc.provider}, desired {svc.desired}, "
