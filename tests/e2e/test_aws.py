@@ -460,11 +460,98 @@ def test_a_permission_error_fails_the_step_naming_the_action(make_healerd: Any) 
 
 
 # ---------------------------------------------------------------------------------------------------------
+# 6. Repair before replace: a reboot that mends the instance keeps it
+
+LADDER = [{"playbook": "reboot-machine", "timeout": "30s"}, {"playbook": "replace-machine"}]
+QUARANTINE_OPS = (
+    "ec2:CreateSnapshot",
+    "ec2:ModifyInstanceAttribute",
+    "ec2:ModifyNetworkInterfaceAttribute",
+    "ec2:CreateTags",
+    "autoscaling:DetachInstances",
+    "autoscaling:EnterStandby",
+)
+
+
+@dataclass
+class Rebooted:
+    h: Healerd
+    sick: str
+    incident: dict[str, Any]
+    view: dict[str, Any]
+    took: float  # from the health endpoint failing to the incident resolved
+
+
+@pytest.fixture(scope="module")
+def rebooted(hub: LoopThread, moto: Moto, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rebooted]:
+    """A service whose ladder reboots before it replaces; one instance goes sick, and its reboot mends it."""
+    h, proxy, health = _healerd(hub, moto, tmp_path_factory.mktemp("rebooted"))
+    try:
+        h.config["services"]["web"]["remediation"]["ladder"] = LADDER
+        write_config(h.config_path, h.config)
+        sick = h.world.original[0]
+
+        def mend(call: Call) -> None:  # EC2 answered the reboot: the instance comes back healthy
+            if call.op == "ec2:RebootInstances" and sick in call.ids() and call.status == 200:
+                health.failing.discard(sick)
+
+        proxy.on_answer = mend
+        h.start()
+        failed_at = time.monotonic()
+        health.failing.add(sick)
+        inc = wait_outcome(h, sick)
+        took = time.monotonic() - failed_at
+        print(f"\n{sick} healed by reboot-machine in {took:.1f}s")
+        wait_until(lambda: h.daemon.service()["state"] == "optimal", 10, "service optimal", describe=h.describe)
+        view = h.daemon.json(f"/api/v1/incidents/{inc['id']}")
+        yield Rebooted(h, sick, inc, view, took)
+    finally:
+        proxy.on_answer = None
+        unclean = h.stop()
+        proxy.close()
+        health.close()
+    assert not unclean, unclean
+
+
+def test_a_reboot_that_mends_the_instance_keeps_it_without_quarantine_or_replacement(rebooted: Rebooted) -> None:
+    h, world, sick, inc = rebooted.h, rebooted.h.world, rebooted.sick, rebooted.incident
+    assert rebooted.took < HEAL_BOUND
+
+    # rebooted once, through EC2, and that healed it
+    reboots = h.proxy.find("ec2:RebootInstances")
+    assert [c.ids() for c in reboots] == [{sick}], reboots
+    timeline = [t["summary"] for t in rebooted.view["timeline"]]
+    assert any(f"incident {inc['id']} resolved: healed by reboot-machine" in t for t in timeline), timeline
+    assert rebooted.view["ladder"]["healed_by"] == "reboot-machine" and rebooted.view["ladder"]["tried"] == []
+
+    # nothing launched, nothing quarantined, no evidence taken
+    assert h.proxy.find("ec2:RunInstances") == [] and world.launched_by_healerd() == [], world.dump()
+    assert h.proxy.find("ec2:CreateSnapshot") == [], h.proxy.ops()
+    touched = [c.op for op in QUARANTINE_OPS for c in h.proxy.find(op, sick)]
+    assert touched == [], touched
+    assert not {"healerd:quarantined", "healerd:incident"} & set(world.tags(sick)), world.tags(sick)
+    assert h.daemon.json("/api/v1/quarantine")["quarantined"] == []
+    assert not (h.state_dir / "forensics" / inc["id"]).exists()
+
+    # out of rotation while it was worked on, back once its checks passed again; still in its group
+    (reboot,) = reboots
+    out = [c.ts for c in h.proxy.find("elasticloadbalancing:DeregisterTargets", sick)]
+    back = [c.ts for c in h.proxy.find("elasticloadbalancing:RegisterTargets", sick) if c.ts > reboot.ts]
+    assert out and max(out) < reboot.ts, h.proxy.ops()
+    assert back and h.health.ok_before(sick, min(back)) >= 2, "back in rotation before `rise` passing checks"
+    assert world.targets().get(sick) == "healthy", world.targets()
+    assert world.asg_instances() == world.original and world.group()["DesiredCapacity"] == 3, world.dump()
+    assert world.instance(sick)["State"]["Name"] == "running"
+    assert h.lifecycle(sick) == "in_service" and h.daemon.machines()[sick]["lifecycle"] == "in_service"
+
+
+# ---------------------------------------------------------------------------------------------------------
 # 5. The IAM policy covers every call
 
 
-def test_the_iam_policy_allows_every_operation_healerd_made(healed: Healed, moto: Moto) -> None:
-    """Runs last: OBSERVED holds the requests of every test above (at least the full scenario's)."""
+def test_the_iam_policy_allows_every_operation_healerd_made(healed: Healed, rebooted: Rebooted, moto: Moto) -> None:
+    """Runs last: OBSERVED holds the requests of every test above (at least the full scenario's and the
+    reboot's)."""
     deadline = time.monotonic() + 300
     while not POLICY.exists() and time.monotonic() < deadline:
         time.sleep(5)
@@ -474,6 +561,7 @@ def test_the_iam_policy_allows_every_operation_healerd_made(healed: Healed, moto
     expected = {
         "ec2:DescribeInstances",
         "ec2:RunInstances",
+        "ec2:RebootInstances",
         "ec2:CreateSnapshot",
         "ec2:ModifyNetworkInterfaceAttribute",
         "ec2:ModifyInstanceAttribute",
@@ -493,7 +581,7 @@ def test_the_iam_policy_allows_every_operation_healerd_made(healed: Healed, moto
             arn = "arn:aws:s3:::" + c.params["Path"].lstrip("/")
             assert allowing_statements(c.op, policy, arn), f"{c.op} on {arn} is outside the policy's Resource"
 
-    # conditions: what healerd terminates carries the tag a conditional statement asks for (IAM allows a
+    # conditions: what healerd terminates or reboots carries the tag a conditional statement asks for (IAM allows a
     # call when any one statement matches, so one statement whose conditions all hold is enough)
     ec2 = moto.client("ec2")
 
