@@ -66,7 +66,9 @@ async def spawn(
     if stdin is None and errors is None and not merge_stderr:
         pid, rfd = _start(program, argv, env)  # the checks' path: nothing more to set up
         return await _Run(asyncio.get_running_loop(), pid, rfd=rfd, cap=cap, grace=grace).result()
-    pid, rfd, wfd, efd = _start_piped(program, argv, env, stdin is not None, errors is not None, merge_stderr)
+    pid, rfd, wfd, efd = _start_piped(
+        program, argv, env, with_stdin=stdin is not None, with_stderr=errors is not None, merge=merge_stderr
+    )
     run = _Run(asyncio.get_running_loop(), pid, rfd=rfd, cap=cap, grace=grace)
     run.with_pipes(wfd, stdin or b"", efd, errors if errors is not None else bytearray(), errors_cap)
     return await run.result()
@@ -101,40 +103,25 @@ def seal() -> int:
 
 
 def _start(program: str, argv: list[str], env: Mapping[str, str]) -> tuple[int, int]:
-    """The plugin's pid and the read end of its stdout (the only writer is the plugin)."""
-    if time.monotonic() - _sealed_at >= SEAL_EVERY:
-        seal()
-    rfd, wfd = os.pipe2(os.O_CLOEXEC)
-    os.set_blocking(rfd, False)  # the read end only: O_NONBLOCK on the plugin's stdout would break it
-    null = _null()
-    try:
-        pid = os.posix_spawn(
-            program,
-            argv,
-            env,
-            file_actions=[
-                (os.POSIX_SPAWN_DUP2, null, 0),
-                (os.POSIX_SPAWN_DUP2, wfd, 1),
-                (os.POSIX_SPAWN_DUP2, null, 2),
-            ],
-            setsid=True,  # own process group: a timeout kills the plugin and its children
-            # as subprocess' restore_signals: the daemon ignores SIGPIPE, a plugin must not inherit that
-            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-            setsigmask=(),
-        )
-    except BaseException:
-        os.close(rfd)
-        os.close(wfd)
-        raise
-    os.close(wfd)  # the child's copy is the only writer left: EOF when it (and its children) are done
+    """The plugin's pid and the read end of its stdout (the only writer is the plugin); its stdin and stderr are
+    /dev/null."""
+    pid, rfd, _, _ = _start_piped(program, argv, env, with_stdin=False, with_stderr=False)
     return pid, rfd
 
 
 def _start_piped(
-    program: str, argv: list[str], env: Mapping[str, str], with_stdin: bool, with_stderr: bool, merge: bool = False
+    program: str,
+    argv: list[str],
+    env: Mapping[str, str],
+    *,
+    with_stdin: bool,
+    with_stderr: bool,
+    merge: bool = False,
 ) -> tuple[int, int, int, int]:
-    """As `_start`, with a pipe to its stdin and/or from its stderr: (pid, stdout, stdin writer, stderr reader),
-    -1 for a pipe not asked for. Our ends are non-blocking; the plugin's are not."""
+    """Start the plugin in its own process group (a timeout kills it and its children), with a pipe from its
+    stdout and, when asked for, to its stdin and from its stderr (else /dev/null; `merge`: its stderr into the
+    stdout pipe): (pid, stdout reader, stdin writer, stderr reader), -1 for a pipe not asked for. Our ends are
+    non-blocking; the plugin's are not (O_NONBLOCK on its stdout would break it)."""
     if time.monotonic() - _sealed_at >= SEAL_EVERY:
         seal()
     null = _null()
@@ -164,6 +151,7 @@ def _start_piped(
                 (os.POSIX_SPAWN_DUP2, err_w, 2),
             ],
             setsid=True,
+            # as subprocess' restore_signals: the daemon ignores SIGPIPE, a plugin must not inherit that
             setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
             setsigmask=(),
         )
