@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from healerd.checks import _spawn
 from healerd.machines import Lifecycle, Machine
 from healerd.providers.base import LaunchRequest, ProviderError, ProviderUnsupported
 from healerd.providers.command import CommandProvider
@@ -32,6 +33,16 @@ with open(os.path.join({folder!r}, verb + ".json"), "w") as f:
 sys.stderr.write("did " + verb + "\\n")
 print(json.dumps({answer}.get(verb, {{}})))
 """
+
+
+@pytest.fixture(autouse=True, params=["posix_spawn", "asyncio"])
+def spawn_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both ways of starting the executable: posix_spawn with the loop watching its pipes
+    (Linux, the default) and asyncio's subprocess support (where there are no pidfds)."""
+    if request.param == "posix_spawn" and not _spawn.AVAILABLE:
+        pytest.skip("posix_spawn path needs Linux 5.3+ (pidfd_open)")
+    monkeypatch.setattr(_spawn, "AVAILABLE", request.param == "posix_spawn")
+    return str(request.param)
 
 
 def executable(tmp_path: Path, name: str, body: str) -> Path:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import pytest
 import uvloop
 
+from healerd.checks import _spawn
 from healerd.remediation.actions import StepFailed
 from healerd.remediation.repair_actions import run_tool
 
@@ -25,6 +26,16 @@ ENV = {"PATH": os.environ.get("PATH", os.defpath)}
 
 def on_uvloop(coro: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(coro)
+
+
+@pytest.fixture(autouse=True, params=["posix_spawn", "asyncio"])
+def spawn_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both ways of starting a tool: posix_spawn with the loop watching its pipes (Linux, the
+    default) and asyncio's subprocess support (where there are no pidfds)."""
+    if request.param == "posix_spawn" and not _spawn.AVAILABLE:
+        pytest.skip("posix_spawn path needs Linux 5.3+ (pidfd_open)")
+    monkeypatch.setattr(_spawn, "AVAILABLE", request.param == "posix_spawn")
+    return str(request.param)
 
 
 @pytest.fixture

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 #: subprocess support is used instead (exec.py).
 AVAILABLE = all(hasattr(os, name) for name in ("pidfd_open", "posix_spawn", "POSIX_SPAWN_DUP2", "waitid"))
 _READ = 65536
+#: how long the portable path reads on once the plugin has exited (what it started may hold its pipe)
+EOF_GRACE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,18 @@ async def spawn(
     abandoned run's process group gets SIGTERM and that long to go before SIGKILL; `merge_stderr` (without
     `errors`): its stderr goes to the stdout pipe, one stream in the order it was written. Raises OSError when it
     cannot be started (missing, not executable)."""
+    if not AVAILABLE:
+        return await _spawn_portable(
+            program,
+            argv,
+            env,
+            cap,
+            stdin=stdin,
+            errors=errors,
+            errors_cap=errors_cap,
+            merge_stderr=merge_stderr,
+            grace=grace,
+        )
     if stdin is None and errors is None and not merge_stderr:
         pid, rfd = _start(program, argv, env)  # the checks' path: nothing more to set up
         return await _Run(asyncio.get_running_loop(), pid, rfd=rfd, cap=cap, grace=grace).result()
@@ -358,3 +372,94 @@ def _reap(pid: int) -> int:
 def kill_group(pgid: int, sig: signal.Signals = signal.SIGKILL) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+async def _spawn_portable(
+    program: str,
+    argv: list[str],
+    env: Mapping[str, str],
+    cap: int,
+    *,
+    stdin: bytes | None,
+    errors: bytearray | None,
+    errors_cap: int,
+    merge_stderr: bool,
+    grace: float,
+) -> Outcome:
+    """Where there are no pidfds: asyncio's subprocess support, with the same guarantees (its own process
+    group, killed with what it left when the run ends or is abandoned; output read to `cap`)."""
+    pipe, null = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
+    proc = await asyncio.create_subprocess_exec(
+        program,
+        *argv[1:],
+        stdin=null if stdin is None else pipe,
+        stdout=pipe,
+        stderr=pipe if errors is not None else asyncio.subprocess.STDOUT if merge_stderr else null,
+        env=dict(env),
+        start_new_session=True,
+    )
+    output, cut = bytearray(), [False]
+    said = errors if errors is not None else bytearray()
+    reads = [_read_into(proc.stdout, output, cap, cut)]
+    if errors is not None:
+        reads.append(_read_into(proc.stderr, said, errors_cap, [False]))
+    reading = asyncio.gather(*reads)
+    try:
+        if stdin is not None and proc.stdin is not None:
+            with contextlib.suppress(OSError):  # (BrokenPipeError, ConnectionResetError: it read no stdin)
+                proc.stdin.write(stdin)
+                await proc.stdin.drain()
+            proc.stdin.close()
+        code = await proc.wait()
+        # its output ends with it, unless something it started holds the pipe: that is not waited for
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(EOF_GRACE):
+                await asyncio.shield(reading)
+    finally:
+        if proc.returncode is None and grace > 0:  # abandoned: SIGTERM first, and `grace` to go
+            kill_group(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError, ProcessLookupError, ChildProcessError):
+                async with asyncio.timeout(grace):
+                    await asyncio.shield(proc.wait())
+        reading.cancel()
+        if proc.returncode is None or _group_alive(proc.pid):
+            kill_group(proc.pid)
+        # A run abandoned mid-read (a plugin flooding output until its timeout) leaves its pipes paused
+        # with data in them: they would never see EOF and their descriptors would leak. Close them.
+        _close_pipes(proc)
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                await asyncio.shield(proc.wait())
+    return Outcome(code, bytes(output), cut[0], bytes(said) if errors is not None else b"")
+
+
+async def _read_into(stream: asyncio.StreamReader | None, into: bytearray, cap: int, cut: list[bool]) -> None:
+    """Read a stream to EOF into `into`, keeping at most `cap` bytes (memory stays flat however much the plugin
+    prints; `cut[0]` says whether some was dropped). What was read stays when the read is cancelled."""
+    assert stream is not None
+    while True:
+        chunk = await stream.read(_READ)
+        if not chunk:
+            return
+        room = cap - len(into)
+        if room > 0:
+            into += chunk[:room]
+        if len(chunk) > room:
+            cut[0] = True
+
+
+def _close_pipes(proc: asyncio.subprocess.Process) -> None:
+    transport = getattr(proc, "_transport", None)  # asyncio offers no public way to close a process' pipes
+    if transport is not None:
+        for fd in (1, 2):
+            pipe = transport.get_pipe_transport(fd)
+            if pipe is not None:
+                pipe.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -100,10 +98,9 @@ class ExecCheck(Check[ExecConfig]):
             return CheckResult.unknown(
                 f"plugin {cfg.command[0]!r} not found in check_paths, {', '.join(map(str, PLUGIN_DIRS))} or PATH"
             )
-        start = _spawn.spawn if _spawn.AVAILABLE else _spawn_asyncio
         async with self.env.subprocess_slots:
             try:
-                outcome = await start(program, [program, *cfg.command[1:]], self._env, cfg.output_cap)
+                outcome = await _spawn.spawn(program, [program, *cfg.command[1:]], self._env, cfg.output_cap)
             except OSError as exc:
                 self._program = None  # moved or removed: look for it again next time
                 return CheckResult.unknown(f"cannot start {program}: {exc.strerror or exc}")
@@ -119,61 +116,3 @@ class ExecCheck(Check[ExecConfig]):
         if outcome.truncated:
             message += f" (output over {cfg.output_cap} bytes was cut)"
         return CheckResult(status, message, parsed.metrics)
-
-
-async def _spawn_asyncio(program: str, argv: list[str], env: dict[str, str], cap: int) -> _spawn.Outcome:
-    """The portable path (no pidfd): asyncio's subprocess support, with the same guarantees."""
-    proc = await asyncio.create_subprocess_exec(
-        program,
-        *argv[1:],
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,  # own process group: a timeout kills the plugin and its children
-    )
-    try:
-        output, truncated = await _read_capped(proc, cap)
-        code = await proc.wait()
-    finally:
-        if proc.returncode is None or _group_alive(proc.pid):
-            _spawn.kill_group(proc.pid)
-        # A run abandoned mid-read (a plugin flooding output until its timeout) leaves its pipe paused
-        # with data in it: it would never see EOF and its file descriptor would leak. Close it.
-        _close_pipes(proc)
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, ChildProcessError):
-                await asyncio.shield(proc.wait())
-    return _spawn.Outcome(code, output, truncated)
-
-
-async def _read_capped(proc: asyncio.subprocess.Process, cap: int) -> tuple[bytes, bool]:
-    """Read stdout to EOF, keeping at most `cap` bytes: memory stays flat however much the plugin prints."""
-    assert proc.stdout is not None
-    kept = bytearray()
-    truncated = False
-    while True:
-        chunk = await proc.stdout.read(65536)
-        if not chunk:
-            return bytes(kept), truncated
-        room = cap - len(kept)
-        if room > 0:
-            kept += chunk[:room]
-        if len(chunk) > room:
-            truncated = True
-
-
-def _close_pipes(proc: asyncio.subprocess.Process) -> None:
-    transport = getattr(proc, "_transport", None)  # asyncio offers no public way to close a process' pipes
-    if transport is not None:
-        pipe = transport.get_pipe_transport(1)
-        if pipe is not None:
-            pipe.close()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True

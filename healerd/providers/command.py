@@ -355,35 +355,9 @@ class CommandProvider(Provider):
 
 
 async def _start(program: str, argv: list[str], env: dict[str, str], body: bytes, errors: bytearray) -> _spawn.Outcome:
-    if _spawn.AVAILABLE:
-        return await _spawn.spawn(
-            program, argv, env, REPLY_CAP, stdin=body, errors=errors, errors_cap=STDERR_CAP, grace=KILL_GRACE
-        )
-    return await _start_asyncio(program, argv, env, body, errors)
-
-
-async def _start_asyncio(
-    program: str, argv: list[str], env: dict[str, str], body: bytes, errors: bytearray
-) -> _spawn.Outcome:
-    """Where there are no pidfds: asyncio's subprocess support, the executable in its own process group too."""
-    proc = await asyncio.create_subprocess_exec(
-        program,
-        *argv[1:],
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        start_new_session=True,
+    return await _spawn.spawn(
+        program, argv, env, REPLY_CAP, stdin=body, errors=errors, errors_cap=STDERR_CAP, grace=KILL_GRACE
     )
-    try:
-        out, err = await proc.communicate(body)
-    finally:
-        _spawn.kill_group(proc.pid)  # what it left behind; on a timeout, the executable itself
-        if proc.returncode is None:
-            await asyncio.shield(proc.wait())
-    errors += err[:STDERR_CAP]
-    assert proc.returncode is not None
-    return _spawn.Outcome(proc.returncode, out[:REPLY_CAP], len(out) > REPLY_CAP, bytes(errors))
 
 
 def _exit_reason(code: int) -> str:

@@ -4,12 +4,9 @@ A repair is checked by `checks.await_healthy` with `target: machine`."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import shutil
-import signal
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -100,36 +97,15 @@ async def run_tool(argv: list[str], stdin: bytes, env: dict[str, str]) -> tuple[
     """Run a tool in its own process group, stdin given, stdout and stderr together; cancelling the step (its
     timeout) kills the whole group. Returns the exit status and the output (its first OUTPUT_READ bytes).
 
-    The exec checks' spawn path where there are pidfds: the tool gets no descriptor of the daemon's but its
+    The exec checks' spawn path: the tool gets no descriptor of the daemon's but its
     three pipes. uvloop's subprocesses also hand the child copies of their stdio sockets above stderr, so a
     server the tool starts (`nginx`, `service app start`) would keep the output open and the step would
     wait for it until its timeout, however carefully the tool redirects the server's own stdio. What is left of
     the tool's process group when it exits is killed: a server it leaves running must be in its own session, as
     a daemon is."""
-    if _spawn.AVAILABLE:
-        program = shutil.which(argv[0], path=env.get("PATH")) or argv[0]
-        try:
-            outcome = await _spawn.spawn(program, argv, env, OUTPUT_READ, stdin=stdin, merge_stderr=True)
-        except OSError as exc:
-            raise StepFailed(f"cannot run {argv[0]}: {exc.strerror or exc}", terminal=True) from None
-        return outcome.code, outcome.output.decode(errors="replace")
+    program = shutil.which(argv[0], path=env.get("PATH")) or argv[0]
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+        outcome = await _spawn.spawn(program, argv, env, OUTPUT_READ, stdin=stdin, merge_stderr=True)
     except OSError as exc:
         raise StepFailed(f"cannot run {argv[0]}: {exc.strerror or exc}", terminal=True) from None
-    try:
-        out, _ = await proc.communicate(stdin)
-    except BaseException:  # the step timed out or healerd stops: nothing it started is left running
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            await asyncio.shield(proc.wait())
-        raise
-    return proc.returncode if proc.returncode is not None else -1, out.decode(errors="replace")
+    return outcome.code, outcome.output.decode(errors="replace")
