@@ -580,7 +580,8 @@ class Config:
             )
         for svc in self.services.values():
             checks = ", ".join(f"{c.name} ({c.kind} every {c.interval:g}s)" for c in svc.checks) or "none"
-            rungs = " then ".join(r.playbook for r in svc.rungs)
+            names = [r.playbook for r in svc.rungs]
+            rungs = f"ladder {' then '.join(names)}" if len(names) > 1 else f"playbook {''.join(names)}"
             healing = (
                 f"heals from image {svc.image} (known good {self.images[svc.image].known_good}) with {rungs}"
                 if svc.image
