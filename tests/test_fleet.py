@@ -199,3 +199,25 @@ def test_scale_in_retires_off_version_machines_then_the_newest() -> None:
     fleet = [m("old-v2", "v2", 10), m("new-v2", "v2", 30), m("old-v1", "v1", 5), m("mid-v2", "v2", 20)]
     assert [x.id for x in retirement_order(fleet, "v2")] == ["old-v1", "new-v2", "mid-v2", "old-v2"]
     assert [x.id for x in retirement_order(fleet, None)] == ["new-v2", "mid-v2", "old-v2", "old-v1"]
+
+
+def test_the_rotation_serves_no_machine_healerd_took_out_for_an_incident() -> None:
+    from healerd.remediation.fleet import rotation_split
+    from healerd.remediation.incidents import Incident
+
+    def machine(mid: str, **attrs: str) -> Machine:
+        return Machine("web", mid, f"127.0.0.1:{8000 + len(mid)}", Lifecycle.IN_SERVICE, dict(attrs))
+
+    def incident(mid: str, state: IncidentState, **details: Any) -> Incident:
+        return Incident(f"I-{mid}", "web", mid, state, "restart-machine", 0.0, 0.0, "down", details=details)
+
+    machines = [machine("a"), machine("b"), machine("c"), machine("d"), machine("e", retiring="1"), machine("f")]
+    incidents = [
+        incident("b", IncidentState.REMEDIATING, out_of_rotation=True),  # a rung at work: leaving (drained)
+        incident("c", IncidentState.OPEN, out_of_rotation=True, rung=1),  # waits for its next rung: kept out
+        incident("d", IncidentState.FAILED, out_of_rotation=True),  # a human is needed: kept out
+        incident("f", IncidentState.OPEN),  # held by a gate before anything was done: still served
+    ]
+    serving, leaving = rotation_split(machines, incidents)
+    assert [m.id for m in serving] == ["a", "f"]
+    assert [m.id for m in leaving] == ["b", "e"]

@@ -51,6 +51,26 @@ def retirement_order(machines: Iterable[Machine], known_good: str | None) -> lis
     return sorted(machines, key=key, reverse=True)
 
 
+def rotation_split(machines: Iterable[Machine], incidents: Iterable[Incident]) -> tuple[list[Machine], list[Machine]]:
+    """The machines in service that the rotation serves, and those on their way out (their incident is
+    remediating, or they are being retired): what takes those out drains them first, so the rotation's sync and
+    reconcile leave them to it. A machine whose remediation failed (a human is needed), or that waits for the
+    next rung of its ladder, is in neither: healerd took it out, so the rotation does not serve it meanwhile."""
+    remediating: set[str] = set()
+    kept_out: set[str] = set()
+    for i in incidents:
+        if i.state is IncidentState.REMEDIATING:
+            remediating.add(i.machine)
+        elif i.state is IncidentState.FAILED or (i.state is IncidentState.OPEN and i.details.get("out_of_rotation")):
+            kept_out.add(i.machine)
+    serving: list[Machine] = []
+    leaving: list[Machine] = []
+    for m in machines:
+        if m.lifecycle is Lifecycle.IN_SERVICE and m.id not in kept_out:
+            (leaving if m.id in remediating or m.retiring else serving).append(m)
+    return serving, leaving
+
+
 class Fleet:
     """The machines of every service through their provider and rotation, and the known-good images."""
 
@@ -107,18 +127,8 @@ class Fleet:
                 self.known_good[name] = stored.known_good if stored.known_good in image.versions else image.known_good
 
     def rotation_split(self, svc: ServiceConfig) -> tuple[list[Machine], list[Machine]]:
-        """The machines in service that the rotation serves, and those on their way out (their incident is
-        remediating, or they are being retired): what takes those out drains them first, so the rotation's
-        sync and reconcile leave them to it. A machine whose remediation failed (a human is needed) is in
-        neither: healerd had set out to take it out, so the rotation does not serve it meanwhile."""
-        remediating = self.incidents.machines_remediating(svc.name)
-        escalated = {i.machine for i in self.incidents.of(svc.name) if i.state is IncidentState.FAILED}
-        serving: list[Machine] = []
-        leaving: list[Machine] = []
-        for m in self.monitor.machines.get(svc.name, {}).values():
-            if m.lifecycle is Lifecycle.IN_SERVICE and m.id not in escalated:
-                (leaving if m.id in remediating or m.retiring else serving).append(m)
-        return serving, leaving
+        """The machines the rotation serves, and those on their way out (see `rotation_split`)."""
+        return rotation_split(self.monitor.machines.get(svc.name, {}).values(), self.incidents.of(svc.name))
 
     async def sync_rotation(self, svc: ServiceConfig) -> None:
         """At start: the rotation made what healerd says. One that reconciles is left to the reconcile loop,

@@ -160,10 +160,6 @@ class IncidentBook:
         """The service's active incidents, oldest first."""
         return sorted((i for i in self.active.values() if i.service == service), key=lambda i: i.opened_at)
 
-    def machines_remediating(self, service: str) -> set[str]:
-        """The service's machines whose incident is being remediated (a playbook is taking them out)."""
-        return {i.machine for i in self.of(service) if i.state is IncidentState.REMEDIATING}
-
     def machines(self, service: str) -> set[str]:
         return {i.machine for i in self.active.values() if i.service == service}
 
