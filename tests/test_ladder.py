@@ -183,3 +183,39 @@ async def test_what_the_provider_said_during_a_step_shows_in_the_incidents_timel
     ends = [t["summary"] for t in view["timeline"] if t["summary"].startswith("step 1 machine.restart succeeded")]
     assert ends == ["step 1 machine.restart succeeded; provider stderr: virsh: domain web-0 restarted"]
     assert view["steps"][0]["outputs"]["provider_said"] == said
+
+
+async def test_a_healed_machine_the_rotation_refuses_is_returned_once_it_takes_it(
+    rig_factory: Any, monkeypatch: Any
+) -> None:
+    rig: Rig = await rig_factory(remediation=LADDER)
+    await fleet_of(rig, "web-0", "web-1", "web-2")
+    rig.provider.on_restart = lambda mid: rig.up(mid)
+    rotation = rig.engine.fleet.rotations["web"]
+    add = rotation.add
+
+    async def away(machine: Any) -> None:
+        raise RuntimeError("rotation file unwritable")
+
+    monkeypatch.setattr(rotation, "add", away)
+    rig.down("web-0")
+    await remediate(rig, rig.t0 + 1)
+    (inc,) = rig.engine.book.active.values()  # healed, not yet back: not left remediating
+    assert inc.state is IncidentState.REMEDIATED and inc.details["out_of_rotation"]
+    assert "web-0" not in rig.rotation()
+
+    monkeypatch.setattr(rotation, "add", add)  # the rotation works again
+    await rig.reconciler(IncidentReconciler).reconcile(rig.service, rig.t0 + 2)
+    assert rig.engine.book.active == {} and "web-0" in rig.rotation()
+    (resolved,) = rig.of(EventType.INCIDENT_RESOLVED)
+    assert "healed by restart-machine; back in rotation" in resolved.summary
+
+
+def test_a_rung_timeout_on_a_replacing_playbook_is_refused(tmp_path: Any) -> None:
+    from test_config_ladder import CHECK, refused
+    from test_config_table import MANAGED
+
+    text = "daemon:\n  state_dir: ./state\n" + MANAGED + CHECK
+    text += "    remediation: {ladder: [{playbook: restart-machine}, {playbook: replace-machine, timeout: 5m}]}\n"
+    said = refused(tmp_path, text)
+    assert "ladder[1].timeout: rung 'replace-machine' launches a replacement" in said

@@ -7,6 +7,7 @@ the provider is a recording fake.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -261,6 +262,7 @@ async def test_fill_asks_again_for_a_machine_whose_launch_failed(rig_factory: An
     rig.provider.launch_error = None
     for tick in range(1, 3):
         await fill.reconcile(rig.service, rig.t0 + tick)
+        await asyncio.gather(*fill.relaunching.values())  # asked for again in the background
 
     assert rig.provider.launched == [stalled.id], "the same machine, asked for once more, and no other"
     assert rig.monitor.machines["web"][stalled.id].lifecycle is Lifecycle.PROBATION

@@ -386,6 +386,12 @@ def _playbooks(
                     f"{did_you_mean(rung.playbook, list(books))}; playbooks: {', '.join(books) or 'none'}",
                 )
                 continue
+            if ladder and rung.timeout is not None and "machine.launch_replacement" in book.actions:
+                out.add(
+                    ("services", svc.name, "remediation", "ladder", i, "timeout"),
+                    f"rung {rung.playbook!r} launches a replacement: a rung timeout would cut its probation short "
+                    "and strand it; remove this timeout (its checks.await_healthy step has its own)",
+                )
             provider = providers.get(svc.provider)
             missing = _missing_verbs(book.actions, provider)
             if provider is not None and missing:

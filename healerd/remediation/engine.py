@@ -128,12 +128,13 @@ class RemediationEngine:
             ladder=self.ladder,
             leadership=leadership,
         )
+        self.fill_passes = FillReconciler(
+            monitor, store, fleet=self.fleet, controls=self.controls, incidents=self.book, rollouts=self.rollouts
+        )
         self.reconcilers: tuple[Reconciler, ...] = (
             self.incident_passes,
             ProbationReconciler(monitor, self.fleet, quarantines=self.quarantines),
-            FillReconciler(
-                monitor, store, fleet=self.fleet, controls=self.controls, incidents=self.book, rollouts=self.rollouts
-            ),
+            self.fill_passes,
             SurplusReconciler(monitor, self.fleet, controls=self.controls, incidents=self.book, rollouts=self.rollouts),
             RetentionReconciler(monitor, self.quarantines),
             self.rotation_passes,
@@ -181,6 +182,7 @@ class RemediationEngine:
                 await self._loop_task
             self._loop_task = None
         await self.rotation_passes.stop()
+        await self.fill_passes.stop()
         await self.rollouts.stop()
         await self.runbook.stop()
 

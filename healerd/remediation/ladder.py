@@ -18,6 +18,8 @@ import structlog
 
 from ..events import EventType, Severity
 from ..health import Condition
+from ..providers.base import ProviderError
+from .actions import StepFailed
 from .incidents import Incident, IncidentBook, IncidentState
 
 if TYPE_CHECKING:
@@ -127,24 +129,33 @@ class Ladder:
         inc.details.pop("rung_started_at", None)
 
     async def out_of_rotation(self, svc: ServiceConfig, inc: Incident) -> None:
-        """Whatever the rung, a machine confirmed down takes no traffic while it is worked on (idempotent)."""
+        """Whatever the rung, a machine confirmed down takes no traffic while it is worked on: removed at the
+        start of every rung (idempotent; whatever put it back meanwhile is undone)."""
+        await self.fleet.rotation_remove(svc, inc.machine)
         if not inc.details.get("out_of_rotation"):
-            await self.fleet.rotation_remove(svc, inc.machine)
             inc.details["out_of_rotation"] = True
             await self.incidents.save(inc)
 
     async def back_in_rotation(self, svc: ServiceConfig, inc: Incident) -> None:
-        if inc.details.pop("out_of_rotation", None):
+        """The mended machine takes traffic again; the flag goes only once the rotation took it (a failure is
+        tried again by the incident reconciler)."""
+        if inc.details.get("out_of_rotation"):
             await self.repair.return_to_rotation(svc, inc.machine)
+            inc.details.pop("out_of_rotation", None)
             log.info("machine back in rotation")
 
     async def healed(self, svc: ServiceConfig, inc: Incident, started: float) -> None:
         playbook = inc.playbook
-        await self.back_in_rotation(svc, inc)
         inc.details["healed_by"] = playbook
-        inc.state = IncidentState.REMEDIATED
+        inc.state = IncidentState.REMEDIATED  # saved first: whatever fails next, the incident is not left running
         inc.details["finished_at"] = time.time()
         await self.incidents.save(inc)
+        try:
+            await self.back_in_rotation(svc, inc)
+        except (ProviderError, RuntimeError, OSError, StepFailed) as exc:
+            log.error("machine healed but not back in rotation yet; tried again", error=str(exc)[:300])
+            await self.store.incidents.log_repair(svc.name, inc.machine, time.time(), inc.id)
+            return  # the incident reconciler returns it (and resolves the incident) once the rotation takes it
         await self.store.incidents.log_repair(svc.name, inc.machine, time.time(), inc.id)
         duration = time.time() - started
         self.metrics.counter("remediations").labels(svc.name, playbook, "succeeded").inc()

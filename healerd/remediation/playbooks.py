@@ -50,7 +50,8 @@ class PlaybookModel(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    steps: list[Any] = Field(min_length=1)  # each one validated alone, so that every bad step is told
+    #: each one validated alone, so that every bad step is told; at most 99 (a ladder journals rung * 100 + step)
+    steps: list[Any] = Field(min_length=1, max_length=99)
 
 
 @dataclass(frozen=True)

@@ -146,8 +146,10 @@ class IncidentReconciler:
                         next_at = min(next_at, retry_at if retry_at is not None else NEVER)
                     elif inc.state is IncidentState.REMEDIATING:
                         continue
-                    elif inc.state is IncidentState.FAILED and self._mended(service, inc):
-                        await self._resolve(service, inc, f"{inc.machine} recovered")  # back in rotation
+                    elif inc.state in (IncidentState.FAILED, IncidentState.REMEDIATED) and self._mended(service, inc):
+                        healed = inc.details.get("healed_by")
+                        why = f"healed by {healed}" if healed else f"{inc.machine} recovered"
+                        await self._resolve(service, inc, why)  # back in rotation
                     elif health.state is ServiceState.OPTIMAL:
                         await self._resolve(service, inc, "the service is optimal again")
             self._count_held(service.name)
@@ -341,6 +343,8 @@ class FillReconciler:
         self._held: set[str] = set()  # services whose "not launching" was said
         #: machines whose fill launch failed: attempts so far, and when to ask again (doubling, at most 30 s)
         self._relaunch: dict[str, tuple[int, float]] = {}
+        #: launches asked for again, in the background: a provider that hangs does not hold the engine
+        self.relaunching: dict[str, asyncio.Task[None]] = {}
 
     async def reconcile(self, service: ServiceConfig, now: float) -> float:
         if not service.managed:
@@ -367,18 +371,17 @@ class FillReconciler:
                     )
                 return decision.retry_at or NEVER
             self._held.discard(service.name)
+            next_at = NEVER
             for m in stalled:  # under the same machine_id: a provider that did start it finds it
                 attempts, due = self._relaunch.get(m.id, (0, 0.0))
+                if m.id in self.relaunching:
+                    continue
                 if now < due:
-                    return due
-                try:
-                    await self.fleet.start(service, m, None)
-                except ProviderError as exc:
-                    due = now + min(RELAUNCH_MAX, 2.0 ** (attempts + 1))
-                    self._relaunch[m.id] = (attempts + 1, due)
-                    log.error("launch failed; asked again later", machine=m.id, error=str(exc), retry_in=due - now)
-                    return due
-                self._relaunch.pop(m.id, None)
+                    next_at = min(next_at, due)
+                    continue
+                self.relaunching[m.id] = asyncio.create_task(
+                    self._launch_again(service, m, attempts), name=f"healerd-relaunch-{m.id}"
+                )
             if missing > 0:
                 log.info("launching machines to reach desired", missing=missing, desired=service.desired)
             for _ in range(missing):
@@ -387,7 +390,30 @@ class FillReconciler:
                 except ProviderError as exc:
                     log.error("launch failed", error=str(exc))
                     break
-            return NEVER
+            return next_at
+
+    async def _launch_again(self, service: ServiceConfig, m: Machine, attempts: int) -> None:
+        with bound_contextvars(service=service.name, machine=m.id):
+            try:
+                await self.fleet.start(service, m, None)
+            except ProviderError as exc:
+                wait = min(RELAUNCH_MAX, 2.0 ** (attempts + 1))
+                self._relaunch[m.id] = (attempts + 1, time.time() + wait)
+                log.error("launch failed; asked again later", error=str(exc), retry_in=wait)
+            except Exception:  # a bug: said, and the machine is asked for again later
+                log.exception("launch failed")
+                self._relaunch[m.id] = (attempts + 1, time.time() + RELAUNCH_MAX)
+            else:
+                self._relaunch.pop(m.id, None)
+            finally:
+                self.relaunching.pop(m.id, None)
+
+    async def stop(self) -> None:
+        """Cancel the launches asked for again (the next leader, or the next start, asks again)."""
+        tasks = list(self.relaunching.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _gate_input(self, svc: ServiceConfig, now: float) -> GateInput:
         return GateInput(

@@ -7,6 +7,7 @@ the world first, so re-running a step after `kill -9` neither loses nor duplicat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import os
 import signal
@@ -211,6 +212,10 @@ class Runbook:
                 await self._run_resuming(inc)
             except Fenced as exc:  # the new leader resumes it from the journal
                 log.warning("remediation left to the new leader", reason=str(exc))
+            except Exception as exc:  # a bug: the incident fails, saying so, rather than stay remediating forever
+                log.exception("remediation failed unexpectedly")
+                with contextlib.suppress(*STORE_FAULTS, Fenced):
+                    await self.ladder.failed(inc, f"{type(exc).__name__}: {exc}"[:500])
             finally:
                 in_progress.dec()
                 self.on_change()
@@ -263,7 +268,8 @@ class Runbook:
             await self.ladder.healed(svc, inc, started)
             self.wake()
         elif outcome in (RungOutcome.REPLACED, RungOutcome.DONE):
-            inc.details.pop("out_of_rotation", None)  # quarantined or replaced: it does not come back by itself
+            if outcome is RungOutcome.REPLACED:  # quarantined or replaced: it does not come back by itself
+                inc.details.pop("out_of_rotation", None)
             await self.ladder.remediated(inc, started)
             self.wake()
         elif following is not None:
