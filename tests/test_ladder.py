@@ -219,15 +219,3 @@ def test_a_rung_timeout_on_a_replacing_playbook_is_refused(tmp_path: Any) -> Non
     text += "    remediation: {ladder: [{playbook: restart-machine}, {playbook: replace-machine, timeout: 5m}]}\n"
     said = refused(tmp_path, text)
     assert "ladder[1].timeout: rung 'replace-machine' launches a replacement" in said
-
-
-async def test_resolving_by_hand_returns_the_machine_healerd_took_out(rig_factory: Any) -> None:
-    rig: Rig = await rig_factory(remediation="{max_unhealthy: 50%, ladder: [{playbook: restart-machine, timeout: 2s}]}")
-    await fleet_of(rig, "web-0", "web-1", "web-2")
-    rig.down("web-0")  # a restart does not mend it, and no rung is left: a human is needed
-    await remediate(rig, rig.t0 + 1)
-    (inc,) = rig.engine.book.active.values()
-    assert inc.state is IncidentState.FAILED and "web-0" not in rig.rotation()
-
-    await rig.engine.resolve_by_hand(inc.id, "alice")  # the human mended it another way
-    assert rig.engine.book.active == {} and "web-0" in rig.rotation()

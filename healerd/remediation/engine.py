@@ -23,11 +23,8 @@ from .._aio import wait_event
 from ..config import Config, Mode
 from ..events import Event, EventType, Severity
 from ..leadership import STANDALONE, Leadership
-from ..machines import Lifecycle
-from ..providers.base import ProviderError
 from ..rollouts import Rollouts
 from ..store import STORE_FAULTS, Fenced
-from .actions import StepFailed
 from .controls import Controls
 from .fleet import Fleet
 from .incidents import ACTIVE, Incident, IncidentBook, IncidentState
@@ -248,15 +245,6 @@ class RemediationEngine:
         if inc.state is IncidentState.REMEDIATING:
             raise RuntimeError(f"{incident_id} is being remediated; wait for it to finish or fail")
         with bound_contextvars(service=inc.service, machine=inc.machine, incident=inc.id):
-            svc = self.config.services.get(inc.service)
-            m = self.monitor.machine(inc.service, inc.machine)
-            if svc is not None and m is not None and m.lifecycle is Lifecycle.IN_SERVICE:
-                # a human says it is handled: the machine healerd took out serves again (a new failure of it
-                # opens a new incident, which takes it out again)
-                try:
-                    await self.ladder.back_in_rotation(svc, inc)
-                except (ProviderError, StepFailed, OSError) as exc:  # RuntimeError too: answered 409 as it is
-                    raise RuntimeError(f"cannot return {inc.machine} to rotation ({exc}); try again") from None
             await self.book.resolve(inc, f"resolved by hand{f' ({who})' if who else ''}")
         return inc.as_dict()
 
