@@ -306,22 +306,30 @@ def test_a_frozen_machine_is_healed_by_restart_then_replaced_when_repaired_too_o
     said = wait_until(lambda: resolved(daemon, victim), 10, "the incident resolved", describe=lab.describe)
     assert said[0].endswith("resolved: healed by restart-machine"), said
 
-    started = time.monotonic()
-    os.kill(lab.records()[victim]["pid"], signal.SIGSTOP)  # the same machine fails again within max_repairs.per
-    after = wait_until(
-        lambda: (now := whole(lab, daemon, 3)) and victim not in now and now,
-        40,
-        "the machine replaced",
-        interval=0.1,
-        describe=lab.describe,
-    )
-    print(f"repaired too often: replaced in {time.monotonic() - started:.1f}s")
+    # the same machine fails again within max_repairs.per
+    after, took = freeze_until_replaced(lab, daemon, victim, 40)
+    print(f"repaired too often: replaced in {took:.1f}s")
     assert len(set(after) - set(members)) == 1 and lab.records()[victim]["quarantined"] is True
     second = latest_incident(daemon, victim)
     assert second["playbook"] == "replace-machine"
     assert "max_repairs" in second["details"]["rungs_skipped"], second
     steps = {t["type"] for t in daemon.json(f"/api/v1/incidents/{second['id']}")["timeline"]}
     assert "step.machine.restart" not in steps, steps
+
+
+def freeze_until_replaced(lab: Any, daemon: Any, victim: str, timeout: float) -> tuple[dict[str, str], float]:
+    """Freeze the machine's server (SIGSTOP) and wait until the fleet is whole without it: the machines in
+    service then, and the seconds it took."""
+    started = time.monotonic()
+    os.kill(lab.records()[victim]["pid"], signal.SIGSTOP)
+    after = wait_until(
+        lambda: (now := whole(lab, daemon, 3)) and victim not in now and now,
+        timeout,
+        "the machine replaced",
+        interval=0.1,
+        describe=lab.describe,
+    )
+    return after, time.monotonic() - started
 
 
 def test_a_restart_that_does_not_mend_escalates_to_quarantine_and_replacement(make_lab: Any) -> None:
@@ -331,16 +339,8 @@ def test_a_restart_that_does_not_mend_escalates_to_quarantine_and_replacement(ma
     members = up(lab, daemon, 3)
     victim = sorted(members)[0]
 
-    started = time.monotonic()
-    os.kill(lab.records()[victim]["pid"], signal.SIGSTOP)
-    after = wait_until(
-        lambda: (now := whole(lab, daemon, 3)) and victim not in now and now,
-        70,
-        "the machine replaced",
-        interval=0.1,
-        describe=lab.describe,
-    )
-    print(f"\nrestart did not mend it: replaced in {time.monotonic() - started:.1f}s")
+    after, took = freeze_until_replaced(lab, daemon, victim, 70)
+    print(f"\nrestart did not mend it: replaced in {took:.1f}s")
 
     assert len(set(after) - set(members)) == 1 and lab.records()[victim]["quarantined"] is True
     incident = latest_incident(daemon, victim)
