@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import structlog
 from aiohttp import web
+from netlab import Lab, require_netlab
 from pg import PgServer, pg_binary, pg_server
 from remediation_rig import Rig, make_rig
 from structlog.testing import capture_logs
@@ -151,6 +152,15 @@ async def aiohttp_server_factory() -> AsyncIterator[object]:
     yield start
     for r in runners:
         await r.cleanup()
+
+
+@pytest.fixture
+def netlab() -> Iterator[Lab]:
+    """An empty network lab (tests/netlab.py): `netlab.add_host(name)`, `netlab.run(...)`, `netlab.cut(a, b)`.
+    Its processes, namespaces, links and routes are removed when the test ends, whatever happened."""
+    require_netlab()
+    with Lab() as lab:
+        yield lab
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import pytest
+
 ROOT = "root"  # the name cuts use for the test process's own namespace
 CUT_PRIORITY = 1000  # after the `local` table (0), before `main` (32766)
 _BLOCKS = [ipaddress.IPv4Network(f"10.{n}.0.0/16") for n in range(200, 250)]
@@ -57,6 +59,16 @@ def unavailable() -> str | None:
     except (OSError, NetlabError) as e:
         return f"`ip netns` does not work here: {e}"
     return None
+
+
+def require_netlab() -> None:
+    """Fail the test when no lab can be built under CI=true (a cut that silently never happens would pass
+    everything); skip it elsewhere."""
+    problem = unavailable()
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(problem)
+        pytest.skip(problem)
 
 
 def _networks_in_use() -> list[Network]:
@@ -198,7 +210,8 @@ class Lab:
     # -- processes
 
     def run(self, host: str, argv: list[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
-        """Start `argv` inside `host`; `close()` ends it if it still runs."""
+        """Start `argv` inside `host`; `close()` ends it if it still runs and its command line is still `argv`
+        (so run a program itself, not `sh -c "exec program"`)."""
         process: subprocess.Popen[Any] = subprocess.Popen(
             ["ip", "netns", "exec", self.hosts[host].netns, *argv], **popen_kwargs
         )
@@ -206,16 +219,23 @@ class Lab:
         return process
 
     def _end_processes(self) -> None:
+        left: list[str] = []
         for process, argv in self._processes:
-            # Not reaped yet, so its pid cannot have been given to anyone else; the command line check guards
-            # against signalling a process that is not the one this lab started.
-            if process.poll() is None and _names(process.pid, argv):
+            if process.poll() is not None:
+                continue
+            # Not reaped yet, so its pid cannot have been given to anyone else; still, a process whose command
+            # line no longer names what was started is not signalled, but reported.
+            if not _names(process.pid, argv):
+                left.append(f"pid {process.pid} (started as {' '.join(argv)!r}, its command line changed)")
+            else:
                 process.send_signal(signal.SIGTERM)
                 try:
                     process.wait(5)
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait(5)
+        if left:
+            raise NetlabError("left running, end them yourself: " + "; ".join(left))
 
     # -- cuts
 
