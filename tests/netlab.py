@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import ipaddress
 import json
 import os
@@ -50,12 +51,15 @@ def ip(*args: str) -> str:
     return done.stdout
 
 
+@functools.cache
 def unavailable() -> str | None:
-    """Why no lab can be built here (not root, no `ip netns`), or None when one can."""
+    """Why no lab can be built here (not root, no `ip netns`, namespaces refused), or None when one can."""
     if os.geteuid() != 0:
         return "network namespaces need root"
+    probe = f"netlab-probe-{os.getpid()}"
     try:
-        ip("netns", "list")
+        ip("netns", "add", probe)
+        ip("netns", "del", probe)
     except (OSError, NetlabError) as e:
         return f"`ip netns` does not work here: {e}"
     return None
@@ -135,9 +139,7 @@ class Lab:
         self._namespaces.append(self.router)
         ip("-n", self.router, "link", "set", "lo", "up")
         # Forwarding in the router only: a per-namespace setting, the root namespace's stays as it is.
-        subprocess.run(
-            ["ip", "netns", "exec", self.router, "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True, timeout=30
-        )
+        ip("netns", "exec", self.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         # Choosing the /16 and routing it from the root namespace happen under one lock, so two labs built at
         # once (parallel test workers) never pick the same one: the route is what the next one sees.
         with open(_ALLOCATION_LOCK, "a") as lock:
