@@ -3,6 +3,8 @@ points to run, and the rule that changes go to the leader (a follower answers 40
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from .api import SETTINGS, Handler, body_of, json_error, json_response
@@ -64,6 +66,10 @@ async def cluster_probe(request: web.Request) -> web.Response:
     if cluster is None:
         return json_error(404, "not clustered", "this healerd runs alone; there is nothing to confirm from here")
     body = await body_of(request, Probe)
+    if body.machines:
+        answers = await asyncio.gather(*(probe(cluster.monitor, body.service, m) for m in body.machines))
+        seen = dict(zip(body.machines, answers, strict=True))
+        return json_response({"node": cluster.node, "zone": cluster.zone, "machines": seen})
     answer = await probe(cluster.monitor, body.service, body.machine)
     return json_response({"node": cluster.node, **answer})
 

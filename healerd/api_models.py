@@ -271,10 +271,18 @@ class RolloutChange(Body):
 
 
 class Probe(Body):
-    """POST /api/v1/cluster/probe: the leader asks this node to run a machine's checks now."""
+    """POST /api/v1/cluster/probe: the leader asks this node to run a machine's checks now (or the checks of
+    a zone's `machines`, whose loss it confirms)."""
 
     service: Text200
-    machine: Text200
+    machine: Text200 = ""
+    machines: list[Text200] = Field(default_factory=list, max_length=10_000)
+
+    @model_validator(mode="after")
+    def _one(self) -> Probe:
+        if bool(self.machine) == bool(self.machines):
+            raise ValueError("give either machine (one id) or machines (a list of ids)")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------------------

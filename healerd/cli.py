@@ -8,7 +8,6 @@ import difflib
 import json
 import os
 import sys
-import time
 from typing import Any
 
 from . import __version__, cli_demo, cli_incidents, cli_provider, cli_rollout, cli_silence, daemon
@@ -24,10 +23,12 @@ from .cli_api import (
     _api,
     _api_args,
     _load,
+    _print_table,
     _when,
 )
+from .cli_status import cmd_status
 from .config import Config, ConfigError, Mode
-from .durations import format_age, parse_duration
+from .durations import parse_duration
 from .machines import Lifecycle
 from .plugins import PROVIDER_KINDS, ROTATION_KINDS
 from .providers.base import ProviderEnv
@@ -340,17 +341,6 @@ async def _run_all_once(config: Config, only: str | None) -> list[tuple[str, str
     return [(s, m, c, r) for (s, m, c, _), r in zip(jobs, results, strict=True)]
 
 
-def _print_table(header: list[str], rows: list[list[str]], empty: str = "nothing to list") -> None:
-    """Rows aligned under `header`; `empty` (what there is none of) when there are no rows."""
-    if not rows:
-        print(empty)
-        return
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
-    widths[-1] = 0
-    for row in [header, *rows]:
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-
-
 def cmd_incidents(args: argparse.Namespace) -> int:
     if args.id and args.resolve:
         view = _api(args, f"/api/v1/incidents/{args.id}/resolve", {"by": "cli"})
@@ -502,70 +492,6 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     _print_table(
         ["NODE (* leader)", "ADVERTISE", "STATE", "LAST SEEN", "MACHINES", "CHECKS", "VERSION"], rows, empty="no nodes"
     )
-    return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    services = _api(args, "/api/v1/services")["services"]
-    machines = _api(args, "/api/v1/machines")["machines"]
-    if args.json:
-        print(json.dumps({"services": services, "machines": machines}, indent=2))
-        return 0
-    _print_table(
-        ["SERVICE", "STATE", "HEALTHY", "IMPAIRED", "DOWN", "DESIRED", "REASON"],
-        [
-            [
-                s["name"],
-                s["state"],
-                str(s["machines"]["healthy"]),
-                str(s["machines"]["impaired"]),
-                str(s["machines"]["down"]),
-                str(s["desired"]) if s.get("desired") is not None else "-",
-                s["reason"] or "",
-            ]
-            for s in services
-        ],
-        empty="no services",
-    )
-    print()
-    now = time.time()
-    rows = []
-    for m in machines:
-        bad = [
-            f"{name}={c['hard_state']}{'~' if c['flapping'] else ''}"
-            for name, c in m["checks"].items()
-            if c["hard_state"] != "OK" or c["flapping"]
-        ]
-        since = format_age(now - m["since"]) if m.get("since") else "-"
-        rows.append(
-            [
-                m["service"],
-                m["id"],
-                m["address"] or "-",
-                m["lifecycle"],
-                m["condition"],
-                since,
-                m.get("version") or "-",
-                " ".join(bad),
-            ]
-        )
-    _print_table(
-        ["SERVICE", "MACHINE", "ADDRESS", "LIFECYCLE", "CONDITION", "FOR", "VERSION", "PROBLEMS"],
-        rows,
-        empty="no machines",
-    )
-    held = cli_incidents.why_not_acting(services)  # why healerd is not acting: held back, cooling down
-    if held:
-        print()
-        print("\n".join(held))
-    silences = _api(args, "/api/v1/silences")["silences"]
-    if silences:
-        print()
-    for sl in silences:  # their effect: nothing of theirs is alerted on or remediated
-        target = " ".join(x for x in (sl.get("service") or "", sl.get("machine") or "") if x)
-        who = f" by {sl['created_by']}" if sl.get("created_by") else ""
-        why = f": {sl['comment']}" if sl.get("comment") else ""
-        print(f"silenced {target} until {_when(sl['ends_at'])}{who}{why} (no alert, no remediation; {sl['id']})")
     return 0
 
 

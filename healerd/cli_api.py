@@ -109,3 +109,14 @@ def _api(
 
 def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _print_table(header: list[str], rows: list[list[str]], empty: str = "nothing to list") -> None:
+    """Rows aligned under `header`; `empty` (what there is none of) when there are no rows."""
+    if not rows:
+        print(empty)
+        return
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    widths[-1] = 0
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

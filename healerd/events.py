@@ -41,6 +41,8 @@ class EventType(enum.StrEnum):
     STORE_DEGRADED = "store.degraded"
     MACHINE_RETIRED = "machine.retired"
     ROTATION_REPAIRED = "rotation.repaired"
+    ZONE_LOST = "zone.lost"  # most of a zone down while the others are healthy: its share launched elsewhere
+    ZONE_RETURNED = "zone.returned"  # a lost zone's machines answer again (retired or quarantined, not rejoined)
     ROLLOUT_STARTED = "rollout.started"
     ROLLOUT_PROMOTED = "rollout.promoted"
     ROLLOUT_COMPLETED = "rollout.completed"

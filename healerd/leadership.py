@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from .events import Event
     from .health import CheckKey
 
@@ -49,6 +51,12 @@ class Leadership(Ownership, Protocol):
         """The other vantage points' word on a machine this node sees down; None when there is nobody to ask."""
         ...
 
+    async def confirm_zone(
+        self, service: str, zone: str, machines: Sequence[str], down: int, timeout: float
+    ) -> Confirmation | None:
+        """The word of the nodes outside `zone`: do they see at least `down` of its `machines` down (None: alone)."""
+        ...
+
 
 class Standalone:
     """A node that runs alone: it owns everything, records everything, acts, and asks nobody."""
@@ -63,6 +71,11 @@ class Standalone:
         return True
 
     async def confirm(self, service: str, machine: str, timeout: float) -> Confirmation | None:
+        return None
+
+    async def confirm_zone(
+        self, service: str, zone: str, machines: Sequence[str], down: int, timeout: float
+    ) -> Confirmation | None:
         return None
 
 

@@ -17,6 +17,7 @@ class Lifecycle(enum.StrEnum):
     PROBATION = "probation"  # checks run, not in rotation
     IN_SERVICE = "in_service"  # the only lifecycle that takes traffic
     QUARANTINED = "quarantined"
+    UNREACHABLE = "unreachable"  # in a lost zone: nothing can be done to it; kept as a record until it returns
     RELEASED = "released"
     TERMINATED = "terminated"
 
@@ -47,6 +48,11 @@ class Machine:
     @property
     def target(self) -> Target:
         return Target(self.service, self.id, self.address)
+
+    @property
+    def zone(self) -> str:
+        """The zone (datacenter, availability zone) it stands in; "" when unknown."""
+        return self.attributes.get("zone", "")
 
     @property
     def origin(self) -> Origin:

@@ -69,6 +69,12 @@ METRICS: tuple[MetricDef, ...] = (
         ("service", "reason"),
     ),
     MetricDef("quarantined_machines", "gauge", "Machines in quarantine.", ("service",)),
+    MetricDef(
+        "zone_lost",
+        "gauge",
+        "1 while a zone of the service is lost (its machines unreachable, their share launched elsewhere), else 0.",
+        ("service", "zone"),
+    ),
     MetricDef("notifications", "counter", "Notification deliveries by outcome.", ("notifier", "outcome")),
     MetricDef("notification_queue_depth", "gauge", "Notifications waiting in the outbox.", ("notifier",)),
     MetricDef(

@@ -15,7 +15,8 @@ from .metrics import Metrics
 from .store import BaseStore
 
 #: lifecycles whose machines are checked (probation: checked, not in rotation)
-MONITORED = frozenset({Lifecycle.PROBATION, Lifecycle.IN_SERVICE})
+#: machines whose checks run (an unreachable one's too: they tell when its zone returns)
+MONITORED = frozenset({Lifecycle.PROBATION, Lifecycle.IN_SERVICE, Lifecycle.UNREACHABLE})
 
 
 def counted_states(book: HealthBook, writes: Callable[[], bool]) -> dict[str, bool]:

@@ -39,6 +39,7 @@ def machine_view(
         "service": service,
         "id": machine_id,
         "address": machine.address if machine else "",
+        "zone": machine.zone if machine else "",
         "version": machine.image_version if machine else None,
         "launch_error": machine.launch_error if machine else None,
         "lifecycle": m.lifecycle.value,

@@ -16,6 +16,9 @@ class MachineEntry(Protocol):
     @property
     def address(self) -> str: ...
 
+    @property
+    def zone(self) -> str: ...
+
 
 class ServiceSpec(Protocol):
     """The service as a provider sees it: its name, the machines listed for it, how to discover the others."""

@@ -60,9 +60,10 @@ HELD: dict[str, str] = {
     "retry_limit": "a human is needed: the retry limit is reached, healerd will not try again",
     "static": "alert only: this service's machines are not healerd's to replace",
     "dependency_down": "held back: a service it depends on is down (dependency_down)",
+    "monitor_suspect": "held back: every zone fails at once; healerd's own network is suspect (monitor_suspect)",
 }
 #: reasons that need a human now (highlighted as such)
-NEEDS_HUMAN = {"retry_limit", "max_unhealthy"}
+NEEDS_HUMAN = {"retry_limit", "max_unhealthy", "monitor_suspect"}
 
 
 def sparkline(values: list[float | None], width: int = 120, height: int = 20) -> str:
@@ -138,6 +139,7 @@ def _machine_entry(monitor: Monitor, service: str, mid: str, now: float) -> dict
     return {
         "id": mid,
         "address": m.address if m else "",
+        "zone": m.zone if m else "",
         "version": m.image_version if m else None,
         "lifecycle": mh.lifecycle.value,
         "condition": mh.condition.value,

@@ -68,6 +68,23 @@ class Verdict:
         return f"{text}; {self.capped}" if self.capped else text
 
 
+@dataclass(frozen=True)
+class ZoneWord:
+    """What the nodes outside a zone saw of its machines: only their word counts (a node inside the zone,
+    or cut off with it, sees what the zone sees)."""
+
+    zone: str
+    confirmed: bool
+    need: int
+    seen: tuple[Vantage, ...] = field(default=())
+
+    @property
+    def detail(self) -> str:
+        down = sum(1 for v in self.seen if v.down)
+        views = "; ".join(f"{v.node}: {v.detail}" for v in self.seen)
+        return f"{down} node(s) outside zone {self.zone} see it down, {self.need} needed ({views})"
+
+
 async def probe(monitor: Monitor, service: str, machine: str) -> dict[str, Any]:
     """Run the machine's checks now, from this node, outside their schedule (and outside its health)."""
     checks = [bc for key, bc in monitor.checks.items() if key.service == service and key.machine == machine]
@@ -93,8 +110,10 @@ class Confirmer:
         need: int,
         token: Callable[[], str | None],
         scheme: str,
+        zone: str = "",
     ) -> None:
         self.node = node
+        self.zone = zone  # this node's own zone: its word on that zone does not count
         self.monitor = monitor
         self.members = members
         self.need = need
@@ -125,6 +144,39 @@ class Confirmer:
             self._disputes.setdefault(verdict.odd_one_out, {})[key] = time.monotonic() + DISPUTE_KEPT
         return verdict
 
+    async def confirm_zone(
+        self, service: str, zone: str, machines: Sequence[str], down: int, timeout: float
+    ) -> ZoneWord:
+        """Every live node runs the checks of the zone's `machines` now; the zone is confirmed down when
+        `confirm_from` nodes outside it (capped by those there are; at least one) see `down` of them down."""
+        ids = list(machines)
+        members = {m.node: m for m in self.members()}
+        words = await asyncio.gather(*(self._zone_probe(members[n], service, machines, timeout) for n in members))
+        outside = [(node, z, n) for node, z, n in words if z != zone]
+        need = max(1, min(self.need, len(outside)))
+        seen = tuple(
+            Vantage(node, None, "did not answer") if n is None else Vantage(node, n >= down, f"{n} of {len(ids)} down")
+            for node, _, n in outside
+        )
+        inside = [node for node, z, _ in words if z == zone]
+        if inside:
+            seen += tuple(Vantage(node, None, f"in zone {zone}: not counted") for node in inside)
+        return ZoneWord(zone, sum(1 for v in seen if v.down) >= need, need, seen)
+
+    async def _zone_probe(
+        self, member: Member, service: str, machines: Sequence[str], timeout: float
+    ) -> tuple[str, str | None, int | None]:
+        """(node, its zone, how many of `machines` it sees down); the zone and count are None when it is silent."""
+        if member.node == self.node:
+            answers = await asyncio.gather(*(probe(self.monitor, service, m) for m in machines))
+            return member.node, self.zone, sum(1 for a in answers if a["down"])
+        body = await self._post(member, {"service": service, "machines": list(machines)}, timeout)
+        if not isinstance(body, dict) or not isinstance(body.get("machines"), dict):
+            return member.node, None, None
+        zone = body.get("zone")
+        down = sum(1 for a in body["machines"].values() if isinstance(a, dict) and a.get("down") is True)
+        return member.node, zone if isinstance(zone, str) else "", down
+
     def disputed(self) -> dict[str, int]:
         """Per live node: machines it alone saw down at their last confirmation (within DISPUTE_KEPT)."""
         now = time.monotonic()
@@ -142,6 +194,14 @@ class Confirmer:
             return Vantage(node, answer["down"], str(answer["detail"]))
         if member is None:
             return Vantage(node, None, "not a live node")
+        body = await self._post(member, {"service": service, "machine": machine}, timeout)
+        if isinstance(body, str):
+            return Vantage(node, None, body)
+        down = body.get("down") if isinstance(body, dict) else None
+        return Vantage(node, down if isinstance(down, bool) else None, str(body.get("detail", ""))[:200])
+
+    async def _post(self, member: Member, request: dict[str, Any], timeout: float) -> Any:
+        """Another node's probe answer, or why there is none (a string)."""
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE)
             self._session = aiohttp.ClientSession(headers={"User-Agent": "healerd"}, connector=connector)
@@ -150,18 +210,14 @@ class Confirmer:
         url = f"{self.scheme}://{member.advertise}/api/v1/cluster/probe"
         try:
             async with self._session.post(
-                url,
-                json={"service": service, "machine": machine},
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                url, json=request, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
             ) as resp:
                 body = await resp.json(content_type=None)
                 if resp.status != 200:
-                    return Vantage(node, None, f"answered HTTP {resp.status}: {str(body)[:120]}")
+                    return f"answered HTTP {resp.status}: {str(body)[:120]}"
+                return body
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            return Vantage(node, None, f"did not answer ({type(exc).__name__}: {exc})"[:200])
-        down = body.get("down") if isinstance(body, dict) else None
-        return Vantage(node, down if isinstance(down, bool) else None, str(body.get("detail", ""))[:200])
+            return f"did not answer ({type(exc).__name__}: {exc})"[:200]
 
     async def close(self) -> None:
         if self._session is not None:

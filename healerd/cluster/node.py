@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
@@ -24,7 +24,7 @@ from ..monitor import Monitor
 from ..store import STORE_FAULTS
 from ..store.lease import Lease, Member, Round
 from ..store.postgres import PgStore
-from .confirm import Confirmer, Verdict
+from .confirm import Confirmer, Verdict, ZoneWord
 from .membership import Membership
 from .mirror import Mirror
 from .takeover import Takeovers, Transition
@@ -49,6 +49,7 @@ class Cluster:
         self.config = config
         self.membership = membership  # the monitor was given it: who owns what, whether this node may write
         self.node = config.node
+        self.zone = config.zone
         self.ttl = config.lease_ttl
         self.advertise = advertise
         self.store = store
@@ -57,7 +58,13 @@ class Cluster:
         self.lease = Lease(dsn, self.node, advertise=advertise, ttl=self.ttl, pgbouncer=config.pgbouncer)
         self.mirror = Mirror(store, monitor, node=self.node)
         self.confirmer = Confirmer(
-            self.node, monitor, members=self.live, need=config.confirm_from, token=token, scheme=scheme
+            self.node,
+            monitor,
+            members=self.live,
+            need=config.confirm_from,
+            token=token,
+            scheme=scheme,
+            zone=config.zone,
         )
         self.last: Round | None = None
         self._expiry: asyncio.TimerHandle | None = None
@@ -84,6 +91,12 @@ class Cluster:
     async def confirm(self, service: str, machine: str, timeout: float) -> Verdict:
         """Ask `confirm_from` vantage points (this node among them) whether they see the machine down."""
         return await self.confirmer.confirm(service, machine, timeout)
+
+    async def confirm_zone(
+        self, service: str, zone: str, machines: Sequence[str], down: int, timeout: float
+    ) -> ZoneWord:
+        """Ask the nodes outside `zone` whether they see `down` of its `machines` down."""
+        return await self.confirmer.confirm_zone(service, zone, machines, down, timeout)
 
     @property
     def epoch(self) -> int | None:

@@ -11,15 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..checks.base import Check, CheckOptions
 from ..durations import DAY, YEAR, parse_count_or_percent, parse_duration, require_above_zero
@@ -30,6 +22,7 @@ from .dsn import dsn_problem
 from .ladder import MaxRepairs, Rung, rungs
 from .names import name_problem
 from .network import advertise_address, host_header, listen_address
+from .zones import ZoneLoss
 
 
 def _duration(v: object, info: ValidationInfo, at_most: float = YEAR) -> float:
@@ -132,6 +125,7 @@ class ClusterConfig(Strict):
     lease_ttl: float = 10.0
     #: distinct vantage points (nodes) that must see a machine down before it is remediated
     confirm_from: int = Field(default=2, ge=1, le=16)
+    zone: str = ""  # this node's zone: its word on that zone's loss does not count (it may be cut off with it)
     #: the store is reached through PgBouncer in transaction pooling: no server-side prepared statements
     pgbouncer: bool = False
 
@@ -271,6 +265,7 @@ class CheckSpec:
 class MachineSpec(Strict):
     id: str
     address: str
+    zone: str = ""  # the zone (datacenter, availability zone) it stands in
 
     @field_validator("id")
     @classmethod
@@ -307,6 +302,7 @@ class RemediationConfig(Strict):
     keep_warning: float = 3600.0  # warn this long before keep_for ends a quarantine
     ladder: list[Rung] | None = Field(default=None, min_length=1)  # repair before replace: rungs in order
     max_repairs: MaxRepairs | None = None  # a machine repaired this often goes straight to the last rung
+    zone_loss: ZoneLoss = ZoneLoss()  # when a zone counts as lost, and what is launched elsewhere
 
     @field_validator("storm_cooldown", "backoff", "keep_warning", mode="before")
     @classmethod

@@ -52,6 +52,7 @@ class LaunchRequest:
     version: str
     spec: BaseModel  # the provider's ImageVersion
     incident: str | None = None
+    zone: str = ""  # where healerd wants it (one of the provider's `zones`); "" when it has none
 
 
 class Provider:
@@ -88,10 +89,15 @@ class Provider:
     async def list_machines(self, service: ServiceSpec) -> list[Machine]:
         raise NotImplementedError
 
+    def zones(self, service: ServiceSpec) -> tuple[str, ...]:
+        """The zones it launches the service's machines in, in order (healerd spreads them evenly); none:
+        it does not say, and every machine is placed where the provider puts it."""
+        return ()
+
     # -- lifecycle: only providers with an ImageVersion implement these --------------------------------
-    def allocate(self, taken: set[int]) -> tuple[str, dict[str, str]]:
+    def allocate(self, taken: set[int], zone: str = "") -> tuple[str, dict[str, str]]:
         """The address and attributes a new machine will have, known before it starts (if any)."""
-        return "", {}
+        return "", {"zone": zone} if zone else {}
 
     async def launch(self, request: LaunchRequest) -> Machine:
         raise ProviderError(f"provider {self.name} ({self.kind}) cannot launch machines")

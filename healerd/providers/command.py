@@ -267,6 +267,9 @@ class CommandProvider(Provider):
                 )
         return list(out.values())
 
+    def zones(self, service: ServiceSpec) -> tuple[str, ...]:
+        return tuple(self.opts.zones)
+
     async def launch(self, request: LaunchRequest) -> Machine:
         """Launch (or find again: `machine_id` is the idempotency key) the machine healerd recorded."""
         spec = request.spec.model_dump(mode="json")
@@ -279,6 +282,7 @@ class CommandProvider(Provider):
             image=request.image,
             version=request.version,
             spec=spec,
+            **({"zone": request.zone} if request.zone else {}),
         )
         try:
             return machine_from(reply.get("machine"), request.service, Lifecycle.PROBATION)

@@ -90,6 +90,8 @@ class CommandOptions(ProviderOptions):
     env_file: Path | None = None
     #: the verbs the executable claims (default: every verb of the protocol)
     verbs: list[str] | None = None
+    #: the zones it launches machines in: healerd asks for one in each launch (`zone`), spreading them evenly
+    zones: list[str] = Field(default_factory=list)
 
     @field_validator("command")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -38,18 +39,30 @@ class LocalOptions(ProviderOptions):
     host: str = "127.0.0.1"
     port_range: tuple[int, int] = (20000, 29999)
     freeze_on_quarantine: bool = False  # SIGSTOP the process group while quarantined
+    #: zones new machines are spread across (the image's command gets {zone}); a zone may listen on an address
+    #: of its own (`hosts: {a: 127.0.1.1}`), else on `host`
+    zones: list[str] = Field(default_factory=list)
+    hosts: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _range(self) -> LocalOptions:
         lo, hi = self.port_range
         if not 1024 <= lo <= hi <= 65535:
             raise ValueError(f"port_range must be two ports between 1024 and 65535, low first; got {self.port_range}")
+        if len(set(self.zones)) != len(self.zones) or not all(self.zones):
+            raise ValueError(f"zones must be distinct non-empty names, got {self.zones}")
+        stray = sorted(set(self.hosts) - set(self.zones))
+        if stray:
+            raise ValueError(f"hosts names zone(s) {', '.join(stray)} missing from zones {self.zones}: add them there")
         return self
+
+    def host_of(self, zone: str) -> str:
+        return self.hosts.get(zone, self.host)
 
 
 class LocalImage(BaseModel):
     """An image version of the local provider: the command that starts a machine. Templates: {port} (given
-    to the machine), {host}, {id}, {service}, {python} (the interpreter healerd runs on). The machine's
+    to the machine), {host}, {zone}, {id}, {service}, {python} (the interpreter healerd runs on). The machine's
     environment is `env` only (plus PATH), never the daemon's."""
 
     model_config = {"extra": "forbid", "frozen": True}
@@ -168,6 +181,7 @@ class LocalProvider(Provider):
                 "launched_for": launched_for(Origin.FILL),
                 "launched_at": str(time.time()),
                 "adopted": "1",
+                **({"zone": env["HEALERD_ZONE"]} if env.get("HEALERD_ZONE") else {}),
             }
             machine = self._with_pid(Machine(service.name, machine_id, address, Lifecycle.PROBATION, attrs), pid)
             log.warning(
@@ -184,7 +198,7 @@ class LocalProvider(Provider):
         assert self.env is not None
         return str(self.env.state_dir.resolve())
 
-    def _pick_port(self, taken: set[int]) -> int:
+    def _pick_port(self, taken: set[int], host: str) -> int:
         lo, hi = self.opts.port_range
         span = hi - lo + 1
         start = int(time.time() * 1000) % span
@@ -194,16 +208,22 @@ class LocalProvider(Provider):
                 continue
             with socket.socket() as s:
                 try:
-                    s.bind((self.opts.host, port))
-                except OSError:
-                    continue
+                    s.bind((host, port))
+                except OSError as exc:
+                    # a zone's address in another network namespace cannot be tried from here: `taken` decides
+                    if exc.errno != errno.EADDRNOTAVAIL:
+                        continue
             return port
         raise ProviderError(f"local: no free port in {lo}-{hi}; widen providers.<name>.port_range")
 
-    def allocate(self, taken: set[int]) -> tuple[str, dict[str, str]]:
+    def zones(self, service: ServiceSpec) -> tuple[str, ...]:
+        return tuple(self.opts.zones)
+
+    def allocate(self, taken: set[int], zone: str = "") -> tuple[str, dict[str, str]]:
         """The address and attributes a new machine will have (recorded before it starts)."""
-        port = self._pick_port(taken)
-        return f"{self.opts.host}:{port}", {"port": str(port)}
+        host = self.opts.host_of(zone)
+        port = self._pick_port(taken, host)
+        return f"{host}:{port}", {"port": str(port), **({"zone": zone} if zone else {})}
 
     async def launch(self, request: LaunchRequest) -> Machine:
         """Start the machine's process; if one is already running for this machine id, adopt it."""
@@ -219,7 +239,8 @@ class LocalProvider(Provider):
         port = machine.attributes.get("port", "")
         fields = {
             "port": port,
-            "host": self.opts.host,
+            "host": self.opts.host_of(machine.zone),
+            "zone": machine.zone,
             "id": machine.id,
             "service": machine.service,
             "python": sys.executable,
@@ -238,6 +259,7 @@ class LocalProvider(Provider):
             "HEALERD_ADDRESS": machine.address,
             "HEALERD_IMAGE": request.image,
             "HEALERD_IMAGE_VERSION": request.version,
+            **({"HEALERD_ZONE": machine.zone} if machine.zone else {}),
         }
         await asyncio.to_thread(self._remember, machine.id, argv, env)
         return await self._spawn(machine, argv, env)

@@ -17,6 +17,6 @@ class StaticProvider(Provider):
 
     async def list_machines(self, service: ServiceSpec) -> list[Machine]:
         return [
-            Machine(service=service.name, id=m.id, address=m.address, lifecycle=Lifecycle.IN_SERVICE)
+            Machine(service.name, m.id, m.address, Lifecycle.IN_SERVICE, {"zone": m.zone} if m.zone else {})
             for m in service.machines
         ]

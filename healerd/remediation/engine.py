@@ -43,6 +43,7 @@ from .repair import Repair
 from .retention import RetentionReconciler
 from .runbook import Runbook, StepJournal
 from .views import Views
+from .zone_guard import ZoneGuard, ZoneReconciler
 
 if TYPE_CHECKING:
     from ..events import EventBus
@@ -82,7 +83,10 @@ class RemediationEngine:
         self._loop_task: asyncio.Task[None] | None = None
         self.book = IncidentBook(store, bus, on_change=self._update_gauges)
         self.controls = Controls(config, store, cli_mode=mode, wake=self._wake.set)
-        self.fleet = Fleet(config, monitor, store=store, bus=bus, metrics=metrics, incidents=self.book)
+        self.zones = ZoneGuard(monitor)
+        self.fleet = Fleet(
+            config, monitor, store=store, bus=bus, metrics=metrics, incidents=self.book, zones=self.zones
+        )
         self.journal = StepJournal(store)
         self.views = Views(config, store, journal=self.journal, controls=self.controls, incidents=self.book)
         self.quarantines = Quarantine(config, monitor, store=store, bus=bus, fleet=self.fleet, views=self.views)
@@ -126,12 +130,29 @@ class RemediationEngine:
             runbook=self.runbook,
             rollouts=self.rollouts,
             ladder=self.ladder,
+            zones=self.zones,
             leadership=leadership,
         )
         self.fill_passes = FillReconciler(
-            monitor, store, fleet=self.fleet, controls=self.controls, incidents=self.book, rollouts=self.rollouts
+            monitor,
+            store,
+            fleet=self.fleet,
+            controls=self.controls,
+            incidents=self.book,
+            rollouts=self.rollouts,
+            zones=self.zones,
+        )
+        self.zone_passes = ZoneReconciler(
+            self.zones,
+            self.fleet,
+            controls=self.controls,
+            quarantines=self.quarantines,
+            bus=bus,
+            metrics=metrics,
+            leadership=leadership,
         )
         self.reconcilers: tuple[Reconciler, ...] = (
+            self.zone_passes,  # first: a lost zone's machines leave before their incidents are considered
             self.incident_passes,
             ProbationReconciler(monitor, self.fleet, quarantines=self.quarantines),
             self.fill_passes,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +23,10 @@ from ..probation import ProbationOutcome, probation_outcome
 from ..providers.base import LaunchRequest, Provider, ProviderError
 from ..rotations.base import Rotation
 from ..store import VersionRecord
+from ..zones import next_zone
 from .actions import ProbationFailed, StepFailed
 from .incidents import IncidentState
+from .zone_guard import ZoneGuard
 
 if TYPE_CHECKING:
     from ..events import EventBus
@@ -42,11 +45,14 @@ def _launched_at(m: Machine) -> float:
 def retirement_order(machines: Iterable[Machine], known_good: str | None) -> list[Machine]:
     """The order in which scale-in retires machines: first those not on the known-good version (a machine
     released from quarantine may run a version replaced since; one whose version is not recorded cannot be
-    vouched for), then the newest. A fleet on one version thus keeps its longest-proven machines."""
+    vouched for), then those of the zone with the most machines (the spread evens out), then the newest. A
+    fleet on one version thus keeps its longest-proven machines."""
+    machines = list(machines)
+    per_zone = Counter(m.zone for m in machines)
 
-    def key(m: Machine) -> tuple[bool, float, str]:
+    def key(m: Machine) -> tuple[bool, int, float, str]:
         stale = known_good is not None and m.image_version != known_good
-        return (stale, _launched_at(m), m.id)
+        return (stale, per_zone[m.zone] if m.zone else 0, _launched_at(m), m.id)
 
     return sorted(machines, key=key, reverse=True)
 
@@ -83,9 +89,11 @@ class Fleet:
         bus: EventBus,
         metrics: Metrics,
         incidents: IncidentBook,
+        zones: ZoneGuard | None = None,
     ) -> None:
         self._config = config
         self.monitor = monitor
+        self.zones = zones or ZoneGuard(monitor)  # where a new machine must not go (a lost zone, a failing one)
         self.store = store
         self.bus = bus
         self.metrics = metrics
@@ -225,7 +233,11 @@ class Fleet:
             for m in await self.store.machines.load()
             if m.attributes.get("port", "").isdigit() and m.lifecycle not in (Lifecycle.TERMINATED, Lifecycle.RELEASED)
         }
-        address, attrs = provider.allocate(taken)
+        live = (Lifecycle.LAUNCHING, Lifecycle.PROBATION, Lifecycle.IN_SERVICE)
+        placed = [m.zone for m in self.monitor.machines.get(svc.name, {}).values() if m.lifecycle in live]
+        zone = next_zone(provider.zones(svc), placed, self.zones.avoid(svc.name))
+        # a provider without zones may take `taken` only (its allocate from before zones)
+        address, attrs = provider.allocate(taken, zone) if zone else provider.allocate(taken)
         machine = Machine(
             svc.name,
             machine_id,
@@ -246,7 +258,7 @@ class Fleet:
         spec = image.versions.get(version) or image.versions[image.known_good]
         try:
             launched = await self.provider(svc).launch(
-                LaunchRequest(svc.name, machine.id, svc.image, version, spec, incident)
+                LaunchRequest(svc.name, machine.id, svc.image, version, spec, incident, zone=machine.zone)
             )
         except ProviderError as exc:  # kept on the record: the API shows why the machine is still launching
             failed = {**machine.attributes, "launch_error": str(exc)[:1000]}

@@ -27,6 +27,7 @@ from ..leadership import STANDALONE, Leadership
 from ..machines import PROBATION, Lifecycle, Machine, Origin, launched_at
 from ..probation import ProbationOutcome, probation_deadline
 from ..providers.base import ProviderError
+from ..zones import uneven
 from .fleet import retirement_order
 from .incidents import Incident, IncidentState
 from .safety import Decision, GateInput, Reason, decide, troubled
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from .ladder import Ladder
     from .quarantine import Quarantine
     from .runbook import Runbook
+    from .zone_guard import ZoneGuard
 
 log = structlog.get_logger("healerd.remediation")
 
@@ -96,6 +98,7 @@ class IncidentReconciler:
         runbook: Runbook,
         rollouts: Rollouts,
         ladder: Ladder,
+        zones: ZoneGuard,
         leadership: Leadership = STANDALONE,
     ) -> None:
         self.monitor = monitor
@@ -107,6 +110,7 @@ class IncidentReconciler:
         self.runbook = runbook
         self.rollouts = rollouts
         self.ladder = ladder  # a machine taken out of rotation for an incident returns when it is mended
+        self.zones = zones  # a zone failing together is the zone guard's: not a storm, and judged as a zone
         #: in a cluster: asks the vantage points (service, machine, timeout) before a remediation starts
         self.leadership = leadership
         self._unconfirmed_until: dict[str, float] = {}
@@ -122,7 +126,12 @@ class IncidentReconciler:
             book = self.monitor.book
             unhealthy = troubled(
                 self.incidents.machines(service.name),
-                [mh for m in serving if (mh := book.machine(service.name, m.id)) is not None],
+                [
+                    mh
+                    for m in serving
+                    if (mh := book.machine(service.name, m.id)) is not None
+                    and not self.zones.in_unhealthy_zone(service.name, m)
+                ],
             )
             if unhealthy > service.max_unhealthy:
                 await self.controls.storm(service.name, now + service.remediation.storm_cooldown)
@@ -264,6 +273,7 @@ class IncidentReconciler:
         rem = svc.remediation
         launches = await self.store.incidents.launches_since(svc.name, now - 3600, by_incidents=True)
         fails = await self.store.incidents.failures(svc.name, inc.machine)
+        m = self.monitor.machine(svc.name, inc.machine)
         return GateInput(
             now=now,
             mode=self.controls.mode_for(svc.name),
@@ -271,6 +281,8 @@ class IncidentReconciler:
             silenced=await self.controls.silenced(svc.name, inc.machine, now),
             flapping=_condition(self.monitor, svc.name, inc.machine) is Condition.FLAPPING,
             dependencies_down=self._dependencies_down(svc),
+            monitor_suspect=self.zones.suspect(svc.name),
+            zone_unconfirmed=self.zones.held(svc.name, m.zone if m is not None else ""),
             unhealthy=unhealthy,
             max_unhealthy=svc.max_unhealthy,
             storm_until=self.controls.storm_until.get(svc.name, 0.0),
@@ -333,6 +345,7 @@ class FillReconciler:
         controls: Controls,
         incidents: IncidentBook,
         rollouts: Rollouts,
+        zones: ZoneGuard,
     ) -> None:
         self.monitor = monitor
         self.store = store
@@ -340,6 +353,7 @@ class FillReconciler:
         self.controls = controls
         self.incidents = incidents
         self.rollouts = rollouts
+        self.zones = zones
         self._held: set[str] = set()  # services whose "not launching" was said
         #: machines whose fill launch failed: attempts so far, and when to ask again (doubling, at most 30 s)
         self._relaunch: dict[str, tuple[int, float]] = {}
@@ -352,7 +366,10 @@ class FillReconciler:
         with bound_contextvars(service=service.name):
             machines = self.monitor.machines.get(service.name, {}).values()
             live = (Lifecycle.LAUNCHING, Lifecycle.PROBATION, Lifecycle.IN_SERVICE)
-            missing = service.desired - sum(1 for m in machines if m.lifecycle in live)
+            # a lost zone's share beyond zone_loss.max_surge is not launched again
+            missing = service.desired - self.zones.short(service) - sum(1 for m in machines if m.lifecycle in live)
+            if missing <= 0 and self._uneven(service):
+                missing = 1  # one more in the emptiest zone; the surplus then leaves the fullest one
             # a fill launch that failed stays recorded as launching (and counted): it is asked for again
             stalled = [m for m in machines if m.lifecycle is Lifecycle.LAUNCHING and m.origin is Origin.FILL]
             if (missing <= 0 and not stalled) or self.rollouts.busy(service.name):  # a rollout sets its size
@@ -392,6 +409,22 @@ class FillReconciler:
                     break
             return next_at
 
+    def _uneven(self, svc: ServiceConfig) -> bool:
+        """The service is whole and healthy but spread unevenly across its zones (after a lost zone returned)."""
+        zones = self.fleet.provider(svc).zones(svc)
+        verdict = self.zones.verdict(svc.name)
+        if len(zones) < 2 or verdict.unhealthy or self.zones.unreachable(svc.name):
+            return False
+        machines = list(self.monitor.machines.get(svc.name, {}).values())
+        if any(m.lifecycle in (Lifecycle.LAUNCHING, Lifecycle.PROBATION) for m in machines):
+            return False
+        serving = [m for m in machines if m.lifecycle is Lifecycle.IN_SERVICE]
+        if len(serving) != svc.desired:
+            return False
+        if any(_condition(self.monitor, svc.name, m.id) is not Condition.UP for m in serving):
+            return False
+        return uneven(zones, [m.zone for m in serving])
+
     async def _launch_again(self, service: ServiceConfig, m: Machine, attempts: int) -> None:
         with bound_contextvars(service=service.name, machine=m.id):
             try:
@@ -421,6 +454,7 @@ class FillReconciler:
             mode=self.controls.mode_for(svc.name),
             paused=self.controls.paused,
             silenced=await self.controls.silenced(svc.name, "", now),
+            monitor_suspect=self.zones.suspect(svc.name),
             launches_last_hour=await self.store.incidents.launches_since(svc.name, now - 3600),
             max_per_hour=max(svc.remediation.max_per_hour, svc.desired),
             max_concurrent=1 << 30,

@@ -29,6 +29,7 @@ class Reason(enum.StrEnum):
     DRY_RUN = "dry_run"
     UNCONFIRMED = "unconfirmed"
     DEPENDENCY_DOWN = "dependency_down"
+    MONITOR_SUSPECT = "monitor_suspect"
 
 
 #: what an operator can do about each gate ({service} is filled in): the status, the API, the incident's timeline
@@ -50,6 +51,8 @@ WHAT_TO_DO: dict[Reason, str] = {
     Reason.DRY_RUN: "let healerd act: healerd mode auto --service {service}",
     Reason.UNCONFIRMED: "check the network between the other healerd nodes and the machine: they see it up",
     Reason.DEPENDENCY_DOWN: "bring back the service it depends on (healerd status says why it is down)",
+    Reason.MONITOR_SUSPECT: "check healerd's own network and checks first: every zone of {service} fails at once, "
+    "which a real outage rarely does; healerd acts again once one zone is healthy",
 }
 
 
@@ -82,6 +85,10 @@ class GateInput:
     flapping: bool = False
     #: the services this one depends on that are down now, with why ("db: 0 serving machine(s) …")
     dependencies_down: tuple[str, ...] = ()
+    #: every zone of the service is unhealthy at once: the zones' figures ("a: 2 of 2 down, b: …")
+    monitor_suspect: str = ""
+    #: the machine's zone fails together and its loss is not confirmed (yet): why
+    zone_unconfirmed: str = ""
     unhealthy: int = 0  # in-service machines hard down now
     max_unhealthy: int = 1
     storm_until: float = 0.0  # the short-circuit tripped recently: wait for statuses to settle
@@ -124,6 +131,15 @@ def decide(g: GateInput) -> Decision:
             f"a service it depends on is down ({'; '.join(g.dependencies_down)}): its machines are likely fine, "
             "nothing is replaced until the dependency is back",
         )
+    if g.monitor_suspect:
+        return Decision(
+            False,
+            Reason.MONITOR_SUSPECT,
+            f"every zone is unhealthy at once ({g.monitor_suspect}): the monitor or its network is more likely at "
+            "fault than every datacenter; nothing is remediated",
+        )
+    if g.zone_unconfirmed:
+        return Decision(False, Reason.UNCONFIRMED, g.zone_unconfirmed)
     if g.unhealthy > g.max_unhealthy:
         return Decision(
             False,
@@ -170,14 +186,17 @@ def decide(g: GateInput) -> Decision:
     return Decision.go()
 
 
+def is_troubled(mh: MachineHealth) -> bool:
+    """Down, or failing now (even unconfirmed: machines breaking together are confirmed one check apart)."""
+    return mh.condition is Condition.DOWN or any(
+        c.bad_streak > 0 and c.last is not None and c.last.status is Status.CRITICAL for c in mh.checks.values()
+    )
+
+
 def troubled(incident_machines: Iterable[str], in_service: Iterable[MachineHealth]) -> int:
     """Machines of a service in trouble now, for the max_unhealthy short-circuit: those in service that are
-    down or failing (even unconfirmed: machines breaking together are confirmed one check apart), plus the
-    machines of its incidents still open (already out of rotation, still part of the same storm)."""
+    down or failing, plus the machines of its incidents still open (already out of rotation, still part of the
+    same storm)."""
     ids = set(incident_machines)
-    for mh in in_service:
-        if mh.condition is Condition.DOWN or any(
-            c.bad_streak > 0 and c.last is not None and c.last.status is Status.CRITICAL for c in mh.checks.values()
-        ):
-            ids.add(mh.id)
+    ids.update(mh.id for mh in in_service if is_troubled(mh))
     return len(ids)
