@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import free_port
@@ -41,9 +40,7 @@ def _reap_demo_machines(tmp_path: Path) -> Iterator[None]:
 
 
 def start(tmp_path: Path, start_daemon: StartDaemon) -> Healer:
-    config = fleet_config(
-        tmp_path, free_port(), desired=DESIRED, remediation={"max_unhealthy": 1, "max_per_hour": 30}
-    )
+    config = fleet_config(tmp_path, free_port(), desired=DESIRED, remediation={"max_unhealthy": 1, "max_per_hour": 30})
     config["services"]["web"]["min_healthy"] = 4
     config["providers"]["demo"]["zones"] = ZONES
     healer = Healer(start_daemon(config, wait="listening"), tmp_path, config)
