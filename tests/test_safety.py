@@ -33,6 +33,8 @@ CLOSING: dict[Reason, dict[str, Any]] = {
     Reason.OBSERVE: {"mode": Mode.OBSERVE},
     Reason.FLAPPING: {"flapping": True},
     Reason.DEPENDENCY_DOWN: {"dependencies_down": ("db: 0 serving machine(s), fewer than min_healthy 1",)},
+    Reason.MONITOR_SUSPECT: {"monitor_suspect": "a: 2 of 2 down, b: 2 of 2 down"},
+    Reason.UNCONFIRMED: {"zone_unconfirmed": "zone a looks lost from here, not from the nodes outside it"},
     Reason.MAX_UNHEALTHY: {"unhealthy": 3, "max_unhealthy": 2},
     Reason.STORM_COOLDOWN: {"storm_until": NOW + 120},
     Reason.MAX_CONCURRENT: {"running": 1, "max_concurrent": 1},

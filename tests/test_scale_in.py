@@ -52,3 +52,16 @@ def test_without_an_image_only_age_counts() -> None:
 def test_machines_launched_in_the_same_second_are_ordered_by_id() -> None:
     fleet = [machine("web-a", "v1", 100), machine("web-b", "v1", 100)]
     assert order(fleet, "v1") == order(list(reversed(fleet)), "v1") == ["web-b", "web-a"]
+
+
+def test_on_one_version_a_machine_of_the_fullest_zone_goes_first_so_the_spread_evens_out() -> None:
+    def zoned(mid: str, zone: str, launched_at: float) -> Machine:
+        m = machine(mid, "v1", launched_at)
+        return Machine(m.service, m.id, m.address, m.lifecycle, {**m.attributes, "zone": zone})
+
+    # after zone a returned: a rebalancing machine launched in a, the newest; b holds three
+    fleet = [zoned("b-1", "b", 100), zoned("b-2", "b", 200), zoned("b-3", "b", 300), zoned("c-1", "c", 400)]
+    fleet += [zoned("c-2", "c", 500), zoned("a-1", "a", 900)]
+    assert order(fleet, "v1")[0] == "b-3"
+    fleet.append(machine("stale", "v0", 50))  # off the known-good version: first, whatever its zone
+    assert order(fleet, "v1")[0] == "stale"
