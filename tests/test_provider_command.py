@@ -100,6 +100,24 @@ async def test_launch_sends_the_request_on_stdin_with_the_verb_last_and_reads_th
     assert before + 600 - 5 <= req["deadline"] <= time.time() + 600, "launch gets launch_timeout (10m by default)"
 
 
+async def test_a_provider_with_zones_is_asked_for_a_zone_and_its_reply_says_where_the_machine_is(
+    tmp_path: Path,
+) -> None:
+    machine = {"id": "web-8", "address": "127.0.0.1:9002", "zone": "lab-b"}
+    exe = recorder(tmp_path, {"launch": {"machine": machine}})
+    p = provider([str(exe)], zones=["lab-a", "lab-b"])
+    spec = CommandImage.model_validate({})
+    assert p.zones(None) == ("lab-a", "lab-b")  # type: ignore[arg-type]
+
+    got = await p.launch(LaunchRequest("web", "web-8", "web-img", "v1", spec, None, zone="lab-b"))
+
+    assert got.zone == "lab-b"
+    assert json.loads((tmp_path / "launch.json").read_text())["request"]["zone"] == "lab-b"
+    plain = await provider([str(exe)]).launch(LaunchRequest("web", "web-8", "web-img", "v1", spec, None))
+    assert plain.zone == "lab-b"
+    assert "zone" not in json.loads((tmp_path / "launch.json").read_text())["request"], "no zones: none asked for"
+
+
 async def test_machine_verbs_carry_the_machine_and_read_their_replies(tmp_path: Path) -> None:
     exe = recorder(
         tmp_path,

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from healerd.config import Config, ConfigError, load_config
 from healerd.config.zones import OnReturn, ZoneLoss
 from healerd.providers.local import LocalProvider
+from healerd.providers.static import StaticProvider
 from healerd.zones import ZoneCount, ZoneState, judge, needed, next_zone, spread, uneven, zone_state
 
 T = 0.55
@@ -152,3 +153,23 @@ def test_zone_mistakes_are_named_with_their_path(tmp_path: Path, hosts: str, zon
     with pytest.raises(ConfigError) as err:
         load(tmp_path, hosts, zone_loss)
     assert expected in str(err.value)
+
+
+async def test_a_static_machine_stands_in_the_zone_its_config_names(tmp_path: Path) -> None:
+    path = tmp_path / "healerd.yaml"
+    path.write_text(
+        """\
+daemon: {listen: "127.0.0.1:19464", state_dir: ./state}
+providers: {lab: {kind: static}}
+services:
+  db:
+    provider: lab
+    machines:
+      - {id: db-1, address: "10.0.1.5:5432", zone: dc1}
+      - {id: db-2, address: "10.0.2.5:5432"}
+    checks: [{name: up, kind: tcp, interval: 1s, timeout: 500ms}]
+"""
+    )
+    config = load_config(path)
+    listed = await StaticProvider("lab", config.providers["lab"].options).list_machines(config.services["db"])
+    assert {m.id: m.zone for m in listed} == {"db-1": "dc1", "db-2": ""}
