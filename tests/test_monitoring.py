@@ -43,7 +43,7 @@ def test_the_rules_pass_promtool_check_rules() -> None:
     assert rules == ["healerd-rules.yml"]
     out = promtool("check", "rules", *rules)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 10 rules found" in out.stdout
+    assert "SUCCESS: 11 rules found" in out.stdout
 
 
 def test_the_rules_fire_as_their_unit_tests_say() -> None:
