@@ -22,7 +22,7 @@ import pytest
 from conftest import free_port
 
 from .fleet import FALL, INTERVAL, TIMEOUT, Healer, demo_pids, fleet_config, kill_demos, launched_ids
-from .helpers import StartDaemon, http_get
+from .helpers import StartDaemon, http_get, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -108,6 +108,10 @@ def test_a_lost_zone_is_served_again_from_the_others_and_its_machines_never_rejo
     metrics = healer.daemon.metrics()
     assert metrics.total("healerd_zone_lost", service="web", zone="a") == 1
     assert metrics.total("healerd_zone_lost", service="web", zone="b") == 0
+    out = run_cli("status", "--url", healer.url).stdout
+    assert "web zones: a: 0 serving, LOST (2 unreachable); b: 3 serving; c: 3 serving" in out, out
+    status, page = healer.daemon.get("/")
+    assert status == 200 and b"zone a" in page and b"unreachable" in page
 
     # zone a returns: its machines answer again and are retired; not one moment back in rotation
     signal_zone(list(lost.values()), signal.SIGCONT)
