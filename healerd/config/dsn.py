@@ -203,10 +203,10 @@ def dsn_problem(dsn: str) -> str | None:
     return _session_problem(dsn, parts)
 
 
-def _session_problem(dsn: str, parts: dict[str, str | None]) -> str | None:
+def _session_problem(dsn: str, parts: dict[str, str | int | None]) -> str | None:
     """A list of servers must say to connect to the writable one only: libpq takes the first that answers, a
     standby among them, where every write of the store would fail."""
-    attrs = parts.get("target_session_attrs")
+    attrs = str(parts["target_session_attrs"]) if parts.get("target_session_attrs") is not None else None
     said = mask(attrs, dsn) if attrs else None
     if attrs is None:
         where = (
