@@ -61,9 +61,12 @@ class Member:
         )
 
     def start(self) -> None:
+        # wal_retrieve_retry_interval: a standby whose primary died waits that long (5 s by default) between
+        # attempts to stream again, and a promotion asked meanwhile waits for the end of the pause
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} -k {self.data.parent} -c fsync=off "
-            "-c full_page_writes=off -c max_connections=200 -c log_min_messages=warning -c wal_keep_size=256MB"
+            "-c full_page_writes=off -c max_connections=200 -c log_min_messages=warning -c wal_keep_size=256MB "
+            "-c wal_retrieve_retry_interval=200ms"
         )
         self.ctl("start", "-o", options, "-l", str(self.data.parent / f"{self.name}.log"))
 
