@@ -29,6 +29,20 @@ REFUSED = {
     "host=db sslpassword={pw} port=x": "names port 'x'",
     "{pw}": "expected a PostgreSQL connection string (this is not shown",
     "mysql://healerd:{pw}@db/healerd": "not mysql://",
+    # a list of servers without a read-write session: the first that answers could be a standby
+    "postgresql://healerd:{pw}@db1:5432,db2:5433/healerd": (
+        "names 2 servers with no target_session_attrs: a node could connect to a read-only standby and fail on every "
+        "write; add ?target_session_attrs=read-write at the end"
+    ),
+    "postgresql://healerd@db1,db2,db3/healerd?sslmode=require&password={pw}": (
+        "names 3 servers with no target_session_attrs"
+    ),
+    "postgresql://healerd@db1,db2/healerd?target_session_attrs=any": (
+        "write target_session_attrs=read-write (or primary) instead of any"
+    ),
+    "host=db1,db2 port=5432,5433 password={pw}": "add target_session_attrs=read-write among the key=value pairs",
+    "hostaddr=10.0.0.1,10.0.0.2 password={pw}": "names 2 servers with no target_session_attrs",
+    "postgresql://healerd:{pw}@db/healerd?target_session_attrs=standby": "a server that may not accept writes",
     "postgresql://healerd:{pw}@db/healerd?application_name=" + "x" * 4100: "more than 4,096",
 }
 
@@ -39,7 +53,18 @@ ACCEPTED = {
     "postgresql://healerd@db/healerd?password={pw}&sslmode=require": (
         "postgresql://healerd@db/healerd?password=***&sslmode=require"
     ),
-    "postgresql://healerd:{pw}@db1:5432,db2:5433/healerd": "postgresql://healerd:***@db1:5432,db2:5433/healerd",
+    "postgresql://healerd:{pw}@db1:5432,db2:5433/healerd?target_session_attrs=read-write": (
+        "postgresql://healerd:***@db1:5432,db2:5433/healerd?target_session_attrs=read-write"
+    ),
+    "postgresql://healerd@db1,db2/healerd?password={pw}&target_session_attrs=primary": (
+        "postgresql://healerd@db1,db2/healerd?password=***&target_session_attrs=primary"
+    ),
+    "postgresql://healerd:{pw}@[::1]:5432,[::1]:5433/healerd?target_session_attrs=read-write": (
+        "postgresql://healerd:***@[::1]:5432,[::1]:5433/healerd?target_session_attrs=read-write"
+    ),
+    "host=db1,db2 port=5432,5433 password={pw} target_session_attrs=read-write": (
+        "host=db1,db2 port=5432,5433 password=*** target_session_attrs=read-write"
+    ),
     "host=db dbname=healerd user=healerd password={pw}": "host=db dbname=healerd user=healerd password=***",
     "host=db password = '{pw} with\\' spaces' port=5432": "host=db password = *** port=5432",
     "host=db sslpassword={pw} sslmode=verify-full": "host=db sslpassword=*** sslmode=verify-full",

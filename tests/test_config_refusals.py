@@ -172,6 +172,14 @@ CASES = [
         "store:",
     ),
     case(
+        "dsn-servers-without-read-write",
+        store("postgresql://healerd:s3cret@db1:5432,db2:5432/healerd"),
+        "cluster.store",
+        "postgresql://healerd:***@db1:5432,db2:5432/healerd names 2 servers with no target_session_attrs: a node "
+        "could connect to a read-only standby and fail on every write; add ?target_session_attrs=read-write",
+        "store:",
+    ),
+    case(
         "dsn-not-postgresql",
         store("mysql://healerd:s3cret@db.example/healerd"),
         "cluster.store",

@@ -25,6 +25,10 @@ PERCENT_FIX = (
     "or leave the password out and put it in ~/.pgpass"
 )
 SHAPES = "postgresql://user@host:port/database, or key=value pairs like host=db.example dbname=healerd user=healerd"
+#: the target_session_attrs that connect only to a server that accepts writes (libpq's names)
+WRITABLE_SESSIONS = ("read-write", "primary")
+#: the ones that may, or must, connect to a standby: the store would fail on every write there
+READ_ONLY_SESSIONS = ("read-only", "standby", "prefer-standby")
 
 Span = tuple[int, int]
 
@@ -196,4 +200,34 @@ def dsn_problem(dsn: str) -> str | None:
                 f"the connection string {shown(dsn)} names port {mask(repr(port), dsn)}, which is not a port from 1 to "
                 f"65535; fix the port (if it is part of the password, {PERCENT_FIX})"
             )
+    return _session_problem(dsn, parts)
+
+
+def _session_problem(dsn: str, parts: dict[str, str | int | None]) -> str | None:
+    """A list of servers must say to connect to the writable one only: libpq takes the first that answers, a
+    standby among them, where every write of the store would fail."""
+    attrs = str(parts["target_session_attrs"]) if parts.get("target_session_attrs") is not None else None
+    said = mask(attrs, dsn) if attrs else None
+    if attrs is None:
+        where = (
+            f"{'&' if '?' in dsn else '?'}target_session_attrs=read-write at the end"
+            if _is_uri(dsn)
+            else "target_session_attrs=read-write among the key=value pairs"
+        )
+        fix = f"add {where}"
+    else:
+        fix = f"write target_session_attrs=read-write (or primary) instead of {said}"
+    fix += ": libpq then tries the servers in turn and keeps the one that accepts writes"
+    if attrs in READ_ONLY_SESSIONS:
+        return (
+            f"the connection string {shown(dsn)} asks for target_session_attrs={said}, a server that may not accept "
+            f"writes, and every node writes to the store; {fix}"
+        )
+    servers = max(len(str(parts.get(k) or "").split(",")) for k in ("host", "hostaddr"))
+    if servers > 1 and attrs not in WRITABLE_SESSIONS:
+        return (
+            f"the connection string {shown(dsn)} names {servers} servers with "
+            f"{f'target_session_attrs={said}' if said else 'no target_session_attrs'}: a node could connect to a "
+            f"read-only standby and fail on every write; {fix}"
+        )
     return None

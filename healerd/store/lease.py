@@ -4,6 +4,10 @@ One round (every lease_ttl / 3) is one transaction: this node's heartbeat, an at
 lease row (holder, epoch, expires_at, all by the database's clock), and a read of the nodes. A node takes
 the lease only when it is free or expired, and the epoch grows each time the holder changes (or a holder
 comes back after its own lease expired): the store refuses leader-only writes of any older epoch.
+
+Epochs never go backwards: each node remembers the highest epoch it has seen, and a lease row behind it (a
+standby promoted before it had replayed the last takeovers) is moved past it when the node takes or renews
+the lease, so no write of an epoch the cluster already used can be taken for the newest.
 """
 
 from __future__ import annotations
@@ -23,13 +27,16 @@ ON CONFLICT (node) DO UPDATE SET advertise = excluded.advertise, version = exclu
     last_seen = now(), machines = excluded.machines, checks = excluded.checks,
     started_at = CASE WHEN %(fresh)s THEN now() ELSE cluster_nodes.started_at END
 """
+# %(seen)s: the highest epoch this node has seen; a row behind it starts a new term past it
 _TAKE = """
 INSERT INTO cluster_lease (name, holder, epoch, expires_at, acquired_at)
-VALUES ('leader', %(node)s, 1, now() + %(ttl)s * interval '1 second', now())
+VALUES ('leader', %(node)s, %(seen)s + 1, now() + %(ttl)s * interval '1 second', now())
 ON CONFLICT (name) DO UPDATE SET
-    epoch = CASE WHEN cluster_lease.holder = excluded.holder AND cluster_lease.expires_at > now()
+    epoch = CASE WHEN cluster_lease.epoch < %(seen)s THEN %(seen)s + 1
+                 WHEN cluster_lease.holder = excluded.holder AND cluster_lease.expires_at > now()
                  THEN cluster_lease.epoch ELSE cluster_lease.epoch + 1 END,
-    acquired_at = CASE WHEN cluster_lease.holder = excluded.holder AND cluster_lease.expires_at > now()
+    acquired_at = CASE WHEN cluster_lease.epoch >= %(seen)s AND cluster_lease.holder = excluded.holder
+                            AND cluster_lease.expires_at > now()
                  THEN cluster_lease.acquired_at ELSE now() END,
     holder = excluded.holder,
     expires_at = excluded.expires_at
@@ -82,6 +89,8 @@ class Lease:
         self.ttl = ttl
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._fresh = True
+        #: the highest leader epoch this node has read (kept across reconnections, to any server)
+        self.seen = 0
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -116,7 +125,7 @@ class Lease:
                     },
                 )
                 if take:
-                    await conn.execute(_TAKE, {"node": self.node, "ttl": self.ttl})
+                    await conn.execute(_TAKE, {"node": self.node, "ttl": self.ttl, "seen": self.seen})
                 if disputed is not None:
                     async with conn.cursor() as cur:
                         await cur.executemany(_DISPUTED, [(n, node, n) for node, n in disputed.items()])
@@ -132,7 +141,9 @@ class Lease:
         )
         if lease is None:
             return Round(None, 0, 0.0, members)
-        return Round(str(lease[0]), int(lease[1]), float(lease[2]), members)
+        found = Round(str(lease[0]), int(lease[1]), float(lease[2]), members)
+        self.seen = max(self.seen, found.epoch)
+        return found
 
     async def release(self, epoch: int) -> None:
         """A leader stopping cleanly ends its lease now: another node takes over at its next round."""

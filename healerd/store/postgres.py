@@ -42,6 +42,10 @@ OPEN_RETRY_MAX = 10.0
 #: no statement of healerd's may hold a connection longer (a lock wait, a server in trouble)
 STATEMENT_TIMEOUT_MS = 15_000
 _LOCK_SCHEMA = "SELECT pg_advisory_xact_lock(hashtext('healerd schema'))"
+#: what a server says when it is no longer the writable primary, or no longer there: 25006 (a read-only
+#: transaction: a standby, a primary turned read-only), 57P01-57P03 (shut down, crashed, starting); with any
+#: connection exception (class 08), they mean that the pool's connections, all made to that server, must go
+_LEFT_PRIMARY = frozenset({"25006", "57P01", "57P02", "57P03"})
 
 
 def redact(dsn: str) -> str:
@@ -53,6 +57,12 @@ def redact(dsn: str) -> str:
     # libpq marks its secrets (password, sslpassword, ...) and debug options; neither is shown
     hidden = {o.keyword.decode() for o in psycopg.pq.Conninfo.get_defaults() if o.dispchar}
     return " ".join(f"{k}={v}" for k, v in parts.items() if v is not None and k not in hidden)
+
+
+def left_primary(exc: psycopg.Error, conn: psycopg.Connection[Any] | None = None) -> bool:
+    """Whether `exc` says the server of `conn` can no longer take this store's writes."""
+    state = exc.sqlstate or ""
+    return state in _LEFT_PRIMARY or state.startswith("08") or (conn is not None and conn.broken)
 
 
 @functools.lru_cache(maxsize=512)
@@ -177,12 +187,35 @@ class PgDatabase(ThreadedDatabase):
         # while the server is known to be away, a caller (the status page, the API) learns it at once instead
         # of waiting the pool's whole timeout; the first statement that goes through ends the fault
         wait = FAULT_WAIT if self.fault is not None else None
-        with self._pool.connection(timeout=wait) as raw:  # commits when fn returns, rolls back when it raises
-            self._local.conn = _Adapter(raw)
-            try:
-                return fn(*args)
-            finally:
-                self._local.conn = None
+        raw = self._pool.getconn(timeout=wait)
+        try:
+            with raw:  # commits when fn returns, rolls back when it raises
+                self._local.conn = _Adapter(raw)
+                try:
+                    return fn(*args)
+                finally:
+                    self._local.conn = None
+        except psycopg.Error as exc:
+            if left_primary(exc, raw):
+                self._leave_server(raw, exc)
+            raise
+        finally:
+            self._pool.putconn(raw)
+
+    def _leave_server(self, raw: psycopg.Connection[Any], exc: psycopg.Error) -> None:
+        """Drop `raw` and every other connection of the pool: they were all made to a server that no longer takes
+        writes (a primary killed, stopped for a switchover, turned read-only). Their replacements are made anew
+        from the connection string: with a list of servers and target_session_attrs=read-write, to the one that
+        is the primary now. Kept, a connection to a standby would fail every write (25006) for good."""
+        if self.fault is None:  # once per outage: the store's fault is logged on the event loop as well
+            log.warning(
+                "the store's server no longer takes writes; reconnecting every connection",
+                **self.where,
+                sqlstate=exc.sqlstate,
+                error=str(exc).strip().replace("\n", " "),
+            )
+        raw.close()  # a closed connection is not put back in the pool; the pool makes another
+        self._pool.drain()  # the idle ones are closed now; those in use, when they are given back
 
     @property
     def conn(self) -> Connection:
@@ -215,6 +248,11 @@ class PgDatabase(ThreadedDatabase):
             reason = "this node does not hold the leader lease"
         elif row is None:
             reason = f"no leader lease exists (this node had epoch {mine})"
+        elif int(row[1]) < mine:
+            reason = (
+                f"the lease is at epoch {int(row[1])} (held by {row[0]}), behind this node's {mine}: the database "
+                "lost writes (a standby promoted with lag?); the next lease round moves the epoch past both"
+            )
         else:
             reason = f"epoch {mine} is older than the cluster's {int(row[1])} (held by {row[0]})"
         raise Fenced(f"leader-only write refused: {reason}")
