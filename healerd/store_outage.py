@@ -65,11 +65,6 @@ def page_id(basis: Basis, *subject: str) -> str:
     return stable_id(basis.store, basis.mark, *subject)
 
 
-def machine_subject(d: Down) -> tuple[str, ...]:
-    """A machine down is one page per outage: its open incident's, else the service and machine's."""
-    return ("incident", d.incident) if d.incident else ("machine", d.service, d.machine)
-
-
 def unreachable_event(basis: Basis, down: Iterable[Down], reason: str, now: float) -> Event:
     machines = sorted(f"{d.service}/{d.machine}" for d in down)
     named = ", ".join(machines[:NAMED]) + (f" and {len(machines) - NAMED} more" if len(machines) > NAMED else "")
@@ -95,7 +90,10 @@ def machine_event(basis: Basis, d: Down, now: float) -> Event:
         incident=d.incident,
         severity=Severity.CRITICAL,
         details={"condition": "down", "store_unreachable": True},
-        id=page_id(basis, *machine_subject(d)),
+        # an open incident names the machine's page by itself: the same whichever epoch a node saw last
+        id=stable_id(basis.store, "incident", d.incident)
+        if d.incident
+        else page_id(basis, "machine", d.service, d.machine),
     )
 
 

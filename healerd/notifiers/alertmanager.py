@@ -103,6 +103,7 @@ class AlertmanagerNotifier(Notifier):
             "service.state_changed",
             "rollout.rolled_back",
             "rollout.completed",
+            "store.degraded",  # paged while the store is unreachable
         ) and super().wants(event)
 
     def state(self) -> str:
