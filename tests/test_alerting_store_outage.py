@@ -14,6 +14,7 @@ from healerd.events import Event, EventType, Severity
 from healerd.notifiers import Delivery
 from healerd.notifiers.alertmanager import AlertmanagerNotifier
 from healerd.plugins import NOTIFIER_KINDS
+from healerd.store import BaseStore, SentElsewhere
 from healerd.store_outage import (
     RETRY_MAX,
     Basis,
@@ -165,3 +166,16 @@ async def test_a_page_refused_at_first_is_retried_until_delivered_then_handed_to
     assert {i for i, s in states.items() if s == "delivered"} == delivered  # recorded, not sent again
     [back] = [p for p in handed if p.state == "pending"]  # the store's return, sent through the outbox
     assert back.body["status"] == "resolved" and back.body["type"] == "store.degraded"
+
+
+async def test_the_outbox_keeps_each_page_once_and_sends_only_what_no_node_delivered(store: BaseStore) -> None:
+    def page(message_id: str, state: str) -> SentElsewhere:
+        return SentElsewhere(message_id, "hook", "web", state, 1 if state == "delivered" else 0, {"id": message_id})
+
+    # node a delivered P1 and not P2; node b delivered P2 and not P1; both hand over the store's return R
+    await store.outbox.adopt([page("P1", "delivered"), page("P2", "pending"), page("R", "pending")], T0)
+    await store.outbox.adopt([page("P1", "pending"), page("P2", "delivered"), page("R", "pending")], T0 + 1)
+    states = {m["id"]: m["state"] for m in await store.outbox.messages()}
+    assert states == {"P1": "delivered", "P2": "delivered", "R": "pending"}
+    pending = await store.outbox.next_pending("hook")
+    assert pending is not None and pending.id == "R" and pending.payload == {"id": "R"}
