@@ -2,6 +2,8 @@
 once with backoff, honour Retry-After, pace per notifier, and dead-letter what a receiver refuses.
 
 An event is committed to the outbox (store) before any delivery attempt; pending messages survive a crash.
+While the store is unreachable, every node pages on-call straight through the notifiers instead
+(`store_outage`), and hands those messages over to the outbox when the store is back.
 Per notifier, messages go out in order: a message being retried holds the ones after it, except that a
 message the receiver refuses for good (a 4xx) ends in the dead letter after `max_attempts` and no longer
 blocks.
@@ -25,7 +27,8 @@ from .notifiers.alertmanager import AlertmanagerNotifier
 from .plugins import NOTIFIER_KINDS
 from .receipts import Receipts
 from .reminders import Reminders
-from .store import STORE_FAULTS, Composed, OutboxItem
+from .store import STORE_FAULTS, Composed, OutboxItem, SentElsewhere
+from .store_outage import Basis, OutagePager, Page
 
 if TYPE_CHECKING:
     from .config import Config
@@ -39,7 +42,13 @@ FINISH_SENDING = 3.0  # a node that stops leading lets a delivery on its way fin
 
 class Alerting:
     def __init__(
-        self, store: BaseStore, metrics: Metrics, *, base_url: str, may_deliver: Callable[[], bool] = lambda: True
+        self,
+        store: BaseStore,
+        metrics: Metrics,
+        *,
+        base_url: str,
+        may_deliver: Callable[[], bool] = lambda: True,
+        outage_basis: Callable[[], Basis] | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -62,6 +71,11 @@ class Alerting:
         self.reminders = Reminders()  # open incidents not acknowledged, told again every renotify_interval
         #: in a cluster: True while this node leads (checked right before a message goes out)
         self.may_deliver = may_deliver
+        #: what identifies an outage of the store alike on every node (alone: the store and its last event)
+        self.outage_basis = outage_basis or self._own_basis
+        self.pager = OutagePager(lambda: self.notifiers, lambda: self.routes)
+        self._last_event = ""  # the last event this node saw while the store worked
+        store.on_fault(self._store_fault)
 
     # -- configuration ----------------------------------------------------------------------------------
     def configure(self, config: Config) -> None:
@@ -76,6 +90,9 @@ class Alerting:
         """Route events into the outbox; with `lead` (alone, or the cluster's leader) also deliver it."""
         self._session = aiohttp.ClientSession(headers={"User-Agent": "healerd"})
         self._tasks = [asyncio.create_task(self._writer(), name="healerd-outbox-writer")]
+        self.pager.start(self._session)
+        if self.store.fault is not None:  # a cluster node that starts while its database is away
+            self.pager.failing(self.outage_basis(), self.store.fault)
         if lead:
             await self.lead()
 
@@ -131,6 +148,7 @@ class Alerting:
                 await self._group_once(time.time(), force=True)
         while self._leading and time.monotonic() < deadline and await self._pending_due():  # noqa: ASYNC110 (polls the store)
             await asyncio.sleep(0.1)
+        await self.pager.close()
         for t in [*self._tasks, *self._leading, *self._workers.values()]:
             t.cancel()
         await asyncio.gather(*self._tasks, *self._leading, *self._workers.values(), return_exceptions=True)
@@ -155,6 +173,42 @@ class Alerting:
         if self.routes.get(event.service):
             self.reminders.observe(event.as_dict())
             self._queue.put_nowait(event)
+
+    def observe(self, event: Event) -> None:
+        """Bus subscriber for every event this node follows (its own and the mirrored): the machines down,
+        paged while the store is unreachable."""
+        if self.store.fault is None:
+            self._last_event = event.id
+        self.pager.observe(event)
+
+    # -- the store unreachable --------------------------------------------------------------------------------
+    def _own_basis(self) -> Basis:
+        return Basis(self.store.where, self._last_event or "no event yet")
+
+    def _store_fault(self, reason: str | None) -> None:
+        if reason is not None:
+            self.pager.failing(self.outage_basis(), reason)
+        elif self._session is not None:
+            self._tasks.append(asyncio.create_task(self._hand_over(), name="healerd-outage-hand-over"))
+
+    async def _hand_over(self) -> None:
+        """The store is back: what was paged straight to the receivers enters the outbox under its own id
+        (delivered: recorded, not sent again; not yet: sent from the outbox), with the store's return."""
+        pages = await self.pager.back()
+        if not pages:
+            return
+        backoff = 0.25
+        while True:
+            try:
+                await self.store.outbox.adopt([_elsewhere(p) for p in pages], time.time())
+                break
+            except STORE_FAULTS:  # failing again: the store said so; these wait in memory meanwhile
+                backoff = min(10.0, backoff * 2)
+                await asyncio.sleep(backoff)
+        for name in {p.notifier for p in pages}:
+            if name in self._wake:
+                self._wake[name].set()
+        self._regroup.set()
 
     async def _writer(self) -> None:
         """Commit routed events to the outbox. A store failure (disk full) keeps them in memory and retries
@@ -328,6 +382,10 @@ class Alerting:
         gauge = self.metrics.gauge("notification_queue_depth")
         for name in self.notifiers:
             gauge.labels(name).set(depth.get(name, 0))
+
+
+def _elsewhere(p: Page) -> SentElsewhere:
+    return SentElsewhere(p.id, p.notifier, p.service, p.state, p.attempts, p.body, p.last_status, p.last_error)
 
 
 def build_notifiers(config: Config, old: dict[str, Notifier], base_url: str) -> dict[str, Notifier]:

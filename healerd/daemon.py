@@ -95,7 +95,11 @@ class Daemon:
             )
         leadership: Leadership = self.cluster or STANDALONE
         self.alerting = Alerting(
-            self.store, self.metrics, base_url=f"{scheme}://{config.daemon.listen}", may_deliver=leadership.acting
+            self.store,
+            self.metrics,
+            base_url=f"{scheme}://{config.daemon.listen}",
+            may_deliver=leadership.acting,
+            outage_basis=self.cluster.outage_basis if self.cluster is not None else None,
         )
         self.alerting.configure(config)
         self.remediation = RemediationEngine(
@@ -118,6 +122,7 @@ class Daemon:
         self.bus.subscribe(log_event)
         self.bus.subscribe(lambda e: events_total.labels(e.type.value).inc())
         self.bus.subscribe(self.alerting.on_event)
+        self.bus.subscribe(self.alerting.observe, mirrored=True)  # the machines down, whichever node checks them
         self.metrics.gauge("store_writable").set(1)
         self.store.on_fault(self._store_fault)
 

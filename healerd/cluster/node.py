@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
+from psycopg.conninfo import conninfo_to_dict
 
 from ..config.models import ClusterConfig
 from ..events import Event
@@ -24,6 +25,7 @@ from ..monitor import Monitor
 from ..store import STORE_FAULTS
 from ..store.lease import Lease, Member, Round
 from ..store.postgres import PgStore
+from ..store_outage import Basis
 from .confirm import Confirmer, Verdict, ZoneWord
 from .membership import Membership
 from .mirror import Mirror
@@ -55,6 +57,8 @@ class Cluster:
         self.store = store
         self.monitor = monitor
         self.metrics = metrics
+        #: the cluster's database by name: the same on every node, whichever servers each one lists
+        self.database = str(conninfo_to_dict(dsn).get("dbname") or store.where)
         self.lease = Lease(dsn, self.node, advertise=advertise, ttl=self.ttl, pgbouncer=config.pgbouncer)
         self.mirror = Mirror(store, monitor, node=self.node)
         self.confirmer = Confirmer(
@@ -116,6 +120,11 @@ class Cluster:
     def takeover_error(self) -> str | None:
         t = self.takeovers
         return t.error if t is not None and self.epoch is not None and not t.leading else None
+
+    def outage_basis(self) -> Basis:
+        """What identifies an outage of the database alike on every node: its name and the last lease epoch
+        this node saw (every node sees the same one, round after round, until the database goes away)."""
+        return Basis(self.database, f"epoch {self.last.epoch}" if self.last else "no epoch seen")
 
     def live(self) -> tuple[Member, ...]:
         return self.last.live(self.ttl) if self.last else ()

@@ -22,6 +22,8 @@ _FLAPPING = "HealerdMachineFlapping"
 _UNKNOWN = "HealerdCheckUnknown"
 #: a rollout rolled back (the candidate was worse, or failed): firing until the service's next rollout completes
 _ROLLED_BACK = "HealerdRolloutRolledBack"
+#: the state store unreachable (paged by every node straight to Alertmanager): the down machines in its annotations
+_STORE = "HealerdStoreUnreachable"
 _SERVICE = {"down": "HealerdServiceDown", "degraded": "HealerdServiceDegraded"}
 
 
@@ -52,6 +54,7 @@ _MEANING = {
     _FLAPPING: "the machine keeps changing state; it is reported, not replaced",
     _UNKNOWN: "a check cannot decide (its plugin fails or is missing); the machine is not judged by it",
     _ROLLED_BACK: "a new image version was worse or failed and healerd rolled it back; known-good is unchanged",
+    _STORE: "healerd cannot reach its state store: checks go on, nothing is remediated until it is back",
     "HealerdServiceDown": "fewer serving machines than min_healthy: the service is down",
     "HealerdServiceDegraded": "the service runs below desired or with an impaired machine",
 }
@@ -100,6 +103,7 @@ class AlertmanagerNotifier(Notifier):
             "service.state_changed",
             "rollout.rolled_back",
             "rollout.completed",
+            "store.degraded",  # paged while the store is unreachable
         ) and super().wants(event)
 
     def state(self) -> str:
@@ -182,6 +186,11 @@ class AlertmanagerNotifier(Notifier):
                 alerts.append(self._fire(alert))
             elif t == "rollout.completed":
                 alerts += self._resolve({"alertname": _ROLLED_BACK, "service": e["service"]}, e["timestamp"])
+            elif t == "store.degraded":
+                if e["status"] == "firing":
+                    alerts.append(self._fire(self._alert(_STORE, e, "critical", machine=False, incident=False)))
+                else:
+                    alerts += self._resolve({"alertname": _STORE}, e["timestamp"])
             elif t == "service.state_changed":
                 details = e.get("details", {})
                 old, new = details.get("from"), details.get("to")

@@ -99,6 +99,20 @@ class OutboxItem(NamedTuple):
     created_at: float
 
 
+class SentElsewhere(NamedTuple):
+    """A message made outside the outbox under its own id (paged straight to a receiver while the store was
+    unreachable): `state` is what became of it, `delivered` or `pending` (still to send) or `dead`."""
+
+    id: str
+    notifier: str
+    service: str
+    state: str
+    attempts: int
+    payload: Any
+    last_status: int | None = None
+    last_error: str | None = None
+
+
 class PendingMessage(NamedTuple):
     """The oldest undelivered message of a notifier, with its decoded payload."""
 
@@ -222,6 +236,10 @@ class OutboxRepository(Protocol):
         """Claim the waiting items of (notifier, service) into one message, atomically; returns how many."""
 
     async def add_message(self, message_id: str, notifier: str, service: str, now: float, payload: Any) -> None: ...
+    async def adopt(self, messages: Sequence[SentElsewhere], now: float) -> None:
+        """Take messages made outside the outbox; one already there under the same id stays, unless it is
+        pending and the new one says it was delivered."""
+
     async def next_pending(self, notifier: str) -> PendingMessage | None: ...
     async def record_attempt(
         self,

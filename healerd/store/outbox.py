@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .engine import ThreadedDatabase
-from .interface import Compose, OutboxItem, PendingMessage
+from .interface import Compose, OutboxItem, PendingMessage, SentElsewhere
 from .meta import Meta
 from .text import to_json
 
@@ -82,6 +82,43 @@ class Outbox:
         """A message made of no outbox item (Alertmanager's periodic re-post)."""
         row = (message_id, notifier, service, now, now, now, to_json(payload), 0)
         await self._db.fenced(lambda: self._db.conn.execute(_INSERT_MESSAGE, row))
+
+    async def adopt(self, messages: Sequence[SentElsewhere], now: float) -> None:
+        """Take messages made outside the outbox (paged straight to the receivers while the store was
+        unreachable), under their own ids. Every node that paged hands over the same ids: a message already
+        here stays as it is, except that a delivery recorded elsewhere ends one still pending (it is not sent
+        again)."""
+        rows = [
+            (
+                m.id,
+                m.notifier,
+                m.service,
+                m.state,
+                m.attempts,
+                now,
+                now,
+                now,
+                now if m.state == "delivered" else None,
+                to_json(m.payload),
+                m.last_status,
+                m.last_error,
+            )
+            for m in messages
+        ]
+
+        def write() -> None:
+            with self._db.transaction() as conn:
+                conn.executemany(
+                    "INSERT INTO outbox (id, notifier, service, state, attempts, next_attempt_at, created_at,"
+                    " updated_at, delivered_at, payload, last_status, last_error, events)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,1)"
+                    " ON CONFLICT (id) DO UPDATE SET state = excluded.state, delivered_at = excluded.delivered_at,"
+                    " updated_at = excluded.updated_at"
+                    " WHERE outbox.state = 'pending' AND excluded.state = 'delivered'",
+                    rows,
+                )
+
+        await self._db.call(write)
 
     async def next_pending(self, notifier: str) -> PendingMessage | None:
         """The oldest pending message of the notifier (due or not): per notifier, messages go out in order."""
