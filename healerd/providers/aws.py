@@ -84,6 +84,7 @@ class AwsProvider(Provider):
         self.api = AwsCalls(self.opts, name)
         self.calls = self.api.calls  # every AWS operation made (for the IAM policy check and the audit)
         self.isolation = AwsIsolation(self)
+        self._subnet_zones: dict[str, str] = {}  # subnet id -> its Availability Zone (a subnet never moves)
 
     @property
     def opts(self) -> AwsOptions:
@@ -104,10 +105,12 @@ class AwsProvider(Provider):
         ip = inst.get("PrivateIpAddress", "")
         address = f"{ip}:{self.opts.port}" if self.opts.port and ip else ip
         tags = tag_map(inst.get("Tags"))
+        az = inst.get("Placement", {}).get("AvailabilityZone", "")
         attrs = {
             "instance_id": inst["InstanceId"],
             "private_ip": ip,
-            "az": inst.get("Placement", {}).get("AvailabilityZone", ""),
+            "az": az,
+            "zone": az,
             "image_id": inst.get("ImageId", ""),
             "launch_time": str(inst.get("LaunchTime", "")),
             "state": inst.get("State", {}).get("Name", ""),
@@ -167,6 +170,32 @@ class AwsProvider(Provider):
         return list(out.values())
 
     # -- launch -------------------------------------------------------------------------------------------
+    def zones(self, service: ServiceSpec) -> tuple[str, ...]:
+        return tuple(self.opts.subnets)
+
+    async def _subnet(self, request: LaunchRequest, spec: AwsImage) -> str | None:
+        """The subnet of the zone healerd asks for (over the image's own `subnet_id`), checked to lie in that
+        zone: a machine landing elsewhere would skew the spread and have healerd move machines without end."""
+        if not request.zone:
+            return spec.subnet_id
+        option = f"providers.{self.name}.subnets"
+        subnet = self.opts.subnets.get(request.zone)
+        if subnet is None:
+            raise ProviderError(
+                f"aws: cannot launch {request.machine_id} in zone {request.zone!r}: it has no subnet; add it to "
+                f"{option} (zones there: {', '.join(self.opts.subnets) or 'none'})"
+            )
+        az = self._subnet_zones.get(subnet)
+        if az is None:
+            out = await self.call("ec2", "describe_subnets", subnet, SubnetIds=[subnet])
+            az = self._subnet_zones[subnet] = str((out.get("Subnets") or [{}])[0].get("AvailabilityZone", ""))
+        if az != request.zone:
+            raise ProviderError(
+                f"aws: {subnet} ({option}.{request.zone}) is in {az or 'no known zone'}, not {request.zone}: "
+                f"give {request.zone} a subnet of its own zone"
+            )
+        return subnet
+
     async def launch(self, request: LaunchRequest) -> Machine:
         spec = request.spec
         assert isinstance(spec, AwsImage)
@@ -206,8 +235,9 @@ class AwsProvider(Provider):
             else:
                 kwargs["ImageId"] = spec.ami
                 kwargs["InstanceType"] = spec.instance_type
-            if spec.subnet_id:
-                kwargs["SubnetId"] = spec.subnet_id
+            subnet = await self._subnet(request, spec)
+            if subnet:
+                kwargs["SubnetId"] = subnet
             if spec.security_group_ids:
                 kwargs["SecurityGroupIds"] = spec.security_group_ids
             if spec.iam_instance_profile:

@@ -1,14 +1,18 @@
-"""The `aws` provider's options (its config section): where and how it calls AWS, how it quarantines, where
-bundles are mirrored. Apart from the provider, so that its quarantine half reads them without importing it."""
+"""The `aws` provider's options (its config section): where and how it calls AWS, which subnet each zone's
+machines are launched in, how it quarantines, where bundles are mirrored. Apart from the provider, so that its
+quarantine half reads them without importing it."""
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..durations import parse_duration, require_above_zero
 from .base import ProviderOptions
+
+SUBNET_ID = re.compile(r"subnet-[0-9A-Za-z]+")
 
 
 class QuarantineOptions(BaseModel):
@@ -43,6 +47,29 @@ class AwsOptions(ProviderOptions):
     drain_timeout: float = 300.0
     quarantine: QuarantineOptions = Field(default_factory=QuarantineOptions)
     s3: S3Options | None = None
+    #: Availability Zone -> the subnet healerd launches that zone's machines in: the provider's zones, in this
+    #: order (healerd spreads a service's machines evenly across them)
+    subnets: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("subnets")
+    @classmethod
+    def _subnets(cls, v: dict[str, str]) -> dict[str, str]:
+        zone_of: dict[str, str] = {}
+        for az, subnet in v.items():
+            if not az.strip():
+                raise ValueError(
+                    "an Availability Zone name is empty: key each subnet by its zone, as in "
+                    "subnets: {eu-west-1a: subnet-0abc, eu-west-1b: subnet-0def}"
+                )
+            if not SUBNET_ID.fullmatch(subnet):
+                raise ValueError(f"zone {az!r} has {subnet!r}: give the id of a subnet in {az} (subnet-...)")
+            if subnet in zone_of:
+                raise ValueError(
+                    f"zones {zone_of[subnet]!r} and {az!r} both have {subnet}: a subnet lies in one zone, "
+                    "give each zone a subnet of its own"
+                )
+            zone_of[subnet] = az
+        return v
 
     @field_validator("launch_timeout", "drain_timeout", mode="before")
     @classmethod
