@@ -101,12 +101,9 @@ def spread(view: Healer) -> dict[str, int]:
 
 def checker_name(node: str, machines: list[str], others: list[str]) -> str:
     """A name for `node` under which it checks every one of `machines` among `others` (rendezvous hashing)."""
-    for k in itertools.count():
-        name = f"healerd-{node}-{k}"
-        keys = [shard_key(CheckKey("web", m, "health")) for m in machines]
-        if all(owner(key, [name, *others]) == name for key in keys):
-            return name
-    raise AssertionError("unreachable")
+    keys = [shard_key(CheckKey("web", m, "health")) for m in machines]
+    names = (f"healerd-{node}-{k}" for k in itertools.count())
+    return next(name for name in names if all(owner(key, [name, *others]) == name for key in keys))
 
 
 def shard(node: Node) -> int:
