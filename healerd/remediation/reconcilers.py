@@ -70,6 +70,14 @@ def _reason(decision: Decision) -> str:
     return decision.reason.value if decision.reason else ""
 
 
+def _new_kind(inc: Incident, decision: Decision) -> bool:
+    """An `unconfirmed` hold for another cause (its zone failing together, then its zone's loss unconfirmed, or
+    the machine alone unconfirmed): said again, so that the incident shows the cause that holds it now. Its
+    figures changing is not a new cause (the text before the first ':' names the cause)."""
+    before = str(inc.details.get("suppressed_detail", ""))
+    return decision.reason is Reason.UNCONFIRMED and before.split(":")[0] != decision.detail.split(":")[0]
+
+
 def incident_targets(
     conditions: Mapping[str, Condition], known: Collection[str], candidates: Collection[str]
 ) -> list[str]:
@@ -215,7 +223,7 @@ class IncidentReconciler:
             self._unconfirmed_until.pop(inc.id, None)
             await self.runbook.begin(svc, inc)
             return None
-        if inc.details.get("suppressed") != _reason(decision):
+        if inc.details.get("suppressed") != _reason(decision) or _new_kind(inc, decision):
             await self._hold(svc, inc, decision, now)
         return decision.retry_at
 

@@ -6,6 +6,7 @@ again are retired or quarantined, never put back in rotation unexamined."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -50,6 +51,8 @@ class ZoneGuard:
         self.counts: dict[str, dict[str, ZoneCount]] = {}
         #: service -> zone -> why its machines' remediation waits (a zone failing, a loss not confirmed)
         self.waiting: dict[str, dict[str, str]] = {}
+        #: service -> when every one of its zones was last seen unhealthy at once (the monitor is suspect)
+        self.suspect_since: dict[str, float] = {}
 
     def verdict(self, service: str) -> ZoneVerdict:
         return self.verdicts.get(service, NO_ZONES)
@@ -83,9 +86,15 @@ class ZoneGuard:
         return frozenset(self.unreachable(service)) | self.verdict(service).unhealthy
 
     def suspect(self, service: str) -> str:
-        """The zones' figures when every zone of the service is unhealthy at once ('' otherwise)."""
+        """The zones' figures when every zone of the service is unhealthy at once, or was and not all of them
+        are healthy again ('' otherwise)."""
         verdict = self.verdict(service)
-        return verdict.detail(self.counts.get(service, {})) if verdict.suspect else ""
+        if not verdict.suspect:
+            return ""
+        detail = verdict.detail(self.counts.get(service, {}))
+        if verdict.unhealthy != frozenset(verdict.states):
+            detail += "; they were all at once: no zone is judged lost until every zone is healthy again"
+        return detail
 
     def held(self, service: str, zone: str) -> str:
         """Why a machine of `zone` waits for its zone to be judged ('' when it does not)."""
@@ -131,7 +140,7 @@ class ZoneReconciler:
         with bound_contextvars(service=service.name):
             counts = self.guard.count(service.name)
             fraction = service.remediation.zone_loss.fraction
-            verdict = judge(counts, fraction)
+            verdict = self._after_suspicion(service, judge(counts, fraction), now)
             self.guard.counts[service.name], self.guard.verdicts[service.name] = counts, verdict
             waiting: dict[str, str] = {}
             next_at = float("inf")
@@ -152,6 +161,21 @@ class ZoneReconciler:
             self.guard.waiting[service.name] = waiting
             self._gauges(service)
             return next_at
+
+    def _after_suspicion(self, svc: ServiceConfig, verdict: ZoneVerdict, now: float) -> ZoneVerdict:
+        """Once every zone failed at once, the monitor stays suspect until every zone is healthy again (or
+        storm_cooldown ends): zones recovering one by one from a monitoring fault must not look like the last
+        ones to recover being lost."""
+        since = self.guard.suspect_since.get(svc.name)
+        if verdict.suspect:
+            self.guard.suspect_since.setdefault(svc.name, now)
+            return verdict
+        if since is None:
+            return verdict
+        if not verdict.unhealthy or now >= since + svc.remediation.storm_cooldown:
+            del self.guard.suspect_since[svc.name]
+            return verdict
+        return dataclasses.replace(verdict, suspect=True, lost=(), failing=())
 
     def _of(self, svc: ServiceConfig, zone: str) -> list[Machine]:
         return [m for m in self.monitor.machines.get(svc.name, {}).values() if m.zone == zone]
