@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hashlib
 import random
 import time
@@ -197,6 +198,7 @@ _UP = {
 class Outage:
     basis: Basis
     reason: str
+    mark: str = ""  # the basis's mark as given: outages that paged are counted per mark
     paged: bool = False
     pages: dict[str, Page] = field(default_factory=dict)
 
@@ -221,6 +223,9 @@ class OutagePager:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._full = False
+        #: outages that paged, per basis mark: a second outage on the same basis (the lease did not move in
+        #: between) gets ids of its own, alike on every node that lived through both
+        self._paged: collections.Counter[str] = collections.Counter()
 
     def start(self, session: aiohttp.ClientSession) -> None:
         self._session = session
@@ -240,7 +245,9 @@ class OutagePager:
         """The store stopped answering: page on-call if it still does not in `page_after` seconds."""
         if self.outage is not None or self._session is None:
             return
-        self.outage = Outage(basis, reason)
+        before = self._paged[basis.mark]
+        told = Basis(basis.store, f"{basis.mark}, outage {before + 1}") if before else basis
+        self.outage = Outage(told, reason, basis.mark)
         self._tasks = [asyncio.create_task(self._run(self.outage), name="healerd-outage-pager")]
 
     async def back(self) -> list[Page]:
@@ -251,6 +258,7 @@ class OutagePager:
         await self._cancel()
         if outage is None or not outage.paged:
             return []
+        self._paged[outage.mark] += 1
         log.warning(
             "the state store is back: paging through the outbox again",
             pages=len(outage.pages),

@@ -179,3 +179,36 @@ async def test_the_outbox_keeps_each_page_once_and_sends_only_what_no_node_deliv
     assert states == {"P1": "delivered", "P2": "delivered", "R": "pending"}
     pending = await store.outbox.next_pending("hook")
     assert pending is not None and pending.id == "R" and pending.payload == {"id": "R"}
+
+
+async def test_a_second_outage_on_the_same_basis_is_paged_under_ids_of_its_own(aiohttp_server_factory: Any) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(json.loads(await request.read()))
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/", handle)
+    url = await aiohttp_server_factory(app)
+    notifiers, routes = {"hook": notifier("webhook", "hook", url=url + "/")}, {"web": ("hook",)}
+    pagers = [OutagePager(lambda: notifiers, lambda: routes, page_after=0.2) for _ in range(2)]  # two nodes
+    ids: list[set[str]] = []
+    async with aiohttp.ClientSession() as session:
+        for pager in pagers:
+            pager.start(session)
+        for _ in range(2):  # two outages, the lease's epoch the same in both
+            before = len(seen)
+            for pager in pagers:
+                pager.failing(BASIS, "connection refused")
+            for _ in range(100):
+                if len(seen) - before >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            ids.append({b["id"] for b in seen[before:]})
+            handed = [await pager.back() for pager in pagers]
+            assert handed[0] and {p.id for p in handed[0]} == {p.id for p in handed[1]}, "nodes disagree"
+        for pager in pagers:
+            await pager.close()
+    assert all(len(i) == 1 for i in ids), f"the nodes paged one outage under different ids: {ids}"
+    assert ids[0] != ids[1], "the second outage reused the first one's id: a receiver that dedupes drops it"
