@@ -204,6 +204,7 @@ class RemediationEngine:
             self._loop_task = None
         await self.rotation_passes.stop()
         await self.fill_passes.stop()
+        self.zone_passes.stop()
         await self.rollouts.stop()
         await self.runbook.stop()
 

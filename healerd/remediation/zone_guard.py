@@ -6,6 +6,7 @@ again are retired or quarantined, never put back in rotation unexamined."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections import Counter
@@ -135,6 +136,7 @@ class ZoneReconciler:
         self.metrics = metrics
         self.leadership = leadership
         self._ask_again: dict[tuple[str, str], tuple[float, str]] = {}  # (service, zone) -> (when, why not yet)
+        self._series: set[tuple[str, str]] = set()  # the healerd_zone_lost series this node exports
 
     async def reconcile(self, service: ServiceConfig, now: float) -> float:
         with bound_contextvars(service=service.name):
@@ -273,6 +275,15 @@ class ZoneReconciler:
         zones = set(self.fleet.provider(svc).zones(svc)) | set(self.guard.counts.get(svc.name, {})) | set(lost)
         for zone in sorted(zones - {""}):
             gauge.labels(svc.name, zone).set(1 if zone in lost else 0)
+            self._series.add((svc.name, zone))
+
+    def stop(self) -> None:
+        """This node stops judging zones (another leads): its healerd_zone_lost series go, none stays stale."""
+        gauge = self.metrics.gauge("zone_lost")
+        for labels in self._series:
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+        self._series.clear()
 
 
 def _condition(monitor: Monitor, m: Machine) -> Condition | None:
