@@ -23,12 +23,12 @@ import structlog
 from ._aio import wait_event
 from .events import Event, new_id
 from .notifiers import Notifier
-from .notifiers.alertmanager import AlertmanagerNotifier
+from .notifiers.alertmanager import AlertmanagerNotifier, reposts_due
 from .plugins import NOTIFIER_KINDS
 from .receipts import Receipts
 from .reminders import Reminders
-from .store import STORE_FAULTS, Composed, OutboxItem, SentElsewhere
-from .store_outage import Basis, OutagePager, Page
+from .store import STORE_FAULTS, Composed, OutboxItem
+from .store_outage import Basis, OutagePager, StoreOutage
 
 if TYPE_CHECKING:
     from .config import Config
@@ -71,11 +71,10 @@ class Alerting:
         self.reminders = Reminders()  # open incidents not acknowledged, told again every renotify_interval
         #: in a cluster: True while this node leads (checked right before a message goes out)
         self.may_deliver = may_deliver
-        #: what identifies an outage of the store alike on every node (alone: the store and its last event)
-        self.outage_basis = outage_basis or self._own_basis
-        self.pager = OutagePager(lambda: self.notifiers, lambda: self.routes)
-        self._last_event = ""  # the last event this node saw while the store worked
-        store.on_fault(self._store_fault)
+        pager = OutagePager(lambda: self.notifiers, lambda: self.routes)
+        #: paging straight to the receivers while the store is unreachable, then handing over to the outbox
+        self.outage = StoreOutage(store, pager, basis=outage_basis, handed_over=self._handed_over)
+        store.on_fault(self.outage.on_fault)
 
     # -- configuration ----------------------------------------------------------------------------------
     def configure(self, config: Config) -> None:
@@ -90,9 +89,7 @@ class Alerting:
         """Route events into the outbox; with `lead` (alone, or the cluster's leader) also deliver it."""
         self._session = aiohttp.ClientSession(headers={"User-Agent": "healerd"})
         self._tasks = [asyncio.create_task(self._writer(), name="healerd-outbox-writer")]
-        self.pager.start(self._session)
-        if self.store.fault is not None:  # a cluster node that starts while its database is away
-            self.pager.failing(self.outage_basis(), self.store.fault)
+        self.outage.start(self._session)
         if lead:
             await self.lead()
 
@@ -106,8 +103,7 @@ class Alerting:
         self.reminders.seed(await self.store.incidents.unresolved(), time.time())
         self._leading = [
             asyncio.create_task(self._grouper(), name="healerd-outbox-grouper"),
-            asyncio.create_task(self._reposter(), name="healerd-alertmanager-repost"),
-            asyncio.create_task(self._reminder(), name="healerd-reminders"),
+            asyncio.create_task(self._every_second(), name="healerd-reposts-and-reminders"),
         ]
         self._start_workers()
         await self.update_depth()
@@ -148,7 +144,7 @@ class Alerting:
                 await self._group_once(time.time(), force=True)
         while self._leading and time.monotonic() < deadline and await self._pending_due():  # noqa: ASYNC110 (polls the store)
             await asyncio.sleep(0.1)
-        await self.pager.close()
+        await self.outage.close()
         for t in [*self._tasks, *self._leading, *self._workers.values()]:
             t.cancel()
         await asyncio.gather(*self._tasks, *self._leading, *self._workers.values(), return_exceptions=True)
@@ -177,35 +173,11 @@ class Alerting:
     def observe(self, event: Event) -> None:
         """Bus subscriber for every event this node follows (its own and the mirrored): the machines down,
         paged while the store is unreachable."""
-        if self.store.fault is None:
-            self._last_event = event.id
-        self.pager.observe(event)
+        self.outage.observe(event)
 
-    # -- the store unreachable --------------------------------------------------------------------------------
-    def _own_basis(self) -> Basis:
-        return Basis(self.store.where, self._last_event or "no event yet")
-
-    def _store_fault(self, reason: str | None) -> None:
-        if reason is not None:
-            self.pager.failing(self.outage_basis(), reason)
-        elif self._session is not None:
-            self._tasks.append(asyncio.create_task(self._hand_over(), name="healerd-outage-hand-over"))
-
-    async def _hand_over(self) -> None:
-        """The store is back: what was paged straight to the receivers enters the outbox under its own id
-        (delivered: recorded, not sent again; not yet: sent from the outbox), with the store's return."""
-        pages = await self.pager.back()
-        if not pages:
-            return
-        backoff = 0.25
-        while True:
-            try:
-                await self.store.outbox.adopt([_elsewhere(p) for p in pages], time.time())
-                break
-            except STORE_FAULTS:  # failing again: the store said so; these wait in memory meanwhile
-                backoff = min(10.0, backoff * 2)
-                await asyncio.sleep(backoff)
-        for name in {p.notifier for p in pages}:
+    def _handed_over(self, notifiers: set[str]) -> None:
+        """The pages of an outage entered the outbox: deliver what no node delivered."""
+        for name in notifiers:
             if name in self._wake:
                 self._wake[name].set()
         self._regroup.set()
@@ -298,39 +270,23 @@ class Alerting:
 
         await self.store.outbox.make_message(n.name, service, message_id, now, compose)
 
-    async def _reposter(self) -> None:
+    async def _every_second(self) -> None:
+        """Every second: Alertmanager's firing alerts reposted when due (so it does not resolve them by
+        timeout), and the reminders due (an incident still open, not acknowledged) enter the outbox. A store
+        failure said so once; each is tried again at its next turn."""
         last: dict[str, float] = {}
         while True:
             await asyncio.sleep(1.0)
             now = time.time()
-            for n in self.notifiers.values():
-                if not isinstance(n, AlertmanagerNotifier):
-                    continue
-                if now - last.get(n.name, now) < n.opts.repost_interval:
-                    last.setdefault(n.name, now)
-                    continue
-                last[n.name] = now
-                body = n.repost()
-                if body is not None:
-                    message_id = new_id(now)
-                    try:
-                        await self.store.outbox.add_message(message_id, n.name, "", now, body)
-                    except STORE_FAULTS:  # reposted at the next interval
-                        continue
-                    self._wake[n.name].set()
-
-    async def _reminder(self) -> None:
-        """Every second: the reminders due (an incident still open, not acknowledged) enter the outbox."""
-        while True:
-            await asyncio.sleep(1.0)
-            items = self.reminders.due(time.time(), self.routes, self.notifiers)
-            if not items:
-                continue
-            try:
-                await self.store.outbox.enqueue(items)
-            except STORE_FAULTS:  # the store said so once; the next interval reminds again
-                continue
-            self._regroup.set()
+            for name, body in reposts_due(self.notifiers.values(), last, now):
+                with contextlib.suppress(*STORE_FAULTS):
+                    await self.store.outbox.add_message(new_id(now), name, "", now, body)
+                    self._wake[name].set()
+            items = self.reminders.due(now, self.routes, self.notifiers)
+            if items:
+                with contextlib.suppress(*STORE_FAULTS):
+                    await self.store.outbox.enqueue(items)
+                    self._regroup.set()
 
     # -- delivery -----------------------------------------------------------------------------------------
     async def _deliver_loop(self, name: str) -> None:
@@ -382,10 +338,6 @@ class Alerting:
         gauge = self.metrics.gauge("notification_queue_depth")
         for name in self.notifiers:
             gauge.labels(name).set(depth.get(name, 0))
-
-
-def _elsewhere(p: Page) -> SentElsewhere:
-    return SentElsewhere(p.id, p.notifier, p.service, p.state, p.attempts, p.body, p.last_status, p.last_error)
 
 
 def build_notifiers(config: Config, old: dict[str, Notifier], base_url: str) -> dict[str, Notifier]:

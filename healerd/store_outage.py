@@ -27,6 +27,7 @@ from ._aio import wait_event
 from .events import Event, EventType, Severity
 from .notifiers import Delivery, Notifier
 from .notifiers.alertmanager import AlertmanagerNotifier
+from .store import STORE_FAULTS, BaseStore, SentElsewhere
 
 log = structlog.get_logger("healerd.alerting")
 
@@ -341,3 +342,75 @@ class OutagePager:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+
+
+class StoreOutage:
+    """An outage of the store as the alerting lives it: the pager while it lasts (its basis, what every node
+    knew before it began), the hand-over of the pages to the outbox when it ends."""
+
+    def __init__(
+        self,
+        store: BaseStore,
+        pager: OutagePager,
+        *,
+        basis: Callable[[], Basis] | None,
+        handed_over: Callable[[set[str]], None],
+    ) -> None:
+        self.store = store
+        self.pager = pager
+        #: what identifies an outage alike on every node (alone: the store and its last event)
+        self.basis = basis or self._own_basis
+        self.handed_over = handed_over
+        self._last_event = ""  # the last event this node saw while the store worked
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+        self.pager.start(session)
+        if self.store.fault is not None:  # a cluster node that starts while its database is away
+            self.pager.failing(self.basis(), self.store.fault)
+
+    async def close(self) -> None:
+        await self.pager.close()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._session = None
+
+    def observe(self, event: Event) -> None:
+        if self.store.fault is None:
+            self._last_event = event.id
+        self.pager.observe(event)
+
+    def on_fault(self, reason: str | None) -> None:
+        """The store failed (`reason`) or works again (None)."""
+        if reason is not None:
+            self.pager.failing(self.basis(), reason)
+        elif self._session is not None:
+            self._tasks = [t for t in self._tasks if not t.done()]
+            self._tasks.append(asyncio.create_task(self._hand_over(), name="healerd-outage-hand-over"))
+
+    def _own_basis(self) -> Basis:
+        return Basis(self.store.where, self._last_event or "no event yet")
+
+    async def _hand_over(self) -> None:
+        """The store is back: what was paged straight to the receivers enters the outbox under its own id
+        (delivered: recorded, not sent again; not yet: sent from the outbox), with the store's return."""
+        pages = await self.pager.back()
+        if not pages:
+            return
+        backoff = 0.25
+        while True:
+            try:
+                await self.store.outbox.adopt([_elsewhere(p) for p in pages], time.time())
+                break
+            except STORE_FAULTS:  # failing again: the store said so; these wait in memory meanwhile
+                backoff = min(10.0, backoff * 2)
+                await asyncio.sleep(backoff)
+        self.handed_over({p.notifier for p in pages})
+
+
+def _elsewhere(p: Page) -> SentElsewhere:
+    return SentElsewhere(p.id, p.notifier, p.service, p.state, p.attempts, p.body, p.last_status, p.last_error)

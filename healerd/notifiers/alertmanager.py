@@ -4,6 +4,7 @@ time out, resolved by posting them again with `endsAt`."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
@@ -227,3 +228,20 @@ class AlertmanagerNotifier(Notifier):
         if not body.get("alerts"):
             return Delivery(200, "nothing to post")
         return await self.post_json(session, f"{self.opts.url}/api/v2/alerts", json.dumps(body["alerts"]).encode(), {})
+
+
+def reposts_due(notifiers: Iterable[Notifier], last: dict[str, float], now: float) -> list[tuple[str, dict[str, Any]]]:
+    """The Alertmanager notifiers whose `repost_interval` has passed since `last` (updated), with their firing
+    alerts to post again; the first call only starts each one's clock."""
+    out = []
+    for n in notifiers:
+        if not isinstance(n, AlertmanagerNotifier):
+            continue
+        if now - last.get(n.name, now) < n.opts.repost_interval:
+            last.setdefault(n.name, now)
+            continue
+        last[n.name] = now
+        body = n.repost()
+        if body is not None:
+            out.append((n.name, body))
+    return out

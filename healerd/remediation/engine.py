@@ -43,7 +43,8 @@ from .repair import Repair
 from .retention import RetentionReconciler
 from .runbook import Runbook, StepJournal
 from .views import Views
-from .zone_guard import ZoneGuard, ZoneReconciler
+from .zone_guard import ZoneReconciler
+from .zone_state import ZoneGuard
 
 if TYPE_CHECKING:
     from ..events import EventBus

@@ -26,7 +26,7 @@ from ..store import VersionRecord
 from ..zones import next_zone
 from .actions import ProbationFailed, StepFailed
 from .incidents import IncidentState
-from .zone_guard import ZoneGuard
+from .zone_state import ZoneGuard
 
 if TYPE_CHECKING:
     from ..events import EventBus

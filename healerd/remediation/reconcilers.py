@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .ladder import Ladder
     from .quarantine import Quarantine
     from .runbook import Runbook
-    from .zone_guard import ZoneGuard
+    from .zone_state import ZoneGuard
 
 log = structlog.get_logger("healerd.remediation")
 
