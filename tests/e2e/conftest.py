@@ -10,6 +10,7 @@ import pytest
 
 from .aws_fixtures import LoopThread, Moto
 from .helpers import DaemonProcess, StartDaemon, write_config
+from .test_alerting import Loopback, Receiver
 
 
 @pytest.fixture
@@ -57,3 +58,13 @@ def moto() -> Iterator[Moto]:
     server = Moto()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on loopback that records every message (its id, status and body)."""
+    loopback = Loopback()
+    try:
+        yield loopback.serve(Receiver())
+    finally:
+        loopback.close()

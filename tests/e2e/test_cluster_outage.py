@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from pg import PgServer
 from .cluster import ClusterRig, wait_delivered
 from .fleet import FALL, INTERVAL, kill_demos, launched_ids, set_fault
 from .helpers import wait_until
-from .test_alerting import Loopback, Receiver
+from .test_alerting import Receiver
 from .test_cluster import (  # noqa: F401 (counting_server and rigs: fixtures)
     MACHINES,
     counting_server,
@@ -41,15 +40,6 @@ pytestmark = pytest.mark.e2e
 OUTAGES = [float(s) for s in os.environ.get("HEALERD_OUTAGES", "36").split(",")]
 LEASE_TTL = float(os.environ.get("HEALERD_OUTAGE_TTL", "6"))
 BOOT = 3.0  # a demo machine's start and probation (rise results) on a busy box
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    loopback = Loopback()
-    try:
-        yield loopback.serve(Receiver())
-    finally:
-        loopback.close()
 
 
 def claims(rig: ClusterRig) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from pg import PgServer
 from .cluster import wait_delivered
 from .fleet import kill_demos, launched_ids, set_fault
 from .helpers import wait_until
-from .test_alerting import Hit, Loopback, Receiver
+from .test_alerting import Hit, Receiver
 from .test_cluster import demo_cluster, incidents, wait_fleet
 
 pytestmark = pytest.mark.e2e
@@ -29,15 +28,6 @@ pytestmark = pytest.mark.e2e
 NODES = "abc"
 FIRST_PAGE_WITHIN = 30.0  # seconds from the database's stop to the first page at the receiver
 OUTAGE = 25.0
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    loopback = Loopback()
-    try:
-        yield loopback.serve(Receiver())
-    finally:
-        loopback.close()
 
 
 def sender(hit: Hit) -> str:

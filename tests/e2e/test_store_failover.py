@@ -28,7 +28,7 @@ from pgpair import PgPair, pg_pair
 
 from .cluster import ClusterRig, Node
 from .fleet import fleet_config, kill_demos, launched_ids, set_fault
-from .test_alerting import Loopback, Receiver
+from .test_alerting import Receiver
 from .test_cluster import incidents, wait_fleet
 
 pytestmark = pytest.mark.e2e
@@ -161,15 +161,6 @@ def messages(receiver: Receiver, rig: ClusterRig) -> tuple[int, int, int]:
 def pair() -> Iterator[PgPair]:
     with pg_pair() as made:
         yield made
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    loopback = Loopback()
-    try:
-        yield loopback.serve(Receiver())
-    finally:
-        loopback.close()
 
 
 @pytest.fixture
