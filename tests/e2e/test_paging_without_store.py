@@ -41,6 +41,14 @@ def tag(name: str) -> Any:
     return change
 
 
+def paged_directly(hit: Hit) -> bool:
+    """A page a node sent straight to the receiver while it could not reach the store (not from the outbox)."""
+    body = hit.body
+    return (body.get("type") == "store.degraded" and body.get("status") == "firing") or bool(
+        body.get("details", {}).get("store_unreachable")
+    )
+
+
 def store_pages(hits: list[Hit], status: str) -> list[Hit]:
     return [h for h in hits if h.body.get("type") == "store.degraded" and h.body.get("status") == status]
 
@@ -133,8 +141,13 @@ def test_every_node_pages_on_call_while_the_database_is_away_and_the_outbox_take
         wait_until(lambda: through_outbox("incident.opened"), 30, f"{victim}'s incident told", describe=told)
         view = wait_delivered(rig, rig.leader() or leader, 30)
         after = [h for h in receiver.snapshot() if h.at >= back and 200 <= h.status < 300]
+        # a node that had not reconnected yet may still page straight, under the outage's ids (receivers keep
+        # one); what the outbox sends once the store is back must not repeat any of them
+        late = {h.id for h in after if paged_directly(h)}
+        assert late <= paged, f"a node paged under a new id after the database came back: {late - paged}"
+        after = [h for h in after if not paged_directly(h)]
         resent = sorted({h.id for h in after} & paged)
-        assert not resent, f"paged during the outage and sent again after it: {resent}\n{receiver.describe()}"
+        assert not resent, f"paged during the outage and sent again by the outbox: {resent}\n{receiver.describe()}"
         twice = [i for i, n in collections.Counter(h.id for h in after).items() if n > 1]
         assert not twice, f"delivered twice after the database came back: {twice}\n{receiver.describe()}"
         assert len(store_pages(after, "resolved")) == 1, receiver.describe()
