@@ -5,7 +5,9 @@ Two real nodes on a multi-host connection string (both servers, target_session_a
 primary and its synchronous streaming standby. What an operator relies on: when the primary dies (SIGKILL)
 and the standby is promoted, or when the two are switched over, a leader writes again within lease_ttl + 5 s,
 the incident ends with exactly one replacement, no message to on-call is lost, and no node keeps a
-connection to the old primary (a node pinned there would fail every write with 25006, read-only).
+connection to the old primary (a node pinned there would fail every write with 25006, read-only). And when
+both servers stop, on-call is paged within 30 s, and once they are back the outbox delivers the outage's
+messages, none twice by id.
 
 `python -m bench.failover --runs 20 --kind kill` repeats these rounds and prints the figures.
 """
@@ -205,3 +207,67 @@ def test_a_switchover_leaves_no_connection_on_the_old_primary_and_a_leader_write
     sent, lost, twice = messages(receiver, rig)
     assert lost == 0 and twice == 0, f"of {sent} messages, {lost} lost and {twice} received twice"
     print(f"\nswitchover: {figures}; messages {sent}, lost {lost}, twice {twice}")
+
+
+def test_both_servers_stopped_every_node_pages_within_30s_and_the_outbox_delivers_the_outage_once(
+    rig: ClusterRig, pair: PgPair, receiver: Receiver, tmp_path: Path
+) -> None:
+    for name in "ab":
+        rig.start(name)
+    fleet = wait_fleet(rig, 60)
+    victim = sorted(fleet)[0]
+    rig.wait(  # what the start said is sent: the outage's messages are counted alone
+        lambda: (
+            {m["state"] for m in rig.wait_leader().json("/api/v1/notifications?limit=500")["messages"]} <= {"delivered"}
+        ),
+        30,
+        "the start's notifications delivered",
+    )
+    before = len(receiver.snapshot())
+    launched_before = launched_ids(tmp_path)
+
+    pair.stop()  # the primary and its standby: no database at all
+    stopped = time.monotonic()
+    try:
+        set_fault(fleet[victim]["address"], "down")
+
+        def store_page() -> Any:
+            return next(
+                (h for h in receiver.accepted()[before:] if direct(h) and h.body.get("type") == "store.degraded"), None
+            )
+
+        page = rig.wait(store_page, 30, "on-call paged that the store is unreachable")
+        took = page.at - stopped
+        assert took <= 30, f"the first page came {took:.1f}s after the database went away"
+        rig.wait(
+            lambda: any(h.body.get("machine") == victim for h in receiver.accepted()[before:] if direct(h)),
+            20,
+            f"on-call paged that {victim} is down",
+        )
+        assert launched_ids(tmp_path) == launched_before, "a machine was launched while no database answered"
+    finally:
+        pair.primary.start()
+        pair.standby.start()
+    back = time.monotonic()
+    paged = {h.id for h in receiver.snapshot()[before:] if direct(h)}
+    rig.wait(
+        lambda: any(i["machine"] == victim and i["state"] == "resolved" for i in incidents(rig.wait_leader())),
+        60,
+        f"{victim} healed once the database is back",
+    )
+    sent, lost, _ = messages(receiver, rig)
+    assert lost == 0, f"{lost} of {sent} messages in the outbox never reached on-call\n{receiver.describe()}"
+    from_outbox = [h.id for h in receiver.snapshot() if h.at >= back and 200 <= h.status < 300 and not direct(h)]
+    twice = [i for i, n in collections.Counter(from_outbox).items() if n > 1 or i in paged]
+    assert not twice, f"sent twice by id once the database was back: {twice}\n{receiver.describe()}"
+    told = [e["type"] for h in receiver.snapshot() if h.at >= back for e in h.body.get("events", [])]
+    assert "incident.opened" in told, "the outage's incident never reached on-call through the outbox"
+    print(f"\nboth servers stopped: first page after {took:.1f}s; {len(paged)} paged directly, {sent} in the outbox")
+
+
+def direct(hit: Any) -> bool:
+    """A page a node sent straight to the receiver while no database answered (not from the outbox)."""
+    body = hit.body
+    return (body.get("type") == "store.degraded" and body.get("status") == "firing") or bool(
+        body.get("details", {}).get("store_unreachable")
+    )
