@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from .alerting_views import outbox_view
-from .api_access import SAFE_METHODS, check_access
+from .api_access import SAFE_METHODS, Gate, by, check_request
 from .api_models import (
     MAX_BODY,
     Acknowledge,
@@ -42,6 +42,7 @@ from .providers.base import ProviderError
 from .store import STORE_FAULTS, Fenced
 
 if TYPE_CHECKING:
+    from .access import AccessBook
     from .alerting import Alerting
     from .cluster import Cluster
     from .config import Config
@@ -58,7 +59,7 @@ class ApiSettings(Protocol):
     @property
     def config(self) -> Config: ...
     @property
-    def api_token(self) -> str | None: ...
+    def access(self) -> AccessBook: ...
     @property
     def cluster(self) -> Cluster | None: ...
 
@@ -70,6 +71,7 @@ ENGINE: web.AppKey[RemediationEngine] = web.AppKey("remediation")
 STORE: web.AppKey[BaseStore] = web.AppKey("store")
 ALERTING: web.AppKey[Alerting] = web.AppKey("alerting")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+GATE: web.AppKey[Gate] = web.AppKey("gate", Gate)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
 #: what the state store's database raises when it fails (its OSErrors are told apart by the store's fault)
@@ -144,7 +146,11 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     try:
-        check_access(request, settings.config.daemon, settings.api_token)
+        daemon = settings.config.daemon
+        check_request(request, daemon)
+        verdict = request.app[GATE].admit(request, daemon, settings.access, time.time())
+        if not verdict.allowed:
+            return json_error(verdict.status, verdict.error, verdict.detail)
         for key, value in request.match_info.items():
             path_value(key, value)
         return await handler(request)
@@ -338,7 +344,7 @@ async def incident_resolve(request: web.Request) -> web.Response:
     body = await body_of(request, Resolve)
     engine = request.app[ENGINE]
     try:
-        return json_response(await engine.resolve_by_hand(request.match_info["id"], body.by))
+        return json_response(await engine.resolve_by_hand(request.match_info["id"], by(request, body.by)))
     except LookupError as exc:
         return json_error(404, "unknown incident", str(exc))
     except RuntimeError as exc:
@@ -349,7 +355,8 @@ async def incident_ack(request: web.Request) -> web.Response:
     _query(request, NoQuery)
     body = await body_of(request, Acknowledge)
     try:
-        return json_response(await request.app[ENGINE].acknowledge(request.match_info["id"], body.by, body.comment))
+        who = by(request, body.by)
+        return json_response(await request.app[ENGINE].acknowledge(request.match_info["id"], who, body.comment))
     except LookupError as exc:
         return json_error(404, "unknown incident", str(exc))
 
@@ -360,7 +367,7 @@ async def storm_clear(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name not in request.app[SETTINGS].config.services:
         return json_error(404, "unknown service", f"no service named {name!r}; see GET /api/v1/services")
-    return json_response(await request.app[ENGINE].clear_storm(name, body.by))
+    return json_response(await request.app[ENGINE].clear_storm(name, by(request, body.by)))
 
 
 async def quarantine(request: web.Request) -> web.Response:
@@ -454,7 +461,7 @@ async def add_silence(request: web.Request) -> web.Response:
     if refused is not None:
         return refused
     silence = await request.app[ENGINE].controls.add_silence(
-        body.service, body.machine, body.duration, body.comment, body.created_by
+        body.service, body.machine, body.duration, body.comment, by(request, body.created_by)
     )
     if not silence["saved"]:  # it applies now; 202: the store will have it once it can write again
         store = request.app[STORE]

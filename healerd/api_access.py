@@ -1,19 +1,25 @@
 """Which requests the API takes, checked before any handler: a Host and an Origin of this daemon (DNS rebinding,
-cross-site requests), JSON for every change, and the bearer token when `daemon.api_token_file` is set. A refusal
-is an `InputError`, which the API answers in JSON like any other."""
+cross-site requests), JSON for every change, and the caller's credential against the scope the endpoint needs
+(docs/security.md). A refusal is an `InputError`, or a `Verdict` the API answers in JSON like any other."""
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import structlog
 from aiohttp import hdrs, web
 
+from .access import AccessBook, Credential, Scope, grants
 from .api_models import MAX_BODY, InputError
+from .api_scopes import needed
 
 if TYPE_CHECKING:
     from .config.models import DaemonConfig
+    from .metrics import Metrics
+
+log = structlog.get_logger("healerd.api")
 
 #: Methods that only read; every other method changes something and must send JSON.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -22,12 +28,11 @@ _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 Authority = tuple[str, int | None]
 
 
-def check_access(request: web.Request, daemon: DaemonConfig, api_token: str | None) -> None:
-    """Refuse a foreign Host or Origin (400, 403), a change that is not JSON or a body too large (415, 413), then
-    a change without the token (401), in that order."""
+def check_request(request: web.Request, daemon: DaemonConfig) -> None:
+    """Refuse a foreign Host or Origin (400, 403), then a change that is not JSON or a body too large (415,
+    413); who may make it is `authorize`'s."""
     _refuse_foreign(request, daemon)
     _refuse_body(request)
-    _refuse_token(request, api_token)
 
 
 def _authority(text: str) -> Authority | None:
@@ -138,16 +143,130 @@ def _refuse_body(request: web.Request) -> None:
         )
 
 
-def _refuse_token(request: web.Request, api_token: str | None) -> None:
-    if request.method in SAFE_METHODS or api_token is None:
-        return
-    header = request.headers.get(hdrs.AUTHORIZATION, "")
-    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    # bytes: compare_digest refuses str with non-ASCII characters
-    if not token or not hmac.compare_digest(token.encode(errors="replace"), api_token.encode()):
-        raise InputError(
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a request may go on, as whom (`credential`: its name, "" anonymous, INVALID a token nobody
+    issued, expired or revoked), and the refusal an operator reads."""
+
+    credential: str
+    outcome: str  # allowed | unauthenticated | forbidden
+    status: int = 200
+    error: str = ""
+    detail: str = ""
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome == "allowed"
+
+
+INVALID = "invalid"
+
+
+def route_of(request: web.Request) -> str:
+    """The route the request matched (`/api/v1/incidents/{id}`), or its path when none did."""
+    route = request.match_info.route
+    resource = route.resource if route is not None else None
+    return resource.canonical if resource is not None else request.path
+
+
+def authorize(request: web.Request, daemon: DaemonConfig, book: AccessBook, now: float) -> Verdict:
+    """The scope the route needs (api_scopes) against the caller's credential: a bearer token, or the user a
+    trusted proxy names. With no credential configured at all, the API is open as it always was."""
+    route = route_of(request)
+    scope = needed(request.method, route)
+    who = _caller(request, daemon, book, now)
+    name = who.name if isinstance(who, Credential) else who
+    if scope is None or (not book.configured and daemon.trusted_proxy is None):
+        return Verdict(name, "allowed")
+    if scope is Scope.READ and (daemon.public_reads or (route == "/" and daemon.status_page == "public")):
+        return Verdict(name, "allowed")
+    if not isinstance(who, Credential):
+        why = "the token is unknown, expired or revoked" if who == INVALID else "no credential was sent"
+        return Verdict(
+            name,
+            "unauthenticated",
+            401,
             "unauthorized",
-            "send Authorization: Bearer <token> (the api_token_file's content; "
-            "the healerd CLI reads it with --token-file FILE or -c CONFIG)",
-            status=401,
+            f"{request.method[:10]} {route[:200]} needs a credential with scope {scope.value} ({why}): send "
+            "Authorization: Bearer <token>; `healerd access add NAME --scope "
+            f"{scope.value}` makes one, and the CLI reads it with --token-file FILE or -c CONFIG",
         )
+    if not grants(who.scope, scope):
+        return Verdict(
+            name,
+            "forbidden",
+            403,
+            "forbidden",
+            f"the credential {who.name!r} has scope {who.scope.value}; {request.method[:10]} {route[:200]} needs "
+            f"{scope.value}: ask an admin for a credential with that scope",
+        )
+    return Verdict(name, "allowed")
+
+
+def _caller(request: web.Request, daemon: DaemonConfig, book: AccessBook, now: float) -> Credential | str:
+    """Who calls: the user a trusted proxy names (only on a connection from the proxy), else the bearer token's
+    credential; "" when nobody is named, INVALID for a token or user that grants nothing."""
+    proxy = daemon.trusted_proxy
+    if proxy is not None and request.remote is not None and _address(request.remote) in proxy.addresses:
+        user = request.headers.get(proxy.user_header, "").strip()
+        if user:
+            scope = proxy.scopes.get(user, proxy.default)
+            if scope is None or len(user) > 200 or not user.isprintable():
+                return INVALID
+            return Credential(user, scope, 0.0, None)
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
+    if not header:
+        return ""
+    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    found = book.verify(token, now) if token else None
+    return found if found is not None else INVALID
+
+
+def _address(remote: str) -> str:
+    try:
+        return ipaddress.ip_address(remote).compressed
+    except ValueError:
+        return remote
+
+
+#: where a request's credential name is kept for its handler (the `by` of the change it makes)
+CALLER: web.RequestKey[str] = web.RequestKey("caller", str)
+
+
+def by(request: web.Request, given: str = "") -> str:
+    """Who makes a change: the credential's name; with none configured (an open API), what the caller says."""
+    name = request.get(CALLER, "")
+    return name if name and name != INVALID else given
+
+
+class Gate:
+    """Every request through `authorize`: counted per credential and outcome (healerd_api_requests_total), a
+    refusal logged once per source address a minute, the caller's name kept for the handler."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._said: dict[str, float] = {}  # source -> when its refusals were last logged
+
+    def admit(self, request: web.Request, daemon: DaemonConfig, book: AccessBook, now: float) -> Verdict:
+        verdict = authorize(request, daemon, book, now)
+        request[CALLER] = verdict.credential
+        label = verdict.credential or "anonymous"
+        self.metrics.counter("api_requests").labels(label, verdict.outcome).inc()
+        if verdict.allowed:
+            if isinstance(verdict.credential, str) and verdict.credential not in ("", INVALID):
+                book.used(verdict.credential, request.remote or "", now)
+            return verdict
+        source = request.remote or "?"
+        if now - self._said.get(source, 0.0) >= 60.0:
+            if len(self._said) > 10_000:  # a flood from many sources: forget the oldest minute's
+                self._said = {s: t for s, t in self._said.items() if now - t < 60.0}
+            self._said[source] = now
+            log.warning(
+                "API request refused",
+                source=source,
+                credential=label,
+                outcome=verdict.outcome,
+                method=request.method[:10],
+                route=route_of(request)[:200],
+            )
+        return verdict

@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .api import ENGINE, _query, body_of, json_error, json_response
+from .api_access import by
 from .api_models import NoQuery, RolloutChange, RolloutStart
 from .rollouts import RolloutRefused
 from .rollouts.views import images_view
@@ -39,7 +40,7 @@ async def rollout_start(request: web.Request) -> web.Response:
     body = await body_of(request, RolloutStart)
     try:
         view = await request.app[ENGINE].rollouts.begin(
-            request.match_info["name"], body.version, body.canary, body.bake, body.by
+            request.match_info["name"], body.version, body.canary, body.bake, by(request, body.by)
         )
     except RolloutRefused as exc:
         return _refused(exc)
@@ -53,8 +54,8 @@ async def rollout_change(request: web.Request) -> web.Response:
     name, verb = request.match_info["name"], request.match_info["verb"]
     try:
         if verb == "abort":
-            return json_response(await rollouts.abort(name, body.by))
-        return json_response(await rollouts.set_paused(name, verb == "pause", body.by))
+            return json_response(await rollouts.abort(name, by(request, body.by)))
+        return json_response(await rollouts.set_paused(name, verb == "pause", by(request, body.by)))
     except RolloutRefused as exc:
         return _refused(exc)
 

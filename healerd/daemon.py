@@ -16,8 +16,9 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from . import api, api_alerts, api_cluster, api_rollout, api_status, openfiles
+from . import api, api_access, api_alerts, api_cluster, api_rollout, api_status, openfiles
 from ._aio import pending_tasks
+from .access import AccessBook
 from .alert_inputs import AlertInputs
 from .alerting import Alerting
 from .checks import CheckEnv
@@ -46,6 +47,8 @@ FLUSH_INTERVAL = 1.0
 SETTLE_EVERY = 30.0  # seconds between freezes of what survived (see _keep_memory_settled)
 SETTLE_FULL_EVERY = 3600.0
 PRUNE_INTERVAL = 600.0
+ACCESS_REFRESH = 1.0  # the access file is looked at this often: a revocation applies within it
+USAGE_EVERY = 5  # turns of ACCESS_REFRESH between writes of when each credential was last used
 ALERT_FLUSH_SECONDS = 2.0  # at shutdown, pending notifications get this long; the rest go out after restart
 SLOW_STOP = 4.0  # seconds: a stop still going after this says what it waits for
 
@@ -79,6 +82,7 @@ class Daemon:
         )
         scheme = "https" if config.daemon.tls_cert_file else "http"
         self.api_token = _read_token(config)
+        self.access = _access_book(config, self.api_token)
         self.cluster: Cluster | None = None
         if cluster is not None:
             assert isinstance(self.store, PgStore) and self.membership is not None
@@ -90,7 +94,7 @@ class Daemon:
                 store=self.store,
                 monitor=self.monitor,
                 metrics=self.metrics,
-                token=lambda: self.api_token,
+                token=lambda: _cluster_token(self.config) or self.api_token,
                 scheme=scheme,
             )
         leadership: Leadership = self.cluster or STANDALONE
@@ -164,6 +168,29 @@ class Daemon:
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
         await self.store.close()
+
+    async def _access_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """The access file is read again within a second of a change (a revoked credential is refused from
+        then on); when each credential was last used is written every few seconds for `healerd access list`."""
+        task = asyncio.create_task(self._access_loop(), name="healerd-access")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        with contextlib.suppress(OSError):
+            self.access.save_usage()
+
+    async def _access_loop(self) -> None:
+        turns = 0
+        while True:
+            await asyncio.sleep(ACCESS_REFRESH)
+            turns += 1
+            try:
+                self.access.refresh()
+                if turns % USAGE_EVERY == 0:
+                    await asyncio.to_thread(self.access.save_usage)
+            except OSError as exc:  # a file that cannot be read or written: the last good credentials apply
+                log.warning("the access file or its usage record cannot be used now", error=str(exc))
 
     async def _cluster_ctx(self, app: web.Application) -> AsyncIterator[None]:
         """Join before the checks are bound (this node learns its shard); leave after they stop."""
@@ -251,8 +278,10 @@ class Daemon:
         app[api.STORE] = self.store
         app[api.ALERTING] = self.alerting
         app[api.METRICS] = self.metrics
+        app[api.GATE] = api_access.Gate(self.metrics)
         app[api_alerts.ALERT_INPUTS] = self.alert_inputs
-        contexts = [self._store_ctx, self._checks_ctx, self._alerting_ctx, self._monitor_ctx, self._remediation_ctx]
+        contexts = [self._store_ctx, self._access_ctx, self._checks_ctx, self._alerting_ctx, self._monitor_ctx]
+        contexts.append(self._remediation_ctx)
         if self.cluster is not None:
             contexts.insert(1, self._cluster_ctx)
         app.cleanup_ctx.extend(contexts)
@@ -293,6 +322,7 @@ class Daemon:
                 return False
             self.config = new  # every part reads it from here (current_config)
             self.api_token = _read_token(new)
+            self.access = _access_book(new, self.api_token)
             report = await self.monitor.apply(new)
             if self.cluster is None or self.cluster.acting():  # else the leader writes what the new config changes
                 await self.remediation.apply()
@@ -358,6 +388,25 @@ def _tls(config: Config) -> ssl.SSLContext | None:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)
     return context
+
+
+def _access_book(config: Config, api_token: str | None) -> AccessBook:
+    """The named credentials of `daemon.access_file`, with `api_token_file`'s token as the admin `token`."""
+    usage = config.daemon.state_dir / "access-usage.json"
+    book = AccessBook(config.daemon.access_file, token=api_token, usage=usage)
+    book.refresh()
+    return book
+
+
+def _cluster_token(config: Config) -> str | None:
+    """The `cluster` credential this node calls the others with (`cluster.token_file`)."""
+    path = config.cluster.token_file if config.cluster is not None else None
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace").strip() or None
+    except OSError:
+        return None
 
 
 def _read_token(config: Config) -> str | None:

@@ -91,6 +91,12 @@ METRICS: tuple[MetricDef, ...] = (
         ("service", "check"),
     ),
     MetricDef("events", "counter", "Events published, by type.", ("type",)),
+    MetricDef(
+        "api_requests",
+        "counter",
+        "API requests by credential (its name; anonymous, invalid) and outcome (allowed, unauthenticated, forbidden).",
+        ("credential", "outcome"),
+    ),
     MetricDef("store_writable", "gauge", "1 while the state store accepts writes, 0 while it fails (disk full).", ()),
     MetricDef("store_errors", "counter", "Failed state store operations (each is retried).", ()),
     MetricDef("config_reloads", "counter", "Config reloads by outcome (success, failure).", ("outcome",)),

@@ -299,7 +299,7 @@ def test_cluster_mistakes_are_named_with_their_fix(tmp_path: Path, cluster: str,
 
 def test_a_cluster_needs_the_token_its_nodes_call_each_other_with(tmp_path: Path) -> None:
     problems = problems_of(tmp_path, _clustered(tmp_path, "store: postgresql://db/h", token=False))
-    assert any("set daemon.api_token_file" in p for p in problems), problems
+    assert any("set cluster.token_file" in p and "daemon.api_token_file" in p for p in problems), problems
 
 
 def test_a_node_listening_everywhere_must_say_where_the_others_reach_it(tmp_path: Path) -> None:

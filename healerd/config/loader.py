@@ -165,6 +165,7 @@ def _cluster(data: dict[str, Any], daemon: DaemonConfig, base: Path, out: Collec
     cluster = cluster.model_copy(
         update={
             "store_file": resolve_against(base, cluster.store_file) if cluster.store_file else None,
+            "token_file": resolve_against(base, cluster.token_file) if cluster.token_file else None,
         }
     )
     if cluster.store_file is not None:
@@ -178,12 +179,15 @@ def _cluster(data: dict[str, Any], daemon: DaemonConfig, base: Path, out: Collec
             problem = wrong and f"in {cluster.store_file}: {wrong}"
         if problem:
             out.add(("cluster", "store_file"), problem)
-    if daemon.api_token_file is None:
+    if daemon.api_token_file is None and cluster.token_file is None:
         out.add(
             ("cluster",),
-            "the nodes of a cluster call each other's API with its bearer token: set daemon.api_token_file "
-            "to a file holding one, the same on every node",
+            "the nodes of a cluster call each other's API with a bearer token: set cluster.token_file to a "
+            "file holding a `cluster` credential (healerd access add NODE --scope cluster), or "
+            "daemon.api_token_file to one token, the same on every node",
         )
+    elif cluster.token_file is not None and (problem := file_problem(cluster.token_file, "the cluster credential")):
+        out.add(("cluster", "token_file"), problem)
     if cluster.advertise is None and daemon.listen_host in ("0.0.0.0", "::", ""):
         out.add(
             ("cluster", "advertise"),

@@ -18,6 +18,7 @@ from ..durations import DAY, YEAR, parse_count_or_percent, parse_duration, requi
 from ..machines import address_problem
 from ..modes import Mode
 from ..results import Status
+from .access import TrustedProxy
 from .dsn import dsn_problem
 from .ladder import MaxRepairs, Rung, rungs
 from .names import name_problem
@@ -82,6 +83,10 @@ class DaemonConfig(Strict):
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     api_token_file: Path | None = None
+    access_file: Path | None = None
+    public_reads: bool = True  # false: reads need a `read` credential (but /healthz, /readyz, a public page)
+    status_page: Literal["public", "protected"] = "public"  # public: the page stays open when reads are not
+    trusted_proxy: TrustedProxy | None = None  # single sign-on: the user a reverse proxy names
     mode: Mode = Mode.AUTO
     check_paths: list[Path] = Field(default_factory=lambda: [Path("./checks")])
     playbook_paths: list[Path] = Field(default_factory=lambda: [Path("./playbooks")])
@@ -126,6 +131,7 @@ class ClusterConfig(Strict):
     #: distinct vantage points (nodes) that must see a machine down before it is remediated
     confirm_from: int = Field(default=2, ge=1, le=16)
     zone: str = ""  # this node's zone: its word on that zone's loss does not count (it may be cut off with it)
+    token_file: Path | None = None  # a `cluster` credential: what this node sends the others (their probes)
     #: the store is reached through PgBouncer in transaction pooling: no server-side prepared statements
     pgbouncer: bool = False
 
