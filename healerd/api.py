@@ -37,6 +37,7 @@ from .api_models import (
     parse_query,
     path_value,
 )
+from .events import Event, EventType
 from .monitor_views import machine_view, service_view
 from .providers.base import ProviderError
 from .store import STORE_FAULTS, Fenced
@@ -435,6 +436,17 @@ async def set_mode(request: web.Request) -> web.Response:
             await engine.controls.set_paused(change.paused)
         except _DATABASE_ERRORS as exc:
             unsaved = exc
+    what = _change_words(change)
+    who = by(request) or "an anonymous caller"
+    now = time.time()
+    engine.bus.publish(
+        Event(EventType.MODE_CHANGED, change.service or "", f"{what} by {who}", now, details={"by": who, "what": what})
+    )
+    if unsaved is None:
+        try:
+            await engine.controls.record_change(what, who, now)
+        except _DATABASE_ERRORS as exc:
+            unsaved = exc
     if unsaved is not None:  # it applies: the answer says so (200), and that it is not saved
         status = engine.views.status()
         mode = status["service_modes"][change.service] if change.service else status["mode"]
@@ -447,6 +459,15 @@ async def set_mode(request: web.Request) -> web.Response:
         )
         return json_response({**status, "saved": False, "warning": warning})
     return json_response({**engine.views.status(), "saved": True})
+
+
+def _change_words(change: ModeChange) -> str:
+    parts = []
+    if change.changes_mode:
+        parts.append(f"mode {change.mode or 'config'}" + (f" for {change.service}" if change.service else ""))
+    if change.changes_paused:
+        parts.append("remediation paused" if change.paused else "remediation resumed")
+    return ", ".join(parts)
 
 
 async def silences(request: web.Request) -> web.Response:

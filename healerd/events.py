@@ -37,6 +37,7 @@ class EventType(enum.StrEnum):
     INCIDENT_ACKNOWLEDGED = "incident.acknowledged"  # a human is on it: no more reminders
     INCIDENT_REMINDER = "incident.reminder"  # still open and not acknowledged (a notifier's renotify_interval)
     STORM_CLEARED = "remediation.storm_cleared"  # an operator ended a storm cooldown
+    MODE_CHANGED = "mode.changed"  # an operator changed the mode or paused (details: what, by)
     CHECK_UNKNOWN = "check.unknown"
     STORE_DEGRADED = "store.degraded"
     MACHINE_RETIRED = "machine.retired"

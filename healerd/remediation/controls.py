@@ -41,6 +41,7 @@ class Controls:
         self.runtime_mode: Mode | None = None
         self.service_modes: dict[str, Mode] = {}
         self.paused = False
+        self.last_change: dict[str, Any] | None = None  # who changed the mode or the pause last
         self.storm_until: dict[str, float] = {}
         self._silences: tuple[float, list[dict[str, Any]]] | None = None  # the last `now` asked, and its answer
         #: silence changes that apply but that the store could not write yet (a full disk)
@@ -59,6 +60,8 @@ class Controls:
         self.paused = (await self.store.meta.get("paused")) == "1"
         modes = await self.store.meta.get("service_modes")
         self.service_modes = {k: Mode(v) for k, v in json.loads(modes).items()} if modes else {}
+        changed = await self.store.meta.get("mode_changed")
+        self.last_change = json.loads(changed) if changed else None
         storms = await self.store.meta.get("storm_until")
         self.storm_until = {k: float(v) for k, v in json.loads(storms).items()} if storms else {}
 
@@ -79,6 +82,11 @@ class Controls:
         if svc is not None and svc.remediation.mode is not None:
             return svc.remediation.mode
         return self.config.daemon.mode
+
+    async def record_change(self, what: str, by: str, now: float) -> None:
+        """Who changed the mode or the pause last, and what (the page and `healerd status` say it)."""
+        self.last_change = {"what": what, "by": by, "at": now}
+        await self.store.meta.set("mode_changed", json.dumps(self.last_change))
 
     async def set_mode(self, mode: Mode | None, service: str | None = None) -> None:
         if service is None:

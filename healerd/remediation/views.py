@@ -109,6 +109,7 @@ class Views:
         return {
             "mode": self.controls.global_mode.value,
             "paused": self.controls.paused,
+            "changed": self.controls.last_change,  # {"what", "by", "at"}: the last change of mode or pause
             "service_modes": {name: self.controls.mode_for(name).value for name in self.config.services},
             "incidents_open": len(active),
             "remediating": sum(1 for i in active if i.state is IncidentState.REMEDIATING),
