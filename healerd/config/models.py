@@ -82,6 +82,8 @@ class DaemonConfig(Strict):
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     api_token_file: Path | None = None
+    #: named, scoped credentials (`healerd access`), accepted besides api_token_file's token
+    access_file: Path | None = None
     mode: Mode = Mode.AUTO
     check_paths: list[Path] = Field(default_factory=lambda: [Path("./checks")])
     playbook_paths: list[Path] = Field(default_factory=lambda: [Path("./playbooks")])
