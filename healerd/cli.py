@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any
 
-from . import __version__, cli_demo, cli_incidents, cli_provider, cli_rollout, cli_silence, daemon
+from . import __version__, cli_access, cli_demo, cli_incidents, cli_provider, cli_rollout, cli_silence, daemon
 from .alerting import build_notifiers
 from .alerting_views import send_test
 from .checks import CheckEnv
@@ -144,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_demo.add_parsers(sub)
     cli_incidents.add_parsers(sub)
     cli_provider.add_parsers(sub)
+    cli_access.add_parsers(sub)
     return p
 
 
@@ -195,6 +196,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return cli_demo.cmd_demo(args)
         if args.command == "provider":
             return cli_provider.cmd_provider(args)
+        if args.command == "access":
+            return cli_access.cmd_access(args)
     except ApiError as exc:
         print(str(exc), file=sys.stderr)
         return exc.exit_code

@@ -204,6 +204,7 @@ def _daemon(data: dict[str, Any], base: Path, out: Collector, warnings: list[str
         update={
             "state_dir": resolve_against(base, daemon.state_dir),
             "api_token_file": resolve_against(base, daemon.api_token_file) if daemon.api_token_file else None,
+            "access_file": resolve_against(base, daemon.access_file) if daemon.access_file else None,
             "check_paths": [resolve_against(base, p) for p in daemon.check_paths],
             "playbook_paths": [resolve_against(base, p) for p in daemon.playbook_paths],
             "tls_cert_file": resolve_against(base, daemon.tls_cert_file) if daemon.tls_cert_file else None,

@@ -83,7 +83,7 @@ class DaemonConfig(Strict):
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     api_token_file: Path | None = None
-    access_file: Path | None = None
+    access_file: Path | None = None  # named, scoped credentials (`healerd access`), besides api_token_file's token
     public_reads: bool = True  # false: reads need a `read` credential (but /healthz, /readyz, a public page)
     status_page: Literal["public", "protected"] = "public"  # public: the page stays open when reads are not
     trusted_proxy: TrustedProxy | None = None  # single sign-on: the user a reverse proxy names
