@@ -149,7 +149,7 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         daemon = settings.config.daemon
         check_request(request, daemon)
-        verdict = request.app[GATE].admit(request, daemon, settings.access, time.time())
+        verdict = await request.app[GATE].admit(request, daemon, settings.access, time.time())
         if not verdict.allowed:
             return json_error(verdict.status, verdict.error, verdict.detail)
         for key, value in request.match_info.items():

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from . import api, api_access, api_alerts, api_cluster, api_rollout, api_status, openfiles
 from ._aio import pending_tasks
-from .access import AccessBook
+from .access import AccessBook, AccessError
 from .alert_inputs import AlertInputs
 from .alerting import Alerting
 from .checks import CheckEnv
@@ -322,7 +322,10 @@ class Daemon:
                 return False
             self.config = new  # every part reads it from here (current_config)
             self.api_token = _read_token(new)
-            self.access = _access_book(new, self.api_token)
+            try:
+                self.access = _access_book(new, self.api_token)
+            except RuntimeError as exc:  # the credentials in force stay: nobody is locked out, nobody let in
+                log.error("the access file cannot be read; the credentials in force stay", error=str(exc))
             report = await self.monitor.apply(new)
             if self.cluster is None or self.cluster.acting():  # else the leader writes what the new config changes
                 await self.remediation.apply()
@@ -393,7 +396,13 @@ def _tls(config: Config) -> ssl.SSLContext | None:
 def _access_book(config: Config, api_token: str | None) -> AccessBook:
     """The named credentials of `daemon.access_file`, with `api_token_file`'s token as the admin `token`."""
     usage = config.daemon.state_dir / "access-usage.json"
-    book = AccessBook(config.daemon.access_file, token=api_token, usage=usage)
+    try:
+        book = AccessBook(config.daemon.access_file, token=api_token, usage=usage)
+    except AccessError as exc:
+        raise RuntimeError(
+            f"daemon.access_file {config.daemon.access_file}: {exc}; fix it (healerd access list shows what it "
+            "holds) or remove daemon.access_file"
+        ) from None
     book.refresh()
     return book
 
