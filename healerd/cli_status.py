@@ -87,6 +87,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if zoned:
         print()
         print("\n".join(zone_lines(machines)))
+    mode = _api(args, "/api/v1/mode")
+    changed = mode.get("changed")
+    line = f"mode {mode['mode']}" + (", paused" if mode["paused"] else "")
+    if changed:
+        line += f" (last change: {changed['what']} by {changed['by']}, {format_age(now - changed['at'])} ago)"
+    print()
+    print(line)
     held = cli_incidents.why_not_acting(services)  # why healerd is not acting: held back, cooling down
     if held:
         print()

@@ -375,6 +375,9 @@ async def page_model(p: PageInput, healthy_shown: int = HEALTHY_SHOWN) -> dict[s
         "updated": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(now)),
         "mode": status["mode"],
         "paused": status["paused"],
+        "changed": {**status["changed"], "age": format_age(now - status["changed"]["at"])}
+        if status["changed"]
+        else None,
         "cluster": cluster_views.line(p.cluster) if p.cluster is not None else None,
         "store_fault": store.fault,
         "store_remedy": store.remedy if store.fault else "",

@@ -128,6 +128,7 @@ async def test_the_status_shows_the_modes_and_the_counts(rig_factory: Any) -> No
     assert rig.engine.views.status() == {
         "mode": "observe",
         "paused": False,
+        "changed": None,
         "service_modes": {"web": "observe"},
         "incidents_open": 0,
         "remediating": 0,
@@ -137,8 +138,12 @@ async def test_the_status_shows_the_modes_and_the_counts(rig_factory: Any) -> No
     await rig.engine.reconcile(rig.t0)
     await rig.engine.controls.set_mode(Mode.DRY_RUN, "web")
     await rig.engine.controls.set_paused(True)
+    await rig.engine.controls.record_change("remediation paused", "oncall-primary", rig.t0)
     (inc,) = rig.engine.book.active.values()
     inc.state = IncidentState.REMEDIATING  # as while its playbook runs
     status = rig.engine.views.status()
     assert (status["mode"], status["paused"], status["service_modes"]) == ("observe", True, {"web": "dry-run"})
     assert (status["incidents_open"], status["remediating"]) == (1, 1)
+    assert status["changed"] == {"what": "remediation paused", "by": "oncall-primary", "at": rig.t0}
+    await rig.engine.controls.load()  # kept in the store: a restart still says who paused
+    assert rig.engine.views.status()["changed"]["by"] == "oncall-primary"
