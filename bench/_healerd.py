@@ -77,11 +77,13 @@ class Healerd:
         nofile: tuple[int, int] | None = None,
         cluster: dict[str, Any] | None = None,
         tree: Path | None = None,
+        daemon: dict[str, Any] | None = None,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="healerd-bench-"))
         self.port = free_port()
         cfg = self.dir / "healerd.yaml"
         config = fleet_config(machines, check, self.dir / "state", self.port)
+        config["daemon"].update(daemon or {})  # more daemon settings (an access file, public_reads)
         if cluster is not None:  # a node of a cluster: its section, and the token the nodes share
             token = self.dir / "api-token"
             token.write_text("bench-cluster-token\n")
