@@ -37,6 +37,8 @@ def test_scopes_grant_what_they_include_and_nothing_beside() -> None:
         (Scope.ADMIN, Scope.READ),
         (Scope.ADMIN, Scope.OPERATE),
         (Scope.ADMIN, Scope.ADMIN),
+        (Scope.ADMIN, Scope.ALERTS),  # admin may do anything: the legacy token posts alerts, serves probes
+        (Scope.ADMIN, Scope.CLUSTER),
         (Scope.ALERTS, Scope.ALERTS),
         (Scope.CLUSTER, Scope.CLUSTER),
     }

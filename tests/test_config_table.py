@@ -387,15 +387,16 @@ CASES = [
         "listen-everywhere-without-token",
         swap("127.0.0.1:9464", "0.0.0.0:9464"),
         "daemon.listen",
-        "listening on 0.0.0.0:9464 without api_token_file lets anyone on the network control the fleet; "
-        "set daemon.api_token_file, or listen on 127.0.0.1",
+        "listening on 0.0.0.0:9464 without credentials lets anyone on the network control the fleet; set "
+        "daemon.access_file (healerd access add NAME --scope admin) or daemon.api_token_file, or listen on "
+        "127.0.0.1",
         "listen",
     ),
     case(
         "listen-ipv6-any-without-token",
         swap("127.0.0.1:9464", "'[::]:9464'"),
         "daemon.listen",
-        "without api_token_file",
+        "without credentials",
         "listen",
     ),
     case(
@@ -641,7 +642,7 @@ def test_a_listen_host_that_does_not_resolve_is_a_warning_with_its_line(tmp_path
 
 def test_a_name_that_does_not_resolve_still_needs_a_token(tmp_path: Path) -> None:
     text = swap("127.0.0.1:9464", "healerd-test.invalid:9464")
-    with pytest.raises(ConfigError, match="without api_token_file lets anyone on the network"):
+    with pytest.raises(ConfigError, match="without credentials lets anyone on the network"):
         load_config(write(tmp_path, text))
 
 

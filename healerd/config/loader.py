@@ -215,7 +215,8 @@ def _daemon(data: dict[str, Any], base: Path, out: Collector, warnings: list[str
         out.add(("daemon", "state_dir"), problem)
     check_files(daemon.api_token_file, daemon.tls_cert_file, daemon.tls_key_file, out)
     if "listen" in raw and not any(p.path[:2] == ("daemon", "listen") for p in out.problems):
-        check_exposure(daemon.listen, daemon.listen_host, daemon.api_token_file, out, warnings, filename)
+        guard = daemon.access_file or daemon.api_token_file
+        check_exposure(daemon.listen, daemon.listen_host, guard, out, warnings, filename)
     return daemon
 
 

@@ -158,8 +158,9 @@ def check_exposure(
     if not loopback and token is None:
         out.add(
             path,
-            f"listening on {listen} without api_token_file lets anyone on the network control the fleet; "
-            "set daemon.api_token_file, or listen on 127.0.0.1",
+            f"listening on {listen} without credentials lets anyone on the network control the fleet; set "
+            "daemon.access_file (healerd access add NAME --scope admin) or daemon.api_token_file, or listen on "
+            "127.0.0.1",
         )
 
 

@@ -13,6 +13,8 @@ from typing import Any
 from conftest import free_port
 from netlab import Lab
 
+from healerd.access import Scope, add
+
 from .cluster import ClusterRig, Node
 from .helpers import write_config
 
@@ -64,10 +66,18 @@ class LabCluster(ClusterRig):
         super().__init__(tmp_path, dsn, base, ttl=ttl, confirm_from=confirm_from)
         self.lab = lab
         self.zones = zones
+        # the nodes call each other with a named `cluster` credential, not one shared admin token: a probe
+        # that credential could not make would leave every zone loss unconfirmed
+        self.access_file = tmp_path / "access.yaml"
+        self.cluster_token_file = tmp_path / "cluster-token"
+        self.cluster_token_file.write_text(add(self.access_file, "nodes", Scope.CLUSTER) + "\n")
 
     def config(self, name: str, port: int, change: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         def placed(cfg: dict[str, Any]) -> None:
             cfg["daemon"]["listen"] = f"{self.lab.address(name)}:{port}"
+            del cfg["daemon"]["api_token_file"]
+            cfg["daemon"]["access_file"] = str(self.access_file)
+            cfg["cluster"]["token_file"] = str(self.cluster_token_file)
             cfg["cluster"]["zone"] = self.zones.get(name, "")
             if change is not None:
                 change(cfg)
