@@ -1,6 +1,6 @@
 """End to end: named, scoped credentials against a real `healerd run` whose reads are not public.
 
-One daemon for the module (`daemon.access_file`, `public_reads: false`, a trusted proxy on 127.0.0.1). Every
+One daemon for most of the module (`daemon.access_file`, `public_reads: false`, a trusted proxy on 127.0.0.1). Every
 (method, route) of the API is sent with no token, a bogus one, an expired one, a revoked one and one of each
 scope, and answers 401, 403 or passes exactly as the scope rules say; a revocation made with the CLI is refused
 within 2 s without a restart; no token is ever written down or answered in clear; a change says which
@@ -30,7 +30,16 @@ from healerd.api_scopes import SCOPES
 from healerd.config import load_config
 from healerd.daemon import Daemon
 
-from .helpers import DaemonProcess, Metrics, http_check, make_config, run_cli, wait_until, write_config
+from .helpers import (
+    DaemonProcess,
+    Metrics,
+    StartDaemon,
+    http_check,
+    make_config,
+    run_cli,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -263,6 +272,19 @@ def test_every_route_the_daemon_serves_has_a_scope(tmp_path: Path) -> None:
     assert len(served) >= 30
     assert sorted(served - set(SCOPES)) == [], "routes served with no scope in healerd.api_scopes.SCOPES"
     assert sorted(set(SCOPES) - served) == [], "scopes of routes nobody serves (a typo never matches a request)"
+
+
+def test_a_protected_page_needs_read_and_the_probes_stay_open(
+    tmp_path: Path, fleet_factory: Any, start_daemon: StartDaemon
+) -> None:
+    cfg = make_config(tmp_path, free_port(), [("web-1", fleet_factory(1)[0].address)], [http_check(interval="5s")])
+    cfg["daemon"].update(access_file="access.yaml", public_reads=False, status_page="protected")
+    reader = access.add(tmp_path / "access.yaml", "reader", Scope.READ)
+    daemon = start_daemon(cfg)
+    anonymous = {path: call(daemon.port, "GET", path).status for path in ("/healthz", "/readyz", "/", "/metrics")}
+    assert anonymous == {"/healthz": 200, "/readyz": 200, "/": 401, "/metrics": 401}
+    page = call(daemon.port, "GET", "/", reader)
+    assert page.status == 200 and b"web-1" in page.body
 
 
 def test_a_refusal_says_what_scope_is_needed_and_how_to_get_it(lab: Lab) -> None:
