@@ -433,7 +433,7 @@ def test_no_token_is_kept_or_answered_in_clear(lab: Lab) -> None:
     for name, token in [*lab.tokens.items(), *((f"bogus {i}", t) for i, t in enumerate(lab.bogus))]:
         wanted[f"{name} token"] = token.encode()
         wanted[f"{name} secret"] = token[-43:].encode()
-    assert len(wanted) >= 20
+    assert len(wanted) >= 18  # the 8 tokens issued before the start and a bogus one, at least
 
     places: dict[str, bytes] = {
         "the access file": lab.access_file.read_bytes(),
