@@ -39,7 +39,8 @@ SCOPES: dict[tuple[str, str], Scope | None] = {
     ("POST", "/api/v1/silences"): OPERATE,
     ("DELETE", "/api/v1/silences/{id}"): OPERATE,
     ("POST", "/api/v1/services/{name}/rollout"): ADMIN,  # a new version on the fleet: healerd images promote
-    ("POST", "/api/v1/services/{name}/rollout/{verb:pause|resume|abort}"): OPERATE,
+    # as aiohttp names the route (its canonical form drops the pattern, pause|resume|abort)
+    ("POST", "/api/v1/services/{name}/rollout/{verb}"): OPERATE,
     ("POST", "/api/v1/alerts"): Scope.ALERTS,
     ("POST", "/api/v1/cluster/probe"): Scope.CLUSTER,
 }
