@@ -165,9 +165,9 @@ INVALID = "invalid"
 
 def route_of(request: web.Request) -> str:
     """The route the request matched (`/api/v1/incidents/{id}`), or its path when none did."""
-    route = request.match_info.route
-    resource = route.resource if route is not None else None
-    return resource.canonical if resource is not None else request.path
+    resource = getattr(request.match_info.route, "resource", None)
+    canonical = getattr(resource, "canonical", None)
+    return canonical if isinstance(canonical, str) else request.path
 
 
 async def authorize(request: web.Request, daemon: DaemonConfig, book: AccessBook, now: float) -> Verdict:
