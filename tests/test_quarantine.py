@@ -17,6 +17,8 @@ from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from healerd import api
+from healerd.access import AccessBook
+from healerd.api_access import Gate
 from healerd.events import EventType
 from healerd.health import CheckKey
 from healerd.machines import Lifecycle, Machine
@@ -215,8 +217,9 @@ async def test_the_api_answers_a_provider_refusal_with_409_and_what_to_do(rig_fa
     monkeypatch.setattr(rig.provider, "terminate", refuse)
     monkeypatch.setattr(rig.provider, "release", refuse)
     app = web.Application(middlewares=[api.errors_and_auth])
-    app[api.SETTINGS] = SimpleNamespace(config=rig.config, api_token=None, cluster=None)  # type: ignore[assignment]
+    app[api.SETTINGS] = SimpleNamespace(config=rig.config, access=AccessBook(None), cluster=None)  # type: ignore[assignment]
     app[api.ENGINE] = rig.engine
+    app[api.GATE] = Gate(rig.metrics)
     api.add_routes(app)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         for what, body in (("terminate", {}), ("release", {"to_rotation": False})):
