@@ -18,7 +18,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -502,3 +502,25 @@ class AccessBook:
         if self._usage_failing:
             self._usage_failing = False
             log.info("access usage file written again", path=str(self._usage_path))
+
+
+#: the access file is looked at this often: a revocation applies within it
+REFRESH = 1.0
+#: turns of REFRESH between writes of when each credential was last used
+USAGE_EVERY = 5
+
+
+async def keep(book: Callable[[], AccessBook]) -> None:
+    """The daemon's side of the access file, until cancelled: the book in force (a reload may replace it)
+    re-reads the file within REFRESH of a change, and writes its usage file every few seconds."""
+    turns = 0
+    while True:
+        await asyncio.sleep(REFRESH)
+        turns += 1
+        current = book()
+        try:
+            current.refresh()
+            if turns % USAGE_EVERY == 0:
+                await asyncio.to_thread(current.save_usage)
+        except OSError as exc:  # a file that cannot be read or written: the last good credentials apply
+            log.warning("the access file or its usage record cannot be used now", error=str(exc))

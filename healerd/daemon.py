@@ -18,7 +18,7 @@ from aiohttp import web
 
 from . import api, api_access, api_alerts, api_cluster, api_rollout, api_status, openfiles
 from ._aio import pending_tasks
-from .access import AccessBook, AccessError
+from .access import AccessBook, AccessError, keep
 from .alert_inputs import AlertInputs
 from .alerting import Alerting
 from .checks import CheckEnv
@@ -47,8 +47,6 @@ FLUSH_INTERVAL = 1.0
 SETTLE_EVERY = 30.0  # seconds between freezes of what survived (see _keep_memory_settled)
 SETTLE_FULL_EVERY = 3600.0
 PRUNE_INTERVAL = 600.0
-ACCESS_REFRESH = 1.0  # the access file is looked at this often: a revocation applies within it
-USAGE_EVERY = 5  # turns of ACCESS_REFRESH between writes of when each credential was last used
 ALERT_FLUSH_SECONDS = 2.0  # at shutdown, pending notifications get this long; the rest go out after restart
 SLOW_STOP = 4.0  # seconds: a stop still going after this says what it waits for
 
@@ -172,25 +170,13 @@ class Daemon:
     async def _access_ctx(self, app: web.Application) -> AsyncIterator[None]:
         """The access file is read again within a second of a change (a revoked credential is refused from
         then on); when each credential was last used is written every few seconds for `healerd access list`."""
-        task = asyncio.create_task(self._access_loop(), name="healerd-access")
+        task = asyncio.create_task(keep(lambda: self.access), name="healerd-access")
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         with contextlib.suppress(OSError):
             self.access.save_usage()
-
-    async def _access_loop(self) -> None:
-        turns = 0
-        while True:
-            await asyncio.sleep(ACCESS_REFRESH)
-            turns += 1
-            try:
-                self.access.refresh()
-                if turns % USAGE_EVERY == 0:
-                    await asyncio.to_thread(self.access.save_usage)
-            except OSError as exc:  # a file that cannot be read or written: the last good credentials apply
-                log.warning("the access file or its usage record cannot be used now", error=str(exc))
 
     async def _cluster_ctx(self, app: web.Application) -> AsyncIterator[None]:
         """Join before the checks are bound (this node learns its shard); leave after they stop."""
