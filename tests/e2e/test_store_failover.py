@@ -216,6 +216,11 @@ def test_both_servers_stopped_every_node_pages_within_30s_and_the_outbox_deliver
         rig.start(name)
     fleet = wait_fleet(rig, 60)
     victim = sorted(fleet)[0]
+    rig.wait(  # a node pages a machine it sees in service (one it still sees on probation is not news)
+        lambda: all(n.machines()[victim]["lifecycle"] == "in_service" for n in rig.live()),
+        30,
+        f"every node seeing {victim} in service",
+    )
     rig.wait(  # what the start said is sent: the outage's messages are counted alone
         lambda: (
             {m["state"] for m in rig.wait_leader().json("/api/v1/notifications?limit=500")["messages"]} <= {"delivered"}
