@@ -259,7 +259,7 @@ class Gate:
         label = verdict.credential or "anonymous"
         self.metrics.counter("api_requests").labels(label, verdict.outcome).inc()
         if verdict.allowed:
-            if isinstance(verdict.credential, str) and verdict.credential not in ("", INVALID):
+            if verdict.credential not in ("", INVALID):
                 book.used(verdict.credential, request.remote or "", now)
             return verdict
         source = request.remote or "?"

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from ..config import ServiceConfig
     from ..events import EventBus
     from ..metrics import Metrics
-    from ..monitor import Monitor
     from .controls import Controls
     from .fleet import Fleet
     from .quarantine import Quarantine
@@ -172,7 +171,8 @@ class ZoneReconciler:
         """A lost zone's machines that pass their checks again are retired or quarantined (zone_loss.on_return)."""
         on_return = svc.remediation.zone_loss.on_return
         for zone, machines in self.guard.unreachable(svc.name).items():
-            back = [m for m in machines if _condition(self.monitor, m) is Condition.UP]
+            book = self.monitor.book
+            back = [m for m in machines if (mh := book.machine(m.service, m.id)) and mh.condition is Condition.UP]
             for m in back:
                 with bound_contextvars(machine=m.id):
                     try:
@@ -214,8 +214,3 @@ class ZoneReconciler:
             with contextlib.suppress(KeyError):
                 gauge.remove(*labels)
         self._series.clear()
-
-
-def _condition(monitor: Monitor, m: Machine) -> Condition | None:
-    mh = monitor.book.machine(m.service, m.id)
-    return mh.condition if mh is not None else None
