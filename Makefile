@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.example.yaml
 # Debian packages the test suite drives for real (exec checks run Debian's monitoring plugins).
-DEB_PACKAGES := monitoring-plugins-basic prometheus-alertmanager systemd openssl postgresql util-linux haproxy chromium prometheus busybox nginx-light
+DEB_PACKAGES := monitoring-plugins-basic prometheus-alertmanager systemd openssl postgresql util-linux haproxy chromium prometheus busybox nginx-light dnsmasq-base
 
 BENCH_PACKAGES := nginx-light prometheus-blackbox-exporter monitoring-plugins-basic nagios4-core openssl
 PACKAGES = $(DEB_PACKAGES)

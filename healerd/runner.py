@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 
 from .checks import Check
+from .checks.base import RUN_DEADLINE
 from .config import CheckSpec
 from .durations import format_duration
 from .health import CheckKey
@@ -60,7 +61,11 @@ async def run_check(check: Check[Any], timeout: float, timeout_status: Status | 
     did not answer, UNKNOWN for a check that could not decide."""
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
-    task = loop.create_task(_guarded(check))
+    token = RUN_DEADLINE.set(loop.time() + timeout)
+    try:
+        task = loop.create_task(_guarded(check))  # the task takes a copy of the context: the deadline with it
+    finally:
+        RUN_DEADLINE.reset(token)
     # Wait for the task or the timeout, whichever comes first, without asyncio.wait's sets and callbacks:
     # a future and a timer (a check that swallows its cancellation cannot hold the scheduler either way).
     waiter: asyncio.Future[None] = loop.create_future()

@@ -425,3 +425,23 @@ async def test_network_check_that_gets_no_answer_is_critical_naming_the_timeout(
             w.close()
         server.close()
         await env.close()
+
+
+class ReportsInTime(Probe):
+    """Gathers answers until just before its timeout, then reports what it has (as an echo check does)."""
+
+    kind = "test_reports_in_time"
+
+    async def run(self) -> CheckResult:
+        left = self.time_left()
+        await asyncio.sleep(max(0.0, left - 0.1))
+        return CheckResult.critical(f"0 of 3 answered, {left:.2f}s to wait")
+
+
+async def test_a_check_that_watches_its_time_left_reports_its_findings_instead_of_a_bare_timeout() -> None:
+    result = await run_check(ReportsInTime(), timeout=0.5)
+    assert result.status is Status.CRITICAL and result.message.startswith("0 of 3 answered")
+    assert 0.45 <= float(result.message.split(", ")[1].split("s")[0]) <= 0.5
+    assert 0.35 < result.duration < 0.5
+    # outside the runner there is no deadline
+    assert ReportsInTime().time_left() == float("inf")

@@ -6,7 +6,9 @@ The framework (runner.py) owns timeouts, exception capture, timing and metrics; 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
 
@@ -17,6 +19,10 @@ from ..results import CheckResult, Status
 from ..targets import Target
 from ._http1 import Pool
 from ._tls import ResumingContext, client_context
+
+
+#: when the run under way must have finished (the event loop's clock): set by the runner for each run
+RUN_DEADLINE: ContextVar[float] = ContextVar("healerd_check_deadline", default=math.inf)
 
 
 class CheckOptions(BaseModel):
@@ -98,6 +104,12 @@ class Check(Generic[ConfigT]):
 
     async def run(self) -> CheckResult:
         raise NotImplementedError
+
+    @staticmethod
+    def time_left() -> float:
+        """Seconds until this run's timeout (infinite outside the runner): a check that gathers several answers
+        (echo requests, say) stops waiting in time to report what it found instead of being cut off."""
+        return RUN_DEADLINE.get() - asyncio.get_running_loop().time()
 
     @classmethod
     def preflight(cls, options: CheckOptions, env: CheckEnv) -> list[tuple[tuple[str | int, ...], str]]:
