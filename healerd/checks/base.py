@@ -20,7 +20,6 @@ from ..targets import Target
 from ._http1 import Pool
 from ._tls import ResumingContext, client_context
 
-
 #: when the run under way must have finished (the event loop's clock): set by the runner for each run
 RUN_DEADLINE: ContextVar[float] = ContextVar("healerd_check_deadline", default=math.inf)
 
