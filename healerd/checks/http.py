@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from yarl import URL
@@ -14,6 +15,7 @@ from .._urls import HttpUrl
 from ..durations import format_duration, parse_duration
 from ..results import CheckResult, PerfDatum, Status
 from ..targets import Target
+from . import _jsonpath
 from ._http1 import RETRYABLE, BodyCut, Disconnected, InvalidResponse, build_request, endpoint
 from .base import Check, CheckEnv, CheckOptions
 
@@ -23,6 +25,18 @@ class HttpExpect(CheckOptions):
     max_latency: float | None = None
     body_contains: str | None = None
     body_regex: str | None = None
+    #: JSON path -> the value it must have, e.g. {"$.status": "UP"} (see healerd.checks._jsonpath)
+    json_: dict[str, Any] | None = Field(default=None, alias="json")
+
+    @field_validator("json_")
+    @classmethod
+    def _json(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            if not v:
+                raise ValueError('no condition: write paths and values, e.g. {"$.status": "UP"}')
+            for path in v:
+                _jsonpath.parse(path)
+        return v
 
     @field_validator("max_latency", mode="before")
     @classmethod
@@ -79,7 +93,8 @@ class HttpCheck(Check[HttpConfig]):
             close=not config.reuse_connections,
         )
         expect = config.expect
-        self._need_body = expect.body_contains is not None or expect.body_regex is not None
+        self._json = tuple((path, _jsonpath.parse(path), value) for path, value in (expect.json_ or {}).items())
+        self._need_body = expect.body_contains is not None or expect.body_regex is not None or bool(self._json)
         self._keep = config.max_body if self._need_body else 0
         self._ssl = env.tls_context(config.tls_verify) if url.scheme == "https" else None
 
@@ -111,8 +126,31 @@ class HttpCheck(Check[HttpConfig]):
             return CheckResult.critical(f"HTTP {status}: body lacks {expect.body_contains!r}", perf)
         if expect.body_regex is not None and not re.search(expect.body_regex, body):
             return CheckResult.critical(f"HTTP {status}: body does not match /{expect.body_regex}/", perf)
+        if self._json and (problem := self._json_problem(response.body)):
+            return CheckResult.critical(f"HTTP {status}: {problem}", perf)
         if expect.max_latency is not None and elapsed > expect.max_latency:
             return CheckResult.warning(
                 f"HTTP {status} in {took}, slower than {format_duration(expect.max_latency)}", perf
             )
         return CheckResult.ok(f"HTTP {status} in {took}", perf)
+
+    def _json_problem(self, body: bytes) -> str | None:
+        """What the JSON body lacks of `expect.json`, or None when every condition holds."""
+        try:
+            document = json.loads(body)
+        except ValueError as exc:
+            if len(body) >= self.config.max_body:
+                return f"the JSON body is longer than max_body ({self.config.max_body} bytes): raise max_body"
+            return f"the body is not JSON ({exc})"
+        for text, path, expected in self._json:
+            found, value = _jsonpath.find(document, path)
+            if not found:
+                return f"{text} is missing from the JSON body"
+            if not _jsonpath.same(value, expected):
+                return f"{text} is {_show(value)}, expected {_show(expected)}"
+        return None
+
+
+def _show(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:77] + "..."
