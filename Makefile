@@ -6,14 +6,14 @@ CONFIG ?= config.example.yaml
 # Debian packages the test suite drives for real (exec checks run Debian's monitoring plugins).
 DEB_PACKAGES := monitoring-plugins-basic prometheus-alertmanager systemd openssl postgresql util-linux haproxy chromium prometheus busybox nginx-light dnsmasq-base
 
-BENCH_PACKAGES := nginx-light prometheus-blackbox-exporter monitoring-plugins-basic nagios4-core openssl
+BENCH_PACKAGES := nginx-light prometheus-blackbox-exporter monitoring-plugins-basic nagios4-core openssl dnsmasq-base
 PACKAGES = $(DEB_PACKAGES)
 
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' healerd/_version.py)
 # What `make deb` needs from Debian: its packaging tools, and the Python the package's venv runs on.
 DEB_BUILD_PACKAGES := debhelper dpkg-dev python3.11 python3.11-venv
 
-.PHONY: run test lint typecheck unit deps test-deps debs deb bench bench-compare arch install uninstall clean
+.PHONY: run test lint typecheck unit deps test-deps debs deb bench bench-probes bench-compare arch install uninstall clean
 
 # `make install`: the same layout as the package, under /usr/local (DESTDIR= stages it for packaging).
 INSTALL_PYTHON ?= /usr/bin/python3
@@ -62,6 +62,11 @@ debs:
 bench: PACKAGES = $(BENCH_PACKAGES)
 bench: test-deps debs
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The tls, dns, icmp and grpc checks against blackbox_exporter's matching probers, same targets, same run.
+bench-probes: PACKAGES = $(BENCH_PACKAGES)
+bench-probes: test-deps debs
+	$(BIN)/python -m bench.probes $(BENCH_ARGS)
 
 # This working tree's healerd against BENCH_BASE's, in one run (new / old per figure; exits 1 past the tolerance).
 BENCH_BASE ?= main

@@ -139,11 +139,13 @@ class Healerd:
         with urllib.request.urlopen(self.base + "/metrics", timeout=30) as resp:
             body = resp.read()
         took = time.perf_counter() - started
-        out: dict[str, Any] = {"runs": 0.0, "lag_buckets": {}, "lag_count": 0.0}
+        out: dict[str, Any] = {"runs": 0.0, "by_status": {}, "lag_buckets": {}, "lag_count": 0.0}
         for fam in text_string_to_metric_families(body.decode()):
             for s in fam.samples:
                 if s.name == "healerd_check_runs_total":
                     out["runs"] += s.value
+                    status = s.labels.get("status", "")
+                    out["by_status"][status] = out["by_status"].get(status, 0.0) + s.value
                 elif s.name == "healerd_scheduler_lag_seconds_bucket":
                     out["lag_buckets"][float(s.labels["le"])] = s.value
                 elif s.name == "healerd_scheduler_lag_seconds_count":

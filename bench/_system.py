@@ -167,7 +167,7 @@ http {{
     ssl_protocols TLSv1.2 TLSv1.3;
     server {{ listen {bind}:{port} backlog=65535; {health} }}
     server {{ listen 127.0.0.1:{fresh_port} backlog=65535; keepalive_timeout 0; {health} }}
-    server {{ listen 127.0.0.1:{tls_port} ssl backlog=65535; {health} }}
+    server {{ listen {bind}:{tls_port} ssl backlog=65535; {health} }}
     server {{ listen 127.0.0.1:{tls_fresh_port} ssl backlog=65535; keepalive_timeout 0; {health} }}
 }}
 """
@@ -179,8 +179,8 @@ class Nginx:
 
     Four servers: `port` keeps connections alive (on every loopback address 127.X.Y.Z when `any_address`: it
     then listens on 0.0.0.0, for the distinct-address scenarios; traffic is still only loopback),
-    `fresh_port` closes each connection after its answer, `tls_port` and `tls_fresh_port` are the same over
-    TLS (a self-signed RSA-2048 certificate made for the run)."""
+    `fresh_port` closes each connection after its answer, `tls_port` (on every loopback address too) and
+    `tls_fresh_port` are the same over TLS (a self-signed RSA-2048 certificate made for the run)."""
 
     core: int | None = 1
     any_address: bool = False
@@ -193,7 +193,8 @@ class Nginx:
         (self.prefix / "markers").mkdir()
         (self.prefix / "tmp").mkdir()
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "90", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=DNS:localhost",
              "-keyout", str(self.prefix / "key.pem"), "-out", str(self.prefix / "cert.pem")],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
