@@ -17,6 +17,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.message
 import dns.name
+import dns.nameserver
 import dns.rcode
 import dns.rdata
 import dns.rdataclass
@@ -122,9 +123,12 @@ def _answer_key(rdtype: dns.rdatatype.RdataType, rdata: Any) -> object:
 
 def _show_answer(rdtype: dns.rdatatype.RdataType, rdata: Any) -> str:
     if rdtype == dns.rdatatype.TXT:
-        text = b"".join(rdata.strings).decode("utf-8", "replace")
-        return '"' + (text if len(text) <= SHOWN_TEXT else text[: SHOWN_TEXT - 3] + "...") + '"'
+        return _show_text(b"".join(rdata.strings).decode("utf-8", "replace"))
     return str(rdata.to_text(origin=dns.name.root, relativize=True))
+
+
+def _show_text(text: str) -> str:
+    return '"' + (text if len(text) <= SHOWN_TEXT else text[: SHOWN_TEXT - 3] + "...") + '"'
 
 
 def _show_list(items: list[str]) -> str:
@@ -146,7 +150,8 @@ class DnsConfig(CheckOptions):
     #: the DNS server asked: the machine itself by default; an address, address:port, a host name or `system`
     server: str = "{host}"
     port: int | str = 53
-    name: str
+    #: the name asked for (`name` is the check's own)
+    query_name: str
     type: str = "A"
     #: the expected response code
     rcode: str = "NOERROR"
@@ -172,11 +177,11 @@ class DnsConfig(CheckOptions):
             return int(str(v).strip())
         raise ValueError(f"expected a port between 1 and 65535, like 53 or 5353; got {v!r}")
 
-    @field_validator("name")
+    @field_validator("query_name")
     @classmethod
     def _name(cls, v: str) -> str:
         if not v.strip():
-            raise ValueError("the name is empty: write the name to ask for, like www.example.com")
+            raise ValueError("query_name is empty: write the name to ask for, like www.example.com")
         if not _templated(v):
             try:
                 dns.name.from_text(v.strip())
@@ -218,10 +223,12 @@ class DnsConfig(CheckOptions):
                     parse_answer(rdtype, entry)
         return v
 
-    @field_validator("warning", "critical")
+    @field_validator("warning", "critical", mode="before")
     @classmethod
-    def _range(cls, v: str | None) -> str | None:
-        if v is not None:
+    def _range(cls, v: object) -> object:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            v = f"{v:g}"  # `warning: 0.5` as YAML writes it
+        if isinstance(v, str):
             Range.parse(v)
         return v
 
@@ -240,12 +247,12 @@ class DnsCheck(Check[DnsConfig]):
         super().__init__(config, target, env=env)
         # The config was validated with its templates; what they became for this machine is checked here.
         port = int(config.port)
-        self._qname = dns.name.from_text(config.name)
+        self._qname = dns.name.from_text(config.query_name)
         self._rdtype = dns.rdatatype.from_text(config.type)
         self._rcode = dns.rcode.from_text(config.rcode)
         self._expected = frozenset(parse_answer(self._rdtype, entry) for entry in config.expect)
         self._shown_expected = _show_list(
-            [f'"{e}"' if self._rdtype == dns.rdatatype.TXT else e.rstrip(".") for e in config.expect]
+            [_show_text(e) if self._rdtype == dns.rdatatype.TXT else e for e in config.expect]
         )
         self._name = self._qname.to_text(omit_final_dot=True)
         self._asked = f"{self._name} {config.type}"
@@ -267,7 +274,7 @@ class DnsCheck(Check[DnsConfig]):
         if not self._system:
             self._host, written_port = split_server(config.server)
             self._port = written_port or port
-            self._where = f"[{self._host}]:{self._port}" if ":" in self._host else f"{self._host}:{self._port}"
+            self._where = _address(self._host, self._port)
             if _is_ip(self._host):
                 family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
                 self._address = (family, (self._host, self._port))
@@ -373,23 +380,26 @@ class DnsCheck(Check[DnsConfig]):
             resolver = self._system_resolver()
         except (dns.exception.DNSException, OSError) as exc:
             return CheckResult.unknown(f"cannot ask the system resolvers: {_no_resolvers(exc)}")
+        # Stop waiting a little before the run's timeout, to say which resolvers were asked.
         left = self.time_left()
+        deadline = asyncio.get_running_loop().time() + left * 0.95 if math.isfinite(left) else None
         try:
-            answer = await resolver.resolve(
-                self._qname, self._rdtype, raise_on_no_answer=False, lifetime=left if math.isfinite(left) else None
-            )
-            response, where = answer.response, f"{answer.nameserver}:{answer.port}"
+            async with asyncio.timeout_at(deadline):
+                answer = await resolver.resolve(self._qname, self._rdtype, raise_on_no_answer=False)
+            response, where = answer.response, _address(answer.nameserver or "?", answer.port or self._port)
         except dns.resolver.NXDOMAIN as exc:
             response, where = exc.response(self._qname), self._where  # type: ignore[no-untyped-call]
         except dns.resolver.NoNameservers as exc:
             errors = exc.kwargs.get("errors") or []
             answered = [e for e in errors if len(e) > 4 and e[4] is not None]
             if not answered:
-                said = "; ".join(f"{e[0]}:{e[2]} {_said(e[3])}" for e in errors) or "none is configured"
+                said = "; ".join(f"{_nameserver(e[0], e[2])} {_said(e[3])}" for e in errors) or "none is listed"
                 return CheckResult.critical(f"{self._asked}: no system resolver answered ({said})")
-            response, where = answered[-1][4], f"{answered[-1][0]}:{answered[-1][2]}"
-        except dns.resolver.LifetimeTimeout:
-            return CheckResult.critical(f"{self._asked}: no system resolver answered in {_took(left)}")
+            response, where = answered[-1][4], _nameserver(answered[-1][0], answered[-1][2])
+        except (TimeoutError, dns.resolver.LifetimeTimeout):
+            asked = ", ".join(_nameserver(ns, resolver.port) for ns in resolver.nameservers)
+            took = _took(time.perf_counter() - started)
+            return CheckResult.critical(f"{self._asked}: no answer from the system resolvers ({asked}) within {took}")
         except dns.exception.DNSException as exc:
             return CheckResult.critical(f"{self._asked} to {self._where}: {exc}")
         return self._result(self._judge(response, where), time.perf_counter() - started)
@@ -450,6 +460,19 @@ class DnsCheck(Check[DnsConfig]):
             if rng is not None and rng.alerts(elapsed):
                 return CheckResult(level, f"{message} in {_took(elapsed)} (outside {rng.text}s)", perf)
         return CheckResult(Status.OK, f"{message} in {_took(elapsed)}", perf)
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _nameserver(ns: str | dns.nameserver.Nameserver, port: int) -> str:
+    """How a resolver is named in messages: its address and port (dnspython writes `Do53:10.0.0.53@53`)."""
+    if isinstance(ns, dns.nameserver.Nameserver):
+        return _address(ns.answer_nameserver(), ns.answer_port())
+    if ns.startswith("Do53:"):
+        ns = ns[5:].rpartition("@")[0] or ns[5:]
+    return _address(ns, port)
 
 
 def _said(error: object) -> str:
