@@ -96,7 +96,7 @@ async def env(tmp_path: Path) -> AsyncIterator[CheckEnv]:
     await e.close()
 
 
-def dns_on(env: CheckEnv, port: int, machine: str = "web", **options: object) -> DnsCheck:
+def dns_on(env: CheckEnv, port: int, *, machine: str = "web", **options: object) -> DnsCheck:
     """The check as the daemon builds it for a machine at 127.0.0.1: its options rendered for that machine."""
     target = Target("site", machine, "127.0.0.1:8080")
     config = DnsConfig.model_validate({"port": port, **options})
@@ -104,7 +104,7 @@ def dns_on(env: CheckEnv, port: int, machine: str = "web", **options: object) ->
 
 
 async def ask(env: CheckEnv, dnsmasq: Dnsmasq, **options: object) -> CheckResult:
-    return await run_check(dns_on(env, dnsmasq.port, **options), timeout=2)
+    return await run_check(dns_on(env, dnsmasq.port, **options), timeout=2)  # type: ignore[arg-type]
 
 
 # -- what the server answers -------------------------------------------------------------------------------
@@ -187,8 +187,8 @@ async def test_an_answer_too_big_for_udp_is_fetched_over_tcp(env: CheckEnv, dnsm
 
 async def test_options_are_rendered_for_each_machine(env: CheckEnv, dnsmasq: Dnsmasq) -> None:
     """`{id}` in the name and the default server `{host}`: one check, two machines, two answers."""
-    web = await run_check(dns_on(env, dnsmasq.port, "web", query_name="{id}.test"), timeout=2)
-    v6 = await run_check(dns_on(env, dnsmasq.port, "v6", query_name="{id}.test", type="AAAA"), timeout=2)
+    web = await run_check(dns_on(env, dnsmasq.port, machine="web", query_name="{id}.test"), timeout=2)
+    v6 = await run_check(dns_on(env, dnsmasq.port, machine="v6", query_name="{id}.test", type="AAAA"), timeout=2)
     assert web.message.startswith(f"web.test A 10.0.0.1 from {dnsmasq.where}"), web.message
     assert v6.message.startswith(f"v6.test AAAA 2001:db8::1 from {dnsmasq.where}"), v6.message
 

@@ -279,7 +279,8 @@ class DnsCheck(Check[DnsConfig]):
                 family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
                 self._address = (family, (self._host, self._port))
                 self._address_until = math.inf
-        #: the last UDP answer (without its id) and what it meant: an answer that did not change is not parsed again
+        #: the last UDP answer (without its id and TTLs) and what it meant: an answer that did not change is not
+        #: parsed again (a resolver's answers differ only in TTLs counting down)
         self._last: tuple[bytes, Verdict] | None = None
 
     @classmethod
@@ -308,11 +309,13 @@ class DnsCheck(Check[DnsConfig]):
             data = await self._ask_udp(*address)
             if data[2] & 0x02:  # truncated: the whole answer comes over TCP
                 verdict = self._judge(await self._ask_tcp(address[1][0]), self._where)
-            elif self._last is not None and self._last[0] == data[2:]:
-                verdict = self._last[1]
             else:
-                verdict = self._judge(dns.message.from_wire(data), self._where)
-                self._last = (data[2:], verdict)
+                key = _without_ttls(data)
+                if self._last is not None and self._last[0] == key:
+                    verdict = self._last[1]
+                else:
+                    verdict = self._judge(dns.message.from_wire(data), self._where)
+                    self._last = (key, verdict)
         except OSError as exc:
             return CheckResult.critical(f"{self._asked} to {self._where}: {describe(exc)}")
         except dns.exception.DNSException as exc:
@@ -460,6 +463,35 @@ class DnsCheck(Check[DnsConfig]):
             if rng is not None and rng.alerts(elapsed):
                 return CheckResult(level, f"{message} in {_took(elapsed)} (outside {rng.text}s)", perf)
         return CheckResult(Status.OK, f"{message} in {_took(elapsed)}", perf)
+
+
+def _without_ttls(data: bytes) -> bytes:
+    """The answer without its id and with every record's TTL zeroed (but OPT's, which holds flags and the
+    extended rcode): equal for answers that mean the same. The whole answer if it cannot be walked."""
+    key = bytearray(data)
+    key[0:2] = b"\x00\x00"
+    records = sum(int.from_bytes(data[i : i + 2], "big") for i in (6, 8, 10))
+    try:
+        at = _skip_name(data, 12) + 4  # the one question
+        for _ in range(records):
+            at = _skip_name(data, at)
+            if data[at : at + 2] != b"\x00\x29":  # OPT
+                key[at + 4 : at + 8] = b"\x00\x00\x00\x00"
+            at += 10 + int.from_bytes(data[at + 8 : at + 10], "big")
+    except IndexError:
+        return data
+    return bytes(key) if at == len(data) else data
+
+
+def _skip_name(data: bytes, at: int) -> int:
+    """Where the (possibly compressed) name at `at` ends."""
+    while True:
+        length = data[at]
+        if length == 0:
+            return at + 1
+        if length >= 0xC0:
+            return at + 2
+        at += length + 1
 
 
 def _address(host: str, port: int) -> str:
