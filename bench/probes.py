@@ -127,7 +127,7 @@ PROBES = (
     Probe(
         "dns", f"DNS: A {DNS_NAME} over UDP, answer checked", 1000,
         lambda t: t.dns_port,
-        lambda t: {"kind": "dns", "port": t.dns_port, "name": DNS_NAME, "type": "A", "expect": [DNS_ANSWER]},
+        lambda t: {"kind": "dns", "port": t.dns_port, "query_name": DNS_NAME, "type": "A", "expect": [DNS_ANSWER]},
         lambda t: {"prober": "dns", "dns": {"query_name": DNS_NAME, "query_type": "A", "transport_protocol": "udp",
                                            "preferred_ip_protocol": "ip4",
                                            "validate_answer_rrs": {"fail_if_not_matches_regexp": [
