@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -19,7 +19,6 @@ from ..results import CheckResult, Status
 from ..targets import Target
 from ._http1 import Pool
 from ._tls import ResumingContext, client_context
-
 
 #: when the run under way must have finished (the event loop's clock): set by the runner for each run
 RUN_DEADLINE: ContextVar[float] = ContextVar("healerd_check_deadline", default=math.inf)
@@ -32,6 +31,13 @@ class CheckOptions(BaseModel):
 
 
 ConfigT = TypeVar("ConfigT", bound=CheckOptions)
+
+
+@runtime_checkable
+class Closeable(Protocol):
+    """What a kind keeps in `CheckEnv.shared` that holds sockets (kept-alive connections): closed with the env."""
+
+    def close(self) -> None: ...
 
 
 class CheckEnv:
@@ -53,7 +59,8 @@ class CheckEnv:
         self._pool: Pool | None = None
         self._tls: dict[bool, ResumingContext] = {}
         self.subprocess_slots = asyncio.Semaphore(64)
-        #: what the checks of one kind share between machines (the prometheus check's batched answers)
+        #: what the checks of one kind share between machines (the prometheus check's batched answers, the grpc
+        #: check's connections); a value with a close() method is closed with the env
         self.shared: dict[object, object] = {}
 
     @property
@@ -77,6 +84,10 @@ class CheckEnv:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        for value in self.shared.values():
+            if isinstance(value, Closeable):
+                value.close()
+        self.shared.clear()
 
 
 class Check(Generic[ConfigT]):
