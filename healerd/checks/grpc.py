@@ -217,7 +217,7 @@ class GrpcCheck(Check[GrpcConfig]):
             return self._refused(exc, time.perf_counter() - started)
         except (OSError, StreamTerminatedError, ProtocolError) as exc:  # ssl.SSLError is an OSError
             self._channels.drop(self._key, channel)
-            return CheckResult.critical(f"gRPC {self._where}: {_describe(exc)}")
+            return CheckResult.critical(f"gRPC {self._where}: {_describe(exc, self.config.tls)}")
         except asyncio.CancelledError:  # the run's timeout: the server may be frozen; connect afresh next time
             self._channels.drop(self._key, channel)
             raise
@@ -256,13 +256,14 @@ class GrpcCheck(Check[GrpcConfig]):
         try:
             ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
         except (OSError, ssl.SSLError) as exc:
-            return [(("ca_file",), f"cannot load CA file {str(path)!r} ({_describe(exc)}); give a readable PEM file")]
+            return [(("ca_file",), f"cannot load CA file {str(path)!r} ({describe(exc)}); give a readable PEM file")]
         return []
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, StreamTerminatedError):
-        return f"the connection was lost before an answer ({exc})"
-    if isinstance(exc, ProtocolError):
-        return f"not an HTTP/2 gRPC server ({exc})"
+def _describe(exc: BaseException, tls: bool) -> str:
+    if isinstance(exc, StreamTerminatedError | ProtocolError):
+        # what a server that is no gRPC server does, and a TLS one spoken to in plaintext
+        return "connection closed without a gRPC answer (" + (
+            "not a gRPC server)" if tls else "not a gRPC server, or one that wants TLS: `tls: true`)"
+        )
     return describe(exc)
