@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,7 +88,7 @@ async def test_serving_is_ok_with_the_time_in_seconds(env: CheckEnv, server: Hea
     server.set("web", "SERVING")
     result = await run_check(check(env, server.port, service="web"), timeout=5)
     assert result.status is Status.OK, result.message
-    assert result.message.startswith("SERVING (web) in ")
+    assert re.fullmatch(r"SERVING \(web\) in \d+(\.\d)?ms", result.message), result.message
     (time,) = result.metrics
     assert time.label == "time" and time.uom == "s" and 0 < time.value < 1  # type: ignore[operator]
     whole = await run_check(check(env, server.port), timeout=5)  # service "": the server as a whole
