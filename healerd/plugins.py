@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from .checks.base import Check
 from .checks.dns import DnsCheck
 from .checks.exec import ExecCheck
+from .checks.grpc import GrpcCheck
 from .checks.http import HttpCheck
 from .checks.prometheus import PrometheusCheck
 from .checks.tcp import TcpCheck
@@ -51,7 +52,7 @@ def _built_in(registry: Registry[T], *classes: T) -> Registry[T]:
 
 
 CHECK_KINDS: Registry[type[Check[Any]]] = _built_in(
-    Registry("healerd.checks", Check), HttpCheck, TcpCheck, ExecCheck, PrometheusCheck, DnsCheck
+    Registry("healerd.checks", Check), HttpCheck, TcpCheck, ExecCheck, PrometheusCheck, DnsCheck, GrpcCheck
 )
 PROVIDER_KINDS: Registry[type[Provider]] = _built_in(
     Registry("healerd.providers", Provider), StaticProvider, LocalProvider, AwsProvider, CommandProvider

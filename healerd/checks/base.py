@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -33,6 +33,13 @@ class CheckOptions(BaseModel):
 ConfigT = TypeVar("ConfigT", bound=CheckOptions)
 
 
+@runtime_checkable
+class Closeable(Protocol):
+    """What a kind keeps in `CheckEnv.shared` that holds sockets (kept-alive connections): closed with the env."""
+
+    def close(self) -> None: ...
+
+
 class CheckEnv:
     """Resources shared by every check: HTTP client sessions, where drop-in scripts live."""
 
@@ -52,7 +59,8 @@ class CheckEnv:
         self._pool: Pool | None = None
         self._tls: dict[bool, ResumingContext] = {}
         self.subprocess_slots = asyncio.Semaphore(64)
-        #: what the checks of one kind share between machines (the prometheus check's batched answers)
+        #: what the checks of one kind share between machines (the prometheus check's batched answers, the grpc
+        #: check's connections); a value with a close() method is closed with the env
         self.shared: dict[object, object] = {}
 
     @property
@@ -76,6 +84,10 @@ class CheckEnv:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        for value in self.shared.values():
+            if isinstance(value, Closeable):
+                value.close()
+        self.shared.clear()
 
 
 class Check(Generic[ConfigT]):
