@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from .checks.base import Check
 from .checks.exec import ExecCheck
 from .checks.http import HttpCheck
+from .checks.icmp import IcmpCheck
 from .checks.prometheus import PrometheusCheck
 from .checks.tcp import TcpCheck
 from .notifiers.alertmanager import AlertmanagerNotifier
@@ -50,7 +51,7 @@ def _built_in(registry: Registry[T], *classes: T) -> Registry[T]:
 
 
 CHECK_KINDS: Registry[type[Check[Any]]] = _built_in(
-    Registry("healerd.checks", Check), HttpCheck, TcpCheck, ExecCheck, PrometheusCheck
+    Registry("healerd.checks", Check), HttpCheck, TcpCheck, ExecCheck, PrometheusCheck, IcmpCheck
 )
 PROVIDER_KINDS: Registry[type[Provider]] = _built_in(
     Registry("healerd.providers", Provider), StaticProvider, LocalProvider, AwsProvider, CommandProvider

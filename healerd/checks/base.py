@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
@@ -17,9 +18,9 @@ from pydantic import BaseModel, ConfigDict
 from .. import openfiles
 from ..results import CheckResult, Status
 from ..targets import Target
+from ._echo import EchoSocket
 from ._http1 import Pool
 from ._tls import ResumingContext, client_context
-
 
 #: when the run under way must have finished (the event loop's clock): set by the runner for each run
 RUN_DEADLINE: ContextVar[float] = ContextVar("healerd_check_deadline", default=math.inf)
@@ -35,7 +36,7 @@ ConfigT = TypeVar("ConfigT", bound=CheckOptions)
 
 
 class CheckEnv:
-    """Resources shared by every check: HTTP client sessions, where drop-in scripts live."""
+    """Resources shared by every check: HTTP client sessions, ICMP sockets, where drop-in scripts live."""
 
     def __init__(
         self,
@@ -52,6 +53,7 @@ class CheckEnv:
         self.max_connections, self.max_idle_hosts = openfiles.split(max_concurrent, open_files or openfiles.limits()[0])
         self._pool: Pool | None = None
         self._tls: dict[bool, ResumingContext] = {}
+        self._echo: dict[socket.AddressFamily, EchoSocket] = {}
         self.subprocess_slots = asyncio.Semaphore(64)
         #: what the checks of one kind share between machines (the prometheus check's batched answers)
         self.shared: dict[object, object] = {}
@@ -73,7 +75,19 @@ class CheckEnv:
             ctx = self._tls[verify] = client_context(verify, max_sessions=self.max_idle_hosts * 4)
         return ctx
 
+    def echo_socket(self, family: socket.AddressFamily) -> EchoSocket:
+        """The daemon's one ICMP socket of this address family (raises NoPrivilege when none may be opened)."""
+        sock = self._echo.get(family)
+        if sock is None or sock.loop is not asyncio.get_running_loop():
+            if sock is not None:
+                sock.close()
+            sock = self._echo[family] = EchoSocket(family)
+        return sock
+
     async def close(self) -> None:
+        for sock in self._echo.values():
+            sock.close()
+        self._echo.clear()
         if self._pool is not None:
             self._pool.close()
             self._pool = None
