@@ -113,11 +113,12 @@ def open_socket(family: socket.AddressFamily) -> tuple[socket.socket, bool]:
 class Probe:
     """The echo requests of one run: when each left, the round trips of the replies, what errors came back."""
 
-    __slots__ = ("address", "errors", "pending", "rtts", "sent", "waiter")
+    __slots__ = ("address", "errors", "pending", "rtts", "sent", "seqs", "waiter")
 
     def __init__(self, address: str, count: int, waiter: asyncio.Future[None]) -> None:
         self.address = address
         self.sent = [0.0] * count
+        self.seqs: list[int] = []
         self.rtts: list[float] = []
         self.errors: list[str] = []
         self.pending = count
@@ -176,6 +177,7 @@ class EchoSocket:
             packet[2] = checksum >> 8
             packet[3] = checksum & 0xFF
         waiting[seq] = (probe, index)
+        probe.seqs.append(seq)
         probe.sent[index] = time.perf_counter()
         try:
             self._sendto(packet, address)
@@ -186,8 +188,11 @@ class EchoSocket:
     def forget(self, probe: Probe) -> None:
         """Stop waiting for what `probe` has not received (its run is over)."""
         if probe.pending > 0:
-            for seq in [s for s, (p, _) in self._waiting.items() if p is probe]:
-                del self._waiting[seq]
+            waiting = self._waiting
+            for seq in probe.seqs:
+                entry = waiting.get(seq)
+                if entry is not None and entry[0] is probe:
+                    del waiting[seq]
 
     def _readable(self) -> None:
         recv = self._sock.recvfrom
