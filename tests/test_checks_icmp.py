@@ -55,14 +55,18 @@ def respond(lab: Lab, host: str, *args: str) -> subprocess.Popen[str]:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+def responders() -> Iterator[tuple[Lab, dict[str, subprocess.Popen[str]]]]:
     require_netlab()
     require_binary("setpriv")
     with Lab(["echo", "slow", "lossy", "ping-allowed", "ping-refused"]) as lab:
-        lab.slow = respond(lab, "slow", "--delay", "0.25")  # type: ignore[attr-defined]
-        respond(lab, "lossy", "--drop-every", "3")
+        started = {"slow": respond(lab, "slow", "--delay", "0.25"), "lossy": respond(lab, "lossy", "--drop-every", "3")}
         ip("netns", "exec", lab.netns("ping-allowed"), "sysctl", "-qw", f"net.ipv4.ping_group_range={NOBODY} {NOBODY}")
-        yield lab
+        yield lab, started
+
+
+@pytest.fixture
+def lab(responders: tuple[Lab, dict[str, subprocess.Popen[str]]]) -> Lab:
+    return responders[0]
 
 
 def unrouted(lab: Lab) -> str:
@@ -122,8 +126,11 @@ async def test_a_host_that_stops_answering_is_critical_with_its_loss_before_the_
     assert result.duration < 1.0  # the loss was reported, not a bare "no answer within 1s"
 
 
-async def test_a_frozen_responder_is_critical_within_the_timeout(lab: Lab, env: CheckEnv) -> None:
-    responder: subprocess.Popen[str] = lab.slow  # type: ignore[attr-defined]
+async def test_a_frozen_responder_is_critical_within_the_timeout(
+    responders: tuple[Lab, dict[str, subprocess.Popen[str]]], env: CheckEnv
+) -> None:
+    lab, started = responders
+    responder = started["slow"]
     host = lab.address("slow")
     os.kill(responder.pid, signal.SIGSTOP)
     try:
