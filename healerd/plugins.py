@@ -14,6 +14,7 @@ from .checks.dns import DnsCheck
 from .checks.exec import ExecCheck
 from .checks.grpc import GrpcCheck
 from .checks.http import HttpCheck
+from .checks.icmp import IcmpCheck
 from .checks.prometheus import PrometheusCheck
 from .checks.tcp import TcpCheck
 from .notifiers.alertmanager import AlertmanagerNotifier
@@ -52,7 +53,14 @@ def _built_in(registry: Registry[T], *classes: T) -> Registry[T]:
 
 
 CHECK_KINDS: Registry[type[Check[Any]]] = _built_in(
-    Registry("healerd.checks", Check), HttpCheck, TcpCheck, ExecCheck, PrometheusCheck, DnsCheck, GrpcCheck
+    Registry("healerd.checks", Check),
+    HttpCheck,
+    TcpCheck,
+    ExecCheck,
+    PrometheusCheck,
+    DnsCheck,
+    GrpcCheck,
+    IcmpCheck,
 )
 PROVIDER_KINDS: Registry[type[Provider]] = _built_in(
     Registry("healerd.providers", Provider), StaticProvider, LocalProvider, AwsProvider, CommandProvider

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from .. import openfiles
 from ..results import CheckResult, Status
 from ..targets import Target
+from ._echo import EchoSocket
 from ._http1 import Pool
 from ._tls import ResumingContext, client_context
 
@@ -41,7 +43,7 @@ class Closeable(Protocol):
 
 
 class CheckEnv:
-    """Resources shared by every check: HTTP client sessions, where drop-in scripts live."""
+    """Resources shared by every check: HTTP client sessions, ICMP sockets, where drop-in scripts live."""
 
     def __init__(
         self,
@@ -58,6 +60,7 @@ class CheckEnv:
         self.max_connections, self.max_idle_hosts = openfiles.split(max_concurrent, open_files or openfiles.limits()[0])
         self._pool: Pool | None = None
         self._tls: dict[bool, ResumingContext] = {}
+        self._echo: dict[socket.AddressFamily, EchoSocket] = {}
         self.subprocess_slots = asyncio.Semaphore(64)
         #: what the checks of one kind share between machines (the prometheus check's batched answers, the grpc
         #: check's connections); a value with a close() method is closed with the env
@@ -80,7 +83,19 @@ class CheckEnv:
             ctx = self._tls[verify] = client_context(verify, max_sessions=self.max_idle_hosts * 4)
         return ctx
 
+    def echo_socket(self, family: socket.AddressFamily) -> EchoSocket:
+        """The daemon's one ICMP socket of this address family (raises NoPrivilege when none may be opened)."""
+        sock = self._echo.get(family)
+        if sock is None or sock.loop is not asyncio.get_running_loop():
+            if sock is not None:
+                sock.close()
+            sock = self._echo[family] = EchoSocket(family)
+        return sock
+
     async def close(self) -> None:
+        for sock in self._echo.values():
+            sock.close()
+        self._echo.clear()
         if self._pool is not None:
             self._pool.close()
             self._pool = None

@@ -1,0 +1,266 @@
+"""The `icmp` check against real hosts: loopback (IPv4 and IPv6), and namespaces of a network lab that answer
+late, lose requests, sit behind a cut, or are not routed at all. Unprivileged sockets are tried by a child
+process that runs as nobody inside a namespace of its own ping_group_range."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import require_binary
+from netlab import ROOT, Lab, ip, require_netlab
+from pydantic import ValidationError
+from test_config_table import BASE, problem_lines, swap, write
+
+import healerd
+from healerd.checks import CheckEnv
+from healerd.checks.icmp import IcmpCheck, IcmpConfig
+from healerd.config import ConfigError, load_config
+from healerd.results import Status
+from healerd.runner import run_check
+from healerd.targets import Target, render_model
+
+RESPONDER = Path(__file__).with_name("icmp_responder.py")
+NOBODY = 65534  # nogroup's id: the group the unprivileged child runs as
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[CheckEnv]:
+    e = CheckEnv()
+    yield e
+    await e.close()
+
+
+def icmp(env: CheckEnv, host: str, **options: object) -> IcmpCheck:
+    return IcmpCheck(IcmpConfig(host=host, **options), Target("web", "m1", host), env=env)  # type: ignore[arg-type]
+
+
+def perf(result: object) -> dict[str, float | None]:
+    return {m.label: m.value for m in result.metrics}  # type: ignore[attr-defined]
+
+
+def respond(lab: Lab, host: str, *args: str) -> subprocess.Popen[str]:
+    """A ping responder in `host` in place of its kernel's own answers."""
+    ip("netns", "exec", lab.netns(host), "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1")
+    process = lab.run(host, [sys.executable, str(RESPONDER), *args], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    return process
+
+
+@pytest.fixture(scope="module")
+def responders() -> Iterator[tuple[Lab, dict[str, subprocess.Popen[str]]]]:
+    require_netlab()
+    require_binary("setpriv")
+    with Lab(["echo", "slow", "lossy", "ping-allowed", "ping-refused"]) as lab:
+        started = {"slow": respond(lab, "slow", "--delay", "0.25"), "lossy": respond(lab, "lossy", "--drop-every", "3")}
+        ip("netns", "exec", lab.netns("ping-allowed"), "sysctl", "-qw", f"net.ipv4.ping_group_range={NOBODY} {NOBODY}")
+        yield lab, started
+
+
+@pytest.fixture
+def lab(responders: tuple[Lab, dict[str, subprocess.Popen[str]]]) -> Lab:
+    return responders[0]
+
+
+def unrouted(lab: Lab) -> str:
+    """An address inside the lab that no host has and the router has no route for."""
+    return str(lab.network.network_address + (250 << 8) + 2)
+
+
+# -- loopback
+
+
+async def test_loopback_answers_every_request(env: CheckEnv) -> None:
+    result = await run_check(icmp(env, "127.0.0.1"), 2.0)
+    assert result.status is Status.OK, result.message
+    assert result.message.startswith("127.0.0.1: 3 of 3 replies, rta ")
+    figures = perf(result)
+    assert figures["pl"] == 0
+    assert figures["rtmin"] is not None and figures["rta"] is not None and figures["rtmax"] is not None
+    assert 0 < figures["rtmin"] <= figures["rta"] <= figures["rtmax"] < 200
+
+
+async def test_ipv6_loopback_answers_over_icmpv6(env: CheckEnv) -> None:
+    target = Target("web", "m1", "[::1]:80")  # the default host, "{host}", rendered for this machine
+    result = await run_check(IcmpCheck(render_model(IcmpConfig(), target.fields()), target, env=env), 2.0)
+    assert result.status is Status.OK, result.message
+    assert result.message.startswith("::1: 3 of 3 replies, rta ")
+
+
+async def test_a_name_is_looked_up(env: CheckEnv) -> None:
+    result = await run_check(icmp(env, "localhost", count=1), 2.0)
+    assert result.status is Status.OK, result.message
+    assert result.message.startswith("localhost: 1 of 1 replies")
+
+
+async def test_hundreds_of_checks_at_once_each_get_their_own_replies(env: CheckEnv) -> None:
+    checks = [icmp(env, "127.0.0.1" if i % 2 else "::1") for i in range(400)]
+    results = await asyncio.gather(*(run_check(c, 3.0) for c in checks))
+    assert [r.message.split(",")[0] for r in results] == [
+        f"{'127.0.0.1' if i % 2 else '::1'}: 3 of 3 replies" for i in range(400)
+    ]
+
+
+# -- the lab: a host that answers, one behind a cut, one answering late, one losing requests, no host at all
+
+
+async def test_a_host_that_stops_answering_is_critical_with_its_loss_before_the_timeout(
+    lab: Lab, env: CheckEnv
+) -> None:
+    host = lab.address("echo")
+    assert (await run_check(icmp(env, host), 1.0)).status is Status.OK
+    lab.cut(ROOT, "echo")
+    try:
+        result = await run_check(icmp(env, host), 1.0)
+    finally:
+        lab.heal(ROOT, "echo")
+    assert (result.status, result.message) == (Status.CRITICAL, f"{host}: 100% loss (0 of 3 replies)")
+    assert perf(result)["pl"] == 100
+    assert result.duration < 1.0  # the loss was reported, not a bare "no answer within 1s"
+
+
+async def test_a_frozen_responder_is_critical_within_the_timeout(
+    responders: tuple[Lab, dict[str, subprocess.Popen[str]]], env: CheckEnv
+) -> None:
+    lab, started = responders
+    responder = started["slow"]
+    host = lab.address("slow")
+    os.kill(responder.pid, signal.SIGSTOP)
+    try:
+        result = await run_check(icmp(env, host), 0.5)
+    finally:
+        os.kill(responder.pid, signal.SIGCONT)
+    assert (result.status, result.message) == (Status.CRITICAL, f"{host}: 100% loss (0 of 3 replies)")
+    assert result.duration < 0.5
+
+
+async def test_slow_replies_raise_a_warning_naming_the_round_trip_and_the_range(lab: Lab, env: CheckEnv) -> None:
+    host = lab.address("slow")
+    result = await run_check(icmp(env, host), 1.5)
+    assert result.status is Status.WARNING, result.message
+    assert result.message.startswith(f"{host}: rta 25")
+    assert "ms (warning: above 200ms); 3 of 3 replies" in result.message
+    rta = perf(result)["rta"]
+    assert rta is not None and 250 <= rta < 500
+    critical = await run_check(icmp(env, host, rtt={"warning": "50", "critical": "100"}), 1.5)
+    assert critical.status is Status.CRITICAL
+    assert "ms (critical: above 100ms)" in critical.message
+
+
+async def test_partial_loss_is_judged_by_the_loss_range(lab: Lab, env: CheckEnv) -> None:
+    host = lab.address("lossy")
+    default = await run_check(icmp(env, host), 0.6)
+    assert default.status is Status.OK, default.message  # 33% is under check_icmp's warning of 40%
+    assert default.message.startswith(f"{host}: 2 of 3 replies, rta ")
+    strict = await run_check(icmp(env, host, loss="20"), 0.6)
+    assert strict.status is Status.CRITICAL
+    assert strict.message.startswith(f"{host}: 33.3% loss (critical: above 20%); 2 of 3 replies, rta ")
+    assert perf(strict)["pl"] == 33.3
+
+
+async def test_destination_unreachable_is_reported_as_such(lab: Lab, env: CheckEnv) -> None:
+    host = unrouted(lab)
+    router = str(lab.network.network_address + 2)
+    result = await run_check(icmp(env, host, count=2), 1.0)
+    assert result.status is Status.CRITICAL
+    assert result.message == (
+        f"{host}: 100% loss (0 of 2 replies): destination unreachable (network unreachable) from {router} (x2)"
+    )
+
+
+# -- privileges: a child process as nobody, in a namespace whose ping_group_range lets nogroup in or not
+
+CHILD = """
+import asyncio, json, sys
+from healerd.checks import CheckEnv
+from healerd.checks.icmp import IcmpCheck, IcmpConfig
+from healerd.runner import run_check
+from healerd.targets import Target, render_model
+
+async def main():
+    env = CheckEnv()
+    out = {"preflight": [m for _, m in IcmpCheck.preflight(IcmpConfig(), env)]}
+    for host in sys.argv[1:]:
+        result = await run_check(IcmpCheck(IcmpConfig(host=host, count=2), Target("web", "m1", host), env=env), 1.0)
+        out[host] = [result.status.name, result.message]
+    await env.close()
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def as_nobody(lab: Lab, host: str, *targets: str) -> dict[str, list[str]]:
+    argv = ["ip", "netns", "exec", lab.netns(host), "setpriv", "--reuid=nobody", "--regid=nogroup"]
+    argv += ["--clear-groups", "--inh-caps=-all", sys.executable, "-c", CHILD, *targets]
+    source = str(Path(healerd.__file__).parent.parent)
+    environ = {"PYTHONPATH": source, "PYTHONDONTWRITEBYTECODE": "1", "PATH": os.environ.get("PATH", "")}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/", env=environ)
+    assert done.returncode == 0, done.stderr
+    found: dict[str, list[str]] = json.loads(done.stdout)
+    return found
+
+
+def test_an_unprivileged_process_pings_where_ping_group_range_allows_it(lab: Lab) -> None:
+    far = unrouted(lab)
+    gateway = str(lab.hosts["ping-allowed"].block.network_address + 1)
+    found = as_nobody(lab, "ping-allowed", "127.0.0.1", "::1", far)
+    assert found["preflight"] == []
+    assert found["127.0.0.1"][0] == "OK" and found["127.0.0.1"][1].startswith("127.0.0.1: 2 of 2 replies, rta ")
+    assert found["::1"][0] == "OK" and found["::1"][1].startswith("::1: 2 of 2 replies, rta ")
+    assert found[far][0] == "CRITICAL"
+    assert found[far][1].startswith(f"{far}: 100% loss (0 of 2 replies): destination unreachable (")
+    assert found[far][1].endswith(f"(network unreachable) from {gateway} (x2)")
+
+
+def test_without_any_icmp_privilege_the_check_is_unknown_and_says_how_to_allow_it(lab: Lab) -> None:
+    found = as_nobody(lab, "ping-refused", "127.0.0.1")
+    status, message = found["127.0.0.1"]
+    assert status == "UNKNOWN"
+    assert f"add group {NOBODY} to net.ipv4.ping_group_range (now '1 0')" in message
+    assert f"sysctl -w net.ipv4.ping_group_range='{NOBODY} {NOBODY}'" in message
+    assert "AmbientCapabilities=CAP_NET_RAW" in message
+    assert found["preflight"] == [message]
+
+
+# -- options refused at validation, with the fix
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"count": 0}, "count is the number of echo requests per run, from 1 to 100; got 0"),
+        ({"count": 101}, "from 1 to 100; got 101"),
+        ({"rtt": "fast"}, "expected a Nagios range like 10, 10:, ~:10, 10:20 or @10:20, got 'fast'"),
+        ({"loss": {"warning": "50:10"}}, "the range '50:10' is empty: its start is above its end"),
+        ({"loss": {"warn": "10"}}, "warn"),
+    ],
+)
+def test_bad_options_are_refused_naming_the_fix(options: dict[str, object], said: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        IcmpConfig(**options)  # type: ignore[arg-type]
+    assert said in str(info.value)
+
+
+def test_validate_refuses_a_bad_count_at_its_key(tmp_path: Path) -> None:
+    text = swap(
+        '        kind: http\n        url: "http://{address}/health"\n', "        kind: icmp\n        count: 0\n", BASE
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    hits = problem_lines(info.value.render(), "services.web.checks[0].count")
+    assert hits and "from 1 to 100; got 0" in hits[0], info.value.render()
+
+
+def test_ranges_accept_numbers_and_templates_render_per_machine() -> None:
+    config = IcmpConfig(rtt=300, loss={"warning": 10, "critical": "20:"})  # type: ignore[arg-type]
+    assert (config.rtt.warning, config.rtt.critical) == (None, "300")
+    assert (config.loss.warning, config.loss.critical) == ("10", "20:")
+    assert IcmpConfig().host == "{host}"
