@@ -14,6 +14,7 @@ from .checks.exec import ExecCheck
 from .checks.http import HttpCheck
 from .checks.prometheus import PrometheusCheck
 from .checks.tcp import TcpCheck
+from .checks.tls import TlsCheck
 from .notifiers.alertmanager import AlertmanagerNotifier
 from .notifiers.base import Notifier
 from .notifiers.slack import SlackNotifier
@@ -50,7 +51,7 @@ def _built_in(registry: Registry[T], *classes: T) -> Registry[T]:
 
 
 CHECK_KINDS: Registry[type[Check[Any]]] = _built_in(
-    Registry("healerd.checks", Check), HttpCheck, TcpCheck, ExecCheck, PrometheusCheck
+    Registry("healerd.checks", Check), HttpCheck, TcpCheck, ExecCheck, PrometheusCheck, TlsCheck
 )
 PROVIDER_KINDS: Registry[type[Provider]] = _built_in(
     Registry("healerd.providers", Provider), StaticProvider, LocalProvider, AwsProvider, CommandProvider
