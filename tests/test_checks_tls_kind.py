@@ -334,3 +334,15 @@ async def test_port_and_name_templates_are_filled_in_per_machine(env: CheckEnv, 
     assert (
         result.message == "certificate for 127.0.0.1 rejected: host name mismatch: the certificate is for web.example"
     )
+
+
+def test_it_runs_on_uvloop_the_daemons_fast_event_loop(servers: Servers) -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def run() -> CheckResult:
+        return await run_check(
+            tls(CheckEnv(), servers.ports["d60"], server_name=NAME, ca_file=str(servers.pki.ca_file)), 5
+        )
+
+    result = uvloop.run(run())
+    assert (result.status, result.message[:41]) == (Status.OK, f"certificate for {NAME} valid 60 days")

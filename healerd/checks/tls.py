@@ -8,7 +8,7 @@ import math
 import ssl
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import field_validator, model_validator
 
@@ -205,8 +205,7 @@ class _Handshake(asyncio.Protocol):
         self.first = b""  # what the server sent first, shown when it is not TLS
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
         self._step()
 
     def data_received(self, data: bytes) -> None:
