@@ -4,9 +4,11 @@ in the test (valid 60, 15, 5 days; expired; for another name; self-signed), a pl
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -130,6 +132,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     ends["expired"] = now - timedelta(days=3, hours=1)
     certs = {name: pki.leaf(name, now - timedelta(days=30), end) for name, end in ends.items()}
     certs["self_signed"] = pki.self_signed("self_signed")
+    ends["future"] = now + timedelta(days=60)
+    certs["future"] = pki.leaf("future", now + timedelta(days=2), ends["future"])
     ports = {name: free_port() for name in (*certs, "plain")}
     blocks = [
         f"server {{ listen 127.0.0.1:{ports[name]} ssl; ssl_certificate {cert}; ssl_certificate_key {key}; "
@@ -223,6 +227,20 @@ async def test_an_expired_certificate_is_critical_saying_how_long_ago(
     assert result.message == f"certificate for {NAME} expired 3 days ago ({_day(servers.ends['expired'])})"
 
 
+@pytest.mark.parametrize("verify", [True, False])
+async def test_a_certificate_not_valid_yet_is_critical(env: CheckEnv, servers: Servers, verify: bool) -> None:
+    options: dict[str, object] = {} if verify else {"verify": False, "ca_file": None}
+    result = await check(env, servers, "future", **options)
+    assert result.status is Status.CRITICAL
+    if verify:
+        assert (
+            result.message
+            == f"certificate for {NAME} rejected: certificate is not yet valid (issued by 'healerd test CA')"
+        )
+    else:
+        assert result.message.startswith(f"certificate for {NAME} is not valid yet: its validity starts ")
+
+
 # -- verification -----------------------------------------------------------------------------------------
 async def test_a_certificate_for_another_name_is_critical_naming_what_it_covers(
     env: CheckEnv, servers: Servers
@@ -265,6 +283,27 @@ async def test_nothing_listening_is_critical_connection_refused(env: CheckEnv) -
     port = free_port()
     result = await run_check(tls(env, port), timeout=5)
     assert (result.status, result.message) == (Status.CRITICAL, f"TLS 127.0.0.1:{port}: connection refused")
+
+
+@pytest.mark.parametrize(
+    ("linger", "reason"),
+    [(False, "the server closed the connection during the TLS handshake"), (True, "connection reset by peer")],
+)
+async def test_a_server_that_hangs_up_is_critical_saying_how(env: CheckEnv, linger: bool, reason: str) -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)  # the ClientHello has come
+        if linger:  # close with a reset, as a crashing process or a firewall does
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        result = await run_check(tls(env, port), timeout=5)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (result.status, result.message) == (Status.CRITICAL, f"TLS 127.0.0.1:{port}: {reason}")
 
 
 @pytest.fixture

@@ -156,6 +156,9 @@ class TlsCheck(Check[TlsConfig]):
             PerfDatum("time", round(elapsed, 6), "s"),
         )
         what = f"certificate for {self._name}"
+        if cert.not_before > time.time():  # seen without verification: a clock or a deployment gone wrong
+            since = time.strftime("%Y-%m-%d %H:%M", time.gmtime(cert.not_before))
+            return CheckResult.critical(f"{what} is not valid yet: its validity starts {since} UTC", perf)
         if left <= 0:
             return CheckResult.critical(f"{what} expired {_span(-left)} ago ({until})", perf)
         text = f"{what} valid {_span(left)} (until {until})"
