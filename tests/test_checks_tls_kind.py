@@ -132,15 +132,22 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     ends["expired"] = now - timedelta(days=3, hours=1)
     certs = {name: pki.leaf(name, now - timedelta(days=30), end) for name, end in ends.items()}
     certs["self_signed"] = pki.self_signed("self_signed")
+    ends["wildcard"] = now + timedelta(days=60, hours=1)
+    certs["wildcard"] = pki.leaf("wildcard", now - timedelta(days=1), ends["wildcard"], names="DNS:*.web.example")
     ends["future"] = now + timedelta(days=60)
     certs["future"] = pki.leaf("future", now + timedelta(days=2), ends["future"])
-    ports = {name: free_port() for name in (*certs, "plain")}
+    ports = {name: free_port() for name in (*certs, "plain", "tls11")}
     blocks = [
         f"server {{ listen 127.0.0.1:{ports[name]} ssl; ssl_certificate {cert}; ssl_certificate_key {key}; "
         f"return 200 ok; }}"
         for name, (cert, key) in certs.items()
     ]
     blocks.append(f"server {{ listen 127.0.0.1:{ports['plain']}; return 200 ok; }}")
+    cert, key = certs["d60"]
+    blocks.append(  # a server stuck on TLS 1.1, which healerd (as OpenSSL 3) refuses to speak
+        f"server {{ listen 127.0.0.1:{ports['tls11']} ssl; ssl_certificate {cert}; ssl_certificate_key {key}; "
+        "ssl_protocols TLSv1.1; return 200 ok; }"
+    )
     temp = " ".join(
         f"{kind}_temp_path {folder}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
@@ -248,6 +255,22 @@ async def test_a_certificate_for_another_name_is_critical_naming_what_it_covers(
     result = await check(env, servers, "d60", server_name="api.example")
     assert result.status is Status.CRITICAL
     assert result.message == f"certificate for api.example rejected: host name mismatch: the certificate is for {NAME}"
+
+
+@pytest.mark.parametrize(
+    ("name", "status"), [("a.web.example", Status.OK), (NAME, Status.CRITICAL), ("a.b.web.example", Status.CRITICAL)]
+)
+async def test_a_wildcard_covers_one_label(env: CheckEnv, servers: Servers, name: str, status: Status) -> None:
+    result = await check(env, servers, "wildcard", server_name=name)
+    assert result.status is status, result.message
+    if status is Status.CRITICAL:
+        assert result.message.endswith("host name mismatch: the certificate is for *.web.example")
+
+
+async def test_a_handshake_the_server_refuses_is_critical_with_its_alert(env: CheckEnv, servers: Servers) -> None:
+    result = await check(env, servers, "tls11")
+    assert result.status is Status.CRITICAL
+    assert result.message == f"TLS 127.0.0.1:{servers.ports['tls11']}: TLS handshake failed: tlsv1 alert protocol version"
 
 
 async def test_without_verify_only_the_expiry_is_judged(env: CheckEnv, servers: Servers) -> None:

@@ -269,7 +269,7 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLEOFError):
         return "the server closed the connection during the TLS handshake"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed: {exc.reason or exc}".replace("_", " ").lower()
+        return f"TLS handshake failed: {str(exc.reason or exc).replace('_', ' ').lower()}"
     return describe(exc)
 
 
