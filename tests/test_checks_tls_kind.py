@@ -270,7 +270,8 @@ async def test_a_wildcard_covers_one_label(env: CheckEnv, servers: Servers, name
 async def test_a_handshake_the_server_refuses_is_critical_with_its_alert(env: CheckEnv, servers: Servers) -> None:
     result = await check(env, servers, "tls11")
     assert result.status is Status.CRITICAL
-    assert result.message == f"TLS 127.0.0.1:{servers.ports['tls11']}: TLS handshake failed: tlsv1 alert protocol version"
+    where = f"TLS 127.0.0.1:{servers.ports['tls11']}"
+    assert result.message == f"{where}: TLS handshake failed: tlsv1 alert protocol version"
 
 
 async def test_without_verify_only_the_expiry_is_judged(env: CheckEnv, servers: Servers) -> None:
