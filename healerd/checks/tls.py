@@ -28,7 +28,6 @@ _NOT_TLS = {
     "HTTP_REQUEST",
     "UNKNOWN_PROTOCOL",
 }
-_CERT_HAS_EXPIRED = 10  # X509_V_ERR_CERT_HAS_EXPIRED
 
 
 def _days(value: object, what: str) -> float:
@@ -122,7 +121,7 @@ class TlsCheck(Check[TlsConfig]):
         try:
             obj = await _handshake(self._host, self._port, self._context, self._name)
         except ssl.SSLCertVerificationError as exc:
-            return await self._rejected(exc)
+            return await self._rejected(exc, time.perf_counter() - started)
         except (OSError, _NotTls) as exc:  # ssl.SSLError is an OSError
             return CheckResult.critical(f"{self._where()}: {_reason(exc)}")
         elapsed = time.perf_counter() - started
@@ -168,7 +167,7 @@ class TlsCheck(Check[TlsConfig]):
             return CheckResult.warning(f"{text}, less than warning {_show_days(cfg.warning)}; {session}", perf)
         return CheckResult.ok(f"{text}, {session}", perf)
 
-    async def _rejected(self, exc: ssl.SSLCertVerificationError) -> CheckResult:
+    async def _rejected(self, exc: ssl.SSLCertVerificationError, elapsed: float) -> CheckResult:
         """Why verification failed, in the words of the certificate. OpenSSL's reason alone does not say what the
         certificate is for or how long ago it expired, and a failed handshake keeps no certificate: a second,
         unverified handshake reads it, only in this failure case."""
@@ -182,9 +181,9 @@ class TlsCheck(Check[TlsConfig]):
             cert = None
         if cert is None:
             return CheckResult.critical(f"{what} rejected: {reason}")
-        if exc.verify_code == _CERT_HAS_EXPIRED or cert.not_after <= time.time():
-            until = time.strftime("%Y-%m-%d", time.gmtime(cert.not_after))
-            return CheckResult.critical(f"{what} expired {_span(time.time() - cert.not_after)} ago ({until})")
+        now = time.time()
+        if cert.not_after <= now or cert.not_before > now:
+            return self._judge(cert, "", elapsed)  # its dates are the reason: say how long ago, or until when
         if reason.lower().startswith(("hostname mismatch", "ip address mismatch")):
             covers = ", ".join(cert.names) or (f"CN={cert.subject} (and no subject alternative names)")
             return CheckResult.critical(f"{what} rejected: host name mismatch: the certificate is for {covers}")
