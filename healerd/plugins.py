@@ -17,6 +17,7 @@ from .checks.http import HttpCheck
 from .checks.icmp import IcmpCheck
 from .checks.prometheus import PrometheusCheck
 from .checks.tcp import TcpCheck
+from .checks.tls import TlsCheck
 from .notifiers.alertmanager import AlertmanagerNotifier
 from .notifiers.base import Notifier
 from .notifiers.slack import SlackNotifier
@@ -61,6 +62,7 @@ CHECK_KINDS: Registry[type[Check[Any]]] = _built_in(
     DnsCheck,
     GrpcCheck,
     IcmpCheck,
+    TlsCheck,
 )
 PROVIDER_KINDS: Registry[type[Provider]] = _built_in(
     Registry("healerd.providers", Provider), StaticProvider, LocalProvider, AwsProvider, CommandProvider
