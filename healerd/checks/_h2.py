@@ -81,7 +81,18 @@ class NoAlpnH2(H2Error):
         super().__init__(f"the TLS server did not choose HTTP/2 in ALPN (it chose {chosen or 'nothing'})")
 
 
-class StreamReset(H2Error):
+class CallFailed(H2Error):
+    """The call failed; the connection carries on."""
+
+
+class AnswerTooLong(CallFailed):
+    """More DATA than a unary health answer can be: the call is given up."""
+
+    def __init__(self) -> None:
+        super().__init__(f"the answer is over {MAX_BODY} bytes: not a health answer")
+
+
+class StreamReset(CallFailed):
     """The server ended the call with RST_STREAM."""
 
     def __init__(self, code: int) -> None:
@@ -456,7 +467,7 @@ class Connection(asyncio.Protocol):
             self._fail(call, InvalidHttp2("DATA before the response headers"), PROTOCOL_ERROR)
             return
         if len(call.data) + len(body) > MAX_BODY:
-            self._fail(call, InvalidHttp2(f"an answer over {MAX_BODY} bytes for a unary call"), CANCEL)
+            self._fail(call, AnswerTooLong(), CANCEL)
             return
         call.data += body
         if flags & END_STREAM:

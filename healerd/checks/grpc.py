@@ -207,7 +207,7 @@ class GrpcCheck(Check[GrpcConfig]):
         started = time.perf_counter()
         try:
             reply = await channel.call(self._request)
-        except _h2.StreamReset as exc:  # the call failed, not the connection
+        except _h2.CallFailed as exc:  # the call failed, not the connection
             return CheckResult.critical(f"gRPC {self._where}: {exc}")
         except (OSError, _h2.H2Error) as exc:  # ssl.SSLError is an OSError
             self._channels.drop(self._key, channel)
