@@ -5,13 +5,16 @@ and an HTTP/1 server."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import struct
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import hpack
 import pytest
 from aiohttp import web
+from conftest import require_binary
 
 from healerd.checks import CheckEnv
 from healerd.checks.grpc import GrpcCheck, GrpcConfig
@@ -78,14 +81,14 @@ class RawServer:
     """A server on 127.0.0.1 that reads the client's preface, sends its SETTINGS (`settings`) and hands each
     connection to `script`."""
 
-    def __init__(self, script: Script, settings: bytes = b"") -> None:
-        self.script, self.settings = script, settings
+    def __init__(self, script: Script, settings: bytes = b"", tls: ssl.SSLContext | None = None) -> None:
+        self.script, self.settings, self.tls = script, settings, tls
         self.peers: list[Peer] = []
         self.port = 0
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> RawServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -373,3 +376,30 @@ async def test_an_http1_server_is_critical_saying_it_is_not_http2(env: CheckEnv)
     assert result.status is Status.CRITICAL
     assert result.message.startswith(f"gRPC 127.0.0.1:{port}: the server answered in HTTP/1 ('HTTP/1.")
     assert result.message.endswith(" 400 Bad Request'), not HTTP/2: not a gRPC server")
+
+
+@pytest.fixture
+def http1_tls(tmp_path: Path) -> ssl.SSLContext:
+    """A server TLS context with a self-signed certificate that offers only HTTP/1.1 in ALPN."""
+    openssl = require_binary("openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-days", "2", "-subj", "/CN=grpc.test", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+async def test_a_tls_server_that_does_not_choose_http2_is_critical_saying_so(
+    env: CheckEnv, http1_tls: ssl.SSLContext
+) -> None:
+    async with RawServer(answer_every_call, tls=http1_tls) as server:
+        result = await run_check(check(env, server.port, tls=True, tls_verify=False), timeout=2)
+    assert result.status is Status.CRITICAL
+    assert result.message == (
+        f"gRPC 127.0.0.1:{server.port}: the TLS server did not choose HTTP/2 in ALPN (it chose nothing)"
+    )

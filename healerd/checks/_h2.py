@@ -318,6 +318,9 @@ class Connection(asyncio.Protocol):
     # -- protocol callbacks -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
+        if transport.get_extra_info("ssl_object") is not None and self.selected_alpn != "h2":
+            self._shut(NoAlpnH2(self.selected_alpn))  # not one byte of HTTP/2 to a server that did not agree to it
+            return
         self.transport.write(_OPENING)
 
     def data_received(self, data: bytes) -> None:
@@ -617,9 +620,8 @@ class Channel:
             _, conn = await asyncio.get_running_loop().create_connection(
                 Connection, self.host, self.port, ssl=self._ssl, server_hostname=self._server_name
             )
-            if self._ssl is not None and conn.selected_alpn != "h2":
-                conn.close()
-                raise NoAlpnH2(conn.selected_alpn)
+            if conn.closed:
+                raise conn.error or Disconnected()
             old, self._conn = self._conn, conn
             if old is not None:
                 old.retire()
