@@ -439,7 +439,11 @@ class Connection(asyncio.Protocol):
 
     def _header_block(self, stream_id: int, end_stream: int, block: bytes) -> None:
         try:  # decoded even for a call that has ended: the decoder's table must follow the server's
-            fields = cast(dict[str, str], dict(self._decoder.decode(block)))  # str, as raw=False gives
+            # raw: a field that is not UTF-8 (obs-text) is still HTTP; latin-1 keeps every byte
+            fields = {
+                bytes(name).decode("latin-1"): bytes(value).decode("latin-1")
+                for name, value in self._decoder.decode(block, raw=True)
+            }
         except hpack.HPACKError as exc:
             raise InvalidHttp2(f"a header block HPACK cannot decode ({exc})", COMPRESSION_ERROR) from None
         call = self._stream(stream_id, "HEADERS")
@@ -597,7 +601,7 @@ class Channel:
             return await conn.call(request)
         except GoneAway:
             pass  # the server never processed the call: once more, on a fresh connection
-        except Disconnected:
+        except (Disconnected, ConnectionResetError, BrokenPipeError):
             if not reused:
                 raise
             # a kept connection the server closed meanwhile: once more, on a fresh one
