@@ -322,6 +322,23 @@ async def test_a_call_beyond_goaways_last_stream_is_made_again_on_a_fresh_connec
     assert len(server.peers) == 2
 
 
+async def test_a_kept_connection_the_server_drops_under_a_call_is_replaced_at_once(env: CheckEnv) -> None:
+    async def script(peer: Peer) -> None:
+        peer.answer((await peer.request())[0])
+        if len(server.peers) == 1:
+            await peer.request()
+            peer.writer.transport.abort()  # the connection dies under the second call
+        else:
+            await answer_every_call(peer)
+
+    async with RawServer(script) as server:
+        c = check(env, server.port)
+        assert (await run_check(c, timeout=2)).status is Status.OK
+        again = await run_check(c, timeout=2)
+    assert again.status is Status.OK, again.message
+    assert len(server.peers) == 2
+
+
 async def test_a_reset_call_is_critical_naming_the_code_and_the_connection_is_kept(env: CheckEnv) -> None:
     async def script(peer: Peer) -> None:
         stream_id, _, _ = await peer.request()
