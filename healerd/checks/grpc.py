@@ -2,9 +2,9 @@
 
 SERVING is OK; anything else the server says (NOT_SERVING, a service it does not know, no health service, any
 other gRPC status) is CRITICAL with what it said. One kept-alive HTTP/2 connection per (host, port, TLS
-settings) serves every check of the daemon (grpclib, on the daemon's own event loop: no threads). A run that
-fails without a gRPC answer drops its connection, so the next run connects afresh and reports the server as
-it is then, never a failure remembered from before.
+settings) serves every check of the daemon (the lean client of `_h2`, on the daemon's own event loop: no
+threads). A run that fails without a gRPC answer drops its connection, so the next run connects afresh and
+reports the server as it is then, never a failure remembered from before.
 """
 
 from __future__ import annotations
@@ -13,25 +13,32 @@ import asyncio
 import ssl
 import time
 from typing import Any
+from urllib.parse import unquote
 
-from grpclib.client import Channel
-from grpclib.config import Configuration
-from grpclib.const import Cardinality
-from grpclib.const import Status as GrpcStatus
-from grpclib.encoding.base import CodecBase
-from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from pydantic import field_validator, model_validator
 
 from .._neterrors import describe
+from .._version import __version__
 from ..durations import format_duration
 from ..results import CheckResult, PerfDatum, Status
 from ..targets import Target
+from . import _h2
 from ._tls import client_context
 from .base import Check, CheckEnv, CheckOptions
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+USER_AGENT = f"healerd/{__version__}"
 #: HealthCheckResponse.ServingStatus
 _SERVING_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+#: grpc-status codes
+_GRPC_STATUS = (
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED",
+    "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+)  # fmt: skip
+#: the gRPC status of an HTTP answer other than 200 (gRPC's http-grpc-status-mapping)
+_HTTP_TO_GRPC = {400: "INTERNAL", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "UNIMPLEMENTED",
+                 429: "UNAVAILABLE", 502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "UNAVAILABLE"}  # fmt: skip
 _PORT_HINT = "a port between 1 and 65535 (gRPC servers often listen on 50051), or a template such as '{port}'"
 
 
@@ -70,18 +77,6 @@ def _port_number(v: object) -> int:
     if not 1 <= port <= 65535:
         raise ValueError(f"expected {_PORT_HINT}; got {port}")
     return port
-
-
-class _Raw(CodecBase):
-    """Messages go through as bytes: the two health messages are encoded and read here, without protobuf."""
-
-    __content_subtype__ = "proto"
-
-    def encode(self, message: Any, message_type: Any) -> bytes:
-        return message  # type: ignore[no-any-return]
-
-    def decode(self, data: bytes, message_type: Any) -> bytes:
-        return data
 
 
 def health_request(service: str) -> bytes:
@@ -141,24 +136,19 @@ class GrpcChannels:
     and the TLS contexts they use; closed with the CheckEnv."""
 
     def __init__(self) -> None:
-        self._channels: dict[ChannelKey, Channel] = {}
+        self._channels: dict[ChannelKey, _h2.Channel] = {}
         self._contexts: dict[tuple[bool, str | None], ssl.SSLContext] = {}
-        self._codec = _Raw()
 
-    def get(self, key: ChannelKey) -> Channel:
+    def get(self, key: ChannelKey) -> _h2.Channel:
         channel = self._channels.get(key)
         if channel is None:
             host, port, tls, verify, server_name, ca_file = key
-            channel = self._channels[key] = Channel(
-                host,
-                port,
-                codec=self._codec,
-                ssl=self._context(verify, ca_file) if tls else None,
-                config=Configuration(ssl_target_name_override=server_name),
+            channel = self._channels[key] = _h2.Channel(
+                host, port, ssl_context=self._context(verify, ca_file) if tls else None, server_name=server_name
             )
         return channel
 
-    def drop(self, key: ChannelKey, channel: Channel) -> None:
+    def drop(self, key: ChannelKey, channel: _h2.Channel) -> None:
         """Forget a connection that failed (the next run connects afresh)."""
         channel.close()
         if self._channels.get(key) is channel:
@@ -197,8 +187,15 @@ class GrpcCheck(Check[GrpcConfig]):
         port = _port_number(config.port)
         ca_file = str(env.base_dir / config.ca_file) if config.ca_file is not None else None  # absolute stays
         self._key: ChannelKey = (target.host, port, config.tls, config.tls_verify, config.server_name, ca_file)
-        self._request = health_request(config.service)
         self._where = f"{'[' + target.host + ']' if ':' in target.host else target.host}:{port}"
+        message = health_request(config.service)
+        self._request = _h2.Request(
+            tls=config.tls,
+            authority=self._where,
+            path=HEALTH_CHECK,
+            fields=(("content-type", "application/grpc"), ("te", "trailers"), ("user-agent", USER_AGENT)),
+            body=b"\0" + len(message).to_bytes(4, "big") + message,  # not compressed, its length, the message
+        )
         self._label = f" ({config.service})" if config.service else ""
         channels = env.shared.get(GrpcChannels)
         if not isinstance(channels, GrpcChannels):
@@ -209,13 +206,10 @@ class GrpcCheck(Check[GrpcConfig]):
         channel = self._channels.get(self._key)
         started = time.perf_counter()
         try:
-            async with channel.request(HEALTH_CHECK, Cardinality.UNARY_UNARY, bytes, bytes) as stream:
-                await stream.send_message(self._request, end=True)
-                reply = await stream.recv_message()
-                await stream.recv_trailing_metadata()
-        except GRPCError as exc:
-            return self._refused(exc, time.perf_counter() - started)
-        except (OSError, StreamTerminatedError, ProtocolError) as exc:  # ssl.SSLError is an OSError
+            reply = await channel.call(self._request)
+        except _h2.CallFailed as exc:  # the call failed, not the connection
+            return CheckResult.critical(f"gRPC {self._where}: {exc}")
+        except (OSError, _h2.H2Error) as exc:  # ssl.SSLError is an OSError
             self._channels.drop(self._key, channel)
             return CheckResult.critical(f"gRPC {self._where}: {_describe(exc, self.config.tls)}")
         except asyncio.CancelledError:  # the run's timeout: the server may be frozen; connect afresh next time
@@ -223,7 +217,14 @@ class GrpcCheck(Check[GrpcConfig]):
             raise
         elapsed = time.perf_counter() - started
         perf = (PerfDatum("time", round(elapsed, 6), "s"),)
-        status = serving_status(reply or b"")
+        refused = _refusal(reply)
+        if refused is not None:
+            return self._refused(*refused, perf)
+        framed = reply.body
+        if framed and framed[0]:
+            return CheckResult.critical("the health answer is compressed, though the check accepts no compression")
+        message = framed[5 : 5 + int.from_bytes(framed[1:5], "big")]
+        status = serving_status(message)
         took = f"{elapsed * 1000:.1f}ms" if elapsed < 0.01 else format_duration(elapsed)  # loopback: 0.4ms, not 0ms
         if status == 1:
             return CheckResult.ok(f"SERVING{self._label} in {took}", perf)
@@ -232,20 +233,18 @@ class GrpcCheck(Check[GrpcConfig]):
                 f"the server does not know the service {self.config.service!r} (SERVICE_UNKNOWN)", perf
             )
         if status is None:
-            return CheckResult.critical(f"the health answer is not a HealthCheckResponse (got {(reply or b'')[:40]!r})")
+            return CheckResult.critical(f"the health answer is not a HealthCheckResponse (got {message[:40]!r})")
         name = _SERVING_STATUS.get(status, f"status {status}")
         return CheckResult.critical(f"{name}{self._label} in {took}", perf)
 
-    def _refused(self, exc: GRPCError, elapsed: float) -> CheckResult:
-        perf = (PerfDatum("time", round(elapsed, 6), "s"),)
-        if exc.status is GrpcStatus.NOT_FOUND:
+    def _refused(self, status: str, detail: str, perf: tuple[PerfDatum, ...]) -> CheckResult:
+        if status == "NOT_FOUND":
             return CheckResult.critical(
                 f"the server does not know the service {self.config.service!r} (NOT_FOUND)", perf
             )
-        if exc.status is GrpcStatus.UNIMPLEMENTED:
+        if status == "UNIMPLEMENTED":
             return CheckResult.critical("the server does not implement grpc.health.v1.Health (UNIMPLEMENTED)", perf)
-        detail = f": {exc.message}" if exc.message else ""
-        return CheckResult.critical(f"gRPC status {exc.status.name}{detail}", perf)
+        return CheckResult.critical(f"gRPC status {status}{': ' + detail if detail else ''}", perf)
 
     @classmethod
     def preflight(cls, options: Any, env: CheckEnv) -> list[tuple[tuple[str | int, ...], str]]:
@@ -260,10 +259,36 @@ class GrpcCheck(Check[GrpcConfig]):
         return []
 
 
+def _refusal(reply: _h2.Reply) -> tuple[str, str] | None:
+    """The gRPC status (its name) and message of an answer that is no OK, None for OK."""
+    http_status = reply.headers.get(":status", "")
+    if http_status != "200":
+        return _HTTP_TO_GRPC.get(
+            int(http_status) if http_status.isdigit() else 0, "UNKNOWN"
+        ), f"HTTP status {http_status}"
+    content_type = reply.headers.get("content-type")
+    if content_type is None:
+        return "UNKNOWN", "Missing content-type header"
+    if content_type.partition(";")[0].strip() not in ("application/grpc", "application/grpc+proto"):
+        return "UNKNOWN", f"Invalid content-type: {content_type!r}"
+    code = reply.trailers.get("grpc-status")
+    if code is None:
+        return "UNKNOWN", "Missing grpc-status header"
+    if not code.isdigit() or int(code) >= len(_GRPC_STATUS):
+        return "UNKNOWN", f"Invalid grpc-status: {code!r}"
+    if code == "0":
+        return None
+    return _GRPC_STATUS[int(code)], unquote(reply.trailers.get("grpc-message", ""), errors="replace")
+
+
 def _describe(exc: BaseException, tls: bool) -> str:
-    if isinstance(exc, StreamTerminatedError | ProtocolError):
+    if isinstance(exc, _h2.NotHttp2) and exc.http1_status_line is not None:
+        return f"the server answered in HTTP/1 ({exc.http1_status_line!r}), not HTTP/2: not a gRPC server"
+    if isinstance(exc, _h2.NotHttp2 | _h2.Disconnected):
         # what a server that is no gRPC server does, and a TLS one spoken to in plaintext
         return "connection closed without a gRPC answer (" + (
             "not a gRPC server)" if tls else "not a gRPC server, or one that wants TLS: `tls: true`)"
         )
+    if isinstance(exc, _h2.H2Error):
+        return str(exc)
     return describe(exc)
