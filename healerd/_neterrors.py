@@ -6,7 +6,26 @@ import errno
 import socket
 import ssl
 
-from .checks._http1 import BodyCut, Disconnected, InvalidResponse, LookupFailed
+
+class InvalidResponse(Exception):
+    """The peer answered, but not with HTTP."""
+
+
+class Disconnected(Exception):
+    """The connection closed before any byte of an answer."""
+
+
+class BodyCut(Exception):
+    """The connection closed in the middle of the body."""
+
+
+class LookupFailed(OSError):
+    """The host name did not resolve."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"DNS lookup of {host} failed: {reason}")
+        self.host, self.reason = host, reason
+
 
 _ERRNO = {
     errno.ECONNREFUSED: "connection refused",

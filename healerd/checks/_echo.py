@@ -115,7 +115,7 @@ class Probe:
 
     __slots__ = ("address", "errors", "pending", "rtts", "sent", "seqs", "waiter")
 
-    def __init__(self, address: str, count: int, waiter: asyncio.Future[None]) -> None:
+    def __init__(self, address: str, count: int, *, waiter: asyncio.Future[None]) -> None:
         self.address = address
         self.sent = [0.0] * count
         self.seqs: list[int] = []

@@ -184,7 +184,7 @@ class Request:
 class _Call:
     __slots__ = ("data", "future", "headers", "stream_id", "unsent", "unsent_size", "window")
 
-    def __init__(self, stream_id: int, future: asyncio.Future[Reply], window: int) -> None:
+    def __init__(self, stream_id: int, future: asyncio.Future[Reply], *, window: int) -> None:
         self.stream_id = stream_id
         self.future = future
         self.window = window  # what the server lets this stream send
@@ -253,7 +253,7 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         stream_id = self._next_id
         self._next_id += 2
-        call = _Call(stream_id, asyncio.get_running_loop().create_future(), self._peer_window)
+        call = _Call(stream_id, asyncio.get_running_loop().create_future(), window=self._peer_window)
         self._calls[stream_id] = call
         frames = request.frames(stream_id)
         size = request.data_size

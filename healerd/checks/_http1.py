@@ -25,31 +25,13 @@ from typing import cast
 
 from yarl import URL
 
+from .._neterrors import BodyCut, Disconnected, InvalidResponse, LookupFailed
+
 HEAD_LIMIT = 64 * 1024  # status line and headers
 DRAIN_LIMIT = 1 << 20  # body bytes read past max_body to keep a connection; beyond, it is closed instead
 IDLE_TIMEOUT = 30.0  # an idle kept connection older than this is closed (below common server timeouts: 60 s+)
 DNS_TTL = 60.0
 RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS", "PUT"})
-
-
-class InvalidResponse(Exception):
-    """The peer answered, but not with HTTP."""
-
-
-class Disconnected(Exception):
-    """The connection closed before any byte of an answer."""
-
-
-class BodyCut(Exception):
-    """The connection closed in the middle of the body."""
-
-
-class LookupFailed(OSError):
-    """The host name did not resolve."""
-
-    def __init__(self, host: str, reason: str) -> None:
-        super().__init__(f"DNS lookup of {host} failed: {reason}")
-        self.host, self.reason = host, reason
 
 
 @dataclass(slots=True)

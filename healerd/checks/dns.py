@@ -259,8 +259,7 @@ class DnsCheck(Check[DnsConfig]):
         self._warning = Range.parse(config.warning) if config.warning else None
         self._critical = Range.parse(config.critical) if config.critical else None
         # The query's wire form, made once: a run only puts a fresh id in front of it.
-        self._query = dns.message.make_query(self._qname, self._rdtype, use_edns=0, payload=UDP_PAYLOAD)
-        wire = self._query.to_wire()
+        wire = self._new_query().to_wire()
         self._tail = wire[2:]
         question_end = 12 + len(self._qname.to_digestable()) + 4
         self._question_name = wire[12 : question_end - 4].lower()
@@ -374,8 +373,11 @@ class DnsCheck(Check[DnsConfig]):
         )
 
     async def _ask_tcp(self, where: str) -> dns.message.Message:
-        self._query.id = int.from_bytes(os.urandom(2), "big")
-        return await dns.asyncquery.tcp(self._query, where, port=self._port)
+        # only after a truncated answer: a query of its own, with a fresh random id
+        return await dns.asyncquery.tcp(self._new_query(), where, port=self._port)
+
+    def _new_query(self) -> dns.message.Message:
+        return dns.message.make_query(self._qname, self._rdtype, use_edns=0, payload=UDP_PAYLOAD)
 
     async def _run_system(self) -> CheckResult:
         started = time.perf_counter()

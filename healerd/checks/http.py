@@ -10,13 +10,13 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from yarl import URL
 
-from .._neterrors import describe
+from .._neterrors import BodyCut, Disconnected, InvalidResponse, describe
 from .._urls import HttpUrl
 from ..durations import format_duration, parse_duration
 from ..results import CheckResult, PerfDatum, Status
 from ..targets import Target
 from . import _jsonpath
-from ._http1 import RETRYABLE, BodyCut, Disconnected, InvalidResponse, build_request, endpoint
+from ._http1 import RETRYABLE, build_request, endpoint
 from .base import Check, CheckEnv, CheckOptions
 
 

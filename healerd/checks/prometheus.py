@@ -14,12 +14,12 @@ import urllib.parse
 from pydantic import field_validator
 from yarl import URL
 
-from .._neterrors import describe
+from .._neterrors import BodyCut, Disconnected, InvalidResponse, describe
 from .._urls import HttpUrl
 from ..durations import format_duration, parse_duration
 from ..results import CheckResult, PerfDatum, Status
 from ..targets import Target
-from ._http1 import BodyCut, Disconnected, InvalidResponse, build_request, endpoint
+from ._http1 import build_request, endpoint
 from .base import Check, CheckEnv, CheckOptions
 from .nagios import Range
 

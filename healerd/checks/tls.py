@@ -200,7 +200,7 @@ class _Handshake(asyncio.Protocol):
     """Drives a client handshake over a memory BIO: no buffering, flow control or shutdown, which the check
     does not need (it closes the connection as soon as the handshake is done)."""
 
-    def __init__(self, obj: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> None:
+    def __init__(self, obj: ssl.SSLObject, incoming: ssl.MemoryBIO, *, outgoing: ssl.MemoryBIO) -> None:
         self.obj, self.incoming, self.outgoing = obj, incoming, outgoing
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
@@ -252,7 +252,7 @@ async def _handshake(host: str, port: int, context: ssl.SSLContext, name: str) -
     """The SSLObject of a completed handshake with host:port (the connection is closed by then)."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = context.wrap_bio(incoming, outgoing, server_hostname=name)
-    protocol = _Handshake(obj, incoming, outgoing)
+    protocol = _Handshake(obj, incoming, outgoing=outgoing)
     transport, _ = await asyncio.get_running_loop().create_connection(lambda: protocol, host, port)
     try:
         await protocol.done
