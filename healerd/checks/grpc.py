@@ -22,7 +22,7 @@ from .._version import __version__
 from ..durations import format_duration
 from ..results import CheckResult, PerfDatum, Status
 from ..targets import Target
-from . import _h2
+from . import _h2, _h2frames
 from ._tls import client_context
 from .base import Check, CheckEnv, CheckOptions
 
@@ -189,7 +189,7 @@ class GrpcCheck(Check[GrpcConfig]):
         self._key: ChannelKey = (target.host, port, config.tls, config.tls_verify, config.server_name, ca_file)
         self._where = f"{'[' + target.host + ']' if ':' in target.host else target.host}:{port}"
         message = health_request(config.service)
-        self._request = _h2.Request(
+        self._request = _h2frames.Request(
             tls=config.tls,
             authority=self._where,
             path=HEALTH_CHECK,
@@ -207,9 +207,9 @@ class GrpcCheck(Check[GrpcConfig]):
         started = time.perf_counter()
         try:
             reply = await channel.call(self._request)
-        except _h2.CallFailed as exc:  # the call failed, not the connection
+        except _h2frames.CallFailed as exc:  # the call failed, not the connection
             return CheckResult.critical(f"gRPC {self._where}: {exc}")
-        except (OSError, _h2.H2Error) as exc:  # ssl.SSLError is an OSError
+        except (OSError, _h2frames.H2Error) as exc:  # ssl.SSLError is an OSError
             self._channels.drop(self._key, channel)
             return CheckResult.critical(f"gRPC {self._where}: {_describe(exc, self.config.tls)}")
         except asyncio.CancelledError:  # the run's timeout: the server may be frozen; connect afresh next time
@@ -259,7 +259,7 @@ class GrpcCheck(Check[GrpcConfig]):
         return []
 
 
-def _refusal(reply: _h2.Reply) -> tuple[str, str] | None:
+def _refusal(reply: _h2frames.Reply) -> tuple[str, str] | None:
     """The gRPC status (its name) and message of an answer that is no OK, None for OK."""
     http_status = reply.headers.get(":status", "")
     if http_status != "200":
@@ -282,13 +282,13 @@ def _refusal(reply: _h2.Reply) -> tuple[str, str] | None:
 
 
 def _describe(exc: BaseException, tls: bool) -> str:
-    if isinstance(exc, _h2.NotHttp2) and exc.http1_status_line is not None:
+    if isinstance(exc, _h2frames.NotHttp2) and exc.http1_status_line is not None:
         return f"the server answered in HTTP/1 ({exc.http1_status_line!r}), not HTTP/2: not a gRPC server"
-    if isinstance(exc, _h2.NotHttp2 | _h2.Disconnected):
+    if isinstance(exc, _h2frames.NotHttp2 | _h2frames.Disconnected):
         # what a server that is no gRPC server does, and a TLS one spoken to in plaintext
         return "connection closed without a gRPC answer (" + (
             "not a gRPC server)" if tls else "not a gRPC server, or one that wants TLS: `tls: true`)"
         )
-    if isinstance(exc, _h2.H2Error):
+    if isinstance(exc, _h2frames.H2Error):
         return str(exc)
     return describe(exc)
