@@ -33,9 +33,9 @@ from .machines import Lifecycle
 from .plugins import PROVIDER_KINDS, ROTATION_KINDS
 from .providers.base import ProviderEnv
 from .results import CheckResult, Status
-from .runner import run_check
+from .runner import build_check, run_check
 from .store import StoreError
-from .targets import Target, render_model
+from .targets import Target
 
 EXIT_CONFIG = EXIT_USAGE
 
@@ -322,13 +322,10 @@ async def _run_all_once(config: Config, only: str | None) -> list[tuple[str, str
                 if machine.lifecycle not in (Lifecycle.PROBATION, Lifecycle.IN_SERVICE):
                     continue
                 for spec in svc.checks:
-                    check = spec.check_class(
-                        render_model(spec.options, machine.target.fields()), machine.target, env=env
-                    )
+                    check = build_check(spec, machine.target, env)
                     jobs.append((svc.name, machine.id, spec.name, run_check(check, spec.timeout, spec.timeout_status)))
             for spec in svc.service_checks:
-                target = Target(svc.name, "")
-                check = spec.check_class(render_model(spec.options, target.fields()), target, env=env)
+                check = build_check(spec, Target(svc.name, ""), env)
                 jobs.append((svc.name, "", spec.name, run_check(check, spec.timeout, spec.timeout_status)))
         sem = asyncio.Semaphore(256)
 

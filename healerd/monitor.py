@@ -11,13 +11,11 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from prometheus_client import Counter, Histogram
 
 from .checks import CheckEnv
-from .checks.base import Check, Unbuildable
 from .config import CheckSpec, Config, ServiceConfig
 from .events import Event, EventBus
 from .health import CheckKey, Condition, HealthBook, Thresholds
@@ -30,10 +28,10 @@ from .plugins import PROVIDER_KINDS
 from .providers import Provider
 from .providers.base import ProviderEnv
 from .results import CheckResult, Status
-from .runner import BoundCheck, run_check
+from .runner import BoundCheck, build_check, run_check
 from .scheduler import WheelScheduler
 from .store import BaseStore
-from .targets import Target, render_model
+from .targets import Target
 
 log = structlog.get_logger("healerd.monitor")
 
@@ -348,13 +346,7 @@ def bound_check(
     key: CheckKey, spec: CheckSpec, target: Target, env: CheckEnv, runs: Counter, durations: Histogram
 ) -> BoundCheck:
     """The check of `spec` built for `target`, with its metric series; one that cannot be built says why at each run."""
-    check: Check[Any]
-    try:
-        options = render_model(spec.options, target.fields())
-        check = spec.check_class(options, target, env=env)
-    except (ValueError, TypeError) as exc:  # e.g. a provider's address that makes no URL: said by every run
-        check = Unbuildable(target, env, reason=f"cannot run {spec.kind} on {target.address[:100]!r}: {exc}"[:500])
-    bc = BoundCheck(key=key, spec=spec, check=check, address=target.address)
+    bc = BoundCheck(key=key, spec=spec, check=build_check(spec, target, env), address=target.address)
     bc.metric_children = {s: runs.labels(key.service, key.check, s.name) for s in Status}
     bc.duration_child = durations.labels(key.service, key.check)
     return bc

@@ -9,12 +9,13 @@ from typing import Any
 
 import structlog
 
-from .checks import Check
-from .checks.base import RUN_DEADLINE
+from .checks import Check, CheckEnv
+from .checks.base import RUN_DEADLINE, Unbuildable
 from .config import CheckSpec
 from .durations import format_duration
 from .health import CheckKey
 from .results import CheckResult, Status
+from .targets import Target, render_model
 
 log = structlog.get_logger("healerd.runner")
 
@@ -35,6 +36,16 @@ class BoundCheck:
     runs: int = 0
     metric_children: dict[Status, Any] = field(default_factory=dict)
     duration_child: Any = None
+
+
+def build_check(spec: CheckSpec, target: Target, env: CheckEnv) -> Check[Any]:
+    """The check of `spec` for `target`, its options rendered for it; one that cannot be built for it (an address
+    that makes no URL, a template that makes no port or name) is an UNKNOWN check saying why at each run."""
+    try:
+        return spec.check_class(render_model(spec.options, target.fields()), target, env=env)
+    except Exception as exc:  # a kind's bug, like a bad value, is said by every run of that machine's check
+        why = str(exc) if isinstance(exc, ValueError | TypeError) else f"{type(exc).__name__}: {exc}"
+        return Unbuildable(target, env, reason=f"cannot run {spec.kind} on {target.address[:100]!r}: {why}"[:500])
 
 
 def _consume(task: asyncio.Task[CheckResult]) -> None:

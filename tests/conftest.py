@@ -20,6 +20,7 @@ from pg import PgServer, pg_binary, pg_server
 from remediation_rig import Rig, make_rig
 from structlog.testing import capture_logs
 
+from healerd.checks import CheckEnv
 from healerd.store import Store
 from healerd.store.base import BaseStore
 from healerd.store.postgres import PgStore
@@ -107,6 +108,14 @@ class _ThreadedServers:
         asyncio.run_coroutine_threadsafe(_stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[CheckEnv]:
+    """What the checks of a test share (connection pools, ICMP sockets), closed after it; files relative to tmp_path."""
+    e = CheckEnv(base_dir=tmp_path)
+    yield e
+    await e.close()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,13 +87,6 @@ def dnsmasq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dnsmasq]:
     server = start_dnsmasq(tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log")
     yield server
     server.stop()
-
-
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[CheckEnv]:
-    e = CheckEnv(base_dir=tmp_path)
-    yield e
-    await e.close()
 
 
 def dns_on(env: CheckEnv, port: int, *, machine: str = "web", **options: object) -> DnsCheck:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -34,13 +34,6 @@ def spawn_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
         pytest.skip("posix_spawn path needs Linux 5.3+ (pidfd_open)")
     monkeypatch.setattr(_spawn, "AVAILABLE", request.param == "posix_spawn")
     return str(request.param)
-
-
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[CheckEnv]:
-    e = CheckEnv(check_paths=(), base_dir=tmp_path)
-    yield e
-    await e.close()
 
 
 def exec_check(env: CheckEnv, command: list[str], /, target: Target = TARGET, **options: object) -> ExecCheck:

@@ -9,7 +9,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -69,13 +69,6 @@ def own_server() -> Iterator[list[HealthServer]]:
     yield started
     for s in started:
         s.stop()
-
-
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[CheckEnv]:
-    e = CheckEnv(base_dir=tmp_path)
-    yield e
-    await e.close()
 
 
 def check(env: CheckEnv, port: int | str, host: str = "127.0.0.1", **options: object) -> GrpcCheck:

@@ -8,7 +8,7 @@ import asyncio
 import ssl
 import struct
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import hpack
@@ -117,13 +117,6 @@ async def answer_every_call(peer: Peer) -> None:
     while True:
         stream_id, _, _ = await peer.request()
         peer.answer(stream_id)
-
-
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[CheckEnv]:
-    e = CheckEnv(base_dir=tmp_path)
-    yield e
-    await e.close()
 
 
 def check(env: CheckEnv, port: int, **options: object) -> GrpcCheck:

@@ -4,7 +4,7 @@ aiohttp server whose health document changes as a service's would (a dependency 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +21,6 @@ from healerd.runner import run_check
 from healerd.targets import Target, render_model
 
 StartApp = Callable[[web.Application], Awaitable[str]]
-
-
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[CheckEnv]:
-    e = CheckEnv(base_dir=tmp_path)
-    yield e
-    await e.close()
 
 
 @pytest.fixture

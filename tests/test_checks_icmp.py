@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,13 +29,6 @@ from healerd.targets import Target, render_model
 
 RESPONDER = Path(__file__).with_name("icmp_responder.py")
 NOBODY = 65534  # nogroup's id: the group the unprivileged child runs as
-
-
-@pytest.fixture
-async def env() -> AsyncIterator[CheckEnv]:
-    e = CheckEnv()
-    yield e
-    await e.close()
 
 
 def icmp(env: CheckEnv, host: str, **options: object) -> IcmpCheck:

@@ -67,13 +67,6 @@ async def https_server(certificate: tuple[Path, Path]) -> AsyncIterator[Serve]:
         await r.cleanup()
 
 
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[CheckEnv]:
-    e = CheckEnv(base_dir=tmp_path)
-    yield e
-    await e.close()
-
-
 def https_check(env: CheckEnv, url: str, machine: str = "m1", verify: bool = False) -> HttpCheck:
     return HttpCheck(HttpConfig(url=url, tls_verify=verify), Target("web", machine, "127.0.0.1:1"), env=env)
 

@@ -171,13 +171,6 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         _stop(process)
 
 
-@pytest.fixture
-async def env(tmp_path: Path) -> Iterator[CheckEnv]:
-    e = CheckEnv(base_dir=tmp_path)
-    yield e
-    await e.close()
-
-
 def tls(env: CheckEnv, port: int | str, address: str = "127.0.0.1:8080", **options: object) -> TlsCheck:
     """The check as the daemon builds it for a machine at `address`: its templates filled in."""
     target = Target("web", "web-1", address)
@@ -372,7 +365,7 @@ def _config(tmp_path: Path, options: str) -> str:
             "warning: 5d",
             "checks[0]: warning (5d) is shorter than critical (7d): warning must be at least critical",
         ),
-        ("port: 70000", "checks[0].port: expected a port number between 1 and 65535"),
+        ("port: 70000", "checks[0].port: expected a port between 1 and 65535, like 443"),
         ("verify: false\n        ca_file: ca.pem", "set verify: true, or remove ca_file"),
     ],
 )

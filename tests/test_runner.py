@@ -445,3 +445,34 @@ async def test_a_check_that_watches_its_time_left_reports_its_findings_instead_o
     assert 0.35 < result.duration < 0.5
     # outside the runner there is no deadline
     assert ReportsInTime().time_left() == float("inf")
+
+
+class BreaksWhenBuilt(Check[Options]):
+    """A kind whose constructor fails for some machines, as a third-party kind's might, with any exception."""
+
+    kind = "test_breaks_when_built"
+    Config = Options
+
+    def __init__(self, config: Options, target: Target, *, env: CheckEnv) -> None:
+        if target.id == "odd":
+            raise LookupError(f"no such thing as {config.message}")
+        super().__init__(config, target, env=env)
+
+    async def run(self) -> CheckResult:
+        return CheckResult.ok("built")
+
+
+async def test_a_check_that_cannot_be_built_for_a_machine_is_unknown_there_saying_why_and_runs_elsewhere() -> None:
+    from healerd.config import CheckSpec
+    from healerd.runner import build_check
+
+    spec = CheckSpec(
+        "c", BreaksWhenBuilt.kind, 1.0, 1.0, None, 3, 2, 20.0, 30.0, Options(message="{id}"), BreaksWhenBuilt,
+        Status.UNKNOWN, 300.0, "x",
+    )  # fmt: skip
+    env = CheckEnv()
+    odd = await run_check(build_check(spec, Target("svc", "odd", "127.0.0.1:9"), env), timeout=1)
+    assert odd.status is Status.UNKNOWN
+    assert odd.message == "cannot run test_breaks_when_built on '127.0.0.1:9': LookupError: no such thing as odd"
+    even = await run_check(build_check(spec, Target("svc", "even", "127.0.0.1:9"), env), timeout=1)
+    assert even.status is Status.OK and even.message == "built"

@@ -28,6 +28,7 @@ from pydantic import ValidationInfo, field_validator
 from .._neterrors import describe
 from ..results import CheckResult, PerfDatum, Status
 from ..targets import Target
+from ._ports import port_number, port_option
 from .base import Check, CheckEnv, CheckOptions
 from .nagios import Range
 
@@ -98,6 +99,14 @@ def _is_ip(text: str, version: int | None = None) -> bool:
     except ValueError:
         return False
     return version is None or address.version == version
+
+
+def dns_name(text: str) -> dns.name.Name:
+    """`text` as a DNS name; ValueError saying why it is none (an empty label, a label over 63 characters)."""
+    try:
+        return dns.name.from_text(text.strip())
+    except dns.exception.DNSException as exc:
+        raise ValueError(f"{text!r} is not a DNS name ({exc}); write a name like www.example.com") from None
 
 
 def _valid_port(text: str) -> bool:
@@ -171,11 +180,7 @@ class DnsConfig(CheckOptions):
     @field_validator("port", mode="before")
     @classmethod
     def _port(cls, v: object) -> int | str:
-        if isinstance(v, str) and _templated(v):
-            return v
-        if isinstance(v, int | str) and not isinstance(v, bool) and _valid_port(str(v).strip()):
-            return int(str(v).strip())
-        raise ValueError(f"expected a port between 1 and 65535, like 53 or 5353; got {v!r}")
+        return port_option(v, "53 or 5353")
 
     @field_validator("query_name")
     @classmethod
@@ -183,10 +188,7 @@ class DnsConfig(CheckOptions):
         if not v.strip():
             raise ValueError("query_name is empty: write the name to ask for, like www.example.com")
         if not _templated(v):
-            try:
-                dns.name.from_text(v.strip())
-            except dns.exception.DNSException as exc:
-                raise ValueError(f"{v!r} is not a DNS name ({exc}); write a name like www.example.com") from None
+            dns_name(v)
         return v.strip()
 
     @field_validator("type", mode="before")
@@ -246,8 +248,8 @@ class DnsCheck(Check[DnsConfig]):
     def __init__(self, config: DnsConfig, target: Target, *, env: CheckEnv) -> None:
         super().__init__(config, target, env=env)
         # The config was validated with its templates; what they became for this machine is checked here.
-        port = int(config.port)
-        self._qname = dns.name.from_text(config.query_name)
+        port = port_number(config.port, "53 or 5353")
+        self._qname = dns_name(config.query_name)  # as rendered for this machine
         self._rdtype = dns.rdatatype.from_text(config.type)
         self._rcode = dns.rcode.from_text(config.rcode)
         self._expected = frozenset(parse_answer(self._rdtype, entry) for entry in config.expect)

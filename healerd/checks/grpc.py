@@ -23,6 +23,7 @@ from ..durations import format_duration
 from ..results import CheckResult, PerfDatum, Status
 from ..targets import Target
 from . import _h2, _h2frames
+from ._ports import port_number, port_option
 from ._tls import client_context
 from .base import Check, CheckEnv, CheckOptions
 
@@ -39,7 +40,7 @@ _GRPC_STATUS = (
 #: the gRPC status of an HTTP answer other than 200 (gRPC's http-grpc-status-mapping)
 _HTTP_TO_GRPC = {400: "INTERNAL", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "UNIMPLEMENTED",
                  429: "UNAVAILABLE", 502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "UNAVAILABLE"}  # fmt: skip
-_PORT_HINT = "a port between 1 and 65535 (gRPC servers often listen on 50051), or a template such as '{port}'"
+_PORT_EXAMPLE = "50051 (where gRPC servers often listen)"
 
 
 class GrpcConfig(CheckOptions):
@@ -56,9 +57,7 @@ class GrpcConfig(CheckOptions):
     @field_validator("port", mode="before")
     @classmethod
     def _port(cls, v: object) -> int | str:
-        if isinstance(v, str) and "{" in v:
-            return v  # rendered per machine, checked when the check is built
-        return _port_number(v)
+        return port_option(v, _PORT_EXAMPLE)
 
     @model_validator(mode="after")
     def _tls_settings(self) -> GrpcConfig:
@@ -68,15 +67,6 @@ class GrpcConfig(CheckOptions):
         if self.ca_file is not None and not self.tls_verify:
             raise ValueError("ca_file is set but tls_verify is false: a CA is only used to verify; remove one of them")
         return self
-
-
-def _port_number(v: object) -> int:
-    if isinstance(v, bool) or not isinstance(v, int | str) or not str(v).strip().isdigit():
-        raise ValueError(f"expected {_PORT_HINT}; got {v!r}")
-    port = int(v)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"expected {_PORT_HINT}; got {port}")
-    return port
 
 
 def health_request(service: str) -> bytes:
@@ -184,7 +174,7 @@ class GrpcCheck(Check[GrpcConfig]):
 
     def __init__(self, config: GrpcConfig, target: Target, *, env: CheckEnv) -> None:
         super().__init__(config, target, env=env)
-        port = _port_number(config.port)
+        port = port_number(config.port, _PORT_EXAMPLE)
         ca_file = str(env.base_dir / config.ca_file) if config.ca_file is not None else None  # absolute stays
         self._key: ChannelKey = (target.host, port, config.tls, config.tls_verify, config.server_name, ca_file)
         self._where = f"{'[' + target.host + ']' if ':' in target.host else target.host}:{port}"

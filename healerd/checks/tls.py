@@ -17,6 +17,7 @@ from ..durations import DAY, YEAR, parse_duration
 from ..results import CheckResult, PerfDatum, Status
 from ..targets import Target
 from . import _x509
+from ._ports import port_number, port_option
 from ._tls import _load_trust_store
 from .base import Check, CheckEnv, CheckOptions
 
@@ -45,13 +46,7 @@ class TlsConfig(CheckOptions):
     @field_validator("port", mode="before")
     @classmethod
     def _port(cls, v: object) -> int | str:
-        if isinstance(v, str) and "{" in v:
-            return v  # a template ("{port}"), read per machine
-        if isinstance(v, str) and v.strip().isdigit():
-            v = int(v)
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
-            raise ValueError(f"expected a port number between 1 and 65535 (or a template like '{{port}}'), got {v!r}")
-        return v
+        return port_option(v, "443 or 8443")
 
     @field_validator("warning", mode="before")
     @classmethod
@@ -100,9 +95,7 @@ class TlsCheck(Check[TlsConfig]):
     def __init__(self, config: TlsConfig, target: Target, *, env: CheckEnv) -> None:
         super().__init__(config, target, env=env)
         # What every run needs is worked out once per (check, machine).
-        if not str(config.port).isdigit():
-            raise ValueError(f"port {config.port!r} is not a number")
-        self._port = int(config.port)
+        self._port = port_number(config.port, "443 or 8443")
         self._host = target.host
         if not self._host:
             raise ValueError("the machine has no address to connect to")

@@ -238,3 +238,19 @@ def test_the_daemon_shows_each_kind_failing_for_what_it_is_and_recovering(
     metrics = daemon.metrics()
     for kind_check in ("api", "cert", "resolves", "ping", "rpc"):
         assert metrics.total("healerd_check_runs_total", check=kind_check) > 0, kind_check
+
+
+def test_check_reports_a_machine_its_options_cannot_be_built_for_without_crashing(tmp_path: Path, site: Site) -> None:
+    # the name asked is made of the machine's id twice, which for a long id is no DNS name (a label over 63)
+    checks = [{"name": "resolves", "kind": "dns", "server": "127.0.0.1", "port": site.dns.port,
+               "query_name": "{id}{id}.test", "rcode": "NXDOMAIN", "interval": "1s", "timeout": "1s"}]  # fmt: skip
+    long_id = "m" * 40
+    machines = [(long_id, f"127.0.0.1:{site.http_port}"), ("web", f"127.0.0.1:{site.http_port}")]
+    path = write_config(tmp_path / "healerd.yaml", make_config(tmp_path, free_port(), machines, checks))
+    result = run_cli("check", "-c", str(path), "--json")
+    assert "Traceback" not in result.stderr and result.stdout, result.stdout + result.stderr
+    rows = {row["machine"]: row for row in json.loads(result.stdout)}
+    assert rows[long_id]["status"] == "UNKNOWN", rows
+    assert rows[long_id]["message"].startswith("cannot run dns on '127.0.0.1:"), rows[long_id]
+    assert rows["web"]["status"] == "OK", rows["web"]  # webweb.test does not exist, as expected
+    assert result.returncode == 3, result.returncode  # the worst status: UNKNOWN
