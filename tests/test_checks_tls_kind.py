@@ -76,6 +76,17 @@ class Pki:
         return cert, key
 
 
+def new_pki(folder: Path, openssl: str) -> Pki:
+    """A test CA in `folder`, valid 400 days, ready to sign."""
+    pki = Pki(folder, openssl)
+    (folder / "ca.cnf").write_text(CA_CONFIG.format(dir=folder))
+    (folder / "index.txt").write_text("")
+    (folder / "serial").write_text("01\n")
+    pki.run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "400",
+            "-subj", "/CN=healerd test CA", "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    return pki
+
+
 def _asn1(when: datetime) -> str:
     return when.strftime("%Y%m%d%H%M%SZ")
 
@@ -120,12 +131,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     openssl = require_binary("openssl")
     nginx = require_binary("/usr/sbin/nginx")
     folder = tmp_path_factory.mktemp("pki")
-    pki = Pki(folder, openssl)
-    (folder / "ca.cnf").write_text(CA_CONFIG.format(dir=folder))
-    (folder / "index.txt").write_text("")
-    (folder / "serial").write_text("01\n")
-    pki.run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "400",
-            "-subj", "/CN=healerd test CA", "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    pki = new_pki(folder, openssl)
     now = datetime.now(UTC)
     # an hour past the whole days, so the days counted are stable for the length of the test
     ends = {name: now + timedelta(days=days, hours=1) for name, days in (("d60", 60), ("d15", 15), ("d5", 5))}

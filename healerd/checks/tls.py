@@ -1,5 +1,6 @@
 """`tls` check: a TLS handshake with a machine's port, judging the certificate it shows: trusted for the name asked
-for (`verify`), and how long it stays valid (`warning`/`critical`: durations of validity left)."""
+for (`verify`), and how long it stays valid (`warning`/`critical`: durations of validity left). With `starttls`, the
+connection is first upgraded in the plain-text way of its protocol (SMTP, IMAP, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ..results import CheckResult, PerfDatum, Status
 from ..targets import Target
 from . import _x509
 from ._ports import port_number, port_option
+from ._starttls import Refused, Starttls, Upgrade
 from ._tls import _load_trust_store
 from .base import Check, CheckEnv, CheckOptions
 
@@ -42,6 +44,7 @@ class TlsConfig(CheckOptions):
     verify: bool = True  # the chain against the trust store (or ca_file), and the name
     server_name: str = "{host}"  # sent as SNI and verified; an IP address is matched against the IP names
     ca_file: str | None = None  # PEM bundle of the CAs to trust instead of the system's (relative: to the config)
+    starttls: Starttls | None = None  # the plain-text upgrade to TLS first: smtp, imap or postgres
 
     @field_validator("port", mode="before")
     @classmethod
@@ -107,15 +110,17 @@ class TlsCheck(Check[TlsConfig]):
             raise ValueError(_ca_problem(ca_file) if ca_file else describe(exc)) from None
         self._unverified = _context(env, False, None)
         self._perf_thresholds = (f"{config.warning / DAY:g}:", f"{config.critical / DAY:g}:")
+        self._starttls = config.starttls
+        self._via = f" (STARTTLS {config.starttls})" if config.starttls else ""
         self._last: tuple[bytes, _x509.Certificate] | None = None
 
     async def run(self) -> CheckResult:
         started = time.perf_counter()
         try:
-            obj = await _handshake(self._host, self._port, self._context, self._name)
+            obj = await _handshake(self._host, self._port, self._context, self._name, self._starttls)
         except ssl.SSLCertVerificationError as exc:
             return await self._rejected(exc, time.perf_counter() - started)
-        except (OSError, _NotTls) as exc:  # ssl.SSLError is an OSError
+        except (OSError, _NotTls, Refused) as exc:  # ssl.SSLError is an OSError
             return CheckResult.critical(f"{self._where()}: {_reason(exc)}")
         elapsed = time.perf_counter() - started
         der = obj.getpeercert(binary_form=True)
@@ -124,7 +129,7 @@ class TlsCheck(Check[TlsConfig]):
         cert = self._read(der)
         if cert is None:
             return CheckResult.unknown(f"{self._where()}: the server's certificate could not be read")
-        return self._judge(cert, f"{obj.version()} {(obj.cipher() or ('?',))[0]}", elapsed)
+        return self._judge(cert, f"{obj.version()} {(obj.cipher() or ('?',))[0]}{self._via}", elapsed)
 
     def _where(self) -> str:
         return f"TLS {self._host}:{self._port}"
@@ -167,10 +172,10 @@ class TlsCheck(Check[TlsConfig]):
         reason = str(exc.verify_message or exc.reason)
         what = f"certificate for {self._name}"
         try:
-            obj = await _handshake(self._host, self._port, self._unverified, self._name)
+            obj = await _handshake(self._host, self._port, self._unverified, self._name, self._starttls)
             der = obj.getpeercert(binary_form=True)
             cert = self._read(der) if der else None
-        except (OSError, _NotTls):
+        except (OSError, _NotTls, Refused):
             cert = None
         if cert is None:
             return CheckResult.critical(f"{what} rejected: {reason}")
@@ -241,12 +246,16 @@ class _Handshake(asyncio.Protocol):
             self.transport.write(pending)
 
 
-async def _handshake(host: str, port: int, context: ssl.SSLContext, name: str) -> ssl.SSLObject:
-    """The SSLObject of a completed handshake with host:port (the connection is closed by then)."""
+async def _handshake(
+    host: str, port: int, context: ssl.SSLContext, name: str, starttls: Starttls | None = None
+) -> ssl.SSLObject:
+    """The SSLObject of a completed handshake with host:port, after the `starttls` upgrade when there is one (the
+    connection is closed by then)."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = context.wrap_bio(incoming, outgoing, server_hostname=name)
     protocol = _Handshake(obj, incoming, outgoing=outgoing)
-    transport, _ = await asyncio.get_running_loop().create_connection(lambda: protocol, host, port)
+    first: asyncio.Protocol = protocol if starttls is None else Upgrade(starttls, protocol, done=protocol.done)
+    transport, _ = await asyncio.get_running_loop().create_connection(lambda: first, host, port)
     try:
         await protocol.done
     finally:
@@ -255,6 +264,8 @@ async def _handshake(host: str, port: int, context: ssl.SSLContext, name: str) -
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, Refused):
+        return str(exc)
     if isinstance(exc, _NotTls):
         got = exc.args[0]
         return f"the server does not speak TLS on this port (it sent {got!r})" if got else "no TLS on this port"
