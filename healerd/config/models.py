@@ -583,7 +583,7 @@ class Config:
         for svc in self.services.values():
             checks = ", ".join(f"{c.name} ({c.kind} every {c.interval:g}s)" for c in svc.checks) or "none"
             names = [r.playbook for r in svc.rungs]
-            rungs = f"ladder {' then '.join(names)}" if len(names) > 1 else f"playbook {''.join(names)}"
+            rungs = (f"ladder {' then '.join(names)}" if len(names) > 1 else f"playbook {names[0]}") if names else ""
             healing = (
                 f"heals from image {svc.image} (known good {self.images[svc.image].known_good}) with {rungs}"
                 if svc.image

@@ -135,6 +135,7 @@ def test_validate_a_good_config_prints_a_summary(tmp_path: Path) -> None:
     assert "1 service(s)" in out and "1 machine(s)" in out and "2 check(s) per round" in out, out
     assert "service web" in out
     assert "health (http every 5s)" in out and "port (tcp every 2s)" in out, out
+    assert out.rstrip().endswith("; out of rotation when down; a human repairs it"), out  # no playbook: said so
     assert result.stderr == ""
 
 
