@@ -269,6 +269,33 @@ async def test_answers_with_a_wrong_id_or_from_elsewhere_are_ignored(env: CheckE
     assert second.message == f"web.test A from 127.0.0.1:{port}: got 10.0.0.2, expected 10.0.0.1"
 
 
+class Refuser(asyncio.DatagramProtocol):
+    """A server that refuses every query with REFUSED and no question section, as some servers do."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        query = dns.message.from_wire(data)
+        response = dns.message.make_response(query)
+        response.set_rcode(dns.rcode.REFUSED)
+        response.question = []
+        self.transport.sendto(response.to_wire(), addr)  # type: ignore[attr-defined]
+
+
+async def test_a_refusal_without_the_question_is_read_as_a_refusal_not_a_timeout(env: CheckEnv) -> None:
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(Refuser, local_addr=("127.0.0.1", 0))
+    try:
+        port = transport.get_extra_info("sockname")[1]
+        refused = await run_check(dns_on(env, port, query_name="web.test"), timeout=1)
+        accepted = await run_check(dns_on(env, port, query_name="web.test", rcode="REFUSED"), timeout=1)
+    finally:
+        transport.close()
+    assert refused.status is Status.CRITICAL
+    assert refused.message.startswith(f"REFUSED from 127.0.0.1:{port} for web.test A"), refused.message
+    assert accepted.status is Status.OK, accepted.message
+
+
 # -- the host's resolvers ----------------------------------------------------------------------------------
 
 

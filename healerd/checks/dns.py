@@ -101,6 +101,10 @@ def _is_ip(text: str, version: int | None = None) -> bool:
     return version is None or address.version == version
 
 
+#: FORMERR, SERVFAIL, NOTIMP, REFUSED: rcodes a server may send without echoing the question
+_QUESTIONLESS_RCODES = frozenset({1, 2, 4, 5})
+
+
 def dns_name(text: str) -> dns.name.Name:
     """`text` as a DNS name; ValueError saying why it is none (an empty label, a label over 63 characters)."""
     try:
@@ -364,11 +368,15 @@ class DnsCheck(Check[DnsConfig]):
             # anything else (a late answer to an earlier query, a forged one) is not this query's answer
 
     def _answers_question(self, data: bytes) -> bool:
-        """A response (QR set, standard query) to exactly our one question."""
+        """A response (QR set, standard query) to exactly our one question; or a refusal without the question,
+        as some servers send FORMERR, SERVFAIL, NOTIMP and REFUSED (dnspython takes these as answers too)."""
+        if len(data) < 12 or data[2] & 0xF8 != 0x80:
+            return False
+        if data[4:6] == b"\x00\x00":
+            return data[3] & 0x0F in _QUESTIONLESS_RCODES
         end = 12 + len(self._question_name)
         return (
             len(data) >= end + 4
-            and data[2] & 0xF8 == 0x80
             and data[4:6] == b"\x00\x01"
             and data[12:end].lower() == self._question_name
             and data[end : end + 4] == self._question_rest
