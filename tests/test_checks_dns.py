@@ -328,6 +328,19 @@ async def test_server_system_with_no_resolver_answering_is_critical(
     assert result.message.startswith(f"web.test A: no answer from the system resolvers (127.0.0.1:{port}) within ")
 
 
+async def test_server_system_follows_a_rewritten_resolv_conf(
+    env: CheckEnv, dnsmasq: Dnsmasq, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resolv_conf = tmp_path / "resolv.conf"
+    resolv_conf.write_text("nameserver 127.0.0.2\n")  # nothing answers there
+    monkeypatch.setattr(dns_check, "RESOLV_CONF", str(resolv_conf))
+    before = await run_check(dns_on(env, dnsmasq.port, server="system", query_name="web.test"), timeout=0.5)
+    assert before.status is Status.CRITICAL and "127.0.0.2" in before.message, before.message
+    resolv_conf.write_text("nameserver 127.0.0.1\n# moved to the local resolver\n")
+    after = await ask(env, dnsmasq, server="system", query_name="web.test", expect=["10.0.0.1"])
+    assert after.status is Status.OK, after.message
+
+
 # -- configs refused at validation -------------------------------------------------------------------------
 
 CONFIG = """\

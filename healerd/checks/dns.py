@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import dns.asyncquery
@@ -99,6 +100,12 @@ def _is_ip(text: str, version: int | None = None) -> bool:
     except ValueError:
         return False
     return version is None or address.version == version
+
+
+@dataclass(frozen=True)
+class _HeldResolver:
+    stamp: tuple[int, int] | None  # the resolv.conf it was read from: modification time and size
+    resolver: dns.asyncresolver.Resolver
 
 
 #: FORMERR, SERVFAIL, NOTIMP, REFUSED: rcodes a server may send without echoing the question
@@ -400,7 +407,9 @@ class DnsCheck(Check[DnsConfig]):
         deadline = asyncio.get_running_loop().time() + left * 0.95 if math.isfinite(left) else None
         try:
             async with asyncio.timeout_at(deadline):
-                answer = await resolver.resolve(self._qname, self._rdtype, raise_on_no_answer=False)
+                answer = await resolver.resolve(
+                    self._qname, self._rdtype, raise_on_no_answer=False, lifetime=left * 0.95 if deadline else None
+                )
             response, where = answer.response, _address(answer.nameserver or "?", answer.port or self._port)
         except dns.resolver.NXDOMAIN as exc:
             response, where = exc.response(self._qname), self._where  # type: ignore[no-untyped-call]
@@ -420,13 +429,19 @@ class DnsCheck(Check[DnsConfig]):
         return self._result(self._judge(response, where), time.perf_counter() - started)
 
     def _system_resolver(self) -> dns.asyncresolver.Resolver:
-        """The host's resolvers, read once for every check that asks them on this port."""
+        """The host's resolvers for every check that asks them on this port, read again once the file changed."""
+        try:
+            stat = os.stat(RESOLV_CONF)
+            stamp: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            stamp = None
         key = ("dns", "system", self._port)
-        resolver = self.env.shared.get(key)
-        if not isinstance(resolver, dns.asyncresolver.Resolver):
-            resolver = dns.asyncresolver.Resolver(filename=RESOLV_CONF)
-            resolver.port = self._port
-            self.env.shared[key] = resolver
+        held = self.env.shared.get(key)
+        if isinstance(held, _HeldResolver) and held.stamp == stamp:
+            return held.resolver
+        resolver = dns.asyncresolver.Resolver(filename=RESOLV_CONF)
+        resolver.port = self._port
+        self.env.shared[key] = _HeldResolver(stamp, resolver)
         return resolver
 
     def _judge(self, response: dns.message.Message, where: str) -> Verdict:
