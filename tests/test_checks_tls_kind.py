@@ -288,6 +288,32 @@ async def test_an_issuer_outside_the_trust_store_is_critical_naming_it(env: Chec
     )
 
 
+async def test_a_ca_file_rotated_in_place_is_used_by_the_next_run(
+    env: CheckEnv, servers: Servers, tmp_path: Path
+) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes((servers.pki.folder / "self_signed.crt").read_bytes())  # another CA than the server's
+    check = tls(env, servers.ports["d60"], server_name=NAME, ca_file=str(ca_file))
+    before = await run_check(check, timeout=2)
+    assert before.status is Status.CRITICAL and "unable to get local issuer certificate" in before.message
+    ca_file.write_bytes(servers.pki.ca_file.read_bytes() + b"\n")  # the operator installs the right CA
+    after = await run_check(check, timeout=2)
+    assert after.status is Status.OK, after.message
+    ca_file.unlink()  # and then removes it by mistake
+    gone = await run_check(check, timeout=2)
+    assert gone.status is Status.UNKNOWN
+    assert gone.message == f"ca_file {ca_file} does not exist; give the path of a PEM file of CA certificates"
+
+
+def test_a_server_name_made_of_a_machine_id_that_is_no_host_name_is_refused_for_that_machine(
+    env: CheckEnv,
+) -> None:
+    target = Target("web", "m" * 40, "127.0.0.1:443")
+    config = TlsConfig.model_validate({"server_name": "{id}{id}.example", "verify": False})
+    with pytest.raises(ValueError, match=r"server_name 'm{80}\.example' is not a host name"):
+        TlsCheck(render_model(config, target.fields()), target, env=env)
+
+
 # -- servers that are not there, not TLS, or frozen -------------------------------------------------------
 async def test_a_plain_http_port_is_critical_showing_what_it_answered(env: CheckEnv, servers: Servers) -> None:
     result = await check(env, servers, "plain")

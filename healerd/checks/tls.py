@@ -103,11 +103,12 @@ class TlsCheck(Check[TlsConfig]):
         if not self._host:
             raise ValueError("the machine has no address to connect to")
         self._name = config.server_name
-        ca_file = _resolve(config.ca_file, env) if config.ca_file else None
         try:
-            self._context = _context(env, config.verify, ca_file)
-        except OSError as exc:  # a ca_file gone since validation: said by every run
-            raise ValueError(_ca_problem(ca_file) if ca_file else describe(exc)) from None
+            self._name.encode("idna")  # what the handshake sends as SNI
+        except UnicodeError as exc:
+            raise ValueError(f"server_name {self._name!r} is not a host name ({exc})") from None
+        self._ca_file = _resolve(config.ca_file, env) if config.ca_file else None
+        self._context = self._current_context()
         self._unverified = _context(env, False, None)
         self._perf_thresholds = (f"{config.warning / DAY:g}:", f"{config.critical / DAY:g}:")
         self._starttls = config.starttls
@@ -116,6 +117,11 @@ class TlsCheck(Check[TlsConfig]):
 
     async def run(self) -> CheckResult:
         started = time.perf_counter()
+        if self._ca_file is not None:
+            try:
+                self._context = self._current_context()  # a CA file replaced since: its new CAs
+            except ValueError as exc:  # gone or broken since: the check's own config fails, not the machine
+                return CheckResult.unknown(str(exc))
         try:
             obj = await _handshake(self._host, self._port, self._context, self._name, self._starttls)
         except ssl.SSLCertVerificationError as exc:
@@ -131,8 +137,15 @@ class TlsCheck(Check[TlsConfig]):
             return CheckResult.unknown(f"{self._where()}: the server's certificate could not be read")
         return self._judge(cert, f"{obj.version()} {(obj.cipher() or ('?',))[0]}{self._via}", elapsed)
 
+    def _current_context(self) -> ssl.SSLContext:
+        try:
+            return _context(self.env, self.config.verify, self._ca_file)
+        except OSError as exc:  # a ca_file gone or broken since validation: said by every run
+            raise ValueError(_ca_problem(self._ca_file) if self._ca_file else describe(exc)) from None
+
     def _where(self) -> str:
-        return f"TLS {self._host}:{self._port}"
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"TLS {host}:{self._port}"
 
     def _read(self, der: bytes) -> _x509.Certificate | None:
         if self._last is not None and self._last[0] == der:
@@ -171,12 +184,16 @@ class TlsCheck(Check[TlsConfig]):
         unverified handshake reads it, only in this failure case."""
         reason = str(exc.verify_message or exc.reason)
         what = f"certificate for {self._name}"
-        try:
-            obj = await _handshake(self._host, self._port, self._unverified, self._name, self._starttls)
-            der = obj.getpeercert(binary_form=True)
-            cert = self._read(der) if der else None
-        except (OSError, _NotTls, Refused):
-            cert = None
+        cert = None
+        left = self.time_left() - 0.05  # the verdict is said within the timeout, with or without the details
+        if left > 2 * elapsed:
+            try:
+                async with asyncio.timeout(left if math.isfinite(left) else None):
+                    obj = await _handshake(self._host, self._port, self._unverified, self._name, self._starttls)
+                der = obj.getpeercert(binary_form=True)
+                cert = self._read(der) if der else None
+            except (OSError, _NotTls, Refused, TimeoutError):
+                cert = None
         if cert is None:
             return CheckResult.critical(f"{what} rejected: {reason}")
         now = time.time()
@@ -278,11 +295,16 @@ def _reason(exc: BaseException) -> str:
 
 # -- contexts and CA files ------------------------------------------------------------------------------------
 def _context(env: CheckEnv, verify: bool, ca_file: Path | None) -> ssl.SSLContext:
-    """One client context per (verify, ca_file) for the whole daemon: a trust store is loaded once."""
+    """One client context per (verify, ca_file) for the whole daemon: a trust store is loaded once, and a CA file
+    again when it has changed (its modification time or size): a rotated CA is used by the next run."""
     key = ("tls-check", verify, ca_file)
+    stamp = None
+    if verify and ca_file is not None:
+        stat = ca_file.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
     found: Any = env.shared.get(key)
-    if isinstance(found, ssl.SSLContext):
-        return found
+    if isinstance(found, tuple) and found[0] == stamp:
+        return cast(ssl.SSLContext, found[1])
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET
     if not verify:
@@ -292,7 +314,7 @@ def _context(env: CheckEnv, verify: bool, ca_file: Path | None) -> ssl.SSLContex
         ctx.load_verify_locations(cafile=str(ca_file))
     else:
         _load_trust_store(ctx)
-    env.shared[key] = ctx
+    env.shared[key] = (stamp, ctx)
     return ctx
 
 
