@@ -77,6 +77,14 @@ async def test_json_conditions_met_are_ok_and_each_unmet_one_is_critical_naming_
     assert gone.status is Status.CRITICAL
     assert gone.message == "HTTP 200: $.components.db.status is missing from the JSON body"
 
+    # numbers compare exactly, however large
+    state["doc"]["version"] = 2**53 + 1
+    big = await run_check(check(env, url, expect={"json": {"$.version": 2**53}}), timeout=5)
+    assert big.status is Status.CRITICAL and big.message == f"HTTP 200: $.version is {2**53 + 1}, expected {2**53}"
+    huge = await run_check(check(env, url, expect={"json": {"$.version": 10**400}}), timeout=5)
+    assert huge.status is Status.CRITICAL, huge.message
+    state["doc"]["version"] = 3
+
     # true is not 1, "3" is not 3
     typed = await run_check(check(env, url, expect={"json": {"$.version": "3"}}), timeout=5)
     assert typed.status is Status.CRITICAL and typed.message == 'HTTP 200: $.version is 3, expected "3"'
@@ -111,6 +119,9 @@ async def test_a_body_that_is_not_json_or_is_cut_at_max_body_is_critical_saying_
     assert cut.message == "HTTP 200: the JSON body is longer than max_body (1000 bytes): raise max_body"
     whole = await run_check(check(env, f"{base}/raw", max_body=10000, expect={"json": {"$.status": "UP"}}), timeout=5)
     assert whole.status is Status.OK
+    state["raw"] = b"[" * 50000  # nested deeper than any parser follows
+    deep = await run_check(check(env, f"{base}/raw", expect={"json": {"$.status": "UP"}}), timeout=5)
+    assert deep.status is Status.CRITICAL and deep.message.startswith("HTTP 200: the body is not JSON ("), deep.message
 
 
 async def test_status_is_judged_before_the_body_and_body_regex_with_json(
@@ -135,6 +146,7 @@ async def test_status_is_judged_before_the_body_and_body_regex_with_json(
         ("$.items[1:3]", "not supported"),
         ("$.a b", "cannot read ' b'"),
         ("$[?(@.x)]", "not supported"),
+        ("$.a[*]", "not supported"),
     ],
 )
 def test_validate_refuses_a_json_path_outside_the_subset_naming_it_and_the_fix(
@@ -168,6 +180,11 @@ documents = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(names, inner, max_size=4),
     max_leaves=12,
 )
+
+
+def test_a_quoted_name_may_hold_what_would_be_unsupported_syntax_outside_quotes() -> None:
+    path = _jsonpath.parse("$['a..b']['[*]']")
+    assert _jsonpath.find({"a..b": {"[*]": 7}}, path) == (True, 7)
 
 
 @given(documents, st.data())

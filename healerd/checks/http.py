@@ -138,7 +138,7 @@ class HttpCheck(Check[HttpConfig]):
         """What the JSON body lacks of `expect.json`, or None when every condition holds."""
         try:
             document = json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
             if len(body) >= self.config.max_body:
                 return f"the JSON body is longer than max_body ({self.config.max_body} bytes): raise max_body"
             return f"the body is not JSON ({exc})"
