@@ -175,6 +175,20 @@ async def test_a_server_restarted_on_the_same_port_is_ok_at_the_next_run(
     assert back.status is Status.OK, back.message
 
 
+async def test_a_run_that_times_out_leaves_the_other_checks_on_its_connection_alone(
+    env: CheckEnv, own_server: list[HealthServer]
+) -> None:
+    own_server.append(s := HealthServer(free_port()))
+    slow, medium = check(env, s.port), check(env, s.port)
+    assert (await run_check(medium, timeout=5)).status is Status.OK  # the connection both share
+    os.kill(s.proc.pid, signal.SIGSTOP)  # the server answers in 1s: after slow's timeout, within medium's
+    asyncio.get_running_loop().call_later(1, os.kill, s.proc.pid, signal.SIGCONT)
+    timed_out, answered = await asyncio.gather(run_check(slow, timeout=0.5), run_check(medium, timeout=3))
+    assert timed_out.message == "no answer within 500ms"
+    assert answered.status is Status.OK, answered.message
+    assert (await run_check(slow, timeout=5)).status is Status.OK
+
+
 async def test_a_server_that_is_not_grpc_is_critical(env: CheckEnv) -> None:
     async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")
@@ -193,18 +207,24 @@ async def test_a_server_that_is_not_grpc_is_critical(env: CheckEnv) -> None:
 
 
 # -- TLS ------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HealthServer, Path]]:
+def self_signed(folder: Path, name: str) -> Path:
+    """A self-signed certificate for `name` (its key beside it, NAME.key), its path."""
     openssl = require_binary("openssl")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
     subprocess.run(
         [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-days", "2", "-subj", "/CN=grpc.test", "-addext", "subjectAltName=DNS:grpc.test",
+         "-days", "2", "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
          "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )  # fmt: skip
-    s = HealthServer(free_port(), "--tls", str(cert), str(key))
+    return cert
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HealthServer, Path]]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert = self_signed(folder, "grpc.test")
+    s = HealthServer(free_port(), "--tls", str(cert), str(folder / "grpc.test.key"))
     yield s, cert
     s.stop()
 
@@ -226,6 +246,52 @@ async def test_tls_verified_against_its_ca_is_ok_under_its_name_and_critical_und
     wrong = await run_check(check(env, s.port, tls=True, ca_file=str(cert), server_name="other.test"), timeout=5)
     assert wrong.status is Status.CRITICAL
     assert wrong.message.startswith(f"gRPC 127.0.0.1:{s.port}: TLS certificate rejected: Hostname mismatch")
+
+
+async def test_a_rotated_ca_file_is_read_again_by_the_next_run(
+    env: CheckEnv, tls_server: tuple[HealthServer, Path], tmp_path: Path
+) -> None:
+    s, cert = tls_server
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(self_signed(tmp_path, "other.test").read_bytes())  # a CA that did not sign the server's
+    c = check(env, s.port, tls=True, ca_file=str(ca), server_name="grpc.test")
+    before = await run_check(c, timeout=5)
+    assert before.status is Status.CRITICAL and "TLS certificate rejected" in before.message, before.message
+    ca.write_bytes(cert.read_bytes())
+    stat = ca.stat()
+    os.utime(ca, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # a rotation comes later than the first
+    after = await run_check(c, timeout=5)
+    assert after.status is Status.OK, after.message
+
+
+async def test_a_ca_file_under_home_is_used(
+    env: CheckEnv, tls_server: tuple[HealthServer, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s, cert = tls_server
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "ca.pem").write_bytes(cert.read_bytes())
+    result = await run_check(check(env, s.port, tls=True, ca_file="~/ca.pem", server_name="grpc.test"), timeout=5)
+    assert result.status is Status.OK, result.message
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (None, "does not exist; give the path of a PEM file of CA certificates"),
+        (b"not a certificate\n", "holds no readable CA certificate"),
+    ],
+    ids=["gone", "not-pem"],
+)
+async def test_a_bad_ca_file_is_unknown_naming_the_file_and_the_fix(
+    env: CheckEnv, tls_server: tuple[HealthServer, Path], tmp_path: Path, content: bytes | None, words: str
+) -> None:
+    s, _ = tls_server
+    ca = tmp_path / "ca.pem"
+    if content is not None:
+        ca.write_bytes(content)
+    result = await run_check(check(env, s.port, tls=True, ca_file=str(ca)), timeout=5)
+    assert result.status is Status.UNKNOWN
+    assert result.message.startswith(f"ca_file {ca} ") and words in result.message, result.message
 
 
 async def test_tls_verified_against_the_system_cas_rejects_a_self_signed_certificate(

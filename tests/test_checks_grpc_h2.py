@@ -5,6 +5,7 @@ and an HTTP/1 server."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import struct
 import subprocess
@@ -17,7 +18,7 @@ from aiohttp import web
 from conftest import require_binary
 
 from healerd.checks import CheckEnv
-from healerd.checks.grpc import GrpcCheck, GrpcConfig
+from healerd.checks.grpc import GrpcChannels, GrpcCheck, GrpcConfig
 from healerd.results import Status
 from healerd.runner import run_check
 from healerd.targets import Target
@@ -81,18 +82,31 @@ class RawServer:
     """A server on 127.0.0.1 that reads the client's preface, sends its SETTINGS (`settings`) and hands each
     connection to `script`."""
 
-    def __init__(self, script: Script, settings: bytes = b"", tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, script: Script, settings: bytes = b"", tls: ssl.SSLContext | None = None, handshake_after: float = 0
+    ) -> None:
         self.script, self.settings, self.tls = script, settings, tls
+        self.handshake_after = handshake_after  # seconds before connections are accepted (TLS: handshaken)
         self.peers: list[Peer] = []
         self.port = 0
         self._server: asyncio.Server | None = None
+        self._listening: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> RawServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
-        self.port = self._server.sockets[0].getsockname()[1]
+        listening = socket.create_server(("127.0.0.1", 0))
+        self.port = listening.getsockname()[1]
+        self._listening = asyncio.get_running_loop().create_task(self._listen(listening))
+        if not self.handshake_after:
+            await self._listening
         return self
 
+    async def _listen(self, listening: socket.socket) -> None:
+        await asyncio.sleep(self.handshake_after)  # the kernel completes TCP connects meanwhile, nothing more
+        self._server = await asyncio.start_server(self._serve, sock=listening, ssl=self.tls)
+
     async def __aexit__(self, *exc: object) -> None:
+        assert self._listening is not None
+        await self._listening
         assert self._server is not None
         self._server.close()
         for peer in self.peers:
@@ -151,6 +165,22 @@ async def test_the_call_is_a_grpc_request_any_server_understands(env: CheckEnv) 
     assert (first, second) == (1, 3)  # odd, increasing, on one connection
     (peer,) = server.peers
     assert (SETTINGS, 1, 0, b"") in peer.received  # the server's SETTINGS acknowledged
+
+
+async def test_the_authority_is_the_server_name_when_one_is_set(env: CheckEnv, h2_tls: ssl.SSLContext) -> None:
+    seen: list[dict[str, str]] = []
+
+    async def script(peer: Peer) -> None:
+        stream_id, headers, _ = await peer.request()
+        seen.append(headers)
+        peer.answer(stream_id)
+
+    async with RawServer(script, tls=h2_tls) as server:
+        c = check(env, server.port, tls=True, tls_verify=False, server_name="grpc.test")
+        result = await run_check(c, timeout=2)
+    assert result.status is Status.OK, result.message
+    assert seen[0][":authority"] == f"grpc.test:{server.port}"
+    assert seen[0][":scheme"] == "https"
 
 
 # -- how the answer may come -----------------------------------------------------------------------------------
@@ -332,6 +362,50 @@ async def test_a_kept_connection_the_server_drops_under_a_call_is_replaced_at_on
     assert len(server.peers) == 2
 
 
+async def test_a_run_that_times_out_while_connecting_leaves_the_others_waiting_for_that_connect(
+    env: CheckEnv, h2_tls: ssl.SSLContext
+) -> None:
+    async with RawServer(answer_every_call, tls=h2_tls, handshake_after=1) as server:
+        slow, medium = (check(env, server.port, tls=True, tls_verify=False, service=s) for s in ("a", "b"))
+        timed_out, answered = await asyncio.gather(run_check(slow, timeout=0.5), run_check(medium, timeout=3))
+        assert timed_out.message == "no answer within 500ms"
+        assert answered.status is Status.OK, answered.message
+        assert (await run_check(slow, timeout=3)).status is Status.OK
+    assert len(server.peers) == 1  # one connect, shared
+
+
+async def wait_closed(peer: Peer) -> bool:
+    """Whether the client closed the connection within a second."""
+    for _ in range(50):
+        if peer.reader.at_eof():
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_a_connection_unused_for_the_idle_time_is_closed(env: CheckEnv) -> None:
+    env.shared[GrpcChannels] = GrpcChannels(max_channels=10, idle_timeout=0.3)
+    async with RawServer(answer_every_call) as server:
+        c = check(env, server.port)
+        for _ in range(3):  # used more often than the idle time: kept
+            assert (await run_check(c, timeout=2)).status is Status.OK
+            await asyncio.sleep(0.1)
+        assert len(server.peers) == 1 and not server.peers[0].reader.at_eof()
+        assert await wait_closed(server.peers[0])
+        assert (await run_check(c, timeout=2)).status is Status.OK  # a later run connects afresh
+        assert len(server.peers) == 2
+
+
+async def test_the_least_recently_used_connection_is_closed_beyond_the_limit(env: CheckEnv) -> None:
+    env.shared[GrpcChannels] = GrpcChannels(max_channels=2)
+    first, second, third = (RawServer(answer_every_call) for _ in range(3))
+    async with first, second, third:
+        for server in (first, second, first, third):
+            assert (await run_check(check(env, server.port), timeout=2)).status is Status.OK
+        assert await wait_closed(second.peers[0])  # the least recently used when a third was needed
+        assert not first.peers[0].reader.at_eof() and not third.peers[0].reader.at_eof()
+
+
 async def test_a_reset_call_is_critical_naming_the_code_and_the_connection_is_kept(env: CheckEnv) -> None:
     async def script(peer: Peer) -> None:
         stream_id, _, _ = await peer.request()
@@ -388,11 +462,10 @@ async def test_an_http1_server_is_critical_saying_it_is_not_http2(env: CheckEnv)
     assert result.message.endswith(" 400 Bad Request'), not HTTP/2: not a gRPC server")
 
 
-@pytest.fixture
-def http1_tls(tmp_path: Path) -> ssl.SSLContext:
-    """A server TLS context with a self-signed certificate that offers only HTTP/1.1 in ALPN."""
+def server_tls(folder: Path, alpn: str) -> ssl.SSLContext:
+    """A server TLS context with a self-signed certificate for grpc.test that offers only `alpn`."""
     openssl = require_binary("openssl")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
         [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
          "-days", "2", "-subj", "/CN=grpc.test", "-keyout", str(key), "-out", str(cert)],
@@ -400,8 +473,18 @@ def http1_tls(tmp_path: Path) -> ssl.SSLContext:
     )  # fmt: skip
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols([alpn])
     return context
+
+
+@pytest.fixture
+def http1_tls(tmp_path: Path) -> ssl.SSLContext:
+    return server_tls(tmp_path, "http/1.1")
+
+
+@pytest.fixture
+def h2_tls(tmp_path: Path) -> ssl.SSLContext:
+    return server_tls(tmp_path, "h2")
 
 
 async def test_a_tls_server_that_does_not_choose_http2_is_critical_saying_so(

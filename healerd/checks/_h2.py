@@ -11,6 +11,7 @@ arrives, and a connection is not reused after GOAWAY or once its stream ids run 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import struct
 from collections import deque
@@ -95,6 +96,12 @@ class Connection(asyncio.Protocol):
         self._received = 0  # DATA bytes not yet given back with WINDOW_UPDATE
         self._last_stream: int | None = None  # from GOAWAY
         self._retired = False
+        self.reads = 0  # how many times bytes came: a call that saw none was met by silence
+
+    @property
+    def busy(self) -> bool:
+        """Whether calls are in flight or waiting for a stream."""
+        return bool(self._calls or self._slot_waiters)
 
     @property
     def usable(self) -> bool:
@@ -192,6 +199,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        self.reads += 1
         self._reader.buf += data
         try:
             self._read_frames()
@@ -378,16 +386,37 @@ class Connection(asyncio.Protocol):
             self.close()
 
 
+class _Connecting:
+    """A connect in progress and how many calls wait for it: abandoned only once none does."""
+
+    __slots__ = ("task", "waiting")
+
+    def __init__(self, task: asyncio.Task[Connection]) -> None:
+        self.task = task
+        self.waiting = 0
+
+
 class Channel:
-    """Unary calls to one server over one kept connection, made afresh once that one is closed or going away."""
+    """Unary calls to one server over one kept connection, made afresh once that one is closed or going away.
+
+    A call given up (its run's timeout) resets only its own stream; when nothing at all came from the server since
+    it started, the connection is retired (the calls in flight finish there, new ones go to a fresh connection),
+    so a frozen server that resumes is seen as it is. A connect is shared by the calls that wait for it and
+    abandoned only when none waits any more.
+    """
 
     def __init__(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None, server_name: str | None) -> None:
         self.host, self.port = host, port
         self._ssl = ssl_context
         self._server_name = (server_name or host) if ssl_context is not None else None
         self._conn: Connection | None = None
-        self._connecting: asyncio.Task[Connection] | None = None
+        self._connecting: _Connecting | None = None
         self._closed = False
+
+    @property
+    def busy(self) -> bool:
+        """Whether a call is in flight or a connect under way (closing now would fail someone's run)."""
+        return self._connecting is not None or (self._conn is not None and self._conn.busy)
 
     async def call(self, request: Request) -> Reply:
         conn = self._conn
@@ -395,14 +424,24 @@ class Channel:
         if conn is None or not reused:
             conn = await self._connected()
         try:
-            return await conn.call(request)
+            return await self._call(conn, request)
         except GoneAway:
             pass  # the server never processed the call: once more, on a fresh connection
         except (Disconnected, ConnectionResetError, BrokenPipeError):
             if not reused:
                 raise
             # a kept connection the server closed meanwhile: once more, on a fresh one
-        return await (await self._connected()).call(request)
+        return await self._call(await self._connected(), request)
+
+    @staticmethod
+    async def _call(conn: Connection, request: Request) -> Reply:
+        reads = conn.reads
+        try:
+            return await conn.call(request)
+        except asyncio.CancelledError:
+            if conn.reads == reads:  # not a byte since the call started: maybe frozen, or gone without a word
+                conn.retire()
+            raise
 
     async def _connected(self) -> Connection:
         """A usable connection; the calls that find none at once share one connecting."""
@@ -411,29 +450,43 @@ class Channel:
         conn = self._conn
         if conn is not None and conn.usable:
             return conn
-        if self._connecting is None:
-            self._connecting = asyncio.get_running_loop().create_task(self._connect())
-            self._connecting.add_done_callback(_retrieve)
-        return await asyncio.shield(self._connecting)
+        connecting = self._connecting
+        if connecting is None:
+            task = asyncio.get_running_loop().create_task(self._connect())
+            task.add_done_callback(_retrieve)
+            connecting = self._connecting = _Connecting(task)
+        connecting.waiting += 1
+        try:
+            return await asyncio.shield(connecting.task)
+        finally:
+            connecting.waiting -= 1
+            if not connecting.waiting and not connecting.task.done():  # every caller gave up
+                connecting.task.cancel()
+                if self._connecting is connecting:
+                    self._connecting = None
 
     async def _connect(self) -> Connection:
         try:
-            _, conn = await asyncio.get_running_loop().create_connection(
+            transport, conn = await asyncio.get_running_loop().create_connection(
                 Connection, self.host, self.port, ssl=self._ssl, server_hostname=self._server_name
             )
             if conn.closed:
                 raise conn.error or Disconnected()
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # a peer gone without a word (a destroyed machine) is found out by the kernel
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             old, self._conn = self._conn, conn
             if old is not None:
                 old.retire()
             return conn
         finally:
-            self._connecting = None
+            if self._connecting is not None and self._connecting.task is asyncio.current_task():
+                self._connecting = None
 
     def close(self) -> None:
         self._closed = True
         if self._connecting is not None:
-            self._connecting.cancel()
+            self._connecting.task.cancel()
             self._connecting = None
         if self._conn is not None:
             self._conn.close()

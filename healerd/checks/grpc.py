@@ -3,15 +3,17 @@
 SERVING is OK; anything else the server says (NOT_SERVING, a service it does not know, no health service, any
 other gRPC status) is CRITICAL with what it said. One kept-alive HTTP/2 connection per (host, port, TLS
 settings) serves every check of the daemon (the lean client of `_h2`, on the daemon's own event loop: no
-threads). A run that fails without a gRPC answer drops its connection, so the next run connects afresh and
-reports the server as it is then, never a failure remembered from before.
+threads). A run that fails touches no other run on that connection; a connection found dead, or silent through a
+run's whole timeout, is replaced at the next run, which reports the server as it is then.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -23,6 +25,7 @@ from ..durations import format_duration
 from ..results import CheckResult, PerfDatum, Status
 from ..targets import Target
 from . import _h2, _h2frames
+from ._http1 import IDLE_TIMEOUT
 from ._ports import port_number, port_option
 from ._tls import client_context
 from .base import Check, CheckEnv, CheckOptions
@@ -119,51 +122,115 @@ def _read_varint(data: bytes, i: int) -> tuple[int, int]:
 
 
 ChannelKey = tuple[str, int, bool, bool, str | None, str | None]
+#: a CA file as it is now (its modification time in ns, its size): a file replaced in place is read again
+FileStamp = tuple[int, int]
 
 
 class GrpcChannels:
     """The daemon's kept-alive gRPC connections, one per (host, port, tls, tls_verify, server_name, ca_file),
-    and the TLS contexts they use; closed with the CheckEnv."""
+    and the TLS contexts they use; closed with the CheckEnv.
 
-    def __init__(self) -> None:
-        self._channels: dict[ChannelKey, _h2.Channel] = {}
-        self._contexts: dict[tuple[bool, str | None], ssl.SSLContext] = {}
+    At most `max_channels` are kept, the least recently used closed first, and one unused for `idle_timeout`
+    is closed (a machine replaced, a check moved to another node or removed: a destroyed VM sends no RST). A
+    connection still carrying a call is left to finish it.
+    """
+
+    def __init__(self, max_channels: int, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self.max_channels = max(1, max_channels)
+        self.idle_timeout = idle_timeout
+        #: channel, its last use (monotonic), its CA file's stamp; in the order of last use, the oldest first
+        self._channels: dict[ChannelKey, tuple[_h2.Channel, float, FileStamp | None]] = {}
+        self._draining: list[_h2.Channel] = []  # given up while a call was in flight: closed once it is done
+        self._contexts: dict[tuple[bool, str | None], tuple[FileStamp | None, ssl.SSLContext]] = {}
+        self._sweeping: asyncio.TimerHandle | None = None
 
     def get(self, key: ChannelKey) -> _h2.Channel:
-        channel = self._channels.get(key)
-        if channel is None:
-            host, port, tls, verify, server_name, ca_file = key
-            channel = self._channels[key] = _h2.Channel(
-                host, port, ssl_context=self._context(verify, ca_file) if tls else None, server_name=server_name
-            )
+        """The channel for `key`; OSError (ssl.SSLError included) when its CA file cannot be read."""
+        now = time.monotonic()
+        kept = self._channels.pop(key, None)
+        ca_file = key[5]
+        stamp = _stamp(ca_file) if ca_file is not None else None
+        if kept is not None and kept[2] == stamp:
+            channel = kept[0]
+        else:
+            if kept is not None:  # the CA file was replaced: connect again, verifying with what it holds now
+                self._give_up(kept[0])
+            host, port, tls, verify, server_name, _ = key
+            context = self._context(verify, ca_file, stamp) if tls else None
+            while len(self._channels) >= self.max_channels:
+                self._give_up(self._channels.pop(next(iter(self._channels)))[0])
+            channel = _h2.Channel(host, port, ssl_context=context, server_name=server_name)
+        self._channels[key] = (channel, now, stamp)
+        if self._sweeping is None:
+            self._sweeping = asyncio.get_running_loop().call_later(self.idle_timeout, self._sweep)
         return channel
 
-    def drop(self, key: ChannelKey, channel: _h2.Channel) -> None:
-        """Forget a connection that failed (the next run connects afresh)."""
-        channel.close()
-        if self._channels.get(key) is channel:
-            del self._channels[key]
+    def _give_up(self, channel: _h2.Channel) -> None:
+        if channel.busy:
+            self._draining.append(channel)
+        else:
+            channel.close()
 
-    def _context(self, verify: bool, ca_file: str | None) -> ssl.SSLContext:
-        ctx = self._contexts.get((verify, ca_file))
-        if ctx is None:
-            # sessions resumed when a connection is made again; ALPN h2 as gRPC requires
-            ctx = client_context(verify and ca_file is None)
-            if ca_file is not None:
-                ctx.verify_mode = ssl.CERT_REQUIRED
-                ctx.check_hostname = True
-                ctx.load_verify_locations(cafile=ca_file)
-            ctx.set_alpn_protocols(("h2",))
-            self._contexts[(verify, ca_file)] = ctx
+    def _sweep(self) -> None:
+        """Close the channels unused for idle_timeout, walking from the least recently used to the first recent."""
+        self._sweeping = None
+        now = time.monotonic()
+        cutoff = now - self.idle_timeout
+        stale: list[ChannelKey] = []
+        for key, (channel, used, _) in self._channels.items():
+            if used >= cutoff:
+                break
+            if not channel.busy:
+                stale.append(key)
+        for key in stale:
+            self._channels.pop(key)[0].close()
+        draining, self._draining = self._draining, []
+        for channel in draining:
+            if channel.busy:
+                self._draining.append(channel)
+            else:
+                channel.close()
+        if self._channels or self._draining:
+            oldest = next(iter(self._channels.values()))[1] if self._channels else now
+            wait = max(oldest + self.idle_timeout - now, self.idle_timeout / 10)
+            self._sweeping = asyncio.get_running_loop().call_later(wait, self._sweep)
+
+    def _context(self, verify: bool, ca_file: str | None, stamp: FileStamp | None) -> ssl.SSLContext:
+        found = self._contexts.get((verify, ca_file))
+        if found is not None and found[0] == stamp:
+            return found[1]
+        # sessions resumed when a connection is made again; ALPN h2 as gRPC requires
+        ctx = client_context(verify and ca_file is None)
+        if ca_file is not None:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.check_hostname = True
+            ctx.load_verify_locations(cafile=ca_file)
+        ctx.set_alpn_protocols(("h2",))
+        self._contexts.pop((verify, ca_file), None)
+        while len(self._contexts) >= self.max_channels:  # a templated ca_file: one per machine at most
+            del self._contexts[next(iter(self._contexts))]
+        self._contexts[(verify, ca_file)] = (stamp, ctx)
         return ctx
 
     def __len__(self) -> int:
         return len(self._channels)
 
     def close(self) -> None:
-        for channel in self._channels.values():
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            self._sweeping = None
+        for channel, _, _ in self._channels.values():
+            channel.close()
+        for channel in self._draining:
             channel.close()
         self._channels.clear()
+        self._draining.clear()
+        self._contexts.clear()
+
+
+def _stamp(path: str) -> FileStamp:
+    st = os.stat(path)
+    return st.st_mtime_ns, st.st_size
 
 
 class GrpcCheck(Check[GrpcConfig]):
@@ -175,13 +242,14 @@ class GrpcCheck(Check[GrpcConfig]):
     def __init__(self, config: GrpcConfig, target: Target, *, env: CheckEnv) -> None:
         super().__init__(config, target, env=env)
         port = port_number(config.port, _PORT_EXAMPLE)
-        ca_file = str(env.base_dir / config.ca_file) if config.ca_file is not None else None  # absolute stays
+        ca_file = str(_ca_path(config.ca_file, env)) if config.ca_file is not None else None
         self._key: ChannelKey = (target.host, port, config.tls, config.tls_verify, config.server_name, ca_file)
         self._where = f"{'[' + target.host + ']' if ':' in target.host else target.host}:{port}"
         message = health_request(config.service)
         self._request = _h2frames.Request(
             tls=config.tls,
-            authority=self._where,
+            # the name the server is known by, as grpc-go sends with its TLS name override: a proxy routes by it
+            authority=f"{config.server_name}:{port}" if config.server_name else self._where,
             path=HEALTH_CHECK,
             fields=(("content-type", "application/grpc"), ("te", "trailers"), ("user-agent", USER_AGENT)),
             body=b"\0" + len(message).to_bytes(4, "big") + message,  # not compressed, its length, the message
@@ -189,22 +257,22 @@ class GrpcCheck(Check[GrpcConfig]):
         self._label = f" ({config.service})" if config.service else ""
         channels = env.shared.get(GrpcChannels)
         if not isinstance(channels, GrpcChannels):
-            channels = env.shared[GrpcChannels] = GrpcChannels()
+            channels = env.shared[GrpcChannels] = GrpcChannels(env.max_idle_hosts)
         self._channels = channels
 
     async def run(self) -> CheckResult:
-        channel = self._channels.get(self._key)
+        try:
+            channel = self._channels.get(self._key)
+        except OSError as exc:  # the CA file, gone or no PEM since validation (ssl.SSLError is an OSError)
+            assert self._key[5] is not None
+            return CheckResult.unknown(_ca_problem(self._key[5], exc))
         started = time.perf_counter()
         try:
             reply = await channel.call(self._request)
         except _h2frames.CallFailed as exc:  # the call failed, not the connection
             return CheckResult.critical(f"gRPC {self._where}: {exc}")
-        except (OSError, _h2frames.H2Error) as exc:  # ssl.SSLError is an OSError
-            self._channels.drop(self._key, channel)
+        except (OSError, _h2frames.H2Error) as exc:  # ssl.SSLError is an OSError; the connection is closed already
             return CheckResult.critical(f"gRPC {self._where}: {_describe(exc, self.config.tls)}")
-        except asyncio.CancelledError:  # the run's timeout: the server may be frozen; connect afresh next time
-            self._channels.drop(self._key, channel)
-            raise
         elapsed = time.perf_counter() - started
         perf = (PerfDatum("time", round(elapsed, 6), "s"),)
         refused = _refusal(reply)
@@ -239,14 +307,25 @@ class GrpcCheck(Check[GrpcConfig]):
     @classmethod
     def preflight(cls, options: Any, env: CheckEnv) -> list[tuple[tuple[str | int, ...], str]]:
         ca_file = getattr(options, "ca_file", None)
-        if ca_file is None:
+        if ca_file is None or "{" in ca_file:  # a template is known per machine only
             return []
-        path = env.base_dir / ca_file  # an absolute path stays as it is
+        path = _ca_path(ca_file, env)
         try:
             ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
         except (OSError, ssl.SSLError) as exc:
             return [(("ca_file",), f"cannot load CA file {str(path)!r} ({describe(exc)}); give a readable PEM file")]
         return []
+
+
+def _ca_path(ca_file: str, env: CheckEnv) -> Path:
+    path = Path(ca_file).expanduser()
+    return path if path.is_absolute() else env.base_dir / path
+
+
+def _ca_problem(path: str, exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return f"ca_file {path} does not exist; give the path of a PEM file of CA certificates"
+    return f"ca_file {path} holds no readable CA certificate ({describe(exc)}); give a PEM file of CA certificates"
 
 
 def _refusal(reply: _h2frames.Reply) -> tuple[str, str] | None:
