@@ -77,6 +77,33 @@ _OPENING = (
 _SETTINGS_ACK = frame(SETTINGS, ACK, 0)
 
 
+class _Slots:
+    """Calls waiting for a free stream, woken in the order they came."""
+
+    def __init__(self) -> None:
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._waiters)
+
+    async def wait(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if not waiter.done():
+                self._waiters.remove(waiter)
+
+    def wake(self, count: int) -> None:
+        """Wake up to `count` waiters (a waiter given up meanwhile is skipped, not counted)."""
+        while count > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                count -= 1
+
+
 class Connection(asyncio.Protocol):
     """One HTTP/2 connection to a server, carrying unary calls side by side."""
 
@@ -89,7 +116,7 @@ class Connection(asyncio.Protocol):
         self._calls: dict[int, _Call] = {}
         self._next_id = 1
         self._max_streams = MAX_STREAM_ID
-        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._slots = _Slots()  # calls waiting for the server's limit of concurrent streams
         self._send_window = 65535
         self._peer_window = 65535
         self._unsent: list[_Call] = []
@@ -101,7 +128,7 @@ class Connection(asyncio.Protocol):
     @property
     def busy(self) -> bool:
         """Whether calls are in flight or waiting for a stream."""
-        return bool(self._calls or self._slot_waiters)
+        return bool(self._calls or self._slots)
 
     @property
     def usable(self) -> bool:
@@ -111,13 +138,7 @@ class Connection(asyncio.Protocol):
     # -- calls ------------------------------------------------------------------------------------------
     async def call(self, request: Request) -> Reply:
         while len(self._calls) >= self._max_streams and self.usable:  # SETTINGS_MAX_CONCURRENT_STREAMS
-            waiter = asyncio.get_running_loop().create_future()
-            self._slot_waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if not waiter.done():
-                    self._slot_waiters.remove(waiter)
+            await self._slots.wait()
         if not self.usable:
             if self.error is not None:
                 raise self.error
@@ -150,11 +171,7 @@ class Connection(asyncio.Protocol):
 
     def _released(self) -> None:
         """A call left: another may start, and a connection that is going away may close."""
-        while self._slot_waiters:
-            waiter = self._slot_waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                break
+        self._slots.wake(1)
         if not self._calls and (self._last_stream is not None or self._retired):
             self.close()
 
@@ -180,10 +197,7 @@ class Connection(asyncio.Protocol):
             if not call.future.done():
                 call.future.set_exception(error)
         self._unsent.clear()
-        while self._slot_waiters:
-            waiter = self._slot_waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+        self._slots.wake(len(self._slots))
         if self.transport is not None:
             self.transport.close()
 
@@ -340,11 +354,7 @@ class Connection(asyncio.Protocol):
                 self._peer_window = value
         self._out += _SETTINGS_ACK
         self._send_unsent()
-        if len(self._calls) < self._max_streams:
-            for _ in range(min(len(self._slot_waiters), self._max_streams - len(self._calls))):
-                waiter = self._slot_waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
+        self._slots.wake(self._max_streams - len(self._calls))
 
     def _window_update(self, stream_id: int, payload: bytes) -> None:
         increment = word(payload, "WINDOW_UPDATE") & MAX_STREAM_ID
