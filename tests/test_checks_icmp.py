@@ -28,6 +28,7 @@ from healerd.runner import run_check
 from healerd.targets import Target, render_model
 
 RESPONDER = Path(__file__).with_name("icmp_responder.py")
+FORGER = Path(__file__).with_name("icmp_forger.py")
 NOBODY = 65534  # nogroup's id: the group the unprivileged child runs as
 
 
@@ -51,9 +52,12 @@ def respond(lab: Lab, host: str, *args: str) -> subprocess.Popen[str]:
 def responders() -> Iterator[tuple[Lab, dict[str, subprocess.Popen[str]]]]:
     require_netlab()
     require_binary("setpriv")
-    with Lab(["echo", "slow", "lossy", "ping-allowed", "ping-refused"]) as lab:
+    with Lab(["echo", "slow", "lossy", "ping-allowed", "ping-refused", "quiet"]) as lab:
         started = {"slow": respond(lab, "slow", "--delay", "0.25"), "lossy": respond(lab, "lossy", "--drop-every", "3")}
-        ip("netns", "exec", lab.netns("ping-allowed"), "sysctl", "-qw", f"net.ipv4.ping_group_range={NOBODY} {NOBODY}")
+        for host in ("ping-allowed", "quiet"):
+            ip("netns", "exec", lab.netns(host), "sysctl", "-qw", f"net.ipv4.ping_group_range={NOBODY} {NOBODY}")
+        # a loopback that does not answer ping, for the forgers of the tests below
+        ip("netns", "exec", lab.netns("quiet"), "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1")
         yield lab, started
 
 
@@ -190,9 +194,12 @@ asyncio.run(main())
 """
 
 
-def as_nobody(lab: Lab, host: str, *targets: str) -> dict[str, list[str]]:
-    argv = ["ip", "netns", "exec", lab.netns(host), "setpriv", "--reuid=nobody", "--regid=nogroup"]
-    argv += ["--clear-groups", "--inh-caps=-all", sys.executable, "-c", CHILD, *targets]
+def as_nobody(lab: Lab, host: str, *targets: str, root: bool = False) -> dict[str, list[str]]:
+    """The child's results in `host`, run as nobody (an unprivileged ICMP socket or none) or as root (raw)."""
+    argv = ["ip", "netns", "exec", lab.netns(host)]
+    if not root:
+        argv += ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all"]
+    argv += [sys.executable, "-c", CHILD, *targets]
     source = str(Path(healerd.__file__).parent.parent)
     environ = {"PYTHONPATH": source, "PYTHONDONTWRITEBYTECODE": "1", "PATH": os.environ.get("PATH", "")}
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/", env=environ)
@@ -221,6 +228,97 @@ def test_without_any_icmp_privilege_the_check_is_unknown_and_says_how_to_allow_i
     assert f"sysctl -w net.ipv4.ping_group_range='{NOBODY} {NOBODY}'" in message
     assert "AmbientCapabilities=CAP_NET_RAW" in message
     assert found["preflight"] == [message]
+
+
+# -- forgeries: what another host sends about a probe is not taken for what the pinged host said
+
+FORGERIES = {
+    "a reply from another address": (["--source", "127.0.0.2", "--reply"], "127.0.0.1: 100% loss (0 of 2 replies)"),
+    "unreachable about another address": (
+        ["--source", "127.0.0.2", "--unreachable", "--about", "127.0.0.3"],
+        "127.0.0.1: 100% loss (0 of 2 replies)",
+    ),
+    # the same forger telling the truth, which shows it reaches the check
+    "a reply from the address pinged": (["--source", "127.0.0.1", "--reply"], "127.0.0.1: 2 of 2 replies"),
+    "unreachable about the address pinged": (
+        ["--source", "127.0.0.2", "--unreachable", "--about", "127.0.0.1"],
+        "127.0.0.1: 100% loss (0 of 2 replies): destination unreachable (host unreachable) from 127.0.0.2 (x2)",
+    ),
+}
+
+
+@pytest.mark.parametrize("root", [True, False], ids=["raw socket", "unprivileged socket"])
+@pytest.mark.parametrize("forgery", list(FORGERIES))
+def test_only_the_address_pinged_answers_for_itself(lab: Lab, forgery: str, root: bool) -> None:
+    args, said = FORGERIES[forgery]
+    forger = lab.run("quiet", [sys.executable, str(FORGER), *args], stdout=subprocess.PIPE, text=True)
+    try:
+        assert forger.stdout is not None and forger.stdout.readline().strip() == "ready"
+        found = as_nobody(lab, "quiet", "127.0.0.1", root=root)
+    finally:
+        forger.terminate()
+        forger.wait(5)
+    assert found["127.0.0.1"][1].split(", rta ")[0] == said  # the round trips aside
+
+
+# -- many echo requests in flight at once: a partition of a fleet
+
+BURST = """
+import asyncio, json, sys
+from healerd.checks import CheckEnv
+from healerd.checks.icmp import IcmpCheck, IcmpConfig
+from healerd.runner import run_check
+from healerd.targets import Target
+
+async def main():
+    env = CheckEnv()
+    checks = [IcmpCheck(IcmpConfig(host=h, count=100), Target("web", "m1", h), env=env) for h in sys.argv[1:]]
+    results = await asyncio.gather(*(run_check(c, 3.0) for c in checks))
+    await env.close()
+    print(json.dumps([[r.status.name, r.message] for r in results]))
+
+asyncio.run(main())
+"""
+
+
+def burst(lab: Lab, silent: str, hosts: list[str]) -> list[list[str]]:
+    """The results of a run of count 100 to each of `hosts` at once, from a child process (whose loop may
+    wedge), while the lab drops everything sent to `silent` without a word."""
+    source = str(Path(healerd.__file__).parent.parent)
+    lab.cut(ROOT, silent)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", BURST, *hosts],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
+            env={"PYTHONPATH": source, "PYTHONDONTWRITEBYTECODE": "1", "PATH": os.environ.get("PATH", "")},
+        )
+    finally:
+        lab.heal(ROOT, silent)
+    assert done.returncode == 0, done.stderr
+    found: list[list[str]] = json.loads(done.stdout)
+    return found
+
+
+def test_seven_hundred_silent_hosts_at_count_100_each_read_as_total_loss(lab: Lab) -> None:
+    silent = lab.network.network_address + (200 << 8)  # 10.N.200.0/22: no host, no route beyond the cut
+    hosts = [str(silent + 1 + i) for i in range(700)]
+    found = burst(lab, f"{silent}/22", hosts)
+    assert found == [["CRITICAL", f"{h}: 100% loss (0 of 100 replies)"] for h in hosts]
+
+
+def test_more_echo_requests_in_flight_to_one_host_than_sequence_numbers_are_counted_as_lost(lab: Lab) -> None:
+    silent = str(lab.network.network_address + (200 << 8) + 1)
+    found = burst(lab, silent, [silent] * 700)  # 70,000 requests, 65,536 sequence numbers
+    assert {status for status, _ in found} == {"CRITICAL"}
+    refused = 0
+    for _, message in found:
+        head, _, why = message.partition(": too many echo requests in flight")
+        assert head == f"{silent}: 100% loss (0 of 100 replies)", message
+        refused += int(why.strip(" (x)") or 1) if message != head else 0
+    assert 0 < refused <= 70_000 - 65_536
 
 
 # -- options refused at validation, with the fix
