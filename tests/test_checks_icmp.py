@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require_binary
+from icmp_responder import checksum
 from netlab import ROOT, Lab, ip, require_netlab
 from pydantic import ValidationError
 from test_config_table import BASE, problem_lines, swap, write
@@ -28,7 +30,9 @@ from healerd.runner import run_check
 from healerd.targets import Target, render_model
 
 RESPONDER = Path(__file__).with_name("icmp_responder.py")
+FORGER = Path(__file__).with_name("icmp_forger.py")
 NOBODY = 65534  # nogroup's id: the group the unprivileged child runs as
+SO_RCVBUFFORCE = 33  # socket(7): SO_RCVBUF beyond rmem_max, for root
 
 
 def icmp(env: CheckEnv, host: str, **options: object) -> IcmpCheck:
@@ -51,9 +55,12 @@ def respond(lab: Lab, host: str, *args: str) -> subprocess.Popen[str]:
 def responders() -> Iterator[tuple[Lab, dict[str, subprocess.Popen[str]]]]:
     require_netlab()
     require_binary("setpriv")
-    with Lab(["echo", "slow", "lossy", "ping-allowed", "ping-refused"]) as lab:
+    with Lab(["echo", "slow", "lossy", "ping-allowed", "ping-refused", "quiet"]) as lab:
         started = {"slow": respond(lab, "slow", "--delay", "0.25"), "lossy": respond(lab, "lossy", "--drop-every", "3")}
-        ip("netns", "exec", lab.netns("ping-allowed"), "sysctl", "-qw", f"net.ipv4.ping_group_range={NOBODY} {NOBODY}")
+        for host in ("ping-allowed", "quiet"):
+            ip("netns", "exec", lab.netns(host), "sysctl", "-qw", f"net.ipv4.ping_group_range={NOBODY} {NOBODY}")
+        # a loopback that does not answer ping, for the forgers of the tests below
+        ip("netns", "exec", lab.netns("quiet"), "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1")
         yield lab, started
 
 
@@ -99,6 +106,42 @@ async def test_hundreds_of_checks_at_once_each_get_their_own_replies(env: CheckE
     assert [r.message.split(",")[0] for r in results] == [
         f"{'127.0.0.1' if i % 2 else '::1'}: 3 of 3 replies" for i in range(400)
     ]
+
+
+def queued(sock: socket.socket) -> int:
+    """The bytes waiting in the receive queue of a raw IPv4 socket of this process, as the kernel counts them."""
+    inode = os.fstat(sock.fileno()).st_ino
+    for line in Path("/proc/net/raw").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[9]) == inode:
+            return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"socket {inode} is not in /proc/net/raw")
+
+
+async def test_a_flood_of_icmp_is_read_a_slice_per_turn_of_the_loop(env: CheckEnv) -> None:
+    assert (await run_check(icmp(env, "127.0.0.1", count=1), 1.0)).status is Status.OK
+    echo = env.echo_socket(socket.AF_INET)
+    if not echo.raw:
+        pytest.skip("only a raw socket sees the ICMP of the whole host")
+    # a borrowed handle on the check's socket, to let it hold the whole flood and to watch its queue
+    watched = socket.socket(fileno=os.dup(echo._sock.fileno()))
+    flood = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    try:
+        watched.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
+        reply = bytearray(b"\0\0\0\0\0\1\0\1" + b"flood" * 4)  # another program's echo reply
+        reply[2:4] = checksum(bytes(reply)).to_bytes(2, "big")
+        for _ in range(3000):  # all queued before the loop gets a turn
+            flood.sendto(reply, ("127.0.0.1", 0))
+        seen = [queued(watched)]
+        while seen[-1] and len(seen) < 100:
+            await asyncio.sleep(0)
+            seen.append(queued(watched))
+    finally:
+        flood.close()
+        watched.close()
+    assert seen[-1] == 0, seen
+    # other callbacks ran between slices: the loop saw part of the flood read and part still waiting
+    assert len({q for q in seen if 0 < q < seen[0]}) >= 3, seen
 
 
 # -- the lab: a host that answers, one behind a cut, one answering late, one losing requests, no host at all
@@ -190,9 +233,12 @@ asyncio.run(main())
 """
 
 
-def as_nobody(lab: Lab, host: str, *targets: str) -> dict[str, list[str]]:
-    argv = ["ip", "netns", "exec", lab.netns(host), "setpriv", "--reuid=nobody", "--regid=nogroup"]
-    argv += ["--clear-groups", "--inh-caps=-all", sys.executable, "-c", CHILD, *targets]
+def as_nobody(lab: Lab, host: str, *targets: str, root: bool = False) -> dict[str, list[str]]:
+    """The child's results in `host`, run as nobody (an unprivileged ICMP socket or none) or as root (raw)."""
+    argv = ["ip", "netns", "exec", lab.netns(host)]
+    if not root:
+        argv += ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all"]
+    argv += [sys.executable, "-c", CHILD, *targets]
     source = str(Path(healerd.__file__).parent.parent)
     environ = {"PYTHONPATH": source, "PYTHONDONTWRITEBYTECODE": "1", "PATH": os.environ.get("PATH", "")}
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/", env=environ)
@@ -221,6 +267,100 @@ def test_without_any_icmp_privilege_the_check_is_unknown_and_says_how_to_allow_i
     assert f"sysctl -w net.ipv4.ping_group_range='{NOBODY} {NOBODY}'" in message
     assert "AmbientCapabilities=CAP_NET_RAW" in message
     assert found["preflight"] == [message]
+
+
+# -- forgeries: what another host sends about a probe is not taken for what the pinged host said
+
+FORGERIES = {
+    "a reply from another address": (["--source", "127.0.0.2", "--reply"], "127.0.0.1: 100% loss (0 of 2 replies)"),
+    "unreachable about another address": (
+        ["--source", "127.0.0.2", "--unreachable", "--about", "127.0.0.3"],
+        "127.0.0.1: 100% loss (0 of 2 replies)",
+    ),
+    # the same forger telling the truth, which shows it reaches the check
+    "a reply from the address pinged": (["--source", "127.0.0.1", "--reply"], "127.0.0.1: 2 of 2 replies"),
+    "unreachable about the address pinged": (
+        ["--source", "127.0.0.2", "--unreachable", "--about", "127.0.0.1"],
+        "127.0.0.1: 100% loss (0 of 2 replies): destination unreachable (host unreachable) from 127.0.0.2 (x2)",
+    ),
+}
+
+
+@pytest.mark.parametrize("root", [True, False], ids=["raw socket", "unprivileged socket"])
+@pytest.mark.parametrize("forgery", list(FORGERIES))
+def test_only_the_address_pinged_answers_for_itself(lab: Lab, forgery: str, root: bool) -> None:
+    args, said = FORGERIES[forgery]
+    forger = lab.run("quiet", [sys.executable, str(FORGER), *args], stdout=subprocess.PIPE, text=True)
+    try:
+        assert forger.stdout is not None and forger.stdout.readline().strip() == "ready"
+        found = as_nobody(lab, "quiet", "127.0.0.1", root=root)
+    finally:
+        forger.terminate()
+        forger.wait(5)
+    assert found["127.0.0.1"][1].split(", rta ")[0] == said  # the round trips aside
+
+
+# -- many echo requests in flight at once: a partition of a fleet
+
+BURST = """
+import asyncio, gc, json, sys
+from healerd.checks import CheckEnv
+from healerd.checks.icmp import IcmpCheck, IcmpConfig
+from healerd.runner import run_check
+from healerd.targets import Target
+
+async def main():
+    env = CheckEnv()
+    checks = [IcmpCheck(IcmpConfig(host=h, count=100), Target("web", "m1", h), env=env) for h in sys.argv[1:]]
+    results = await asyncio.gather(*(run_check(c, 3.0) for c in checks))
+    await env.close()
+    print(json.dumps([[r.status.name, r.message] for r in results]))
+
+# the collector's pauses over 70,000 requests in flight can outlast the 50ms a run keeps before its timeout,
+# which is not what these tests are about
+gc.disable()
+asyncio.run(main())
+"""
+
+
+def burst(lab: Lab, silent: str, hosts: list[str]) -> list[list[str]]:
+    """The results of a run of count 100 to each of `hosts` at once, from a child process (whose loop may
+    wedge), while the lab drops everything sent to `silent` without a word."""
+    source = str(Path(healerd.__file__).parent.parent)
+    lab.cut(ROOT, silent)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", BURST, *hosts],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
+            env={"PYTHONPATH": source, "PYTHONDONTWRITEBYTECODE": "1", "PATH": os.environ.get("PATH", "")},
+        )
+    finally:
+        lab.heal(ROOT, silent)
+    assert done.returncode == 0, done.stderr
+    found: list[list[str]] = json.loads(done.stdout)
+    return found
+
+
+def test_seven_hundred_silent_hosts_at_count_100_each_read_as_total_loss(lab: Lab) -> None:
+    silent = lab.network.network_address + (200 << 8)  # 10.N.200.0/22: no host, no route beyond the cut
+    hosts = [str(silent + 1 + i) for i in range(700)]
+    found = burst(lab, f"{silent}/22", hosts)
+    assert found == [["CRITICAL", f"{h}: 100% loss (0 of 100 replies)"] for h in hosts]
+
+
+def test_more_echo_requests_in_flight_to_one_host_than_sequence_numbers_are_counted_as_lost(lab: Lab) -> None:
+    silent = str(lab.network.network_address + (200 << 8) + 1)
+    found = burst(lab, silent, [silent] * 700)  # 70,000 requests, 65,536 sequence numbers
+    assert {status for status, _ in found} == {"CRITICAL"}
+    refused = 0
+    for _, message in found:
+        head, _, why = message.partition(": too many echo requests in flight")
+        assert head == f"{silent}: 100% loss (0 of 100 replies)", message
+        refused += int(why.strip(" (x)") or 1) if message != head else 0
+    assert 0 < refused <= 70_000 - 65_536
 
 
 # -- options refused at validation, with the fix

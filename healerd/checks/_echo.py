@@ -1,10 +1,12 @@
 """ICMP echo for the `icmp` check: one socket per address family for the whole daemon, every reply handed to
-the run that waits for it by its sequence number.
+the run that waits for it by the address pinged and the sequence number.
 
 The socket is an unprivileged ICMP ("ping") socket where net.ipv4.ping_group_range lets the process's group
-open one (the kernel then picks the identifier and passes this socket only its own replies), a raw socket
-otherwise (root or CAP_NET_RAW: it sees every ICMP packet of the host, so the kernel is told to pass only
-echo replies and errors, and replies carrying another identifier are dropped at the first look).
+open one (the kernel then picks the identifier and passes this socket only the replies and errors carrying it),
+a raw socket otherwise (root or CAP_NET_RAW: it sees every ICMP packet of the host, so the kernel is told to
+pass only echo replies and errors, and those carrying another identifier are dropped at the first look).
+A reply counts only when it comes from the address pinged, an error only when the request it quotes was sent
+to that address: another host that has seen one request cannot answer, nor report unreachable, for a third.
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ _IPV6_RECVERR = 25
 _MSG_ERRQUEUE = 0x2000
 _EE_ORIGIN_ICMP = {socket.AF_INET: 2, socket.AF_INET6: 3}
 _EXT_ERR = struct.Struct("=IBBBBII")
+#: packets read per wake-up of the socket: a flood of ICMP at the host must not starve the event loop
+_BATCH = 256
+_FULL = "too many echo requests in flight"
 
 
 class NoPrivilege(Exception):
@@ -110,13 +115,23 @@ def open_socket(family: socket.AddressFamily) -> tuple[socket.socket, bool]:
     return sock, raw
 
 
+def _peer(sockaddr: tuple[str, int] | tuple[str, int, int, int]) -> str:
+    """The address of `sockaddr` as replies and errors name it (no zone, the kernel's spelling)."""
+    family = socket.AF_INET if len(sockaddr) == 2 else socket.AF_INET6
+    return socket.inet_ntop(family, socket.inet_pton(family, sockaddr[0].partition("%")[0]))
+
+
 class Probe:
-    """The echo requests of one run: when each left, the round trips of the replies, what errors came back."""
+    """The echo requests of one run to one address: when each left, the round trips of the replies, what
+    errors came back."""
 
-    __slots__ = ("address", "errors", "pending", "rtts", "sent", "seqs", "waiter")
+    __slots__ = ("errors", "peer", "pending", "rtts", "sent", "seqs", "sockaddr", "waiter")
 
-    def __init__(self, address: str, count: int, *, waiter: asyncio.Future[None]) -> None:
-        self.address = address
+    def __init__(
+        self, sockaddr: tuple[str, int] | tuple[str, int, int, int], count: int, *, waiter: asyncio.Future[None]
+    ) -> None:
+        self.sockaddr = sockaddr
+        self.peer = _peer(sockaddr)
         self.sent = [0.0] * count
         self.seqs: list[int] = []
         self.rtts: list[float] = []
@@ -148,8 +163,10 @@ class EchoSocket:
         self._sendto = self._sock.sendto
         # an unprivileged socket's identifier is chosen by the kernel (and checked by it); a raw one's by us
         self._ident = random.randrange(1, 0x10000)
-        self._seq = random.randrange(0x10000)
-        self._waiting: dict[int, tuple[Probe, int]] = {}
+        # sequence numbers count per address pinged (one entry per address of the fleet): 65,536 may be in
+        # flight to each, and a late reply after a wrap can only be taken for a request to the same address
+        self._next_seq: dict[str, int] = {}
+        self._waiting: dict[tuple[str, int], tuple[Probe, int]] = {}
         self._v4 = family == socket.AF_INET
         self._reply_type = _ECHO_REPLY[family]
         header = struct.pack("!BBHHH", _ECHO_REQUEST[family], 0, 0, self._ident, 0) + _PAYLOAD
@@ -159,13 +176,19 @@ class EchoSocket:
         self._base_sum = sum(words)
         self.loop.add_reader(self._sock.fileno(), self._readable)
 
-    def send(self, probe: Probe, index: int, address: tuple[str, int] | tuple[str, int, int, int]) -> None:
-        """Send echo request `index` of `probe`; a local refusal (no route) is that request's error."""
-        seq = self._seq
+    def send(self, probe: Probe, index: int) -> None:
+        """Send echo request `index` of `probe`; a local refusal (no route), or no sequence number free for its
+        address, is that request's error."""
+        peer = probe.peer
+        seq = self._next_seq.get(peer)
+        if seq is None:
+            seq = random.randrange(0x10000)
+        key = (peer, seq)
         waiting = self._waiting
-        while seq in waiting:  # 65,536 in flight at once would be a fleet beyond one socket
-            seq = (seq + 1) & 0xFFFF
-        self._seq = (seq + 1) & 0xFFFF
+        if key in waiting:  # still waiting for the request sent 65,536 before this one to the same address
+            probe.error(_FULL)
+            return
+        self._next_seq[peer] = (seq + 1) & 0xFFFF
         packet = self._template
         packet[6] = seq >> 8
         packet[7] = seq & 0xFF
@@ -176,41 +199,45 @@ class EchoSocket:
             checksum = ~total & 0xFFFF
             packet[2] = checksum >> 8
             packet[3] = checksum & 0xFF
-        waiting[seq] = (probe, index)
+        waiting[key] = (probe, index)
         probe.seqs.append(seq)
         probe.sent[index] = time.perf_counter()
         try:
-            self._sendto(packet, address)
+            self._sendto(packet, probe.sockaddr)
         except OSError as exc:
-            del waiting[seq]
+            del waiting[key]
             probe.error(describe(exc))
 
     def forget(self, probe: Probe) -> None:
         """Stop waiting for what `probe` has not received (its run is over)."""
         if probe.pending > 0:
             waiting = self._waiting
+            peer = probe.peer
             for seq in probe.seqs:
-                entry = waiting.get(seq)
+                entry = waiting.get((peer, seq))
                 if entry is not None and entry[0] is probe:
-                    del waiting[seq]
+                    del waiting[peer, seq]
 
     def _readable(self) -> None:
+        # at most _BATCH packets, the rest on the next turn of the loop (the reader is called while any is left)
         recv = self._sock.recvfrom
         got = False
-        while True:
+        for _ in range(_BATCH):
             try:
                 data, source = recv(2048)
             except BlockingIOError:
                 break
             except OSError:  # an ICMP error about one of our requests: its details are on the error queue
                 self._read_errors()
+                got = True
                 continue
             got = True
             now = time.perf_counter()
+            peer = source[0] if self._v4 else source[0].partition("%")[0]
             if self.raw:
-                self._raw_packet(data, source[0], now)
+                self._raw_packet(data, peer, now)
             elif data[0] == self._reply_type:
-                entry = self._waiting.pop((data[6] << 8) | data[7], None)
+                entry = self._waiting.pop((peer, (data[6] << 8) | data[7]), None)
                 if entry is not None:
                     entry[0].reply(entry[1], now)
         if not got and not self.raw:
@@ -221,7 +248,7 @@ class EchoSocket:
         kind = data[at]
         if kind == self._reply_type:
             if len(data) >= at + 8 and (data[at + 4] << 8) | data[at + 5] == self._ident:
-                entry = self._waiting.pop((data[at + 6] << 8) | data[at + 7], None)
+                entry = self._waiting.pop((source, (data[at + 6] << 8) | data[at + 7]), None)
                 if entry is not None:
                     entry[0].reply(entry[1], now)
             return
@@ -230,24 +257,29 @@ class EchoSocket:
         if self._v4:
             if len(data) < inner + 20 or data[inner + 9] != socket.IPPROTO_ICMP:
                 return
+            destination = socket.inet_ntop(socket.AF_INET, data[inner + 16 : inner + 20])
             inner += (data[inner] & 15) * 4
         else:
             if len(data) < inner + 40 or data[inner + 6] != socket.IPPROTO_ICMPV6:
                 return
+            destination = socket.inet_ntop(socket.AF_INET6, data[inner + 24 : inner + 40])
             inner += 40
         if len(data) < inner + 8 or data[inner] != _ECHO_REQUEST[self.family]:
             return
         if (data[inner + 4] << 8) | data[inner + 5] != self._ident:
             return
-        self._error(((data[inner + 6] << 8) | data[inner + 7]), kind, data[at + 1], source)
+        self._error(destination, (data[inner + 6] << 8) | data[inner + 7], kind, data[at + 1], source)
 
     def _read_errors(self) -> None:
-        """Drain an unprivileged socket's error queue: the ICMP errors about our requests."""
-        while True:
+        """Read an unprivileged socket's error queue (at most _BATCH): the ICMP errors about our requests."""
+        for _ in range(_BATCH):
             try:
-                data, ancdata, _, _ = self._sock.recvmsg(64, 512, _MSG_ERRQUEUE)
+                # the address is the destination of the request the error is about
+                data, ancdata, _, address = self._sock.recvmsg(64, 512, _MSG_ERRQUEUE)
             except OSError:  # empty (EAGAIN)
                 return
+            if not address:
+                continue
             for _, _, cmsg in ancdata:
                 if len(cmsg) < _EXT_ERR.size or len(data) < 8:
                     continue
@@ -260,10 +292,10 @@ class EchoSocket:
                     source = socket.inet_ntop(socket.AF_INET, offender[4:8])
                 elif not self._v4 and len(offender) >= 24:
                     source = socket.inet_ntop(socket.AF_INET6, offender[8:24])
-                self._error((data[6] << 8) | data[7], kind, code, source)
+                self._error(address[0].partition("%")[0], (data[6] << 8) | data[7], kind, code, source)
 
-    def _error(self, seq: int, kind: int, code: int, source: str) -> None:
-        entry = self._waiting.pop(seq, None)
+    def _error(self, destination: str, seq: int, kind: int, code: int, source: str) -> None:
+        entry = self._waiting.pop((destination, seq), None)
         if entry is None:
             return
         if kind == _UNREACHABLE[self.family]:

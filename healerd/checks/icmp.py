@@ -116,9 +116,9 @@ class IcmpCheck(Check[IcmpConfig]):
             interval = INTERVAL
             wait = interval * (count - 1) + DEFAULT_WAIT
         waiter: asyncio.Future[None] = loop.create_future()
-        probe = Probe(self._host, count, waiter=waiter)
-        sock.send(probe, 0, sockaddr)
-        later = [loop.call_later(interval * i, sock.send, probe, i, sockaddr) for i in range(1, count)]
+        probe = Probe(sockaddr, count, waiter=waiter)
+        sock.send(probe, 0)
+        later = [loop.call_later(interval * i, sock.send, probe, i) for i in range(1, count)]
         timer = loop.call_later(wait, _wake, waiter)
         try:
             await waiter
