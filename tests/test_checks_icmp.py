@@ -108,6 +108,13 @@ async def test_hundreds_of_checks_at_once_each_get_their_own_replies(env: CheckE
     ]
 
 
+async def test_the_shared_socket_forgets_an_address_once_nothing_waits_for_it(env: CheckEnv) -> None:
+    hosts = [f"127.0.{i // 250}.{1 + i % 250}" for i in range(600)]  # machines that come and go
+    results = await asyncio.gather(*(run_check(icmp(env, host), 3.0) for host in hosts))
+    assert all(r.status is Status.OK for r in results), [r.message for r in results if r.status is not Status.OK]
+    assert env.echo_socket(socket.AF_INET).addresses == 0
+
+
 def queued(sock: socket.socket) -> int:
     """The bytes waiting in the receive queue of a raw IPv4 socket of this process, as the kernel counts them."""
     inode = os.fstat(sock.fileno()).st_ino

@@ -166,6 +166,7 @@ class EchoSocket:
         # sequence numbers count per address pinged (one entry per address of the fleet): 65,536 may be in
         # flight to each, and a late reply after a wrap can only be taken for a request to the same address
         self._next_seq: dict[str, int] = {}
+        self._in_flight: dict[str, int] = {}  # per address: requests waiting; its counter goes with the last
         self._waiting: dict[tuple[str, int], tuple[Probe, int]] = {}
         self._v4 = family == socket.AF_INET
         self._reply_type = _ECHO_REPLY[family]
@@ -175,6 +176,11 @@ class EchoSocket:
         words = struct.unpack(f"!{len(header) // 2}H", header)
         self._base_sum = sum(words)
         self.loop.add_reader(self._sock.fileno(), self._readable)
+
+    @property
+    def addresses(self) -> int:
+        """How many addresses have requests waiting (what the socket's tables hold)."""
+        return len(self._in_flight)
 
     def send(self, probe: Probe, index: int) -> None:
         """Send echo request `index` of `probe`; a local refusal (no route), or no sequence number free for its
@@ -200,12 +206,13 @@ class EchoSocket:
             packet[2] = checksum >> 8
             packet[3] = checksum & 0xFF
         waiting[key] = (probe, index)
+        self._in_flight[peer] = self._in_flight.get(peer, 0) + 1
         probe.seqs.append(seq)
         probe.sent[index] = time.perf_counter()
         try:
             self._sendto(packet, probe.sockaddr)
         except OSError as exc:
-            del waiting[key]
+            self._take(key)
             probe.error(describe(exc))
 
     def forget(self, probe: Probe) -> None:
@@ -216,7 +223,20 @@ class EchoSocket:
             for seq in probe.seqs:
                 entry = waiting.get((peer, seq))
                 if entry is not None and entry[0] is probe:
-                    del waiting[peer, seq]
+                    self._take((peer, seq))
+
+    def _take(self, key: tuple[str, int]) -> tuple[Probe, int] | None:
+        """The request waiting under `key`, no longer waited for; an address with none left is forgotten (its
+        sequence starts afresh next time), so the tables hold only the addresses being pinged."""
+        entry = self._waiting.pop(key, None)
+        if entry is not None:
+            peer = key[0]
+            left = self._in_flight[peer] - 1
+            if left:
+                self._in_flight[peer] = left
+            else:
+                del self._in_flight[peer], self._next_seq[peer]
+        return entry
 
     def _readable(self) -> None:
         # at most _BATCH packets, the rest on the next turn of the loop (the reader is called while any is left)
@@ -237,7 +257,7 @@ class EchoSocket:
             if self.raw:
                 self._raw_packet(data, peer, now)
             elif data[0] == self._reply_type:
-                entry = self._waiting.pop((peer, (data[6] << 8) | data[7]), None)
+                entry = self._take((peer, (data[6] << 8) | data[7]))
                 if entry is not None:
                     entry[0].reply(entry[1], now)
         if not got and not self.raw:
@@ -248,7 +268,7 @@ class EchoSocket:
         kind = data[at]
         if kind == self._reply_type:
             if len(data) >= at + 8 and (data[at + 4] << 8) | data[at + 5] == self._ident:
-                entry = self._waiting.pop((source, (data[at + 6] << 8) | data[at + 7]), None)
+                entry = self._take((source, (data[at + 6] << 8) | data[at + 7]))
                 if entry is not None:
                     entry[0].reply(entry[1], now)
             return
@@ -295,7 +315,7 @@ class EchoSocket:
                 self._error(address[0].partition("%")[0], (data[6] << 8) | data[7], kind, code, source)
 
     def _error(self, destination: str, seq: int, kind: int, code: int, source: str) -> None:
-        entry = self._waiting.pop((destination, seq), None)
+        entry = self._take((destination, seq))
         if entry is None:
             return
         if kind == _UNREACHABLE[self.family]:
