@@ -17,7 +17,7 @@ import dns.message
 import dns.query
 import dns.rrset
 import pytest
-from conftest import free_port, require_binary
+from conftest import free_port, require_binary, stop_process
 
 from healerd.checks import CheckEnv
 from healerd.checks import dns as dns_check
@@ -49,13 +49,7 @@ class Dnsmasq:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGCONT)  # a frozen one cannot act on its SIGTERM
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        stop_process(self.process)
 
 
 def start_dnsmasq(log: Path) -> Dnsmasq:

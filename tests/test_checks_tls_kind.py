@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import free_port, require_binary
+from conftest import free_port, require_binary, stop_process
 from test_config_table import BASE, swap
 
 from healerd.checks import CheckEnv
@@ -115,16 +115,6 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> N
     raise RuntimeError(f"{what} is not listening on {port}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    os.kill(process.pid, signal.SIGCONT)  # a frozen process cannot act on the TERM
-    os.kill(process.pid, signal.SIGTERM)
-    try:
-        process.wait(5)
-    except subprocess.TimeoutExpired:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(5)
-
-
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     """One nginx, one TLS server block per certificate on its own port, and a plain HTTP one."""
@@ -174,7 +164,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             _wait_listening(port, process, "nginx")
         yield Servers(pki, ports, ends)
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 def tls(env: CheckEnv, port: int | str, address: str = "127.0.0.1:8080", **options: object) -> TlsCheck:
@@ -364,7 +354,7 @@ def s_server(servers: Servers) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
         _wait_listening(port, server, "openssl s_server")
         yield server, port
     finally:
-        _stop(server)
+        stop_process(server)
 
 
 async def test_a_frozen_server_is_critical_at_the_timeout(

@@ -18,23 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, require_binary
+from conftest import free_port, require_binary, stop_process
 from test_checks_dns import Dnsmasq, start_dnsmasq
 from test_checks_grpc import HealthServer
 
 from .helpers import StartDaemon, http_get, make_config, run_cli, wait_until, write_config
 
 pytestmark = pytest.mark.e2e
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGCONT)
-    process.terminate()
-    try:
-        process.wait(5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
 
 
 def _wait_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
@@ -113,7 +103,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         yield s
     finally:
         for process in processes:
-            _stop(process)
+            stop_process(process)
         if dns is not None:
             dns.stop()
         if grpc is not None:
