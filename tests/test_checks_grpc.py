@@ -340,7 +340,7 @@ def grpc_config(options: str) -> str:
         ("        port: true\n", "port", "got True"),
         ("        ca_file: ca.pem\n", "", "ca_file is set but tls is false: add `tls: true`"),
         ("        tls: true\n        tls_verify: false\n        ca_file: ca.pem\n", "", "remove one of them"),
-        ("        tls: true\n        ca_file: missing.pem\n", "ca_file", "cannot load CA file"),
+        ("        tls: true\n        ca_file: missing.pem\n", "ca_file", "missing.pem does not exist; give the path"),
     ],
     ids=["port-range", "port-word", "port-bool", "ca-without-tls", "ca-without-verify", "ca-missing"],
 )

@@ -10,7 +10,6 @@ run's whole timeout, is replaced at the next run, which reports the server as it
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from ..durations import format_duration
 from ..results import CheckResult, PerfDatum, Status
 from ..targets import Target
 from . import _h2, _h2frames
+from ._cafile import CaContexts, ca_path, ca_problem, preflight
 from ._http1 import IDLE_TIMEOUT
 from ._ports import port_number, port_option
 from ._tls import client_context
@@ -121,9 +121,7 @@ def _read_varint(data: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
-ChannelKey = tuple[str, int, bool, bool, str | None, str | None]
-#: a CA file as it is now (its modification time in ns, its size): a file replaced in place is read again
-FileStamp = tuple[int, int]
+ChannelKey = tuple[str, int, bool, bool, str | None, Path | None]
 
 
 class GrpcChannels:
@@ -138,29 +136,27 @@ class GrpcChannels:
     def __init__(self, max_channels: int, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.max_channels = max(1, max_channels)
         self.idle_timeout = idle_timeout
-        #: channel, its last use (monotonic), its CA file's stamp; in the order of last use, the oldest first
-        self._channels: dict[ChannelKey, tuple[_h2.Channel, float, FileStamp | None]] = {}
+        #: channel, its last use (monotonic), its TLS context; in the order of last use, the oldest first
+        self._channels: dict[ChannelKey, tuple[_h2.Channel, float, ssl.SSLContext | None]] = {}
         self._draining: list[_h2.Channel] = []  # given up while a call was in flight: closed once it is done
-        self._contexts: dict[tuple[bool, str | None], tuple[FileStamp | None, ssl.SSLContext]] = {}
+        self._contexts = CaContexts(_make_context, limit=self.max_channels)
         self._sweeping: asyncio.TimerHandle | None = None
 
     def get(self, key: ChannelKey) -> _h2.Channel:
         """The channel for `key`; OSError (ssl.SSLError included) when its CA file cannot be read."""
         now = time.monotonic()
+        host, port, tls, verify, server_name, ca_file = key
+        context = self._contexts.get(verify, ca_file) if tls else None  # raises before anything is changed
         kept = self._channels.pop(key, None)
-        ca_file = key[5]
-        stamp = _stamp(ca_file) if ca_file is not None else None
-        if kept is not None and kept[2] == stamp:
+        if kept is not None and kept[2] is context:
             channel = kept[0]
         else:
             if kept is not None:  # the CA file was replaced: connect again, verifying with what it holds now
                 self._give_up(kept[0])
-            host, port, tls, verify, server_name, _ = key
-            context = self._context(verify, ca_file, stamp) if tls else None
             while len(self._channels) >= self.max_channels:
                 self._give_up(self._channels.pop(next(iter(self._channels)))[0])
             channel = _h2.Channel(host, port, ssl_context=context, server_name=server_name)
-        self._channels[key] = (channel, now, stamp)
+        self._channels[key] = (channel, now, context)
         if self._sweeping is None:
             self._sweeping = asyncio.get_running_loop().call_later(self.idle_timeout, self._sweep)
         return channel
@@ -195,23 +191,6 @@ class GrpcChannels:
             wait = max(oldest + self.idle_timeout - now, self.idle_timeout / 10)
             self._sweeping = asyncio.get_running_loop().call_later(wait, self._sweep)
 
-    def _context(self, verify: bool, ca_file: str | None, stamp: FileStamp | None) -> ssl.SSLContext:
-        found = self._contexts.get((verify, ca_file))
-        if found is not None and found[0] == stamp:
-            return found[1]
-        # sessions resumed when a connection is made again; ALPN h2 as gRPC requires
-        ctx = client_context(verify and ca_file is None)
-        if ca_file is not None:
-            ctx.verify_mode = ssl.CERT_REQUIRED
-            ctx.check_hostname = True
-            ctx.load_verify_locations(cafile=ca_file)
-        ctx.set_alpn_protocols(("h2",))
-        self._contexts.pop((verify, ca_file), None)
-        while len(self._contexts) >= self.max_channels:  # a templated ca_file: one per machine at most
-            del self._contexts[next(iter(self._contexts))]
-        self._contexts[(verify, ca_file)] = (stamp, ctx)
-        return ctx
-
     def __len__(self) -> int:
         return len(self._channels)
 
@@ -228,9 +207,15 @@ class GrpcChannels:
         self._contexts.clear()
 
 
-def _stamp(path: str) -> FileStamp:
-    st = os.stat(path)
-    return st.st_mtime_ns, st.st_size
+def _make_context(verify: bool, ca_file: Path | None) -> ssl.SSLContext:
+    # sessions resumed when a connection is made again; ALPN h2 as gRPC requires
+    ctx = client_context(verify and ca_file is None)
+    if ca_file is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.check_hostname = True
+        ctx.load_verify_locations(cafile=str(ca_file))
+    ctx.set_alpn_protocols(("h2",))
+    return ctx
 
 
 class GrpcCheck(Check[GrpcConfig]):
@@ -242,7 +227,7 @@ class GrpcCheck(Check[GrpcConfig]):
     def __init__(self, config: GrpcConfig, target: Target, *, env: CheckEnv) -> None:
         super().__init__(config, target, env=env)
         port = port_number(config.port, _PORT_EXAMPLE)
-        ca_file = str(_ca_path(config.ca_file, env)) if config.ca_file is not None else None
+        ca_file = ca_path(config.ca_file, env.base_dir) if config.ca_file is not None else None
         self._key: ChannelKey = (target.host, port, config.tls, config.tls_verify, config.server_name, ca_file)
         self._where = f"{'[' + target.host + ']' if ':' in target.host else target.host}:{port}"
         message = health_request(config.service)
@@ -265,7 +250,7 @@ class GrpcCheck(Check[GrpcConfig]):
             channel = self._channels.get(self._key)
         except OSError as exc:  # the CA file, gone or no PEM since validation (ssl.SSLError is an OSError)
             assert self._key[5] is not None
-            return CheckResult.unknown(_ca_problem(self._key[5], exc))
+            return CheckResult.unknown(ca_problem(self._key[5], exc) or describe(exc))
         started = time.perf_counter()
         try:
             reply = await channel.call(self._request)
@@ -306,26 +291,7 @@ class GrpcCheck(Check[GrpcConfig]):
 
     @classmethod
     def preflight(cls, options: Any, env: CheckEnv) -> list[tuple[tuple[str | int, ...], str]]:
-        ca_file = getattr(options, "ca_file", None)
-        if ca_file is None or "{" in ca_file:  # a template is known per machine only
-            return []
-        path = _ca_path(ca_file, env)
-        try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
-        except (OSError, ssl.SSLError) as exc:
-            return [(("ca_file",), f"cannot load CA file {str(path)!r} ({describe(exc)}); give a readable PEM file")]
-        return []
-
-
-def _ca_path(ca_file: str, env: CheckEnv) -> Path:
-    path = Path(ca_file).expanduser()
-    return path if path.is_absolute() else env.base_dir / path
-
-
-def _ca_problem(path: str, exc: OSError) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return f"ca_file {path} does not exist; give the path of a PEM file of CA certificates"
-    return f"ca_file {path} holds no readable CA certificate ({describe(exc)}); give a PEM file of CA certificates"
+        return preflight(getattr(options, "ca_file", None), env.base_dir)
 
 
 def _refusal(reply: _h2frames.Reply) -> tuple[str, str] | None:

@@ -9,7 +9,7 @@ import math
 import ssl
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 from pydantic import field_validator, model_validator
 
@@ -17,7 +17,8 @@ from .._neterrors import describe
 from ..durations import DAY, YEAR, parse_duration
 from ..results import CheckResult, PerfDatum, Status
 from ..targets import Target
-from . import _x509
+from . import _cafile, _x509
+from ._cafile import CaContexts
 from ._ports import port_number, port_option
 from ._starttls import Refused, Starttls, Upgrade
 from ._tls import _load_trust_store
@@ -90,10 +91,7 @@ class TlsCheck(Check[TlsConfig]):
     @classmethod
     def preflight(cls, options: CheckOptions, env: CheckEnv) -> list[tuple[tuple[str | int, ...], str]]:
         assert isinstance(options, TlsConfig)
-        if options.ca_file is None or "{" in options.ca_file:
-            return []
-        problem = _ca_problem(_resolve(options.ca_file, env))
-        return [(("ca_file",), problem)] if problem else []
+        return _cafile.preflight(options.ca_file, env.base_dir)
 
     def __init__(self, config: TlsConfig, target: Target, *, env: CheckEnv) -> None:
         super().__init__(config, target, env=env)
@@ -107,9 +105,9 @@ class TlsCheck(Check[TlsConfig]):
             self._name.encode("idna")  # what the handshake sends as SNI
         except UnicodeError as exc:
             raise ValueError(f"server_name {self._name!r} is not a host name ({exc})") from None
-        self._ca_file = _resolve(config.ca_file, env) if config.ca_file else None
+        self._ca_file = _cafile.ca_path(config.ca_file, env.base_dir) if config.ca_file else None
         self._context = self._current_context()
-        self._unverified = _context(env, False, None)
+        self._unverified = _contexts(env).get(False, None)
         self._perf_thresholds = (f"{config.warning / DAY:g}:", f"{config.critical / DAY:g}:")
         self._starttls = config.starttls
         self._via = f" (STARTTLS {config.starttls})" if config.starttls else ""
@@ -139,9 +137,9 @@ class TlsCheck(Check[TlsConfig]):
 
     def _current_context(self) -> ssl.SSLContext:
         try:
-            return _context(self.env, self.config.verify, self._ca_file)
+            return _contexts(self.env).get(self.config.verify, self._ca_file)
         except OSError as exc:  # a ca_file gone or broken since validation: said by every run
-            raise ValueError(_ca_problem(self._ca_file) if self._ca_file else describe(exc)) from None
+            raise ValueError(_cafile.ca_problem(self._ca_file, exc) if self._ca_file else describe(exc)) from None
 
     def _where(self) -> str:
         host = f"[{self._host}]" if ":" in self._host else self._host
@@ -293,18 +291,16 @@ def _reason(exc: BaseException) -> str:
     return describe(exc)
 
 
-# -- contexts and CA files ------------------------------------------------------------------------------------
-def _context(env: CheckEnv, verify: bool, ca_file: Path | None) -> ssl.SSLContext:
-    """One client context per (verify, ca_file) for the whole daemon: a trust store is loaded once, and a CA file
-    again when it has changed (its modification time or size): a rotated CA is used by the next run."""
-    key = ("tls-check", verify, ca_file)
-    stamp = None
-    if verify and ca_file is not None:
-        stat = ca_file.stat()
-        stamp = (stat.st_mtime_ns, stat.st_size)
-    found: Any = env.shared.get(key)
-    if isinstance(found, tuple) and found[0] == stamp:
-        return cast(ssl.SSLContext, found[1])
+# -- contexts ------------------------------------------------------------------------------------------------
+def _contexts(env: CheckEnv) -> CaContexts:
+    """The daemon's contexts for tls checks, one per (verify, ca_file)."""
+    held = env.shared.get(CaContexts)
+    if not isinstance(held, CaContexts):
+        held = env.shared[CaContexts] = CaContexts(_make_context, limit=env.max_idle_hosts)
+    return held
+
+
+def _make_context(verify: bool, ca_file: Path | None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET
     if not verify:
@@ -314,23 +310,7 @@ def _context(env: CheckEnv, verify: bool, ca_file: Path | None) -> ssl.SSLContex
         ctx.load_verify_locations(cafile=str(ca_file))
     else:
         _load_trust_store(ctx)
-    env.shared[key] = (stamp, ctx)
     return ctx
-
-
-def _resolve(ca_file: str, env: CheckEnv) -> Path:
-    path = Path(ca_file).expanduser()
-    return path if path.is_absolute() else env.base_dir / path
-
-
-def _ca_problem(path: Path) -> str | None:
-    if not path.is_file():
-        return f"ca_file {path} does not exist; give the path of a PEM file of CA certificates"
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(path))
-    except (OSError, ssl.SSLError) as exc:
-        return f"ca_file {path} holds no readable CA certificate ({describe(exc)}); give a PEM file of CA certificates"
-    return None
 
 
 def _span(seconds: float) -> str:
