@@ -89,9 +89,12 @@ def split_server(text: str) -> tuple[str, int | None]:
     elif ":" in value and not _is_ip(value, 6):
         host = ""
     numeric = host.replace(".", "").isdigit()  # 10.0.0 is a mistyped address, not a host name
-    if not (_is_ip(host) or (_HOST_NAME.match(host) and not numeric)) or (port and not _valid_port(port)):
-        raise ValueError(f"expected {_SERVER_HINT}; got {text!r}")
-    return host, int(port) if port else None
+    try:
+        if not (_is_ip(host) or (_HOST_NAME.match(host) and not numeric)):
+            raise ValueError(host)
+        return host, port_number(port, "53") if port else None
+    except ValueError:
+        raise ValueError(f"expected {_SERVER_HINT}; got {text!r}") from None
 
 
 def _is_ip(text: str, version: int | None = None) -> bool:
@@ -118,10 +121,6 @@ def dns_name(text: str) -> dns.name.Name:
         return dns.name.from_text(text.strip())
     except dns.exception.DNSException as exc:
         raise ValueError(f"{text!r} is not a DNS name ({exc}); write a name like www.example.com") from None
-
-
-def _valid_port(text: str) -> bool:
-    return text.isascii() and text.isdigit() and 0 < int(text) < 65536
 
 
 def parse_answer(rdtype: dns.rdatatype.RdataType, text: str) -> object:
