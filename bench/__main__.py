@@ -15,19 +15,15 @@ import json
 import os
 import platform
 import resource
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
+from . import _blackbox
 from ._cluster import scenario_cluster
 from ._heal import scenario_heal
 from ._healerd import (
@@ -41,7 +37,7 @@ from ._healerd import (
 )
 from ._nagios import Nagios
 from ._page import scenario_page
-from ._system import Nginx, cpu_seconds, free_port, open_fds, taskset, wait_port
+from ._system import Nginx, open_fds
 
 PLUGIN = "/usr/lib/nagios/plugins/check_http"
 RESULTS = Path(__file__).parent / "results"
@@ -66,66 +62,22 @@ def healerd_cost(
     }
 
 
-BLACKBOX_CONF = """modules:
-  http_2xx:
-    prober: http
-    timeout: 5s
-    http:
-      valid_status_codes: [200]
-      preferred_ip_protocol: ip4
-      tls_config:
-        insecure_skip_verify: true
-"""
-
-
-async def _drive_probes(url: str, count: int, concurrency: int) -> int:
-    ok = 0
-    sem = asyncio.Semaphore(concurrency)
-    async with aiohttp.ClientSession() as session:
-
-        async def one() -> None:
-            nonlocal ok
-            async with sem, session.get(url) as resp:
-                text = await resp.text()
-                if "probe_success 1" in text:
-                    ok += 1
-
-        await asyncio.gather(*(one() for _ in range(count)))
-    return ok
+#: blackbox_exporter's HTTP module, as healerd's check is set for the bench (no verification of its certificate)
+HTTP_2XX = {
+    "prober": "http",
+    "timeout": "5s",
+    "http": {"valid_status_codes": [200], "preferred_ip_protocol": "ip4", "tls_config": {"insecure_skip_verify": True}},
+}
 
 
 def blackbox_cost(target: str, count: int) -> dict[str, Any]:
-    binary = shutil.which("prometheus-blackbox-exporter") or shutil.which("blackbox_exporter")
-    if binary is None:
-        return {"error": "prometheus-blackbox-exporter missing (apt-get install -y prometheus-blackbox-exporter)"}
-    tmp = Path(tempfile.mkdtemp(prefix="healerd-bench-bb-"))
-    (tmp / "blackbox.yml").write_text(BLACKBOX_CONF)
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            *taskset(0),
-            binary,
-            f"--config.file={tmp / 'blackbox.yml'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=error",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_port(port)
-        url = f"http://127.0.0.1:{port}/probe?module=http_2xx&target={target}"
-        asyncio.run(_drive_probes(url, 500, 20))  # warm-up
-        before = cpu_seconds(proc.pid)
-        ok = asyncio.run(_drive_probes(url, count, 20))
-        cpu = cpu_seconds(proc.pid) - before
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(tmp, ignore_errors=True)
+    probed = _blackbox.probe({"http_2xx": HTTP_2XX}, [f"module=http_2xx&target={target}"], count)
+    if probed is None:
+        return {"error": _blackbox.MISSING}
+    cpu = probed.cpu_seconds
     return {
         "checks": count,
-        "successful": ok,
+        "successful": probed.successful,
         "cpu_seconds": round(cpu, 3),
         "cpu_per_1000": round(cpu / count * 1000, 4),
         "checks_per_cpu_second": round(count / cpu, 1),

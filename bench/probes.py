@@ -15,8 +15,6 @@ core 1; echo requests go to the machines' loopback addresses. Results land in be
 from __future__ import annotations
 
 import argparse
-import asyncio
-import itertools
 import json
 import shutil
 import signal
@@ -30,11 +28,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import aiohttp
-import yaml
-
+from . import _blackbox
 from ._healerd import distinct_addresses, measure
-from ._system import Nginx, cpu_seconds, free_port, start, stop_started, taskset, wait_port
+from ._system import Nginx, free_port, start, stop_started, taskset, wait_port
 
 RESULTS = Path(__file__).parent / "results"
 DNS_NAME = "web.bench.test"
@@ -174,45 +170,15 @@ def healerd_side(probe: Probe, targets: Targets, seconds: float) -> dict[str, An
     }
 
 
-async def _drive(urls: list[str], count: int, concurrency: int) -> int:
-    ok = 0
-    sem = asyncio.Semaphore(concurrency)
-    cycle = itertools.cycle(urls)
-    async with aiohttp.ClientSession() as session:
-
-        async def one(url: str) -> None:
-            nonlocal ok
-            async with sem, session.get(url) as resp:
-                if "probe_success 1" in await resp.text():
-                    ok += 1
-
-        await asyncio.gather(*(one(next(cycle)) for _ in range(count)))
-    return ok
-
-
 def blackbox_side(probe: Probe, targets: Targets, count: int) -> dict[str, Any]:
-    binary = shutil.which("prometheus-blackbox-exporter") or shutil.which("blackbox_exporter")
-    if binary is None:
-        return {"error": "prometheus-blackbox-exporter missing (apt-get install -y prometheus-blackbox-exporter)"}
-    conf = targets.folder / f"blackbox-{probe.key}.yml"
-    conf.write_text(yaml.safe_dump({"modules": {probe.key: {"timeout": "5s", **probe.module(targets)}}}))
-    port = free_port()
-    proc = start(
-        [*taskset(0), binary, f"--config.file={conf}", f"--web.listen-address=127.0.0.1:{port}", "--log.level=error"],
-        str(conf), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_port(port)
-        hosts = [address.rpartition(":")[0] for _, address in distinct_addresses(probe.machines, 1)]
-        urls = [f"http://127.0.0.1:{port}/probe?module={probe.key}&target={probe.target(targets, h)}" for h in hosts]
-        asyncio.run(_drive(urls, 500, 20))  # warm-up
-        before = cpu_seconds(proc.pid)
-        ok = asyncio.run(_drive(urls, count, 20))
-        cpu = cpu_seconds(proc.pid) - before
-    finally:
-        proc.terminate()
-        proc.wait(10)
-    return {"checks": count, "ok": ok, "cpu_seconds": round(cpu, 3), "cpu_ms_per_check": round(cpu / count * 1000, 4)}
+    hosts = [address.rpartition(":")[0] for _, address in distinct_addresses(probe.machines, 1)]
+    queries = [f"module={probe.key}&target={probe.target(targets, host)}" for host in hosts]
+    probed = _blackbox.probe({probe.key: {"timeout": "5s", **probe.module(targets)}}, queries, count)
+    if probed is None:
+        return {"error": _blackbox.MISSING}
+    cpu = probed.cpu_seconds
+    return {"checks": count, "ok": probed.successful, "cpu_seconds": round(cpu, 3),
+            "cpu_ms_per_check": round(cpu / count * 1000, 4)}  # fmt: skip
 
 
 def run(kinds: list[str], quick: bool) -> dict[str, Any]:
